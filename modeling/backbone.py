@@ -1,0 +1,226 @@
+"""The frozen VL encoder-decoder: CLIP tower (optional) -> visual projection -> T5 / BART.
+
+Encoder input per row (VL-T5 / VL-Adapter layout, visual tokens after the text):
+
+    [ prompt vectors (prompt tuning, 0..L) | text tokens | visual tokens ]
+
+Rows are packed to the left and right-padded, so a row in a mixed batch sees exactly the
+positions it would see alone (T5's relative and BART's learned positions agree).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+from transformers.modeling_outputs import BaseModelOutput
+
+from modeling import hooks
+from modeling.bank import StackedWeights
+from modeling.config import BackboneConfig
+from modeling.kernels import RowIndex, gathered_rows
+from modeling.visual import VisualProjection, fit_frames, pool_grid
+
+CONFIG_FILE = "vladapter_backbone.json"
+VISUAL_FILE = "visual_projection.safetensors"
+
+
+@dataclass
+class VLBatch:
+    """One batch of model inputs (already tokenised and featurised).
+
+    input_ids [b, t] long, text_mask [b, t] bool; visual [b, v, feat_dim] float,
+    visual_mask [b, v] bool, image_order [b, v] long (0/1: which image of an NLVR2 pair),
+    boxes [b, v, 5] or None; labels [b, y] long with -100 at padding, or None.
+    """
+
+    input_ids: torch.Tensor
+    text_mask: torch.Tensor
+    visual: torch.Tensor
+    visual_mask: torch.Tensor
+    image_order: torch.Tensor
+    boxes: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> VLBatch:
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                 for k, v in self.__dict__.items()}
+        return VLBatch(**moved)
+
+    def select(self, rows: torch.Tensor | list[int]) -> VLBatch:
+        """The sub-batch of `rows` (used to run one example alone in oracle tests)."""
+        return VLBatch(**{k: (v[rows] if isinstance(v, torch.Tensor) else v)
+                          for k, v in self.__dict__.items()})
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def pack_left(embeds: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's valid tokens to the front, keeping their order.
+
+    embeds [b, n, d], valid [b, n] bool -> (packed [b, L, d], mask [b, L]), L = max valid.
+    """
+    order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices
+    longest = int(valid.sum(1).max())
+    order = order[:, :longest]
+    packed = torch.gather(embeds, 1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+    return packed, torch.gather(valid, 1, order)
+
+
+class VLBackbone(nn.Module):
+    """The frozen backbone. Its parameters never require grad and are never written."""
+
+    def __init__(self, config: BackboneConfig, lm: nn.Module | None = None,
+                 vision: nn.Module | None = None):
+        """Build from `config`; `lm` / `vision` are loaded Hugging Face parts, if given."""
+        super().__init__()
+        if config.lm_type not in ("t5", "bart"):
+            raise ValueError(f"lm_type must be 't5' or 'bart', got {config.lm_type!r}")
+        self.config = config
+        self.vision = vision
+        if vision is None and config.vision is not None:
+            self.vision = CLIPVisionModel(CLIPVisionConfig(**config.vision.to_hf_kwargs()))
+        self.visual = VisualProjection(config.feat_dim, config.d_model, config.box_dim,
+                                       config.n_images)
+        self.lm = lm
+        if lm is None:
+            self.lm = T5ForConditionalGeneration(T5Config(**config.lm)) \
+                if config.lm_type == "t5" else BartForConditionalGeneration(BartConfig(**config.lm))
+        self.adapter_context = hooks.install(self, config.lm_type, self.lm)
+        self.requires_grad_(False)
+        self.eval()
+
+    # --- construction ------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: BackboneConfig, seed: int = 0,
+                    device: str | torch.device = "cpu") -> VLBackbone:
+        """Random weights from a config (seeded); device "meta" builds without memory."""
+        with torch.device(device):
+            if str(device) != "meta":
+                torch.manual_seed(seed)
+            return cls(config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> VLBackbone:
+        """Load a backbone saved by `save_pretrained` (or assembled by hand).
+
+        Layout: `vladapter_backbone.json` (our config), `lm/` (Hugging Face T5 or BART),
+        `vision/` (Hugging Face CLIPVisionModel, optional), `visual_projection.safetensors`.
+        """
+        root = Path(path)
+        config_file = root / CONFIG_FILE
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} not found: not a vladapter backbone folder")
+        config = BackboneConfig.from_dict(json.loads(config_file.read_text()))
+        lm_cls = T5ForConditionalGeneration if config.lm_type == "t5" else \
+            BartForConditionalGeneration
+        lm = lm_cls.from_pretrained(root / "lm")
+        vision = None
+        if config.vision is not None:
+            vision = CLIPVisionModel.from_pretrained(root / "vision")
+        model = cls(config, lm=lm, vision=vision)
+        model.visual.load_state_dict(load_file(root / VISUAL_FILE))
+        return model.eval()
+
+    def save_pretrained(self, path: str | Path) -> None:
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+        self.lm.save_pretrained(root / "lm")
+        if self.vision is not None:
+            self.vision.save_pretrained(root / "vision")
+        save_file({k: v.contiguous() for k, v in self.visual.state_dict().items()},
+                  root / VISUAL_FILE)
+
+    def fingerprint(self) -> str:
+        """sha256 over the config (canonical JSON) and every weight in name order."""
+        digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy())
+        return "sha256:" + digest.hexdigest()
+
+    # --- visual inputs -----------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [n, 3, H, W] -> grid features [n, image_grid**2, feat_dim]."""
+        if self.vision is None:
+            raise ValueError("this backbone has no vision tower: pass precomputed features")
+        hidden = self.vision(pixel_values=pixel_values).last_hidden_state  # [n, 1+p, h]
+        return pool_grid(hidden[:, 1:], self.config.image_grid)
+
+    @torch.no_grad()
+    def encode_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames [n_frames, 3, H, W] of one video -> (tokens [max_frames, feat], valid)."""
+        pooled = self.encode_images(frames).mean(dim=1)  # one vector per frame
+        return fit_frames(pooled, self.config.max_frames)
+
+    # --- forward -----------------------------------------------------------------------
+    def encoder_inputs(self, batch: VLBatch, weights: StackedWeights | None,
+                       index: RowIndex | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (inputs_embeds [b, L, d], attention mask [b, L] bool), rows packed left."""
+        text = self.lm.get_input_embeddings()(batch.input_ids)
+        visual = self.visual(batch.visual, batch.image_order, batch.boxes).to(text.dtype)
+        pieces, valid = [text, visual], [batch.text_mask.bool(), batch.visual_mask.bool()]
+        if weights is not None and weights.prompt is not None:
+            prompt = gathered_rows(weights.prompt, index).to(text.dtype)
+            length = gathered_rows(weights.prompt_length, index)
+            prompt_valid = torch.arange(prompt.shape[1], device=text.device) < length[:, None]
+            pieces.insert(0, prompt)
+            valid.insert(0, prompt_valid)
+        return pack_left(torch.cat(pieces, 1), torch.cat(valid, 1))
+
+    def encode(self, batch: VLBatch, weights: StackedWeights | None = None,
+               index: RowIndex | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (encoder hidden states [b, L, d], mask [b, L] bool)."""
+        with self.adapter_context.use(weights, index):
+            embeds, mask = self.encoder_inputs(batch, weights, index)
+            hidden = self.lm.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
+        return hidden.last_hidden_state, mask
+
+    def decode(self, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor,
+               decoder_input_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+               weights: StackedWeights | None = None, index: RowIndex | None = None,
+               cache=None):
+        """One decoder pass -> the LM's output (logits [b, y, vocab], past_key_values)."""
+        with self.adapter_context.use(weights, index):
+            return self.lm(
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
+                attention_mask=encoder_mask, decoder_input_ids=decoder_input_ids,
+                labels=labels, cache=cache, use_cache=cache is not None)
+
+    def forward(self, batch: VLBatch, weights: StackedWeights | None = None,
+                index: RowIndex | None = None) -> torch.Tensor:
+        """Teacher-forced logits [b, y, vocab] for batch.labels."""
+        if batch.labels is None:
+            raise ValueError("forward needs batch.labels; use modeling.generation to decode")
+        hidden, mask = self.encode(batch, weights, index)
+        return self.decode(hidden, mask, labels=batch.labels, weights=weights,
+                           index=index).logits
+
+    @property
+    def eos_token_id(self) -> int:
+        return int(self.lm.config.eos_token_id)
+
+    @property
+    def decoder_start_token_id(self) -> int:
+        return int(self.lm.config.decoder_start_token_id)
+
+    def frozen_tensors(self) -> dict[str, torch.Tensor]:
+        """Every backbone tensor by name (what overrides and LoRA shapes are checked against)."""
+        return dict(self.named_parameters(remove_duplicate=False))  # tied LM head included

@@ -1,0 +1,163 @@
+"""The stacked adapter bank: serve-form tensors of many adapter sets, stacked per slot.
+
+`stack_weights` turns a list of `ServeWeights` (slot 0, 1, ...) into `StackedWeights`;
+the backbone's hooks (`modeling.hooks`) read only these stacks and a per-row slot index,
+so one forward pass can mix adapters, tasks and methods (the Punica / S-LoRA idea, for
+all four serve forms). Stacking is differentiable: training materialises its train forms
+into serve forms every step and runs through the same compute.
+
+A slot without a given site holds zeros (LoRA, bottleneck: no change), length 0 (prompt,
+prefix: masked out) or the frozen tensor (overrides), so every row computes exactly what
+it would compute alone with its own adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from modeling.serve_forms import ACTIVATIONS, ServeWeights
+
+
+@dataclass
+class StackedLora:
+    lora_a: torch.Tensor  # [slots, max_rank, in]
+    lora_b: torch.Tensor  # [slots, out, max_rank]
+    scale: torch.Tensor  # [slots]
+
+
+@dataclass
+class StackedBottleneck:
+    down_weight: torch.Tensor  # [slots, max_width, d]
+    down_bias: torch.Tensor  # [slots, max_width]
+    up_weight: torch.Tensor  # [slots, d, max_width]
+    up_bias: torch.Tensor  # [slots, d]
+    scale: torch.Tensor  # [slots]
+    parallel: torch.Tensor  # [slots] bool
+    activations: list[str]  # one per slot
+    any_parallel: bool
+
+
+@dataclass
+class StackedPrefix:
+    key: torch.Tensor  # [slots, heads, max_len, head_dim]
+    value: torch.Tensor  # [slots, heads, max_len, head_dim]
+    length: torch.Tensor  # [slots] long
+
+
+@dataclass
+class StackedWeights:
+    slots: int
+    lora: dict[str, StackedLora] = field(default_factory=dict)
+    bottleneck: dict[str, StackedBottleneck] = field(default_factory=dict)
+    prompt: torch.Tensor | None = None  # [slots, max_len, d]
+    prompt_length: torch.Tensor | None = None  # [slots] long
+    prefix: dict[str, StackedPrefix] = field(default_factory=dict)
+    overrides: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [slots, *shape]
+
+
+def _pad_to(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """Zero-pad `t` along `dim` (counted from the front) to `size`."""
+    missing = size - t.shape[dim]
+    if missing == 0:
+        return t
+    pad = [0, 0] * (t.dim() - dim - 1) + [0, missing]
+    return F.pad(t, pad)
+
+
+def _stack_lora(sets: list[ServeWeights], site: str, shapes: tuple[int, int], like) -> StackedLora:
+    out_f, in_f = shapes
+    rank = max(s.lora[site].lora_a.shape[0] for s in sets if site in s.lora)
+    a, b, scale = [], [], []
+    for s in sets:
+        delta = s.lora.get(site)
+        if delta is None:
+            a.append(like.new_zeros(rank, in_f))
+            b.append(like.new_zeros(out_f, rank))
+            scale.append(0.0)
+        else:
+            a.append(_pad_to(delta.lora_a.to(like), 0, rank))
+            b.append(_pad_to(delta.lora_b.to(like), 1, rank))
+            scale.append(delta.scale)
+    return StackedLora(torch.stack(a), torch.stack(b), like.new_tensor(scale))
+
+
+def _stack_bottleneck(sets: list[ServeWeights], pos: str, d_model: int, like) -> StackedBottleneck:
+    width = max(s.bottleneck[pos].down_weight.shape[0] for s in sets if pos in s.bottleneck)
+    dw, db, uw, ub, scale, parallel, acts = [], [], [], [], [], [], []
+    for s in sets:
+        b = s.bottleneck.get(pos)
+        if b is None:
+            dw.append(like.new_zeros(width, d_model))
+            db.append(like.new_zeros(width))
+            uw.append(like.new_zeros(d_model, width))
+            ub.append(like.new_zeros(d_model))
+            scale.append(0.0)
+            parallel.append(False)
+            acts.append("relu")
+            continue
+        dw.append(_pad_to(b.down_weight.to(like), 0, width))
+        db.append(_pad_to(b.down_bias.to(like), 0, width))
+        uw.append(_pad_to(b.up_weight.to(like), 1, width))
+        ub.append(b.up_bias.to(like))
+        scale.append(b.scale)
+        parallel.append(b.parallel)
+        acts.append(b.activation)
+    return StackedBottleneck(
+        torch.stack(dw), torch.stack(db), torch.stack(uw), torch.stack(ub),
+        like.new_tensor(scale), torch.tensor(parallel, device=like.device), acts, any(parallel))
+
+
+def _stack_sequences(seqs: list[torch.Tensor | None], template: torch.Tensor, seq_dim: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad variable-length tensors along `seq_dim`; None means length 0.
+
+    template: a tensor of the per-slot shape with length 0 along `seq_dim`.
+    Returns (stacked [slots, ...], lengths [slots]).
+    """
+    lengths = [0 if s is None else s.shape[seq_dim] for s in seqs]
+    longest = max(lengths)
+    padded = [_pad_to(template if s is None else s.to(template), seq_dim, longest) for s in seqs]
+    return torch.stack(padded), torch.tensor(lengths, device=template.device)
+
+
+def stack_weights(
+    sets: list[ServeWeights],
+    frozen: dict[str, torch.Tensor],
+    d_model: int,
+    like: torch.Tensor,
+) -> StackedWeights:
+    """Stack adapter sets into per-slot tensors (slot i = sets[i]).
+
+    frozen: the backbone's tensors by name (for overrides and Linear shapes).
+    like: a tensor with the target device and dtype.
+    """
+    for s in sets:
+        for act in {b.activation for b in s.bottleneck.values()}:
+            if act not in ACTIVATIONS:
+                raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}")
+    stacked = StackedWeights(slots=len(sets))
+    for site in sorted({k for s in sets for k in s.lora}):
+        shape = tuple(frozen[f"{site}.weight"].shape)
+        stacked.lora[site] = _stack_lora(sets, site, shape, like)
+    for pos in sorted({k for s in sets for k in s.bottleneck}):
+        stacked.bottleneck[pos] = _stack_bottleneck(sets, pos, d_model, like)
+    if any(s.prompt is not None for s in sets):
+        stacked.prompt, stacked.prompt_length = _stack_sequences(
+            [s.prompt for s in sets], like.new_zeros(0, d_model), 0)
+    for site in sorted({k for s in sets for k in s.prefix}):
+        example = next(s.prefix[site] for s in sets if site in s.prefix)
+        heads, _, head_dim = example.key.shape
+        template = like.new_zeros(heads, 0, head_dim)
+        keys, length = _stack_sequences(
+            [s.prefix[site].key if site in s.prefix else None for s in sets], template, 1)
+        values, _ = _stack_sequences(
+            [s.prefix[site].value if site in s.prefix else None for s in sets], template, 1)
+        stacked.prefix[site] = StackedPrefix(keys, values, length)
+    for name in sorted({k for s in sets for k in s.overrides}):
+        base = frozen[name].to(like)
+        stacked.overrides[name] = torch.stack(
+            [s.overrides[name].to(like) if name in s.overrides else base for s in sets])
+    return stacked

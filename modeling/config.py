@@ -1,0 +1,141 @@
+"""Backbone configuration and the named presets.
+
+A backbone is a frozen VL encoder-decoder in the VL-T5 / VL-BART style: an optional CLIP
+vision tower (or precomputed features), the visual projection, and a T5 or BART seq2seq LM.
+Presets build it from configs with random weights; `VLBackbone.from_pretrained` loads
+user weights from a local directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+LMType = Literal["t5", "bart"]
+
+# VL-T5 / VL-BART add `<extra_id_0..99>` and `<vis_extra_id_0..99>` to the vocabulary.
+VL_EXTRA_TOKENS = 200
+BART_BASE_VOCAB = 50265
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """CLIP vision tower settings (`transformers.CLIPVisionConfig` fields)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    image_size: int = 32
+    patch_size: int = 8
+    num_channels: int = 3
+
+    def to_hf_kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Everything needed to rebuild a backbone's architecture.
+
+    Args:
+        lm_type: "t5" or "bart".
+        lm: keyword arguments of `T5Config` / `BartConfig`.
+        feat_dim: width of one visual feature vector entering the projection
+            (VL-Adapter: 2048 for CLIP RN101 grid features, 512 for video frame features;
+            the CLIP hidden size when the tower is part of the backbone).
+        vision: the CLIP vision tower, or None when features are precomputed.
+        image_grid: side of the pooled grid per image (6 -> 36 tokens per image).
+        max_frames: video frames are pooled or padded to this many tokens (VL-Adapter: 64).
+        n_images: image-order embedding size (2: NLVR2 pairs).
+    """
+
+    lm_type: LMType
+    lm: dict[str, Any]
+    feat_dim: int
+    vision: VisionConfig | None = None
+    image_grid: int = 2
+    max_frames: int = 64
+    n_images: int = 2
+    box_dim: int = 5
+    preset: str | None = None
+
+    @property
+    def d_model(self) -> int:
+        return int(self.lm["d_model"])
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["vision"] = None if self.vision is None else asdict(self.vision)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BackboneConfig:
+        data = dict(data)
+        vision = data.pop("vision", None)
+        return cls(vision=None if vision is None else VisionConfig(**vision), **data)
+
+    def with_features(self, feat_dim: int) -> BackboneConfig:
+        """The same LM fed precomputed `feat_dim`-wide features (no vision tower)."""
+        return replace(self, vision=None, feat_dim=feat_dim)
+
+
+def _t5(d_model: int, layers: int, heads: int, d_ff: int, vocab: int, **extra: Any) -> dict:
+    return dict(
+        vocab_size=vocab, d_model=d_model, d_kv=d_model // heads, num_heads=heads, d_ff=d_ff,
+        num_layers=layers, num_decoder_layers=layers, decoder_start_token_id=0,
+        pad_token_id=0, eos_token_id=1, dropout_rate=0.1, **extra,
+    )
+
+
+def _bart(d_model: int, layers: int, heads: int, d_ff: int, vocab: int, **extra: Any) -> dict:
+    return dict(
+        vocab_size=vocab, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=d_ff,
+        decoder_ffn_dim=d_ff, max_position_embeddings=1024, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2, **extra,
+    )
+
+
+# Vocabulary of the bundled synthetic world's tokenizer (training.text) fits in 512 ids.
+_SMALL_VOCAB = 512
+
+PRESETS: dict[str, BackboneConfig] = {
+    "tiny": BackboneConfig(
+        lm_type="t5", lm=_t5(64, 2, 4, 128, _SMALL_VOCAB), feat_dim=64,
+        vision=VisionConfig(), image_grid=2, max_frames=8, preset="tiny",
+    ),
+    "tiny-bart": BackboneConfig(
+        lm_type="bart", lm=_bart(64, 2, 4, 128, _SMALL_VOCAB), feat_dim=64,
+        vision=VisionConfig(), image_grid=2, max_frames=8, preset="tiny-bart",
+    ),
+    "small": BackboneConfig(
+        lm_type="t5", lm=_t5(128, 3, 4, 512, _SMALL_VOCAB), feat_dim=128,
+        vision=VisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=3,
+                            image_size=64, patch_size=4),
+        image_grid=4, max_frames=8, preset="small",
+    ),
+    # The papers' sizes, with precomputed CLIP RN101 grid features (2048-d, 6x6 per image).
+    "vl-t5-base": BackboneConfig(
+        lm_type="t5", lm=_t5(768, 12, 12, 3072, 32100 + VL_EXTRA_TOKENS - 100),
+        feat_dim=2048, image_grid=6, preset="vl-t5-base",
+    ),
+    "vl-bart-base": BackboneConfig(
+        lm_type="bart", lm=_bart(768, 6, 12, 3072, BART_BASE_VOCAB + VL_EXTRA_TOKENS),
+        feat_dim=2048, image_grid=6, preset="vl-bart-base",
+    ),
+}
+
+# VL-Adapter's video-text experiments feed one 512-d CLIP feature per frame.
+VIDEO_FEAT_DIM = 512
+
+
+def preset(name: str) -> BackboneConfig:
+    """The named preset; a clear error lists the known names."""
+    if name not in PRESETS:
+        known = ", ".join(sorted(PRESETS))
+        raise ValueError(f"unknown backbone preset {name!r}; expected one of: {known}")
+    return PRESETS[name]
+
+
+__all__ = ["BackboneConfig", "VisionConfig", "PRESETS", "preset", "VIDEO_FEAT_DIM"]

@@ -1,0 +1,85 @@
+"""LoRA (Hu et al., 2021): a low-rank delta on chosen Linear layers.
+
+    x ──► W (frozen) ─────────────┐
+    │                             (+) ──► y
+    └──► A [r, in] ──► B [out, r] ┘ * alpha / r
+
+VL-Adapter uses rank 128, alpha 32 on the query and value projections of every attention
+(self and cross). B starts at zero, so training starts from the frozen model.
+Under "half_shared", B (the up-projection) is shared and A is per task.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from modeling.methods.base import PeftMethod, param_key, site_of
+from modeling.methods.registry import register_method
+from modeling.serve_forms import LowRankDelta, ServeWeights
+from modeling.sites import TARGET_ALIASES
+
+
+def lora_sites(facts, targets: tuple[str, ...]) -> list[str]:
+    """Paths of the LM's Linear layers named by `targets` (canonical or family names)."""
+    aliases = TARGET_ALIASES[facts.lm_type]
+    wanted = {aliases.get(t, t) for t in targets}
+    unknown = wanted - set(aliases.values())
+    if unknown:
+        raise ValueError(f"unknown LoRA target(s) {sorted(unknown)} for {facts.lm_type}; "
+                         f"expected some of {sorted(aliases)} or {sorted(aliases.values())}")
+    return [name for name in facts.linear_shapes
+            if name.startswith("lm.") and name.rsplit(".", 1)[-1] in wanted]
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """rank: r; alpha: scale numerator (delta scaled by alpha / r); dropout on the LoRA
+    input while training; targets: canonical names (q, k, v, o, ffn_in, ffn_out)."""
+
+    rank: int = 8
+    alpha: float = 32.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q", "v")
+
+
+class Lora(PeftMethod):
+    groups = ("lora_A", "lora_B")
+    half_shared_groups = ("lora_B",)
+
+    def __init__(self, config: LoraConfig, facts, tasks, sharing):
+        sites = lora_sites(facts, config.targets)
+        if config.rank < 1:
+            raise ValueError(f"lora rank must be >= 1, got {config.rank}")
+        if not sites:
+            raise ValueError(f"lora targets {list(config.targets)} match no Linear layer")
+        for site in sites:
+            out_f, in_f = facts.linear_shapes[site]
+            if config.rank > min(out_f, in_f):
+                raise ValueError(f"lora rank {config.rank} is larger than layer {site} "
+                                 f"({out_f}x{in_f}); expected rank <= {min(out_f, in_f)}")
+        self.sites = sites
+        super().__init__(config, facts, tasks, sharing)
+
+    def build_group(self, group: str) -> nn.Module:
+        params = nn.ParameterDict()
+        for site in self.sites:
+            out_f, in_f = self.facts.linear_shapes[site]
+            if group == "lora_A":
+                weight = torch.empty(self.config.rank, in_f)
+                nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+            else:
+                weight = torch.zeros(out_f, self.config.rank)
+            params[param_key(site)] = nn.Parameter(weight)
+        return params
+
+    def materialize(self, task: str) -> ServeWeights:
+        a, b = self.group("lora_A", task), self.group("lora_B", task)
+        scale = self.config.alpha / self.config.rank
+        return ServeWeights(lora={site_of(k): LowRankDelta(a[k], b[k], scale) for k in a})
+
+
+register_method("lora", LoraConfig, Lora)

@@ -1,0 +1,33 @@
+"""The only list of PEFT methods: name -> (config dataclass, train-form class).
+
+Each method module calls `register_method` once at import; `modeling.methods` imports
+them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modeling.methods.base import PeftMethod
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_cls: type
+    method_cls: type[PeftMethod]
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, config_cls: type, method_cls: type[PeftMethod]) -> None:
+    if name in METHODS:
+        raise ValueError(f"method {name!r} is registered twice")
+    METHODS[name] = MethodSpec(name, config_cls, method_cls)
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; expected one of {sorted(METHODS)}")
+    return METHODS[name]

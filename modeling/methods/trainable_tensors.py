@@ -1,0 +1,64 @@
+"""Backbone tensors trained alongside a method, as per-set copies (serve form: overrides).
+
+VL-Adapter trains the LayerNorms with adapters, Compacter and Hyperformer, the biases with
+LoRA, and always the visual projection (Sung et al., Sec. 3.1); the empirical study also
+tunes the "final classifier" (the LM head). The frozen tensors are copied, never written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from modeling.methods.base import PeftMethod, param_key, site_of
+from modeling.methods.registry import register_method
+from modeling.serve_forms import ServeWeights
+
+
+@dataclass(frozen=True)
+class TrainableTensorsConfig:
+    layer_norms: bool = False
+    biases: bool = False
+    visual_projection: bool = True
+    lm_head: bool = False
+
+
+def selected_tensors(config: TrainableTensorsConfig, facts) -> list[str]:
+    """Names of the backbone tensors this config trains (CLIP tower never included)."""
+    names = set()
+    norms = tuple(facts.layer_norms)
+    for name in facts.frozen:
+        module = name.rsplit(".", 1)[0]
+        if config.layer_norms and module in norms and not name.startswith("visual."):
+            names.add(name)
+        if config.biases and name.startswith("lm.") and name.endswith(".bias") and \
+                module in facts.linear_shapes:
+            names.add(name)
+        if config.visual_projection and name.startswith("visual."):
+            names.add(name)
+    if config.lm_head:
+        names.add("lm.lm_head.weight")
+    return sorted(names)
+
+
+class TrainableTensors(PeftMethod):
+    groups = ("tensors",)
+
+    def __init__(self, config: TrainableTensorsConfig, facts, tasks, sharing):
+        self.names = selected_tensors(config, facts)
+        if not self.names:
+            raise ValueError(f"{config} selects no backbone tensor")
+        super().__init__(config, facts, tasks, sharing)
+
+    def build_group(self, group: str) -> nn.Module:
+        return nn.ParameterDict({
+            param_key(name): nn.Parameter(self.facts.frozen[name].detach().clone())
+            for name in self.names})
+
+    def materialize(self, task: str) -> ServeWeights:
+        tensors = self.group("tensors", task)
+        return ServeWeights(overrides={site_of(k): v for k, v in tensors.items()})
+
+
+register_method("trainable_tensors", TrainableTensorsConfig, TrainableTensors)

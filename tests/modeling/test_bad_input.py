@@ -1,0 +1,81 @@
+"""Bad configs and adapters get a clear error naming the field and the expected value."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from modeling.config import preset
+from modeling.fit import check_fits
+from modeling.methods.base import BackboneFacts
+from modeling.presets import method_preset
+from modeling.recipe import AdapterModel, MethodEntry
+from modeling.serve_forms import Bottleneck, LowRankDelta, PrefixKV, ServeWeights
+
+
+@pytest.fixture(scope="module")
+def facts():
+    from modeling.backbone import VLBackbone
+    return BackboneFacts.of(VLBackbone.from_config(preset("tiny"), device="meta"))
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    (MethodEntry("nope"), "unknown method 'nope'"),
+    (MethodEntry("lora", {"rank": 65}), "rank 65 is larger than layer"),
+    (MethodEntry("lora", {"targets": ["qq"]}), "unknown LoRA target"),
+    (MethodEntry("lora", {"ranks": 4}), r"unknown LoraConfig field\(s\) \['ranks'\]"),
+    (MethodEntry("adapter", {"placements": ["encoder.cross_attn"]}), "unknown adapter placement"),
+    (MethodEntry("compacter", {"phm_dim": 3}), "phm_dim 3 must divide"),
+    (MethodEntry("prompt_tuning", {}, "half_shared"), "no up-projection"),
+    (MethodEntry("adapter", {}, "everything"), "sharing must be one of"),
+    (MethodEntry("prefix_tuning", {"length": 0}), "prefix length must be >= 1"),
+])
+def test_bad_method_configs_are_refused_with_the_field_named(facts, entry, message):
+    with pytest.raises(ValueError, match=message):
+        AdapterModel([entry], facts, ["vqa"])
+
+
+def test_unknown_presets_list_the_known_ones():
+    with pytest.raises(ValueError, match="expected one of.*tiny"):
+        preset("huge")
+    with pytest.raises(ValueError, match="single_adapter"):
+        method_preset("one_adapter")
+
+
+def test_prefix_on_a_backbone_without_attention_sites_is_refused(facts):
+    no_attention = dataclasses.replace(facts, attention=())
+    with pytest.raises(ValueError, match="prefix tuning needs attention"):
+        AdapterModel([MethodEntry("prefix_tuning")], no_attention, ["vqa"])
+
+
+SITE = "lm.encoder.block.0.layer.0.SelfAttention.q"
+
+
+@pytest.mark.parametrize(("serve", "message"), [
+    (ServeWeights(lora={SITE: LowRankDelta(torch.zeros(4, 32), torch.zeros(64, 4), 1.0)}),
+     r"expected \[rank, 64\]"),
+    (ServeWeights(lora={"lm.nowhere.q": LowRankDelta(torch.zeros(4, 64), torch.zeros(64, 4), 1)}),
+     "not a Linear layer"),
+    (ServeWeights(bottleneck={"encoder.0.ffn": Bottleneck(torch.zeros(8, 32), torch.zeros(8),
+                                                          torch.zeros(32, 8), torch.zeros(32))}),
+     r"down_weight has shape \(8, 32\); expected \[8, 64\]"),
+    (ServeWeights(bottleneck={"encoder.9.ffn": Bottleneck(torch.zeros(8, 64), torch.zeros(8),
+                                                          torch.zeros(64, 8), torch.zeros(64))}),
+     "position 'encoder.9.ffn' does not exist"),
+    (ServeWeights(prompt=torch.zeros(3, 32)), r"expected \[length, 64\]"),
+    (ServeWeights(prefix={"encoder.0.self_attn": PrefixKV(torch.zeros(2, 3, 16),
+                                                          torch.zeros(2, 3, 16))}),
+     r"expected \[4, length, 16\]"),
+    (ServeWeights(overrides={"visual.feat_norm.weight": torch.zeros(3)}), r"expected \(64,\)"),
+    (ServeWeights(overrides={"vision.x": torch.zeros(3)}), "names no LM or visual-projection"),
+])
+def test_adapters_that_do_not_fit_the_backbone_are_refused(facts, serve, message):
+    with pytest.raises(ValueError, match=message):
+        check_fits(serve, facts)
+
+
+def test_a_fitting_adapter_passes_the_check(facts):
+    model = AdapterModel(method_preset("single_adapter"), facts, ["vqa"])
+    check_fits(model.materialize("vqa"), facts)

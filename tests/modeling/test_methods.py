@@ -1,0 +1,105 @@
+"""Every method on both LM families: starts at the frozen model, trains, never writes it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from modeling_helpers import random_batch, randomize
+
+from modeling.bank import stack_weights
+from modeling.kernels import RowIndex
+from modeling.methods import METHODS
+from modeling.methods.base import BackboneFacts
+from modeling.presets import METHOD_PRESETS, method_preset
+from modeling.recipe import AdapterModel, MethodEntry
+from training.adapter_step import adapter_logits, sequence_loss
+
+TASKS = ["vqa", "gqa"]
+SMALL = {"hyperformer": {"task_embedding_dim": 8, "layer_embedding_dim": 8, "width": 4},
+         "prompt_tuning": {"length": 3, "hidden_dim": 16},
+         "prefix_tuning": {"length": 3, "hidden_dim": 16}, "lora": {"rank": 4}}
+ZERO_START = ("adapter", "parallel_adapter", "compacter", "hyperformer", "lora")
+SERVEABLE = sorted(set(METHODS) - {"full_finetuning"})
+
+
+def _model(backbone, method, sharing="multiple"):
+    return AdapterModel([MethodEntry(method, SMALL.get(method, {}), sharing)],
+                        BackboneFacts.of(backbone), TASKS)
+
+
+@pytest.mark.parametrize("method", ZERO_START)
+def test_zero_initialised_methods_start_equal_to_the_frozen_backbone(backbone, method):
+    model = _model(backbone, method)
+    batch = random_batch(backbone, [4, 6])
+    with torch.no_grad():
+        adapted = adapter_logits(backbone, model, batch, ["vqa", "gqa"])
+        assert torch.allclose(adapted, backbone(batch), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", SERVEABLE)
+def test_a_training_step_moves_only_the_adapter_never_the_backbone(backbone, method):
+    model = _model(backbone, method)
+    randomize(model, seed=1)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    adapter_before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = random_batch(backbone, [5, 3])
+    loss = sequence_loss(adapter_logits(backbone, model, batch, ["vqa", "gqa"]), batch.labels)
+    loss.backward()
+    optimizer.step()
+    assert all(not p.requires_grad and p.grad is None for p in backbone.parameters())
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())
+    moved = [not torch.equal(a, p) for a, p in zip(adapter_before, model.parameters(),
+                                                    strict=True)]
+    assert any(moved)
+
+
+def test_sharing_modes_decide_which_tensors_are_per_task(backbone):
+    facts = BackboneFacts.of(backbone)
+    counts = {}
+    for sharing in ("single", "half_shared", "multiple"):
+        model = AdapterModel([MethodEntry("adapter", {}, sharing)], facts, TASKS)
+        shared, per_task = model.split_state()
+        counts[sharing] = (len(shared), len(per_task["vqa"]))
+    assert counts["single"][1] == 0 and counts["multiple"][0] == 0
+    assert counts["half_shared"][0] == counts["half_shared"][1] > 0  # up shared, down per task
+
+
+@pytest.mark.parametrize("preset_name", sorted(set(METHOD_PRESETS) - {"full_finetuning"}))
+def test_presets_build_and_round_trip_through_the_artifact_split(backbone, preset_name):
+    facts = BackboneFacts.of(backbone)
+    entries = [MethodEntry(e.method, {**e.config, **SMALL.get(e.method, {})}, e.sharing, e.id)
+               for e in method_preset(preset_name)]
+    source = AdapterModel(entries, facts, TASKS)
+    randomize(source, seed=2)
+    target = AdapterModel(entries, facts, TASKS)
+    target.load_split_state(*source.split_state())
+    for task in TASKS:
+        a, b = source.materialize(task), target.materialize(task)
+        assert all(torch.equal(x, y) for x, y in zip(a.tensors(), b.tensors(), strict=True))
+
+
+def test_full_finetuning_trains_a_copy_and_has_no_serve_form(backbone):
+    model = AdapterModel([MethodEntry("full_finetuning")], BackboneFacts.of(backbone), TASKS,
+                         backbone=backbone)
+    copy = model.methods["full_finetuning"].model
+    assert copy.lm is not backbone.lm and all(p.requires_grad for p in copy.lm.parameters())
+    assert not model.serveable
+    with pytest.raises(ValueError, match="whole model"):
+        model.materialize("vqa")
+
+
+def test_stacked_bank_pads_ranks_so_mixed_ranks_share_one_forward(backbone):
+    facts = BackboneFacts.of(backbone)
+    sets = []
+    for rank in (2, 6):
+        model = AdapterModel([MethodEntry("lora", {"rank": rank})], facts, ["t"])
+        randomize(model, seed=rank)
+        sets.append(model.materialize("t"))
+    stacked = stack_weights(sets, backbone.frozen_tensors(), backbone.config.d_model,
+                            torch.zeros(()))
+    lora = next(iter(stacked.lora.values()))
+    assert lora.lora_a.shape[:2] == (2, 6) and torch.all(lora.lora_a[0, 2:] == 0)
+    batch = random_batch(backbone, [3, 3])
+    out = backbone(batch, stacked, RowIndex.of(torch.tensor([0, 1])))
+    assert out.shape[0] == 2

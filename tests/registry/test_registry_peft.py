@@ -1,0 +1,183 @@
+"""import-peft: Hugging Face PEFT LoRA and prompt-tuning folders become artifacts."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from adapters_registry import InvalidArtifact, Registry, import_peft, load_artifact
+from adapters_registry.cli import main
+
+FINGERPRINT = "sha256:" + "ab" * 32
+Q = "encoder.block.0.layer.0.SelfAttention.q"
+V = "encoder.block.0.layer.0.SelfAttention.v"
+
+
+def peft_folder(directory: Path, config: dict, tensors: dict[str, np.ndarray]) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+    save_file(tensors, str(directory / "adapter_model.safetensors"))
+    return directory
+
+
+def lora_folder(directory: Path, rank: int = 4, **config: object) -> Path:
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for module in (Q, V):
+        tensors[f"base_model.model.{module}.lora_A.weight"] = rng.random((rank, 16), np.float32)
+        tensors[f"base_model.model.{module}.lora_B.weight"] = rng.random((16, rank), np.float32)
+    settings = {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": 8,
+        "lora_dropout": 0.1,
+        "target_modules": ["q", "v"],
+        "base_model_name_or_path": "t5-small",
+        **config,
+    }
+    return peft_folder(directory, settings, tensors)
+
+
+def prompt_folder(directory: Path, submodules: int) -> Path:
+    config = {
+        "peft_type": "PROMPT_TUNING",
+        "num_virtual_tokens": 5,
+        "token_dim": 8,
+        "num_transformer_submodules": submodules,
+    }
+    vectors = np.arange(5 * submodules * 8, dtype=np.float32).reshape(5 * submodules, 8)
+    return peft_folder(directory, config, {"prompt_embeddings": vectors})
+
+
+def test_lora_folder_becomes_an_artifact_with_renamed_keys(tmp_path: Path) -> None:
+    source = lora_folder(tmp_path / "peft")
+    manifest = import_peft(source, tmp_path / "out", FINGERPRINT, tasks=("caption", "vqa"))
+    load_artifact(tmp_path / "out")
+    imported = load_file(str(tmp_path / "out" / "shared.safetensors"))
+    original = load_file(str(source / "adapter_model.safetensors"))
+    assert sorted(imported) == sorted(
+        f"lora.lm.{module}.lora_{part}" for module in (Q, V) for part in "AB"
+    )
+    for module in (Q, V):
+        for part in "AB":
+            np.testing.assert_array_equal(
+                imported[f"lora.lm.{module}.lora_{part}"],
+                original[f"base_model.model.{module}.lora_{part}.weight"],
+            )
+    assert load_file(str(tmp_path / "out" / "tasks" / "vqa.safetensors")) == {}
+    assert manifest["methods"] == [
+        {
+            "id": "lora",
+            "method": "lora",
+            "sharing": "single",
+            "config": {"rank": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q", "v"]},
+        }
+    ]
+    assert manifest["base_model"]["fingerprint"] == FINGERPRINT
+    assert manifest["parameters"]["trainable"] == 4 * (4 * 16)
+
+
+def test_prompt_tuning_folder_becomes_prompt_vectors(tmp_path: Path) -> None:
+    import_peft(prompt_folder(tmp_path / "peft", submodules=1), tmp_path / "out", FINGERPRINT)
+    vectors = load_file(str(tmp_path / "out" / "shared.safetensors"))["prompt.vectors"]
+    np.testing.assert_array_equal(vectors, np.arange(40, dtype=np.float32).reshape(5, 8))
+
+
+def test_seq2seq_prompt_needs_explicit_encoder_only_import(tmp_path: Path) -> None:
+    source = prompt_folder(tmp_path / "peft", submodules=2)
+    with pytest.raises(InvalidArtifact, match="--encoder-prompt-only"):
+        import_peft(source, tmp_path / "out", FINGERPRINT)
+    assert not (tmp_path / "out").exists()
+    import_peft(source, tmp_path / "out", FINGERPRINT, encoder_prompt_only=True)
+    vectors = load_file(str(tmp_path / "out" / "shared.safetensors"))["prompt.vectors"]
+    np.testing.assert_array_equal(vectors, np.arange(40, dtype=np.float32).reshape(5, 8))
+
+
+def test_pickled_peft_weights_are_refused(tmp_path: Path) -> None:
+    source = tmp_path / "peft"
+    source.mkdir()
+    (source / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    (source / "adapter_model.bin").write_bytes(pickle.dumps({"w": 1}))
+    with pytest.raises(InvalidArtifact, match="adapter_model.bin is a pickle"):
+        import_peft(source, tmp_path / "out", FINGERPRINT)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"use_dora": True}, "use_dora is not supported"),
+        ({"peft_type": "IA3"}, "peft_type 'IA3' is not supported"),
+        ({"r": 8}, "expected rank 8"),
+    ],
+)
+def test_unsupported_peft_settings_are_refused(tmp_path: Path, config: dict, message: str) -> None:
+    with pytest.raises(InvalidArtifact, match=message):
+        import_peft(lora_folder(tmp_path / "peft", **config), tmp_path / "out", FINGERPRINT)
+
+
+def test_unknown_peft_tensor_is_refused(tmp_path: Path) -> None:
+    tensors = {"base_model.model.lm_head.weight": np.zeros((2, 2), np.float32)}
+    source = peft_folder(tmp_path / "peft", {"peft_type": "LORA", "r": 2, "lora_alpha": 4}, tensors)
+    with pytest.raises(InvalidArtifact, match="unsupported tensor 'base_model.model.lm_head"):
+        import_peft(source, tmp_path / "out", FINGERPRINT)
+
+
+def test_import_requires_a_valid_fingerprint_and_task_names(tmp_path: Path) -> None:
+    source = lora_folder(tmp_path / "peft")
+    with pytest.raises(InvalidArtifact, match="fingerprint"):
+        import_peft(source, tmp_path / "out", "sha256:short")
+    with pytest.raises(InvalidArtifact, match="invalid task name"):
+        import_peft(source, tmp_path / "out", FINGERPRINT, tasks=("../x",))
+
+
+def test_cli_import_peft_can_publish(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = lora_folder(tmp_path / "peft")
+    argv = [
+        "--root",
+        str(tmp_path / "registry"),
+        "import-peft",
+        str(source),
+        "--out",
+        str(tmp_path / "out"),
+        "--fingerprint",
+        FINGERPRINT,
+        "--task",
+        "vqa",
+        "--name",
+        "t5-lora",
+        "--alias",
+        "prod",
+    ]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.endswith("t5-lora:1\n")
+    info = Registry(tmp_path / "registry").resolve("t5-lora@prod")
+    assert list(info.manifest["tasks"]) == ["vqa"]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_folder_saved_by_peft_imports_every_lora_weight(tmp_path: Path) -> None:
+    peft = pytest.importorskip("peft")
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.T5Config(
+        vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2
+    )
+    torch.manual_seed(0)
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v"], init_lora_weights=False)
+    model = peft.get_peft_model(transformers.T5ForConditionalGeneration(config), lora)
+    model.save_pretrained(tmp_path / "peft")
+    import_peft(tmp_path / "peft", tmp_path / "out", FINGERPRINT)
+    imported = load_file(str(tmp_path / "out" / "shared.safetensors"))
+    expected = {
+        name.replace("base_model.model.", "lora.lm.", 1).replace(".default.weight", ""): tensor
+        for name, tensor in model.state_dict().items()
+        if ".lora_" in name
+    }
+    assert sorted(imported) == sorted(expected)
+    for key, tensor in expected.items():
+        np.testing.assert_array_equal(imported[key], tensor.numpy())

@@ -1,0 +1,119 @@
+"""Visual stores (HDF5, npz folder, safetensors, image and frame folders) and subsample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from safetensors.numpy import save_file
+
+from training.data import (
+    Example,
+    FeatureStore,
+    ImageFolder,
+    MissingVisualError,
+    VideoFrameFolder,
+    open_feature_store,
+    subsample,
+)
+
+FEATURES = {
+    "img_a": np.arange(36 * 8, dtype=np.float32).reshape(36, 8),
+    "img_b": np.ones((36, 8), dtype=np.float32),
+}
+
+
+def _write_h5(path: Path) -> Path:
+    with h5py.File(path, "w") as file:
+        for visual_id, array in FEATURES.items():
+            file[f"{visual_id}/features"] = array
+            file[f"{visual_id}/img_h"] = 224
+    return path
+
+
+def _write_npz(path: Path) -> Path:
+    path.mkdir()
+    for visual_id, array in FEATURES.items():
+        np.savez(path / f"{visual_id}.npz", features=array)
+    return path
+
+
+def _write_safetensors(path: Path) -> Path:
+    save_file(FEATURES, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, writer",
+    [("f.h5", _write_h5), ("npz", _write_npz), ("f.safetensors", _write_safetensors)],
+)
+def test_feature_store_backends(tmp_path: Path, name: str, writer) -> None:
+    path = writer(tmp_path / name)
+    store = open_feature_store(path)
+    assert isinstance(store, FeatureStore)
+    assert "img_a" in store and "img_c" not in store
+    np.testing.assert_array_equal(store.get("img_a"), FEATURES["img_a"])
+    assert store.get("img_b").shape == (36, 8) and store.get("img_b").dtype == np.float32
+    with pytest.raises(MissingVisualError) as error:
+        store.get("img_c")
+    assert "'img_c'" in str(error.value) and str(path) in str(error.value)
+
+
+def test_feature_store_refuses_non_matrix(tmp_path: Path) -> None:
+    path = tmp_path / "bad.safetensors"
+    save_file({"img_a": np.zeros((2, 3, 4), dtype=np.float32)}, str(path))
+    with pytest.raises(ValueError, match=r"img_a.*\[n_tokens, feat_dim\].*\(2, 3, 4\)"):
+        open_feature_store(path).get("img_a")
+
+
+def test_image_and_frame_folders(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (4, 4)).save(images / "img_a.png")
+    folder = ImageFolder(images)
+    assert "img_a" in folder and folder.image_path("img_a") == images / "img_a.png"
+    with pytest.raises(MissingVisualError, match=f"'img_b' not found in {images}"):
+        folder.image_path("img_b")
+    clip = tmp_path / "videos" / "clip1"
+    clip.mkdir(parents=True)
+    for index in (1, 0):
+        Image.new("RGB", (4, 4)).save(clip / f"frame_{index:03d}.png")
+    frames = VideoFrameFolder(tmp_path / "videos")
+    assert [p.name for p in frames.frame_paths("clip1")] == ["frame_000.png", "frame_001.png"]
+    assert "clip2" not in frames
+    with pytest.raises(MissingVisualError, match="'clip2'"):
+        frames.frame_paths("clip2")
+
+
+def _examples(count: int) -> list[Example]:
+    return [Example("gqa", str(index), ("img",), "gqa: q", ("yes",)) for index in range(count)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(count=st.integers(1, 300), ratio=st.floats(0.001, 1.0), seed=st.integers(0, 2**31))
+def test_subsample_size_order_and_seed(count: int, ratio: float, seed: int) -> None:
+    examples = _examples(count)
+    chosen = subsample(examples, ratio, seed)
+    assert len(chosen) == max(1, round(ratio * count))
+    positions = [int(example.example_id) for example in chosen]
+    assert positions == sorted(set(positions))
+    assert subsample(examples, ratio, seed) == chosen
+
+
+def test_subsample_seed_changes_subset_and_full_ratio_keeps_all() -> None:
+    examples = _examples(1000)
+    assert subsample(examples, 0.01, 1) != subsample(examples, 0.01, 2)
+    assert len(subsample(examples, 0.01, 1)) == 10
+    assert subsample(examples, 1.0, 5) == examples
+    assert subsample([], 0.5, 0) == []
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.1, 1.01, float("nan")])
+def test_subsample_refuses_bad_ratio(ratio: float) -> None:
+    with pytest.raises(ValueError, match="data ratio must be in"):
+        subsample(_examples(3), ratio, 0)

@@ -1,0 +1,153 @@
+"""The synthetic world: deterministic, in the real formats, read back by the real readers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.data import ImageFolder, VideoFrameFolder, load_split
+from training.metrics import evaluate
+from training.synthetic import SplitSizes, WorldConfig, generate, subtitles_path
+from training.synthetic.__main__ import main
+from training.synthetic.generate import vqa_annotations_path
+from training.synthetic.world import COLOUR_JITTER, COLOURS, render_scene, sample_scene
+from training.tasks import TASKS, VisualInput
+
+SMALL = SplitSizes(train=12, val=4, test=4)
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("world")
+    return out, generate(out, seed=3, sizes=SMALL)
+
+
+def _load(task: str, split: str, out: Path, paths: dict) -> list:
+    return load_split(
+        task,
+        paths[task][split],
+        split=split if task == "caption" else None,
+        vqa_annotations_path=vqa_annotations_path(out, split) if task == "vqa" else None,
+        subtitles_path=subtitles_path(out)
+        if TASKS[task].visual_input is VisualInput.VIDEO_FRAMES
+        else None,
+    )
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
+    generate(tmp_path / "a", seed=7, sizes=SMALL)
+    generate(tmp_path / "b", seed=7, sizes=SMALL)
+    generate(tmp_path / "c", seed=8, sizes=SMALL)
+    first = _digest(tmp_path / "a")
+    assert first == _digest(tmp_path / "b")
+    third = _digest(tmp_path / "c")
+    assert first.keys() == third.keys() and first != third
+
+
+def test_every_file_round_trips_through_the_readers(small_world: tuple[Path, dict]) -> None:
+    out, paths = small_world
+    assert list(paths) == list(TASKS)
+    images, videos = ImageFolder(out / "images"), VideoFrameFolder(out / "videos")
+    for task, spec in TASKS.items():
+        store = videos if spec.visual_input is VisualInput.VIDEO_FRAMES else images
+        for split in ("train", "val", "test"):
+            examples = _load(task, split, out, paths)
+            assert examples, (task, split)
+            for example in examples:
+                assert example.task == task and example.targets
+                assert example.source_text.startswith(spec.prompt.strip())
+                assert len(example.visual_ids) == spec.n_visual_ids
+                assert all(visual_id in store for visual_id in example.visual_ids)
+
+
+def test_counts_follow_sizes(small_world: tuple[Path, dict]) -> None:
+    out, paths = small_world
+    assert len(_load("nlvr2", "val", out, paths)) == SMALL.val
+    assert len(_load("tvqa", "train", out, paths)) == SMALL.train
+    assert len(_load("caption", "test", out, paths)) == SMALL.test
+    assert len(_load("caption", "train", out, paths)) == 5 * SMALL.train  # restval merged
+    coco = json.loads(paths["caption"]["train"].read_text())
+    assert "restval" in {image["split"] for image in coco["images"]}
+    assert len(_load("vqa", "train", out, paths)) == 3 * SMALL.train
+
+
+def test_vqa_has_ten_answers_and_question_types(small_world: tuple[Path, dict]) -> None:
+    out, paths = small_world
+    examples = _load("vqa", "train", out, paths)
+    assert all(len(example.answers) == 10 for example in examples)
+    assert {example.question_type for example in examples} == {"colour", "shape", "count", "exist"}
+    assert {e.question_type for e in _load("gqa", "train", out, paths)} == {"relation"}
+
+
+def test_images_and_frames_have_the_configured_geometry(small_world: tuple[Path, dict]) -> None:
+    out, _ = small_world
+    image = Image.open(next((out / "images").glob("*.png")))
+    assert image.size == (64, 64) and image.mode == "RGB"
+    frames = VideoFrameFolder(out / "videos").frame_paths("clip_train_00000")
+    assert len(frames) == WorldConfig().n_frames
+
+
+def test_shapes_are_drawn_big_in_their_colour() -> None:
+    rng = np.random.default_rng(0)
+    config = WorldConfig()
+    for _ in range(20):
+        scene = sample_scene(rng, config)
+        pixels = np.asarray(render_scene(scene, rng, config), dtype=int)
+        for placed in scene.objects:
+            x, y = placed.centre
+            patch = pixels[y - 3 : y + 4, x - 3 : x + 4]  # 7 x 7 around the centre
+            distance = np.abs(patch - np.array(COLOURS[placed.colour])).max()
+            assert distance <= COLOUR_JITTER, placed
+
+
+def test_perfect_predictions_score_full_marks(small_world: tuple[Path, dict]) -> None:
+    out, paths = small_world
+    for task in ("gqa", "nlvr2", "tvqa", "how2qa"):
+        examples = _load(task, "val", out, paths)
+        perfect = {example.example_id: example.targets[0] for example in examples}
+        assert evaluate(task, perfect, examples)["accuracy"] == 100.0
+    vqa = _load("vqa", "val", out, paths)
+    top = {example.example_id: example.targets[0] for example in vqa}
+    assert evaluate("vqa", top, vqa)["accuracy"] > 80.0
+
+
+def test_default_world_covers_answers_with_caption_words_and_balances_labels(
+    tmp_path: Path,
+) -> None:
+    paths = generate(tmp_path)
+    world = json.loads((tmp_path / "world.json").read_text())
+    assert world["answer_words_missing_from_captions"] == []
+    assert {"yes", "no", "true", "false", "1", "2", "3"} <= set(world["caption_vocabulary"])
+    assert len(world["caption_vocabulary"]) < 60
+    nlvr2 = load_split("nlvr2", paths["nlvr2"]["train"])
+    assert 0.4 < sum(example.label for example in nlvr2) / len(nlvr2) < 0.6
+    answers = Counter(e.targets[0] for e in load_split("gqa", paths["gqa"]["train"]))
+    assert 0.4 < answers["yes"] / (answers["yes"] + answers["no"]) < 0.6
+
+
+def test_sizes_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        SplitSizes(train=-1, val=1, test=1)
+    with pytest.raises(ValueError, match="unknown size keys"):
+        generate(tmp_path, sizes={"pictures": SMALL})
+
+
+def test_module_main_writes_world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path), "--seed", "1", "--train", "2", "--val", "1", "--test", "1"]) == 0
+    assert (tmp_path / "world.json").is_file()
+    assert "tvqa" in capsys.readouterr().out
+    assert json.loads((tmp_path / "world.json").read_text())["sizes"]["videos"]["train"] == 2

@@ -1,0 +1,187 @@
+"""Validated access to raw JSON / JSONL records.
+
+Every field a reader uses goes through a ``Record`` method, so a malformed file fails with a
+``DataFormatError`` that names the file, where in it (``line 7`` for JSONL, ``record 3
+(question_id=12)`` for a JSON list), the field and what was expected, never with a bare
+``KeyError`` deep in a reader.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+_MISSING = object()
+
+
+class DataFormatError(ValueError):
+    """A data file does not have the format its reader expects.
+
+    Attributes:
+        path: the file.
+        location: where in the file, e.g. ``"line 7"`` or ``"record 3 (uid=a1)"``.
+        field: the field that is wrong (``"<json>"`` when the text is not JSON at all).
+        expected: what the field should hold.
+    """
+
+    def __init__(self, path: Path, location: str, field: str, expected: str, got: str) -> None:
+        self.path = path
+        self.location = location
+        self.field = field
+        self.expected = expected
+        super().__init__(f"{path}: {location}: field {field!r}: expected {expected}, got {got}")
+
+
+def _describe(value: object) -> str:
+    """A short description of a bad value for an error message."""
+    if value is _MISSING:
+        return "nothing (field missing)"
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Record:
+    """One JSON object from a data file, with typed, validated field access."""
+
+    def __init__(self, raw: object, path: Path, location: str) -> None:
+        self.path = path
+        self.location = location
+        if not isinstance(raw, dict):
+            self.fail("<record>", "a JSON object", raw)
+        self.raw: dict[str, Any] = raw
+
+    def fail(self, field: str, expected: str, value: object = _MISSING) -> NoReturn:
+        """Raise ``DataFormatError`` for ``field`` of this record."""
+        raise DataFormatError(self.path, self.location, field, expected, _describe(value))
+
+    def identified_by(self, key: str, value: str) -> Record:
+        """The same record, with its id added to the location used in later errors."""
+        return Record(self.raw, self.path, f"{self.location} ({key}={value})")
+
+    def has(self, key: str) -> bool:
+        """Whether ``key`` is present and not null."""
+        return self.raw.get(key) is not None
+
+    def text(self, key: str, *, allow_empty: bool = False) -> str:
+        """A string field (non-empty unless ``allow_empty``)."""
+        value = self.raw.get(key, _MISSING)
+        if not isinstance(value, str) or (not allow_empty and not value.strip()):
+            self.fail(key, "a string" if allow_empty else "a non-empty string", value)
+        return value
+
+    def identifier(self, key: str) -> str:
+        """An id field: a non-empty string or an integer, returned as a string."""
+        value = self.raw.get(key, _MISSING)
+        if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+            self.fail(key, "a non-empty string or an integer id", value)
+        return str(value)
+
+    def integer(self, key: str, *, allowed: range | None = None) -> int:
+        """An integer field, optionally restricted to ``allowed``."""
+        value = self.raw.get(key, _MISSING)
+        in_range = allowed is None or value in allowed
+        if isinstance(value, bool) or not isinstance(value, int) or not in_range:
+            wanted = f"an integer in [{allowed.start}, {allowed.stop - 1}]" if allowed else ""
+            self.fail(key, wanted or "an integer", value)
+        return value
+
+    def score_dict(self, key: str) -> dict[str, float]:
+        """A ``{answer: score}`` object with non-empty string keys and finite scores >= 0."""
+        value = self.raw.get(key, _MISSING)
+        expected = "an object {answer: score} with finite scores >= 0"
+        if not isinstance(value, dict):
+            self.fail(key, expected, value)
+        for answer, score in value.items():
+            number_ok = isinstance(score, int | float) and not isinstance(score, bool)
+            if not answer or not number_ok or not math.isfinite(score) or score < 0:
+                self.fail(key, expected, {answer: score})
+        return {answer: float(score) for answer, score in value.items()}
+
+    def objects(self, key: str, *, allow_empty: bool = False) -> list[Record]:
+        """A list-of-objects field, each as a ``Record`` located at ``key[i]``."""
+        value = self.raw.get(key, _MISSING)
+        if not isinstance(value, list) or (not allow_empty and not value):
+            self.fail(key, "a list of objects" + ("" if allow_empty else " (non-empty)"), value)
+        records = []
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                self.fail(f"{key}[{index}]", "a JSON object", item)
+            records.append(Record(item, self.path, f"{self.location}, {key}[{index}]"))
+        return records
+
+    def time_span(self, key: str) -> tuple[float, float]:
+        """A time span in seconds: ``"60.40-66.88"`` (TVQA) or ``[60.4, 66.88]``."""
+        value = self.raw.get(key, _MISSING)
+        expected = "a time span 'start-end' or [start, end] in seconds with start <= end"
+        parts: list[object] = []
+        if isinstance(value, str):
+            parts = value.split("-")
+        elif isinstance(value, list):
+            parts = value
+        try:
+            start, end = (float(part) for part in parts)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            self.fail(key, expected, value)
+        if not (math.isfinite(start) and math.isfinite(end) and 0 <= start <= end):
+            self.fail(key, expected, value)
+        return start, end
+
+
+class UniqueIds:
+    """Refuses a second record with an id already seen in the same file."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def claim(self, record: Record, field: str, value: str) -> None:
+        """Note ``value`` as used; raise ``DataFormatError`` on ``record`` if it already was."""
+        if value in self._seen:
+            record.fail(field, "an id not used by an earlier record", value)
+        self._seen.add(value)
+
+
+def load_json_records(path: Path, *, top_key: str | None = None) -> list[Record]:
+    """The objects of a JSON file holding a list (or ``{top_key: [...]}``), located by index.
+
+    Raises:
+        DataFormatError: the file is not JSON, or not a list of objects where expected.
+    """
+    text = path.read_text(encoding="utf-8")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataFormatError(
+            path, f"line {error.lineno}", "<json>", "valid JSON", error.msg
+        ) from None
+    if top_key is not None:
+        if not isinstance(document, dict) or top_key not in document:
+            raise DataFormatError(path, "top level", top_key, "an object with this key", "none")
+        document = document[top_key]
+        where = f"{top_key}[{{}}]"
+    else:
+        where = "record {}"
+    if not isinstance(document, list):
+        raise DataFormatError(path, "top level", top_key or "<document>", "a JSON list", "other")
+    return [Record(item, path, where.format(index)) for index, item in enumerate(document)]
+
+
+def iter_jsonl_records(path: Path) -> Iterator[Record]:
+    """The objects of a JSON-lines file, located by 1-based line number; blank lines skipped.
+
+    Raises:
+        DataFormatError: a line is not JSON or not an object.
+    """
+    with path.open(encoding="utf-8") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataFormatError(
+                    path, f"line {line_number}", "<json>", "a valid JSON object", error.msg
+                ) from None
+            yield Record(raw, path, f"line {line_number}")

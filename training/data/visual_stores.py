@@ -1,0 +1,183 @@
+"""Where the visual side of an example lives on disk.
+
+Two kinds of source:
+
+- raw pixels: ``ImageFolder`` (one file per image id) and ``VideoFrameFolder`` (one folder of
+  frame images per video name). These only resolve and check paths; encoding by the CLIP
+  tower belongs to the modeling code.
+- precomputed features behind the ``FeatureStore`` protocol: ``get(id)`` returns a float
+  array ``[n_tokens, feat_dim]`` (e.g. 36 x 2048 CLIP RN101 grid tokens per image, or
+  n_frames x 512 per video). Backends: HDF5 (``{id}/features``, the VL-T5 layout), a folder
+  of ``{id}.npz`` files (key ``features``) and one ``.safetensors`` file (one tensor per id).
+
+Nothing is unpickled: ``.npz`` files are read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import h5py
+import numpy as np
+from safetensors import safe_open
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class MissingVisualError(LookupError):
+    """A visual id is not in a store; the message names the id and the store's path."""
+
+    def __init__(self, visual_id: str, store_path: Path, what: str) -> None:
+        self.visual_id = visual_id
+        self.store_path = store_path
+        super().__init__(f"{what} {visual_id!r} not found in {store_path}")
+
+
+@runtime_checkable
+class FeatureStore(Protocol):
+    """Precomputed visual features by image id or video name."""
+
+    path: Path
+
+    def get(self, visual_id: str) -> np.ndarray:
+        """Features of one image or video, float ``[n_tokens, feat_dim]``."""
+        ...
+
+    def __contains__(self, visual_id: object) -> bool: ...
+
+
+def _checked_features(array: np.ndarray, visual_id: str, store_path: Path) -> np.ndarray:
+    """``array`` as float32 ``[n_tokens, feat_dim]``, or ``ValueError`` naming id and store."""
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(
+            f"features of {visual_id!r} in {store_path}: expected a float array "
+            f"[n_tokens, feat_dim], got {array.dtype} with shape {tuple(array.shape)}"
+        )
+    return array.astype(np.float32, copy=False)
+
+
+class H5FeatureStore:
+    """An HDF5 file with one dataset ``{id}/features`` per image or video (VL-T5 layout)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file = h5py.File(self.path, "r")
+
+    def __contains__(self, visual_id: object) -> bool:
+        return isinstance(visual_id, str) and f"{visual_id}/features" in self._file
+
+    def get(self, visual_id: str) -> np.ndarray:
+        """Features ``[n_tokens, feat_dim]`` float32."""
+        if visual_id not in self:
+            raise MissingVisualError(visual_id, self.path, "features of")
+        return _checked_features(self._file[f"{visual_id}/features"][()], visual_id, self.path)
+
+    def close(self) -> None:
+        """Close the HDF5 file."""
+        self._file.close()
+
+
+class NpzFolderStore:
+    """A folder with one ``{id}.npz`` per image or video, holding the array ``features``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise NotADirectoryError(f"feature folder {self.path} does not exist")
+
+    def __contains__(self, visual_id: object) -> bool:
+        return isinstance(visual_id, str) and (self.path / f"{visual_id}.npz").is_file()
+
+    def get(self, visual_id: str) -> np.ndarray:
+        """Features ``[n_tokens, feat_dim]`` float32."""
+        file_path = self.path / f"{visual_id}.npz"
+        if visual_id not in self:
+            raise MissingVisualError(visual_id, self.path, "features file of")
+        with np.load(file_path, allow_pickle=False) as archive:
+            if "features" not in archive.files:
+                raise ValueError(f"{file_path}: no array 'features' (has {archive.files})")
+            return _checked_features(archive["features"], visual_id, file_path)
+
+
+class SafetensorsFeatureStore:
+    """One ``.safetensors`` file with one tensor per image id or video name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file = safe_open(str(self.path), framework="np")
+        self._ids = frozenset(self._file.keys())
+
+    def __contains__(self, visual_id: object) -> bool:
+        return visual_id in self._ids
+
+    def get(self, visual_id: str) -> np.ndarray:
+        """Features ``[n_tokens, feat_dim]`` float32."""
+        if visual_id not in self:
+            raise MissingVisualError(visual_id, self.path, "features of")
+        return _checked_features(self._file.get_tensor(visual_id), visual_id, self.path)
+
+
+def open_feature_store(path: Path) -> FeatureStore:
+    """The store for ``path``: ``.h5``/``.hdf5`` file, ``.safetensors`` file or npz folder."""
+    path = Path(path)
+    if path.suffix in (".h5", ".hdf5"):
+        return H5FeatureStore(path)
+    if path.suffix == ".safetensors":
+        return SafetensorsFeatureStore(path)
+    if path.is_dir():
+        return NpzFolderStore(path)
+    raise ValueError(f"{path}: not an .h5/.hdf5 file, a .safetensors file or a folder of .npz")
+
+
+class ImageFolder:
+    """Image files named by image id (``{id}.jpg``/``.jpeg``/``.png``) in one folder."""
+
+    def __init__(self, path: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> None:
+        self.path = Path(path)
+        self.suffixes = suffixes
+        if not self.path.is_dir():
+            raise NotADirectoryError(f"image folder {self.path} does not exist")
+
+    def _find(self, image_id: str) -> Path | None:
+        for suffix in self.suffixes:
+            candidate = self.path / f"{image_id}{suffix}"
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def __contains__(self, image_id: object) -> bool:
+        return isinstance(image_id, str) and self._find(image_id) is not None
+
+    def image_path(self, image_id: str) -> Path:
+        """The file of ``image_id``; ``MissingVisualError`` when there is none."""
+        found = self._find(image_id)
+        if found is None:
+            raise MissingVisualError(image_id, self.path, f"image ({'/'.join(self.suffixes)})")
+        return found
+
+
+class VideoFrameFolder:
+    """One sub-folder per video name, holding its frames as images sorted by file name."""
+
+    def __init__(self, path: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> None:
+        self.path = Path(path)
+        self.suffixes = suffixes
+        if not self.path.is_dir():
+            raise NotADirectoryError(f"video folder {self.path} does not exist")
+
+    def _frames(self, vid_name: str) -> list[Path]:
+        folder = self.path / vid_name
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in self.suffixes)
+
+    def __contains__(self, vid_name: object) -> bool:
+        return isinstance(vid_name, str) and bool(self._frames(vid_name))
+
+    def frame_paths(self, vid_name: str) -> list[Path]:
+        """The frames of ``vid_name`` in order; ``MissingVisualError`` when it has none."""
+        frames = self._frames(vid_name)
+        if not frames:
+            raise MissingVisualError(vid_name, self.path, "video frame folder")
+        return frames

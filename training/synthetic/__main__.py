@@ -1,0 +1,43 @@
+"""``python -m training.synthetic OUT_DIR [--seed N] [--train N --val N --test N]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from training.synthetic.generate import DEFAULT_SIZES, SplitSizes, generate
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate the world and print one line per task file; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m training.synthetic", description=__doc__)
+    parser.add_argument("out_dir", help="folder to write the synthetic data into")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train", type=int, help="scenes in train for every source (images, nlvr2, videos)"
+    )
+    parser.add_argument("--val", type=int, help="scenes per source in val")
+    parser.add_argument("--test", type=int, help="scenes per source in test")
+    args = parser.parse_args(argv)
+    default = DEFAULT_SIZES["images"]
+    started = time.perf_counter()
+    try:
+        sizes = SplitSizes(
+            train=default.train if args.train is None else args.train,
+            val=default.val if args.val is None else args.val,
+            test=default.test if args.test is None else args.test,
+        )
+        uses_defaults = all(value is None for value in (args.train, args.val, args.test))
+        paths = generate(args.out_dir, seed=args.seed, sizes=None if uses_defaults else sizes)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for task, split_paths in paths.items():
+        print(f"{task:8s} " + "  ".join(f"{split}={path}" for split, path in split_paths.items()))
+    print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Subtitles, multiple-choice questions and captions about moving-shape clips.
+
+TVQA-style questions ask which way a shape moves (5 options), How2QA-style ones which
+colour the shape moving some way has (4 options); TVC-style captions describe the motion,
+YouCook2-style ones read as instructions. Subtitles name the shapes but never the motion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.synthetic.world import COLOURS, DIRECTIONS, Clip, Mover
+
+TVQA_OPTIONS = tuple(DIRECTIONS)
+HOW2QA_OPTIONS = tuple(COLOURS)
+
+
+def motion_phrase(mover: Mover) -> str:
+    """``"moves left"`` ... or ``"stays still"``."""
+    return "stays still" if mover.direction == "still" else f"moves {mover.direction}"
+
+
+def subtitle_lines(clip: Clip, rng: np.random.Generator) -> list[str]:
+    """One narrator line per shape, e.g. ``"look at the red circle"``."""
+    openers = ("look at the", "now watch the", "here is the")
+    return [f"{openers[int(rng.integers(len(openers)))]} {mover.name}" for mover in clip.movers]
+
+
+def _shuffled_options(
+    options: tuple[str, ...], right: str, rng: np.random.Generator
+) -> tuple[list[str], int]:
+    shuffled = [options[i] for i in rng.permutation(len(options)).tolist()]
+    return shuffled, shuffled.index(right)
+
+
+def tvqa_question(clip: Clip, rng: np.random.Generator) -> tuple[str, list[str], int]:
+    """``(question, 5 options, right index)`` about a shape's direction."""
+    mover = clip.movers[int(rng.integers(len(clip.movers)))]
+    options, answer_index = _shuffled_options(TVQA_OPTIONS, mover.direction, rng)
+    return f"which way does the {mover.name} move ?", options, answer_index
+
+
+def how2qa_question(clip: Clip, rng: np.random.Generator) -> tuple[str, list[str], int]:
+    """``(question, 4 options, right index)`` about the colour of the shape moving a way."""
+    mover = clip.movers[int(rng.integers(len(clip.movers)))]
+    options, answer_index = _shuffled_options(HOW2QA_OPTIONS, mover.colour, rng)
+    return f"what colour is the shape that {motion_phrase(mover)} ?", options, answer_index
+
+
+def tvc_descriptions(clip: Clip) -> list[str]:
+    """Two descriptions: each shape's motion, and all shapes in one sentence."""
+    per_shape = [f"the {mover.name} {motion_phrase(mover)}" for mover in clip.movers]
+    together = " while ".join(f"a {mover.name} {motion_phrase(mover)}" for mover in clip.movers)
+    return [" and ".join(per_shape), together]
+
+
+def yc2c_descriptions(clip: Clip) -> list[str]:
+    """One instruction-style description, e.g. ``"move the red circle left"``."""
+    steps = [
+        f"keep the {mover.name} still"
+        if mover.direction == "still"
+        else f"move the {mover.name} {mover.direction}"
+        for mover in clip.movers
+    ]
+    return [" then ".join(steps)]

@@ -1,0 +1,83 @@
+"""The eight VL-Adapter tasks: text prompt, kind, visual input and headline metric.
+
+The prompts are VL-Adapter's (Sung et al., CVPR 2022, public code): the model input is
+``prompt + question`` (or the prompt alone for image captioning), and the visual tokens
+follow the text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class TaskKind(StrEnum):
+    """What a task asks the decoder to produce."""
+
+    OPEN_QA = "open_qa"
+    BINARY = "binary"
+    CAPTIONING = "captioning"
+    MULTIPLE_CHOICE = "multiple_choice"
+    VIDEO_CAPTIONING = "video_captioning"
+
+
+class VisualInput(StrEnum):
+    """What one example shows the vision tower."""
+
+    ONE_IMAGE = "one_image"
+    TWO_IMAGES = "two_images"
+    VIDEO_FRAMES = "video_frames"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task.
+
+    Attributes:
+        name: task key, e.g. ``"vqa"``.
+        prompt: text put before the task's text input, e.g. ``"vqa: "``.
+        kind: what the decoder produces.
+        visual_input: one image, an image pair, or the frames of one video.
+        metric: the key of the headline number in ``training.metrics.evaluate``'s
+            result (percent).
+    """
+
+    name: str
+    prompt: str
+    kind: TaskKind
+    visual_input: VisualInput
+    metric: str
+
+    @property
+    def n_visual_ids(self) -> int:
+        """How many entries ``Example.visual_ids`` holds: 1 image, 2 images or 1 video."""
+        return 2 if self.visual_input is VisualInput.TWO_IMAGES else 1
+
+    def format_source(self, body: str) -> str:
+        """The encoder text: the prompt followed by ``body``, trailing spaces removed."""
+        return f"{self.prompt}{body}".rstrip()
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("vqa", "vqa: ", TaskKind.OPEN_QA, VisualInput.ONE_IMAGE, "accuracy"),
+        TaskSpec("gqa", "gqa: ", TaskKind.OPEN_QA, VisualInput.ONE_IMAGE, "accuracy"),
+        TaskSpec("nlvr2", "nlvr: ", TaskKind.BINARY, VisualInput.TWO_IMAGES, "accuracy"),
+        TaskSpec("caption", "caption: ", TaskKind.CAPTIONING, VisualInput.ONE_IMAGE, "CIDEr"),
+        TaskSpec("tvqa", "tvqa: ", TaskKind.MULTIPLE_CHOICE, VisualInput.VIDEO_FRAMES, "accuracy"),
+        TaskSpec(
+            "how2qa", "how2qa: ", TaskKind.MULTIPLE_CHOICE, VisualInput.VIDEO_FRAMES, "accuracy"
+        ),
+        TaskSpec("tvc", "tvc: ", TaskKind.VIDEO_CAPTIONING, VisualInput.VIDEO_FRAMES, "CIDEr"),
+        TaskSpec("yc2c", "yc2c: ", TaskKind.VIDEO_CAPTIONING, VisualInput.VIDEO_FRAMES, "CIDEr"),
+    )
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The spec of task ``name``; an unknown name raises ``ValueError`` listing the known ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
