@@ -4,9 +4,12 @@ A PEFT folder holds ``adapter_config.json`` and ``adapter_model.safetensors``
 (``adapter_model.bin`` is a pickle and is refused). Tensors are copied byte for byte, so
 every dtype survives, and land in ``shared.safetensors`` (sharing ``single``)::
 
-    base_model.model.<path>.lora_A.weight  [r, in]   ->  lora.lm.<path>.lora_A
-    base_model.model.<path>.lora_B.weight  [out, r]  ->  lora.lm.<path>.lora_B
-    prompt_embeddings                      [n, dim]  ->  prompt.vectors
+    base_model.model.<path>.lora_A.weight  [r, in]   ->  lora.shared.lora_A.lm__<path>
+    base_model.model.<path>.lora_B.weight  [out, r]  ->  lora.shared.lora_B.lm__<path>
+    prompt_embeddings   [n, dim]  ->  prompt_tuning.shared.prompt.embedding.weight
+
+(the train-form names of `modeling.methods.lora` and `modeling.methods.prompt_tuning`,
+with `.` in module paths written as `__`, so the artifact loads into `AdapterModel`).
 
 PEFT prompt tuning on a seq2seq model learns ``2 n`` vectors: the first ``n`` are prepended
 to the encoder input, the rest to the decoder input. vladapter's prompt form is encoder-only,
@@ -78,7 +81,8 @@ def _lora_plan(config: dict[str, Any], header: Header) -> Plan:
             raise InvalidArtifact(
                 f"{PEFT_WEIGHTS}: {entry.name} has shape {list(entry.shape)}, expected rank {rank}"
             )
-        keep[entry.name] = _target(f"lora.lm.{path}.{part}", entry.dtype, entry.shape)
+        site_key = f"lm.{path}".replace(".", "__")
+        keep[entry.name] = _target(f"lora.shared.{part}.{site_key}", entry.dtype, entry.shape)
         parts_by_module.setdefault(path, set()).add(part)
     unpaired = sorted(p for p, parts in parts_by_module.items() if len(parts) != 2)
     if not keep or unpaired:
@@ -90,7 +94,7 @@ def _lora_plan(config: dict[str, Any], header: Header) -> Plan:
         "rank": rank,
         "alpha": config["lora_alpha"],
         "dropout": config.get("lora_dropout", 0.0),
-        "target_modules": sorted({path.rsplit(".", 1)[-1] for path in parts_by_module}),
+        "targets": sorted({path.rsplit(".", 1)[-1] for path in parts_by_module}),
     }
     return {"id": "lora", "method": "lora", "config": method_config, "sharing": "single"}, keep
 
@@ -112,11 +116,12 @@ def _prompt_plan(config: dict[str, Any], header: Header, encoder_prompt_only: bo
             f"{PEFT_CONFIG}: this prompt also prepends {length} vectors to the decoder, which "
             "vladapter does not support; pass --encoder-prompt-only to import the encoder half"
         )
-    keep = {entry.name: _target("prompt.vectors", entry.dtype, (length, dim))}
+    keep = {entry.name: _target("prompt_tuning.shared.prompt.embedding.weight", entry.dtype,
+                                (length, dim))}
     method = {
-        "id": "prompt",
-        "method": "prompt",
-        "config": {"length": length, "dim": dim},
+        "id": "prompt_tuning",
+        "method": "prompt_tuning",
+        "config": {"length": length, "reparameterize": False},
         "sharing": "single",
     }
     return method, keep

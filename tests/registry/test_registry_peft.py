@@ -16,6 +16,12 @@ from adapters_registry.cli import main
 FINGERPRINT = "sha256:" + "ab" * 32
 Q = "encoder.block.0.layer.0.SelfAttention.q"
 V = "encoder.block.0.layer.0.SelfAttention.v"
+PROMPT_KEY = "prompt_tuning.shared.prompt.embedding.weight"
+
+
+def our_key(module: str, part: str) -> str:
+    """The train-form name `modeling.methods.lora` gives this PEFT module's A or B."""
+    return f"lora.shared.lora_{part}.lm__{module.replace('.', '__')}"
 
 
 def peft_folder(directory: Path, config: dict, tensors: dict[str, np.ndarray]) -> Path:
@@ -61,12 +67,12 @@ def test_lora_folder_becomes_an_artifact_with_renamed_keys(tmp_path: Path) -> No
     imported = load_file(str(tmp_path / "out" / "shared.safetensors"))
     original = load_file(str(source / "adapter_model.safetensors"))
     assert sorted(imported) == sorted(
-        f"lora.lm.{module}.lora_{part}" for module in (Q, V) for part in "AB"
+        our_key(module, part) for module in (Q, V) for part in "AB"
     )
     for module in (Q, V):
         for part in "AB":
             np.testing.assert_array_equal(
-                imported[f"lora.lm.{module}.lora_{part}"],
+                imported[our_key(module, part)],
                 original[f"base_model.model.{module}.lora_{part}.weight"],
             )
     assert load_file(str(tmp_path / "out" / "tasks" / "vqa.safetensors")) == {}
@@ -75,7 +81,7 @@ def test_lora_folder_becomes_an_artifact_with_renamed_keys(tmp_path: Path) -> No
             "id": "lora",
             "method": "lora",
             "sharing": "single",
-            "config": {"rank": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q", "v"]},
+            "config": {"rank": 4, "alpha": 8, "dropout": 0.1, "targets": ["q", "v"]},
         }
     ]
     assert manifest["base_model"]["fingerprint"] == FINGERPRINT
@@ -84,7 +90,7 @@ def test_lora_folder_becomes_an_artifact_with_renamed_keys(tmp_path: Path) -> No
 
 def test_prompt_tuning_folder_becomes_prompt_vectors(tmp_path: Path) -> None:
     import_peft(prompt_folder(tmp_path / "peft", submodules=1), tmp_path / "out", FINGERPRINT)
-    vectors = load_file(str(tmp_path / "out" / "shared.safetensors"))["prompt.vectors"]
+    vectors = load_file(str(tmp_path / "out" / "shared.safetensors"))[PROMPT_KEY]
     np.testing.assert_array_equal(vectors, np.arange(40, dtype=np.float32).reshape(5, 8))
 
 
@@ -94,7 +100,7 @@ def test_seq2seq_prompt_needs_explicit_encoder_only_import(tmp_path: Path) -> No
         import_peft(source, tmp_path / "out", FINGERPRINT)
     assert not (tmp_path / "out").exists()
     import_peft(source, tmp_path / "out", FINGERPRINT, encoder_prompt_only=True)
-    vectors = load_file(str(tmp_path / "out" / "shared.safetensors"))["prompt.vectors"]
+    vectors = load_file(str(tmp_path / "out" / "shared.safetensors"))[PROMPT_KEY]
     np.testing.assert_array_equal(vectors, np.arange(40, dtype=np.float32).reshape(5, 8))
 
 
@@ -173,11 +179,11 @@ def test_folder_saved_by_peft_imports_every_lora_weight(tmp_path: Path) -> None:
     model.save_pretrained(tmp_path / "peft")
     import_peft(tmp_path / "peft", tmp_path / "out", FINGERPRINT)
     imported = load_file(str(tmp_path / "out" / "shared.safetensors"))
-    expected = {
-        name.replace("base_model.model.", "lora.lm.", 1).replace(".default.weight", ""): tensor
-        for name, tensor in model.state_dict().items()
-        if ".lora_" in name
-    }
+    expected = {}
+    for name, tensor in model.state_dict().items():
+        if ".lora_" in name:
+            module, part = name.removeprefix("base_model.model.").split(".lora_")
+            expected[our_key(module, part[0])] = tensor
     assert sorted(imported) == sorted(expected)
     for key, tensor in expected.items():
         np.testing.assert_array_equal(imported[key], tensor.numpy())

@@ -1,0 +1,89 @@
+"""Artifacts end to end: train forms -> files -> registry -> the same adapters back.
+
+Crosses packages on purpose: training writes, adapters_registry stores and verifies,
+modeling rebuilds; a PEFT-saved LoRA imported by the registry gives PEFT's logits.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import T5ForConditionalGeneration
+
+from adapters_registry import Registry, import_peft
+from modeling.backbone import VLBackbone
+from modeling.bank import stack_weights
+from modeling.config import preset
+from modeling.kernels import RowIndex
+from modeling.methods.base import BackboneFacts
+from modeling.recipe import AdapterModel, MethodEntry
+from training.artifact import FingerprintMismatch, load_adapter_model, write_artifact
+
+TASKS = ["vqa", "caption"]
+RECIPE = [MethodEntry("adapter", {"reduction_factor": 8}, "half_shared"),
+          MethodEntry("prompt_tuning", {"length": 2, "hidden_dim": 8}, "multiple"),
+          MethodEntry("trainable_tensors", {"layer_norms": True}, "single", "tensors")]
+
+
+@pytest.fixture(scope="module")
+def backbone() -> VLBackbone:
+    return VLBackbone.from_config(preset("tiny"), seed=0)
+
+
+def _trained(backbone: VLBackbone) -> AdapterModel:
+    model = AdapterModel(RECIPE, BackboneFacts.of(backbone), TASKS)
+    with torch.no_grad():
+        for i, param in enumerate(model.parameters()):
+            param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(i)))
+    return model
+
+
+def test_artifact_round_trips_through_the_registry(tmp_path, backbone):
+    model = _trained(backbone)
+    manifest = write_artifact(tmp_path / "run", model, backbone,
+                              {"trainable": model.trainable_count()})
+    sizes = sum(f["size"] for f in manifest["files"].values())
+    headers = sum(8 + int.from_bytes((tmp_path / "run" / name).read_bytes()[:8], "little")
+                  for name in manifest["files"])
+    assert sizes == model.trainable_count() * 4 + headers  # fp32 trainable tensors only
+    registry = Registry(str(tmp_path / "registry"))
+    version = registry.publish(tmp_path / "run", "demo")
+    registry.pull(f"demo:{version}", tmp_path / "pulled",
+                  expected_fingerprint=backbone.fingerprint())
+    loaded = load_adapter_model(tmp_path / "pulled", backbone)
+    for task in TASKS:
+        for a, b in zip(model.materialize(task).tensors(), loaded.materialize(task).tensors(),
+                        strict=True):
+            assert torch.equal(a, b)
+
+
+def test_artifact_from_another_backbone_is_refused_naming_both(tmp_path, backbone):
+    write_artifact(tmp_path / "run", _trained(backbone), backbone, {})
+    other = VLBackbone.from_config(preset("tiny"), seed=1)
+    with pytest.raises(FingerprintMismatch, match=f"trained on backbone {backbone.fingerprint()}"):
+        load_adapter_model(tmp_path / "run", other)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_peft_lora_imported_by_the_registry_gives_peft_logits(tmp_path, backbone):
+    peft = pytest.importorskip("peft")
+    plain = T5ForConditionalGeneration(backbone.lm.config)
+    plain.load_state_dict(backbone.lm.state_dict())
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v"],
+                           init_lora_weights=False)
+    peft_model = peft.get_peft_model(plain, lora).eval()
+    peft_model.save_pretrained(tmp_path / "peft")
+    import_peft(tmp_path / "peft", tmp_path / "artifact", backbone.fingerprint(), tasks=("vqa",))
+    assert os.path.exists(tmp_path / "artifact" / "manifest.json")
+    model = load_adapter_model(tmp_path / "artifact", backbone)
+    stacked = stack_weights([model.materialize("vqa")], backbone.frozen_tensors(),
+                            backbone.config.d_model, torch.zeros(()))
+    ids = torch.randint(4, 500, (2, 6))
+    dec = torch.randint(4, 500, (2, 3))
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids, decoder_input_ids=dec).logits
+        with backbone.adapter_context.use(stacked, RowIndex.of(torch.zeros(2, dtype=torch.long))):
+            ours = backbone.lm(input_ids=ids, decoder_input_ids=dec).logits
+    assert (ours - expected).abs().max() <= 1e-5
