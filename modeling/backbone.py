@@ -197,7 +197,7 @@ class VLBackbone(nn.Module):
                decoder_input_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                weights: StackedWeights | None = None, index: RowIndex | None = None,
                cache=None):
-        """One decoder pass -> the LM's output (logits [b, y, vocab], past_key_values)."""
+        """One decoder pass -> the LM's output (logits [b, y, vocab], cache)."""
         with self.adapter_context.use(weights, index):
             return self.lm(
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),

@@ -26,6 +26,7 @@ class StackedLora:
     lora_a: torch.Tensor  # [slots, max_rank, in]
     lora_b: torch.Tensor  # [slots, out, max_rank]
     scale: torch.Tensor  # [slots]
+    dropout: float = 0.0  # the largest of the slots' (training only)
 
 
 @dataclass
@@ -70,7 +71,7 @@ def _pad_to(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
 def _stack_lora(sets: list[ServeWeights], site: str, shapes: tuple[int, int], like) -> StackedLora:
     out_f, in_f = shapes
     rank = max(s.lora[site].lora_a.shape[0] for s in sets if site in s.lora)
-    a, b, scale = [], [], []
+    a, b, scale, dropout = [], [], [], 0.0
     for s in sets:
         delta = s.lora.get(site)
         if delta is None:
@@ -81,7 +82,8 @@ def _stack_lora(sets: list[ServeWeights], site: str, shapes: tuple[int, int], li
             a.append(_pad_to(delta.lora_a.to(like), 0, rank))
             b.append(_pad_to(delta.lora_b.to(like), 1, rank))
             scale.append(delta.scale)
-    return StackedLora(torch.stack(a), torch.stack(b), like.new_tensor(scale))
+            dropout = max(dropout, delta.dropout)
+    return StackedLora(torch.stack(a), torch.stack(b), like.new_tensor(scale), dropout)
 
 
 def _stack_bottleneck(sets: list[ServeWeights], pos: str, d_model: int, like) -> StackedBottleneck:

@@ -87,6 +87,8 @@ def _linear_hook(name: str, ctx: AdapterContext):
         lora = weights.lora.get(name)
         if lora is not None:
             flat = x.reshape(x.shape[0], -1, x.shape[-1])
+            if lora.dropout > 0:  # non-zero only for train forms in training mode
+                flat = F.dropout(flat, lora.dropout, training=True)
             delta = gathered_lora(flat, lora.lora_a, lora.lora_b, lora.scale, index)
             output = output + delta.view_as(output)
         return output

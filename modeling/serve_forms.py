@@ -23,11 +23,15 @@ ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 
 @dataclass
 class LowRankDelta:
-    """lora_a [rank, in_features], lora_b [out_features, rank]; y += scale * x A^T B^T."""
+    """lora_a [rank, in_features], lora_b [out_features, rank]; y += scale * x A^T B^T.
+
+    dropout: probability applied to x on the LoRA path while training (0 when serving).
+    """
 
     lora_a: torch.Tensor
     lora_b: torch.Tensor
     scale: float
+    dropout: float = 0.0
 
 
 @dataclass

@@ -70,4 +70,4 @@ def load_adapter_model(artifact_dir: str | Path, backbone: VLBackbone,
     shared = load_file(root / "shared.safetensors")
     per_task = {task: load_file(root / "tasks" / f"{task}.safetensors") for task in tasks}
     model.load_split_state(shared, per_task)
-    return model.requires_grad_(False)
+    return model.requires_grad_(False).eval()

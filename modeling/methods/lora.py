@@ -79,7 +79,9 @@ class Lora(PeftMethod):
     def materialize(self, task: str) -> ServeWeights:
         a, b = self.group("lora_A", task), self.group("lora_B", task)
         scale = self.config.alpha / self.config.rank
-        return ServeWeights(lora={site_of(k): LowRankDelta(a[k], b[k], scale) for k in a})
+        dropout = self.config.dropout if self.training else 0.0
+        return ServeWeights(lora={site_of(k): LowRankDelta(a[k], b[k], scale, dropout)
+                                  for k in a})
 
 
 register_method("lora", LoraConfig, Lora)

@@ -103,3 +103,18 @@ def test_stacked_bank_pads_ranks_so_mixed_ranks_share_one_forward(backbone):
     batch = random_batch(backbone, [3, 3])
     out = backbone(batch, stacked, RowIndex.of(torch.tensor([0, 1])))
     assert out.shape[0] == 2
+
+
+def test_lora_dropout_acts_in_training_mode_only(backbone):
+    model = AdapterModel([MethodEntry("lora", {"rank": 4, "dropout": 0.5})],
+                         BackboneFacts.of(backbone), ["vqa"])
+    randomize(model, seed=4)
+    batch = random_batch(backbone, [6, 6])
+    with torch.no_grad():
+        torch.manual_seed(0)
+        first = adapter_logits(backbone, model, batch, ["vqa", "vqa"])
+        second = adapter_logits(backbone, model, batch, ["vqa", "vqa"])
+        assert not torch.equal(first, second)
+        model.eval()
+        assert torch.equal(adapter_logits(backbone, model, batch, ["vqa", "vqa"]),
+                           adapter_logits(backbone, model, batch, ["vqa", "vqa"]))

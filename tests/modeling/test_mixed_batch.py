@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from modeling_helpers import alone, random_batch, randomize
 
 from modeling.bank import stack_weights
-from modeling.generation import beam_search, greedy
+from modeling.generation import beam_search, greedy, score_candidates
 from modeling.kernels import RowIndex
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel, MethodEntry
@@ -125,3 +125,23 @@ def test_adapters_change_the_output_so_the_oracle_can_fail(backbone):
         adapted = backbone(batch, _stack(backbone, serve), RowIndex.of(torch.tensor([0, 1])))
     assert (bare - adapted).abs().amax(dim=(1, 2)).min() > 1e-3
     assert greedy(backbone, batch, max_new_tokens=3) is not None
+
+
+def test_candidate_scores_are_teacher_forced_log_likelihoods_per_row(backbone):
+    serve = _materialize(backbone, [[MethodEntry("lora", {"rank": 2})],
+                                    [MethodEntry("prompt_tuning", {"length": 2,
+                                                                   "hidden_dim": 8})]], 5)
+    batch = random_batch(backbone, [4, 6, 3], seed=2, with_labels=False)
+    candidates = torch.randint(4, 100, (3, 5, 2))  # five one-token answers + a second token
+    candidates[:, :, 1] = backbone.eos_token_id
+    slots = [0, 1, 0]
+    mixed = score_candidates(backbone, batch, candidates, _stack(backbone, serve),
+                             RowIndex.of(torch.tensor(slots)))
+    for row, slot in enumerate(slots):
+        one, weights, index = _run_alone(backbone, batch, row, serve, slot)
+        for c in range(5):
+            one.labels = candidates[row, c][None]
+            with torch.no_grad():
+                log_probs = backbone(one, weights, index).log_softmax(-1)[0]
+            expected = log_probs.gather(-1, candidates[row, c][:, None]).sum()
+            assert abs(float(mixed[row, c]) - float(expected)) <= 1e-4
