@@ -16,10 +16,9 @@ from adapters_registry.artifact import write_manifest
 from modeling.backbone import VLBackbone
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel, MethodEntry
+from training.tasks import TASKS
 
 FORMAT_VERSION = 1
-TASK_PROMPTS = {"vqa": "vqa: ", "gqa": "gqa: ", "nlvr2": "nlvr: ", "caption": "caption: ",
-                "tvqa": "tvqa: ", "how2qa": "how2qa: ", "tvc": "tvc: ", "yc2c": "yc2c: "}
 
 
 class FingerprintMismatch(ValueError):
@@ -41,7 +40,7 @@ def write_artifact(out_dir: str | Path, model: AdapterModel, backbone: VLBackbon
         "base_model": {"fingerprint": backbone.fingerprint(), "lm_type": backbone.config.lm_type,
                        "preset": backbone.config.preset},
         "methods": [entry.to_dict() for entry in model.resolved],
-        "tasks": {task: {"prompt": TASK_PROMPTS.get(task, f"{task}: ")}
+        "tasks": {task: {"prompt": TASKS[task].prompt if task in TASKS else f"{task}: "}
                   for task in model.task_names},
         "parameters": parameters,
         "metrics": metrics or {},

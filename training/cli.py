@@ -12,9 +12,10 @@ import sys
 from modeling.config import VIDEO_FEAT_DIM, preset
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS, method_preset
+from training.tasks import TASKS, VisualInput
 
-IMAGE_TASKS = ("vqa", "gqa", "nlvr2", "caption")
-VIDEO_TASKS = ("tvqa", "how2qa", "tvc", "yc2c")
+IMAGE_TASKS = tuple(n for n, t in TASKS.items() if t.visual_input != VisualInput.VIDEO_FRAMES)
+VIDEO_TASKS = tuple(n for n, t in TASKS.items() if t.visual_input == VisualInput.VIDEO_FRAMES)
 
 
 def _tasks(text: str) -> list[str]:
