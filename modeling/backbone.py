@@ -19,10 +19,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
+    AutoTokenizer,
     BartConfig,
     BartForConditionalGeneration,
     CLIPVisionConfig,
     CLIPVisionModel,
+    PreTrainedTokenizerBase,
     T5Config,
     T5ForConditionalGeneration,
 )
@@ -86,9 +88,13 @@ class VLBackbone(nn.Module):
     """The frozen backbone. Its parameters never require grad and are never written."""
 
     def __init__(self, config: BackboneConfig, lm: nn.Module | None = None,
-                 vision: nn.Module | None = None):
-        """Build from `config`; `lm` / `vision` are loaded Hugging Face parts, if given."""
+                 vision: nn.Module | None = None, tokenizer: PreTrainedTokenizerBase | None = None):
+        """Build from `config`; `lm` / `vision` are loaded Hugging Face parts, if given.
+
+        tokenizer: the LM's tokenizer (saved and loaded with the backbone), if known.
+        """
         super().__init__()
+        self.tokenizer = tokenizer
         if config.lm_type not in ("t5", "bart"):
             raise ValueError(f"lm_type must be 't5' or 'bart', got {config.lm_type!r}")
         self.config = config
@@ -108,19 +114,21 @@ class VLBackbone(nn.Module):
     # --- construction ------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: BackboneConfig, seed: int = 0,
-                    device: str | torch.device = "cpu") -> VLBackbone:
+                    device: str | torch.device = "cpu",
+                    tokenizer: PreTrainedTokenizerBase | None = None) -> VLBackbone:
         """Random weights from a config (seeded); device "meta" builds without memory."""
         with torch.device(device):
             if str(device) != "meta":
                 torch.manual_seed(seed)
-            return cls(config)
+            return cls(config, tokenizer=tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> VLBackbone:
         """Load a backbone saved by `save_pretrained` (or assembled by hand).
 
         Layout: `vladapter_backbone.json` (our config), `lm/` (Hugging Face T5 or BART),
-        `vision/` (Hugging Face CLIPVisionModel, optional), `visual_projection.safetensors`.
+        `vision/` (Hugging Face CLIPVisionModel, optional), `visual_projection.safetensors`,
+        `tokenizer/` (any Hugging Face tokenizer, optional).
         """
         root = Path(path)
         config_file = root / CONFIG_FILE
@@ -133,7 +141,10 @@ class VLBackbone(nn.Module):
         vision = None
         if config.vision is not None:
             vision = CLIPVisionModel.from_pretrained(root / "vision")
-        model = cls(config, lm=lm, vision=vision)
+        tokenizer = None
+        if (root / "tokenizer").is_dir():
+            tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+        model = cls(config, lm=lm, vision=vision, tokenizer=tokenizer)
         model.visual.load_state_dict(load_file(root / VISUAL_FILE))
         return model.eval()
 
@@ -146,6 +157,8 @@ class VLBackbone(nn.Module):
             self.vision.save_pretrained(root / "vision")
         save_file({k: v.contiguous() for k, v in self.visual.state_dict().items()},
                   root / VISUAL_FILE)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(root / "tokenizer")
 
     def fingerprint(self) -> str:
         """sha256 over the config (canonical JSON) and every weight in name order."""

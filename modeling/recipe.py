@@ -90,6 +90,17 @@ class AdapterModel(nn.Module):
                     shared[f"{key}.{name}"] = tensor
         return shared, per_task
 
+    @classmethod
+    def from_artifact(cls, methods: list[dict[str, Any]], tasks: list[str], facts: BackboneFacts,
+                      shared: dict[str, torch.Tensor],
+                      per_task: dict[str, dict[str, torch.Tensor]]) -> AdapterModel:
+        """Rebuild from an artifact's `manifest.methods` and tensors, frozen, in eval mode."""
+        entries = [MethodEntry(m["method"], m.get("config", {}), m.get("sharing", "single"),
+                               m.get("id")) for m in methods]
+        model = cls(entries, facts, tasks)
+        model.load_split_state(shared, per_task)
+        return model.requires_grad_(False).eval()
+
     def load_split_state(self, shared: dict[str, torch.Tensor],
                          per_task: dict[str, dict[str, torch.Tensor]]) -> None:
         """Inverse of `split_state`; missing or unexpected tensors are named in the error."""

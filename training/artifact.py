@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from adapters_registry.artifact import write_manifest
 from modeling.backbone import VLBackbone
 from modeling.methods.base import BackboneFacts
-from modeling.recipe import AdapterModel, MethodEntry
+from modeling.recipe import AdapterModel
 from training.tasks import TASKS
 
 FORMAT_VERSION = 1
@@ -62,11 +62,8 @@ def load_adapter_model(artifact_dir: str | Path, backbone: VLBackbone,
     if theirs != ours:
         raise FingerprintMismatch(f"adapter {root} was trained on backbone {theirs}, "
                                   f"but this backbone is {ours}")
-    entries = [MethodEntry(m["method"], m.get("config", {}), m.get("sharing", "single"), m["id"])
-               for m in manifest["methods"]]
     tasks = list(manifest["tasks"])
-    model = AdapterModel(entries, BackboneFacts.of(backbone), tasks)
     shared = load_file(root / "shared.safetensors")
     per_task = {task: load_file(root / "tasks" / f"{task}.safetensors") for task in tasks}
-    model.load_split_state(shared, per_task)
-    return model.requires_grad_(False).eval()
+    return AdapterModel.from_artifact(manifest["methods"], tasks, BackboneFacts.of(backbone),
+                                      shared, per_task)

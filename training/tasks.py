@@ -57,6 +57,22 @@ class TaskSpec:
         """The encoder text: the prompt followed by ``body``, trailing spaces removed."""
         return f"{self.prompt}{body}".rstrip()
 
+    def source_text(self, text: str = "", choices: tuple[str, ...] = (),
+                    subtitles: str = "") -> str:
+        """The encoder text of one example, as VL-Adapter formats each task.
+
+        Image tasks: prompt + question / statement (captioning: the prompt alone). Video QA:
+        ``[Subs] ... [Q] ... [Choices] a0: ... a1: ...``; video captioning: ``[Subs] ...``.
+        Training data readers and the server both build inputs here.
+        """
+        if self.kind is TaskKind.MULTIPLE_CHOICE:
+            options = " ".join(f"a{index}: {choice}" for index, choice in enumerate(choices))
+            body = f"[Q] {text.strip()} [Choices] {options}"
+            return self.format_source(f"[Subs] {subtitles} {body}" if subtitles else body)
+        if self.kind is TaskKind.VIDEO_CAPTIONING:
+            return self.format_source(f"[Subs] {subtitles}" if subtitles else "")
+        return self.format_source(text)
+
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec

@@ -68,16 +68,12 @@ def load_video_qa(
         has_answer = record.has("answer_idx")
         label = record.integer("answer_idx", allowed=range(len(choices))) if has_answer else None
         subtitle_text = (subtitles or {}).get(vid_name, "")
-        options = " ".join(f"a{index}: {choice}" for index, choice in enumerate(choices))
-        body = f"[Q] {record.text('q').strip()} [Choices] {options}"
-        if subtitle_text:
-            body = f"[Subs] {subtitle_text} {body}"
         examples.append(
             Example(
                 task=task,
                 example_id=question_id,
                 visual_ids=(vid_name,),
-                source_text=spec.format_source(body),
+                source_text=spec.source_text(record.text("q"), choices, subtitle_text),
                 targets=(f"a{label}",) if label is not None else (),
                 choices=choices,
                 label=label,
@@ -126,7 +122,7 @@ def load_video_captions(
         common = {
             "task": task,
             "visual_ids": (vid_name,),
-            "source_text": spec.format_source(f"[Subs] {subtitle_text}" if subtitle_text else ""),
+            "source_text": spec.source_text(subtitles=subtitle_text),
             "time_span": record.time_span("ts") if record.has("ts") else None,
         }
         if one_per_caption:

@@ -1,0 +1,70 @@
+"""From raw inputs to a `VLBatch`: image preprocessing, tokenisation, padding.
+
+Shared by training (data loaders) and serving (requests) so both feed the model the same
+way. Images go through CLIP's own preprocessing (`CLIPImageProcessorPil`: resize + centre
+crop + normalise) at the tower's resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessorPil, PreTrainedTokenizerBase
+
+from modeling.backbone import VLBatch
+
+
+@dataclass
+class VisualTokens:
+    """One example's visual tokens: features [n, feat_dim]; image_order [n] (0/1, NLVR2)."""
+
+    features: torch.Tensor
+    image_order: torch.Tensor
+
+    @classmethod
+    def concat(cls, per_image: list[torch.Tensor]) -> VisualTokens:
+        """Tokens of several images [n_i, feat] in order, image i tagged with order id i."""
+        order = [torch.full((t.shape[0],), i, dtype=torch.long) for i, t in enumerate(per_image)]
+        return cls(torch.cat(per_image), torch.cat(order))
+
+
+def image_processor(image_size: int) -> CLIPImageProcessorPil:
+    """CLIP preprocessing at `image_size` pixels (no download: built from arguments)."""
+    return CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                              crop_size={"height": image_size, "width": image_size})
+
+
+def images_to_pixels(images: list[Image.Image], processor: CLIPImageProcessorPil) -> torch.Tensor:
+    """PIL images -> pixel_values [n, 3, H, W] float32."""
+    rgb = [image.convert("RGB") for image in images]
+    return processor(images=rgb, return_tensors="pt")["pixel_values"]
+
+
+def make_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str],
+               visuals: list[VisualTokens], targets: list[str] | None = None,
+               max_text_tokens: int = 512, max_target_tokens: int = 64) -> VLBatch:
+    """Tokenise and pad one batch; targets become labels with -100 at padding."""
+    if len(texts) != len(visuals) or (targets is not None and len(targets) != len(texts)):
+        raise ValueError("texts, visuals and targets must have one entry per example")
+    text = tokenizer(texts, padding=True, truncation=True, max_length=max_text_tokens,
+                     return_tensors="pt")
+    longest = max(v.features.shape[0] for v in visuals)
+    feat_dim = visuals[0].features.shape[1]
+    visual = torch.zeros(len(visuals), longest, feat_dim)
+    visual_mask = torch.zeros(len(visuals), longest, dtype=torch.bool)
+    image_order = torch.zeros(len(visuals), longest, dtype=torch.long)
+    for row, tokens in enumerate(visuals):
+        count = tokens.features.shape[0]
+        visual[row, :count] = tokens.features
+        visual_mask[row, :count] = True
+        image_order[row, :count] = tokens.image_order
+    labels = None
+    if targets is not None:
+        encoded = tokenizer(targets, padding=True, truncation=True,
+                            max_length=max_target_tokens, return_tensors="pt")
+        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+    return VLBatch(input_ids=text["input_ids"], text_mask=text["attention_mask"].bool(),
+                   visual=visual, visual_mask=visual_mask, image_order=image_order,
+                   labels=labels)
