@@ -10,13 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 SPECIALS = {
     "t5": ["<pad>", "</s>", "<unk>"],
     "bart": ["<s>", "<pad>", "</s>", "<unk>"],
 }
+
+
+PRE_TOKENIZER = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                         pre_tokenizers.Punctuation()])
+
+
+def words_of(texts: Iterable[str]) -> set[str]:
+    """The lower-case words the tokenizer would split `texts` into."""
+    return {word.lower() for text in texts
+            for word, _ in PRE_TOKENIZER.pre_tokenize_str(text)}
 
 
 def build_word_tokenizer(words: Iterable[str], lm_type: str,
@@ -32,8 +42,8 @@ def build_word_tokenizer(words: Iterable[str], lm_type: str,
     if vocab_size is not None and len(vocab) > vocab_size:
         raise ValueError(f"{len(vocab)} words do not fit the LM's vocabulary of {vocab_size}")
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = PRE_TOKENIZER
     core.post_processor = processors.TemplateProcessing(
         single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
     extra = {"bos_token": "<s>"} if lm_type == "bart" else {}

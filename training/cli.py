@@ -1,4 +1,4 @@
-"""`train-adapter`: parameter reports now; training, sweeps and pre-training come next.
+"""`train-adapter`: train adapters, pre-train the benchmark backbone, report parameters.
 
 Every user error ends with one line `train-adapter: error: ...` and exit code 2.
 """
@@ -8,10 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
+from pathlib import Path
+
+from transformers.utils import logging as hf_logging
 
 from modeling.config import VIDEO_FEAT_DIM, preset
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS, method_preset
+from training.config import load_config
 from training.tasks import TASKS, VisualInput
 
 IMAGE_TASKS = tuple(n for n, t in TASKS.items() if t.visual_input != VisualInput.VIDEO_FRAMES)
@@ -48,6 +53,23 @@ def params_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_command(args: argparse.Namespace) -> int:
+    """Train a run config; resumes from OUT/checkpoints/last when present."""
+    from training.distributed import distributed_context
+    from training.trainer import Trainer
+
+    config = load_config(args.config)
+    if args.steps is not None:
+        config = replace(config, steps=args.steps)
+    with distributed_context(config.device):
+        results = Trainer(config, args.out, show_progress=not args.quiet).run()
+    for task, metrics in sorted(results.items()):
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if "/" not in k)
+        print(f"{task}: {shown}")
+    print(f"artifact: {Path(args.out) / 'artifact'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train-adapter",
@@ -71,15 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     params.add_argument("--json", action="store_true", help="print one JSON object")
     params.set_defaults(run=params_command)
+    train = commands.add_parser("train", help="train adapters from a YAML run config")
+    train.add_argument("--config", required=True, help="run config (YAML)")
+    train.add_argument("--out", required=True, help="output folder (resumes if it holds a run)")
+    train.add_argument("--steps", type=int, help="override the config's steps")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=train_command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Loading a local backbone is instant; Hugging Face's per-load progress bars are noise.
+    hf_logging.disable_progress_bar()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError, LookupError, NotADirectoryError) as err:
         print(f"train-adapter: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,149 @@
+"""train-adapter train: exact resume, frozen backbone, artifacts, CLI, and DDP on gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from modeling.backbone import VLBackbone
+from modeling.config import preset
+from training.cli import main
+from training.config import parse_config
+from training.synthetic import generate
+from training.synthetic.generate import SplitSizes
+from training.text import corpus_tokenizer
+from training.trainer import Trainer, load_task_split
+
+TASKS = ("vqa", "nlvr2", "caption", "tvqa")
+
+
+def _task_entry(root: Path, task: str, paths: dict) -> dict:
+    video = task in ("tvqa", "how2qa", "tvc", "yc2c")
+    entry = {"train": str(paths[task]["train"]), "val": str(paths[task]["val"]),
+             "visual": str(root / ("videos" if video else "images")), "batch_size": 4}
+    if video:
+        entry["subtitles"] = str(root / "subtitles.jsonl")
+    return entry
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict:
+    """A small synthetic world, a tiny backbone folder with its tokenizer, a base config."""
+    root = tmp_path_factory.mktemp("world")
+    paths = generate(root / "data", seed=0, sizes=SplitSizes(12, 4, 4))
+    tasks = {t: _task_entry(root / "data", t, paths) for t in TASKS}
+    raw = {"backbone": str(root / "backbone"), "tasks": tasks, "steps": 6, "lr": 1e-2,
+           "methods": [{"method": "lora", "config": {"rank": 4, "dropout": 0.3}},
+                       {"method": "adapter", "config": {"width": 8}, "sharing": "multiple"}],
+           "eval_examples": 3, "java_metrics": False, "log_every": 2}
+    examples = [e for t, d in parse_config({**raw, "backbone": "tiny"}).tasks.items()
+                for e in load_task_split(t, d, "train")]
+    backbone = VLBackbone.from_config(preset("tiny"),
+                                      tokenizer=corpus_tokenizer(examples, "t5", 512))
+    backbone.save_pretrained(root / "backbone")
+    return {"root": root, "raw": raw}
+
+
+def _trainable(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(world, tmp_path):
+    config = parse_config(world["raw"])
+    straight = Trainer(config, tmp_path / "straight", show_progress=False)
+    straight.run()
+    interrupted = Trainer(config, tmp_path / "resumed", show_progress=False)
+    interrupted.run(stop_after=3)
+    del interrupted  # the process "dies"; a new one picks up the checkpoint
+    resumed = Trainer(config, tmp_path / "resumed", show_progress=False)
+    resumed.run()
+    assert resumed.step == straight.step == 6
+    a, b = _trainable(straight), _trainable(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_backbone_stays_bit_identical_and_only_trainables_reach_the_optimizer(world, tmp_path):
+    trainer = Trainer(parse_config(world["raw"]), tmp_path, show_progress=False)
+    before = {k: v.clone() for k, v in trainer.backbone.state_dict().items()}
+    trainer.run()
+    assert all(torch.equal(v, trainer.backbone.state_dict()[k]) for k, v in before.items())
+    in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    trainable = {id(p) for p in trainer.model.parameters() if p.requires_grad}
+    assert in_optimizer == trainable
+    assert not any(id(p) in in_optimizer for p in trainer.backbone.parameters())
+
+
+def test_artifact_holds_only_trainable_tensors_and_a_full_manifest(world, tmp_path):
+    trainer = Trainer(parse_config(world["raw"]), tmp_path, show_progress=False)
+    trainer.run()
+    manifest = json.loads((tmp_path / "artifact" / "manifest.json").read_text())
+    assert manifest["base_model"]["fingerprint"] == trainer.backbone.fingerprint()
+    assert set(manifest["tasks"]) == set(TASKS)
+    assert manifest["tasks"]["nlvr2"]["prompt"] == "nlvr: "
+    assert {m["method"] for m in manifest["methods"]} == {"lora", "adapter"}
+    headers, data = 0, 0
+    for name, entry in manifest["files"].items():
+        raw = (tmp_path / "artifact" / name).read_bytes()
+        assert entry["size"] == len(raw)
+        headers += 8 + int.from_bytes(raw[:8], "little")
+        data += sum(t.numel() * t.element_size()
+                    for t in load_file(tmp_path / "artifact" / name).values())
+    assert data == trainer.model.trainable_count() * 4
+    assert headers + data == sum(e["size"] for e in manifest["files"].values())
+    assert set(manifest["metrics"]) == set(TASKS)
+    assert manifest["parameters"]["trainable"] == trainer.model.trainable_count()
+
+
+def test_cli_trains_from_yaml_and_refuses_a_bad_config_in_one_line(world, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**world["raw"], "steps": 2}))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "out"),
+                 "--quiet"]) == 0
+    assert (tmp_path / "out" / "artifact" / "manifest.json").is_file()
+    capsys.readouterr()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**world["raw"], "schedule": "exponential"}))
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "schedule: expected one of" in err
+
+
+def test_missing_image_is_reported_with_its_id(world, tmp_path, capsys):
+    raw = json.loads(json.dumps(world["raw"]))
+    train = Path(raw["tasks"]["vqa"]["train"])
+    records = json.loads(train.read_text())
+    records[0]["img_id"] = "no_such_image"
+    broken = tmp_path / "vqa.json"
+    broken.write_text(json.dumps(records))
+    raw["tasks"] = {"vqa": {**raw["tasks"]["vqa"], "train": str(broken)}}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert "no_such_image" in capsys.readouterr().err
+
+
+def test_torchrun_with_two_gloo_processes_matches_one_process(world, tmp_path):
+    raw = {**world["raw"], "steps": 3,
+           "methods": [{"method": "adapter", "config": {"width": 8}}],
+           "tasks": {t: world["raw"]["tasks"][t] for t in ("nlvr2", "caption")}}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    single = Trainer(parse_config(raw), tmp_path / "single", show_progress=False)
+    single.run()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", "2", "-m", "training.cli", "train", "--config",
+                    str(config), "--out", str(tmp_path / "ddp"), "--quiet"],
+                   check=True, env=env, timeout=300, capture_output=True)
+    ddp = load_file(tmp_path / "ddp" / "checkpoints" / "last" / "tensors.safetensors")
+    for name, param in single.model.named_parameters():
+        assert torch.allclose(ddp[f"model/{name}"], param.detach(), atol=1e-5), name

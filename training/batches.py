@@ -1,0 +1,94 @@
+"""Multi-task batches: per-task shuffled batches, tasks sampled round-robin or by size.
+
+Stateless in the step number except for one counter per task, so a resumed run draws
+exactly the batches an uninterrupted run would (the counters go into checkpoints).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from modeling.backbone import VLBatch
+from modeling.inputs import make_batch
+from training.data.example import Example
+from training.data.image_text import sample_vqa_target
+from training.features import VisualFeatures
+from training.tasks import TASKS, TaskKind
+
+
+def training_target(example: Example, rng: np.random.Generator) -> tuple[str, float]:
+    """The decoder target of one training example and its loss weight.
+
+    VQA / GQA: an answer sampled in proportion to its score, weighted by the score
+    (VL-Adapter); multiple choice: `a{label}`; NLVR2: `true` / `false`; captions: one
+    reference at random.
+    """
+    kind = TASKS[example.task].kind
+    if kind is TaskKind.OPEN_QA and example.target_weights:
+        return sample_vqa_target(example, rng)
+    if kind is TaskKind.MULTIPLE_CHOICE:
+        return f"a{example.label}", 1.0
+    if not example.targets:
+        raise ValueError(f"{example.task} example {example.example_id} has no target to train on")
+    return example.targets[int(rng.integers(len(example.targets)))], 1.0
+
+
+@dataclass
+class TaskStream:
+    """One task's examples served as shuffled batches, epoch after epoch."""
+
+    task: str
+    examples: list[Example]
+    batch_size: int
+    seed: int
+    batches_drawn: int = 0
+
+    def next_rows(self) -> list[Example]:
+        per_epoch = max(1, len(self.examples) // self.batch_size)
+        epoch, index = divmod(self.batches_drawn, per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+        rows = order[index * self.batch_size:(index + 1) * self.batch_size]
+        self.batches_drawn += 1
+        return [self.examples[i] for i in rows]
+
+
+@dataclass
+class MultiTaskSampler:
+    streams: dict[str, TaskStream]
+    sampling: str = "round_robin"
+    seed: int = 0
+    tasks: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tasks = sorted(self.streams)
+        sizes = np.array([len(self.streams[t].examples) for t in self.tasks], dtype=float)
+        self.probabilities = sizes / sizes.sum()
+
+    def task_at(self, step: int) -> str:
+        if self.sampling == "round_robin":
+            return self.tasks[step % len(self.tasks)]
+        rng = np.random.default_rng([self.seed, step, 7])
+        return self.tasks[int(rng.choice(len(self.tasks), p=self.probabilities))]
+
+    def draw(self, step: int) -> tuple[str, list[Example]]:
+        task = self.task_at(step)
+        return task, self.streams[task].next_rows()
+
+    def state(self) -> dict[str, int]:
+        return {task: stream.batches_drawn for task, stream in self.streams.items()}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        for task, drawn in state.items():
+            self.streams[task].batches_drawn = int(drawn)
+
+
+def training_batch(tokenizer, examples: list[Example], features: VisualFeatures, seed: int,
+                   step: int) -> tuple[VLBatch, list[float]]:
+    """Tokenised batch with sampled targets; returns (batch, per-row loss weights)."""
+    rng = np.random.default_rng([seed, step, 11])
+    targets, weights = zip(*(training_target(e, rng) for e in examples), strict=True)
+    batch = make_batch(tokenizer, [e.source_text for e in examples],
+                       [features.tokens(e) for e in examples], list(targets))
+    return batch, list(weights)

@@ -1,0 +1,81 @@
+"""Checkpoints for exact resume: trainable tensors, AdamW state, scheduler, RNG, sampler.
+
+Tensors go to safetensors and everything else to JSON, so resuming never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+STATE_FILE = "state.json"
+TENSORS_FILE = "tensors.safetensors"
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, scalars = {}, {}
+    for param, state in optimizer.state.items():
+        name = names[id(param)]
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer/{name}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{name}/{key}"] = value
+    return tensors, scalars
+
+
+def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, step: int,
+                    extra: dict[str, Any]) -> None:
+    """Write atomically: a temp folder renamed over `directory` when complete."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    names = {id(p): n for n, p in params.items()}
+    tensors = {f"model/{n}": p.detach().cpu().contiguous() for n, p in params.items()}
+    opt_tensors, opt_scalars = _optimizer_tensors(optimizer, names)
+    tensors.update(opt_tensors)
+    tensors["rng/torch"] = torch.get_rng_state()
+    state = {"step": step, "scheduler": scheduler.state_dict(), "optimizer_scalars": opt_scalars,
+             "optimizer_groups": [{k: v for k, v in g.items() if k != "params"}
+                                  for g in optimizer.param_groups], **extra}
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
+    save_file(tensors, temp / TENSORS_FILE)
+    (temp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(temp, directory)
+
+
+def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """Restore everything `save_checkpoint` wrote; returns the JSON state (step, extras)."""
+    tensors = load_file(directory / TENSORS_FILE)
+    state = json.loads((directory / STATE_FILE).read_text())
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(tensors[f"model/{name}"])
+    for param_name, param in params.items():
+        entry = {key.split("/", 2)[2]: value.to(param.device)
+                 for key, value in tensors.items()
+                 if key.startswith(f"optimizer/{param_name}/")}
+        for key, value in state["optimizer_scalars"].items():
+            owner, _, field = key.rpartition("/")
+            if owner == param_name:
+                entry[field] = value
+        if entry:
+            optimizer.state[param] = entry
+    for group, saved in zip(optimizer.param_groups, state["optimizer_groups"], strict=True):
+        group.update(saved)
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(tensors["rng/torch"])
+    return state

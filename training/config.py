@@ -1,0 +1,170 @@
+"""The run configuration of `train-adapter train` (a YAML file), validated field by field.
+
+```yaml
+backbone: runs/backbone-small        # a backbone folder, or a preset name (random weights)
+methods: single_adapter              # a method preset, or a list of {method, config, sharing, id}
+tasks:
+  vqa: {train: data/vqa/train.json, val: data/vqa/val.json, visual: data/images,
+        batch_size: 32, annotations: data/vqa/{split}_annotations.json}
+  caption: {train: data/coco/dataset_coco.json, visual: data/images}
+  tvqa: {train: data/tvqa/train.jsonl, visual: data/videos, subtitles: data/subtitles.jsonl}
+steps: 1000
+```
+
+Every error names the field and what was expected, and the CLI prints it in one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modeling.presets import method_preset
+from modeling.recipe import MethodEntry
+from training.tasks import TASKS
+
+
+class ConfigError(ValueError):
+    """A run configuration field is missing or wrong."""
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Where one task's data lives. `visual`: an image folder, a video-frame folder, or a
+    feature file/folder (.h5, .safetensors, folder of .npz)."""
+
+    train: str
+    visual: str
+    val: str | None = None
+    test: str | None = None
+    batch_size: int = 32
+    subtitles: str | None = None
+    annotations: str | None = None  # VQA: `{split}` is replaced by the split name
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    backbone: str
+    tasks: dict[str, TaskData]
+    methods: list[MethodEntry]
+    steps: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    schedule: str = "linear"  # "linear" (VL-Adapter) or "cosine" (the empirical study)
+    clip_grad: float = 5.0
+    accumulation: int = 1
+    sampling: str = "round_robin"  # or "proportional"
+    data_ratio: float = 1.0
+    eval_every: int = 0  # 0: only at the end
+    eval_examples: int | None = None  # cap per task and split
+    checkpoint_every: int = 0  # 0: only at the end
+    max_new_tokens: int = 20
+    precision: str = "fp32"  # "bf16" (GPU) or "fp32"
+    seed: int = 0
+    log_every: int = 10
+    device: str = "cpu"
+    java_metrics: bool | None = None  # captioning: Java PTB tokenizer + METEOR (None: if found)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_CHOICES = {"schedule": ("linear", "cosine"), "sampling": ("round_robin", "proportional"),
+            "precision": ("fp32", "bf16")}
+_POSITIVE = ("steps", "lr", "accumulation", "max_new_tokens", "log_every")
+
+
+def _methods(value: Any) -> list[MethodEntry]:
+    if isinstance(value, str):
+        try:
+            return method_preset(value)
+        except ValueError as err:
+            raise ConfigError(f"methods: {err}") from None
+    if not isinstance(value, list) or not value:
+        raise ConfigError("methods: expected a preset name or a non-empty list of methods")
+    entries = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or "method" not in item:
+            raise ConfigError(f"methods[{i}]: expected a mapping with a 'method' key")
+        unknown = set(item) - {"method", "config", "sharing", "id"}
+        if unknown:
+            raise ConfigError(f"methods[{i}]: unknown key(s) {sorted(unknown)}")
+        entries.append(MethodEntry(item["method"], item.get("config") or {},
+                                   item.get("sharing", "single"), item.get("id")))
+    return entries
+
+
+def _task_data(name: str, value: Any) -> TaskData:
+    if name not in TASKS:
+        raise ConfigError(f"tasks: unknown task {name!r}; expected some of {list(TASKS)}")
+    if not isinstance(value, dict):
+        raise ConfigError(f"tasks.{name}: expected a mapping with 'train' and 'visual'")
+    known = {f.name for f in fields(TaskData)}
+    unknown = set(value) - known
+    if unknown:
+        raise ConfigError(f"tasks.{name}: unknown key(s) {sorted(unknown)}; expected some of "
+                          f"{sorted(known)}")
+    for required in ("train", "visual"):
+        if required not in value:
+            raise ConfigError(f"tasks.{name}.{required}: missing")
+    data = TaskData(**value)
+    if not isinstance(data.batch_size, int) or data.batch_size < 1:
+        raise ConfigError(f"tasks.{name}.batch_size: expected a positive integer, "
+                          f"got {data.batch_size!r}")
+    return data
+
+
+def _check_scalars(values: dict[str, Any]) -> None:
+    for key, choices in _CHOICES.items():
+        if key in values and values[key] not in choices:
+            raise ConfigError(f"{key}: expected one of {choices}, got {values[key]!r}")
+    for key in _POSITIVE:
+        if key in values and (not isinstance(values[key], int | float) or values[key] <= 0):
+            raise ConfigError(f"{key}: expected a positive number, got {values[key]!r}")
+    ratio = values.get("data_ratio", 1.0)
+    if not isinstance(ratio, int | float) or not 0 < ratio <= 1:
+        raise ConfigError(f"data_ratio: expected a number in (0, 1], got {ratio!r}")
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> RunConfig:
+    """Validate a config mapping; relative paths are taken from `base_dir`."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the config must be a mapping")
+    known = {f.name for f in fields(RunConfig)} - {"extra"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)}; expected some of {sorted(known)}")
+    for required in ("backbone", "tasks", "methods"):
+        if required not in raw:
+            raise ConfigError(f"{required}: missing")
+    if not isinstance(raw["tasks"], dict) or not raw["tasks"]:
+        raise ConfigError("tasks: expected a mapping of task name -> data")
+    _check_scalars(raw)
+    tasks = {name: _resolve(_task_data(name, value), base_dir)
+             for name, value in raw["tasks"].items()}
+    return RunConfig(**{**raw, "tasks": tasks, "methods": _methods(raw["methods"])})
+
+
+def _resolve(data: TaskData, base_dir: Path | None) -> TaskData:
+    if base_dir is None:
+        return data
+    updates = {}
+    for f in fields(TaskData):
+        value = getattr(data, f.name)
+        if isinstance(value, str) and f.name != "batch_size" and not Path(value).is_absolute():
+            updates[f.name] = str(base_dir / value)
+    return TaskData(**{**data.__dict__, **updates})
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    return parse_config(raw, base_dir=path.parent)

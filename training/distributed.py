@@ -1,0 +1,22 @@
+"""`torchrun` support: one process group per run (gloo on CPU, nccl on CUDA)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch.distributed as dist
+
+
+@contextmanager
+def distributed_context(device: str) -> Iterator[None]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1), leave it after."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

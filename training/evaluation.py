@@ -1,0 +1,80 @@
+"""Predict a split with the adapters (or a fully fine-tuned model) and score it.
+
+Open questions and captions are decoded greedily; NLVR2 and multiple choice score every
+candidate label ("true"/"false", "a0".."a4") in one batched call, as the server does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from modeling.backbone import VLBackbone
+from modeling.bank import stack_weights
+from modeling.generation import greedy, score_candidates
+from modeling.inputs import make_batch
+from modeling.kernels import RowIndex
+from modeling.recipe import AdapterModel
+from training.data.example import Example
+from training.features import VisualFeatures
+from training.metrics import evaluate
+from training.tasks import TASKS, TaskKind
+
+EVAL_BATCH = 64
+
+
+def candidate_labels(example: Example) -> list[str]:
+    """The labels a scored task chooses between."""
+    if TASKS[example.task].kind is TaskKind.BINARY:
+        return ["true", "false"]
+    return [f"a{i}" for i in range(len(example.choices))]
+
+
+def _candidate_ids(tokenizer, labels: list[list[str]]) -> torch.Tensor:
+    """labels per row -> token ids [b, c, t] padded with -100 (eos included)."""
+    count = max(len(row) for row in labels)
+    encoded = [tokenizer(row)["input_ids"] for row in labels]
+    longest = max(len(ids) for row in encoded for ids in row)
+    out = torch.full((len(labels), count, longest), -100, dtype=torch.long)
+    for r, row in enumerate(encoded):
+        for c, ids in enumerate(row):
+            out[r, c, :len(ids)] = torch.tensor(ids)
+    return out
+
+
+@torch.no_grad()
+def predict(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
+            examples: list[Example], features: VisualFeatures, max_new_tokens: int = 20
+            ) -> dict[str, str]:
+    """example id -> predicted text (the chosen label for scored tasks)."""
+    tokenizer = backbone.tokenizer
+    weights = None
+    if adapters is not None:
+        weights = stack_weights([adapters.materialize(task)], backbone.frozen_tensors(),
+                                backbone.config.d_model, next(backbone.lm.parameters()))
+    predictions = {}
+    scored = TASKS[task].kind in (TaskKind.BINARY, TaskKind.MULTIPLE_CHOICE)
+    for start in range(0, len(examples), EVAL_BATCH):
+        chunk = examples[start:start + EVAL_BATCH]
+        batch = make_batch(tokenizer, [e.source_text for e in chunk],
+                           [features.tokens(e) for e in chunk])
+        index = None if weights is None else RowIndex.of(torch.zeros(len(chunk),
+                                                                     dtype=torch.long))
+        if scored:
+            labels = [candidate_labels(e) for e in chunk]
+            scores = score_candidates(backbone, batch, _candidate_ids(tokenizer, labels),
+                                      weights, index)
+            for e, row_labels, row in zip(chunk, labels, scores, strict=True):
+                predictions[e.example_id] = row_labels[int(row[:len(row_labels)].argmax())]
+        else:
+            ids = greedy(backbone, batch, weights, index, max_new_tokens)
+            for e, row in zip(chunk, ids, strict=True):
+                predictions[e.example_id] = tokenizer.decode(row, skip_special_tokens=True)
+    return predictions
+
+
+def evaluate_task(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
+                  examples: list[Example], features: VisualFeatures,
+                  max_new_tokens: int = 20, use_java: bool | None = None) -> dict[str, float]:
+    """The task's metrics (percent) on `examples`."""
+    predictions = predict(backbone, adapters, task, examples, features, max_new_tokens)
+    return evaluate(task, predictions, examples, use_java=use_java)

@@ -1,0 +1,103 @@
+"""Visual tokens of every example, computed once by the frozen vision tower and cached.
+
+Sources: a folder of images (encoded by the backbone's CLIP tower), a folder of video
+frame folders (one pooled vector per frame, pooled or padded to `max_frames`), or a
+feature store (.h5 / .safetensors / folder of .npz). Encoded features are kept on disk
+in one safetensors file per (backbone fingerprint, source folder), so each image is
+encoded once across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from modeling.backbone import VLBackbone
+from modeling.inputs import VisualTokens, image_processor, images_to_pixels
+from modeling.visual import fit_frames
+from training.data.example import Example
+from training.data.visual_stores import (
+    ImageFolder,
+    VideoFrameFolder,
+    open_feature_store,
+)
+from training.tasks import TASKS, VisualInput
+
+ENCODE_CHUNK = 64
+
+
+class VisualFeatures:
+    """visual id -> tokens [n, feat_dim] for one task's source; `tokens(example)` builds
+    the example's VisualTokens (two images for NLVR2, tagged 0 and 1)."""
+
+    def __init__(self, backbone: VLBackbone, source: str | Path, visual_input: VisualInput,
+                 cache_dir: str | Path | None = None, fingerprint: str | None = None):
+        self.backbone, self.source = backbone, Path(source)
+        self.visual_input = visual_input
+        self.cache_file = None
+        if cache_dir is not None and fingerprint is not None:
+            key = hashlib.sha256(f"{fingerprint}|{self.source.resolve()}".encode()).hexdigest()
+            self.cache_file = Path(cache_dir) / f"features-{key[:24]}.safetensors"
+        self.table: dict[str, torch.Tensor] = {}
+        if self.cache_file is not None and self.cache_file.is_file():
+            self.table = load_file(self.cache_file)
+        self.store = None
+        if self.source.is_file() or (self.source.is_dir() and any(self.source.glob("*.npz"))):
+            self.store = open_feature_store(self.source)
+
+    def prepare(self, visual_ids: Iterable[str]) -> None:
+        """Encode every id not in the table yet (in chunks), then save the cache."""
+        missing = sorted({v for v in visual_ids} - set(self.table))
+        if not missing:
+            return
+        if self.store is not None:
+            for vid in missing:
+                self.table[vid] = self._from_store(vid)
+        elif self.visual_input is VisualInput.VIDEO_FRAMES:
+            frames = VideoFrameFolder(self.source)
+            for vid in missing:
+                self.table[vid] = self._encode_video(frames.frame_paths(vid))
+        else:
+            self._encode_images(ImageFolder(self.source), missing)
+        if self.cache_file is not None:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in self.table.items()}, self.cache_file)
+
+    def _from_store(self, vid: str) -> torch.Tensor:
+        features = torch.from_numpy(self.store.get(vid)).float()
+        if self.visual_input is VisualInput.VIDEO_FRAMES:
+            tokens, valid = fit_frames(features, self.backbone.config.max_frames)
+            return tokens[valid]
+        return features
+
+    def _encode_images(self, folder: ImageFolder, ids: list[str]) -> None:
+        processor = image_processor(self.backbone.config.vision.image_size)
+        for start in range(0, len(ids), ENCODE_CHUNK):
+            chunk = ids[start:start + ENCODE_CHUNK]
+            images = [Image.open(folder.image_path(vid)) for vid in chunk]
+            pixels = images_to_pixels(images, processor)
+            encoded = self.backbone.encode_images(pixels)
+            for vid, tokens in zip(chunk, encoded, strict=True):
+                self.table[vid] = tokens.clone()
+
+    def _encode_video(self, frame_paths: list[Path]) -> torch.Tensor:
+        processor = image_processor(self.backbone.config.vision.image_size)
+        pixels = images_to_pixels([Image.open(p) for p in frame_paths], processor)
+        tokens, valid = self.backbone.encode_frames(pixels)
+        return tokens[valid].clone()
+
+    def tokens(self, example: Example) -> VisualTokens:
+        return VisualTokens.concat([self.table[vid] for vid in example.visual_ids])
+
+
+def features_for(backbone: VLBackbone, task: str, source: str | Path, examples: list[Example],
+                 cache_dir: str | Path | None, fingerprint: str | None) -> VisualFeatures:
+    """Visual features of `examples`, ready to use (missing ids name the id and source)."""
+    features = VisualFeatures(backbone, source, TASKS[task].visual_input, cache_dir, fingerprint)
+    features.prepare(v for e in examples for v in e.visual_ids)
+    return features

@@ -1,0 +1,239 @@
+"""`train-adapter train`: multi-task adapter training with exact resume, eval and artifacts.
+
+Each step draws one task's batch (round-robin or in proportion to size), materialises that
+task's adapter set, and runs the frozen backbone through the stacked bank (training and
+serving share one compute path). Only trainable tensors reach AdamW; the backbone stays
+bit-identical. With `torchrun`, every rank takes its share of each batch and gradients are
+averaged with all_reduce (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from modeling.backbone import VLBackbone
+from modeling.config import PRESETS, preset
+from modeling.methods.base import BackboneFacts
+from modeling.methods.full_finetuning import FullFinetuning
+from modeling.params import report
+from modeling.recipe import AdapterModel
+from training.adapter_step import adapter_logits, sequence_loss
+from training.artifact import write_artifact
+from training.batches import MultiTaskSampler, TaskStream, training_batch
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import RunConfig
+from training.data.example import Example
+from training.data.registry import load_split, subsample
+from training.evaluation import evaluate_task
+from training.features import VisualFeatures, features_for
+from training.tasks import TASKS
+
+
+def load_backbone(spec: str) -> VLBackbone:
+    """A backbone folder, or a preset name (random weights; tests and smoke runs)."""
+    if spec in PRESETS:
+        return VLBackbone.from_config(preset(spec))
+    if not Path(spec).is_dir():
+        raise ValueError(f"backbone {spec!r} is neither a folder nor a preset "
+                         f"({', '.join(PRESETS)})")
+    return VLBackbone.from_pretrained(spec)
+
+
+def lr_lambda(config: RunConfig):
+    """Linear warm-up, then linear (VL-Adapter) or cosine (empirical study) decay to 0."""
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        if config.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return max(0.0, 1.0 - progress)
+    return factor
+
+
+def load_task_split(task: str, data, split: str) -> list[Example]:
+    path = getattr(data, split)
+    annotations = data.annotations.replace("{split}", split) if data.annotations else None
+    return load_split(task, path, split=split if task == "caption" else None,
+                      vqa_annotations_path=annotations, subtitles_path=data.subtitles)
+
+
+@dataclass
+class TaskState:
+    train: list[Example]
+    val: list[Example]
+    features: VisualFeatures
+
+
+class Trainer:
+    """Owns one run: data, trainable model, optimizer, logs, checkpoints, artifact."""
+
+    def __init__(self, config: RunConfig, out_dir: str | Path, backbone: VLBackbone | None = None,
+                 show_progress: bool = True):
+        self.config, self.out = config, Path(out_dir)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.show_progress = show_progress and self.rank == 0
+        torch.manual_seed(config.seed)
+        self.backbone = backbone or load_backbone(config.backbone)
+        if self.backbone.tokenizer is None:
+            raise ValueError("the backbone has no tokenizer: train from a backbone folder "
+                             "(train-adapter pretrain writes one)")
+        self.fingerprint = self.backbone.fingerprint()
+        self.tasks = self._load_tasks()
+        self.model = AdapterModel(config.methods, BackboneFacts.of(self.backbone),
+                                  sorted(self.tasks), backbone=self.backbone)
+        self.full = next((m for m in self.model.methods.values()
+                          if isinstance(m, FullFinetuning)), None)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        self.sampler = MultiTaskSampler(
+            {t: TaskStream(t, s.train, config.tasks[t].batch_size, config.seed + i)
+             for i, (t, s) in enumerate(sorted(self.tasks.items()))},
+            config.sampling, config.seed)
+        self.step, self.best = 0, None
+
+    def _load_tasks(self) -> dict[str, TaskState]:
+        cache = self.out / "feature-cache"
+        tasks = {}
+        for task, data in self.config.tasks.items():
+            train = subsample(load_task_split(task, data, "train"), self.config.data_ratio,
+                              self.config.seed)
+            val = load_task_split(task, data, "val") if data.val else []
+            if self.config.eval_examples:
+                val = val[:self.config.eval_examples]
+            features = features_for(self.backbone, task, data.visual, train + val, cache,
+                                    self.fingerprint)
+            tasks[task] = TaskState(train, val, features)
+        return tasks
+
+    # --- one step ------------------------------------------------------------------------
+    def _loss(self, task: str, rows: list[Example], step: int) -> torch.Tensor:
+        rows = rows[self.rank::self.world] or rows[:1]
+        batch, weights = training_batch(self.backbone.tokenizer, rows,
+                                        self.tasks[task].features, self.config.seed, step)
+        device = self.config.device
+        batch = batch.to(device)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                                  enabled=self.config.precision == "bf16" and device != "cpu")
+        with autocast:
+            if self.full is not None:
+                logits = self.full.model(batch)
+            else:
+                logits = adapter_logits(self.backbone, self.model, batch, [task] * batch.size)
+        return sequence_loss(logits, batch.labels, torch.tensor(weights, device=device))
+
+    def train_step(self) -> dict[str, float]:
+        self.model.train()
+        total, task = 0.0, ""
+        for micro in range(self.config.accumulation):
+            task, rows = self.sampler.draw(self.step * self.config.accumulation + micro)
+            loss = self._loss(task, rows, self.step * self.config.accumulation + micro)
+            (loss / self.config.accumulation).backward()
+            total += loss.item() / self.config.accumulation
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.world > 1:
+            for p in params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
+        torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return {"step": self.step, "task": task, "loss": total,
+                "lr": self.scheduler.get_last_lr()[0]}
+
+    # --- evaluation, checkpoints, artifacts ---------------------------------------------------
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        self.model.eval()
+        results = {}
+        for task, state in sorted(self.tasks.items()):
+            if state.val:
+                backbone = self.full.model if self.full is not None else self.backbone
+                adapters = None if self.full is not None else self.model
+                results[task] = evaluate_task(backbone, adapters, task, state.val,
+                                              state.features, self.config.max_new_tokens,
+                                              self.config.java_metrics)
+        return results
+
+    def _headline(self, results: dict[str, dict[str, float]]) -> float:
+        return sum(r[TASKS[t].metric] for t, r in results.items()) / max(1, len(results))
+
+    def save(self, name: str) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.out / "checkpoints" / name, self.model, self.optimizer,
+                            self.scheduler, self.step,
+                            {"sampler": self.sampler.state(), "best": self.best})
+
+    def resume(self) -> bool:
+        last = self.out / "checkpoints" / "last"
+        if not last.is_dir():
+            return False
+        state = load_checkpoint(last, self.model, self.optimizer, self.scheduler)
+        self.step, self.best = state["step"], state.get("best")
+        self.sampler.load_state(state["sampler"])
+        return True
+
+    def write_artifact(self, metrics: dict) -> None:
+        if self.rank != 0 or not self.model.serveable:
+            return
+        counted = report(self.backbone.config, self.config.methods, sorted(self.tasks))
+        write_artifact(self.out / "artifact", self.model, self.backbone,
+                       counted.to_dict(), metrics)
+
+    def log(self, record: dict) -> None:
+        if self.rank == 0:
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run(self, stop_after: int | None = None) -> dict[str, dict[str, float]]:
+        """Train to `config.steps` (or `stop_after` steps, to test resume); returns metrics."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        config, start, first_step = self.config, time.time(), self.step
+        bar = tqdm(total=config.steps, initial=self.step, disable=not self.show_progress,
+                   desc="train", dynamic_ncols=True)
+        results: dict[str, dict[str, float]] = {}
+        while self.step < config.steps:
+            record = self.train_step()
+            bar.update(1)
+            rate = (self.step - first_step) / max(time.time() - start, 1e-9)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                            steps_s=f"{rate:.2f}")
+            if self.step % config.log_every == 0:
+                self.log({**record, "steps_per_s": rate})
+            if config.eval_every and self.step % config.eval_every == 0:
+                results = self._eval_and_keep_best()
+            if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                self.save("last")
+            if stop_after is not None and self.step >= stop_after:
+                self.save("last")
+                bar.close()
+                return results
+        bar.close()
+        if not config.eval_every or self.step % config.eval_every:
+            results = self._eval_and_keep_best()
+        self.save("last")
+        self.write_artifact(results)
+        return results
+
+    def _eval_and_keep_best(self) -> dict[str, dict[str, float]]:
+        results = self.evaluate()
+        if results:
+            score = self._headline(results)
+            self.log({"step": self.step, "eval": results, "score": score})
+            if self.best is None or score > self.best:
+                self.best = score
+                self.save("best")
+        return results
