@@ -169,19 +169,28 @@ class VLBackbone(nn.Module):
         return "sha256:" + digest.hexdigest()
 
     # --- visual inputs -----------------------------------------------------------------
-    @torch.no_grad()
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values [n, 3, H, W] -> grid features [n, image_grid**2, feat_dim]."""
+    def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [n, 3, H, W] -> grid features [n, image_grid**2, feat_dim]
+        (differentiable: pre-training trains the tower)."""
         if self.vision is None:
             raise ValueError("this backbone has no vision tower: pass precomputed features")
         hidden = self.vision(pixel_values=pixel_values).last_hidden_state  # [n, 1+p, h]
         return pool_grid(hidden[:, 1:], self.config.image_grid)
 
+    def frame_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames [n_frames, 3, H, W] of one video -> (tokens [max_frames, feat], valid)."""
+        pooled = self.image_tokens(frames).mean(dim=1)  # one vector per frame
+        return fit_frames(pooled, self.config.max_frames)
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The frozen tower's features of images (see `image_tokens`)."""
+        return self.image_tokens(pixel_values)
+
     @torch.no_grad()
     def encode_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames [n_frames, 3, H, W] of one video -> (tokens [max_frames, feat], valid)."""
-        pooled = self.encode_images(frames).mean(dim=1)  # one vector per frame
-        return fit_frames(pooled, self.config.max_frames)
+        """The frozen tower's tokens of one video's frames (see `frame_tokens`)."""
+        return self.frame_tokens(frames)
 
     # --- forward -----------------------------------------------------------------------
     def encoder_inputs(self, batch: VLBatch, weights: StackedWeights | None,

@@ -112,7 +112,7 @@ PRESETS: dict[str, BackboneConfig] = {
     "small": BackboneConfig(
         lm_type="t5", lm=_t5(128, 3, 4, 512, _SMALL_VOCAB), feat_dim=128,
         vision=VisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=3,
-                            image_size=64, patch_size=4),
+                            image_size=64, patch_size=8),
         image_grid=4, max_frames=8, preset="small",
     ),
     # The papers' sizes, with precomputed CLIP RN101 grid features (2048-d, 6x6 per image).

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from modeling.backbone import VLBackbone
@@ -101,6 +102,7 @@ class Trainer:
              for i, (t, s) in enumerate(sorted(self.tasks.items()))},
             config.sampling, config.seed)
         self.step, self.best = 0, None
+        self.tensorboard: SummaryWriter | None = None
 
     def _load_tasks(self) -> dict[str, TaskState]:
         cache = self.out / "feature-cache"
@@ -193,9 +195,20 @@ class Trainer:
                        counted.to_dict(), metrics)
 
     def log(self, record: dict) -> None:
-        if self.rank == 0:
-            with open(self.out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        """One JSONL line, and the numbers as TensorBoard scalars (train/* and eval/*)."""
+        if self.rank != 0:
+            return
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tensorboard is None:
+            self.tensorboard = SummaryWriter(str(self.out / "tensorboard"))
+        for key in ("loss", "lr", "steps_per_s", "score"):
+            if key in record:
+                self.tensorboard.add_scalar(f"train/{key}", record[key], record["step"])
+        for task, metrics in record.get("eval", {}).items():
+            for name, value in metrics.items():
+                self.tensorboard.add_scalar(f"eval/{task}/{name}", value, record["step"])
+        self.tensorboard.flush()
 
     def run(self, stop_after: int | None = None) -> dict[str, dict[str, float]]:
         """Train to `config.steps` (or `stop_after` steps, to test resume); returns metrics."""

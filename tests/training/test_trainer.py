@@ -101,6 +101,9 @@ def test_artifact_holds_only_trainable_tensors_and_a_full_manifest(world, tmp_pa
     assert headers + data == sum(e["size"] for e in manifest["files"].values())
     assert set(manifest["metrics"]) == set(TASKS)
     assert manifest["parameters"]["trainable"] == trainer.model.trainable_count()
+    assert any((tmp_path / "tensorboard").iterdir())
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps[:3] == [2, 4, 6]
 
 
 def test_cli_trains_from_yaml_and_refuses_a_bad_config_in_one_line(world, tmp_path, capsys):

@@ -1,0 +1,138 @@
+"""`train-adapter pretrain`: give the bundled benchmark a frozen backbone worth adapting.
+
+A random backbone knows nothing, and adapters on it measure little (shared/notes/
+synthetic-benchmark.md). So the `small` preset is first trained end to end — CLIP tower,
+projection and LM — on a *separate* synthetic world (another seed): image captions,
+VQA-style and GQA-style questions and video captions, VL-T5's recipe of captioning plus
+visual QA. Downstream adapters then train on the main world's eight tasks, NLVR2 and
+video multiple choice included, which pre-training never saw.
+
+The result is a backbone folder (weights + word tokenizer) reused while it exists.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from modeling.backbone import VLBackbone
+from modeling.config import preset
+from modeling.inputs import VisualTokens, image_processor, images_to_pixels, make_batch
+from training.adapter_step import sequence_loss
+from training.batches import training_target
+from training.data.example import Example
+from training.data.registry import load_split
+from training.data.visual_stores import ImageFolder, VideoFrameFolder
+from training.synthetic import generate
+from training.synthetic.generate import SplitSizes
+from training.text import corpus_tokenizer
+from training.trainer import load_task_split  # noqa: F401  (re-exported for callers)
+
+PRETRAIN_TASKS = ("caption", "vqa", "gqa", "tvc")
+PRETRAIN_SEED = 1000
+VIDEO_TASKS = ("tvqa", "how2qa", "tvc", "yc2c")
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    steps: int = 1500
+    batch_size: int = 48
+    lr: float = 3e-4
+    seed: int = 0
+    sizes: SplitSizes = SplitSizes(600, 100, 100)
+
+
+def world_examples(root: Path, paths: dict, split: str, tasks) -> list[Example]:
+    out = []
+    for task in tasks:
+        out += load_split(task, paths[task][split], split=split if task == "caption" else None,
+                          subtitles_path=root / "subtitles.jsonl" if task in VIDEO_TASKS
+                          else None)
+    return out
+
+
+class PixelCache:
+    """Every image / video of a world as CLIP pixel tensors, loaded once."""
+
+    def __init__(self, root: Path, image_size: int):
+        self.images, self.videos = ImageFolder(root / "images"), VideoFrameFolder(root / "videos")
+        self.processor = image_processor(image_size)
+        self.table: dict[str, torch.Tensor] = {}
+
+    def pixels(self, visual_id: str, video: bool) -> torch.Tensor:
+        if visual_id not in self.table:
+            paths = self.videos.frame_paths(visual_id) if video else \
+                [self.images.image_path(visual_id)]
+            self.table[visual_id] = images_to_pixels([Image.open(p) for p in paths],
+                                                     self.processor)
+        return self.table[visual_id]
+
+
+def visual_tokens(backbone: VLBackbone, cache: PixelCache, example: Example) -> VisualTokens:
+    """Differentiable visual tokens of one example (the tower is being trained)."""
+    if example.task in VIDEO_TASKS:
+        tokens, valid = backbone.frame_tokens(cache.pixels(example.visual_ids[0], True))
+        return VisualTokens(tokens[valid], torch.zeros(int(valid.sum()), dtype=torch.long))
+    per_image = [backbone.image_tokens(cache.pixels(v, False))[0] for v in example.visual_ids]
+    return VisualTokens.concat(per_image)
+
+
+def pretrain_step(backbone: VLBackbone, cache: PixelCache, rows: list[Example],
+                  rng: np.random.Generator) -> torch.Tensor:
+    targets = [training_target(e, rng)[0] for e in rows]
+    visuals = [visual_tokens(backbone, cache, e) for e in rows]
+    batch = make_batch(backbone.tokenizer, [e.source_text for e in rows],
+                       [VisualTokens(v.features.detach(), v.image_order) for v in visuals],
+                       targets)
+    # make_batch pads detached copies; put the differentiable features back in place.
+    visual = torch.zeros_like(batch.visual)
+    for row, v in enumerate(visuals):
+        visual[row, :v.features.shape[0]] = v.features
+    batch.visual = visual
+    return sequence_loss(backbone(batch), batch.labels)
+
+
+def pretrain(out_dir: str | Path, data_dir: str | Path,
+             settings: PretrainSettings = PretrainSettings(), show_progress: bool = True
+             ) -> VLBackbone:
+    """Pre-train (or reuse) the benchmark backbone in `out_dir`; `data_dir` gets both worlds."""
+    out, data = Path(out_dir), Path(data_dir)
+    if (out / "vladapter_backbone.json").is_file():
+        return VLBackbone.from_pretrained(out)
+    main_paths = generate(data / "world", seed=settings.seed, sizes=settings.sizes)
+    pre_paths = generate(data / "pretrain-world", seed=PRETRAIN_SEED, sizes=settings.sizes)
+    every = world_examples(data / "world", main_paths, "train", main_paths)
+    train = world_examples(data / "pretrain-world", pre_paths, "train", PRETRAIN_TASKS)
+    config = preset("small")
+    tokenizer = corpus_tokenizer(every + train, config.lm_type, config.lm["vocab_size"])
+    torch.manual_seed(settings.seed)
+    backbone = VLBackbone.from_config(config, seed=settings.seed, tokenizer=tokenizer)
+    backbone.requires_grad_(True)
+    backbone.train()
+    cache = PixelCache(data / "pretrain-world", config.vision.image_size)
+    optimizer = torch.optim.AdamW(backbone.parameters(), lr=settings.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 100) * max(0.0, 1 - s / settings.steps))
+    rng = np.random.default_rng(settings.seed)
+    start = time.time()
+    bar = tqdm(range(settings.steps), desc="pretrain", disable=not show_progress)
+    for step in bar:
+        rows = [train[i] for i in rng.choice(len(train), settings.batch_size, replace=False)]
+        loss = pretrain_step(backbone, cache, rows, rng)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        seconds = (time.time() - start) / (step + 1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", s_per_step=f"{seconds:.2f}")
+    backbone.requires_grad_(False)
+    backbone.eval()
+    backbone.save_pretrained(out)
+    return VLBackbone.from_pretrained(out)
