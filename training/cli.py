@@ -70,6 +70,40 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _numbers(text: str, kind=float) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}") \
+            from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    """Data ratio x trainable-parameter size grid -> results.csv and PNG plots."""
+    from training.sweep import DEFAULT_SIZES, run_sweep
+
+    config = load_config(args.config)
+    if args.steps is not None:
+        config = replace(config, steps=args.steps)
+    sizes = {m: args.sizes or DEFAULT_SIZES.get(m, []) for m in args.methods}
+    rows = run_sweep(config, args.out, args.methods, args.ratios, sizes)
+    print(f"{len(rows)} runs; results in {Path(args.out) / 'results.csv'}")
+    return 0
+
+
+def pretrain_command(args: argparse.Namespace) -> int:
+    """Pre-train the benchmark backbone on a separate synthetic world (cached)."""
+    from training.pretrain import PretrainSettings, pretrain
+
+    settings = PretrainSettings(steps=args.steps, lr=args.lr, seed=args.seed)
+    pretrain(args.out, args.data, settings, show_progress=not args.quiet)
+    print(f"backbone: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train-adapter",
@@ -99,6 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="override the config's steps")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=train_command)
+    sweep = commands.add_parser("sweep", help="data ratio x parameter size grid, CSV + plots")
+    sweep.add_argument("--config", required=True, help="base run config (YAML)")
+    sweep.add_argument("--out", required=True)
+    sweep.add_argument("--methods", type=lambda t: [m for m in t.split(",") if m],
+                       default=["prompt_tuning", "prefix_tuning", "lora", "adapter",
+                                "parallel_adapter"])
+    sweep.add_argument("--ratios", type=_numbers, default=[0.1, 0.4, 1.0])
+    sweep.add_argument("--sizes", type=lambda t: _numbers(t, int),
+                       help="one size grid for every method (default: per method)")
+    sweep.add_argument("--steps", type=int, help="override the config's steps")
+    sweep.set_defaults(run=sweep_command)
+    pre = commands.add_parser("pretrain", help="pre-train the synthetic benchmark's backbone")
+    pre.add_argument("--out", default="runs/backbone-small", help="backbone folder (reused)")
+    pre.add_argument("--data", default="runs/data", help="where the synthetic worlds go")
+    pre.add_argument("--steps", type=int, default=1000)
+    pre.add_argument("--lr", type=float, default=5e-4)
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--quiet", action="store_true")
+    pre.set_defaults(run=pretrain_command)
     return parser
 
 

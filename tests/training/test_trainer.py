@@ -8,48 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
+from conftest import TASKS
 from safetensors.torch import load_file
 
-from modeling.backbone import VLBackbone
-from modeling.config import preset
 from training.cli import main
 from training.config import parse_config
-from training.synthetic import generate
-from training.synthetic.generate import SplitSizes
-from training.text import corpus_tokenizer
-from training.trainer import Trainer, load_task_split
-
-TASKS = ("vqa", "nlvr2", "caption", "tvqa")
-
-
-def _task_entry(root: Path, task: str, paths: dict) -> dict:
-    video = task in ("tvqa", "how2qa", "tvc", "yc2c")
-    entry = {"train": str(paths[task]["train"]), "val": str(paths[task]["val"]),
-             "visual": str(root / ("videos" if video else "images")), "batch_size": 4}
-    if video:
-        entry["subtitles"] = str(root / "subtitles.jsonl")
-    return entry
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
-    """A small synthetic world, a tiny backbone folder with its tokenizer, a base config."""
-    root = tmp_path_factory.mktemp("world")
-    paths = generate(root / "data", seed=0, sizes=SplitSizes(12, 4, 4))
-    tasks = {t: _task_entry(root / "data", t, paths) for t in TASKS}
-    raw = {"backbone": str(root / "backbone"), "tasks": tasks, "steps": 6, "lr": 1e-2,
-           "methods": [{"method": "lora", "config": {"rank": 4, "dropout": 0.3}},
-                       {"method": "adapter", "config": {"width": 8}, "sharing": "multiple"}],
-           "eval_examples": 3, "java_metrics": False, "log_every": 2}
-    examples = [e for t, d in parse_config({**raw, "backbone": "tiny"}).tasks.items()
-                for e in load_task_split(t, d, "train")]
-    backbone = VLBackbone.from_config(preset("tiny"),
-                                      tokenizer=corpus_tokenizer(examples, "t5", 512))
-    backbone.save_pretrained(root / "backbone")
-    return {"root": root, "raw": raw}
+from training.trainer import Trainer
 
 
 def _trainable(trainer: Trainer) -> dict[str, torch.Tensor]:
