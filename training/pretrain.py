@@ -12,6 +12,7 @@ The result is a backbone folder (weights + word tokenizer) reused while it exist
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,11 @@ from training.batches import training_target
 from training.data.example import Example
 from training.data.registry import load_split
 from training.data.visual_stores import ImageFolder, VideoFrameFolder
+from training.evaluation import evaluate_task
+from training.features import features_for
 from training.synthetic import generate
 from training.synthetic.generate import SplitSizes
 from training.text import corpus_tokenizer
-from training.trainer import load_task_split  # noqa: F401  (re-exported for callers)
 
 PRETRAIN_TASKS = ("caption", "vqa", "gqa", "tvc")
 PRETRAIN_SEED = 1000
@@ -135,4 +137,22 @@ def pretrain(out_dir: str | Path, data_dir: str | Path,
     backbone.requires_grad_(False)
     backbone.eval()
     backbone.save_pretrained(out)
-    return VLBackbone.from_pretrained(out)
+    frozen = VLBackbone.from_pretrained(out)
+    check_attributes(frozen, data / "pretrain-world", pre_paths, out)
+    return frozen
+
+
+def check_attributes(backbone: VLBackbone, root: Path, paths: dict, out: Path) -> dict:
+    """Per question type accuracy of the pre-trained backbone on its own world's val split
+    (the note's advice: know what the frozen model can see before comparing methods)."""
+    report = {}
+    for task in ("vqa", "gqa"):
+        val = world_examples(root, paths, "val", [task])
+        features = features_for(backbone, task, root / "images", val, out / "feature-cache",
+                                backbone.fingerprint())
+        report[task] = evaluate_task(backbone, None, task, val, features)
+    (out / "pretrain_report.json").write_text(json.dumps(report, indent=2))
+    for task, metrics in report.items():
+        shown = ", ".join(f"{k.split('/')[-1]} {v:.1f}" for k, v in metrics.items())
+        print(f"pre-trained backbone, {task} val: {shown}")
+    return report
