@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from modeling.config import PRESETS
 from modeling.presets import method_preset
 from modeling.recipe import MethodEntry
 from training.tasks import TASKS
@@ -144,7 +145,11 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> RunConfig
     _check_scalars(raw)
     tasks = {name: _resolve(_task_data(name, value), base_dir)
              for name, value in raw["tasks"].items()}
-    return RunConfig(**{**raw, "tasks": tasks, "methods": _methods(raw["methods"])})
+    backbone = str(raw["backbone"])
+    if base_dir is not None and backbone not in PRESETS and not Path(backbone).is_absolute():
+        backbone = str(base_dir / backbone)
+    return RunConfig(**{**raw, "backbone": backbone, "tasks": tasks,
+                        "methods": _methods(raw["methods"])})
 
 
 def _resolve(data: TaskData, base_dir: Path | None) -> TaskData:

@@ -1,0 +1,43 @@
+"""Run configs: every wrong field is named with what was expected."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.config import ConfigError, load_config, parse_config
+
+BASE = {"backbone": "tiny", "methods": "single_adapter",
+        "tasks": {"vqa": {"train": "t.json", "visual": "images"}}}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"steps": 0}, "steps: expected a positive number"),
+    ({"sampling": "random"}, "sampling: expected one of"),
+    ({"data_ratio": 1.5}, r"data_ratio: expected a number in \(0, 1\]"),
+    ({"methods": "no_such_preset"}, "methods: unknown method preset"),
+    ({"methods": [{"config": {}}]}, r"methods\[0\]: expected a mapping with a 'method' key"),
+    ({"tasks": {"vqa2": {"train": "t", "visual": "v"}}}, "unknown task 'vqa2'"),
+    ({"tasks": {"vqa": {"train": "t"}}}, r"tasks.vqa.visual: missing"),
+    ({"tasks": {"vqa": {"train": "t", "visual": "v", "batch_size": 0}}},
+     "tasks.vqa.batch_size: expected a positive integer"),
+    ({"learning_rate": 1e-3}, r"unknown key\(s\) \['learning_rate'\]"),
+])
+def test_bad_fields_are_named(change, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**BASE, **change})
+
+
+def test_relative_paths_are_read_from_the_config_folder(tmp_path):
+    (tmp_path / "run.yaml").write_text(
+        "backbone: ../bb\nmethods: single_lora\ntasks:\n  gqa: {train: g.json, visual: img}\n")
+    config = load_config(tmp_path / "run.yaml")
+    assert config.backbone == str(tmp_path / "../bb")
+    assert config.tasks["gqa"].train == str(tmp_path / "g.json")
+
+
+def test_missing_file_and_bad_yaml_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("tasks: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
