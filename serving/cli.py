@@ -1,27 +1,48 @@
-"""`adapter-serve`: the gRPC server (serving issue). Only its command line exists so far."""
+"""`adapter-serve`: the gRPC server over one resident backbone (see serving/server.py).
+
+    adapter-serve --registry PATH --backbone PATH|PRESET --load NAME[@ALIAS],... --port 50051
+                  [--metrics-port N] [--tls-cert F --tls-key F] [--token-file F]
+                  [--max-batch N --max-queue-delay-ms MS --cache-bytes B ...] [--config YAML]
+
+Exit codes: 0 after a clean shutdown (SIGTERM / SIGINT), 2 for a bad setting or a start
+that fails (one line on stderr naming why).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+from serving.config import add_arguments, from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adapter-serve",
-        description="Serve many adapters over one resident VL backbone (gRPC). "
-                    "Not built yet: the server lands with the serving issue.")
-    parser.add_argument("--registry", help="registry root (path or fsspec URL)")
-    parser.add_argument("--backbone", help="backbone folder or preset name")
-    parser.add_argument("--port", type=int, default=50051)
+        description="Serve many adapters over one resident VL backbone (gRPC): mixed-adapter "
+                    "batching, a tiered adapter cache and hot-swap.")
+    add_arguments(parser)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("adapter-serve: error: the server is not built yet (see README, 'Status')",
-          file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    del args.log_level
+    from serving.server import serve  # heavy imports (torch) after --help
+
+    try:
+        config = from_args(args)
+        return serve(config)
+    except (ValueError, OSError) as exc:
+        print(f"adapter-serve: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # registry errors and the like: one line, not a traceback
+        print(f"adapter-serve: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

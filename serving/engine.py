@@ -1,0 +1,520 @@
+"""The engine: one thread that batches requests across tasks and adapters and decodes them.
+
+    gRPC threads --submit--> bounded queue --> engine thread:
+        bind      the adapter version (the active one unless the request names one) and
+                  take a reference on it, so a hot-swap cannot free it mid-request
+        wait      for the version to reach host memory (loaded off the request path)
+        admit     up to max_batch rows: a slot in the device bank per (adapter, task)
+        start     vision tower once per distinct image (LRU keyed by sha256), then
+                  candidate scoring (NLVR2, multiple choice) and beam search in one call
+                  per group, and one encoder pass for the greedy rows
+        step      one decoder pass over every running greedy row; a finished row leaves,
+                  a waiting request joins at the next step (iteration-level batching)
+
+The decoder recomputes each running row's whole prefix every step (no key/value cache):
+rows join and leave freely, decoder inputs are right-padded (causal attention keeps the
+padding out of every real position) and each row's logits are read at its last position.
+Answers here are a few tokens, so the quadratic cost is small.
+
+Only this thread runs the model or changes the slot table's contents; other threads talk
+to it through the queue and `call_soon`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import grpc
+import torch
+
+from adapters_registry import FingerprintMismatch, IntegrityError, InvalidName, NotFound
+from modeling.backbone import VLBackbone, VLBatch
+from modeling.generation import beam_search, score_candidates
+from modeling.inputs import VisualTokens, make_batch
+from modeling.kernels import RowIndex
+from serving.adapter_store import AdapterRejected, AdapterStore, HostAdapter
+from serving.limits import ImageInput
+from serving.slot_table import NoFreeSlot, SlotTable
+from serving.vision_cache import VisionCache, visual_tokens
+from training.tasks import TaskKind, TaskSpec, VisualInput
+
+log = logging.getLogger("vladapter.serving")
+
+
+class RequestError(Exception):
+    """A request that ends with a gRPC status other than OK."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def error_for(exc: BaseException) -> RequestError:
+    """Map a loading or registry error to the status a client sees."""
+    if isinstance(exc, RequestError):
+        return exc
+    if isinstance(exc, NotFound):
+        return RequestError(grpc.StatusCode.NOT_FOUND, str(exc))
+    if isinstance(exc, FingerprintMismatch | AdapterRejected):
+        return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, InvalidName):
+        return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, IntegrityError):
+        return RequestError(grpc.StatusCode.DATA_LOSS, str(exc))
+    return RequestError(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+class NoMetrics:
+    """Stands in for `serving.metrics.ServerMetrics` when none is configured."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+@dataclass
+class Prediction:
+    """What a request returns; timings in milliseconds."""
+
+    text: str
+    adapter_name: str
+    adapter_version: int
+    label: str = ""
+    scores: list[tuple[str, float]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    request_id: str = ""
+
+
+@dataclass(eq=False)
+class Request:
+    """One validated request. `adapter_version` None: the name's active version.
+
+    events receives ("token", text) while streaming, then ("done", Prediction) or
+    ("error", RequestError). deadline: time.monotonic() seconds, or None.
+    """
+
+    task: TaskSpec
+    adapter_name: str
+    adapter_version: int | None
+    source_text: str
+    images: list[ImageInput]
+    choices: list[str] = field(default_factory=list)
+    max_new_tokens: int = 20
+    num_beams: int = 1
+    deadline: float | None = None
+    request_id: str = ""
+    stream: bool = False
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    enqueued: float = field(default_factory=time.monotonic)
+    timings: dict[str, float] = field(default_factory=dict)
+    version: int | None = None  # bound by the engine
+    adapter: HostAdapter | None = None
+    loading: object = None  # the store's future while the version loads
+    slot: int | None = None
+    done: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def wait(self, timeout: float | None = None) -> Prediction:
+        """Block until the request ends; raises its RequestError."""
+        while True:
+            kind, value = self.events.get(timeout=timeout)
+            if kind == "done":
+                return value
+            if kind == "error":
+                raise value
+
+
+@dataclass(eq=False)
+class Running:
+    """A greedy row being decoded: its encoder states [L, d] and the ids so far."""
+
+    request: Request
+    hidden: torch.Tensor
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Engine:
+    """The scheduler thread over one backbone, an adapter store and a slot table."""
+
+    def __init__(self, backbone: VLBackbone, store: AdapterStore, slots: SlotTable,
+                 vision: VisionCache, tokenizer_lock: threading.Lock, max_batch: int = 8,
+                 max_queue: int = 64, max_queue_delay_ms: float = 5.0,
+                 max_text_tokens: int = 512, metrics=None):
+        self.backbone, self.store, self.slots, self.vision = backbone, store, slots, vision
+        self.tokenizer = backbone.tokenizer
+        self.tokenizer_lock = tokenizer_lock
+        self.max_batch, self.max_queue_delay = max_batch, max_queue_delay_ms / 1000.0
+        self.max_text_tokens = max_text_tokens
+        self.metrics = metrics or NoMetrics()
+        self.stats: Counter[str] = Counter()
+        self._queue: queue.Queue[Request] = queue.Queue(maxsize=max_queue)
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._loading: list[Request] = []
+        self._ready: deque[Request] = deque()
+        self._running: list[Running] = []
+        self._retired: set[tuple[str, int]] = set()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        parameter = next(backbone.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+
+    # --- the outside ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: Request) -> None:
+        """Queue a request; a full queue is RESOURCE_EXHAUSTED, a stopping engine UNAVAILABLE."""
+        if self._stopping.is_set():
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"the request queue is full (max_queue={self._queue.maxsize})"
+                               ) from None
+        self.metrics.queue_depth(self._queue.qsize())
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish every queued and running request, then stop the thread."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def call_soon(self, fn) -> None:
+        """Run `fn()` on the engine thread before its next step."""
+        self._commands.put(fn)
+
+    def retire(self, name: str, version: int) -> None:
+        """A version left service (hot-swap or unload): free its slots once idle."""
+        self.call_soon(lambda: self._retire((name, version)))
+
+    def in_flight(self) -> int:
+        return self._queue.qsize() + len(self._loading) + len(self._ready) + len(self._running)
+
+    # --- the loop ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            self._run_commands()
+            if self._stopping.is_set() and self.in_flight() == 0:
+                return
+            self._take(self._wait_time())
+            self._poll_loading()
+            self._drop_dead()
+            admitted = self._admit()
+            try:
+                if admitted:
+                    self._start(admitted)
+                if self._running:
+                    self._step()
+            except Exception as exc:  # a bug in one step must not stop the server
+                log.exception("engine step failed")
+                self._fail_all_running(error_for(exc))
+
+    def _wait_time(self) -> float:
+        if self._running or self._commands.qsize():
+            return 0.0
+        if self._ready:
+            return max(0.0, self.max_queue_delay - (time.monotonic() - self._ready[0].enqueued))
+        return 0.005 if self._loading else 0.05
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            command()
+
+    def _take(self, timeout: float) -> None:
+        try:
+            first = self._queue.get(timeout=timeout) if timeout > 0 else \
+                self._queue.get_nowait()
+        except queue.Empty:
+            return
+        taken = [first]
+        while True:
+            try:
+                taken.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self.metrics.queue_depth(self._queue.qsize())
+        for request in taken:
+            self._bind(request)
+
+    def _bind(self, request: Request) -> None:
+        """Fix the adapter version of a request and hold a reference on it."""
+        active = self.store.active_version(request.adapter_name)
+        if active is None:
+            self._finish(request, RequestError(
+                grpc.StatusCode.NOT_FOUND, f"adapter {request.adapter_name!r} is not loaded "
+                "(Repository.Load it first)"))
+            return
+        request.version = request.adapter_version or active
+        key = (request.adapter_name, request.version)
+        self.slots.acquire(key)
+        request.loading = self.store.fetch(*key)
+        self._loading.append(request)
+
+    def _poll_loading(self) -> None:
+        for request in [r for r in self._loading if r.loading.done()]:
+            self._loading.remove(request)
+            exc = request.loading.exception()
+            if exc is not None:
+                self._finish(request, error_for(exc))
+                continue
+            request.adapter = request.loading.result()
+            if request.task.name not in request.adapter.serve:
+                self._finish(request, RequestError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"adapter {request.adapter_name}:{request.version} has no task "
+                    f"{request.task.name!r} (tasks: {', '.join(request.adapter.tasks)})"))
+                continue
+            self._ready.append(request)
+
+    def _drop_dead(self) -> None:
+        """Answer cancelled and expired requests wherever they wait, freeing their slots."""
+        now = time.monotonic()
+
+        def dead(request: Request) -> RequestError | None:
+            # The deadline first: gRPC also cancels a call whose deadline passed.
+            if request.deadline is not None and now > request.deadline:
+                self.stats["deadline_exceeded"] += 1
+                return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    "the deadline passed before the answer was ready")
+            if request.cancelled.is_set():
+                self.stats["cancelled"] += 1
+                return RequestError(grpc.StatusCode.CANCELLED, "the call was cancelled")
+            return None
+
+        for waiting in (self._loading, self._ready):
+            for request in list(waiting):
+                error = dead(request)
+                if error is not None:
+                    waiting.remove(request)
+                    self._finish(request, error)
+        for row in list(self._running):
+            error = dead(row.request)
+            if error is not None:
+                self._running.remove(row)
+                self._finish(row.request, error)
+
+    def _admit(self) -> list[Request]:
+        """Take ready requests into the batch, each with a device slot for its adapter set."""
+        room = self.max_batch - len(self._running)
+        if not self._ready or room <= 0:
+            return []
+        waited = time.monotonic() - self._ready[0].enqueued
+        if not self._running and len(self._ready) < room and waited < self.max_queue_delay \
+                and not self._stopping.is_set():
+            return []
+        admitted: list[Request] = []
+        while self._ready and len(admitted) < room:
+            request = self._ready[0]
+            key = (request.adapter_name, request.version, request.task.name)
+            try:
+                request.slot = self.slots.activate(key, request.adapter.serve[key[2]])
+            except NoFreeSlot as exc:
+                if self._running or admitted:
+                    break  # slots free up as running rows finish
+                self._ready.popleft()
+                self._finish(request, RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
+                continue
+            self._ready.popleft()
+            request.timings["queue_ms"] = (time.monotonic() - request.enqueued) * 1000
+            admitted.append(request)
+        return admitted
+
+    # --- compute -------------------------------------------------------------------------
+    def _start(self, admitted: list[Request]) -> None:
+        """Vision once per distinct image, then scoring, beam and greedy groups."""
+        start = time.perf_counter()
+        visuals = self._visual_tokens(admitted)
+        vision_ms = (time.perf_counter() - start) * 1000
+        for request in admitted:
+            request.timings["vision_ms"] = vision_ms
+        self.metrics.batch(len(admitted), len({(r.adapter_name, r.version) for r in admitted}))
+        scoring = [i for i, r in enumerate(admitted)
+                   if r.task.kind in (TaskKind.BINARY, TaskKind.MULTIPLE_CHOICE)]
+        beams: dict[tuple[int, int], list[int]] = {}
+        greedy = []
+        for i, request in enumerate(admitted):
+            if i in scoring:
+                continue
+            if request.num_beams > 1:
+                beams.setdefault((request.num_beams, request.max_new_tokens), []).append(i)
+            else:
+                greedy.append(i)
+        groups = [(self._score, scoring)] + [(self._beam, rows) for rows in beams.values()]
+        groups.append((self._encode_greedy, greedy))
+        for run, rows in groups:
+            if not rows:
+                continue
+            members = [admitted[i] for i in rows]
+            try:
+                run(members, [visuals[i] for i in rows])
+            except Exception as exc:  # one group's failure answers only its requests
+                log.exception("batch group failed")
+                for request in members:
+                    if not request.done:
+                        self._finish(request, error_for(exc))
+
+    def _visual_tokens(self, requests: list[Request]) -> list[VisualTokens]:
+        """Per request its visual tokens; CLIP runs once over the distinct uncached images."""
+        return visual_tokens(self.backbone, self.vision,
+                             [(r.images, r.task.visual_input is VisualInput.VIDEO_FRAMES)
+                              for r in requests], self.device, self.dtype)
+
+    def _batch(self, requests: list[Request], visuals: list[VisualTokens]
+               ) -> tuple[VLBatch, RowIndex]:
+        with self.tokenizer_lock:
+            batch = make_batch(self.tokenizer, [r.source_text for r in requests], visuals,
+                               max_text_tokens=self.max_text_tokens)
+        batch = batch.to(self.device)
+        batch.visual = batch.visual.to(self.dtype)
+        slots = torch.tensor([r.slot for r in requests], device=self.device)
+        return batch, RowIndex.of(slots)
+
+    def _score(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
+        """NLVR2 ("true"/"false") and multiple choice ("a0".."a{n-1}") by candidate scoring."""
+        labels = [["true", "false"] if r.task.kind is TaskKind.BINARY
+                  else [f"a{i}" for i in range(len(r.choices))] for r in requests]
+        with self.tokenizer_lock:
+            ids = [[self.tokenizer(label)["input_ids"] for label in row] for row in labels]
+        count = max(len(row) for row in ids)
+        length = max(len(c) for row in ids for c in row)
+        candidates = torch.full((len(requests), count, length), -100, dtype=torch.long)
+        for r, row in enumerate(ids):
+            for c in range(count):  # short rows repeat their first candidate (ignored)
+                tokens = row[c] if c < len(row) else row[0]
+                candidates[r, c, :len(tokens)] = torch.tensor(tokens)
+        start = time.perf_counter()
+        batch, index = self._batch(requests, visuals)
+        scores = score_candidates(self.backbone, batch, candidates.to(self.device),
+                                  self.slots.bank(), index).float().cpu()
+        elapsed = (time.perf_counter() - start) * 1000
+        for request, row_labels, row_scores in zip(requests, labels, scores, strict=True):
+            row = row_scores[:len(row_labels)].tolist()
+            best = max(range(len(row)), key=row.__getitem__)
+            text = row_labels[best] if request.task.kind is TaskKind.BINARY \
+                else request.choices[best]
+            request.timings.update(encode_ms=elapsed, decode_ms=0.0)
+            self._answer(request, text, label=row_labels[best],
+                         scores=list(zip(row_labels, row, strict=True)))
+
+    def _beam(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
+        """Beam search for requests sharing (num_beams, max_new_tokens), in one call."""
+        start = time.perf_counter()
+        batch, index = self._batch(requests, visuals)
+        first = requests[0]
+        outputs = beam_search(self.backbone, batch, self.slots.bank(), index,
+                              max_new_tokens=first.max_new_tokens, num_beams=first.num_beams)
+        elapsed = (time.perf_counter() - start) * 1000
+        for request, ids in zip(requests, outputs, strict=True):
+            request.timings.update(encode_ms=0.0, decode_ms=elapsed)
+            self._answer(request, self._detokenize(ids))
+
+    @torch.no_grad()
+    def _encode_greedy(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
+        """One encoder pass; each row joins the running set with its own states."""
+        start = time.perf_counter()
+        batch, index = self._batch(requests, visuals)
+        hidden, mask = self.backbone.encode(batch, self.slots.bank(), index)
+        elapsed = (time.perf_counter() - start) * 1000
+        lengths = mask.sum(1).tolist()
+        for row, request in enumerate(requests):
+            request.timings["encode_ms"] = elapsed
+            self._running.append(Running(request, hidden[row, :lengths[row]]))
+
+    @torch.no_grad()
+    def _step(self) -> None:
+        """One decoder pass over every running row; finished rows leave the batch."""
+        rows = self._running
+        longest = max(r.hidden.shape[0] for r in rows)
+        hidden = rows[0].hidden.new_zeros(len(rows), longest, rows[0].hidden.shape[-1])
+        mask = torch.zeros(len(rows), longest, dtype=torch.bool, device=self.device)
+        steps = max(len(r.ids) for r in rows) + 1
+        pad = self.backbone.lm.config.pad_token_id
+        decoder_ids = torch.full((len(rows), steps), pad, dtype=torch.long)
+        for i, row in enumerate(rows):
+            hidden[i, :row.hidden.shape[0]] = row.hidden
+            mask[i, :row.hidden.shape[0]] = True
+            decoder_ids[i, :len(row.ids) + 1] = torch.tensor(
+                [self.backbone.decoder_start_token_id, *row.ids])
+        index = RowIndex.of(torch.tensor([r.request.slot for r in rows], device=self.device))
+        self.stats["max_step_rows"] = max(self.stats["max_step_rows"], len(rows))
+        self.stats["max_step_slots"] = max(self.stats["max_step_slots"], len(set(index.rows)))
+        logits = self.backbone.decode(hidden, mask, decoder_ids.to(self.device),
+                                      weights=self.slots.bank(), index=index).logits
+        last = torch.tensor([len(r.ids) for r in rows], device=self.device)
+        next_ids = logits[torch.arange(len(rows), device=self.device), last].argmax(-1).tolist()
+        eos = self.backbone.eos_token_id
+        for row, token in zip(list(rows), next_ids, strict=True):
+            row.ids.append(token)
+            finished = token == eos or len(row.ids) >= row.request.max_new_tokens
+            if row.request.stream and token != eos:
+                text = self._detokenize(row.ids)
+                row.request.events.put(("token", text[len(row.text):]))
+                row.text = text
+            if finished:
+                self._running.remove(row)
+                row.request.timings["decode_ms"] = (time.perf_counter() - row.started) * 1000
+                self._answer(row.request, self._detokenize(row.ids))
+
+    def _detokenize(self, ids: list[int]) -> str:
+        eos = self.backbone.eos_token_id
+        ids = ids[:ids.index(eos)] if eos in ids else ids
+        with self.tokenizer_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    # --- endings -------------------------------------------------------------------------
+    def _answer(self, request: Request, text: str, label: str = "",
+                scores: list[tuple[str, float]] | None = None) -> None:
+        prediction = Prediction(text, request.adapter_name, request.version, label,
+                                scores or [], dict(request.timings), request.request_id)
+        for stage in ("queue", "vision", "encode", "decode"):
+            self.metrics.latency(request.task.name, stage,
+                                 request.timings.get(f"{stage}_ms", 0.0) / 1000)
+        self.metrics.latency(request.task.name, "total", time.monotonic() - request.enqueued)
+        self._finish(request, prediction)
+
+    def _finish(self, request: Request, outcome: Prediction | RequestError) -> None:
+        """Answer a request once and drop its reference on the adapter version."""
+        if request.done:
+            return
+        request.done = True
+        if isinstance(outcome, RequestError):  # counted in metrics by the servicer
+            request.events.put(("error", outcome))
+        else:
+            self.stats["completed"] += 1
+            request.events.put(("done", outcome))
+        if request.version is not None:
+            key = (request.adapter_name, request.version)
+            if self.slots.release(key) == 0 and key in self._retired:
+                self._retire(key)
+
+    def _retire(self, key: tuple[str, int]) -> None:
+        """Free a version's device slots once no request uses it and it is not active."""
+        if self.store.active_version(key[0]) == key[1]:
+            self._retired.discard(key)
+            return
+        if self.slots.refs(key) > 0:
+            self._retired.add(key)
+            return
+        self._retired.discard(key)
+        freed = self.slots.evict(key)
+        if freed:
+            log.info("freed adapter %s:%d from device slots %s", *key, freed)
+
+    def _fail_all_running(self, error: RequestError) -> None:
+        for row in self._running:
+            self._finish(row.request, error)
+        self._running.clear()

@@ -1,0 +1,176 @@
+"""Input limits and request validation: every refusal names the limit it hit.
+
+Validation runs on the gRPC worker thread that received the call, before the request
+reaches the engine's queue, so a bad request never touches a batch that other requests
+share. Images are decoded here (Pillow) and their size checked before any pixel is
+read, so a decompression bomb is refused from its header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.tasks import TaskKind, TaskSpec, VisualInput
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+
+
+class InvalidInput(ValueError):
+    """A request the server refuses as INVALID_ARGUMENT; the message names the limit."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold. Sizes in bytes, pixels = width * height."""
+
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_image_bytes: int = 4 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_frames: int = 64
+    max_feature_tokens: int = 1024
+    max_text_tokens: int = 256
+    max_new_tokens: int = 64
+    max_beams: int = 8
+    max_choices: int = 8
+    default_max_new_tokens: int = 20
+
+
+@dataclass
+class ImageInput:
+    """One image (or video frame) as the engine needs it.
+
+    key: sha256 of the encoded bytes (the vision-cache key), or None for features;
+    pixels [3, H, W] float32 (None when features are given); features [n, feat_dim] float32.
+    """
+
+    key: str | None
+    pixels: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+
+def decode_image(data: bytes, limits: Limits, what: str) -> Image.Image:
+    """Encoded JPEG / PNG / WebP bytes -> a loaded RGB image, or InvalidInput."""
+    if len(data) > limits.max_image_bytes:
+        raise InvalidInput(f"{what} is {len(data)} bytes; limit max_image_bytes="
+                           f"{limits.max_image_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in ACCEPTED_FORMATS:
+                raise InvalidInput(f"{what} is {image.format or 'not an image'}; expected one "
+                                   f"of {', '.join(ACCEPTED_FORMATS)}")
+            width, height = image.size
+            if width * height > limits.max_image_pixels:
+                raise InvalidInput(f"{what} has {width}x{height} pixels; limit "
+                                   f"max_image_pixels={limits.max_image_pixels}")
+            image.load()
+            return image.convert("RGB")
+    except InvalidInput:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as exc:
+        raise InvalidInput(f"{what} is not a valid JPEG, PNG or WebP image ({exc})") from None
+
+
+def decode_features(data: bytes, tokens: int, feat_dim: int, expected_dim: int,
+                    limits: Limits, what: str) -> torch.Tensor:
+    """Raw float32 bytes -> features [tokens, feat_dim], or InvalidInput."""
+    if feat_dim != expected_dim:
+        raise InvalidInput(f"{what} has feat_dim {feat_dim}; this backbone takes {expected_dim}")
+    if not 1 <= tokens <= limits.max_feature_tokens:
+        raise InvalidInput(f"{what} has {tokens} tokens; limit max_feature_tokens="
+                           f"{limits.max_feature_tokens} (and at least 1)")
+    if len(data) != tokens * feat_dim * 4:
+        raise InvalidInput(f"{what} holds {len(data)} bytes; tokens*feat_dim*4 = "
+                           f"{tokens * feat_dim * 4}")
+    features = torch.from_numpy(np.frombuffer(data, dtype="<f4").copy()).view(tokens, feat_dim)
+    if not bool(torch.isfinite(features).all()):
+        raise InvalidInput(f"{what} holds NaN or infinite values")
+    return features
+
+
+class RequestChecker:
+    """Turns the parts of a request into engine inputs, enforcing `limits`.
+
+    tokenizer calls go through one lock: Hugging Face fast tokenizers are not safe to call
+    from several threads at once ("Already borrowed"), and the engine thread shares it.
+    """
+
+    def __init__(self, limits: Limits, tokenizer, tokenizer_lock: threading.Lock,
+                 processor, feat_dim: int, has_vision: bool):
+        self.limits, self.tokenizer, self.tokenizer_lock = limits, tokenizer, tokenizer_lock
+        self.processor, self.feat_dim, self.has_vision = processor, feat_dim, has_vision
+
+    def check_message(self, size: int) -> None:
+        if size > self.limits.max_message_bytes:
+            raise InvalidInput(f"request is {size} bytes; limit max_message_bytes="
+                               f"{self.limits.max_message_bytes}")
+
+    def image(self, source, what: str) -> ImageInput:
+        """One proto `Image` (encoded bytes or features) -> ImageInput."""
+        kind = source.WhichOneof("source")
+        if kind == "features":
+            f = source.features
+            return ImageInput(None, features=decode_features(
+                f.data, f.tokens, f.feat_dim, self.feat_dim, self.limits, what))
+        if kind != "encoded":
+            raise InvalidInput(f"{what} is empty: give encoded bytes or features")
+        if not self.has_vision:
+            raise InvalidInput(f"{what}: this backbone has no vision tower; send features")
+        image = decode_image(source.encoded, self.limits, what)
+        pixels = self.processor(images=[image], return_tensors="pt")["pixel_values"][0]
+        return ImageInput(hashlib.sha256(source.encoded).hexdigest(), pixels=pixels)
+
+    def visual(self, spec: TaskSpec, images, video) -> list[ImageInput]:
+        """The images (or frames) a task needs, in order; counts checked per task."""
+        if spec.visual_input is VisualInput.VIDEO_FRAMES:
+            frames = list(video.frames)
+            if not frames:
+                raise InvalidInput(f"task {spec.name} needs video frames")
+            if len(frames) > self.limits.max_frames:
+                raise InvalidInput(f"video has {len(frames)} frames; limit max_frames="
+                                   f"{self.limits.max_frames}")
+            return [self.image(f, f"frame {i}") for i, f in enumerate(frames)]
+        wanted = 2 if spec.visual_input is VisualInput.TWO_IMAGES else 1
+        if len(images) != wanted:
+            raise InvalidInput(f"task {spec.name} takes {wanted} image(s), got {len(images)}")
+        return [self.image(img, f"image {i}") for i, img in enumerate(images)]
+
+    def choices(self, spec: TaskSpec, choices: list[str]) -> list[str]:
+        if spec.kind is not TaskKind.MULTIPLE_CHOICE:
+            if choices:
+                raise InvalidInput(f"task {spec.name} takes no choices")
+            return []
+        if not 2 <= len(choices) <= self.limits.max_choices:
+            raise InvalidInput(f"task {spec.name} needs 2..{self.limits.max_choices} choices "
+                               f"(limit max_choices), got {len(choices)}")
+        return list(choices)
+
+    def source_text(self, spec: TaskSpec, text: str, choices: list[str],
+                    subtitles: str) -> str:
+        """The encoder text, exactly as training builds it; its length checked in tokens."""
+        source = spec.source_text(text, tuple(choices), subtitles)
+        with self.tokenizer_lock:
+            count = len(self.tokenizer(source)["input_ids"])
+        if count > self.limits.max_text_tokens:
+            raise InvalidInput(f"text is {count} tokens; limit max_text_tokens="
+                               f"{self.limits.max_text_tokens}")
+        return source
+
+    def generation(self, max_new_tokens: int, num_beams: int) -> tuple[int, int]:
+        """-> (max_new_tokens, num_beams) with server defaults for zeros."""
+        if max_new_tokens < 0 or max_new_tokens > self.limits.max_new_tokens:
+            raise InvalidInput(f"max_new_tokens {max_new_tokens}; limit max_new_tokens="
+                               f"{self.limits.max_new_tokens}")
+        if num_beams < 0 or num_beams > self.limits.max_beams:
+            raise InvalidInput(f"num_beams {num_beams}; limit max_beams={self.limits.max_beams}")
+        return max_new_tokens or self.limits.default_max_new_tokens, max(num_beams, 1)

@@ -1,0 +1,195 @@
+"""Host -> accelerator tier: which adapter set sits in which slot of the stacked bank.
+
+A slot holds one adapter set for one task, keyed `(name, version, task)`. The compute
+reads only `bank()` (a `StackedWeights` on the device) and each row's slot number; it
+knows nothing of this table (STYLE.md, "cache apart from compute").
+
+Rules:
+- a slot keeps its number while it is occupied, so rows already decoding keep reading
+  the right weights when other slots change;
+- eviction is LRU over slots whose adapter (name, version) has no in-flight request
+  (refcount 0) and is not pinned: what a running batch uses is never evicted;
+- a byte budget and a slot count bound the table.
+
+Every method takes one lock; in the server only the engine thread mutates the table and
+other threads read `snapshot()`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from modeling.bank import StackedWeights, stack_weights
+from modeling.serve_forms import ServeWeights
+
+SlotKey = tuple[str, int, str]  # (adapter name, version, task)
+AdapterKey = tuple[str, int]  # (adapter name, version)
+
+
+class NoFreeSlot(RuntimeError):
+    """Every slot (or the byte budget) is taken by adapters in use or pinned."""
+
+
+@dataclass
+class SlotInfo:
+    key: SlotKey
+    nbytes: int
+    last_used: float
+
+
+class SlotTable:
+    """A fixed number of slots over one device bank, with LRU, pins and refcounts."""
+
+    def __init__(self, capacity: int, budget_bytes: int, frozen: dict[str, torch.Tensor],
+                 d_model: int, like: torch.Tensor, on_event=None):
+        """frozen: the backbone's tensors by name; like: a tensor of the bank's device/dtype.
+
+        on_event(event): called with "hit", "miss" or "eviction" (metrics).
+        """
+        if capacity < 1:
+            raise ValueError("a slot table needs at least one slot")
+        self.capacity, self.budget_bytes = capacity, budget_bytes
+        self._frozen, self._d_model, self._like = frozen, d_model, like
+        self._slots: list[SlotInfo | None] = [None] * capacity
+        self._weights: list[ServeWeights | None] = [None] * capacity
+        self._refs: Counter[AdapterKey] = Counter()
+        self._pinned: set[AdapterKey] = set()
+        self._bank: StackedWeights | None = None
+        self._lock = threading.RLock()
+        self._on_event = on_event or (lambda event: None)
+
+    # --- queries -------------------------------------------------------------------------
+    def lookup(self, key: SlotKey) -> int | None:
+        """The slot holding `key`, or None."""
+        with self._lock:
+            for slot, info in enumerate(self._slots):
+                if info is not None and info.key == key:
+                    return slot
+            return None
+
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(info.nbytes for info in self._slots if info is not None)
+
+    def refs(self, adapter: AdapterKey) -> int:
+        with self._lock:
+            return self._refs[adapter]
+
+    def snapshot(self) -> list[SlotKey | None]:
+        """The key of every slot, in slot order (None: empty)."""
+        with self._lock:
+            return [None if info is None else info.key for info in self._slots]
+
+    def adapter_state(self, adapter: AdapterKey) -> dict:
+        """Device bytes, slot count, last use, refcount and pin of one adapter."""
+        with self._lock:
+            infos = [i for i in self._slots if i is not None and i.key[:2] == adapter]
+            return {"bytes": sum(i.nbytes for i in infos), "slots": len(infos),
+                    "last_used": max((i.last_used for i in infos), default=0.0),
+                    "in_flight": self._refs[adapter], "pinned": adapter in self._pinned}
+
+    # --- refcounts and pins --------------------------------------------------------------
+    def acquire(self, adapter: AdapterKey) -> None:
+        """One more in-flight request uses `adapter` (its slots cannot be evicted)."""
+        with self._lock:
+            self._refs[adapter] += 1
+
+    def release(self, adapter: AdapterKey) -> int:
+        """One request using `adapter` ended; returns how many still use it."""
+        with self._lock:
+            if self._refs[adapter] <= 0:
+                raise RuntimeError(f"release of {adapter} without a matching acquire")
+            self._refs[adapter] -= 1
+            left = self._refs[adapter]
+            if left == 0:
+                del self._refs[adapter]
+            return left
+
+    def pin(self, adapter: AdapterKey) -> None:
+        with self._lock:
+            self._pinned.add(adapter)
+
+    def unpin(self, adapter: AdapterKey) -> None:
+        with self._lock:
+            self._pinned.discard(adapter)
+
+    # --- placement -----------------------------------------------------------------------
+    def activate(self, key: SlotKey, weights: ServeWeights) -> int:
+        """Put `weights` in a slot (or find it there); returns the slot number.
+
+        Evicts LRU slots of idle, unpinned adapters to make room; raises NoFreeSlot when
+        every slot or byte is held by adapters in use or pinned.
+        """
+        with self._lock:
+            slot = self.lookup(key)
+            if slot is not None:
+                self._slots[slot].last_used = time.time()
+                self._on_event("hit")
+                return slot
+            self._on_event("miss")
+            nbytes = self._device_bytes(weights)
+            if nbytes > self.budget_bytes:
+                raise NoFreeSlot(f"adapter set {key} needs {nbytes} bytes; the device budget "
+                                 f"is {self.budget_bytes}")
+            while None not in self._slots or self.used_bytes() + nbytes > self.budget_bytes:
+                self._evict_one(key)
+            slot = self._slots.index(None)
+            self._slots[slot] = SlotInfo(key, nbytes, time.time())
+            self._weights[slot] = weights
+            self._bank = None
+            return slot
+
+    def _evict_one(self, wanted: SlotKey) -> None:
+        candidates = [(info.last_used, slot) for slot, info in enumerate(self._slots)
+                      if info is not None and self._evictable(info.key[:2])]
+        if not candidates:
+            raise NoFreeSlot(f"no slot for {wanted}: all {self.capacity} slots hold adapters "
+                             "in use or pinned")
+        self._free(min(candidates)[1])
+
+    def _evictable(self, adapter: AdapterKey) -> bool:
+        return self._refs[adapter] == 0 and adapter not in self._pinned
+
+    def _free(self, slot: int) -> None:
+        self._slots[slot] = None
+        self._weights[slot] = None
+        self._bank = None
+        self._on_event("eviction")
+
+    def evict(self, adapter: AdapterKey) -> list[int]:
+        """Free every slot of `adapter` if it is idle and unpinned; returns the freed slots."""
+        with self._lock:
+            if not self._evictable(adapter):
+                return []
+            freed = [slot for slot, info in enumerate(self._slots)
+                     if info is not None and info.key[:2] == adapter]
+            for slot in freed:
+                self._free(slot)
+            return freed
+
+    def touch(self, slot: int) -> None:
+        with self._lock:
+            if self._slots[slot] is not None:
+                self._slots[slot].last_used = time.time()
+
+    # --- the bank the compute reads ------------------------------------------------------
+    def bank(self) -> StackedWeights:
+        """Stacked weights of every slot (empty slots: no adapter), rebuilt after changes.
+
+        Rebuilding restacks all slots; with a handful of slots this costs far less than one
+        decode step on the tiny and small presets. Slot numbers never move.
+        """
+        with self._lock:
+            if self._bank is None:
+                sets = [w if w is not None else ServeWeights() for w in self._weights]
+                self._bank = stack_weights(sets, self._frozen, self._d_model, self._like)
+            return self._bank
+
+    def _device_bytes(self, weights: ServeWeights) -> int:
+        """Bytes `weights` take in the bank's dtype (host copies are float32)."""
+        return sum(t.numel() for t in weights.tensors()) * self._like.element_size()

@@ -1,0 +1,97 @@
+"""An LRU of vision-tower outputs keyed by the sha256 of the encoded image.
+
+The same picture asked about by several requests (or tasks) runs through CLIP once.
+Entries are grid features [image_grid**2, feat_dim] float32 on the host; the cache is
+bounded by entry count and guarded by one lock (the engine thread is its only writer).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import torch
+
+from modeling.backbone import VLBackbone
+from modeling.inputs import VisualTokens
+from modeling.visual import fit_frames
+from serving.limits import ImageInput
+
+
+class VisionCache:
+    """LRU map sha256 hex -> features [tokens, feat_dim]."""
+
+    def __init__(self, max_entries: int, on_event=None):
+        """on_event(event): called with "hit", "miss" or "eviction" (metrics)."""
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        self._on_event = on_event or (lambda event: None)
+
+    def get(self, key: str) -> torch.Tensor | None:
+        with self._lock:
+            features = self._entries.get(key)
+            if features is not None:
+                self._entries.move_to_end(key)
+        self._on_event("hit" if features is not None else "miss")
+        return features
+
+    def put(self, key: str, features: torch.Tensor) -> None:
+        if self.max_entries <= 0:
+            return
+        evicted = 0
+        with self._lock:
+            self._entries[key] = features
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+                evicted += 1
+        for _ in range(evicted):
+            self._on_event("eviction")
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._entries
+
+
+def visual_tokens(backbone: VLBackbone, cache: VisionCache,
+                  examples: list[tuple[list[ImageInput], bool]], device: torch.device,
+                  dtype: torch.dtype) -> list[VisualTokens]:
+    """Visual tokens of each example; the tower runs once over the distinct uncached images.
+
+    examples: (images or frames in order, is_video). Images give grid features
+    [grid**2, feat] each (NLVR2: two, tagged 0/1); a video's frames are averaged to one
+    vector each and pooled or padded to max_frames, exactly as `VLBackbone.encode_frames`.
+    Returned features are float32 on the host.
+    """
+    features: dict[str, torch.Tensor] = {}
+    pending: dict[str, torch.Tensor] = {}
+    for image in (img for images, _ in examples for img in images if img.key is not None):
+        if image.key in features or image.key in pending:
+            continue
+        cached = cache.get(image.key)
+        if cached is not None:
+            features[image.key] = cached
+        else:
+            pending[image.key] = image.pixels
+    if pending:
+        pixels = torch.stack(list(pending.values())).to(device, dtype)
+        computed = backbone.encode_images(pixels).float().cpu()
+        for key, tensor in zip(pending, computed, strict=True):
+            features[key] = tensor
+            cache.put(key, tensor)
+    out = []
+    for images, is_video in examples:
+        per_image = [img.features if img.key is None else features[img.key] for img in images]
+        if is_video:
+            frames = torch.stack([f.mean(0) for f in per_image])
+            tokens, valid = fit_frames(frames, backbone.config.max_frames)
+            out.append(VisualTokens(tokens[valid], torch.zeros(int(valid.sum()),
+                                                               dtype=torch.long)))
+        else:
+            out.append(VisualTokens.concat(per_image))
+    return out

@@ -1,0 +1,85 @@
+"""The slot table's state machine on CPU: after every add / activate / pin / evict the
+table is asserted (STYLE.md), including "never evict what a running batch uses"."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modeling.serve_forms import ServeWeights
+from serving.slot_table import NoFreeSlot, SlotTable
+
+D = 4
+
+
+def frozen():
+    return {"lm.shared.weight": torch.zeros(8, D)}
+
+
+def prompt_set(value: float, length: int = 2) -> ServeWeights:
+    """A set whose prompt rows are all `value` (so each slot's content is recognisable)."""
+    return ServeWeights(prompt=torch.full((length, D), value))
+
+
+def table(capacity: int = 3, budget: int = 10_000) -> SlotTable:
+    return SlotTable(capacity, budget, frozen(), D, torch.zeros(()))
+
+
+def key(name: str) -> tuple[str, int, str]:
+    return (name, 1, "vqa")
+
+
+def test_activate_pin_refcount_and_evict_step_by_step():
+    slots = table()
+    assert slots.activate(key("a"), prompt_set(1)) == 0
+    assert slots.snapshot() == [key("a"), None, None]
+    assert slots.activate(key("b"), prompt_set(2)) == 1
+    assert slots.activate(key("c"), prompt_set(3)) == 2
+    assert slots.activate(key("a"), prompt_set(1)) == 0  # hit: same slot, now most recent
+    slots.acquire(("b", 1))  # a running request uses b
+    assert slots.activate(key("d"), prompt_set(4)) == 2  # LRU idle one is c (b in use)
+    assert slots.snapshot() == [key("a"), key("b"), key("d")]
+    slots.pin(("a", 1))
+    slots.acquire(("d", 1))
+    with pytest.raises(NoFreeSlot, match="in use or pinned"):
+        slots.activate(key("e"), prompt_set(5))
+    assert slots.snapshot() == [key("a"), key("b"), key("d")]  # a failed add changes nothing
+    assert slots.evict(("b", 1)) == []  # in use: kept
+    assert slots.release(("b", 1)) == 0
+    assert slots.evict(("b", 1)) == [1]
+    assert slots.snapshot() == [key("a"), None, key("d")]
+    slots.unpin(("a", 1))
+    assert slots.activate(key("e"), prompt_set(5)) == 1  # a free slot first
+    assert slots.activate(key("f"), prompt_set(6)) == 0  # then the idle LRU (a)
+    assert slots.snapshot() == [key("f"), key("e"), key("d")]
+    with pytest.raises(RuntimeError, match="without a matching acquire"):
+        slots.release(("a", 1))
+
+
+def test_bank_rows_follow_slots_and_numbers_never_move():
+    slots = table()
+    slots.activate(key("a"), prompt_set(1, length=1))
+    slots.activate(key("b"), prompt_set(2, length=3))
+    bank = slots.bank()
+    assert bank.prompt_length.tolist() == [1, 3, 0]
+    assert torch.equal(bank.prompt[1, :3], torch.full((3, D), 2.0))
+    slots.evict(("a", 1))
+    slots.activate(key("c"), prompt_set(7, length=2))
+    bank = slots.bank()
+    assert bank.prompt_length.tolist() == [2, 3, 0]  # c took slot 0; b stayed in slot 1
+    assert torch.equal(bank.prompt[0, :2], torch.full((2, D), 7.0))
+    assert slots.bank() is bank  # unchanged table: no restack
+
+
+def test_byte_budget_evicts_lru_and_refuses_what_never_fits():
+    one_set = 2 * D * 4  # a length-2 prompt in float32
+    slots = table(capacity=8, budget=2 * one_set)
+    slots.activate(key("a"), prompt_set(1))
+    slots.activate(key("b"), prompt_set(2))
+    slots.activate(key("c"), prompt_set(3))
+    assert slots.snapshot()[:3] == [key("c"), key("b"), None]
+    assert slots.used_bytes() == 2 * one_set
+    with pytest.raises(NoFreeSlot, match="budget"):
+        slots.activate(key("big"), prompt_set(9, length=10))
+    state = slots.adapter_state(("b", 1))
+    assert state["bytes"] == one_set and state["slots"] == 1 and state["in_flight"] == 0

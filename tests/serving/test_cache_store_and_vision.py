@@ -1,0 +1,91 @@
+"""Registry -> host tier (one load per version however many wait, LRU byte budget that
+spares active and pinned versions, refusals) and the vision feature LRU."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from adapters_registry import FingerprintMismatch, NotFound, Registry
+from modeling.methods.base import BackboneFacts
+from serving.adapter_store import AdapterStore
+from serving.vision_cache import VisionCache
+
+
+def make_store(backbone, published, budget=1 << 30, loads=None) -> AdapterStore:
+    return AdapterStore(Registry(published.root), BackboneFacts.of(backbone),
+                        backbone.fingerprint(), budget,
+                        on_load=(lambda s: loads.append(s)) if loads is not None else None)
+
+
+def test_concurrent_fetches_share_one_load(backbone, published):
+    loads: list[float] = []
+    store = make_store(backbone, published, loads=loads)
+    futures, barrier = [], threading.Barrier(6)
+
+    def fetch():
+        barrier.wait()
+        futures.append(store.fetch("beta", 1))
+
+    threads = [threading.Thread(target=fetch) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    entries = {id(f.result(timeout=30)) for f in futures}
+    assert len(entries) == 1 and len(loads) == 1
+    entry = futures[0].result()
+    assert sorted(entry.tasks) == ["caption", "nlvr2", "tvqa", "vqa"]
+    expected = published.models[("beta", 1)].materialize("vqa")
+    for ours, theirs in zip(entry.serve["vqa"].tensors(), expected.tensors(), strict=True):
+        assert torch.equal(ours, theirs)
+    store.close()
+
+
+def test_budget_evicts_lru_but_spares_active_and_pinned(backbone, published):
+    store = make_store(backbone, published, budget=1)  # everything is over budget
+    alpha1 = store.fetch("alpha", 1).result(timeout=30)
+    store.activate(alpha1)
+    store.fetch("gamma", 1).result(timeout=30)
+    assert store.entry(("alpha", 1)) is not None  # active
+    assert store.entry(("gamma", 1)) is not None  # the newest stays until the next load
+    store.pin(("beta", 1), True)
+    store.fetch("beta", 1).result(timeout=30)
+    assert store.entry(("gamma", 1)) is None  # LRU, neither active nor pinned
+    store.fetch("alpha", 2).result(timeout=30)
+    assert store.entry(("beta", 1)) is not None  # pinned
+    assert store.entry(("alpha", 1)) is not None
+    store.close()
+
+
+def test_refusals_surface_as_registry_errors(backbone, published):
+    store = make_store(backbone, published)
+    with pytest.raises(FingerprintMismatch):
+        store.fetch("alien", 1).result(timeout=30)
+    with pytest.raises(NotFound):
+        store.resolve("nobody")
+    assert store.resolve("alpha") == 2 and store.resolve("alpha", version=1) == 1
+    store.close()
+
+
+def test_vision_cache_is_lru_by_entries():
+    events: list[str] = []
+    cache = VisionCache(2, on_event=events.append)
+    cache.put("a", torch.zeros(1))
+    cache.put("b", torch.ones(1))
+    assert cache.get("a") is not None  # a is now most recent
+    cache.put("c", torch.ones(1))
+    assert "b" not in cache and "a" in cache and "c" in cache
+    assert cache.get("b") is None
+    assert events == ["hit", "eviction", "miss"]
+
+
+def test_server_runs_vision_once_per_distinct_image(server, inference):
+    from serving_helpers import request_for
+
+    before = len(server.vision)
+    inference.Predict(request_for("vqa", "alpha", seed=77), timeout=30)
+    inference.Predict(request_for("caption", "beta", seed=77), timeout=30)  # same image
+    assert len(server.vision) == before + 1

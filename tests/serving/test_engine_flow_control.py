@@ -1,0 +1,81 @@
+"""Back-pressure, deadlines and cancellation: a full queue answers RESOURCE_EXHAUSTED, an
+expired request is dropped with DEADLINE_EXCEEDED, a cancelled call frees its slot."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from serving_helpers import direct, request_for
+
+from serving.config import ServeConfig
+from serving.protos import inference_pb2_grpc
+from serving.server import Server
+
+
+def _settle(server, timeout: float = 5.0) -> None:
+    """Wait until the engine holds no request and no adapter reference."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if server.engine.in_flight() == 0 and server.slots.refs(("alpha", 2)) == 0:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the engine kept a request or a reference")
+
+
+def test_full_queue_is_resource_exhausted_and_the_queued_call_still_answers(backbone,
+                                                                             published):
+    config = ServeConfig(registry=published.root, host="127.0.0.1", port=0, max_queue=1)
+    server = Server(config, backbone=backbone)
+    server.repository.load("alpha")
+    server.grpc_server.start()  # the engine is not running yet: the queue cannot drain
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            first = stub.Predict.future(request_for("vqa", seed=1), timeout=30)
+            while server.engine.in_flight() == 0:
+                time.sleep(0.005)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Predict(request_for("vqa", seed=2), timeout=30)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_queue=1" in caught.value.details()
+            server.engine.start()
+            assert first.result().adapter_version == 2
+    finally:
+        server.stop(grace=5)
+
+
+def test_request_past_its_deadline_is_dropped_not_run(backbone, published):
+    config = ServeConfig(registry=published.root, host="127.0.0.1", port=0)
+    server = Server(config, backbone=backbone)
+    server.repository.load("alpha")
+    server.grpc_server.start()  # hold the engine until the deadline has passed
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Predict(request_for("caption", seed=3), timeout=0.3)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert server.engine.in_flight() == 1
+            server.engine.start()
+            _settle(server)
+        assert server.engine.stats["deadline_exceeded"] == 1
+        assert server.engine.stats["completed"] == 0
+    finally:
+        server.stop(grace=5)
+
+
+def test_cancelled_stream_leaves_the_batch_and_frees_its_slot(server, inference, published,
+                                                              backbone):
+    message = request_for("caption", "alpha", seed=4, max_new_tokens=40)
+    text, _ = direct(backbone, published.models[("alpha", 2)], message)
+    assert len(text.split()) >= 5  # long enough to be cancelled mid-decode
+    before = server.engine.stats["cancelled"]
+    call = inference.PredictStream(message, timeout=30)
+    first = next(call)
+    assert not first.done
+    call.cancel()
+    _settle(server)
+    assert server.engine.stats["cancelled"] == before + 1
+    assert inference.Predict(request_for("vqa", seed=5), timeout=30).adapter_name == "alpha"

@@ -1,0 +1,44 @@
+"""`adapter-serve` settings: defaults < YAML < flags; bad settings exit 2 with one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.cli import build_parser, main
+from serving.config import ServeConfig, from_args
+
+
+def test_yaml_then_flags_override(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("registry: /r\nmax_batch: 4\nload: [alpha, beta@prod]\n"
+                    "limits: {max_new_tokens: 12, max_beams: 2}\n")
+    args = build_parser().parse_args(["--config", str(path), "--max-batch", "16",
+                                      "--max-beams", "5", "--load", "gamma:3"])
+    del args.log_level
+    config = from_args(args)
+    assert (config.registry, config.max_batch, config.load) == ("/r", 16, ("gamma:3",))
+    assert (config.limits.max_new_tokens, config.limits.max_beams) == (12, 5)
+    assert config.port == ServeConfig().port
+
+
+def test_unknown_yaml_key_is_refused_naming_it(tmp_path, capsys):
+    path = tmp_path / "serve.yaml"
+    path.write_text("max_bach: 4\n")
+    assert main(["--config", str(path)]) == 2
+    assert "max_bach" in capsys.readouterr().err
+
+
+def test_unknown_preset_exits_two(tmp_path, capsys):
+    assert main(["--backbone", "enormous", "--registry", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "enormous" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flag", ["--help"])
+def test_help_lists_the_main_flags(flag, capsys):
+    with pytest.raises(SystemExit):
+        main([flag])
+    out = capsys.readouterr().out
+    for name in ("--registry", "--backbone", "--load", "--max-queue-delay-ms", "--cache-bytes",
+                 "--tls-cert", "--token-file", "--metrics-port"):
+        assert name in out
