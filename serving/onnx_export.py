@@ -1,0 +1,66 @@
+"""`adapter-serve export-onnx`: write the backbone's CLIP tower to one ONNX file.
+
+    adapter-serve export-onnx --backbone PATH|PRESET --out clip_vision.onnx [--opset N]
+    python -m serving.onnx_export --backbone tiny --out clip_vision.onnx
+
+The file computes pixels [batch, 3, H, W] -> grid features [batch, grid*grid, feat_dim]
+(input "PIXELS", output "FEATURES", dynamic batch), the same as `encode_images`; serve it
+with `--vision-backend onnxruntime --onnx-path FILE` or from a Triton model repository.
+Exit codes: 0 written and checked, 2 a bad backbone or output path (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from modeling.backbone import VLBackbone
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adapter-serve export-onnx",
+        description="Export the frozen CLIP vision tower (plus grid pooling) to ONNX.")
+    parser.add_argument("--backbone", required=True,
+                        help="a backbone folder (save_pretrained layout) or a preset name")
+    parser.add_argument("--out", required=True, help="the .onnx file to write")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of a preset backbone's random weights (as adapter-serve)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (exporter default)")
+    return parser
+
+
+def load_backbone(spec: str, seed: int = 0) -> VLBackbone:
+    """A backbone folder, or a preset name (random weights, seeded); no tokenizer needed."""
+    from modeling.backbone import VLBackbone
+    from modeling.config import preset
+
+    if Path(spec).is_dir():
+        return VLBackbone.from_pretrained(spec)
+    return VLBackbone.from_config(preset(spec), seed=seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from serving.vision_backends import export_vision_onnx  # torch after --help
+
+    try:
+        backbone = load_backbone(args.backbone, args.seed)
+        out = export_vision_onnx(backbone, args.out, opset=args.opset)
+    except (ValueError, OSError) as exc:
+        print(f"adapter-serve export-onnx: error: {exc}", file=sys.stderr)
+        return 2
+    vision = backbone.config.vision
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): PIXELS [batch, 3, "
+          f"{vision.image_size}, {vision.image_size}] -> FEATURES [batch, "
+          f"{backbone.config.image_grid ** 2}, {backbone.config.feat_dim}]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
