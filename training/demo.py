@@ -57,12 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     print("== Pre-training the benchmark backbone (reused when runs/backbone-small exists) ==")
     pretrain(RUNS / "backbone-small", RUNS / "data", PretrainSettings(steps=args.pretrain_steps))
     trainer = train_adapter(args.steps)
-    try:
-        from serving.demo import serve_and_ask
-    except ImportError:
-        print("(the gRPC server is not built yet: skipping the serving part)")
-    else:
-        serve_and_ask(trainer.out / "artifact", RUNS / "backbone-small", RUNS / "data" / "world")
+    # The demo is the one place that drives every package, serving included.
+    from serving.demo import serve_and_ask
+
+    serve_and_ask(trainer.out / "artifact", RUNS / "backbone-small", RUNS / "data" / "world")
     print(f"demo finished in {time.time() - start:.0f}s")
 
 
