@@ -45,7 +45,7 @@ VIDEO_TASKS = ("tvqa", "how2qa", "tvc", "yc2c")
 class PretrainSettings:
     steps: int = 1500
     batch_size: int = 48
-    lr: float = 3e-4
+    lr: float = 5e-4
     seed: int = 0
     sizes: SplitSizes = SplitSizes(600, 100, 100)
 
