@@ -3,6 +3,12 @@
     adapter-serve --registry PATH --backbone PATH|PRESET --load NAME[@ALIAS],... --port 50051
                   [--metrics-port N] [--tls-cert F --tls-key F] [--token-file F]
                   [--max-batch N --max-queue-delay-ms MS --cache-bytes B ...] [--config YAML]
+                  [--vision-backend torch|onnxruntime|triton --onnx-path F
+                   --triton-url HOST:PORT --triton-model NAME] [--serve-vision-model [NAME]]
+    adapter-serve export-onnx --backbone PATH|PRESET --out clip_vision.onnx
+
+The same port serves `vladapter.v1.Inference` / `Repository` and KServe v2
+(`inference.GRPCInferenceService`, see docs/kserve.md).
 
 Exit codes: 0 after a clean shutdown (SIGTERM / SIGINT), 2 for a bad setting or a start
 that fails (one line on stderr naming why).
@@ -21,13 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adapter-serve",
         description="Serve many adapters over one resident VL backbone (gRPC): mixed-adapter "
-                    "batching, a tiered adapter cache and hot-swap.")
+                    "batching, a tiered adapter cache and hot-swap.",
+        epilog="`adapter-serve export-onnx --help`: export the CLIP tower to ONNX.")
     add_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export-onnx"]:
+        from serving.onnx_export import main as export_onnx
+
+        return export_onnx(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

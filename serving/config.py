@@ -46,6 +46,11 @@ class ServeConfig:
     vision_cache_entries: int = 1024
     workers: int = 64  # gRPC threads: each waiting call holds one
     grace_s: float = 30.0  # how long SIGTERM waits for in-flight calls
+    vision_backend: str = "torch"  # torch, onnxruntime or triton (serving.vision_backends)
+    onnx_path: str | None = None  # --vision-backend onnxruntime: the exported tower
+    triton_url: str | None = None  # --vision-backend triton: HOST:PORT of a KServe v2 server
+    triton_model: str | None = None  # ... and the model there (PIXELS -> FEATURES)
+    serve_vision_model: str | None = None  # host the tower as this KServe v2 model
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -108,6 +113,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--vision-cache-entries", type=int, default=suppress, help="image features kept")
     add("--workers", type=int, default=suppress, help="gRPC worker threads")
     add("--grace-s", type=float, default=suppress, help="SIGTERM drain time")
+    add("--vision-backend", choices=("torch", "onnxruntime", "triton"), default=suppress,
+        help="where the CLIP tower runs (default torch)")
+    add("--onnx-path", default=suppress, help="exported tower for --vision-backend onnxruntime "
+        "(see `adapter-serve export-onnx`)")
+    add("--triton-url", default=suppress, help="HOST:PORT of the KServe v2 / Triton gRPC "
+        "server for --vision-backend triton")
+    add("--triton-model", default=suppress, help="the vision model's name on that server")
+    add("--serve-vision-model", nargs="?", const="clip_vision", default=suppress,
+        metavar="NAME", help="also serve the tower as a KServe v2 model (PIXELS -> FEATURES; "
+        "default name clip_vision)")
     for limit in fields(Limits):
         add(f"--{limit.name.replace('_', '-')}", type=int, default=suppress,
             help=f"limit (default {limit.default})")

@@ -40,6 +40,7 @@ from modeling.kernels import RowIndex
 from serving.adapter_store import AdapterRejected, AdapterStore, HostAdapter
 from serving.limits import ImageInput
 from serving.slot_table import NoFreeSlot, SlotTable
+from serving.vision_backends import VisionEncoder
 from serving.vision_cache import VisionCache, visual_tokens
 from training.tasks import TaskKind, TaskSpec, VisualInput
 
@@ -148,8 +149,11 @@ class Engine:
     def __init__(self, backbone: VLBackbone, store: AdapterStore, slots: SlotTable,
                  vision: VisionCache, tokenizer_lock: threading.Lock, max_batch: int = 8,
                  max_queue: int = 64, max_queue_delay_ms: float = 5.0,
-                 max_text_tokens: int = 512, metrics=None):
+                 max_text_tokens: int = 512, metrics=None,
+                 vision_encoder: VisionEncoder | None = None):
+        """vision_encoder: pixels -> features (None: the backbone's tower in torch eager)."""
         self.backbone, self.store, self.slots, self.vision = backbone, store, slots, vision
+        self.vision_encoder = vision_encoder
         self.tokenizer = backbone.tokenizer
         self.tokenizer_lock = tokenizer_lock
         self.max_batch, self.max_queue_delay = max_batch, max_queue_delay_ms / 1000.0
@@ -337,7 +341,13 @@ class Engine:
     def _start(self, admitted: list[Request]) -> None:
         """Vision once per distinct image, then scoring, beam and greedy groups."""
         start = time.perf_counter()
-        visuals = self._visual_tokens(admitted)
+        try:
+            visuals = self._visual_tokens(admitted)
+        except Exception as exc:  # e.g. a remote vision server that is down
+            log.exception("vision encoder failed")
+            for request in admitted:
+                self._finish(request, error_for(exc))
+            return
         vision_ms = (time.perf_counter() - start) * 1000
         for request in admitted:
             request.timings["vision_ms"] = vision_ms
@@ -371,7 +381,8 @@ class Engine:
         """Per request its visual tokens; CLIP runs once over the distinct uncached images."""
         return visual_tokens(self.backbone, self.vision,
                              [(r.images, r.task.visual_input is VisualInput.VIDEO_FRAMES)
-                              for r in requests], self.device, self.dtype)
+                              for r in requests], self.device, self.dtype,
+                             self.vision_encoder)
 
     def _batch(self, requests: list[Request], visuals: list[VisualTokens]
                ) -> tuple[VLBatch, RowIndex]:

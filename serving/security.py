@@ -9,6 +9,8 @@ Two independent layers:
   of each call before its handler runs. Which services need a token:
 
       /vladapter.v1.Repository/*          always (it changes what is loaded)
+      /inference.GRPCInferenceService/RepositoryModelLoad, .../RepositoryModelUnload
+                                          always (the same, over KServe v2)
       /vladapter.v1.Inference/*           only with protect_inference
       /inference.GRPCInferenceService/*   only with protect_inference (KServe v2)
       /grpc.health.v1.Health/*            never (load balancers probe it)
@@ -28,6 +30,8 @@ from typing import Any
 import grpc
 
 REPOSITORY_PREFIX = "/vladapter.v1.Repository/"
+KSERVE_REPOSITORY_METHODS = ("/inference.GRPCInferenceService/RepositoryModelLoad",
+                             "/inference.GRPCInferenceService/RepositoryModelUnload")
 INFERENCE_PREFIXES = ("/vladapter.v1.Inference/", "/inference.GRPCInferenceService/")
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 BEARER = "bearer "
@@ -124,7 +128,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         """Whether a call of `method` (`/package.Service/Method`) must carry a token."""
         if not self._tokens or method.startswith(OPEN_PREFIXES):
             return False
-        if method.startswith(REPOSITORY_PREFIX):
+        if method.startswith(REPOSITORY_PREFIX) or method in KSERVE_REPOSITORY_METHODS:
             return True
         return self._protect_inference and method.startswith(INFERENCE_PREFIXES)
 

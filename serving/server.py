@@ -4,8 +4,10 @@
     Server.stop(grace)          health NOT_SERVING, refuse new calls, drain, stop the engine
     serve(config)               the CLI entry: runs until SIGTERM / SIGINT, then drains, 0
 
-Services: `vladapter.v1.Inference`, `vladapter.v1.Repository`, `grpc.health.v1.Health` and
-server reflection; TLS and bearer tokens come from `serving.security`.
+Services: `vladapter.v1.Inference`, `vladapter.v1.Repository`, KServe v2
+`inference.GRPCInferenceService` (serving.kserve), `grpc.health.v1.Health` and server
+reflection; TLS and bearer tokens come from `serving.security`. The CLIP tower runs on the
+`--vision-backend` (serving.vision_backends) and may itself be served as a KServe model.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from tritonclient.grpc import service_pb2_grpc
 
 from adapters_registry import Registry
 from modeling.backbone import VLBackbone
@@ -30,10 +33,15 @@ from modeling.tokenizer import build_word_tokenizer
 from serving.adapter_store import AdapterStore
 from serving.config import ServeConfig
 from serving.engine import Engine
+from serving.kserve import SERVICE as KSERVE
+from serving.kserve import KServeServicer, VisionModel
+from serving.kserve_stats import ModelStats
+from serving.kserve_tensors import vision_specs
 from serving.limits import RequestChecker
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 from serving.servicer import InferenceServicer, RepositoryServicer
 from serving.slot_table import SlotTable
+from serving.vision_backends import VisionEncoder, make_vision_encoder
 from serving.vision_cache import VisionCache
 from training.tasks import TASKS
 
@@ -75,6 +83,29 @@ def load_backbone(config: ServeConfig) -> VLBackbone:
     return VLBackbone.from_config(settings, seed=config.seed, tokenizer=tokenizer)
 
 
+def vision_parts(config: ServeConfig, backbone: VLBackbone
+                 ) -> tuple[VisionEncoder | None, VisionModel | None]:
+    """The configured vision encoder (None: the backbone takes only features) and the
+    KServe vision model when `--serve-vision-model` asks for one."""
+    vision = backbone.config.vision
+    if vision is None:
+        if config.serve_vision_model or config.vision_backend != "torch":
+            raise ValueError(f"backbone {config.backbone} has no vision tower: "
+                             "--vision-backend / --serve-vision-model do not apply")
+        return None, None
+    encoder = make_vision_encoder(config.vision_backend, backbone, onnx_path=config.onnx_path,
+                                  triton_url=config.triton_url,
+                                  triton_model=config.triton_model)
+    log.info("vision backend: %s", encoder.name)
+    if not config.serve_vision_model:
+        return encoder, None
+    parameter = next(backbone.parameters())
+    inputs, outputs = vision_specs(vision.image_size, backbone.config.image_grid ** 2,
+                                   backbone.config.feat_dim)
+    return encoder, VisionModel(config.serve_vision_model, encoder, inputs, outputs,
+                                parameter.device, parameter.dtype)
+
+
 def _metrics(config: ServeConfig):
     try:
         from serving.metrics import ServerMetrics
@@ -104,16 +135,20 @@ class Server:
                                self.backbone.frozen_tensors(), self.backbone.config.d_model,
                                like, on_event=self._event("device"))
         self.vision = VisionCache(config.vision_cache_entries)
+        self.vision_encoder, vision_model = vision_parts(config, self.backbone)
         tokenizer_lock = threading.Lock()
         self.engine = Engine(self.backbone, self.store, self.slots, self.vision, tokenizer_lock,
                              config.max_batch, config.max_queue, config.max_queue_delay_ms,
-                             config.limits.max_text_tokens, self.metrics)
+                             config.limits.max_text_tokens, self.metrics, self.vision_encoder)
         vision = self.backbone.config.vision
         checker = RequestChecker(config.limits, self.backbone.tokenizer, tokenizer_lock,
                                  image_processor(vision.image_size) if vision else None,
                                  self.backbone.config.feat_dim, vision is not None)
         self.inference = InferenceServicer(self.engine, self.store, checker)
         self.repository = RepositoryServicer(self.registry, self.store, self.slots, self.engine)
+        self.kserve_stats = ModelStats()
+        self.kserve = KServeServicer(self.inference, self.repository, self.store, self.registry,
+                                     self.kserve_stats, vision_model, config.max_queue_delay_ms)
         self.health = health.HealthServicer()
         self.grpc_server = self._build_grpc()
         self.port = self._bind()
@@ -143,9 +178,11 @@ class Server:
                                       ("grpc.max_send_message_length", cap)])
         inference_pb2_grpc.add_InferenceServicer_to_server(self.inference, server)
         repository_pb2_grpc.add_RepositoryServicer_to_server(self.repository, server)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.kserve, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (INFERENCE, REPOSITORY, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+            (INFERENCE, REPOSITORY, KSERVE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server)
         return server
 
     def _bind(self) -> int:
@@ -162,8 +199,12 @@ class Server:
         return port
 
     def _set_health(self, status) -> None:
-        for service in ("", INFERENCE, REPOSITORY):
+        for service in ("", INFERENCE, REPOSITORY, KSERVE):
             self.health.set(service, status)
+        if status == health_pb2.HealthCheckResponse.SERVING:
+            self.kserve.ready.set()
+        else:
+            self.kserve.ready.clear()
 
     def start(self) -> Server:
         """Start the engine, load the configured adapters, then accept calls."""

@@ -50,9 +50,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def __init__(self, engine: Engine, store: AdapterStore, checker: RequestChecker):
         self.engine, self.store, self.checker = engine, store, checker
 
-    def _request(self, message: inference_pb2.PredictRequest, context: grpc.ServicerContext,
-                 stream: bool) -> Request:
-        """Validate a PredictRequest into an engine Request (raises RequestError)."""
+    def prepare(self, message: inference_pb2.PredictRequest, context: grpc.ServicerContext,
+                stream: bool) -> Request:
+        """Validate a PredictRequest into an engine Request (raises RequestError).
+
+        Also the path of KServe v2 `ModelInfer` (serving.kserve), so both protocols share
+        the same checks, limits and batcher.
+        """
         try:
             self.checker.check_message(message.ByteSize())
             spec = TASKS.get(message.task)
@@ -95,7 +99,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     def Predict(self, request, context):
         try:
-            job = self._request(request, context, stream=False)
+            job = self.prepare(request, context, stream=False)
             self.engine.submit(job)
             return response_of(job.wait())
         except RequestError as error:
@@ -104,7 +108,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     def PredictStream(self, request, context) -> Iterator[inference_pb2.PredictChunk]:
         try:
-            job = self._request(request, context, stream=True)
+            job = self.prepare(request, context, stream=True)
             self.engine.submit(job)
         except RequestError as error:
             self.engine.metrics.error(error.code.name)
@@ -188,14 +192,21 @@ class RepositoryServicer(repository_pb2_grpc.RepositoryServicer):
         except RequestError as error:
             _abort(context, error)
 
-    def Unload(self, request, context):
-        version = self.store.deactivate(request.name)
+    def unload(self, name: str) -> int:
+        """Take a name out of service (its slots free once idle); raises RequestError."""
+        version = self.store.deactivate(name)
         if version is None:
-            _abort(context, RequestError(grpc.StatusCode.NOT_FOUND,
-                                         f"adapter {request.name!r} is not loaded"))
-        self.slots.unpin((request.name, version))
-        self.engine.retire(request.name, version)
-        log.info("unloaded adapter %s:%d", request.name, version)
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"adapter {name!r} is not loaded")
+        self.slots.unpin((name, version))
+        self.engine.retire(name, version)
+        log.info("unloaded adapter %s:%d", name, version)
+        return version
+
+    def Unload(self, request, context):
+        try:
+            self.unload(request.name)
+        except RequestError as error:
+            _abort(context, error)
         return repository_pb2.UnloadResponse()
 
     def _pin(self, name: str, pinned: bool, context) -> repository_pb2.PinResponse:

@@ -189,21 +189,30 @@ class TritonVisionEncoder:
     name = "triton"
 
     def __init__(self, url: str, model_name: str, input_name: str = INPUT_NAME,
-                 output_name: str = OUTPUT_NAME):
-        """url: "host:port" of the server's gRPC endpoint."""
+                 output_name: str = OUTPUT_NAME, max_images_per_call: int = 8,
+                 timeout_s: float | None = 60.0):
+        """url: "host:port" of the server's gRPC endpoint. Images go in calls of at most
+        `max_images_per_call` (a 224px image is 0.6 MB of FP32; gRPC servers cap messages)."""
         import tritonclient.grpc as triton_grpc
 
         self._triton = triton_grpc
         self.client = triton_grpc.InferenceServerClient(url=url)
         self.model_name, self.input_name, self.output_name = model_name, input_name, output_name
+        self.max_images_per_call, self.timeout_s = max_images_per_call, timeout_s
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[n, 3, H, W] -> FP32 request -> [n, tokens, feat_dim] on the input's device."""
+        """[n, 3, H, W] -> FP32 request(s) -> [n, tokens, feat_dim] on the input's device."""
+        step = self.max_images_per_call
+        return torch.cat([self._encode_chunk(pixel_values[i:i + step])
+                          for i in range(0, pixel_values.shape[0], step)])
+
+    def _encode_chunk(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixels = np.ascontiguousarray(pixel_values.detach().to("cpu", torch.float32).numpy())
         request = self._triton.InferInput(self.input_name, list(pixels.shape), "FP32")
         request.set_data_from_numpy(pixels)
         wanted = self._triton.InferRequestedOutput(self.output_name)
-        result = self.client.infer(self.model_name, [request], outputs=[wanted])
+        result = self.client.infer(self.model_name, [request], outputs=[wanted],
+                                   client_timeout=self.timeout_s)
         features = result.as_numpy(self.output_name)
         if features is None:
             raise RuntimeError(f"Triton model {self.model_name!r} returned no output "

@@ -1,6 +1,7 @@
 """An LRU of vision-tower outputs keyed by the sha256 of the encoded image.
 
-The same picture asked about by several requests (or tasks) runs through CLIP once.
+The same picture asked about by several requests (or tasks) runs through CLIP once, on
+whichever `VisionEncoder` the server was started with (torch, onnxruntime or triton).
 Entries are grid features [image_grid**2, feat_dim] float32 on the host; the cache is
 bounded by entry count and guarded by one lock (the engine thread is its only writer).
 """
@@ -16,6 +17,7 @@ from modeling.backbone import VLBackbone
 from modeling.inputs import VisualTokens
 from modeling.visual import fit_frames
 from serving.limits import ImageInput
+from serving.vision_backends import TorchVisionEncoder, VisionEncoder
 
 
 class VisionCache:
@@ -58,10 +60,27 @@ class VisionCache:
             return key in self._entries
 
 
+def encode_pixels(encoder: VisionEncoder, pixels: torch.Tensor, device: torch.device,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """pixels [n, 3, H, W] -> features [n, grid*grid, feat_dim] float32 on the host.
+
+    The torch tower gets the backbone's device and dtype; the other backends take float32
+    (they copy to their own runtime), so bf16 serving does not round their inputs.
+    """
+    if isinstance(encoder, TorchVisionEncoder):
+        pixels = pixels.to(device, dtype)
+    else:
+        pixels = pixels.float()
+    return encoder.encode(pixels).float().cpu()
+
+
 def visual_tokens(backbone: VLBackbone, cache: VisionCache,
                   examples: list[tuple[list[ImageInput], bool]], device: torch.device,
-                  dtype: torch.dtype) -> list[VisualTokens]:
+                  dtype: torch.dtype, encoder: VisionEncoder | None = None
+                  ) -> list[VisualTokens]:
     """Visual tokens of each example; the tower runs once over the distinct uncached images.
+
+    encoder: where pixels become features (None: the backbone's own tower in torch).
 
     examples: (images or frames in order, is_video). Images give grid features
     [grid**2, feat] each (NLVR2: two, tagged 0/1); a video's frames are averaged to one
@@ -79,8 +98,8 @@ def visual_tokens(backbone: VLBackbone, cache: VisionCache,
         else:
             pending[image.key] = image.pixels
     if pending:
-        pixels = torch.stack(list(pending.values())).to(device, dtype)
-        computed = backbone.encode_images(pixels).float().cpu()
+        encoder = encoder if encoder is not None else TorchVisionEncoder(backbone)
+        computed = encode_pixels(encoder, torch.stack(list(pending.values())), device, dtype)
         for key, tensor in zip(pending, computed, strict=True):
             features[key] = tensor
             cache.put(key, tensor)

@@ -40,5 +40,38 @@ def test_help_lists_the_main_flags(flag, capsys):
         main([flag])
     out = capsys.readouterr().out
     for name in ("--registry", "--backbone", "--load", "--max-queue-delay-ms", "--cache-bytes",
-                 "--tls-cert", "--token-file", "--metrics-port"):
+                 "--tls-cert", "--token-file", "--metrics-port", "--vision-backend",
+                 "--onnx-path", "--triton-url", "--triton-model", "--serve-vision-model",
+                 "export-onnx"):
         assert name in out
+
+
+def test_vision_backend_flags_and_yaml(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("vision_backend: onnxruntime\nonnx_path: /models/clip_vision.onnx\n")
+    args = build_parser().parse_args(["--config", str(path), "--serve-vision-model"])
+    del args.log_level
+    config = from_args(args)
+    assert (config.vision_backend, config.onnx_path, config.serve_vision_model) == \
+        ("onnxruntime", "/models/clip_vision.onnx", "clip_vision")
+    args = build_parser().parse_args(["--vision-backend", "triton", "--triton-url", "h:8001",
+                                      "--triton-model", "tower", "--serve-vision-model", "v"])
+    del args.log_level
+    config = from_args(args)
+    assert (config.vision_backend, config.triton_url, config.triton_model,
+            config.serve_vision_model) == ("triton", "h:8001", "tower", "v")
+    assert ServeConfig().vision_backend == "torch" and ServeConfig().serve_vision_model is None
+
+
+def test_bad_vision_backend_settings_exit_two(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--vision-backend", "tensorflow"])
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["--registry", str(tmp_path), "--vision-backend", "onnxruntime"]) == 2
+    assert "--onnx-path" in capsys.readouterr().err
+
+
+def test_export_onnx_subcommand_is_delegated(capsys):
+    with pytest.raises(SystemExit):
+        main(["export-onnx", "--help"])
+    assert "adapter-serve export-onnx" in capsys.readouterr().out

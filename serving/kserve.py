@@ -1,0 +1,415 @@
+"""KServe v2 / Open Inference Protocol (`inference.GRPCInferenceService`) on our server.
+
+Triton's and KServe's clients (`tritonclient.grpc`, perf_analyzer, ...) talk to the same
+port as `vladapter.v1.Inference`:
+
+    model  = an adapter (model name = adapter name, model version = adapter version;
+             "" = the active version), or the vision model (`--serve-vision-model NAME`)
+    ModelInfer / ModelStreamInfer
+           adapter: BYTES tensors -> our PredictRequest -> the same checks, limits,
+                    batcher and error codes as `Inference.Predict` (serving.kserve_tensors)
+           vision:  PIXELS FP32 [n, 3, H, W] -> FEATURES FP32 [n, grid*grid, feat_dim],
+                    computed by the server's vision encoder
+    RepositoryModelLoad / Unload = `Repository.Load` / `Unload` (hot-swap)
+    ModelStatistics: per (model, version) counts and durations (serving.kserve_stats)
+
+Shared memory, trace and log settings answer UNIMPLEMENTED. The vision model runs the
+frozen tower on the calling thread, one call at a time; the tower carries no adapter hooks,
+so it never touches the state the engine thread's batches use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata as package_metadata
+
+import grpc
+import numpy as np
+import torch
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from adapters_registry import Registry, RegistryError
+from serving.adapter_store import AdapterStore
+from serving.engine import Prediction, RequestError, error_for
+from serving.kserve_stats import ModelStats
+from serving.kserve_tensors import (
+    ADAPTER_INPUTS,
+    ADAPTER_OUTPUTS,
+    TensorSpec,
+    add_output,
+    metadata,
+    model_config,
+    predict_request,
+    read_inputs,
+    wanted_outputs,
+)
+from serving.limits import InvalidInput
+from serving.servicer import InferenceServicer, RepositoryServicer
+from serving.vision_backends import VisionEncoder
+from serving.vision_cache import encode_pixels
+
+log = logging.getLogger("vladapter.serving")
+
+SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+EXTENSIONS = ("model_repository", "model_configuration", "binary_tensor_data", "parameters",
+              "statistics")
+ADAPTER_PLATFORM = "vladapter_adapter"
+VISION_PLATFORM = "vladapter_vision"
+VISION_VERSION = "1"
+Finish = Callable[[], tuple[service_pb2.ModelInferResponse, float, float]]
+
+
+def _server_version() -> str:
+    try:
+        return package_metadata.version("vladapter")
+    except package_metadata.PackageNotFoundError:
+        return "0"
+
+
+@dataclass
+class VisionModel:
+    """The frozen tower served as a KServe model; `lock` runs one call at a time."""
+
+    name: str
+    encoder: VisionEncoder
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    device: torch.device
+    dtype: torch.dtype
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """`inference.GRPCInferenceService` over the engine, the store and the repository."""
+
+    def __init__(self, inference: InferenceServicer, repository: RepositoryServicer,
+                 store: AdapterStore, registry: Registry, stats: ModelStats,
+                 vision: VisionModel | None = None, queue_delay_ms: float = 0.0):
+        self.inference, self.repository = inference, repository
+        self.store, self.registry, self.stats, self.vision = store, registry, stats, vision
+        self.engine = inference.engine
+        self.queue_delay_ms = queue_delay_ms
+        self.ready = threading.Event()  # set by Server.start, cleared by Server.stop
+
+    # --- models --------------------------------------------------------------------------
+    def _is_vision(self, name: str) -> bool:
+        return self.vision is not None and name == self.vision.name
+
+    def _loaded_version(self, name: str, version: str) -> str:
+        """The version string of a loaded model ("" asks for the active one), or NOT_FOUND."""
+        if self._is_vision(name):
+            active = VISION_VERSION
+        else:
+            number = self.store.active_version(name)
+            if number is None:
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not loaded")
+            active = str(number)
+        if version not in ("", active):
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"version {version} of model {name!r} is not loaded (the "
+                               f"loaded version is {active})")
+        return active
+
+    def _specs(self, name: str) -> tuple[str, tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        if self._is_vision(name):
+            return VISION_PLATFORM, self.vision.inputs, self.vision.outputs
+        return ADAPTER_PLATFORM, ADAPTER_INPUTS, ADAPTER_OUTPUTS
+
+    # --- health and metadata -------------------------------------------------------------
+    def ServerLive(self, request, context):
+        return service_pb2.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):
+        return service_pb2.ServerReadyResponse(ready=self.ready.is_set())
+
+    def ServerMetadata(self, request, context):
+        return service_pb2.ServerMetadataResponse(name="vladapter", version=_server_version(),
+                                                  extensions=list(EXTENSIONS))
+
+    def ModelReady(self, request, context):
+        try:
+            self._loaded_version(request.name, request.version)
+        except RequestError:
+            return service_pb2.ModelReadyResponse(ready=False)
+        return service_pb2.ModelReadyResponse(ready=self.ready.is_set())
+
+    def ModelMetadata(self, request, context):
+        try:
+            version = self._loaded_version(request.name, request.version)
+        except RequestError as error:
+            context.abort(error.code, error.message)
+        platform, inputs, outputs = self._specs(request.name)
+        return metadata(request.name, [version], platform, inputs, outputs)
+
+    def ModelConfig(self, request, context):
+        try:
+            version = self._loaded_version(request.name, request.version)
+        except RequestError as error:
+            context.abort(error.code, error.message)
+        platform, inputs, outputs = self._specs(request.name)
+        if self._is_vision(request.name):
+            parameters = {"vision_backend": self.vision.encoder.name}
+        else:
+            entry = self.store.entry((request.name, int(version)))
+            parameters = {"tasks": ",".join(entry.tasks if entry else ()),
+                          "aliases": ",".join(entry.aliases if entry else ())}
+        return service_pb2.ModelConfigResponse(config=model_config(
+            request.name, int(version), platform, inputs, outputs, self.queue_delay_ms,
+            parameters))
+
+    # --- inference -----------------------------------------------------------------------
+    def _begin(self, request: service_pb2.ModelInferRequest,
+               context: grpc.ServicerContext) -> Finish:
+        """Validate and (for an adapter) queue a request; the returned call waits for it."""
+        try:
+            if self._is_vision(request.model_name):
+                self._loaded_version(request.model_name, request.model_version)
+                return lambda: self._vision_infer(request)
+            arrays = read_inputs(request, ADAPTER_INPUTS)
+            outputs = wanted_outputs(request, ADAPTER_OUTPUTS)
+            message = predict_request(request, arrays)
+        except InvalidInput as exc:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        job = self.inference.prepare(message, context, stream=False)
+        self.engine.submit(job)
+        return lambda: _adapter_response(request, job.wait(), outputs)
+
+    def _vision_infer(self, request: service_pb2.ModelInferRequest
+                      ) -> tuple[service_pb2.ModelInferResponse, float, float]:
+        """PIXELS -> FEATURES with the server's vision encoder."""
+        try:
+            pixels = read_inputs(request, self.vision.inputs).get("PIXELS")
+            outputs = wanted_outputs(request, self.vision.outputs)
+            expected = self.vision.inputs[0].shape[1:]
+            if pixels is None or pixels.ndim != 4 or pixels.shape[1:] != expected \
+                    or pixels.shape[0] < 1:
+                got = None if pixels is None else list(pixels.shape)
+                raise InvalidInput(f"input 'PIXELS' must be FP32 [n>=1, "
+                                   f"{', '.join(map(str, expected))}], got {got}")
+            if not np.isfinite(pixels).all():
+                raise InvalidInput("input 'PIXELS' holds NaN or infinite values")
+        except InvalidInput as exc:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        start = time.perf_counter()
+        try:
+            with self.vision.lock:
+                features = encode_pixels(self.vision.encoder, torch.from_numpy(pixels.copy()),
+                                         self.vision.device, self.vision.dtype)
+        except Exception as exc:
+            log.exception("vision model failed")
+            raise error_for(exc) from None
+        compute_s = time.perf_counter() - start
+        response = service_pb2.ModelInferResponse(model_name=request.model_name,
+                                                  model_version=VISION_VERSION, id=request.id)
+        if "FEATURES" in outputs:
+            add_output(response, "FEATURES", features.numpy())
+        return response, 0.0, compute_s
+
+    def _end(self, request: service_pb2.ModelInferRequest, started: float,
+             finish: Finish | RequestError) -> service_pb2.ModelInferResponse:
+        """Wait for the answer and count it; raises the request's RequestError."""
+        try:
+            if isinstance(finish, RequestError):
+                raise finish
+            response, queue_s, compute_s = finish()
+        except RequestError as error:
+            self.engine.metrics.error(error.code.name)
+            # Counted under the loaded version of a known model only: names and versions
+            # that callers make up must not grow the table.
+            try:
+                version = self._loaded_version(request.model_name, "")
+            except RequestError:
+                raise error from None
+            self.stats.failure(request.model_name, version, time.perf_counter() - started)
+            raise
+        self.stats.success(request.model_name, response.model_version,
+                           time.perf_counter() - started, queue_s, compute_s)
+        return response
+
+    def _start_call(self, request, context) -> Finish | RequestError:
+        try:
+            return self._begin(request, context)
+        except RequestError as error:
+            return error
+
+    def ModelInfer(self, request, context):
+        started = time.perf_counter()
+        try:
+            return self._end(request, started, self._start_call(request, context))
+        except RequestError as error:
+            context.abort(error.code, error.message)
+
+    def ModelStreamInfer(self, request_iterator, context
+                         ) -> Iterator[service_pb2.ModelStreamInferResponse]:
+        """Requests are queued as they arrive (so they batch together); one response per
+        request, in request order; an error answers its request and the stream goes on."""
+        calls: queue.SimpleQueue = queue.SimpleQueue()
+
+        def read() -> None:
+            try:
+                for request in request_iterator:
+                    started = time.perf_counter()
+                    calls.put((request, started, self._start_call(request, context)))
+            except grpc.RpcError:  # the client went away; its calls are cancelled
+                pass
+            finally:
+                calls.put(None)
+
+        threading.Thread(target=read, name="kserve-stream", daemon=True).start()
+        while (call := calls.get()) is not None:
+            try:
+                response = self._end(*call)
+            except RequestError as error:
+                yield service_pb2.ModelStreamInferResponse(error_message=error.message)
+                continue
+            yield service_pb2.ModelStreamInferResponse(infer_response=response)
+
+    def ModelStatistics(self, request, context):
+        names = {name for name, _ in self.stats.keys()} | set(self.store.active())
+        if self.vision is not None:
+            names.add(self.vision.name)
+        if request.name and request.name not in names:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.name!r} is unknown")
+        keys = set(self.stats.keys())
+        keys |= {(n, str(v)) for n, v in self.store.active().items()}
+        if self.vision is not None:
+            keys.add((self.vision.name, VISION_VERSION))
+        keys = {(n, v) for n, v in keys if (not request.name or n == request.name)
+                and (not request.version or v == request.version)}
+        return service_pb2.ModelStatisticsResponse(
+            model_stats=[self.stats.statistics(n, v) for n, v in sorted(keys)])
+
+    # --- repository ----------------------------------------------------------------------
+    def RepositoryIndex(self, request, context):
+        ModelIndex = service_pb2.RepositoryIndexResponse.ModelIndex
+        try:
+            infos = [i for i in self.registry.index() if not i.yanked]
+        except RegistryError as exc:
+            error = error_for(exc)
+            context.abort(error.code, error.message)
+        models = []
+        if self.vision is not None:
+            models.append(ModelIndex(name=self.vision.name, version=VISION_VERSION,
+                                     state="READY"))
+        for info in infos:
+            state = self.repository.state(info.name, info.version, info.aliases,
+                                          tuple(info.manifest.get("tasks", ())))
+            models.append(ModelIndex(name=state.name, version=str(state.version),
+                                     state=state.state, reason=state.reason))
+        if request.ready:
+            models = [m for m in models if m.state == "READY"]
+        return service_pb2.RepositoryIndexResponse(models=models)
+
+    def RepositoryModelLoad(self, request, context):
+        if self._is_vision(request.model_name):
+            return service_pb2.RepositoryModelLoadResponse()  # always loaded
+        try:
+            version, alias = load_selector(request.parameters)
+            self.repository.load(request.model_name, version, alias)
+        except InvalidInput as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except RequestError as error:
+            context.abort(error.code, error.message)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request, context):
+        if self._is_vision(request.model_name):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"{request.model_name!r} is the server's vision model "
+                          "(--serve-vision-model); it cannot be unloaded")
+        try:
+            self.repository.unload(request.model_name)
+        except RequestError as error:
+            context.abort(error.code, error.message)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+    # --- not supported -------------------------------------------------------------------
+    def _unsupported(self, context, what: str):
+        hint = "send tensors in the request (raw_input_contents or contents)" \
+            if "memory" in what else "see the server log and its Prometheus metrics"
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      f"{what} is not supported by vladapter; {hint}")
+
+    def SystemSharedMemoryStatus(self, request, context):
+        self._unsupported(context, "system shared memory")
+
+    def SystemSharedMemoryRegister(self, request, context):
+        self._unsupported(context, "system shared memory")
+
+    def SystemSharedMemoryUnregister(self, request, context):
+        self._unsupported(context, "system shared memory")
+
+    def CudaSharedMemoryStatus(self, request, context):
+        self._unsupported(context, "CUDA shared memory")
+
+    def CudaSharedMemoryRegister(self, request, context):
+        self._unsupported(context, "CUDA shared memory")
+
+    def CudaSharedMemoryUnregister(self, request, context):
+        self._unsupported(context, "CUDA shared memory")
+
+    def TraceSetting(self, request, context):
+        self._unsupported(context, "trace settings")
+
+    def LogSettings(self, request, context):
+        self._unsupported(context, "log settings")
+
+
+def _adapter_response(request: service_pb2.ModelInferRequest, prediction: Prediction,
+                      outputs: list[str]) -> tuple[service_pb2.ModelInferResponse, float, float]:
+    """-> (response, queue seconds, compute seconds) of an answered adapter request."""
+    response = service_pb2.ModelInferResponse(
+        model_name=request.model_name, model_version=str(prediction.adapter_version),
+        id=request.id)
+    for name in outputs:
+        if name == "TEXT":
+            add_output(response, "TEXT", [prediction.text.encode("utf-8")])
+        else:
+            add_output(response, "SCORES",
+                       np.array([score for _, score in prediction.scores], dtype=np.float32))
+    response.parameters["label"].string_param = prediction.label
+    for stage, value in prediction.timings.items():
+        response.parameters[stage].double_param = value
+    t = prediction.timings
+    compute_ms = t.get("vision_ms", 0.0) + t.get("encode_ms", 0.0) + t.get("decode_ms", 0.0)
+    return response, t.get("queue_ms", 0.0) / 1000, compute_ms / 1000
+
+
+def load_selector(parameters) -> tuple[int | None, str | None]:
+    """RepositoryModelLoad parameters -> (version, alias); neither: the latest version.
+
+    Accepted: "version" (int64 or digits), "alias" (string), or Triton's "config" JSON with
+    `{"version_policy": {"specific": {"versions": [N]}}}`. Override files are refused.
+    """
+    files = [key for key in parameters if key.startswith("file:")]
+    if files:
+        raise InvalidInput(f"model override files are not supported ({files[0]}); publish "
+                           "the adapter to the registry instead")
+    version = alias = None
+    if "version" in parameters:
+        value = parameters["version"]
+        which = value.WhichOneof("parameter_choice")
+        text = str(getattr(value, which)) if which else ""
+        if not text.isdigit() or int(text) <= 0:
+            raise InvalidInput(f"parameter 'version' must be a positive integer, got {text!r}")
+        version = int(text)
+    if "alias" in parameters:
+        alias = parameters["alias"].string_param or None
+    if "config" in parameters:
+        try:
+            config = json.loads(parameters["config"].string_param or "{}")
+            versions = config.get("version_policy", {}).get("specific", {}).get("versions")
+        except (json.JSONDecodeError, AttributeError):
+            raise InvalidInput("parameter 'config' is not a JSON model config") from None
+        if versions is not None:
+            if len(versions) != 1:
+                raise InvalidInput("version_policy.specific.versions must name one version "
+                                   "(one version of an adapter is active at a time)")
+            version = int(versions[0])
+    return version, alias
