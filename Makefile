@@ -22,3 +22,10 @@ test: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Locust against a local server with many adapters; report in benchmarks/results/loadtest.md.
+# Override e.g. LOADTEST_ARGS="--adapters 64 --users 1,8,32 --duration 30".
+LOADTEST_ARGS ?=
+.PHONY: loadtest
+loadtest: venv
+	$(PY) -m benchmarks.loadtest $(LOADTEST_ARGS)

@@ -1,0 +1,148 @@
+"""Benchmark 2: our mixed batch against what users run today, same model, same requests.
+
+    python -m benchmarks.peft_baselines [--presets small,tiny-bart] [--adapters 8,64]
+                                        [--rows 64] [--rank 8] [--repeats 5]
+
+On the plain Hugging Face T5 / BART LM of a backbone preset (text only), N LoRA adapters
+(rank r on q and v of every attention, random A and B) serve one batch of `rows` requests,
+row i on a seeded random adapter. Four ways to compute the batch's logits, interleaved:
+
+- ours:        the stacked bank, one forward (`backbone.adapter_context.use(bank, RowIndex)`
+               around the hooked LM; LoRA deltas gathered per row),
+- peft_mixed:  HF PEFT's own mixed batch, `peft_model(..., adapter_names=[...])`,
+- swap:        swap per batch: group rows by adapter, `peft_model.set_adapter(name)` and
+               run each sub-batch (what a PEFT user does without mixed batches),
+- backbone:    the LM with no adapter (the ceiling).
+
+Before timing, the three adapter paths must give the same logits (max |diff| / max |logit|
+<= 1e-5, printed).
+Prints rows/s, the ratios ours / peft_mixed and ours / swap, and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from benchmarks.common import interleaved, machine_line, median_ms, pin_threads
+from modeling.backbone import VLBackbone
+from modeling.bank import stack_weights
+from modeling.config import preset
+from modeling.kernels import RowIndex
+from modeling.serve_forms import LowRankDelta, ServeWeights
+
+LEAVES = {"t5": ["q", "v"], "bart": ["q_proj", "v_proj"]}
+
+
+def plain_lm(backbone: VLBackbone) -> nn.Module:
+    """A separate Hugging Face LM (no vladapter hooks) with the backbone LM's weights."""
+    config = backbone.lm.config.__class__.from_dict(backbone.lm.config.to_dict())
+    config._attn_implementation = "sdpa"
+    lm = type(backbone.lm)(config)
+    lm.load_state_dict(backbone.lm.state_dict())
+    return lm.eval()
+
+
+def peft_with_adapters(backbone: VLBackbone, count: int, rank: int, alpha: float
+                       ) -> tuple[nn.Module, list[ServeWeights]]:
+    """A PeftModel with adapters a0..a{count-1} (random A, B) and our serve form of each."""
+    leaves = LEAVES[backbone.config.lm_type]
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=leaves,
+                        task_type="SEQ_2_SEQ_LM")
+    model = get_peft_model(plain_lm(backbone), config, adapter_name="a0")
+    for i in range(1, count):
+        model.add_adapter(f"a{i}", config)
+    g = torch.Generator().manual_seed(0)
+    serve = [ServeWeights() for _ in range(count)]
+    with torch.no_grad():
+        for path, module in model.base_model.model.named_modules():
+            if not hasattr(module, "lora_A") or "a0" not in module.lora_A:
+                continue
+            for i in range(count):
+                a, b = module.lora_A[f"a{i}"].weight, module.lora_B[f"a{i}"].weight
+                a.copy_(torch.randn(a.shape, generator=g) * 0.1)
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+                serve[i].lora[f"lm.{path}"] = LowRankDelta(a.clone(), b.clone(), alpha / rank)
+    return model.eval(), serve
+
+
+def swap_per_batch(model: nn.Module, inputs: dict, names: list[str]) -> torch.Tensor:
+    """Group rows by adapter, set_adapter, run each sub-batch, reassemble the logits."""
+    out = None
+    for name in sorted(set(names)):
+        rows = torch.tensor([i for i, n in enumerate(names) if n == name])
+        model.set_adapter(name)
+        logits = model(**{k: v[rows] for k, v in inputs.items()}).logits
+        if out is None:
+            out = logits.new_empty(len(names), *logits.shape[1:])
+        out[rows] = logits
+    return out
+
+
+def compare(name: str, count: int, rows: int, rank: int, repeats: int) -> None:
+    """Check equal logits, then time the four paths for one preset and adapter count."""
+    backbone = VLBackbone.from_config(preset(name), seed=0)
+    model, serve = peft_with_adapters(backbone, count, rank, alpha=2.0 * rank)
+    bare = plain_lm(backbone)
+    rng, g = random.Random(1), torch.Generator().manual_seed(1)
+    vocab = backbone.lm.config.vocab_size
+    inputs = {"input_ids": torch.randint(3, vocab, (rows, 16), generator=g),
+              "attention_mask": torch.ones(rows, 16, dtype=torch.long),
+              "decoder_input_ids": torch.randint(3, vocab, (rows, 4), generator=g)}
+    slots = [rng.randrange(count) for _ in range(rows)]
+    names = [f"a{s}" for s in slots]
+    bank = stack_weights(serve, backbone.frozen_tensors(), backbone.config.d_model,
+                         next(backbone.parameters()))
+    index = RowIndex.of(torch.tensor(slots))
+
+    def ours() -> torch.Tensor:
+        with backbone.adapter_context.use(bank, index):
+            return backbone.lm(**inputs).logits
+
+    paths = {"ours": ours,
+             "peft_mixed": lambda: model(**inputs, adapter_names=names).logits,
+             "swap": lambda: swap_per_batch(model, inputs, names),
+             "backbone": lambda: bare(**inputs).logits}
+    with torch.no_grad():
+        reference = ours()
+        scale = reference.abs().max().item()
+        diffs = {k: (paths[k]() - reference).abs().max().item() / scale
+                 for k in ("peft_mixed", "swap")}
+        times = interleaved(paths, repeats=repeats, warmup=1)
+    if max(diffs.values()) > 1e-5:
+        raise AssertionError(f"logits differ from ours: {diffs}")
+    speed = {k: rows / (median_ms(t) / 1000) for k, t in times.items()}
+    print(f"{name:9s} N={count:3d} rows {rows}: " +
+          "  ".join(f"{k} {v:7.0f}" for k, v in speed.items()) +
+          f" rows/s | ours/peft_mixed {speed['ours'] / speed['peft_mixed']:.2f}  ours/swap "
+          f"{speed['ours'] / speed['swap']:.2f}  ours/backbone "
+          f"{speed['ours'] / speed['backbone']:.2f} | max |diff| / max |logit|: peft_mixed "
+          f"{diffs['peft_mixed']:.1e} swap {diffs['swap']:.1e}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="small,tiny-bart")
+    parser.add_argument("--adapters", default="8,64")
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    pin_threads(args.threads)
+    print(machine_line())
+    print(f"LoRA rank {args.rank} on q, v; rows/s = median of {args.repeats} interleaved "
+          "forwards (16 source tokens, 4 decoder tokens, teacher-forced logits)")
+    for name in args.presets.split(","):
+        for count in (int(n) for n in args.adapters.split(",")):
+            compare(name, count, args.rows, args.rank, args.repeats)
+    print(machine_line())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
