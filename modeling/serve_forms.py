@@ -55,6 +55,15 @@ class PrefixKV:
     value: torch.Tensor
 
 
+def unique_nbytes(sets: list[ServeWeights]) -> int:
+    """Bytes held by `sets`, counting a tensor shared by several sets (tasks) once."""
+    sizes = {}
+    for weights in sets:
+        for tensor in weights.tensors():
+            sizes[(tensor.data_ptr(), tensor.numel())] = tensor.numel() * tensor.element_size()
+    return sum(sizes.values())
+
+
 @dataclass
 class ServeWeights:
     """One adapter set (one task of one artifact) in serve form."""
@@ -92,7 +101,7 @@ class ServeWeights:
         return out
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors())
+        return unique_nbytes([self])
 
     def prefix_len(self) -> int:
         lengths = {p.key.shape[1] for p in self.prefix.values()}

@@ -28,7 +28,7 @@ from adapters_registry import Registry
 from modeling.fit import check_fits
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel
-from modeling.serve_forms import ServeWeights
+from modeling.serve_forms import ServeWeights, unique_nbytes
 
 log = logging.getLogger("vladapter.serving")
 
@@ -142,7 +142,8 @@ class AdapterStore:
         except (ValueError, KeyError, TypeError) as exc:
             raise AdapterRejected(f"adapter {name}:{version} does not fit this backbone: "
                                   f"{exc}") from None
-        nbytes = sum(w.nbytes() for w in serve.values())
+        # A tensor shared by every task (single / half-shared sharing) is held once.
+        nbytes = unique_nbytes(list(serve.values()))
         return HostAdapter(name, version, serve, nbytes, verified.info.aliases)
 
     def _evict_over_budget(self, spare: AdapterKey) -> list[AdapterKey]:

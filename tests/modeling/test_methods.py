@@ -118,3 +118,14 @@ def test_lora_dropout_acts_in_training_mode_only(backbone):
         model.eval()
         assert torch.equal(adapter_logits(backbone, model, batch, ["vqa", "vqa"]),
                            adapter_logits(backbone, model, batch, ["vqa", "vqa"]))
+
+
+def test_resident_bytes_count_a_tensor_shared_by_all_tasks_once(backbone):
+    from modeling.serve_forms import unique_nbytes
+
+    facts = BackboneFacts.of(backbone)
+    shared = AdapterModel([MethodEntry("adapter", {"width": 8}, "single")], facts, TASKS)
+    per_task = AdapterModel([MethodEntry("adapter", {"width": 8}, "multiple")], facts, TASKS)
+    one = shared.materialize("vqa").nbytes()
+    assert unique_nbytes([shared.materialize(t) for t in TASKS]) == one
+    assert unique_nbytes([per_task.materialize(t) for t in TASKS]) == 2 * one
