@@ -62,9 +62,12 @@ def test_scores(trainer: Trainer, cache: Path) -> dict[str, float]:
     return scores
 
 
-def row(name: str, percent: float | None, scores: dict[str, float], seconds: float) -> str:
-    cells = " | ".join(f"{scores[t]:.1f}" for t in TASKS)
-    mean = sum(scores.values()) / len(scores)
+def row(name: str, percent: float | None, scores: dict[str, float | None],
+        seconds: float) -> str:
+    """One table row; `mean` averages the accuracy tasks only (CIDEr is on another scale)."""
+    cells = " | ".join("-" if scores[t] is None else f"{scores[t]:.1f}" for t in TASKS)
+    accuracy = [scores[t] for t in TASKS if TASKS[t].metric == "accuracy"]
+    mean = sum(accuracy) / len(accuracy)
     shown = "-" if percent is None else f"{percent:.2f}"
     return f"| {name} | {shown} | {cells} | {mean:.1f} | {seconds:.0f} |"
 
@@ -80,16 +83,17 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     backbone = VLBackbone.from_pretrained(args.backbone)
     out, start = Path(args.out), time.time()
-    header = "| method | % params | " + " | ".join(TASKS) + " | mean | train s |"
+    header = ("| method | % params | " + " | ".join(f"{t} {TASKS[t].metric}" for t in TASKS)
+              + " | mean acc | train s |")
     lines = [header, "|" + "---|" * (len(TASKS) + 4)]
     base = synthetic_config(args.world, args.backbone, "single_adapter", args.steps,
                             java_metrics=False, eval_every=0, log_every=50)
     train = {t: load_task_split(t, d, "train") for t, d in base.tasks.items()}
     test = {t: load_task_split(t, d, "test") for t, d in base.tasks.items()}
-    lines.append(row("majority answer", None, {t: majority(t, train[t], test[t])
-                                                if TASKS[t].kind not in (TaskKind.CAPTIONING,
-                                                TaskKind.VIDEO_CAPTIONING) else 0.0
-                                                for t in TASKS}, 0))
+    captioning = (TaskKind.CAPTIONING, TaskKind.VIDEO_CAPTIONING)
+    lines.append(row("majority answer", None, {
+        t: None if TASKS[t].kind in captioning else majority(t, train[t], test[t])
+        for t in TASKS}, 0))
     runs = [(name, backbone) for name in args.presets.split(",")]
     runs.append(("single_adapter (random backbone)",
                  VLBackbone.from_config(backbone.config, seed=123, tokenizer=backbone.tokenizer)))
