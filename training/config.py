@@ -60,7 +60,7 @@ class RunConfig:
     accumulation: int = 1
     sampling: str = "round_robin"  # or "proportional"
     data_ratio: float = 1.0
-    eval_every: int = 0  # 0: only at the end
+    eval_every: int | str = 0  # N steps, "epoch", or 0: only at the end
     eval_examples: int | None = None  # cap per task and split
     checkpoint_every: int = 0  # 0: only at the end
     max_new_tokens: int = 20
@@ -124,6 +124,9 @@ def _check_scalars(values: dict[str, Any]) -> None:
     for key in _POSITIVE:
         if key in values and (not isinstance(values[key], int | float) or values[key] <= 0):
             raise ConfigError(f"{key}: expected a positive number, got {values[key]!r}")
+    every = values.get("eval_every", 0)
+    if every != "epoch" and (not isinstance(every, int) or every < 0):
+        raise ConfigError(f"eval_every: expected a step count >= 0 or 'epoch', got {every!r}")
     ratio = values.get("data_ratio", 1.0)
     if not isinstance(ratio, int | float) or not 0 < ratio <= 1:
         raise ConfigError(f"data_ratio: expected a number in (0, 1], got {ratio!r}")

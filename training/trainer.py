@@ -102,7 +102,14 @@ class Trainer:
              for i, (t, s) in enumerate(sorted(self.tasks.items()))},
             config.sampling, config.seed)
         self.step, self.best = 0, None
+        self.eval_interval = self.epoch_steps() if config.eval_every == "epoch" \
+            else int(config.eval_every)
         self.tensorboard: SummaryWriter | None = None
+
+    def epoch_steps(self) -> int:
+        """Steps for one pass over every task's training data (steps draw one task each)."""
+        return sum(max(1, len(s.train) // self.config.tasks[t].batch_size)
+                   for t, s in self.tasks.items())
 
     def _load_tasks(self) -> dict[str, TaskState]:
         cache = self.out / "feature-cache"
@@ -226,7 +233,7 @@ class Trainer:
                             steps_s=f"{rate:.2f}")
             if self.step % config.log_every == 0:
                 self.log({**record, "steps_per_s": rate})
-            if config.eval_every and self.step % config.eval_every == 0:
+            if self.eval_interval and self.step % self.eval_interval == 0:
                 results = self._eval_and_keep_best()
             if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                 self.save("last")
@@ -235,7 +242,7 @@ class Trainer:
                 bar.close()
                 return results
         bar.close()
-        if not config.eval_every or self.step % config.eval_every:
+        if not self.eval_interval or self.step % self.eval_interval:
             results = self._eval_and_keep_best()
         self.save("last")
         self.write_artifact(results)

@@ -21,6 +21,7 @@ BASE = {"backbone": "tiny", "methods": "single_adapter",
     ({"tasks": {"vqa": {"train": "t", "visual": "v", "batch_size": 0}}},
      "tasks.vqa.batch_size: expected a positive integer"),
     ({"learning_rate": 1e-3}, r"unknown key\(s\) \['learning_rate'\]"),
+    ({"eval_every": "weekly"}, "eval_every: expected a step count >= 0 or 'epoch'"),
 ])
 def test_bad_fields_are_named(change, message):
     with pytest.raises(ConfigError, match=message):

@@ -37,6 +37,18 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(world, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_eval_every_epoch_evaluates_after_each_pass_over_the_data(world, tmp_path):
+    raw = {**world["raw"], "eval_every": "epoch"}
+    epoch = Trainer(parse_config(raw), tmp_path / "probe", show_progress=False).epoch_steps()
+    trainer = Trainer(parse_config({**raw, "steps": 2 * epoch}), tmp_path, show_progress=False)
+    expected = sum(len(s.train) // 4 for s in trainer.tasks.values())  # batch size 4
+    assert trainer.eval_interval == epoch == expected
+    trainer.run()
+    evals = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text()
+             .splitlines() if '"eval"' in line]
+    assert evals == [epoch, 2 * epoch]
+
+
 def test_backbone_stays_bit_identical_and_only_trainables_reach_the_optimizer(world, tmp_path):
     trainer = Trainer(parse_config(world["raw"]), tmp_path, show_progress=False)
     before = {k: v.clone() for k, v in trainer.backbone.state_dict().items()}
