@@ -42,6 +42,23 @@ def images_to_pixels(images: list[Image.Image], processor: CLIPImageProcessorPil
     return processor(images=rgb, return_tensors="pt")["pixel_values"]
 
 
+def candidate_ids(tokenizer: PreTrainedTokenizerBase, labels: list[list[str]]) -> torch.Tensor:
+    """Candidate labels per row -> token ids [b, c, t] with -100 padding (eos included).
+
+    A row with fewer candidates repeats its first one in the spare columns; callers read
+    only the scores of a row's own candidates.
+    """
+    encoded = [[tokenizer(label)["input_ids"] for label in row] for row in labels]
+    count = max(len(row) for row in encoded)
+    longest = max(len(ids) for row in encoded for ids in row)
+    out = torch.full((len(labels), count, longest), -100, dtype=torch.long)
+    for r, row in enumerate(encoded):
+        for c in range(count):
+            ids = row[c] if c < len(row) else row[0]
+            out[r, c, :len(ids)] = torch.tensor(ids)
+    return out
+
+
 def make_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str],
                visuals: list[VisualTokens], targets: list[str] | None = None,
                max_text_tokens: int = 512, max_target_tokens: int = 64) -> VLBatch:

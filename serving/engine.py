@@ -35,7 +35,7 @@ import torch
 from adapters_registry import FingerprintMismatch, IntegrityError, InvalidName, NotFound
 from modeling.backbone import VLBackbone, VLBatch
 from modeling.generation import beam_search, score_candidates
-from modeling.inputs import VisualTokens, make_batch
+from modeling.inputs import VisualTokens, candidate_ids, make_batch
 from modeling.kernels import RowIndex
 from serving.adapter_store import AdapterRejected, AdapterStore, HostAdapter
 from serving.limits import ImageInput
@@ -396,17 +396,9 @@ class Engine:
 
     def _score(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
         """NLVR2 ("true"/"false") and multiple choice ("a0".."a{n-1}") by candidate scoring."""
-        labels = [["true", "false"] if r.task.kind is TaskKind.BINARY
-                  else [f"a{i}" for i in range(len(r.choices))] for r in requests]
+        labels = [r.task.candidate_labels(len(r.choices)) for r in requests]
         with self.tokenizer_lock:
-            ids = [[self.tokenizer(label)["input_ids"] for label in row] for row in labels]
-        count = max(len(row) for row in ids)
-        length = max(len(c) for row in ids for c in row)
-        candidates = torch.full((len(requests), count, length), -100, dtype=torch.long)
-        for r, row in enumerate(ids):
-            for c in range(count):  # short rows repeat their first candidate (ignored)
-                tokens = row[c] if c < len(row) else row[0]
-                candidates[r, c, :len(tokens)] = torch.tensor(tokens)
+            candidates = candidate_ids(self.tokenizer, labels)
         start = time.perf_counter()
         batch, index = self._batch(requests, visuals)
         scores = score_candidates(self.backbone, batch, candidates.to(self.device),

@@ -11,7 +11,7 @@ import torch
 from modeling.backbone import VLBackbone
 from modeling.bank import stack_weights
 from modeling.generation import greedy, score_candidates
-from modeling.inputs import make_batch
+from modeling.inputs import candidate_ids, make_batch
 from modeling.kernels import RowIndex
 from modeling.recipe import AdapterModel
 from training.data.example import Example
@@ -20,25 +20,6 @@ from training.metrics import evaluate
 from training.tasks import TASKS, TaskKind
 
 EVAL_BATCH = 64
-
-
-def candidate_labels(example: Example) -> list[str]:
-    """The labels a scored task chooses between."""
-    if TASKS[example.task].kind is TaskKind.BINARY:
-        return ["true", "false"]
-    return [f"a{i}" for i in range(len(example.choices))]
-
-
-def _candidate_ids(tokenizer, labels: list[list[str]]) -> torch.Tensor:
-    """labels per row -> token ids [b, c, t] padded with -100 (eos included)."""
-    count = max(len(row) for row in labels)
-    encoded = [tokenizer(row)["input_ids"] for row in labels]
-    longest = max(len(ids) for row in encoded for ids in row)
-    out = torch.full((len(labels), count, longest), -100, dtype=torch.long)
-    for r, row in enumerate(encoded):
-        for c, ids in enumerate(row):
-            out[r, c, :len(ids)] = torch.tensor(ids)
-    return out
 
 
 @torch.no_grad()
@@ -60,8 +41,8 @@ def predict(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
         index = None if weights is None else RowIndex.of(torch.zeros(len(chunk),
                                                                      dtype=torch.long))
         if scored:
-            labels = [candidate_labels(e) for e in chunk]
-            scores = score_candidates(backbone, batch, _candidate_ids(tokenizer, labels),
+            labels = [TASKS[task].candidate_labels(len(e.choices)) for e in chunk]
+            scores = score_candidates(backbone, batch, candidate_ids(tokenizer, labels),
                                       weights, index)
             for e, row_labels, row in zip(chunk, labels, scores, strict=True):
                 predictions[e.example_id] = row_labels[int(row[:len(row_labels)].argmax())]

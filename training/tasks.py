@@ -57,6 +57,15 @@ class TaskSpec:
         """The encoder text: the prompt followed by ``body``, trailing spaces removed."""
         return f"{self.prompt}{body}".rstrip()
 
+    def candidate_labels(self, n_choices: int = 0) -> list[str]:
+        """The labels a scored task chooses between: NLVR2 "true"/"false", multiple
+        choice "a0".."a{n-1}"; empty for generative tasks."""
+        if self.kind is TaskKind.BINARY:
+            return ["true", "false"]
+        if self.kind is TaskKind.MULTIPLE_CHOICE:
+            return [f"a{i}" for i in range(n_choices)]
+        return []
+
     def source_text(self, text: str = "", choices: tuple[str, ...] = (),
                     subtitles: str = "") -> str:
         """The encoder text of one example, as VL-Adapter formats each task.
