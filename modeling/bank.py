@@ -37,7 +37,7 @@ class StackedBottleneck:
     up_bias: torch.Tensor  # [slots, d]
     scale: torch.Tensor  # [slots]
     parallel: torch.Tensor  # [slots] bool
-    activations: list[str]  # one per slot
+    activations: str | list[str]  # one name for every slot, or one per slot
     any_parallel: bool
 
 
@@ -87,7 +87,11 @@ def _stack_lora(sets: list[ServeWeights], site: str, shapes: tuple[int, int], li
 
 
 def _stack_bottleneck(sets: list[ServeWeights], pos: str, d_model: int, like) -> StackedBottleneck:
-    width = max(s.bottleneck[pos].down_weight.shape[0] for s in sets if pos in s.bottleneck)
+    present = [s.bottleneck[pos] for s in sets if pos in s.bottleneck]
+    width = max(b.down_weight.shape[0] for b in present)
+    # A slot without this position has zero weights, and every activation maps 0 to 0, so
+    # it borrows a real slot's activation: the common single-activation bank stays uniform.
+    filler = present[0].activation
     dw, db, uw, ub, scale, parallel, acts = [], [], [], [], [], [], []
     for s in sets:
         b = s.bottleneck.get(pos)
@@ -98,7 +102,7 @@ def _stack_bottleneck(sets: list[ServeWeights], pos: str, d_model: int, like) ->
             ub.append(like.new_zeros(d_model))
             scale.append(0.0)
             parallel.append(False)
-            acts.append("relu")
+            acts.append(filler)
             continue
         dw.append(_pad_to(b.down_weight.to(like), 0, width))
         db.append(_pad_to(b.down_bias.to(like), 0, width))
@@ -109,7 +113,8 @@ def _stack_bottleneck(sets: list[ServeWeights], pos: str, d_model: int, like) ->
         acts.append(b.activation)
     return StackedBottleneck(
         torch.stack(dw), torch.stack(db), torch.stack(uw), torch.stack(ub),
-        like.new_tensor(scale), torch.tensor(parallel, device=like.device), acts, any(parallel))
+        like.new_tensor(scale), torch.tensor(parallel, device=like.device),
+        acts[0] if len(set(acts)) == 1 else acts, any(parallel))
 
 
 def _stack_sequences(seqs: list[torch.Tensor | None], template: torch.Tensor, seq_dim: int

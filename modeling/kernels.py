@@ -72,20 +72,20 @@ def gathered_bottleneck(
     up_weight: torch.Tensor,
     up_bias: torch.Tensor,
     scale: torch.Tensor,
-    activations: list[str],
+    activations: str | list[str],
     index: RowIndex,
 ) -> torch.Tensor:
     """Semantics: y[i] = scale[j] * (act_j(z[i] @ Wd[j].T + bd[j]) @ Wu[j].T + bu[j]), j = index[i]
 
     z [b, s, d], down_weight [slots, width, d], down_bias [slots, width],
     up_weight [slots, d, width], up_bias [slots, d], scale [slots],
-    activations: one name per slot -> delta [b, s, d].
+    activations: the one name every slot uses, or one name per slot -> delta [b, s, d].
     """
     hidden = gathered_matmul(z, down_weight, index) + down_bias[index.slots].unsqueeze(1)
-    row_acts = [activations[i] for i in index.rows]
-    if len(set(row_acts)) == 1:
-        hidden = _ACTIVATIONS[row_acts[0]](hidden)
+    if isinstance(activations, str):
+        hidden = _ACTIVATIONS[activations](hidden)
     else:
+        row_acts = [activations[i] for i in index.rows]
         per_act = {name: _ACTIVATIONS[name](hidden) for name in set(row_acts)}
         hidden = torch.stack([per_act[name][i] for i, name in enumerate(row_acts)])
     out = gathered_matmul(hidden, up_weight, index) + up_bias[index.slots].unsqueeze(1)
