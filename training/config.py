@@ -25,6 +25,8 @@ import yaml
 from modeling.config import PRESETS
 from modeling.presets import method_preset
 from modeling.recipe import MethodEntry
+from training.data.example import Example
+from training.data.registry import load_split
 from training.tasks import TASKS
 
 
@@ -176,3 +178,11 @@ def load_config(path: str | Path) -> RunConfig:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     return parse_config(raw, base_dir=path.parent)
+
+
+def load_task_split(task: str, data: TaskData, split: str) -> list[Example]:
+    """The examples of one split (`train`, `val`, `test`) of a configured task."""
+    path = getattr(data, split)
+    annotations = data.annotations.replace("{split}", split) if data.annotations else None
+    return load_split(task, path, split=split if task == "caption" else None,
+                      vqa_annotations_path=annotations, subtitles_path=data.subtitles)

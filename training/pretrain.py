@@ -27,13 +27,14 @@ from modeling.config import preset
 from modeling.inputs import VisualTokens, image_processor, images_to_pixels, make_batch
 from training.adapter_step import sequence_loss
 from training.batches import training_target
+from training.config import TaskData, load_task_split
 from training.data.example import Example
-from training.data.registry import load_split
 from training.data.visual_stores import ImageFolder, VideoFrameFolder
 from training.evaluation import evaluate_task
 from training.features import features_for
 from training.synthetic import generate
 from training.synthetic.generate import SplitSizes
+from training.synthetic_run import synthetic_tasks
 from training.text import corpus_tokenizer
 
 PRETRAIN_TASKS = ("caption", "vqa", "gqa", "tvc")
@@ -50,13 +51,10 @@ class PretrainSettings:
     sizes: SplitSizes = SplitSizes(600, 100, 100)
 
 
-def world_examples(root: Path, paths: dict, split: str, tasks) -> list[Example]:
-    out = []
-    for task in tasks:
-        out += load_split(task, paths[task][split], split=split if task == "caption" else None,
-                          subtitles_path=root / "subtitles.jsonl" if task in VIDEO_TASKS
-                          else None)
-    return out
+def world_examples(root: Path, split: str, tasks) -> list[Example]:
+    """The `split` examples of `tasks` in a world written by `generate`."""
+    entries = synthetic_tasks(root, list(tasks))
+    return [e for t in tasks for e in load_task_split(t, TaskData(**entries[t]), split)]
 
 
 class PixelCache:
@@ -88,15 +86,10 @@ def visual_tokens(backbone: VLBackbone, cache: PixelCache, example: Example) -> 
 def pretrain_step(backbone: VLBackbone, cache: PixelCache, rows: list[Example],
                   rng: np.random.Generator) -> torch.Tensor:
     targets = [training_target(e, rng)[0] for e in rows]
+    # make_batch copies the features into its padded tensor, which autograd tracks, so
+    # the loss reaches the vision tower through it.
     visuals = [visual_tokens(backbone, cache, e) for e in rows]
-    batch = make_batch(backbone.tokenizer, [e.source_text for e in rows],
-                       [VisualTokens(v.features.detach(), v.image_order) for v in visuals],
-                       targets)
-    # make_batch pads detached copies; put the differentiable features back in place.
-    visual = torch.zeros_like(batch.visual)
-    for row, v in enumerate(visuals):
-        visual[row, :v.features.shape[0]] = v.features
-    batch.visual = visual
+    batch = make_batch(backbone.tokenizer, [e.source_text for e in rows], visuals, targets)
     return sequence_loss(backbone(batch), batch.labels)
 
 
@@ -108,9 +101,9 @@ def pretrain(out_dir: str | Path, data_dir: str | Path,
     if (out / "vladapter_backbone.json").is_file():
         return VLBackbone.from_pretrained(out)
     main_paths = generate(data / "world", seed=settings.seed, sizes=settings.sizes)
-    pre_paths = generate(data / "pretrain-world", seed=PRETRAIN_SEED, sizes=settings.sizes)
-    every = world_examples(data / "world", main_paths, "train", main_paths)
-    train = world_examples(data / "pretrain-world", pre_paths, "train", PRETRAIN_TASKS)
+    generate(data / "pretrain-world", seed=PRETRAIN_SEED, sizes=settings.sizes)
+    every = world_examples(data / "world", "train", main_paths)
+    train = world_examples(data / "pretrain-world", "train", PRETRAIN_TASKS)
     config = preset("small")
     tokenizer = corpus_tokenizer(every + train, config.lm_type, config.lm["vocab_size"])
     torch.manual_seed(settings.seed)
@@ -138,16 +131,16 @@ def pretrain(out_dir: str | Path, data_dir: str | Path,
     backbone.eval()
     backbone.save_pretrained(out)
     frozen = VLBackbone.from_pretrained(out)
-    check_attributes(frozen, data / "pretrain-world", pre_paths, out)
+    check_attributes(frozen, data / "pretrain-world", out)
     return frozen
 
 
-def check_attributes(backbone: VLBackbone, root: Path, paths: dict, out: Path) -> dict:
+def check_attributes(backbone: VLBackbone, root: Path, out: Path) -> dict:
     """Per question type accuracy of the pre-trained backbone on its own world's val split
     (the note's advice: know what the frozen model can see before comparing methods)."""
     report = {}
     for task in ("vqa", "gqa"):
-        val = world_examples(root, paths, "val", [task])
+        val = world_examples(root, "val", [task])
         features = features_for(backbone, task, root / "images", val, out / "feature-cache",
                                 backbone.fingerprint())
         report[task] = evaluate_task(backbone, None, task, val, features)

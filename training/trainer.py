@@ -30,9 +30,9 @@ from training.adapter_step import adapter_logits, sequence_loss
 from training.artifact import write_artifact
 from training.batches import MultiTaskSampler, TaskStream, training_batch
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.config import RunConfig
+from training.config import RunConfig, load_task_split
 from training.data.example import Example
-from training.data.registry import load_split, subsample
+from training.data.registry import subsample
 from training.evaluation import evaluate_task
 from training.features import VisualFeatures, features_for
 from training.tasks import TASKS
@@ -58,13 +58,6 @@ def lr_lambda(config: RunConfig):
             return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         return max(0.0, 1.0 - progress)
     return factor
-
-
-def load_task_split(task: str, data, split: str) -> list[Example]:
-    path = getattr(data, split)
-    annotations = data.annotations.replace("{split}", split) if data.annotations else None
-    return load_split(task, path, split=split if task == "caption" else None,
-                      vqa_annotations_path=annotations, subtitles_path=data.subtitles)
 
 
 @dataclass

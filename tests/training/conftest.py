@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from modeling.backbone import VLBackbone
 from modeling.config import preset
-from training.config import parse_config
+from training.config import load_task_split, parse_config
 from training.synthetic import generate
 from training.synthetic.generate import SplitSizes
+from training.synthetic_run import synthetic_tasks
 from training.text import corpus_tokenizer
-from training.trainer import load_task_split
 
 TASKS = ("vqa", "nlvr2", "caption", "tvqa")
-
-
-def _task_entry(root: Path, task: str, paths: dict) -> dict:
-    video = task in ("tvqa", "how2qa", "tvc", "yc2c")
-    entry = {"train": str(paths[task]["train"]), "val": str(paths[task]["val"]),
-             "visual": str(root / ("videos" if video else "images")), "batch_size": 4}
-    if video:
-        entry["subtitles"] = str(root / "subtitles.jsonl")
-    return entry
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
     """A small synthetic world, a tiny backbone folder with its tokenizer, a base config."""
     root = tmp_path_factory.mktemp("world")
-    paths = generate(root / "data", seed=0, sizes=SplitSizes(12, 4, 4))
-    tasks = {t: _task_entry(root / "data", t, paths) for t in TASKS}
+    generate(root / "data", seed=0, sizes=SplitSizes(12, 4, 4))
+    tasks = synthetic_tasks(root / "data", list(TASKS), batch_size=4)
     raw = {"backbone": str(root / "backbone"), "tasks": tasks, "steps": 6, "lr": 1e-2,
            "methods": [{"method": "lora", "config": {"rank": 4, "dropout": 0.3}},
                        {"method": "adapter", "config": {"width": 8}, "sharing": "multiple"}],
