@@ -27,19 +27,16 @@ ADAPTER = "demo"
 def ask(client: Client, task: str, example: Example, world: Path) -> str:
     """Send one example through the client's task method; returns the answer text."""
     spec = TASKS[task]
-    question = example.source_text.removeprefix(spec.prompt)
+    question = example.text
     if spec.visual_input is VisualInput.VIDEO_FRAMES:
         frames = [p.read_bytes() for p in
                   VideoFrameFolder(world / "videos").frame_paths(example.visual_ids[0])]
-        # The example's text is "[Subs] <subtitles> [Q] <question> [Choices] ...".
-        subtitles = question.removeprefix("[Subs] ").split(" [Q] ", 1)[0] \
-            if question.startswith("[Subs] ") else ""
         if spec.kind is TaskKind.MULTIPLE_CHOICE:
-            text = question.split("[Q] ", 1)[-1].split(" [Choices]", 1)[0]
-            reply = client.video_qa(frames, text, list(example.choices), ADAPTER, task=task,
-                                    subtitles=subtitles)
+            reply = client.video_qa(frames, question, list(example.choices), ADAPTER,
+                                    task=task, subtitles=example.subtitles)
         else:
-            reply = client.video_caption(frames, ADAPTER, task=task, subtitles=subtitles)
+            reply = client.video_caption(frames, ADAPTER, task=task,
+                                         subtitles=example.subtitles)
         return reply.label or reply.text
     images = [ImageFolder(world / "images").image_path(v).read_bytes()
               for v in example.visual_ids]

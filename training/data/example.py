@@ -25,6 +25,9 @@ class Example:
         question_type: question category for per-type results (VQA ``question_type``, the
             synthetic world's ``colour``/``count``/...); ``None`` when unknown.
         time_span: ``(start, end)`` in seconds of the moment a video question is about.
+        text: the question or statement as written in the data file (no prompt), what a
+            client sends to the server.
+        subtitles: the clip's subtitle text (video tasks), also part of ``source_text``.
     """
 
     task: str
@@ -38,6 +41,8 @@ class Example:
     label: int | None = None
     question_type: str | None = None
     time_span: tuple[float, float] | None = None
+    text: str = ""
+    subtitles: str = ""
 
     def __post_init__(self) -> None:
         if self.target_weights and len(self.target_weights) != len(self.targets):

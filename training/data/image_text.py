@@ -67,6 +67,7 @@ def _load_scored_qa(
                 example_id=question_id,
                 visual_ids=(record.identifier("img_id"),),
                 source_text=spec.format_source(record.text("sent")),
+                text=record.text("sent"),
                 targets=targets,
                 target_weights=weights,
                 answers=raw_answers.get(question_id, ()),
@@ -109,6 +110,7 @@ def load_nlvr2(path: Path) -> list[Example]:
                 example_id=identifier,
                 visual_ids=(record.identifier("img0"), record.identifier("img1")),
                 source_text=spec.format_source(record.text("sent")),
+                text=record.text("sent"),
                 targets=("true" if label == 1 else "false",),
                 label=label,
             )

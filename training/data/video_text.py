@@ -74,6 +74,8 @@ def load_video_qa(
                 example_id=question_id,
                 visual_ids=(vid_name,),
                 source_text=spec.source_text(record.text("q"), choices, subtitle_text),
+                text=record.text("q"),
+                subtitles=subtitle_text,
                 targets=(f"a{label}",) if label is not None else (),
                 choices=choices,
                 label=label,
@@ -123,6 +125,7 @@ def load_video_captions(
             "task": task,
             "visual_ids": (vid_name,),
             "source_text": spec.source_text(subtitles=subtitle_text),
+            "subtitles": subtitle_text,
             "time_span": record.time_span("ts") if record.has("ts") else None,
         }
         if one_per_caption:
