@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,9 @@ class Example:
     label: int | None = None
     question_type: str | None = None
     time_span: tuple[float, float] | None = None
-    text: str = ""
-    subtitles: str = ""
+    # Raw inputs already folded into source_text: kept for clients, not part of identity.
+    text: str = field(default="", compare=False)
+    subtitles: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if self.target_weights and len(self.target_weights) != len(self.targets):
