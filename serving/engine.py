@@ -490,7 +490,7 @@ class Engine:
         self._finish(request, prediction)
 
     def _finish(self, request: Request, outcome: Prediction | RequestError) -> None:
-        """Answer a request once and drop its reference on the adapter version."""
+        """Answer a request once; drop its slot and its reference on the version."""
         if request.done:
             return
         request.done = True
@@ -499,6 +499,9 @@ class Engine:
         else:
             self.stats["completed"] += 1
             request.events.put(("done", outcome))
+        if request.slot is not None:
+            self.slots.leave(request.slot)
+            request.slot = None
         if request.version is not None:
             key = (request.adapter_name, request.version)
             if self.slots.release(key) == 0 and key in self._retired:

@@ -18,7 +18,6 @@ channel in `on_stop`: an open channel keeps a gevent-patched process from exitin
 from __future__ import annotations
 
 import random
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from locust.env import Environment
 from serving.client import predict_request
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 from training.data.registry import load_split
+from training.data.visual_stores import ImageFolder, VideoFrameFolder
 from training.tasks import TASKS, TaskKind, VisualInput
 
 grpc_gevent.init_gevent()  # grpc's blocking calls must yield to other greenlets
@@ -43,8 +43,6 @@ WORLD_FILES = {
     "tvqa": ("tvqa/test.jsonl", None), "how2qa": ("how2qa/test.jsonl", None),
     "tvc": ("tvc/test.jsonl", None), "yc2c": ("yc2c/test.jsonl", None),
 }
-_SUBS = re.compile(r"\[Subs\] (.*?)(?: \[Q\]|$)")
-_QUESTION = re.compile(r"\[Q\] (.*?) \[Choices\]")
 
 
 @events.init_command_line_parser.add_listener
@@ -64,22 +62,16 @@ def _arguments(parser) -> None:
 def example_request(example, world: Path, max_new_tokens: int) -> inference_pb2.PredictRequest:
     """A `PredictRequest` (adapter left empty) from one synthetic-world example."""
     spec = TASKS[example.task]
-    body = example.source_text.removeprefix(spec.prompt.rstrip()).strip()
-    subtitles_match = _SUBS.search(body)
-    subtitles = subtitles_match.group(1) if subtitles_match else ""
-    text = body
-    if spec.kind is TaskKind.MULTIPLE_CHOICE:
-        question = _QUESTION.search(body)
-        text = question.group(1) if question else ""
-    elif spec.kind is TaskKind.VIDEO_CAPTIONING or spec.kind is TaskKind.CAPTIONING:
-        text = ""
+    captioning = spec.kind in (TaskKind.CAPTIONING, TaskKind.VIDEO_CAPTIONING)
+    text = "" if captioning else example.text
     if spec.visual_input is VisualInput.VIDEO_FRAMES:
-        frames = [p.read_bytes() for p in sorted((world / "videos" /
-                                                  example.visual_ids[0]).glob("*.png"))]
-        return predict_request(example.task, "", frames=frames, subtitles=subtitles, text=text,
-                               choices=example.choices, max_new_tokens=max_new_tokens)
-    images = [(world / "images" / f"{image_id}.png").read_bytes()
-              for image_id in example.visual_ids]
+        frames = [p.read_bytes() for p in
+                  VideoFrameFolder(world / "videos").frame_paths(example.visual_ids[0])]
+        return predict_request(example.task, "", frames=frames, subtitles=example.subtitles,
+                               text=text, choices=example.choices,
+                               max_new_tokens=max_new_tokens)
+    images = [ImageFolder(world / "images").image_path(v).read_bytes()
+              for v in example.visual_ids]
     return predict_request(example.task, "", images=images, text=text,
                            max_new_tokens=max_new_tokens)
 

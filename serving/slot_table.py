@@ -7,8 +7,12 @@ knows nothing of this table (STYLE.md, "cache apart from compute").
 Rules:
 - a slot keeps its number while it is occupied, so rows already decoding keep reading
   the right weights when other slots change;
-- eviction is LRU over slots whose adapter (name, version) has no in-flight request
-  (refcount 0) and is not pinned: what a running batch uses is never evicted;
+- a batch row holds its slot from `activate` until `leave`; eviction is LRU over slots
+  that no row holds and whose adapter is not pinned: what a running batch uses is never
+  evicted;
+- requests that wait (loading, queued) hold their adapter version (`acquire`/`release`)
+  but no slot: a version with waiting requests is kept in service after a hot-swap, yet
+  its slots may be reused meanwhile, so waiting requests never starve the batch of slots;
 - a byte budget and a slot count bound the table.
 
 Every method takes one lock; in the server only the engine thread mutates the table and
@@ -57,6 +61,7 @@ class SlotTable:
         self._frozen, self._d_model, self._like = frozen, d_model, like
         self._slots: list[SlotInfo | None] = [None] * capacity
         self._weights: list[ServeWeights | None] = [None] * capacity
+        self._rows = [0] * capacity  # batch rows holding each slot
         self._refs: Counter[AdapterKey] = Counter()
         self._pinned: set[AdapterKey] = set()
         self._bank: StackedWeights | None = None
@@ -95,7 +100,7 @@ class SlotTable:
 
     # --- refcounts and pins --------------------------------------------------------------
     def acquire(self, adapter: AdapterKey) -> None:
-        """One more in-flight request uses `adapter` (its slots cannot be evicted)."""
+        """One more in-flight request uses `adapter` (`evict(adapter)` keeps its slots)."""
         with self._lock:
             self._refs[adapter] += 1
 
@@ -120,15 +125,16 @@ class SlotTable:
 
     # --- placement -----------------------------------------------------------------------
     def activate(self, key: SlotKey, weights: ServeWeights) -> int:
-        """Put `weights` in a slot (or find it there); returns the slot number.
+        """Put `weights` in a slot (or find it there) for one batch row; returns the slot.
 
-        Evicts LRU slots of idle, unpinned adapters to make room; raises NoFreeSlot when
-        every slot or byte is held by adapters in use or pinned.
+        The row holds the slot until `leave(slot)`. Evicts LRU slots that no row holds and
+        no pin keeps to make room; raises NoFreeSlot when every slot or byte is held.
         """
         with self._lock:
             slot = self.lookup(key)
             if slot is not None:
                 self._slots[slot].last_used = time.time()
+                self._rows[slot] += 1
                 self._on_event("hit")
                 return slot
             self._on_event("miss")
@@ -141,21 +147,32 @@ class SlotTable:
             slot = self._slots.index(None)
             self._slots[slot] = SlotInfo(key, nbytes, time.time())
             self._weights[slot] = weights
+            self._rows[slot] = 1
             self._bank = None
             return slot
 
+    def leave(self, slot: int) -> None:
+        """A batch row that held `slot` ended."""
+        with self._lock:
+            if self._rows[slot] <= 0:
+                raise RuntimeError(f"leave of slot {slot} that no row holds")
+            self._rows[slot] -= 1
+
     def _evict_one(self, wanted: SlotKey) -> None:
         candidates = [(info.last_used, slot) for slot, info in enumerate(self._slots)
-                      if info is not None and self._evictable(info.key[:2])]
+                      if info is not None and self._rows[slot] == 0
+                      and info.key[:2] not in self._pinned]
         if not candidates:
             raise NoFreeSlot(f"no slot for {wanted}: all {self.capacity} slots hold adapters "
                              "in use or pinned")
         self._free(min(candidates)[1])
 
     def _evictable(self, adapter: AdapterKey) -> bool:
+        """No request (waiting or running) uses `adapter` and no pin keeps it."""
         return self._refs[adapter] == 0 and adapter not in self._pinned
 
     def _free(self, slot: int) -> None:
+        assert self._rows[slot] == 0, "a slot held by a batch row is never freed"
         self._slots[slot] = None
         self._weights[slot] = None
         self._bank = None

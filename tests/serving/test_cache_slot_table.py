@@ -1,5 +1,6 @@
 """The slot table's state machine on CPU: after every add / activate / pin / evict the
-table is asserted (STYLE.md), including "never evict what a running batch uses"."""
+table is asserted (STYLE.md), including "never evict what a running batch uses" and
+"waiting requests never keep slots from the batch"."""
 
 from __future__ import annotations
 
@@ -29,42 +30,69 @@ def key(name: str) -> tuple[str, int, str]:
     return (name, 1, "vqa")
 
 
-def test_activate_pin_refcount_and_evict_step_by_step():
+def idle(slots: SlotTable, name: str, weights: ServeWeights) -> int:
+    """Activate `name` for one row that ends at once: the slot stays filled but unheld."""
+    slot = slots.activate(key(name), weights)
+    slots.leave(slot)
+    return slot
+
+
+def test_activate_pin_rows_and_evict_step_by_step():
     slots = table()
-    assert slots.activate(key("a"), prompt_set(1)) == 0
+    assert idle(slots, "a", prompt_set(1)) == 0
     assert slots.snapshot() == [key("a"), None, None]
-    assert slots.activate(key("b"), prompt_set(2)) == 1
-    assert slots.activate(key("c"), prompt_set(3)) == 2
-    assert slots.activate(key("a"), prompt_set(1)) == 0  # hit: same slot, now most recent
-    slots.acquire(("b", 1))  # a running request uses b
-    assert slots.activate(key("d"), prompt_set(4)) == 2  # LRU idle one is c (b in use)
+    assert slots.activate(key("b"), prompt_set(2)) == 1  # a running row holds b
+    assert idle(slots, "c", prompt_set(3)) == 2
+    assert idle(slots, "a", prompt_set(1)) == 0  # hit: same slot, now most recent
+    assert idle(slots, "d", prompt_set(4)) == 2  # LRU unheld one is c (b held by a row)
     assert slots.snapshot() == [key("a"), key("b"), key("d")]
     slots.pin(("a", 1))
-    slots.acquire(("d", 1))
+    assert slots.activate(key("d"), prompt_set(4)) == 2  # a row holds d
     with pytest.raises(NoFreeSlot, match="in use or pinned"):
         slots.activate(key("e"), prompt_set(5))
     assert slots.snapshot() == [key("a"), key("b"), key("d")]  # a failed add changes nothing
-    assert slots.evict(("b", 1)) == []  # in use: kept
+    slots.acquire(("b", 1))  # a request for b waits in the queue
+    slots.leave(1)  # b's row ended
+    assert slots.evict(("b", 1)) == []  # retiring b waits for its queued request
     assert slots.release(("b", 1)) == 0
     assert slots.evict(("b", 1)) == [1]
     assert slots.snapshot() == [key("a"), None, key("d")]
     slots.unpin(("a", 1))
-    assert slots.activate(key("e"), prompt_set(5)) == 1  # a free slot first
-    assert slots.activate(key("f"), prompt_set(6)) == 0  # then the idle LRU (a)
+    slots.leave(2)
+    assert idle(slots, "e", prompt_set(5)) == 1  # a free slot first
+    assert idle(slots, "f", prompt_set(6)) == 0  # then the unheld LRU (a)
     assert slots.snapshot() == [key("f"), key("e"), key("d")]
     with pytest.raises(RuntimeError, match="without a matching acquire"):
         slots.release(("a", 1))
+    with pytest.raises(RuntimeError, match="no row holds"):
+        slots.leave(0)
+
+
+def test_requests_waiting_for_an_adapter_do_not_keep_its_slots_from_other_rows():
+    """Queued requests hold their version, not a slot: with more (adapter, task) sets than
+    slots, every set still gets a slot once the rows before it end."""
+    slots = table(capacity=2)
+    for name in "abc":
+        slots.acquire((name, 1))  # one request waits for each adapter
+    first = slots.activate(key("a"), prompt_set(1))
+    second = slots.activate(key("b"), prompt_set(2))
+    with pytest.raises(NoFreeSlot):
+        slots.activate(key("c"), prompt_set(3))  # both slots held by running rows
+    slots.leave(first)
+    assert slots.activate(key("c"), prompt_set(3)) == first  # a's slot, though a still waits
+    slots.leave(second)
+    assert slots.snapshot() == [key("c"), key("b")]
 
 
 def test_bank_rows_follow_slots_and_numbers_never_move():
     slots = table()
-    slots.activate(key("a"), prompt_set(1, length=1))
-    slots.activate(key("b"), prompt_set(2, length=3))
+    idle(slots, "a", prompt_set(1, length=1))
+    idle(slots, "b", prompt_set(2, length=3))
     bank = slots.bank()
     assert bank.prompt_length.tolist() == [1, 3, 0]
     assert torch.equal(bank.prompt[1, :3], torch.full((3, D), 2.0))
     slots.evict(("a", 1))
-    slots.activate(key("c"), prompt_set(7, length=2))
+    idle(slots, "c", prompt_set(7, length=2))
     bank = slots.bank()
     assert bank.prompt_length.tolist() == [2, 3, 0]  # c took slot 0; b stayed in slot 1
     assert torch.equal(bank.prompt[0, :2], torch.full((2, D), 7.0))
@@ -74,9 +102,9 @@ def test_bank_rows_follow_slots_and_numbers_never_move():
 def test_byte_budget_evicts_lru_and_refuses_what_never_fits():
     one_set = 2 * D * 4  # a length-2 prompt in float32
     slots = table(capacity=8, budget=2 * one_set)
-    slots.activate(key("a"), prompt_set(1))
-    slots.activate(key("b"), prompt_set(2))
-    slots.activate(key("c"), prompt_set(3))
+    idle(slots, "a", prompt_set(1))
+    idle(slots, "b", prompt_set(2))
+    idle(slots, "c", prompt_set(3))
     assert slots.snapshot()[:3] == [key("c"), key("b"), None]
     assert slots.used_bytes() == 2 * one_set
     with pytest.raises(NoFreeSlot, match="budget"):

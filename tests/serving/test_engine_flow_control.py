@@ -79,3 +79,30 @@ def test_cancelled_stream_leaves_the_batch_and_frees_its_slot(server, inference,
     _settle(server)
     assert server.engine.stats["cancelled"] == before + 1
     assert inference.Predict(request_for("vqa", seed=5), timeout=30).adapter_name == "alpha"
+
+
+def test_more_adapter_sets_than_device_slots_are_all_served(backbone, published):
+    """Six (adapter, task) sets queued at once over two device slots: requests that wait
+    hold no slot, so every set gets one as rows finish and none is RESOURCE_EXHAUSTED."""
+    config = ServeConfig(registry=published.root, host="127.0.0.1", port=0, device_slots=2,
+                         max_queue_delay_ms=50.0)
+    server = Server(config, backbone=backbone)
+    for name in ("alpha", "beta", "gamma"):
+        server.repository.load(name)
+    server.grpc_server.start()  # queue everything before the engine takes any of it
+    wanted = [("alpha", "vqa"), ("beta", "caption"), ("gamma", "gqa"), ("alpha", "tvc"),
+              ("beta", "nlvr2"), ("gamma", "how2qa")]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            calls = [stub.Predict.future(request_for(task, adapter, seed=i), timeout=60)
+                     for i, (adapter, task) in enumerate(wanted)]
+            while server.engine.in_flight() < len(wanted):
+                time.sleep(0.005)
+            server.engine.start()
+            answers = [call.result() for call in calls]
+        assert [a.adapter_version for a in answers] == [2, 1, 1, 2, 1, 1]
+        assert len({key[:2] for key in server.slots.snapshot() if key}) <= 2
+        assert server.engine.stats["completed"] == len(wanted)
+    finally:
+        server.stop(grace=5)

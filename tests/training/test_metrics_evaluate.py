@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from training.data import Example
@@ -74,7 +76,8 @@ def test_evaluate_refuses_mismatched_input() -> None:
 
 def test_identical_captions_score_full_marks_without_java() -> None:
     identical = {key: refs[0] for key, refs in CAPTION_REFERENCES.items()}
-    with pytest.warns(RuntimeWarning, match="METEOR skipped"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Java turned off on purpose: nothing to warn about
         scores = caption_scores(identical, CAPTION_REFERENCES, use_java=False)
     # pycocoevalcap adds 1e-15 / 1e-9 to n-gram counts, so a perfect BLEU is 100 - ~1e-8.
     assert scores["BLEU-4"] == pytest.approx(100.0, abs=1e-6) and scores["BLEU-4"] < 100.0
@@ -85,9 +88,8 @@ def test_identical_captions_score_full_marks_without_java() -> None:
 def test_different_captions_score_lower_cider_and_bleu() -> None:
     identical = {key: refs[0] for key, refs in CAPTION_REFERENCES.items()}
     different = {"1": "a dog on a sofa", "2": "a cat near a window", "3": "green grass"}
-    with pytest.warns(RuntimeWarning):
-        good = caption_scores(identical, CAPTION_REFERENCES, use_java=False)
-        bad = caption_scores(different, CAPTION_REFERENCES, use_java=False)
+    good = caption_scores(identical, CAPTION_REFERENCES, use_java=False)
+    bad = caption_scores(different, CAPTION_REFERENCES, use_java=False)
     assert good["CIDEr"] > bad["CIDEr"] >= 0.0
     assert bad["BLEU-4"] < 1e-3
 
@@ -95,10 +97,8 @@ def test_different_captions_score_lower_cider_and_bleu() -> None:
 def test_short_corpus_bleu4_is_not_100() -> None:
     # Fewer than four tokens per caption: no 4-grams at all, BLEU-4 = (1e-15 / 1e-9) ** 0.25.
     references = {"1": ["a red circle"], "2": ["two shapes"]}
-    with pytest.warns(RuntimeWarning):
-        scores = caption_scores(
-            {"1": "a red circle", "2": "two shapes"}, references, use_java=False
-        )
+    scores = caption_scores({"1": "a red circle", "2": "two shapes"}, references,
+                            use_java=False)
     assert scores["BLEU-4"] == pytest.approx(100 * (1e-6) ** 0.25)
 
 
@@ -108,9 +108,17 @@ def test_caption_task_through_evaluate() -> None:
         for key, refs in CAPTION_REFERENCES.items()
     ]
     predictions = {key: refs[0] for key, refs in CAPTION_REFERENCES.items()}
-    with pytest.warns(RuntimeWarning):
-        result = evaluate("tvc", predictions, examples, use_java=False)
+    result = evaluate("tvc", predictions, examples, use_java=False)
     assert {"CIDEr", "BLEU-4", "ROUGE-L"} <= set(result)
+
+
+def test_missing_java_found_by_detection_is_warned_and_flagged(monkeypatch) -> None:
+    monkeypatch.setattr("training.metrics.captioning.shutil.which", lambda name: None)
+    identical = {key: refs[0] for key, refs in CAPTION_REFERENCES.items()}
+    with pytest.warns(RuntimeWarning, match="java not found: METEOR skipped"):
+        scores = caption_scores(identical, CAPTION_REFERENCES)
+    assert scores["METEOR_skipped_no_java"] == 1.0
+    assert scores["tokenizer_simple_no_java"] == 1.0
 
 
 @pytest.mark.skipif(not java_available(), reason="java not installed")

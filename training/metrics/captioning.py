@@ -82,11 +82,10 @@ def caption_scores(
         meteor, _ = Meteor().compute_score(gold, hypotheses)
         scores["METEOR"] = 100.0 * float(meteor)
     else:
-        warnings.warn(
-            "java not found: METEOR skipped and captions tokenised without the PTB tokenizer",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        if use_java is None:  # the caller asked for Java where present: say it was not
+            warnings.warn(
+                "java not found: METEOR skipped and captions tokenised without the PTB "
+                "tokenizer", RuntimeWarning, stacklevel=2)
         scores["METEOR_skipped_no_java"] = 1.0
         scores["tokenizer_simple_no_java"] = 1.0
     return scores
