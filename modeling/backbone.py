@@ -218,13 +218,18 @@ class VLBackbone(nn.Module):
     def decode(self, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor,
                decoder_input_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                weights: StackedWeights | None = None, index: RowIndex | None = None,
-               cache=None):
-        """One decoder pass -> the LM's output (logits [b, y, vocab], cache)."""
+               cache=None, decoder_mask: torch.Tensor | None = None):
+        """One decoder pass -> the LM's output (logits [b, y, vocab], cache).
+
+        decoder_mask: [b, cached + y] bool over cached and new decoder positions (None: all
+        real), for caches padded across rows (`modeling.decode_rows`).
+        """
         with self.adapter_context.use(weights, index):
             return self.lm(
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
                 attention_mask=encoder_mask, decoder_input_ids=decoder_input_ids,
-                labels=labels, cache=cache, use_cache=cache is not None)
+                decoder_attention_mask=decoder_mask, labels=labels, cache=cache,
+                use_cache=cache is not None)
 
     def forward(self, batch: VLBatch, weights: StackedWeights | None = None,
                 index: RowIndex | None = None) -> torch.Tensor:

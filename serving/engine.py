@@ -8,13 +8,13 @@
         start     vision tower once per distinct image (LRU keyed by sha256), then
                   candidate scoring (NLVR2, multiple choice) and beam search in one call
                   per group, and one encoder pass for the greedy rows
-        step      one decoder pass over every running greedy row; a finished row leaves,
-                  a waiting request joins at the next step (iteration-level batching)
+        step      one decoder pass over every running greedy row, one new token each; a
+                  finished row leaves, a waiting request joins at the next step
+                  (iteration-level batching)
 
-The decoder recomputes each running row's whole prefix every step (no key/value cache):
-rows join and leave freely, decoder inputs are right-padded (causal attention keeps the
-padding out of every real position) and each row's logits are read at its last position.
-Answers here are a few tokens, so the quadratic cost is small.
+Greedy rows decode with a key/value cache (`modeling.decode_rows.DecodeRows`): a joining
+row's first step computes its cross-attention keys/values once, then every step feeds one
+token per row; rows of different lengths share one left-padded, masked cache.
 
 Only this thread runs the model or changes the slot table's contents; other threads talk
 to it through the queue and `call_soon`.
@@ -32,112 +32,29 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
-from adapters_registry import FingerprintMismatch, IntegrityError, InvalidName, NotFound
+from modeling import decode_rows
 from modeling.backbone import VLBackbone, VLBatch
+from modeling.decode_rows import DecodeRows
 from modeling.generation import beam_search, score_candidates
 from modeling.inputs import VisualTokens, candidate_ids, make_batch
 from modeling.kernels import RowIndex
-from serving.adapter_store import AdapterRejected, AdapterStore, HostAdapter
-from serving.limits import ImageInput
+from serving.adapter_store import AdapterStore
+from serving.requests import NoMetrics, Prediction, Request, RequestError, error_for
 from serving.slot_table import NoFreeSlot, SlotTable
 from serving.vision_backends import VisionEncoder
 from serving.vision_cache import VisionCache, visual_tokens
-from training.tasks import TaskKind, TaskSpec, VisualInput
+from training.tasks import TaskKind, VisualInput
+
+__all__ = ["Engine", "NoMetrics", "Prediction", "Request", "RequestError", "error_for"]
 
 log = logging.getLogger("vladapter.serving")
 
 
-class RequestError(Exception):
-    """A request that ends with a gRPC status other than OK."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def error_for(exc: BaseException) -> RequestError:
-    """Map a loading or registry error to the status a client sees."""
-    if isinstance(exc, RequestError):
-        return exc
-    if isinstance(exc, NotFound):
-        return RequestError(grpc.StatusCode.NOT_FOUND, str(exc))
-    if isinstance(exc, FingerprintMismatch | AdapterRejected):
-        return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-    if isinstance(exc, InvalidName):
-        return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    if isinstance(exc, IntegrityError):
-        return RequestError(grpc.StatusCode.DATA_LOSS, str(exc))
-    return RequestError(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-
-
-class NoMetrics:
-    """Stands in for `serving.metrics.ServerMetrics` when none is configured."""
-
-    def __getattr__(self, name: str):
-        return lambda *args, **kwargs: None
-
-
-@dataclass
-class Prediction:
-    """What a request returns; timings in milliseconds."""
-
-    text: str
-    adapter_name: str
-    adapter_version: int
-    label: str = ""
-    scores: list[tuple[str, float]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    request_id: str = ""
-
-
-@dataclass(eq=False)
-class Request:
-    """One validated request. `adapter_version` None: the name's active version.
-
-    events receives ("token", text) while streaming, then ("done", Prediction) or
-    ("error", RequestError). deadline: time.monotonic() seconds, or None.
-    """
-
-    task: TaskSpec
-    adapter_name: str
-    adapter_version: int | None
-    source_text: str
-    images: list[ImageInput]
-    choices: list[str] = field(default_factory=list)
-    max_new_tokens: int = 20
-    num_beams: int = 1
-    deadline: float | None = None
-    request_id: str = ""
-    stream: bool = False
-    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    enqueued: float = field(default_factory=time.monotonic)
-    timings: dict[str, float] = field(default_factory=dict)
-    version: int | None = None  # bound by the engine
-    adapter: HostAdapter | None = None
-    loading: object = None  # the store's future while the version loads
-    slot: int | None = None
-    done: bool = False
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def wait(self, timeout: float | None = None) -> Prediction:
-        """Block until the request ends; raises its RequestError."""
-        while True:
-            kind, value = self.events.get(timeout=timeout)
-            if kind == "done":
-                return value
-            if kind == "error":
-                raise value
-
-
 @dataclass(eq=False)
 class Running:
-    """A greedy row being decoded: its encoder states [L, d] and the ids so far."""
+    """A greedy row being decoded (its key/value cache lives in the engine's DecodeRows)."""
 
     request: Request
-    hidden: torch.Tensor
     ids: list[int] = field(default_factory=list)
     text: str = ""
     started: float = field(default_factory=time.perf_counter)
@@ -165,6 +82,7 @@ class Engine:
         self._loading: list[Request] = []
         self._ready: deque[Request] = deque()
         self._running: list[Running] = []
+        self._decoding: DecodeRows | None = None  # row i is self._running[i]
         self._retired: set[tuple[str, int]] = set()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
@@ -305,11 +223,11 @@ class Engine:
                 if error is not None:
                     waiting.remove(request)
                     self._finish(request, error)
-        for row in list(self._running):
-            error = dead(row.request)
+        errors = [dead(row.request) for row in self._running]
+        for row, error in zip(self._running, errors, strict=True):
             if error is not None:
-                self._running.remove(row)
                 self._finish(row.request, error)
+        self._keep([i for i, error in enumerate(errors) if error is None])
 
     def _admit(self) -> list[Request]:
         """Take ready requests into the batch, each with a device slot for its adapter set."""
@@ -427,50 +345,57 @@ class Engine:
 
     @torch.no_grad()
     def _encode_greedy(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
-        """One encoder pass; each row joins the running set with its own states."""
+        """One encoder pass and the rows' first decoder step; they then join the running set."""
         start = time.perf_counter()
         batch, index = self._batch(requests, visuals)
-        hidden, mask = self.backbone.encode(batch, self.slots.bank(), index)
+        bank = self.slots.bank()
+        hidden, mask = self.backbone.encode(batch, bank, index)
         elapsed = (time.perf_counter() - start) * 1000
-        lengths = mask.sum(1).tolist()
-        for row, request in enumerate(requests):
+        rows = []
+        for request in requests:
             request.timings["encode_ms"] = elapsed
-            self._running.append(Running(request, hidden[row, :lengths[row]]))
+            rows.append(Running(request))
+        state, logits = decode_rows.start(self.backbone, hidden, mask, bank, index)
+        keep = self._emit(rows, logits)
+        if keep:
+            self._running += [rows[i] for i in keep]
+            self._decoding = decode_rows.concat(self._decoding, state.select(keep))
 
     @torch.no_grad()
     def _step(self) -> None:
-        """One decoder pass over every running row; finished rows leave the batch."""
+        """One decoder pass over every running row (one token each); finished rows leave."""
         rows = self._running
-        longest = max(r.hidden.shape[0] for r in rows)
-        hidden = rows[0].hidden.new_zeros(len(rows), longest, rows[0].hidden.shape[-1])
-        mask = torch.zeros(len(rows), longest, dtype=torch.bool, device=self.device)
-        steps = max(len(r.ids) for r in rows) + 1
-        pad = self.backbone.lm.config.pad_token_id
-        decoder_ids = torch.full((len(rows), steps), pad, dtype=torch.long)
-        for i, row in enumerate(rows):
-            hidden[i, :row.hidden.shape[0]] = row.hidden
-            mask[i, :row.hidden.shape[0]] = True
-            decoder_ids[i, :len(row.ids) + 1] = torch.tensor(
-                [self.backbone.decoder_start_token_id, *row.ids])
         index = RowIndex.of(torch.tensor([r.request.slot for r in rows], device=self.device))
         self.stats["max_step_rows"] = max(self.stats["max_step_rows"], len(rows))
         self.stats["max_step_slots"] = max(self.stats["max_step_slots"], len(set(index.rows)))
-        logits = self.backbone.decode(hidden, mask, decoder_ids.to(self.device),
-                                      weights=self.slots.bank(), index=index).logits
-        last = torch.tensor([len(r.ids) for r in rows], device=self.device)
-        next_ids = logits[torch.arange(len(rows), device=self.device), last].argmax(-1).tolist()
+        last = torch.tensor([r.ids[-1] for r in rows], device=self.device)
+        logits = self._decoding.step(self.backbone, last, self.slots.bank(), index)
+        self._keep(self._emit(rows, logits))
+
+    def _emit(self, rows: list[Running], logits: torch.Tensor) -> list[int]:
+        """Append each row's next token (logits [rows, vocab]), stream it, answer finished
+        rows; returns the indices of the rows that go on."""
         eos = self.backbone.eos_token_id
-        for row, token in zip(list(rows), next_ids, strict=True):
+        going_on = []
+        for i, (row, token) in enumerate(zip(rows, logits.argmax(-1).tolist(), strict=True)):
             row.ids.append(token)
-            finished = token == eos or len(row.ids) >= row.request.max_new_tokens
             if row.request.stream and token != eos:
                 text = self._detokenize(row.ids)
                 row.request.events.put(("token", text[len(row.text):]))
                 row.text = text
-            if finished:
-                self._running.remove(row)
+            if token == eos or len(row.ids) >= row.request.max_new_tokens:
                 row.request.timings["decode_ms"] = (time.perf_counter() - row.started) * 1000
                 self._answer(row.request, self._detokenize(row.ids))
+            else:
+                going_on.append(i)
+        return going_on
+
+    def _keep(self, keep: list[int]) -> None:
+        """Only running rows `keep` stay, with their cache rows."""
+        if len(keep) == len(self._running):
+            return
+        self._running = [self._running[i] for i in keep]
+        self._decoding = self._decoding.select(keep) if keep else None
 
     def _detokenize(self, ids: list[int]) -> str:
         eos = self.backbone.eos_token_id
@@ -523,4 +448,4 @@ class Engine:
     def _fail_all_running(self, error: RequestError) -> None:
         for row in self._running:
             self._finish(row.request, error)
-        self._running.clear()
+        self._running, self._decoding = [], None

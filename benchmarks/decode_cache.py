@@ -1,0 +1,85 @@
+"""Benchmark 7: the engine's cached decode against recomputing the decoder prefix per step.
+
+    python -m benchmarks.decode_cache [--preset small] [--rows 8] [--tokens 8,32]
+                                      [--repeats 5] [--threads 1]
+
+Iteration-level batching lets rows join and leave between steps. The server first decoded
+by recomputing every running row's whole decoder prefix each step (no key/value cache);
+it now keeps the rows' caches in one left-padded batch (`modeling.decode_rows`). Both
+are timed here on the same rows (a bank of 4 random adapters, rows cycling over them),
+calls interleaved: `rows` greedy rows produce `tokens` tokens each (no early stop), and
+the two must produce the same tokens. Prints tokens/s of each and the speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchmarks.common import interleaved, machine_line, median_ms, pin_threads
+from benchmarks.mixed_adapters import bank_of, random_batch
+from modeling import decode_rows
+from modeling.backbone import VLBackbone
+from modeling.config import preset
+from modeling.kernels import RowIndex
+
+
+@torch.no_grad()
+def cached(backbone: VLBackbone, hidden, mask, bank, index, tokens: int) -> list[list[int]]:
+    """The engine's loop: a first step that fills the cache, then one token per row."""
+    state, logits = decode_rows.start(backbone, hidden, mask, bank, index)
+    ids = [logits.argmax(-1)]
+    for _ in range(tokens - 1):
+        ids.append(state.step(backbone, ids[-1], bank, index).argmax(-1))
+    return torch.stack(ids, 1).tolist()
+
+
+@torch.no_grad()
+def recomputed(backbone: VLBackbone, hidden, mask, bank, index, tokens: int) -> list[list[int]]:
+    """The former loop: every step runs the decoder over each row's whole prefix."""
+    ids = torch.full((hidden.shape[0], 1), backbone.decoder_start_token_id,
+                     device=hidden.device)
+    for _ in range(tokens):
+        logits = backbone.decode(hidden, mask, ids, weights=bank, index=index).logits
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[:, 1:].tolist()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--tokens", default="8,32")
+    parser.add_argument("--method", default="adapter")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    pin_threads(args.threads)
+    print(machine_line())
+    backbone = VLBackbone.from_config(preset(args.preset), seed=0).to(args.device).eval()
+    batch = random_batch(backbone, args.rows).to(args.device)
+    bank = bank_of(backbone, args.method, 4)
+    index = RowIndex.of(torch.arange(args.rows, device=args.device) % 4)
+    with torch.no_grad():
+        hidden, mask = backbone.encode(batch, bank, index)
+    print(f"preset {args.preset}, {args.rows} rows over 4 {args.method} adapters, encoder "
+          f"length {hidden.shape[1]}, device {args.device}; median of {args.repeats}")
+    for tokens in (int(t) for t in args.tokens.split(",")):
+        same = cached(backbone, hidden, mask, bank, index, tokens) == \
+            recomputed(backbone, hidden, mask, bank, index, tokens)
+        times = interleaved({
+            "cached": lambda t=tokens: cached(backbone, hidden, mask, bank, index, t),
+            "recomputed": lambda t=tokens: recomputed(backbone, hidden, mask, bank, index, t),
+        }, args.repeats)
+        rate = {name: args.rows * tokens / (median_ms(t) / 1000) for name, t in times.items()}
+        print(f"{tokens:4d} tokens/row  cached {rate['cached']:8.0f} tok/s  recomputed "
+              f"{rate['recomputed']:8.0f} tok/s  speed-up {rate['cached'] / rate['recomputed']:.2f}"
+              f"x  same tokens: {same}", flush=True)
+    print(machine_line())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""Cached greedy decoding for rows that join and leave the batch between steps.
+
+The serving engine batches at the iteration level: a row that finishes leaves, a new
+request joins at the next step. `DecodeRows` keeps every running row's decoder key/value
+cache in one batch so that a step feeds one new token per row (no prefix recomputation):
+
+- self-attention keys/values [b, heads, L, head_dim] are LEFT-padded to the longest row
+  and masked. T5's relative position bias depends only on (key index - query index), and
+  left padding keeps every real key at its true distance from the new token, so the bias
+  is exact; BART's learned absolute positions would be read from the padded length, so a
+  hook hands each row its own position for the step (`_row_positions`).
+- cross-attention keys/values [b, heads, E, head_dim] are computed once, at a row's first
+  step (`start`), and right-padded to the longest encoder sequence, masked by the encoder
+  mask like the encoder states themselves.
+
+Rows are only ever added (`concat`) or removed (`select`) as whole rows, so a row computes
+what it would compute alone (pinned by the engine's mixed-batch test against per-row
+`greedy`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
+
+from modeling.backbone import VLBackbone
+from modeling.bank import StackedWeights
+from modeling.kernels import RowIndex
+
+KeyValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values)
+
+
+@dataclass
+class DecodeRows:
+    """The decoder state of every running row, row i of each tensor being row i of the batch.
+
+    self_kv: per layer keys/values [b, heads, L, head_dim], left-padded.
+    self_mask: [b, L] bool, True where a cached decoder position is real.
+    cross_kv: per layer keys/values [b, heads, E, head_dim] of the encoder states.
+    encoder_hidden: [b, E, d]; encoder_mask: [b, E] bool (both right-padded).
+    """
+
+    self_kv: KeyValues
+    self_mask: torch.Tensor
+    cross_kv: KeyValues
+    encoder_hidden: torch.Tensor
+    encoder_mask: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return self.self_mask.shape[0]
+
+    def select(self, keep: list[int]) -> DecodeRows:
+        """Only rows `keep`, in that order; columns that became padding in every row go."""
+        index = torch.tensor(keep, dtype=torch.long, device=self.self_mask.device)
+        self_mask, encoder_mask = self.self_mask[index], self.encoder_mask[index]
+        first = _first_true_column(self_mask)
+        width = _last_true_column(encoder_mask) + 1
+        return DecodeRows(
+            [(k[index, :, first:], v[index, :, first:]) for k, v in self.self_kv],
+            self_mask[:, first:],
+            [(k[index, :, :width], v[index, :, :width]) for k, v in self.cross_kv],
+            self.encoder_hidden[index, :width], encoder_mask[:, :width])
+
+    def step(self, backbone: VLBackbone, ids: torch.Tensor, weights: StackedWeights | None,
+             index: RowIndex | None) -> torch.Tensor:
+        """Feed one token per row (ids [b]); returns next-token logits [b, vocab]."""
+        positions = self.self_mask.sum(1)  # real tokens each row has seen
+        mask = torch.cat([self.self_mask, self.self_mask.new_ones(self.size, 1)], dim=1)
+        cache = _cache(self.self_kv, self.cross_kv)
+        with _row_positions(backbone, positions):
+            out = backbone.decode(self.encoder_hidden, self.encoder_mask, ids[:, None],
+                                  weights=weights, index=index, cache=cache,
+                                  decoder_mask=mask)
+        self.self_kv = _key_values(cache.self_attention_cache)
+        self.self_mask = mask
+        return out.logits[:, -1]
+
+
+def start(backbone: VLBackbone, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor,
+          weights: StackedWeights | None, index: RowIndex | None
+          ) -> tuple[DecodeRows, torch.Tensor]:
+    """The first step of new rows (decoder start token; cross keys/values computed here).
+
+    encoder_hidden [b, E, d], encoder_mask [b, E] -> (their DecodeRows, logits [b, vocab]).
+    """
+    rows = encoder_hidden.shape[0]
+    ids = torch.full((rows, 1), backbone.decoder_start_token_id, device=encoder_hidden.device)
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    out = backbone.decode(encoder_hidden, encoder_mask, ids, weights=weights, index=index,
+                          cache=cache)
+    state = DecodeRows(_key_values(cache.self_attention_cache),
+                       encoder_mask.new_ones(rows, 1), _key_values(cache.cross_attention_cache),
+                       encoder_hidden, encoder_mask)
+    return state, out.logits[:, -1]
+
+
+def concat(first: DecodeRows | None, second: DecodeRows) -> DecodeRows:
+    """`first`'s rows then `second`'s, padded to a common decoder and encoder length."""
+    if first is None or first.size == 0:
+        return second
+    length = max(first.self_mask.shape[1], second.self_mask.shape[1])
+    width = max(first.encoder_mask.shape[1], second.encoder_mask.shape[1])
+
+    def self_part(state: DecodeRows) -> tuple[KeyValues, torch.Tensor]:
+        missing = length - state.self_mask.shape[1]  # left padding, along the key axis
+        return ([(F.pad(k, (0, 0, missing, 0)), F.pad(v, (0, 0, missing, 0)))
+                 for k, v in state.self_kv], F.pad(state.self_mask, (missing, 0)))
+
+    def cross_part(state: DecodeRows) -> tuple[KeyValues, torch.Tensor, torch.Tensor]:
+        missing = width - state.encoder_mask.shape[1]  # right padding
+        return ([(F.pad(k, (0, 0, 0, missing)), F.pad(v, (0, 0, 0, missing)))
+                 for k, v in state.cross_kv],
+                F.pad(state.encoder_hidden, (0, 0, 0, missing)),
+                F.pad(state.encoder_mask, (0, missing)))
+
+    (kv_a, mask_a), (kv_b, mask_b) = self_part(first), self_part(second)
+    (cross_a, hidden_a, enc_a), (cross_b, hidden_b, enc_b) = cross_part(first), cross_part(second)
+    return DecodeRows(_cat(kv_a, kv_b), torch.cat([mask_a, mask_b]), _cat(cross_a, cross_b),
+                      torch.cat([hidden_a, hidden_b]), torch.cat([enc_a, enc_b]))
+
+
+def _cat(a: KeyValues, b: KeyValues) -> KeyValues:
+    return [(torch.cat([ka, kb]), torch.cat([va, vb])) for (ka, va), (kb, vb) in zip(a, b,
+                                                                                    strict=True)]
+
+
+def _cache(self_kv: KeyValues, cross_kv: KeyValues) -> EncoderDecoderCache:
+    """A Hugging Face cache over these tensors (no copy); cross-attention marked computed."""
+    cache = EncoderDecoderCache(_dynamic(self_kv), _dynamic(cross_kv))
+    cache.is_updated = {layer: True for layer in range(len(cross_kv))}
+    return cache
+
+
+def _dynamic(key_values: KeyValues) -> DynamicCache:
+    # Layers are filled directly: `DynamicCache.update` would copy every cached tensor
+    # (it concatenates onto an empty one), each step.
+    cache = DynamicCache()
+    for keys, values in key_values:
+        layer = DynamicLayer()
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+        cache.layers.append(layer)
+    return cache
+
+
+def _key_values(cache: DynamicCache) -> KeyValues:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _first_true_column(mask: torch.Tensor) -> int:
+    """Index of the first column [b, n] with a True in some row (n when none has)."""
+    any_true = mask.any(0)
+    return int(any_true.float().argmax()) if bool(any_true.any()) else mask.shape[1]
+
+
+def _last_true_column(mask: torch.Tensor) -> int:
+    """Index of the last column with a True in some row (-1 when none has)."""
+    any_true = mask.any(0)
+    if not bool(any_true.any()):
+        return -1
+    return mask.shape[1] - 1 - int(any_true.flip(0).float().argmax())
+
+
+@contextmanager
+def _row_positions(backbone: VLBackbone, positions: torch.Tensor) -> Iterator[None]:
+    """BART: the new token of row i sits at position positions[i], not at the padded length.
+
+    (T5 needs nothing: its relative bias is exact under left padding.)
+    """
+    if backbone.config.lm_type != "bart":
+        yield
+        return
+    embed = backbone.lm.model.decoder.embed_positions
+
+    def per_row(module, args, output: torch.Tensor) -> torch.Tensor:  # output [1, 1, d]
+        return module.weight[positions + module.offset].unsqueeze(1).to(output.dtype)
+
+    handle = embed.register_forward_hook(per_row)
+    try:
+        yield
+    finally:
+        handle.remove()
