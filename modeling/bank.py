@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from modeling.serve_forms import ACTIVATIONS, ServeWeights
+from modeling.serve_forms import ACTIVATIONS, Bottleneck, LowRankDelta, ServeWeights
 
 
 @dataclass
@@ -168,3 +168,92 @@ def stack_weights(
         stacked.overrides[name] = torch.stack(
             [s.overrides[name].to(like) if name in s.overrides else base for s in sets])
     return stacked
+
+
+def write_slot(stacked: StackedWeights, slot: int, weights: ServeWeights,
+               frozen: dict[str, torch.Tensor]) -> bool:
+    """Overwrite slot `slot` of `stacked` with `weights` in place when they fit its shapes.
+
+    They fit when every site of `weights` already has a stack, no rank, width or length
+    exceeds the stack's, and a bottleneck's activation matches a single-activation stack.
+    Then only this slot's rows of each stack are written (what `stack_weights` would put
+    there) and True is returned; otherwise nothing changes and False is returned, and the
+    caller restacks. Serving uses this so that a cache miss costs one slot's bytes, not
+    the whole bank's; rows reading other slots are untouched.
+    """
+    if not _fits(stacked, weights):
+        return False
+    with torch.no_grad():
+        for site, lora in stacked.lora.items():
+            _write_lora(lora, slot, weights.lora.get(site))
+        for pos, bottleneck in stacked.bottleneck.items():
+            _write_bottleneck(bottleneck, slot, weights.bottleneck.get(pos))
+        if stacked.prompt is not None:
+            _write_sequence(stacked.prompt, stacked.prompt_length, slot, weights.prompt, 0)
+        for site, prefix in stacked.prefix.items():
+            kv = weights.prefix.get(site)
+            _write_sequence(prefix.key, prefix.length, slot, None if kv is None else kv.key, 1)
+            _write_sequence(prefix.value, prefix.length, slot,
+                            None if kv is None else kv.value, 1)
+        for name, override in stacked.overrides.items():
+            override[slot].copy_(weights.overrides.get(name, frozen[name]))
+    return True
+
+
+def _fits(stacked: StackedWeights, weights: ServeWeights) -> bool:
+    for site, delta in weights.lora.items():
+        if site not in stacked.lora or delta.lora_a.shape[0] > stacked.lora[site].lora_a.shape[1]:
+            return False
+    for pos, b in weights.bottleneck.items():
+        bank = stacked.bottleneck.get(pos)
+        if bank is None or b.down_weight.shape[0] > bank.down_weight.shape[1]:
+            return False
+        if b.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {b.activation!r}; expected one of "
+                             f"{ACTIVATIONS}")
+        if isinstance(bank.activations, str) and b.activation != bank.activations:
+            return False
+    if weights.prompt is not None and (
+            stacked.prompt is None or weights.prompt.shape[0] > stacked.prompt.shape[1]):
+        return False
+    for site, kv in weights.prefix.items():
+        if site not in stacked.prefix or kv.key.shape[1] > stacked.prefix[site].key.shape[2]:
+            return False
+    return set(weights.overrides) <= set(stacked.overrides)
+
+
+def _write_lora(stack: StackedLora, slot: int, delta: LowRankDelta | None) -> None:
+    stack.lora_a[slot].zero_()
+    stack.lora_b[slot].zero_()
+    stack.scale[slot] = 0.0 if delta is None else delta.scale
+    if delta is not None:
+        rank = delta.lora_a.shape[0]
+        stack.lora_a[slot, :rank].copy_(delta.lora_a)
+        stack.lora_b[slot, :, :rank].copy_(delta.lora_b)
+
+
+def _write_bottleneck(stack: StackedBottleneck, slot: int, b: Bottleneck | None) -> None:
+    for tensor in (stack.down_weight, stack.down_bias, stack.up_weight, stack.up_bias):
+        tensor[slot].zero_()
+    stack.scale[slot] = 0.0 if b is None else b.scale
+    stack.parallel[slot] = False if b is None else b.parallel
+    stack.any_parallel = bool(stack.parallel.any())
+    if b is None:
+        return  # zero weights: any activation maps 0 to 0
+    width = b.down_weight.shape[0]
+    stack.down_weight[slot, :width].copy_(b.down_weight)
+    stack.down_bias[slot, :width].copy_(b.down_bias)
+    stack.up_weight[slot, :, :width].copy_(b.up_weight)
+    stack.up_bias[slot].copy_(b.up_bias)
+    if isinstance(stack.activations, list):
+        stack.activations[slot] = b.activation
+
+
+def _write_sequence(stack: torch.Tensor, lengths: torch.Tensor, slot: int,
+                    value: torch.Tensor | None, seq_dim: int) -> None:
+    """stack [slots, ...] padded along seq_dim (counted without the slot axis)."""
+    stack[slot].zero_()
+    length = 0 if value is None else value.shape[seq_dim]
+    lengths[slot] = length
+    if value is not None:
+        stack[slot].narrow(seq_dim, 0, length).copy_(value)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from modeling.bank import StackedWeights, stack_weights
+from modeling.bank import StackedWeights, stack_weights, write_slot
 from modeling.serve_forms import ServeWeights
 
 SlotKey = tuple[str, int, str]  # (adapter name, version, task)
@@ -148,7 +148,9 @@ class SlotTable:
             self._slots[slot] = SlotInfo(key, nbytes, time.time())
             self._weights[slot] = weights
             self._rows[slot] = 1
-            self._bank = None
+            if self._bank is not None and not write_slot(self._bank, slot, weights,
+                                                         self._frozen):
+                self._bank = None  # a new site or a longer rank / prompt: restack once
             return slot
 
     def leave(self, slot: int) -> None:
@@ -174,8 +176,7 @@ class SlotTable:
     def _free(self, slot: int) -> None:
         assert self._rows[slot] == 0, "a slot held by a batch row is never freed"
         self._slots[slot] = None
-        self._weights[slot] = None
-        self._bank = None
+        self._weights[slot] = None  # the bank keeps the stale rows: no batch row reads them
         self._on_event("eviction")
 
     def evict(self, adapter: AdapterKey) -> list[int]:
@@ -196,10 +197,12 @@ class SlotTable:
 
     # --- the bank the compute reads ------------------------------------------------------
     def bank(self) -> StackedWeights:
-        """Stacked weights of every slot (empty slots: no adapter), rebuilt after changes.
+        """Stacked weights of every slot, the same object until a restack.
 
-        Rebuilding restacks all slots; with a handful of slots this costs far less than one
-        decode step on the tiny and small presets. Slot numbers never move.
+        A set placed in a slot is written into the existing bank in place when it fits its
+        shapes (`modeling.bank.write_slot`: one slot's bytes); a new site, or a longer rank,
+        width, prompt or prefix than the bank holds, restacks every slot once. Slot numbers
+        never move. A freed slot's rows keep stale values, which no batch row reads.
         """
         with self._lock:
             if self._bank is None:

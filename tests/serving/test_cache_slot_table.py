@@ -93,10 +93,13 @@ def test_bank_rows_follow_slots_and_numbers_never_move():
     assert torch.equal(bank.prompt[1, :3], torch.full((3, D), 2.0))
     slots.evict(("a", 1))
     idle(slots, "c", prompt_set(7, length=2))
-    bank = slots.bank()
+    assert slots.bank() is bank  # c fits the bank's shapes: written into slot 0 in place
     assert bank.prompt_length.tolist() == [2, 3, 0]  # c took slot 0; b stayed in slot 1
     assert torch.equal(bank.prompt[0, :2], torch.full((2, D), 7.0))
-    assert slots.bank() is bank  # unchanged table: no restack
+    idle(slots, "d", prompt_set(5, length=4))  # longer than any prompt in the bank
+    restacked = slots.bank()
+    assert restacked is not bank and restacked.prompt_length.tolist() == [2, 3, 4]
+    assert torch.equal(restacked.prompt[2], torch.full((4, D), 5.0))
 
 
 def test_byte_budget_evicts_lru_and_refuses_what_never_fits():
