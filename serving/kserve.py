@@ -47,6 +47,7 @@ from serving.kserve_tensors import (
     model_config,
     predict_request,
     read_inputs,
+    stream_flag,
     wanted_outputs,
 )
 from serving.limits import InvalidInput
@@ -63,6 +64,18 @@ ADAPTER_PLATFORM = "vladapter_adapter"
 VISION_PLATFORM = "vladapter_vision"
 VISION_VERSION = "1"
 Finish = Callable[[], tuple[service_pb2.ModelInferResponse, float, float]]
+
+
+@dataclass
+class Call:
+    """One KServe inference in flight: `finish` waits for (response, queue s, compute s);
+    `tokens` yields streamed text pieces first (streaming requests); `error`: refused."""
+
+    request: service_pb2.ModelInferRequest
+    started: float
+    finish: Finish | None = None
+    tokens: Iterator[str] | None = None
+    error: RequestError | None = None
 
 
 def _server_version() -> str:
@@ -164,21 +177,27 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             parameters))
 
     # --- inference -----------------------------------------------------------------------
-    def _begin(self, request: service_pb2.ModelInferRequest,
-               context: grpc.ServicerContext) -> Finish:
-        """Validate and (for an adapter) queue a request; the returned call waits for it."""
+    def _begin(self, request: service_pb2.ModelInferRequest, context: grpc.ServicerContext,
+               streaming: bool) -> Call:
+        """Validate and (for an adapter) queue a request; `Call.finish` waits for it."""
+        started = time.perf_counter()
         try:
             if self._is_vision(request.model_name):
                 self._loaded_version(request.model_name, request.model_version)
-                return lambda: self._vision_infer(request)
+                return Call(request, started, lambda: self._vision_infer(request))
             arrays = read_inputs(request, ADAPTER_INPUTS)
             outputs = wanted_outputs(request, ADAPTER_OUTPUTS)
             message = predict_request(request, arrays)
+            stream = stream_flag(request.parameters)
+            if stream and not streaming:
+                raise InvalidInput("parameter 'stream' needs ModelStreamInfer (tritonclient: "
+                                   "start_stream + async_stream_infer)")
         except InvalidInput as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        job = self.inference.prepare(message, context, stream=False)
+        job = self.inference.prepare(message, context, stream=stream)
         self.engine.submit(job)
-        return lambda: _adapter_response(request, job.wait(), outputs)
+        return Call(request, started, lambda: _adapter_response(request, job.wait(), outputs),
+                    job.tokens() if stream else None)
 
     def _vision_infer(self, request: service_pb2.ModelInferRequest
                       ) -> tuple[service_pb2.ModelInferResponse, float, float]:
@@ -211,13 +230,13 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             add_output(response, "FEATURES", features.numpy())
         return response, 0.0, compute_s
 
-    def _end(self, request: service_pb2.ModelInferRequest, started: float,
-             finish: Finish | RequestError) -> service_pb2.ModelInferResponse:
+    def _end(self, call: Call) -> service_pb2.ModelInferResponse:
         """Wait for the answer and count it; raises the request's RequestError."""
+        request, started = call.request, call.started
         try:
-            if isinstance(finish, RequestError):
-                raise finish
-            response, queue_s, compute_s = finish()
+            if call.error is not None:
+                raise call.error
+            response, queue_s, compute_s = call.finish()
         except RequestError as error:
             self.engine.metrics.error(error.code.name)
             # Counted under the loaded version of a known model only: names and versions
@@ -232,30 +251,33 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                            time.perf_counter() - started, queue_s, compute_s)
         return response
 
-    def _start_call(self, request, context) -> Finish | RequestError:
+    def _start_call(self, request, context, streaming: bool) -> Call:
         try:
-            return self._begin(request, context)
+            return self._begin(request, context, streaming)
         except RequestError as error:
-            return error
+            return Call(request, time.perf_counter(), error=error)
 
     def ModelInfer(self, request, context):
-        started = time.perf_counter()
         try:
-            return self._end(request, started, self._start_call(request, context))
+            return self._end(self._start_call(request, context, streaming=False))
         except RequestError as error:
             context.abort(error.code, error.message)
 
     def ModelStreamInfer(self, request_iterator, context
                          ) -> Iterator[service_pb2.ModelStreamInferResponse]:
-        """Requests are queued as they arrive (so they batch together); one response per
-        request, in request order; an error answers its request and the stream goes on."""
+        """Requests are queued as they arrive (so they batch together) and answered in
+        request order; an error answers its request and the stream goes on.
+
+        A request with parameter `stream` true gets one response per decoded piece of text
+        (TEXT only) before its full answer, Triton's decoupled-model style: every response
+        carries `triton_final_response`, true on the last one of its request.
+        """
         calls: queue.SimpleQueue = queue.SimpleQueue()
 
         def read() -> None:
             try:
                 for request in request_iterator:
-                    started = time.perf_counter()
-                    calls.put((request, started, self._start_call(request, context)))
+                    calls.put(self._start_call(request, context, streaming=True))
             except grpc.RpcError:  # the client went away; its calls are cancelled
                 pass
             finally:
@@ -263,11 +285,15 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         threading.Thread(target=read, name="kserve-stream", daemon=True).start()
         while (call := calls.get()) is not None:
+            for piece in call.tokens or ():
+                yield service_pb2.ModelStreamInferResponse(
+                    infer_response=_piece_response(call.request, piece))
             try:
-                response = self._end(*call)
+                response = self._end(call)
             except RequestError as error:
                 yield service_pb2.ModelStreamInferResponse(error_message=error.message)
                 continue
+            response.parameters["triton_final_response"].bool_param = True
             yield service_pb2.ModelStreamInferResponse(infer_response=response)
 
     def ModelStatistics(self, request, context):
@@ -359,6 +385,17 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def LogSettings(self, request, context):
         self._unsupported(context, "log settings")
+
+
+def _piece_response(request: service_pb2.ModelInferRequest, piece: str
+                    ) -> service_pb2.ModelInferResponse:
+    """One streamed piece of text (TEXT [1]), not the request's last response."""
+    response = service_pb2.ModelInferResponse(model_name=request.model_name,
+                                              model_version=request.model_version,
+                                              id=request.id)
+    add_output(response, "TEXT", [piece.encode("utf-8")])
+    response.parameters["triton_final_response"].bool_param = False
+    return response
 
 
 def _adapter_response(request: service_pb2.ModelInferRequest, prediction: Prediction,

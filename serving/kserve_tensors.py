@@ -10,11 +10,16 @@ An adapter model (name = adapter name, version = adapter version) takes BYTES te
     CHOICES    [k]     multiple-choice answers (tvqa, how2qa)
     SUBTITLES  [1]     video subtitles
     FRAMES     [f]     encoded video frames in time order (video tasks)
+    FEATURES   FP32 [n, tokens, feat_dim]  precomputed visual features instead of encoded
+                       images: n images (two for nlvr2) or n video frames, in order
 
 and answers TEXT BYTES [1] (the generated text, or the chosen candidate's text) and
 SCORES FP32 [k] (candidate log-probabilities: ["true", "false"] for nlvr2, the CHOICES in
-order for multiple choice; [0] for generation). The vision model takes PIXELS FP32
-[n, 3, H, W] and answers FEATURES FP32 [n, grid*grid, feat_dim].
+order for multiple choice; [0] for generation). Request parameters: `task`,
+`max_new_tokens`, `num_beams`, and `stream` (bool; ModelStreamInfer only: one response
+per decoded piece of text, then the full answer, flagged by `triton_final_response`).
+The vision model takes PIXELS FP32 [n, 3, H, W] and answers FEATURES FP32
+[n, grid*grid, feat_dim].
 
 Tensors arrive either in `raw_input_contents` (BYTES elements as 4-byte little-endian
 length + bytes, numbers little-endian) or in typed `contents`; both are accepted.
@@ -31,6 +36,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from serving.limits import InvalidInput
 from serving.protos import inference_pb2
+from training.tasks import TASKS, VisualInput
 
 TensorMetadata = service_pb2.ModelMetadataResponse.TensorMetadata
 # Request parameters we read; tritonclient and Triton's own reserved ones are ignored.
@@ -55,6 +61,8 @@ ADAPTER_INPUTS = (
     TensorSpec("CHOICES", "BYTES", (-1,), "multiple-choice answers"),
     TensorSpec("SUBTITLES", "BYTES", (1,), "video subtitles"),
     TensorSpec("FRAMES", "BYTES", (-1,), "encoded video frames in time order"),
+    TensorSpec("FEATURES", "FP32", (-1, -1, -1),
+               "precomputed features [n, tokens, feat_dim] of n images or video frames"),
 )
 ADAPTER_OUTPUTS = (
     TensorSpec("TEXT", "BYTES", (1,), "generated text or the chosen candidate's text"),
@@ -185,6 +193,8 @@ def predict_request(request: service_pb2.ModelInferRequest,
         message.adapter.version = int(request.model_version)
     if "IMAGE" in arrays and "IMAGES" in arrays:
         raise InvalidInput("give IMAGE or IMAGES, not both")
+    if "FEATURES" in arrays:
+        _add_features(message, arrays)
     for name in ("IMAGE", "IMAGES"):
         for item in arrays.get(name, np.empty(0, dtype=object)).reshape(-1):
             message.images.add(encoded=bytes(item))
@@ -200,6 +210,38 @@ def predict_request(request: service_pb2.ModelInferRequest,
     message.generation.max_new_tokens = _int_parameter(request.parameters, "max_new_tokens")
     message.generation.num_beams = _int_parameter(request.parameters, "num_beams")
     return message
+
+
+def _add_features(message: inference_pb2.PredictRequest, arrays: dict[str, np.ndarray]
+                  ) -> None:
+    """FEATURES [n, tokens, feat_dim] -> n `Features` images (or frames, for video tasks)."""
+    given = [name for name in ("IMAGE", "IMAGES", "FRAMES") if name in arrays]
+    if given:
+        raise InvalidInput(f"give FEATURES or encoded {given[0]}, not both")
+    features = arrays["FEATURES"]
+    if features.ndim != 3 or 0 in features.shape:
+        raise InvalidInput("input 'FEATURES' must be FP32 [n, tokens, feat_dim] with no zero "
+                           f"size, got {list(features.shape)}")
+    spec = TASKS.get(message.task)  # an unknown task is refused later (NOT_FOUND)
+    video = spec is not None and spec.visual_input is VisualInput.VIDEO_FRAMES
+    target = message.video.frames if video else message.images
+    for item in features:
+        target.add(features=inference_pb2.Features(
+            data=np.ascontiguousarray(item, dtype="<f4").tobytes(), tokens=item.shape[0],
+            feat_dim=item.shape[1]))
+
+
+def stream_flag(parameters) -> bool:
+    """The request parameter `stream` (bool, or the strings true / false); False if absent."""
+    if "stream" not in parameters:
+        return False
+    value = parameters["stream"]
+    which = value.WhichOneof("parameter_choice")
+    if which == "bool_param":
+        return value.bool_param
+    if which == "string_param" and value.string_param.lower() in ("true", "false"):
+        return value.string_param.lower() == "true"
+    raise InvalidInput("parameter 'stream' must be a bool")
 
 
 # --- encoding ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -89,6 +90,15 @@ class Request:
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def tokens(self) -> Iterator[str]:
+        """The streamed pieces of text until the request ends; `wait()` then answers."""
+        while True:
+            kind, value = self.events.get()
+            if kind != "token":
+                self.events.put((kind, value))  # the ending, for wait()
+                return
+            yield value
 
     def wait(self, timeout: float | None = None) -> Prediction:
         """Block until the request ends; raises its RequestError."""

@@ -65,7 +65,8 @@ def test_model_ready_metadata_and_config(client, server):
     assert meta["versions"] == [active]
     assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [
         (n, "BYTES") for n in ("TASK", "IMAGE", "IMAGES", "TEXT", "CHOICES", "SUBTITLES",
-                               "FRAMES")]
+                               "FRAMES")] + [("FEATURES", "FP32")]
+    assert meta["inputs"][-1]["shape"] == ["-1", "-1", "-1"]
     assert [(t["name"], t["datatype"], t["shape"]) for t in meta["outputs"]] == [
         ("TEXT", "BYTES", ["1"]), ("SCORES", "FP32", ["-1"])]
     config = client.get_model_config("beta", as_json=True)["config"]
@@ -256,3 +257,89 @@ def test_kserve_repository_calls_need_a_token():
     assert auth.requires_token("/inference.GRPCInferenceService/RepositoryModelUnload")
     assert not auth.requires_token("/inference.GRPCInferenceService/ModelInfer")
     assert not auth.requires_token("/inference.GRPCInferenceService/RepositoryIndex")
+
+
+def test_stream_parameter_sends_text_pieces_then_the_final_answer(server, channel):
+    """Triton's decoupled style: pieces (TEXT) flagged not final, then the whole answer."""
+    messages = [request_for(task, "alpha", seed=21, max_new_tokens=6)
+                for task in ("caption", "vqa")]
+    answers: queue.SimpleQueue = queue.SimpleQueue()
+    with triton.InferenceServerClient(f"127.0.0.1:{server.port}") as kserve:
+        kserve.start_stream(callback=lambda result, error: answers.put((result, error)))
+        for message in messages:
+            kserve.async_stream_infer("alpha", kserve_inputs(message),
+                                      request_id=message.request_id,
+                                      parameters={**kserve_parameters(message), "stream": True})
+        got: dict[str, list] = {m.request_id: [] for m in messages}
+        finished = 0
+        while finished < len(messages):
+            result, error = answers.get(timeout=30)
+            assert error is None
+            response = result.get_response()
+            final = response.parameters["triton_final_response"].bool_param
+            got[response.id].append((final, result.as_numpy("TEXT")[0].decode(), result))
+            finished += final
+        kserve.stop_stream()
+    predict = inference_pb2_grpc.InferenceStub(channel).Predict
+    for message in messages:
+        *pieces, (final, text, result) = got[message.request_id]
+        assert final and not any(flag for flag, _, _ in pieces)
+        assert pieces, "a generated answer streams at least one piece"
+        assert "".join(piece for _, piece, _ in pieces) == text
+        assert text == predict(message, timeout=30).text
+        assert result.get_response().model_version == "2"
+
+
+def test_stream_parameter_on_unary_infer_is_refused(client):
+    message = request_for("vqa", "alpha", seed=22)
+    with pytest.raises(InferenceServerException) as excinfo:
+        client.infer("alpha", kserve_inputs(message),
+                     parameters={**kserve_parameters(message), "stream": True},
+                     client_timeout=30)
+    assert status_of(excinfo) == "StatusCode.INVALID_ARGUMENT"
+    assert "needs ModelStreamInfer" in excinfo.value.message()
+
+
+def _features_of(backbone, message) -> np.ndarray:
+    """The tower's features [n, tokens, feat_dim] of a message's images (or frames)."""
+    import io
+
+    from PIL import Image
+
+    from modeling.inputs import image_processor, images_to_pixels
+
+    sources = message.images or message.video.frames
+    pixels = images_to_pixels([Image.open(io.BytesIO(s.encoded)) for s in sources],
+                              image_processor(backbone.config.vision.image_size))
+    with torch.no_grad():
+        return backbone.encode_images(pixels).numpy().astype(np.float32)
+
+
+@pytest.mark.parametrize("task", ["vqa", "nlvr2", "tvqa"])
+def test_features_input_answers_as_the_encoded_images_do(task, client, backbone):
+    message = request_for(task, "alpha", seed=23)
+    features = _features_of(backbone, message)
+    tensor = triton.InferInput("FEATURES", list(features.shape), "FP32")
+    tensor.set_data_from_numpy(features)
+    inputs = [i for i in kserve_inputs(message) if i.name() not in ("IMAGES", "FRAMES")]
+    result = client.infer("alpha", [*inputs, tensor], parameters=kserve_parameters(message),
+                          client_timeout=30)
+    expected, scores, _ = infer(client, message)
+    assert result.as_numpy("TEXT")[0].decode() == expected
+    assert result.as_numpy("SCORES").tolist() == pytest.approx(scores, abs=1e-4)
+
+
+@pytest.mark.parametrize(("shape", "with_image", "words"), [
+    ((1, 4, 8), True, "give FEATURES or encoded IMAGES, not both"),
+    ((4, 8), False, "must be FP32 [n, tokens, feat_dim]"),
+    ((1, 4, 7), False, "feat_dim"),
+])
+def test_bad_features_input_is_invalid_argument(client, shape, with_image, words):
+    message = request_for("vqa", "alpha", seed=24)
+    tensor = triton.InferInput("FEATURES", list(shape), "FP32")
+    tensor.set_data_from_numpy(np.zeros(shape, np.float32))
+    inputs = [i for i in kserve_inputs(message) if with_image or i.name() != "IMAGES"]
+    with pytest.raises(InferenceServerException) as excinfo:
+        client.infer("alpha", [*inputs, tensor], client_timeout=30)
+    assert status_of(excinfo) == "StatusCode.INVALID_ARGUMENT"
+    assert words in excinfo.value.message()
