@@ -47,54 +47,97 @@ def greedy(backbone: VLBackbone, batch: VLBatch, weights: StackedWeights | None 
     return [_strip(row, eos) for row in ids]
 
 
+class BeamRow:
+    """Beam-search bookkeeping of one request: live hypotheses and finished ones.
+
+    A hypothesis scores sum(log p) / length**length_penalty. Each step the 2k best
+    continuations of the live beams are read in order: one ending in eos (or reaching
+    max_new_tokens) is finished, the others fill the k live beams. The search ends when k
+    hypotheses have finished, so a row's result never depends on the rows batched with it.
+    Used by `beam_search` and by the serving engine, whose rows join and leave per step.
+    """
+
+    def __init__(self, num_beams: int, eos: int, max_new_tokens: int,
+                 length_penalty: float = 1.0):
+        self.k, self.eos, self.max_new_tokens = num_beams, eos, max_new_tokens
+        self.length_penalty = length_penalty
+        self.scores = [0.0]  # live beams' scores; one beam until the first step
+        self.sequences: list[list[int]] = [[]]
+        self.finished: list[tuple[float, list[int]]] = []
+        self.step = 0
+
+    @property
+    def done(self) -> bool:
+        return len(self.finished) >= self.k or self.step >= self.max_new_tokens
+
+    def advance(self, log_probs: torch.Tensor) -> list[int]:
+        """log_probs [live, vocab] (float32) of each live beam's next token -> for each new
+        live beam the live beam it continues (empty once the search is done)."""
+        vocab = log_probs.shape[-1]
+        scores = log_probs.new_tensor(self.scores)
+        top_scores, top_ids = (scores[:, None] + log_probs).view(-1).topk(2 * self.k)
+        last = self.step == self.max_new_tokens - 1
+        sources, scores_, sequences = [], [], []
+        for score, flat in zip(top_scores.tolist(), top_ids.tolist(), strict=True):
+            beam, token = divmod(flat, vocab)
+            if token == self.eos or last:
+                hyp = self.sequences[beam] + ([] if token == self.eos else [token])
+                self.finished.append((score / max(len(hyp), 1) ** self.length_penalty, hyp))
+                continue
+            sources.append(beam)
+            scores_.append(score)
+            sequences.append(self.sequences[beam] + [token])
+            if len(sources) == self.k:
+                break
+        self.step += 1
+        self.scores, self.sequences = scores_, sequences
+        return [] if self.done else sources
+
+    def next_tokens(self) -> list[int]:
+        """The token each live beam feeds to the decoder next ([start] comes first)."""
+        return [sequence[-1] for sequence in self.sequences]
+
+    def best(self) -> list[int]:
+        return max(self.finished, key=lambda h: h[0])[1] if self.finished else []
+
+
 @torch.no_grad()
 def beam_search(backbone: VLBackbone, batch: VLBatch, weights: StackedWeights | None = None,
                 index: RowIndex | None = None, max_new_tokens: int = 20, num_beams: int = 4,
                 length_penalty: float = 1.0) -> list[list[int]]:
-    """Beam search -> per row the best hypothesis (score = sum log p / length**penalty)."""
+    """Beam search -> per row the best hypothesis (score = sum log p / length**penalty).
+
+    Live beams of every row decode together with a key/value cache; a row whose search is
+    done leaves the batch (`BeamRow`).
+    """
     if num_beams == 1:
         return greedy(backbone, batch, weights, index, max_new_tokens)
     encoder_hidden, encoder_mask = backbone.encode(batch, weights, index)
-    rows, eos, k = batch.size, backbone.eos_token_id, num_beams
+    searches = [BeamRow(num_beams, backbone.eos_token_id, max_new_tokens, length_penalty)
+                for _ in range(batch.size)]
+    owner = list(range(batch.size))  # decoder row -> its batch row
     device = encoder_hidden.device
-    encoder_hidden = encoder_hidden.repeat_interleave(k, 0)
-    encoder_mask = encoder_mask.repeat_interleave(k, 0)
-    beam_index = None if index is None else index.repeat_interleave(k)
-    scores = torch.full((rows, k), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # all beams start identical: keep one alive
-    sequences = torch.full((rows * k, 1), backbone.decoder_start_token_id, device=device)
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(rows)]
+    ids = torch.full((batch.size, 1), backbone.decoder_start_token_id, device=device)
     cache = _cache()
-    for step in range(max_new_tokens):
-        out = backbone.decode(encoder_hidden, encoder_mask, sequences[:, -1:], weights=weights,
-                              index=beam_index, cache=cache)
-        log_probs = out.logits[:, -1].float().log_softmax(-1)  # [rows*k, vocab]
-        vocab = log_probs.shape[-1]
-        candidates = (scores.view(-1, 1) + log_probs).view(rows, k * vocab)
-        top_scores, top_ids = candidates.topk(2 * k, dim=1)
-        next_scores = torch.full((rows, k), float("-inf"), device=device)
-        next_beams = torch.zeros(rows, k, dtype=torch.long, device=device)
-        next_tokens = torch.full((rows, k), eos, dtype=torch.long, device=device)
-        for row in range(rows):
-            kept = 0
-            for score, flat in zip(top_scores[row].tolist(), top_ids[row].tolist(), strict=True):
-                beam, token = divmod(flat, vocab)
-                if token == eos or step == max_new_tokens - 1:
-                    hyp = sequences[row * k + beam, 1:].tolist() + ([] if token == eos else [token])
-                    finished[row].append((score / max(len(hyp), 1) ** length_penalty, hyp))
-                    continue
-                next_scores[row, kept], next_beams[row, kept] = score, beam
-                next_tokens[row, kept] = token
-                kept += 1
-                if kept == k:
-                    break
-        if all(len(f) >= k for f in finished):
+    while owner:
+        rows = torch.tensor(owner, device=device)
+        out = backbone.decode(encoder_hidden[rows], encoder_mask[rows], ids, weights=weights,
+                              index=None if index is None else RowIndex.of(index.slots[rows]),
+                              cache=cache)
+        log_probs = out.logits[:, -1].float().log_softmax(-1)
+        source, next_owner, tokens = [], [], []
+        for row in dict.fromkeys(owner):
+            mine = [i for i, o in enumerate(owner) if o == row]
+            for beam in searches[row].advance(log_probs[mine]):
+                source.append(mine[beam])
+                next_owner.append(row)
+            tokens += searches[row].next_tokens() if not searches[row].done else []
+        if not source:
             break
-        scores = next_scores
-        source = (torch.arange(rows, device=device)[:, None] * k + next_beams).view(-1)
-        cache.reorder_cache(source)
-        sequences = torch.cat([sequences[source], next_tokens.view(-1, 1)], 1)
-    return [max(f, key=lambda h: h[0])[1] if f else [] for f in finished]
+        cache.reorder_cache(torch.tensor(source, device=device))
+        owner = next_owner
+        ids = torch.tensor(tokens, device=device)[:, None]
+    return [search.best() for search in searches]
 
 
 @torch.no_grad()

@@ -4,17 +4,19 @@
         bind      the adapter version (the active one unless the request names one) and
                   take a reference on it, so a hot-swap cannot free it mid-request
         wait      for the version to reach host memory (loaded off the request path)
-        admit     up to max_batch rows: a slot in the device bank per (adapter, task)
+        admit     up to max_batch requests: a slot in the device bank per (adapter, task)
         start     vision tower once per distinct image (LRU keyed by sha256), then
-                  candidate scoring (NLVR2, multiple choice) and beam search in one call
-                  per group, and one encoder pass for the greedy rows
-        step      one decoder pass over every running greedy row, one new token each; a
-                  finished row leaves, a waiting request joins at the next step
-                  (iteration-level batching)
+                  candidate scoring (NLVR2, multiple choice) in one call, and one encoder
+                  pass for the generating rows
+        step      one decoder pass over every running row (a greedy request's row, each
+                  live beam of a beam-search request), one new token each; a finished
+                  request leaves, a waiting one joins at the next step (iteration-level
+                  batching, beams included, so a long beam search never stalls the rest)
 
-Greedy rows decode with a key/value cache (`modeling.decode_rows.DecodeRows`): a joining
-row's first step computes its cross-attention keys/values once, then every step feeds one
-token per row; rows of different lengths share one left-padded, masked cache.
+Rows decode with a key/value cache (`modeling.decode_rows.DecodeRows`): a joining row's
+first step computes its cross-attention keys/values once, then every step feeds one token
+per row; rows of different lengths share one left-padded, masked cache, and a beam step
+reorders its request's rows (`modeling.generation.BeamRow`).
 
 Only this thread runs the model or changes the slot table's contents; other threads talk
 to it through the queue and `call_soon`.
@@ -35,7 +37,7 @@ import torch
 from modeling import decode_rows
 from modeling.backbone import VLBackbone, VLBatch
 from modeling.decode_rows import DecodeRows
-from modeling.generation import beam_search, score_candidates
+from modeling.generation import BeamRow, score_candidates
 from modeling.inputs import VisualTokens, candidate_ids, make_batch
 from modeling.kernels import RowIndex
 from serving.adapter_store import AdapterStore
@@ -52,12 +54,21 @@ log = logging.getLogger("vladapter.serving")
 
 @dataclass(eq=False)
 class Running:
-    """A greedy row being decoded (its key/value cache lives in the engine's DecodeRows)."""
+    """A request being decoded: greedy (one cache row) or beam search (one row per live
+    beam). Its rows are consecutive in the engine's DecodeRows, in running order."""
 
     request: Request
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
+    beams: BeamRow | None = None
+    ids: list[int] = field(default_factory=list)  # greedy: the tokens so far
+    text: str = ""  # greedy: the text streamed so far
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def width(self) -> int:
+        return 1 if self.beams is None else len(self.beams.sequences)
+
+    def next_tokens(self) -> list[int]:
+        return [self.ids[-1]] if self.beams is None else self.beams.next_tokens()
 
 
 class Engine:
@@ -257,7 +268,8 @@ class Engine:
 
     # --- compute -------------------------------------------------------------------------
     def _start(self, admitted: list[Request]) -> None:
-        """Vision once per distinct image, then scoring, beam and greedy groups."""
+        """Vision once per distinct image, then candidate scoring, and one encoder pass for
+        the generating requests (greedy and beam), which join the running rows."""
         start = time.perf_counter()
         try:
             visuals = self._visual_tokens(admitted)
@@ -272,17 +284,8 @@ class Engine:
         self.metrics.batch(len(admitted), len({(r.adapter_name, r.version) for r in admitted}))
         scoring = [i for i, r in enumerate(admitted)
                    if r.task.kind in (TaskKind.BINARY, TaskKind.MULTIPLE_CHOICE)]
-        beams: dict[tuple[int, int], list[int]] = {}
-        greedy = []
-        for i, request in enumerate(admitted):
-            if i in scoring:
-                continue
-            if request.num_beams > 1:
-                beams.setdefault((request.num_beams, request.max_new_tokens), []).append(i)
-            else:
-                greedy.append(i)
-        groups = [(self._score, scoring)] + [(self._beam, rows) for rows in beams.values()]
-        groups.append((self._encode_greedy, greedy))
+        generating = [i for i in range(len(admitted)) if i not in scoring]
+        groups = [(self._score, scoring), (self._encode_and_join, generating)]
         for run, rows in groups:
             if not rows:
                 continue
@@ -331,71 +334,92 @@ class Engine:
             self._answer(request, text, label=row_labels[best],
                          scores=list(zip(row_labels, row, strict=True)))
 
-    def _beam(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
-        """Beam search for requests sharing (num_beams, max_new_tokens), in one call."""
-        start = time.perf_counter()
-        batch, index = self._batch(requests, visuals)
-        first = requests[0]
-        outputs = beam_search(self.backbone, batch, self.slots.bank(), index,
-                              max_new_tokens=first.max_new_tokens, num_beams=first.num_beams)
-        elapsed = (time.perf_counter() - start) * 1000
-        for request, ids in zip(requests, outputs, strict=True):
-            request.timings.update(encode_ms=0.0, decode_ms=elapsed)
-            self._answer(request, self._detokenize(ids))
-
     @torch.no_grad()
-    def _encode_greedy(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
-        """One encoder pass and the rows' first decoder step; they then join the running set."""
+    def _encode_and_join(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
+        """One encoder pass and the first decoder step; unfinished requests join the rows."""
         start = time.perf_counter()
         batch, index = self._batch(requests, visuals)
         bank = self.slots.bank()
         hidden, mask = self.backbone.encode(batch, bank, index)
         elapsed = (time.perf_counter() - start) * 1000
+        eos = self.backbone.eos_token_id
         rows = []
         for request in requests:
             request.timings["encode_ms"] = elapsed
-            rows.append(Running(request))
+            beams = None if request.num_beams == 1 else \
+                BeamRow(request.num_beams, eos, request.max_new_tokens)
+            rows.append(Running(request, beams))
         state, logits = decode_rows.start(self.backbone, hidden, mask, bank, index)
-        keep = self._emit(rows, logits)
-        if keep:
-            self._running += [rows[i] for i in keep]
-            self._decoding = decode_rows.concat(self._decoding, state.select(keep))
+        going_on, order = self._advance(rows, logits)
+        if going_on:
+            self._running += going_on
+            self._decoding = decode_rows.concat(self._decoding, state.select(order))
 
     @torch.no_grad()
     def _step(self) -> None:
-        """One decoder pass over every running row (one token each); finished rows leave."""
-        rows = self._running
-        index = RowIndex.of(torch.tensor([r.request.slot for r in rows], device=self.device))
-        self.stats["max_step_rows"] = max(self.stats["max_step_rows"], len(rows))
+        """One decoder pass over every running row (one token each); finished requests leave."""
+        tokens, slots = [], []
+        for row in self._running:
+            row_tokens = row.next_tokens()
+            tokens += row_tokens
+            slots += [row.request.slot] * len(row_tokens)
+        index = RowIndex.of(torch.tensor(slots, device=self.device))
+        self.stats["max_step_rows"] = max(self.stats["max_step_rows"], len(tokens))
         self.stats["max_step_slots"] = max(self.stats["max_step_slots"], len(set(index.rows)))
-        last = torch.tensor([r.ids[-1] for r in rows], device=self.device)
-        logits = self._decoding.step(self.backbone, last, self.slots.bank(), index)
-        self._keep(self._emit(rows, logits))
+        beam_requests = sum(row.beams is not None for row in self._running)
+        self.stats["steps_mixing_beams_and_greedy"] += 0 < beam_requests < len(self._running)
+        logits = self._decoding.step(self.backbone, torch.tensor(tokens, device=self.device),
+                                     self.slots.bank(), index)
+        self._running, order = self._advance(self._running, logits)
+        self._decoding = self._decoding.select(order) if order else None
 
-    def _emit(self, rows: list[Running], logits: torch.Tensor) -> list[int]:
-        """Append each row's next token (logits [rows, vocab]), stream it, answer finished
-        rows; returns the indices of the rows that go on."""
-        eos = self.backbone.eos_token_id
-        going_on = []
-        for i, (row, token) in enumerate(zip(rows, logits.argmax(-1).tolist(), strict=True)):
-            row.ids.append(token)
-            if row.request.stream and token != eos:
-                text = self._detokenize(row.ids)
-                row.request.events.put(("token", text[len(row.text):]))
-                row.text = text
-            if token == eos or len(row.ids) >= row.request.max_new_tokens:
-                row.request.timings["decode_ms"] = (time.perf_counter() - row.started) * 1000
-                self._answer(row.request, self._detokenize(row.ids))
+    def _advance(self, rows: list[Running], logits: torch.Tensor
+                 ) -> tuple[list[Running], list[int]]:
+        """Feed each request its rows' next-token logits [rows, vocab]; answer the finished.
+
+        Returns the requests that go on and, for the cache, the row each of their next rows
+        continues (a beam's row may be continued twice, or not at all).
+        """
+        going_on, order, offset = [], [], 0
+        for row in rows:
+            mine = logits[offset:offset + row.width]
+            if row.beams is not None:
+                sources = row.beams.advance(mine.float().log_softmax(-1))
+                order += [offset + source for source in sources]
+                ended = not sources
+                ids = row.beams.best() if ended else []
             else:
-                going_on.append(i)
-        return going_on
+                row.ids.append(int(mine[0].argmax()))
+                ended = not self._stream_greedy(row)
+                order += [] if ended else [offset]
+                ids = row.ids
+            offset += len(mine)
+            if ended:
+                row.request.timings["decode_ms"] = (time.perf_counter() - row.started) * 1000
+                self._answer(row.request, self._detokenize(ids))
+            else:
+                going_on.append(row)
+        return going_on, order
+
+    def _stream_greedy(self, row: Running) -> bool:
+        """Stream a greedy row's new token; returns whether the row goes on."""
+        token, eos = row.ids[-1], self.backbone.eos_token_id
+        if row.request.stream and token != eos:
+            text = self._detokenize(row.ids)
+            row.request.events.put(("token", text[len(row.text):]))
+            row.text = text
+        return token != eos and len(row.ids) < row.request.max_new_tokens
 
     def _keep(self, keep: list[int]) -> None:
-        """Only running rows `keep` stay, with their cache rows."""
+        """Only running requests `keep` (indices) stay, with their cache rows."""
         if len(keep) == len(self._running):
             return
+        starts = [0]
+        for row in self._running:
+            starts.append(starts[-1] + row.width)
+        order = [r for i in keep for r in range(starts[i], starts[i + 1])]
         self._running = [self._running[i] for i in keep]
-        self._decoding = self._decoding.select(keep) if keep else None
+        self._decoding = self._decoding.select(order) if order else None
 
     def _detokenize(self, ids: list[int]) -> str:
         eos = self.backbone.eos_token_id

@@ -108,3 +108,4 @@ def test_bart_rows_of_different_lengths_need_their_own_positions():
         finally:
             decode_rows._row_positions = original
     assert (right - wrong).abs().max() > 1e-3
+

@@ -31,10 +31,14 @@ def test_predict_equals_the_modeling_api(task, adapter, server, inference, publi
     assert response.timings.queue_ms >= 0 and response.timings.encode_ms > 0
 
 
-def test_beam_search_equals_the_modeling_api(inference, published, backbone):
-    message = request_for("caption", "beta", seed=5, num_beams=3, max_new_tokens=5)
+@pytest.mark.parametrize(("task", "adapter", "version", "beams", "tokens"), [
+    ("caption", "beta", 1, 3, 5), ("caption", "alpha", 2, 4, 10), ("vqa", "gamma", 1, 2, 8),
+    ("tvc", "alpha", 2, 3, 9), ("yc2c", "gamma", 1, 4, 10)])
+def test_beam_search_equals_the_modeling_api(inference, published, backbone, task, adapter,
+                                             version, beams, tokens):
+    message = request_for(task, adapter, seed=5, num_beams=beams, max_new_tokens=tokens)
     response = inference.Predict(message, timeout=30)
-    assert response.text == direct(backbone, published.models[("beta", 1)], message)[0]
+    assert response.text == direct(backbone, published.models[(adapter, version)], message)[0]
 
 
 def test_stream_yields_tokens_then_the_full_response(inference, published, backbone):
