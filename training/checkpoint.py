@@ -50,9 +50,29 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     temp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
     save_file(tensors, temp / TENSORS_FILE)
     (temp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    # A directory cannot be renamed over a non-empty one: move the old one aside first, so
+    # a crash at any point leaves `directory` or its `.old` copy whole (see read_state).
+    old = directory.with_name(f"{directory.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
     if directory.exists():
-        shutil.rmtree(directory)
+        os.replace(directory, old)
     os.replace(temp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(directory: Path) -> bool:
+    """Put back `directory` from its `.old` copy when a save died between the two renames;
+    returns whether `directory` exists."""
+    old = directory.with_name(f"{directory.name}.old")
+    if not directory.exists() and old.is_dir():
+        os.replace(old, directory)
+    return directory.is_dir()
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    """The JSON state of a checkpoint (step, scheduler, extras), without loading tensors."""
+    return json.loads((directory / STATE_FILE).read_text())
 
 
 def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,

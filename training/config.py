@@ -16,7 +16,8 @@ Every error names the field and what was expected, and the CLI prints it in one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import json
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,21 @@ class RunConfig:
     device: str = "cpu"
     java_metrics: bool | None = None  # captioning: Java PTB tokenizer + METEOR (None: if found)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# What decides a run's trajectory: resuming a checkpoint needs these to match. Steps may
+# grow (extend a run); evaluation, logging, device and data paths may change.
+_TRAJECTORY = ("lr", "weight_decay", "warmup_steps", "schedule", "clip_grad", "accumulation",
+               "sampling", "data_ratio", "precision", "seed")
+
+
+def run_identity(config: RunConfig, backbone_fingerprint: str) -> dict[str, Any]:
+    """The settings a checkpoint must share with the run that resumes it, as plain JSON."""
+    identity = {name: getattr(config, name) for name in _TRAJECTORY}
+    identity["backbone"] = backbone_fingerprint
+    identity["methods"] = [asdict(entry) for entry in config.methods]
+    identity["tasks"] = {name: data.batch_size for name, data in sorted(config.tasks.items())}
+    return json.loads(json.dumps(identity))
 
 
 _CHOICES = {"schedule": ("linear", "cosine"), "sampling": ("round_robin", "proportional"),

@@ -29,8 +29,8 @@ from modeling.recipe import AdapterModel
 from training.adapter_step import adapter_logits, sequence_loss
 from training.artifact import write_artifact
 from training.batches import MultiTaskSampler, TaskStream, training_batch
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.config import RunConfig, load_task_split
+from training.checkpoint import load_checkpoint, read_state, recover, save_checkpoint
+from training.config import ConfigError, RunConfig, load_task_split, run_identity
 from training.data.example import Example
 from training.data.registry import subsample
 from training.evaluation import evaluate_task
@@ -176,12 +176,24 @@ class Trainer:
         if self.rank == 0:
             save_checkpoint(self.out / "checkpoints" / name, self.model, self.optimizer,
                             self.scheduler, self.step,
-                            {"sampler": self.sampler.state(), "best": self.best})
+                            {"sampler": self.sampler.state(), "best": self.best,
+                             "run": run_identity(self.config, self.fingerprint)})
 
     def resume(self) -> bool:
+        """Continue from checkpoints/last when it exists; refuse one from another run."""
         last = self.out / "checkpoints" / "last"
-        if not last.is_dir():
+        if not recover(last):
             return False
+        saved = read_state(last).get("run")
+        if saved is not None:  # checkpoints from before this check carry no identity
+            current = run_identity(self.config, self.fingerprint)
+            changed = sorted(k for k in saved.keys() | current.keys()
+                             if saved.get(k) != current.get(k))
+            if changed:
+                raise ConfigError(
+                    f"{last} was written by a run with different {', '.join(changed)}; "
+                    "resuming needs the same settings: use another output folder, or delete "
+                    f"{self.out / 'checkpoints'} to start over")
         state = load_checkpoint(last, self.model, self.optimizer, self.scheduler)
         self.step, self.best = state["step"], state.get("best")
         self.sampler.load_state(state["sampler"])

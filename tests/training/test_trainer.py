@@ -8,13 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from conftest import TASKS
 from safetensors.torch import load_file
 
 from training.cli import main
-from training.config import parse_config
+from training.config import ConfigError, parse_config
 from training.trainer import Trainer
 
 
@@ -35,6 +36,25 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(world, tmp_path):
     a, b = _trainable(straight), _trainable(resumed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resuming_a_checkpoint_of_other_settings_is_refused_naming_them(world, tmp_path):
+    Trainer(parse_config(world["raw"]), tmp_path, show_progress=False).run(stop_after=2)
+    changed = parse_config({**world["raw"], "lr": 0.5, "seed": 7})
+    with pytest.raises(ConfigError, match=r"different lr, seed; resuming needs the same"):
+        Trainer(changed, tmp_path, show_progress=False).run()
+    longer = Trainer(parse_config({**world["raw"], "steps": 8}), tmp_path, show_progress=False)
+    longer.run()  # more steps is fine: the run is extended
+    assert longer.step == 8
+
+
+def test_a_save_that_died_between_its_renames_leaves_a_checkpoint_to_resume(world, tmp_path):
+    trainer = Trainer(parse_config(world["raw"]), tmp_path, show_progress=False)
+    trainer.run(stop_after=3)
+    last = tmp_path / "checkpoints" / "last"
+    os.replace(last, last.with_name("last.old"))  # killed after moving the old one aside
+    resumed = Trainer(parse_config(world["raw"]), tmp_path, show_progress=False)
+    assert resumed.resume() and resumed.step == 3
 
 
 def test_eval_every_epoch_evaluates_after_each_pass_over_the_data(world, tmp_path):
