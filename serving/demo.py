@@ -37,7 +37,7 @@ def ask(client: Client, task: str, example: Example, world: Path) -> str:
         else:
             reply = client.video_caption(frames, ADAPTER, task=task,
                                          subtitles=example.subtitles)
-        return reply.label or reply.text
+        return f"{reply.label} ({reply.text})" if reply.label else reply.text
     images = [ImageFolder(world / "images").image_path(v).read_bytes()
               for v in example.visual_ids]
     if task == "nlvr2":
@@ -68,7 +68,7 @@ def serve_and_ask(artifact: Path, backbone: Path, world: Path) -> None:
                 for task, entry in synthetic_tasks(world).items():
                     example = load_task_split(task, TaskData(**entry), "test")[0]
                     answer = ask(client, task, example, world)
-                    ok = answer.split(" (")[0] in truth(example) or answer in example.targets
+                    ok = answer == truth(example) or answer in example.targets
                     right += ok
                     print(f"  [{task}] {example.source_text[:70]}")
                     print(f"      answer: {answer!r}   truth: {truth(example)!r}")

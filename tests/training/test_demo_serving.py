@@ -5,6 +5,7 @@ from __future__ import annotations
 from modeling.backbone import VLBackbone
 from modeling.config import preset
 from serving.demo import serve_and_ask
+from training.demo import DEMO_PRESET
 from training.synthetic import generate
 from training.synthetic.generate import SplitSizes
 from training.synthetic_run import synthetic_config
@@ -15,7 +16,7 @@ from training.trainer import Trainer, load_task_split
 
 def test_trained_artifact_is_served_for_every_task(tmp_path, capsys):
     generate(tmp_path / "world", seed=0, sizes=SplitSizes(4, 2, 2))
-    base = synthetic_config(tmp_path / "world", tmp_path / "backbone", "single_adapter", 2,
+    base = synthetic_config(tmp_path / "world", tmp_path / "backbone", DEMO_PRESET, 2,
                             java_metrics=False, eval_examples=1)
     examples = [e for t, d in base.tasks.items() for e in load_task_split(t, d, "train")]
     VLBackbone.from_config(preset("tiny"), tokenizer=corpus_tokenizer(examples, "t5", 512)
