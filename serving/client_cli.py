@@ -1,6 +1,7 @@
 """`adapter-client`: the terminal client of adapter-serve.
 
     adapter-client predict --task vqa --adapter vqa-lora@prod --image cat.jpg --text "what?"
+    adapter-client predict --task caption --adapter cap --image cat.jpg --stream
     adapter-client predict --task tvqa --adapter tv --frames clip/ --text "who?" \\
         --choice a --choice b --choice c --choice d --choice e --json
     adapter-client --token-file token.txt load vqa-lora:3
@@ -46,6 +47,8 @@ def _add_predict(commands: argparse._SubParsersAction, json_flag: argparse.Argum
     predict.add_argument("--subtitles", default="")
     predict.add_argument("--max-new-tokens", type=int, metavar="N")
     predict.add_argument("--beams", type=int, metavar="N")
+    predict.add_argument("--stream", action="store_true",
+                         help="print the answer as it is decoded (PredictStream)")
     predict.set_defaults(command_parser=predict)
 
 
@@ -109,7 +112,15 @@ def _predict(client: Client, args: argparse.Namespace, parser: argparse.Argument
         args.task, name, images=[Path(image) for image in args.image], frames=frames,
         subtitles=args.subtitles, text=args.text, choices=args.choice, version=version,
         alias=alias, max_new_tokens=args.max_new_tokens, num_beams=args.beams)
-    return client.predict(request)
+    if not args.stream:
+        return client.predict(request)
+    response = None
+    for chunk in client.stream(request):
+        if chunk.token_text and not args.json:
+            print(chunk.token_text, end="", flush=True)
+        if chunk.done:
+            response = chunk.response
+    return response
 
 
 def _describe(adapters: Sequence[Message]) -> str:
@@ -129,7 +140,7 @@ def _run(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
     """Run the subcommand: its response and the text that tells it without --json."""
     if args.command == "predict":
         response = _predict(client, args, args.command_parser)
-        return response, response.text
+        return response, "" if args.stream else response.text  # streamed: already printed
     if args.command == "load":
         try:
             name, version, alias = parse_adapter_spec(args.adapter)

@@ -10,7 +10,8 @@ never clash over metric names. Exposed names (all prefixed `vladapter_`):
                                                                    encode, decode, total
     vladapter_cache_events_total{tier, event}           counter    tier: registry, host,
                                                                    device; event: hit, miss,
-                                                                   eviction
+                                                                   eviction, restack (device:
+                                                                   the whole bank rebuilt)
     vladapter_adapter_load_seconds                      histogram  registry -> usable
     vladapter_errors_total{code}                        counter    gRPC status code name
 """
@@ -33,7 +34,7 @@ from prometheus_client import (
 
 STAGES = ("queue", "vision", "encode", "decode", "total")
 TIERS = ("registry", "host", "device")
-CACHE_EVENTS = ("hit", "miss", "eviction")
+CACHE_EVENTS = ("hit", "miss", "eviction", "restack")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0)
@@ -106,7 +107,8 @@ class ServerMetrics:
         self._latency.labels(task=task, stage=stage).observe(seconds)
 
     def cache_event(self, tier: str, event: str) -> None:
-        """Count one cache `event` (hit, miss, eviction) in `tier` (registry, host, device)."""
+        """Count one cache `event` (hit, miss, eviction, restack) in `tier` (registry, host,
+        device)."""
         _check(tier, TIERS, "tier")
         _check(event, CACHE_EVENTS, "cache event")
         self._cache_events.labels(tier=tier, event=event).inc()

@@ -53,7 +53,7 @@ class SlotTable:
                  d_model: int, like: torch.Tensor, on_event=None):
         """frozen: the backbone's tensors by name; like: a tensor of the bank's device/dtype.
 
-        on_event(event): called with "hit", "miss" or "eviction" (metrics).
+        on_event(event): called with "hit", "miss", "eviction" or "restack" (metrics).
         """
         if capacity < 1:
             raise ValueError("a slot table needs at least one slot")
@@ -208,6 +208,7 @@ class SlotTable:
             if self._bank is None:
                 sets = [w if w is not None else ServeWeights() for w in self._weights]
                 self._bank = stack_weights(sets, self._frozen, self._d_model, self._like)
+                self._on_event("restack")
             return self._bank
 
     def _device_bytes(self, weights: ServeWeights) -> int:

@@ -22,8 +22,8 @@ def prompt_set(value: float, length: int = 2) -> ServeWeights:
     return ServeWeights(prompt=torch.full((length, D), value))
 
 
-def table(capacity: int = 3, budget: int = 10_000) -> SlotTable:
-    return SlotTable(capacity, budget, frozen(), D, torch.zeros(()))
+def table(capacity: int = 3, budget: int = 10_000, on_event=None) -> SlotTable:
+    return SlotTable(capacity, budget, frozen(), D, torch.zeros(()), on_event)
 
 
 def key(name: str) -> tuple[str, int, str]:
@@ -85,7 +85,8 @@ def test_requests_waiting_for_an_adapter_do_not_keep_its_slots_from_other_rows()
 
 
 def test_bank_rows_follow_slots_and_numbers_never_move():
-    slots = table()
+    events = []
+    slots = table(on_event=events.append)
     idle(slots, "a", prompt_set(1, length=1))
     idle(slots, "b", prompt_set(2, length=3))
     bank = slots.bank()
@@ -99,6 +100,7 @@ def test_bank_rows_follow_slots_and_numbers_never_move():
     idle(slots, "d", prompt_set(5, length=4))  # longer than any prompt in the bank
     restacked = slots.bank()
     assert restacked is not bank and restacked.prompt_length.tolist() == [2, 3, 4]
+    assert events.count("restack") == 2  # the first build and the longer prompt only
     assert torch.equal(restacked.prompt[2], torch.full((4, D), 5.0))
 
 

@@ -227,6 +227,19 @@ def test_cli_predict_prints_the_answer_and_json(fake_server, tmp_path, capsys):
     assert printed["text"] == "answer to 'what?'" and printed["adapter_name"] == "vqa-lora"
 
 
+def test_cli_stream_prints_pieces_as_they_come_and_json_once(fake_server, tmp_path, capsys):
+    target, recorder = fake_server
+    image = tmp_path / "cat.png"
+    image.write_bytes(PNG_MAGIC)
+    argv = ["--target", target, "predict", "--task", "caption", "--adapter", "cap",
+            "--image", str(image), "--stream"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == "two cats\n"
+    assert recorder.last("PredictStream").task == "caption"
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"text": "two cats"}
+
+
 def test_cli_video_predict_and_repository_commands(fake_server, tmp_path, capsys):
     target, recorder = fake_server
     frames = tmp_path / "clip"
