@@ -75,7 +75,8 @@ class BeamRow:
         live beam the live beam it continues (empty once the search is done)."""
         vocab = log_probs.shape[-1]
         scores = log_probs.new_tensor(self.scores)
-        top_scores, top_ids = (scores[:, None] + log_probs).view(-1).topk(2 * self.k)
+        candidates = (scores[:, None] + log_probs).view(-1)
+        top_scores, top_ids = candidates.topk(min(2 * self.k, candidates.numel()))
         last = self.step == self.max_new_tokens - 1
         sources, scores_, sequences = [], [], []
         for score, flat in zip(top_scores.tolist(), top_ids.tolist(), strict=True):

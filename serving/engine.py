@@ -381,6 +381,7 @@ class Engine:
         continues (a beam's row may be continued twice, or not at all).
         """
         going_on, order, offset = [], [], 0
+        best = logits.argmax(-1).tolist()  # one device sync for every greedy row
         for row in rows:
             mine = logits[offset:offset + row.width]
             if row.beams is not None:
@@ -389,7 +390,7 @@ class Engine:
                 ended = not sources
                 ids = row.beams.best() if ended else []
             else:
-                row.ids.append(int(mine[0].argmax()))
+                row.ids.append(best[offset])
                 ended = not self._stream_greedy(row)
                 order += [] if ended else [offset]
                 ids = row.ids
