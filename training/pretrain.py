@@ -13,6 +13,7 @@ The result is a backbone folder (weights + word tokenizer) reused while it exist
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,9 @@ from training.batches import training_target
 from training.config import TaskData, load_task_split
 from training.data.example import Example
 from training.data.visual_stores import ImageFolder, VideoFrameFolder
-from training.evaluation import evaluate_task
+from training.evaluation import predict
 from training.features import features_for
+from training.metrics import evaluate
 from training.synthetic import generate
 from training.synthetic.generate import SplitSizes
 from training.synthetic_run import synthetic_tasks
@@ -40,6 +42,7 @@ from training.text import corpus_tokenizer
 PRETRAIN_TASKS = ("caption", "vqa", "gqa", "tvc")
 PRETRAIN_SEED = 1000
 VIDEO_TASKS = ("tvqa", "how2qa", "tvc", "yc2c")
+_MOTION = re.compile(r"\b(left|right|up|down|still)\b")
 
 
 @dataclass(frozen=True)
@@ -135,15 +138,34 @@ def pretrain(out_dir: str | Path, data_dir: str | Path,
     return frozen
 
 
+def motion_accuracy(predictions: dict[str, str], examples: list[Example]) -> float:
+    """Percent of video captions whose first motion word (left, right, up, down, still)
+    matches the reference's: can the frozen frame features tell how shapes move?"""
+    right = counted = 0
+    for example in examples:
+        wanted = _MOTION.findall(example.targets[0])
+        if not wanted:
+            continue
+        said = _MOTION.findall(predictions.get(example.example_id, ""))
+        counted += 1
+        right += bool(said) and said[0] == wanted[0]
+    return 100.0 * right / max(counted, 1)
+
+
 def check_attributes(backbone: VLBackbone, root: Path, out: Path) -> dict:
     """Per question type accuracy of the pre-trained backbone on its own world's val split
-    (the note's advice: know what the frozen model can see before comparing methods)."""
+    (the note's advice: know what the frozen model can see before comparing methods), and
+    for video captions whether it names the right motion (chance: 20)."""
     report = {}
-    for task in ("vqa", "gqa"):
+    for task, folder in (("vqa", "images"), ("gqa", "images"), ("tvc", "videos")):
         val = world_examples(root, "val", [task])
-        features = features_for(backbone, task, root / "images", val, out / "feature-cache",
+        features = features_for(backbone, task, root / folder, val, out / "feature-cache",
                                 backbone.fingerprint())
-        report[task] = evaluate_task(backbone, None, task, val, features)
+        predictions = predict(backbone, None, task, val, features)
+        report[task] = evaluate(task, predictions, val, use_java=False)
+        if task == "tvc":
+            report[task] = {"CIDEr": report[task]["CIDEr"],
+                            "motion": motion_accuracy(predictions, val)}
     (out / "pretrain_report.json").write_text(json.dumps(report, indent=2))
     for task, metrics in report.items():
         shown = ", ".join(f"{k.split('/')[-1]} {v:.1f}" for k, v in metrics.items())
