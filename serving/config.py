@@ -102,7 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--device", default=suppress, help="auto, cpu, cuda or cuda:N")
     add("--dtype", default=suppress, help="auto, float32, bfloat16 or float16")
     add("--seed", type=int, default=suppress, help="seed of a preset backbone's weights")
-    add("--max-batch", type=int, default=suppress, help="rows per batch (default 8)")
+    add("--max-batch", type=int, default=suppress, help="requests decoded together "
+        "(default 8; a beam request decodes one row per beam)")
     add("--max-queue", type=int, default=suppress, help="queued requests before "
         "RESOURCE_EXHAUSTED (default 64)")
     add("--max-queue-delay-ms", type=float, default=suppress,
