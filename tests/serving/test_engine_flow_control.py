@@ -102,7 +102,6 @@ def test_more_adapter_sets_than_device_slots_are_all_served(backbone, published)
             server.engine.start()
             answers = [call.result() for call in calls]
         assert [a.adapter_version for a in answers] == [2, 1, 1, 2, 1, 1]
-        assert len({key[:2] for key in server.slots.snapshot() if key}) <= 2
         assert server.engine.stats["completed"] == len(wanted)
     finally:
         server.stop(grace=5)
