@@ -43,6 +43,14 @@ def pin_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
+def add_machine_options(parser, device: bool = True) -> None:
+    """--threads (torch intra-op threads, default 1) and, unless told not to, --device
+    (CUDA when present)."""
+    parser.add_argument("--threads", type=int, default=1)
+    if device:
+        parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def machine_line() -> str:
     """Platform, CPU count, torch threads, accelerator and the 1-minute load average."""
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"

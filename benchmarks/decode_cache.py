@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from benchmarks.common import interleaved, machine_line, median_ms, pin_threads
+from benchmarks.common import add_machine_options, interleaved, machine_line, median_ms, pin_threads
 from benchmarks.mixed_adapters import bank_of, random_batch
 from modeling import decode_rows
 from modeling.backbone import VLBackbone
@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", default="8,32")
     parser.add_argument("--method", default="adapter")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_machine_options(parser)
     args = parser.parse_args(argv)
     pin_threads(args.threads)
     print(machine_line())

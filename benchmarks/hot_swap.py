@@ -32,6 +32,7 @@ from PIL import Image
 
 from adapters_registry import Registry
 from benchmarks.common import (
+    add_machine_options,
     machine_line,
     percentile,
     pin_threads,
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reduction-factor", type=int, default=11)
     parser.add_argument("--swaps", type=int, default=100)
     parser.add_argument("--clients", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
+    add_machine_options(parser, device=False)
     args = parser.parse_args(argv)
     pin_threads(args.threads)
     print(machine_line())

@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from adapters_registry import Registry
 from benchmarks.common import (
     RESULTS,
+    add_machine_options,
     machine_line,
     percentile,
     pin_threads,
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--device-slots", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
+    add_machine_options(parser, device=False)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     pin_threads(args.threads)

@@ -28,6 +28,7 @@ from adapters_registry import Registry
 from benchmarks.common import (
     ALL_TASKS,
     MIXED_RECIPES,
+    add_machine_options,
     machine_line,
     pin_threads,
     publish,
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="small")
     parser.add_argument("--counts", default="1,100,1000")
-    parser.add_argument("--threads", type=int, default=1)
+    add_machine_options(parser, device=False)
     args = parser.parse_args(argv)
     pin_threads(args.threads)
     print(machine_line())

@@ -25,6 +25,7 @@ import torch
 
 from benchmarks.common import (
     RESULTS,
+    add_machine_options,
     interleaved,
     machine_line,
     median_ms,
@@ -109,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--adapters", default="1,8,64,512")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_machine_options(parser)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     pin_threads(args.threads)

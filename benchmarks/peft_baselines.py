@@ -28,7 +28,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from benchmarks.common import interleaved, machine_line, median_ms, pin_threads
+from benchmarks.common import add_machine_options, interleaved, machine_line, median_ms, pin_threads
 from modeling.backbone import VLBackbone
 from modeling.bank import stack_weights
 from modeling.config import preset
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
+    add_machine_options(parser, device=False)
     args = parser.parse_args(argv)
     pin_threads(args.threads)
     print(machine_line())

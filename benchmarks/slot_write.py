@@ -15,7 +15,14 @@ import argparse
 
 import torch
 
-from benchmarks.common import interleaved, machine_line, median_ms, pin_threads, random_adapter
+from benchmarks.common import (
+    add_machine_options,
+    interleaved,
+    machine_line,
+    median_ms,
+    pin_threads,
+    random_adapter,
+)
 from modeling.backbone import VLBackbone
 from modeling.bank import stack_weights, write_slot
 from modeling.config import preset
@@ -62,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--slots", default="16,64")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_machine_options(parser)
     args = parser.parse_args(argv)
     pin_threads(args.threads)
     print(machine_line())

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from benchmarks.common import machine_line, pin_threads, rss_bytes
+from benchmarks.common import add_machine_options, machine_line, pin_threads, rss_bytes
 from benchmarks.mixed_adapters import random_batch
 from modeling.backbone import VLBackbone
 from modeling.config import preset
@@ -88,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_machine_options(parser)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     pin_threads(args.threads)

@@ -25,6 +25,7 @@ from PIL import Image
 from adapters_registry import Registry
 from benchmarks.common import (
     ALL_TASKS,
+    add_machine_options,
     machine_line,
     pin_threads,
     publish,
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default="small")
     parser.add_argument("--requests", type=int, default=60, help="pairs per workload")
     parser.add_argument("--frames", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=1)
+    add_machine_options(parser, device=False)
     args = parser.parse_args(argv)
     pin_threads(args.threads)
     print(machine_line())
