@@ -29,3 +29,18 @@ LOADTEST_ARGS ?=
 .PHONY: loadtest
 loadtest: venv
 	$(PY) -m benchmarks.loadtest $(LOADTEST_ARGS)
+
+# Every ratio benchmark with its defaults, one after another (about 2-3 minutes on two
+# idle CPU cores; on a GPU machine they pick CUDA). Output: benchmarks/results/<device>-latest/.
+BENCHMARKS ?= mixed_adapters peft_baselines hot_swap memory vision_cache training_step \
+	decode_cache slot_write onnx_vision
+.PHONY: bench
+bench: venv
+	@device=$$($(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"); \
+	out=benchmarks/results/$$device-latest; mkdir -p $$out; \
+	for name in $(BENCHMARKS); do \
+		echo "== $$name ($$device) -> $$out/$$name.txt"; \
+		extra=; [ $$name = mixed_adapters ] && extra="--out $$out"; \
+		$(PY) -m benchmarks.$$name $$extra > $$out/$$name.txt 2>&1 || { tail -20 $$out/$$name.txt; exit 1; }; \
+		grep -iE "ratio|speed-up|p50|mixed/|ours/" $$out/$$name.txt | tail -6; \
+	done
