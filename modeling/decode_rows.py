@@ -1,8 +1,10 @@
-"""Cached greedy decoding for rows that join and leave the batch between steps.
+"""Cached decoding for rows that join and leave the batch between steps.
 
 The serving engine batches at the iteration level: a row that finishes leaves, a new
-request joins at the next step. `DecodeRows` keeps every running row's decoder key/value
-cache in one batch so that a step feeds one new token per row (no prefix recomputation):
+request joins at the next step; `modeling.generation` (greedy, beam search) drops rows
+that are done and reorders beams the same way. `DecodeRows` keeps every running row's
+decoder key/value cache in one batch so that a step feeds one new token per row (no prefix
+recomputation):
 
 - self-attention keys/values [b, heads, L, head_dim] are LEFT-padded to the longest row
   and masked. T5's relative position bias depends only on (key index - query index), and
@@ -13,9 +15,9 @@ cache in one batch so that a step feeds one new token per row (no prefix recompu
   step (`start`), and right-padded to the longest encoder sequence, masked by the encoder
   mask like the encoder states themselves.
 
-Rows are only ever added (`concat`) or removed (`select`) as whole rows, so a row computes
-what it would compute alone (pinned by the engine's mixed-batch test against per-row
-`greedy`).
+Rows are only ever added (`concat`) or removed / repeated (`select`) as whole rows, so a
+row computes what it would compute alone (pinned by tests/modeling/test_decode_rows.py
+against each row alone and against recomputing the whole prefix).
 """
 
 from __future__ import annotations

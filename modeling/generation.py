@@ -1,50 +1,47 @@
 """Decoding over a mixed-adapter batch: greedy, beam search, candidate scoring.
 
 The encoder runs once per batch with each row's adapter; the decoder runs step by step
-with a key/value cache. Under beam search the slot index is repeated per beam, so each
-beam decodes with its row's adapter (STYLE.md, "encoder-decoder detail").
+with a key/value cache (`modeling.decode_rows`, the same cached decode the server runs),
+and a row that is done leaves it. Under beam search the slot index is repeated per beam,
+so each beam decodes with its row's adapter (STYLE.md, "encoder-decoder detail").
 """
 
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from modeling import decode_rows
 from modeling.backbone import VLBackbone, VLBatch
 from modeling.bank import StackedWeights
 from modeling.kernels import RowIndex
 
 
-def _cache() -> EncoderDecoderCache:
-    return EncoderDecoderCache(DynamicCache(), DynamicCache())
-
-
-def _strip(tokens: list[int], eos: int) -> list[int]:
-    return tokens[: tokens.index(eos)] if eos in tokens else tokens
+def _slots_of(index: RowIndex | None, rows: list[int]) -> RowIndex | None:
+    """The slot index of decoder rows, given the batch row each one belongs to."""
+    if index is None:
+        return None
+    return RowIndex.of(index.slots[torch.tensor(rows, device=index.slots.device)])
 
 
 @torch.no_grad()
 def greedy(backbone: VLBackbone, batch: VLBatch, weights: StackedWeights | None = None,
            index: RowIndex | None = None, max_new_tokens: int = 20) -> list[list[int]]:
     """Greedy decoding -> per row the generated ids (start and eos removed)."""
-    encoder_hidden, encoder_mask = backbone.encode(batch, weights, index)
-    rows, eos = batch.size, backbone.eos_token_id
-    step_ids = torch.full((rows, 1), backbone.decoder_start_token_id,
-                          device=encoder_hidden.device)
-    finished = torch.zeros(rows, dtype=torch.bool, device=encoder_hidden.device)
-    generated, cache = [], _cache()
-    for _ in range(max_new_tokens):
-        out = backbone.decode(encoder_hidden, encoder_mask, step_ids, weights=weights,
-                              index=index, cache=cache)
-        next_ids = out.logits[:, -1].argmax(-1)
-        next_ids = torch.where(finished, torch.full_like(next_ids, eos), next_ids)
-        generated.append(next_ids)
-        finished |= next_ids == eos
-        if bool(finished.all()):
-            break
-        step_ids = next_ids[:, None]
-    ids = torch.stack(generated, 1).tolist()
-    return [_strip(row, eos) for row in ids]
+    hidden, mask = backbone.encode(batch, weights, index)
+    state, logits = decode_rows.start(backbone, hidden, mask, weights, index)
+    generated: list[list[int]] = [[] for _ in range(batch.size)]
+    live = list(range(batch.size))  # batch rows still decoding, in cache order
+    while True:
+        keep = []
+        for i, (row, token) in enumerate(zip(live, logits.argmax(-1).tolist(), strict=True)):
+            if token != backbone.eos_token_id:
+                generated[row].append(token)
+                keep += [i] if len(generated[row]) < max_new_tokens else []
+        if not keep:
+            return generated
+        live, state = [live[i] for i in keep], state.select(keep)
+        last = torch.tensor([generated[row][-1] for row in live], device=hidden.device)
+        logits = state.step(backbone, last, weights, _slots_of(index, live))
 
 
 class BeamRow:
@@ -108,37 +105,31 @@ def beam_search(backbone: VLBackbone, batch: VLBatch, weights: StackedWeights | 
                 length_penalty: float = 1.0) -> list[list[int]]:
     """Beam search -> per row the best hypothesis (score = sum log p / length**penalty).
 
-    Live beams of every row decode together with a key/value cache; a row whose search is
-    done leaves the batch (`BeamRow`).
+    Each row's live beams are consecutive decoder rows; a row whose search is done leaves
+    (`BeamRow`).
     """
     if num_beams == 1:
         return greedy(backbone, batch, weights, index, max_new_tokens)
-    encoder_hidden, encoder_mask = backbone.encode(batch, weights, index)
+    hidden, mask = backbone.encode(batch, weights, index)
     searches = [BeamRow(num_beams, backbone.eos_token_id, max_new_tokens, length_penalty)
                 for _ in range(batch.size)]
-    owner = list(range(batch.size))  # decoder row -> its batch row
-    device = encoder_hidden.device
-    ids = torch.full((batch.size, 1), backbone.decoder_start_token_id, device=device)
-    cache = _cache()
-    while owner:
-        rows = torch.tensor(owner, device=device)
-        out = backbone.decode(encoder_hidden[rows], encoder_mask[rows], ids, weights=weights,
-                              index=None if index is None else RowIndex.of(index.slots[rows]),
-                              cache=cache)
-        log_probs = out.logits[:, -1].float().log_softmax(-1)
-        source, next_owner, tokens = [], [], []
-        for row in dict.fromkeys(owner):
-            mine = [i for i, o in enumerate(owner) if o == row]
-            for beam in searches[row].advance(log_probs[mine]):
-                source.append(mine[beam])
-                next_owner.append(row)
-            tokens += searches[row].next_tokens() if not searches[row].done else []
-        if not source:
-            break
-        cache.reorder_cache(torch.tensor(source, device=device))
-        owner = next_owner
-        ids = torch.tensor(tokens, device=device)[:, None]
-    return [search.best() for search in searches]
+    state, logits = decode_rows.start(backbone, hidden, mask, weights, index)
+    live = list(range(batch.size))  # batch rows still searching, in cache order
+    while True:
+        order, going_on, offset = [], [], 0
+        for row in live:
+            width = len(searches[row].sequences)
+            sources = searches[row].advance(logits[offset:offset + width].float().log_softmax(-1))
+            order += [offset + source for source in sources]
+            going_on += [row] if sources else []
+            offset += width
+        if not order:
+            return [search.best() for search in searches]
+        live, state = going_on, state.select(order)
+        tokens = [token for row in live for token in searches[row].next_tokens()]
+        owners = [row for row in live for _ in searches[row].sequences]
+        logits = state.step(backbone, torch.tensor(tokens, device=hidden.device), weights,
+                            _slots_of(index, owners))
 
 
 @torch.no_grad()
