@@ -33,18 +33,10 @@ from modeling.backbone import VLBackbone
 from modeling.bank import stack_weights
 from modeling.config import preset
 from modeling.kernels import RowIndex
+from modeling.peft_format import plain_lm
 from modeling.serve_forms import LowRankDelta, ServeWeights
 
 LEAVES = {"t5": ["q", "v"], "bart": ["q_proj", "v_proj"]}
-
-
-def plain_lm(backbone: VLBackbone) -> nn.Module:
-    """A separate Hugging Face LM (no vladapter hooks) with the backbone LM's weights."""
-    config = backbone.lm.config.__class__.from_dict(backbone.lm.config.to_dict())
-    config._attn_implementation = "sdpa"
-    lm = type(backbone.lm)(config)
-    lm.load_state_dict(backbone.lm.state_dict())
-    return lm.eval()
 
 
 def peft_with_adapters(backbone: VLBackbone, count: int, rank: int, alpha: float

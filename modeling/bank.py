@@ -142,9 +142,7 @@ def stack_weights(
     like: a tensor with the target device and dtype.
     """
     for s in sets:
-        for act in {b.activation for b in s.bottleneck.values()}:
-            if act not in ACTIVATIONS:
-                raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}")
+        _check_activations(s)
     stacked = StackedWeights(slots=len(sets))
     for site in sorted({k for s in sets for k in s.lora}):
         shape = tuple(frozen[f"{site}.weight"].shape)
@@ -200,7 +198,15 @@ def write_slot(stacked: StackedWeights, slot: int, weights: ServeWeights,
     return True
 
 
+def _check_activations(weights: ServeWeights) -> None:
+    for b in weights.bottleneck.values():
+        if b.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {b.activation!r}; expected one of "
+                             f"{ACTIVATIONS}")
+
+
 def _fits(stacked: StackedWeights, weights: ServeWeights) -> bool:
+    _check_activations(weights)
     for site, delta in weights.lora.items():
         if site not in stacked.lora or delta.lora_a.shape[0] > stacked.lora[site].lora_a.shape[1]:
             return False
@@ -208,9 +214,6 @@ def _fits(stacked: StackedWeights, weights: ServeWeights) -> bool:
         bank = stacked.bottleneck.get(pos)
         if bank is None or b.down_weight.shape[0] > bank.down_weight.shape[1]:
             return False
-        if b.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {b.activation!r}; expected one of "
-                             f"{ACTIVATIONS}")
         if isinstance(bank.activations, str) and b.activation != bank.activations:
             return False
     if weights.prompt is not None and (

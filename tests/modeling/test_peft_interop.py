@@ -16,7 +16,7 @@ from modeling.backbone import VLBackbone, VLBatch
 from modeling.bank import stack_weights
 from modeling.config import preset
 from modeling.kernels import RowIndex
-from modeling.peft_format import export_peft, import_peft
+from modeling.peft_format import export_peft, import_peft, plain_lm
 from modeling.serve_forms import Bottleneck, LowRankDelta, ServeWeights
 
 TOL = 1e-5
@@ -35,15 +35,6 @@ def backbone_of(name: str) -> VLBackbone:
     if name not in _BACKBONES:
         _BACKBONES[name] = VLBackbone.from_config(preset(name), seed=0)
     return _BACKBONES[name]
-
-
-def plain_lm(backbone: VLBackbone) -> nn.Module:
-    """A separate Hugging Face LM (no vladapter hooks) with the backbone LM's weights."""
-    config = backbone.lm.config.__class__.from_dict(backbone.lm.config.to_dict())
-    config._attn_implementation = "sdpa"
-    lm = type(backbone.lm)(config)
-    lm.load_state_dict(backbone.lm.state_dict())
-    return lm.eval()
 
 
 def lm_inputs(backbone: VLBackbone, seed: int = 1) -> dict[str, torch.Tensor]:
