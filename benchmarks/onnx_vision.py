@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import onnxruntime
 import torch
 
+from benchmarks.common import machine_line
 from modeling.backbone import VLBackbone
 from modeling.config import preset
 from serving.vision_backends import OnnxVisionEncoder, TorchVisionEncoder, export_vision_onnx
@@ -77,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | "
-          f"cpus {os.cpu_count()} | torch {torch.__version__} threads {torch.get_num_threads()}"
-          f" | onnxruntime {onnxruntime.__version__} | cuda {torch.cuda.is_available()}"
-          f" | load average {os.getloadavg()[0]:.2f}")
+    print(f"{machine_line()} | onnxruntime {onnxruntime.__version__}")
     print(f"median of {args.repeats} calls after {args.warmup} warm-up; ratio = onnxruntime "
           "speed / torch eager speed (same inputs, same run)")
     started = time.perf_counter()
