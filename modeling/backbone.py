@@ -210,7 +210,7 @@ class VLBackbone(nn.Module):
     def encode(self, batch: VLBatch, weights: StackedWeights | None = None,
                index: RowIndex | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (encoder hidden states [b, L, d], mask [b, L] bool)."""
-        with self.adapter_context.use(weights, index):
+        with self.adapter_context.use(weights, index, rows=batch.size):
             embeds, mask = self.encoder_inputs(batch, weights, index)
             hidden = self.lm.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
         return hidden.last_hidden_state, mask
@@ -224,7 +224,7 @@ class VLBackbone(nn.Module):
         decoder_mask: [b, cached + y] bool over cached and new decoder positions (None: all
         real), for caches padded across rows (`modeling.decode_rows`).
         """
-        with self.adapter_context.use(weights, index):
+        with self.adapter_context.use(weights, index, rows=encoder_hidden.shape[0]):
             return self.lm(
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
                 attention_mask=encoder_mask, decoder_input_ids=decoder_input_ids,

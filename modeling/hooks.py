@@ -43,8 +43,19 @@ class AdapterContext:
         return self.weights is not None
 
     @contextmanager
-    def use(self, weights: StackedWeights | None, index: RowIndex | None) -> Iterator[None]:
-        """Activate `weights` for rows `index` (both None: the bare backbone)."""
+    def use(self, weights: StackedWeights | None, index: RowIndex | None,
+            rows: int | None = None) -> Iterator[None]:
+        """Activate `weights` for rows `index` (both None: the bare backbone).
+
+        rows: the batch size the hooks will see. The index is checked against it and
+        against the bank here, once per forward and before any compute (ValueError);
+        the hooks then trust it.
+        """
+        if weights is not None:
+            if index is None:
+                raise ValueError("adapter weights given without an index: expected one slot "
+                                 "per row")
+            index.check(rows, weights.slots)
         saved = (self.weights, self.index)
         self.weights, self.index = weights, index
         try:

@@ -33,6 +33,22 @@ class RowIndex:
         uniform = rows[0] if rows and all(r == rows[0] for r in rows) else None
         return cls(slots=slots, rows=rows, uniform=uniform)
 
+    def check(self, rows: int | None, slots: int) -> None:
+        """Refuse an index that does not fit a batch of `rows` rows and a bank of `slots`.
+
+        Reads only the host copy (`rows`), so it costs no device sync; run it once per
+        forward, before any compute: a wrong index would otherwise gather silently (a short
+        uniform index broadcasts over the batch; a negative slot wraps around the bank).
+        rows None: the caller does not know the batch size, only the slots are checked.
+        """
+        if rows is not None and len(self.rows) != rows:
+            raise ValueError(f"adapter index has {len(self.rows)} row(s) but the batch has "
+                             f"{rows}; expected one slot per row")
+        bad = sorted({r for r in self.rows if not 0 <= r < slots})
+        if bad:
+            raise ValueError(f"adapter index names slot(s) {bad[:5]} but the bank holds "
+                             f"{slots} slot(s); expected slots in [0, {slots})")
+
     def repeat_interleave(self, repeats: int) -> RowIndex:
         """Each row repeated `repeats` times in place (beam search: one row per beam)."""
         return RowIndex.of(self.slots.repeat_interleave(repeats))

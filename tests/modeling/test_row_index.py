@@ -1,0 +1,78 @@
+"""The per-row adapter index is checked against the batch and the bank once per forward,
+before any compute: a wrong index is a ValueError naming what does not fit, never a
+silent broadcast (a short uniform index) or a wrapped-around gather (a negative slot)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from modeling_helpers import random_batch
+
+from modeling.bank import stack_weights
+from modeling.kernels import RowIndex
+from modeling.serve_forms import LowRankDelta, ServeWeights
+
+
+def _bank(backbone, slots: int):
+    site = "lm.lm_head"
+    out_f, in_f = backbone.frozen_tensors()[f"{site}.weight"].shape
+    sets = [ServeWeights(lora={site: LowRankDelta(torch.ones(2, in_f), torch.ones(out_f, 2),
+                                                  1.0)}) for _ in range(slots)]
+    return stack_weights(sets, backbone.frozen_tensors(), backbone.config.d_model,
+                         torch.zeros(()))
+
+
+class _Calls:
+    """Counts forward calls of the visual projection and the LM (did any compute start?)."""
+
+    def __init__(self, backbone):
+        self.count = 0
+        self.handles = [m.register_forward_pre_hook(self._seen)
+                        for m in (backbone.visual, backbone.lm.get_encoder(),
+                                  backbone.lm.get_decoder())]
+
+    def _seen(self, module, args):
+        self.count += 1
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize(("slots", "message"), [
+    ([0], r"index has 1 row\(s\) but the batch has 3"),
+    ([0, 1, 0, 1], r"index has 4 row\(s\) but the batch has 3"),
+    ([0, 2, 1], r"slot\(s\) \[2\] but the bank holds 2 slot\(s\)"),
+    ([0, -1, 1], r"slot\(s\) \[-1\] but the bank holds 2"),
+])
+def test_an_index_that_does_not_fit_the_batch_or_bank_is_refused_before_any_compute(
+        backbone, slots, message):
+    batch = random_batch(backbone, [3, 4, 2])
+    calls = _Calls(backbone)
+    try:
+        with pytest.raises(ValueError, match=message):
+            backbone(batch, _bank(backbone, 2), RowIndex.of(torch.tensor(slots)))
+    finally:
+        calls.remove()
+    assert calls.count == 0
+
+
+def test_the_decoder_checks_its_index_against_its_own_rows(backbone):
+    """Under beam search the decoder sees more rows than the encoder; it checks its own."""
+    batch = random_batch(backbone, [3, 4, 2])
+    bank = _bank(backbone, 2)
+    with torch.no_grad():
+        hidden, mask = backbone.encode(batch, bank, RowIndex.of(torch.tensor([0, 1, 0])))
+        ids = torch.full((3, 1), backbone.decoder_start_token_id)
+        short = RowIndex.of(torch.tensor([0, 1]))
+        with pytest.raises(ValueError, match=r"index has 2 row\(s\) but the batch has 3"):
+            backbone.decode(hidden, mask, ids, weights=bank, index=short)
+        per_beam = RowIndex.of(torch.tensor([0, 1, 0])).repeat_interleave(2)
+        logits = backbone.decode(hidden.repeat_interleave(2, 0), mask.repeat_interleave(2, 0),
+                                 ids.repeat_interleave(2, 0), weights=bank, index=per_beam).logits
+    assert logits.shape[0] == 6
+
+
+def test_weights_without_an_index_are_refused(backbone):
+    with pytest.raises(ValueError, match="without an index"):
+        backbone(random_batch(backbone, [3]), _bank(backbone, 1), None)
