@@ -16,6 +16,7 @@ from modeling.generation import beam_search, greedy, score_candidates
 from modeling.kernels import RowIndex
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel, MethodEntry
+from modeling.serve_forms import PrefixKV, ServeWeights
 
 # Derandomized so CI runs the same examples every time; the fixture is read-only.
 ORACLE_SETTINGS = dict(deadline=None, derandomize=True,
@@ -124,7 +125,41 @@ def test_adapters_change_the_output_so_the_oracle_can_fail(backbone):
         bare = backbone(batch)
         adapted = backbone(batch, _stack(backbone, serve), RowIndex.of(torch.tensor([0, 1])))
     assert (bare - adapted).abs().amax(dim=(1, 2)).min() > 1e-3
-    assert greedy(backbone, batch, max_new_tokens=3) is not None
+
+
+def _chatty_sets(backbone) -> list[ServeWeights]:
+    """Two sets whose LM-head copies make a random tiny model say varied tokens and stop at
+    different steps (the bare one repeats a token or stops at once), one with prefixes."""
+    facts, gen = BackboneFacts.of(backbone), torch.Generator().manual_seed(0)
+    head = facts.frozen["lm.lm_head.weight"].detach()
+    sets = []
+    for _ in range(2):
+        noise = torch.randn(head.shape, generator=gen)
+        noise[backbone.eos_token_id] *= 3  # eos wins at some steps, for some rows
+        sets.append(ServeWeights(overrides={"lm.lm_head.weight": head + noise}))
+    shape = (facts.n_heads, 2, facts.head_dim)
+    sets[0].prefix = {site: PrefixKV(torch.randn(shape, generator=gen),
+                                     torch.randn(shape, generator=gen))
+                      for site in facts.attention}
+    return sets
+
+
+def test_greedy_tokens_are_the_argmax_of_the_uncached_teacher_forced_logits(backbone):
+    """Cached mixed-batch decoding, rows leaving at eos, against the plain forward: fed its
+    own tokens back, the full forward's argmax at every step is the token greedy chose."""
+    stacked, slots = _stack(backbone, _chatty_sets(backbone)), [0, 1, 1, 0, 1, 0]
+    batch = random_batch(backbone, [5, 3, 6, 2, 4, 7], seed=1, with_labels=False)
+    limit = 6
+    tokens = greedy(backbone, batch, stacked, RowIndex.of(torch.tensor(slots)),
+                    max_new_tokens=limit)
+    assert len({len(t) for t in tokens}) > 1, "guard: rows must leave at different steps"
+    for row, slot in enumerate(slots):
+        one = batch.select([row])
+        one.labels = torch.tensor([tokens[row] + [backbone.eos_token_id]])
+        with torch.no_grad():
+            logits = backbone(one, stacked, RowIndex.of(torch.tensor([slot])))[0]
+        steps = len(tokens[row]) + (len(tokens[row]) < limit)  # the eos step, unless cut off
+        assert logits[:steps].argmax(-1).tolist() == one.labels[0, :steps].tolist(), row
 
 
 def test_candidate_scores_are_teacher_forced_log_likelihoods_per_row(backbone):
