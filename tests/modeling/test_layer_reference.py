@@ -60,11 +60,13 @@ def reference_sets(backbone, serial: str, parallel: str, seed: int = 0) -> list[
     """Seven adapter sets covering every serve form; the last one is empty."""
     facts, gen = BackboneFacts.of(backbone), torch.Generator().manual_seed(seed)
     lm_linears = [name for name in facts.linear_shapes if name.startswith("lm.")]
-    lora = {}
-    for i, site in enumerate(lm_linears):
+
+    def delta(site: str, rank: int, scale: float) -> LowRankDelta:
         out_f, in_f = facts.linear_shapes[site]
-        rank = 2 if i % 2 else 5  # mixed ranks: the bank pads the smaller ones
-        lora[site] = LowRankDelta(_random(gen, rank, in_f), _random(gen, out_f, rank), 0.5)
+        return LowRankDelta(_random(gen, rank, in_f), _random(gen, out_f, rank), scale)
+
+    # Mixed ranks across sites and sets: the bank zero-pads the smaller ones.
+    lora = {site: delta(site, 2 if i % 2 else 5, 0.5) for i, site in enumerate(lm_linears)}
     names = selected_tensors(TrainableTensorsConfig(layer_norms=True, biases=True,
                                                     visual_projection=True, lm_head=True), facts)
     overrides = {name: facts.frozen[name].detach() + _random(gen, *facts.frozen[name].shape)
@@ -80,10 +82,7 @@ def reference_sets(backbone, serial: str, parallel: str, seed: int = 0) -> list[
                      prefix=_prefixes(facts, gen, 1),
                      bottleneck=_bottlenecks(facts, gen, 3, False, parallel, 1.0,
                                              positions[::2]),
-                     lora={lm_linears[0]: LowRankDelta(_random(gen, 3, lora[lm_linears[0]]
-                                                               .lora_a.shape[1]),
-                                                       _random(gen, lora[lm_linears[0]]
-                                                               .lora_b.shape[0], 3), 2.0)}),
+                     lora={lm_linears[0]: delta(lm_linears[0], 3, 2.0)}),
         ServeWeights(),
     ]
     for s in sets:
