@@ -87,8 +87,8 @@ class Trainer:
                                   sorted(self.tasks), backbone=self.backbone)
         self.full = next((m for m in self.model.methods.values()
                           if isinstance(m, FullFinetuning)), None)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.trainable(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
         self.sampler = MultiTaskSampler(
             {t: TaskStream(t, s.train, config.tasks[t].batch_size, config.seed + i)
@@ -134,7 +134,13 @@ class Trainer:
                 logits = adapter_logits(self.backbone, self.model, batch, [task] * batch.size)
         return sequence_loss(logits, batch.labels, torch.tensor(weights, device=device))
 
-    def train_step(self) -> dict[str, float]:
+    def trainable(self) -> list[torch.nn.Parameter]:
+        """The tensors AdamW updates (the backbone is frozen)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def backward(self) -> tuple[str, float]:
+        """This rank's gradients of the next step (summed over `accumulation` micro-batches,
+        each scaled by 1/accumulation); returns (the last micro-batch's task, the mean loss)."""
         self.model.train()
         total, task = 0.0, ""
         for micro in range(self.config.accumulation):
@@ -142,18 +148,32 @@ class Trainer:
             loss = self._loss(task, rows, self.step * self.config.accumulation + micro)
             (loss / self.config.accumulation).backward()
             total += loss.item() / self.config.accumulation
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.world > 1:
-            for p in params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world
+        return task, total
+
+    def average_gradients(self) -> None:
+        """DDP's promise: every rank ends with the mean of all ranks' gradients, bit for bit
+        the same on each rank (one all_reduce per tensor), so the replicas never drift."""
+        if self.world == 1:
+            return
+        for p in self.trainable():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def apply_gradients(self) -> None:
+        """Clip, one AdamW step, advance the schedule and the step counter."""
+        params = self.trainable()
         torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        return {"step": self.step, "task": task, "loss": total,
+
+    def train_step(self) -> dict[str, float]:
+        task, loss = self.backward()
+        self.average_gradients()
+        self.apply_gradients()
+        return {"step": self.step, "task": task, "loss": loss,
                 "lr": self.scheduler.get_last_lr()[0]}
 
     # --- evaluation, checkpoints, artifacts ---------------------------------------------------
