@@ -30,6 +30,26 @@ class VisualTokens:
         return cls(torch.cat(per_image), torch.cat(order))
 
 
+def check_features(features: torch.Tensor, feat_dim: int, what: str) -> torch.Tensor:
+    """Refuse visual features a backbone taking `feat_dim`-wide features cannot use.
+
+    features [n, width] float: `width` must be `feat_dim`, n >= 1, every value finite.
+    Returns `features` unchanged; raises ValueError naming `what` (for training data and
+    for requests alike).
+    """
+    if features.dim() != 2 or not features.is_floating_point():
+        raise ValueError(f"{what}: expected float features [tokens, feat_dim], got "
+                         f"{features.dtype} with shape {tuple(features.shape)}")
+    if features.shape[1] != feat_dim:
+        raise ValueError(f"{what} has feat_dim {features.shape[1]}; this backbone takes "
+                         f"{feat_dim}")
+    if features.shape[0] < 1:
+        raise ValueError(f"{what} has no tokens")
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError(f"{what} holds NaN or infinite values")
+    return features
+
+
 def image_processor(image_size: int) -> CLIPImageProcessorPil:
     """CLIP preprocessing at `image_size` pixels (no download: built from arguments)."""
     return CLIPImageProcessorPil(size={"shortest_edge": image_size},

@@ -62,12 +62,26 @@ def train_command(args: argparse.Namespace) -> int:
     if args.steps is not None:
         config = replace(config, steps=args.steps)
     with distributed_context(config.device):
-        results = Trainer(config, args.out, show_progress=not args.quiet).run()
+        trainer = Trainer(config, args.out, show_progress=not args.quiet)
+        results = trainer.run()
     for task, metrics in sorted(results.items()):
         shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if "/" not in k)
         print(f"{task}: {shown}")
     print(f"artifact: {Path(args.out) / 'artifact'}")
+    if trainer.built_from_preset:
+        print(f"backbone: {Path(args.out) / 'backbone'} (preset {config.backbone} with this "
+              "run's tokenizer: serve the artifact over it)")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _numbers(text: str, kind=float) -> list:
@@ -130,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train adapters from a YAML run config")
     train.add_argument("--config", required=True, help="run config (YAML)")
     train.add_argument("--out", required=True, help="output folder (resumes if it holds a run)")
-    train.add_argument("--steps", type=int, help="override the config's steps")
+    train.add_argument("--steps", type=_positive_int, help="override the config's steps")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=train_command)
     sweep = commands.add_parser("sweep", help="data ratio x parameter size grid, CSV + plots")
@@ -142,12 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--ratios", type=_numbers, default=[0.1, 0.4, 1.0])
     sweep.add_argument("--sizes", type=lambda t: _numbers(t, int),
                        help="one size grid for every method (default: per method)")
-    sweep.add_argument("--steps", type=int, help="override the config's steps")
+    sweep.add_argument("--steps", type=_positive_int, help="override the config's steps")
     sweep.set_defaults(run=sweep_command)
     pre = commands.add_parser("pretrain", help="pre-train the synthetic benchmark's backbone")
     pre.add_argument("--out", default="runs/backbone-small", help="backbone folder (reused)")
     pre.add_argument("--data", default="runs/data", help="where the synthetic worlds go")
-    pre.add_argument("--steps", type=int, default=1000)
+    pre.add_argument("--steps", type=_positive_int, default=1000)
     pre.add_argument("--lr", type=float, default=5e-4)
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--quiet", action="store_true")

@@ -1,7 +1,9 @@
 """The run configuration of `train-adapter train` (a YAML file), validated field by field.
 
 ```yaml
-backbone: runs/backbone-small        # a backbone folder, or a preset name (random weights)
+backbone: runs/backbone-small        # a backbone folder with its tokenizer/, or a preset
+                                     # name: random weights and a word tokenizer over the
+                                     # run's data, saved as OUT/backbone (smoke runs)
 methods: single_adapter              # a method preset, or a list of {method, config, sharing, id}
 tasks:
   vqa: {train: data/vqa/train.json, val: data/vqa/val.json, visual: data/images,
@@ -17,6 +19,8 @@ Every error names the field and what was expected, and the CLI prints it in one 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -92,7 +96,21 @@ def run_identity(config: RunConfig, backbone_fingerprint: str) -> dict[str, Any]
 
 _CHOICES = {"schedule": ("linear", "cosine"), "sampling": ("round_robin", "proportional"),
             "precision": ("fp32", "bf16")}
-_POSITIVE = ("steps", "lr", "accumulation", "max_new_tokens", "log_every")
+# field -> smallest allowed value, for the integer and the (finite) number fields.
+_INTEGERS = {"steps": 1, "accumulation": 1, "max_new_tokens": 1, "log_every": 1,
+             "warmup_steps": 0, "checkpoint_every": 0, "seed": 0}
+_NUMBERS = {"weight_decay": 0.0}
+_POSITIVE_NUMBERS = ("lr", "clip_grad")
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _methods(value: Any) -> list[MethodEntry]:
@@ -128,8 +146,13 @@ def _task_data(name: str, value: Any) -> TaskData:
     for required in ("train", "visual"):
         if required not in value:
             raise ConfigError(f"tasks.{name}.{required}: missing")
+    for key in sorted(known - {"batch_size"}):
+        path = value.get(key)
+        if (key in ("train", "visual") or path is not None) \
+                and (not isinstance(path, str) or not path):
+            raise ConfigError(f"tasks.{name}.{key}: expected a path, got {path!r}")
     data = TaskData(**value)
-    if not isinstance(data.batch_size, int) or data.batch_size < 1:
+    if not _is_integer(data.batch_size) or data.batch_size < 1:
         raise ConfigError(f"tasks.{name}.batch_size: expected a positive integer, "
                           f"got {data.batch_size!r}")
     return data
@@ -139,15 +162,31 @@ def _check_scalars(values: dict[str, Any]) -> None:
     for key, choices in _CHOICES.items():
         if key in values and values[key] not in choices:
             raise ConfigError(f"{key}: expected one of {choices}, got {values[key]!r}")
-    for key in _POSITIVE:
-        if key in values and (not isinstance(values[key], int | float) or values[key] <= 0):
+    for key, least in _INTEGERS.items():
+        if key in values and (not _is_integer(values[key]) or values[key] < least):
+            raise ConfigError(f"{key}: expected an integer >= {least}, got {values[key]!r}")
+    for key, least in _NUMBERS.items():
+        if key in values and (not _is_number(values[key]) or values[key] < least):
+            raise ConfigError(f"{key}: expected a number >= {least:g}, got {values[key]!r}")
+    for key in _POSITIVE_NUMBERS:
+        if key in values and (not _is_number(values[key]) or values[key] <= 0):
             raise ConfigError(f"{key}: expected a positive number, got {values[key]!r}")
     every = values.get("eval_every", 0)
-    if every != "epoch" and (not isinstance(every, int) or every < 0):
+    if every != "epoch" and (not _is_integer(every) or every < 0):
         raise ConfigError(f"eval_every: expected a step count >= 0 or 'epoch', got {every!r}")
     ratio = values.get("data_ratio", 1.0)
-    if not isinstance(ratio, int | float) or not 0 < ratio <= 1:
+    if not _is_number(ratio) or not 0 < ratio <= 1:
         raise ConfigError(f"data_ratio: expected a number in (0, 1], got {ratio!r}")
+    cap = values.get("eval_examples")
+    if cap is not None and (not _is_integer(cap) or cap < 1):
+        raise ConfigError(f"eval_examples: expected an integer >= 1 (or nothing: no cap), "
+                          f"got {cap!r}")
+    if values.get("java_metrics") not in (None, True, False):
+        raise ConfigError(f"java_metrics: expected true, false or nothing (use Java if "
+                          f"found), got {values['java_metrics']!r}")
+    device = values.get("device", "cpu")
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ConfigError(f"device: expected cpu, cuda or cuda:N, got {device!r}")
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> RunConfig:
@@ -188,10 +227,11 @@ def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML run config."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} " + ("is a folder" if path.is_dir()
+                                                     else "does not exist"))
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     return parse_config(raw, base_dir=path.parent)
 

@@ -14,16 +14,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from modeling.backbone import VLBackbone
-from modeling.inputs import VisualTokens, image_processor, images_to_pixels
+from modeling.inputs import VisualTokens, check_features, image_processor, images_to_pixels
 from modeling.visual import fit_frames
 from training.data.example import Example
 from training.data.visual_stores import (
     ImageFolder,
     VideoFrameFolder,
+    load_image,
     open_feature_store,
 )
 from training.tasks import TASKS, VisualInput
@@ -51,8 +51,19 @@ class VisualFeatures:
             self.store = open_feature_store(self.source)
 
     def prepare(self, visual_ids: Iterable[str]) -> None:
-        """Encode every id not in the table yet (in chunks), then save the cache."""
-        missing = sorted({v for v in visual_ids} - set(self.table))
+        """Encode every id not in the table yet (in chunks), check every id's features fit
+        the backbone (cached ones too: a cache may predate the check), save the cache."""
+        wanted = set(visual_ids)
+        missing = sorted(wanted - set(self.table))
+        self._fill(missing)
+        for vid in sorted(wanted):
+            check_features(self.table[vid], self.backbone.config.feat_dim,
+                           f"features of {vid!r} from {self.source}")
+        if missing and self.cache_file is not None:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in self.table.items()}, self.cache_file)
+
+    def _fill(self, missing: list[str]) -> None:
         if not missing:
             return
         if self.store is not None:
@@ -64,9 +75,6 @@ class VisualFeatures:
                 self.table[vid] = self._encode_video(frames.frame_paths(vid))
         else:
             self._encode_images(ImageFolder(self.source), missing)
-        if self.cache_file is not None:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in self.table.items()}, self.cache_file)
 
     def _from_store(self, vid: str) -> torch.Tensor:
         features = torch.from_numpy(self.store.get(vid)).float()
@@ -79,7 +87,7 @@ class VisualFeatures:
         processor = image_processor(self.backbone.config.vision.image_size)
         for start in range(0, len(ids), ENCODE_CHUNK):
             chunk = ids[start:start + ENCODE_CHUNK]
-            images = [Image.open(folder.image_path(vid)) for vid in chunk]
+            images = [load_image(folder.image_path(vid)) for vid in chunk]
             pixels = images_to_pixels(images, processor)
             encoded = self.backbone.encode_images(pixels)
             for vid, tokens in zip(chunk, encoded, strict=True):
@@ -87,7 +95,7 @@ class VisualFeatures:
 
     def _encode_video(self, frame_paths: list[Path]) -> torch.Tensor:
         processor = image_processor(self.backbone.config.vision.image_size)
-        pixels = images_to_pixels([Image.open(p) for p in frame_paths], processor)
+        pixels = images_to_pixels([load_image(p) for p in frame_paths], processor)
         tokens, valid = self.backbone.encode_frames(pixels)
         return tokens[valid].clone()
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from modeling.backbone import VLBackbone
@@ -30,7 +29,7 @@ from training.adapter_step import sequence_loss
 from training.batches import training_target
 from training.config import TaskData, load_task_split
 from training.data.example import Example
-from training.data.visual_stores import ImageFolder, VideoFrameFolder
+from training.data.visual_stores import ImageFolder, VideoFrameFolder, load_image
 from training.evaluation import predict
 from training.features import features_for
 from training.metrics import evaluate
@@ -72,7 +71,7 @@ class PixelCache:
         if visual_id not in self.table:
             paths = self.videos.frame_paths(visual_id) if video else \
                 [self.images.image_path(visual_id)]
-            self.table[visual_id] = images_to_pixels([Image.open(p) for p in paths],
+            self.table[visual_id] = images_to_pixels([load_image(p) for p in paths],
                                                      self.processor)
         return self.table[visual_id]
 

@@ -18,11 +18,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from modeling.config import PRESETS  # noqa: E402
 from modeling.params import report  # noqa: E402
 from modeling.recipe import MethodEntry  # noqa: E402
 from training.config import RunConfig  # noqa: E402
 from training.tasks import TASKS  # noqa: E402
-from training.trainer import Trainer, load_backbone  # noqa: E402
+from training.trainer import Trainer, load_backbone, load_splits  # noqa: E402
 
 SIZE_KNOBS = {"prompt_tuning": "length", "prefix_tuning": "length", "lora": "rank",
               "adapter": "width", "parallel_adapter": "width"}
@@ -43,7 +44,9 @@ def run_sweep(base: RunConfig, out_dir: str | Path, methods: list[str], ratios: 
     """Train every (method, size, ratio) cell; write results.csv and the plots."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    backbone = load_backbone(base.backbone)
+    backbone = load_backbone(base.backbone, load_splits(base))
+    if base.backbone in PRESETS:  # built here, with a tokenizer of this data: keep it
+        backbone.save_pretrained(out / "backbone")
     rows = []
     for method in methods:
         for size in (sizes or DEFAULT_SIZES)[method]:

@@ -36,15 +36,34 @@ from training.data.registry import subsample
 from training.evaluation import evaluate_task
 from training.features import VisualFeatures, features_for
 from training.tasks import TASKS
+from training.text import corpus_tokenizer
+
+Splits = dict[str, tuple[list[Example], list[Example]]]
 
 
-def load_backbone(spec: str) -> VLBackbone:
-    """A backbone folder, or a preset name (random weights; tests and smoke runs)."""
+def load_splits(config: RunConfig) -> Splits:
+    """task -> (its whole train split, its val split or []), as the run config names them."""
+    return {task: (load_task_split(task, data, "train"),
+                   load_task_split(task, data, "val") if data.val else [])
+            for task, data in config.tasks.items()}
+
+
+def load_backbone(spec: str, splits: Splits) -> VLBackbone:
+    """A backbone folder, or a preset name: random weights (seed 0, as `adapter-serve`) and
+    a word tokenizer over every word of the run's train and val examples, as
+    `train-adapter pretrain` builds one (smoke runs; the run saves it as OUT/backbone)."""
     if spec in PRESETS:
-        return VLBackbone.from_config(preset(spec))
+        settings = preset(spec)
+        examples = [e for train, val in splits.values() for e in train + val]
+        try:
+            tokenizer = corpus_tokenizer(examples, settings.lm_type, settings.lm["vocab_size"])
+        except ValueError as err:
+            raise ConfigError(f"backbone: preset {spec!r} builds its tokenizer from the run's "
+                              f"words, and {err}: train from a backbone folder") from None
+        return VLBackbone.from_config(settings, tokenizer=tokenizer)
     if not Path(spec).is_dir():
-        raise ValueError(f"backbone {spec!r} is neither a folder nor a preset "
-                         f"({', '.join(PRESETS)})")
+        raise ConfigError(f"backbone: {spec!r} is neither a folder nor a preset "
+                          f"({', '.join(PRESETS)})")
     return VLBackbone.from_pretrained(spec)
 
 
@@ -77,18 +96,22 @@ class Trainer:
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.show_progress = show_progress and self.rank == 0
         torch.manual_seed(config.seed)
-        self.backbone = backbone or load_backbone(config.backbone)
+        splits = load_splits(config)
+        # A backbone built here from a preset is saved with the artifact: it exists nowhere else.
+        self.built_from_preset = backbone is None and config.backbone in PRESETS
+        self.backbone = backbone or load_backbone(config.backbone, splits)
         if self.backbone.tokenizer is None:
-            raise ValueError("the backbone has no tokenizer: train from a backbone folder "
-                             "(train-adapter pretrain writes one)")
+            raise ConfigError(f"backbone: {config.backbone} has no tokenizer/ folder: train "
+                              "from a backbone folder with one (train-adapter pretrain writes "
+                              "one) or a preset name")
         self.fingerprint = self.backbone.fingerprint()
-        self.tasks = self._load_tasks()
+        self.tasks = self._prepare_tasks(splits)
         self.model = AdapterModel(config.methods, BackboneFacts.of(self.backbone),
                                   sorted(self.tasks), backbone=self.backbone)
         self.full = next((m for m in self.model.methods.values()
                           if isinstance(m, FullFinetuning)), None)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.trainable(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
         self.sampler = MultiTaskSampler(
             {t: TaskStream(t, s.train, config.tasks[t].batch_size, config.seed + i)
@@ -104,17 +127,16 @@ class Trainer:
         return sum(max(1, len(s.train) // self.config.tasks[t].batch_size)
                    for t, s in self.tasks.items())
 
-    def _load_tasks(self) -> dict[str, TaskState]:
+    def _prepare_tasks(self, splits: Splits) -> dict[str, TaskState]:
+        """The data-ratio subsample, the eval cap and every example's visual features."""
         cache = self.out / "feature-cache"
         tasks = {}
-        for task, data in self.config.tasks.items():
-            train = subsample(load_task_split(task, data, "train"), self.config.data_ratio,
-                              self.config.seed)
-            val = load_task_split(task, data, "val") if data.val else []
+        for task, (train, val) in splits.items():
+            train = subsample(train, self.config.data_ratio, self.config.seed)
             if self.config.eval_examples:
                 val = val[:self.config.eval_examples]
-            features = features_for(self.backbone, task, data.visual, train + val, cache,
-                                    self.fingerprint)
+            features = features_for(self.backbone, task, self.config.tasks[task].visual,
+                                    train + val, cache, self.fingerprint)
             tasks[task] = TaskState(train, val, features)
         return tasks
 
@@ -134,7 +156,13 @@ class Trainer:
                 logits = adapter_logits(self.backbone, self.model, batch, [task] * batch.size)
         return sequence_loss(logits, batch.labels, torch.tensor(weights, device=device))
 
-    def train_step(self) -> dict[str, float]:
+    def trainable(self) -> list[torch.nn.Parameter]:
+        """The tensors AdamW updates (the backbone is frozen)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def backward(self) -> tuple[str, float]:
+        """This rank's gradients of the next step (summed over `accumulation` micro-batches,
+        each scaled by 1/accumulation); returns (the last micro-batch's task, the mean loss)."""
         self.model.train()
         total, task = 0.0, ""
         for micro in range(self.config.accumulation):
@@ -142,18 +170,32 @@ class Trainer:
             loss = self._loss(task, rows, self.step * self.config.accumulation + micro)
             (loss / self.config.accumulation).backward()
             total += loss.item() / self.config.accumulation
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.world > 1:
-            for p in params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world
+        return task, total
+
+    def average_gradients(self) -> None:
+        """DDP's promise: every rank ends with the mean of all ranks' gradients, bit for bit
+        the same on each rank (one all_reduce per tensor), so the replicas never drift."""
+        if self.world == 1:
+            return
+        for p in self.trainable():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def apply_gradients(self) -> None:
+        """Clip, one AdamW step, advance the schedule and the step counter."""
+        params = self.trainable()
         torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        return {"step": self.step, "task": task, "loss": total,
+
+    def train_step(self) -> dict[str, float]:
+        task, loss = self.backward()
+        self.average_gradients()
+        self.apply_gradients()
+        return {"step": self.step, "task": task, "loss": loss,
                 "lr": self.scheduler.get_last_lr()[0]}
 
     # --- evaluation, checkpoints, artifacts ---------------------------------------------------
@@ -200,11 +242,15 @@ class Trainer:
         return True
 
     def write_artifact(self, metrics: dict) -> None:
+        """OUT/artifact, and OUT/backbone when the backbone was built here from a preset
+        (its tokenizer comes from this run's data: serve with `--backbone OUT/backbone`)."""
         if self.rank != 0 or not self.model.serveable:
             return
         counted = report(self.backbone.config, self.config.methods, sorted(self.tasks))
         write_artifact(self.out / "artifact", self.model, self.backbone,
                        counted.to_dict(), metrics)
+        if self.built_from_preset:
+            self.backbone.save_pretrained(self.out / "backbone")
 
     def log(self, record: dict) -> None:
         """One JSONL line, and the numbers as TensorBoard scalars (train/* and eval/*)."""

@@ -11,7 +11,7 @@ BASE = {"backbone": "tiny", "methods": "single_adapter",
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"steps": 0}, "steps: expected a positive number"),
+    ({"steps": 0}, "steps: expected an integer >= 1"),
     ({"sampling": "random"}, "sampling: expected one of"),
     ({"data_ratio": 1.5}, r"data_ratio: expected a number in \(0, 1\]"),
     ({"methods": "no_such_preset"}, "methods: unknown method preset"),
@@ -22,6 +22,16 @@ BASE = {"backbone": "tiny", "methods": "single_adapter",
      "tasks.vqa.batch_size: expected a positive integer"),
     ({"learning_rate": 1e-3}, r"unknown key\(s\) \['learning_rate'\]"),
     ({"eval_every": "weekly"}, "eval_every: expected a step count >= 0 or 'epoch'"),
+    ({"steps": 1.5}, "steps: expected an integer >= 1, got 1.5"),
+    ({"seed": True}, "seed: expected an integer >= 0, got True"),
+    ({"weight_decay": "x"}, "weight_decay: expected a number >= 0, got 'x'"),
+    ({"clip_grad": float("nan")}, "clip_grad: expected a positive number, got nan"),
+    ({"eval_examples": "x"}, "eval_examples: expected an integer >= 1"),
+    ({"java_metrics": "yes"}, "java_metrics: expected true, false or nothing"),
+    ({"device": "tpu"}, "device: expected cpu, cuda or cuda:N, got 'tpu'"),
+    ({"tasks": {"vqa": {"train": 5, "visual": "v"}}}, "tasks.vqa.train: expected a path, got 5"),
+    ({"tasks": {"vqa": {"train": "t", "visual": "v", "subtitles": ["s"]}}},
+     r"tasks.vqa.subtitles: expected a path, got \['s'\]"),
 ])
 def test_bad_fields_are_named(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -42,3 +52,8 @@ def test_missing_file_and_bad_yaml_are_config_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("tasks: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+    (tmp_path / "latin1.yaml").write_bytes("backbone: café".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.yaml: not valid YAML"):
+        load_config(tmp_path / "latin1.yaml")
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)

@@ -128,3 +128,45 @@ def test_error_attributes(tmp_path: Path) -> None:
 def test_missing_file_is_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_split("gqa", tmp_path / "absent.json")
+
+
+def _folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "a-folder.json"
+    folder.mkdir()
+    return folder
+
+
+def _not_utf8(tmp_path: Path) -> Path:
+    path = tmp_path / "latin1.json"
+    path.write_bytes('[{"sent": "café"}]'.encode("latin-1"))
+    return path
+
+
+# (task, which argument of load_split gets the bad path, the others' good file text)
+BAD_PATH_SITES = {
+    "vqa questions": ("vqa", "path", {}),
+    "vqa annotations": ("vqa", "vqa_annotations_path", {"path": json.dumps([GOOD_VQA])}),
+    "tvqa questions": ("tvqa", "path", {}),
+    "tvqa subtitles": ("tvqa", "subtitles_path", {"path": _lines(GOOD_TVQA)}),
+}
+
+
+@pytest.mark.parametrize("site", list(BAD_PATH_SITES))
+@pytest.mark.parametrize(("make_bad", "fragments"), [
+    (_folder, ["'<file>'", "expected a file, got a folder"]),
+    (_not_utf8, ["'<text>'", "expected UTF-8 text, got byte 0xe9"]),
+], ids=["folder", "not-utf8"])
+def test_a_folder_or_undecodable_file_is_a_data_format_error_naming_it(
+        tmp_path: Path, site: str, make_bad, fragments: list[str]) -> None:
+    task, argument, good = BAD_PATH_SITES[site]
+    bad = make_bad(tmp_path)
+    paths = {}
+    for name, text in good.items():
+        paths[name] = tmp_path / f"good-{name}"
+        paths[name].write_text(text)
+    with pytest.raises(DataFormatError) as error:
+        load_split(task, **{"path": bad, **paths, argument: bad})
+    message = str(error.value)
+    assert message.startswith(f"{bad}: ")
+    for fragment in fragments:
+        assert fragment in message, message

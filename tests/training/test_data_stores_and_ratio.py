@@ -12,15 +12,19 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.numpy import save_file
 
+from modeling.backbone import VLBackbone
+from modeling.config import preset
 from training.data import (
     Example,
     FeatureStore,
     ImageFolder,
     MissingVisualError,
     VideoFrameFolder,
+    load_image,
     open_feature_store,
     subsample,
 )
+from training.features import features_for
 
 FEATURES = {
     "img_a": np.arange(36 * 8, dtype=np.float32).reshape(36, 8),
@@ -69,6 +73,52 @@ def test_feature_store_refuses_non_matrix(tmp_path: Path) -> None:
     save_file({"img_a": np.zeros((2, 3, 4), dtype=np.float32)}, str(path))
     with pytest.raises(ValueError, match=r"img_a.*\[n_tokens, feat_dim\].*\(2, 3, 4\)"):
         open_feature_store(path).get("img_a")
+
+
+def _broken_npz_folder(tmp_path: Path) -> tuple[Path, Path]:
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    (folder / "img_a.npz").write_bytes(b"PK\x03\x04 cut short")
+    return folder, folder / "img_a.npz"
+
+
+def _broken_file(name: str):
+    def write(tmp_path: Path) -> tuple[Path, Path]:
+        (tmp_path / name).write_bytes(b"not a feature file")
+        return tmp_path / name, tmp_path / name
+    return write
+
+
+@pytest.mark.parametrize("make", [_broken_file("f.h5"), _broken_file("f.safetensors"),
+                                  _broken_npz_folder], ids=["h5", "safetensors", "npz"])
+def test_unreadable_feature_file_is_a_value_error_naming_it(tmp_path: Path, make) -> None:
+    store_path, broken = make(tmp_path)
+    with pytest.raises(ValueError, match=f"^{broken}: not a readable"):
+        open_feature_store(store_path).get("img_a")
+
+
+def test_unreadable_image_is_a_value_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "img_a.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'img_a.png'}: not a readable image"):
+        load_image(ImageFolder(tmp_path).image_path("img_a"))
+    Image.new("RGB", (3, 2)).save(tmp_path / "img_b.png")
+    assert load_image(tmp_path / "img_b.png").size == (3, 2)
+
+
+@pytest.mark.parametrize(("features", "message"), [
+    (np.zeros((4, 100), np.float32), "has feat_dim 100; this backbone takes 64"),
+    (np.zeros((0, 64), np.float32), "has no tokens"),
+    (np.full((4, 64), np.nan, np.float32), "holds NaN or infinite values"),
+], ids=["too wide", "no tokens", "nan"])
+def test_features_the_backbone_cannot_take_are_refused_naming_id_and_source(
+        tmp_path: Path, features: np.ndarray, message: str) -> None:
+    store = tmp_path / "f.safetensors"
+    save_file({"img_a": features}, str(store))
+    backbone = VLBackbone.from_config(preset("tiny"))  # feat_dim 64
+    example = Example("vqa", "1", ("img_a",), "vqa: q", ("yes",))
+    with pytest.raises(ValueError, match=f"^features of 'img_a' from {store} {message}"):
+        features_for(backbone, "vqa", store, [example], tmp_path / "cache", "fp")
+    assert not (tmp_path / "cache").exists()  # nothing refused is cached
 
 
 def test_image_and_frame_folders(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from training.data.visual_stores import (
     NpzFolderStore,
     SafetensorsFeatureStore,
     VideoFrameFolder,
+    load_image,
     open_feature_store,
 )
 
@@ -36,6 +37,7 @@ __all__ = [
     "SafetensorsFeatureStore",
     "VideoFrameFolder",
     "load_coco_captions",
+    "load_image",
     "load_gqa",
     "load_nlvr2",
     "load_split",

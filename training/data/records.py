@@ -3,7 +3,8 @@
 Every field a reader uses goes through a ``Record`` method, so a malformed file fails with a
 ``DataFormatError`` that names the file, where in it (``line 7`` for JSONL, ``record 3
 (question_id=12)`` for a JSON list), the field and what was expected, never with a bare
-``KeyError`` deep in a reader.
+``KeyError`` deep in a reader. Every file is opened by ``data_file``, so a path that is a
+folder, cannot be read or is not UTF-8 text fails the same way.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 _MISSING = object()
 
@@ -143,13 +145,40 @@ class UniqueIds:
         self._seen.add(value)
 
 
+@contextmanager
+def data_file(path: Path) -> Iterator[TextIO]:
+    """``path`` opened as UTF-8 text, for reading.
+
+    Raises:
+        FileNotFoundError: nothing exists at ``path``.
+        DataFormatError: ``path`` is a folder, cannot be read, or is not UTF-8 text (also
+            when the bad byte is met while reading).
+    """
+    try:
+        with path.open(encoding="utf-8") as handle:
+            yield handle
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise DataFormatError(path, "top level", "<file>", "a file", "a folder") from None
+    except UnicodeDecodeError as error:  # error.start counts from the decoder's chunk, not the file
+        raise DataFormatError(path, "top level", "<text>", "UTF-8 text",
+                              f"byte 0x{error.object[error.start]:02x}") from None
+    except OSError as error:  # permissions, I/O errors
+        raise DataFormatError(path, "top level", "<file>", "a readable file",
+                              error.strerror or type(error).__name__) from None
+
+
 def load_json_records(path: Path, *, top_key: str | None = None) -> list[Record]:
     """The objects of a JSON file holding a list (or ``{top_key: [...]}``), located by index.
 
     Raises:
-        DataFormatError: the file is not JSON, or not a list of objects where expected.
+        FileNotFoundError: there is no file at ``path``.
+        DataFormatError: the file is not JSON, or not a list of objects where expected (or
+            not a readable UTF-8 file: see ``data_file``).
     """
-    text = path.read_text(encoding="utf-8")
+    with data_file(path) as handle:
+        text = handle.read()
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
@@ -172,9 +201,11 @@ def iter_jsonl_records(path: Path) -> Iterator[Record]:
     """The objects of a JSON-lines file, located by 1-based line number; blank lines skipped.
 
     Raises:
-        DataFormatError: a line is not JSON or not an object.
+        FileNotFoundError: there is no file at ``path``.
+        DataFormatError: a line is not JSON or not an object (or the file is not a readable
+            UTF-8 file: see ``data_file``).
     """
-    with path.open(encoding="utf-8") as lines:
+    with data_file(path) as lines:
         for line_number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue

@@ -10,17 +10,21 @@ Two kinds of source:
   n_frames x 512 per video). Backends: HDF5 (``{id}/features``, the VL-T5 layout), a folder
   of ``{id}.npz`` files (key ``features``) and one ``.safetensors`` file (one tensor per id).
 
-Nothing is unpickled: ``.npz`` files are read with ``allow_pickle=False``.
+Nothing is unpickled: ``.npz`` files are read with ``allow_pickle=False``. A file that its
+reader cannot read (an image Pillow does not know, a broken HDF5, safetensors or npz file)
+is a ``ValueError`` naming the file.
 """
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import h5py
 import numpy as np
-from safetensors import safe_open
+from PIL import Image
+from safetensors import SafetensorError, safe_open
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -94,10 +98,13 @@ class NpzFolderStore:
         file_path = self.path / f"{visual_id}.npz"
         if visual_id not in self:
             raise MissingVisualError(visual_id, self.path, "features file of")
-        with np.load(file_path, allow_pickle=False) as archive:
-            if "features" not in archive.files:
-                raise ValueError(f"{file_path}: no array 'features' (has {archive.files})")
-            return _checked_features(archive["features"], visual_id, file_path)
+        try:
+            with np.load(file_path, allow_pickle=False) as archive:
+                if "features" not in archive.files:
+                    raise ValueError(f"{file_path}: no array 'features' (has {archive.files})")
+                return _checked_features(archive["features"], visual_id, file_path)
+        except (OSError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{file_path}: not a readable .npz file ({error})") from None
 
 
 class SafetensorsFeatureStore:
@@ -121,13 +128,27 @@ class SafetensorsFeatureStore:
 def open_feature_store(path: Path) -> FeatureStore:
     """The store for ``path``: ``.h5``/``.hdf5`` file, ``.safetensors`` file or npz folder."""
     path = Path(path)
-    if path.suffix in (".h5", ".hdf5"):
-        return H5FeatureStore(path)
-    if path.suffix == ".safetensors":
-        return SafetensorsFeatureStore(path)
+    try:
+        if path.suffix in (".h5", ".hdf5"):
+            return H5FeatureStore(path)
+        if path.suffix == ".safetensors":
+            return SafetensorsFeatureStore(path)
+    except (OSError, SafetensorError) as error:
+        raise ValueError(f"{path}: not a readable {path.suffix} feature file ({error})") \
+            from None
     if path.is_dir():
         return NpzFolderStore(path)
     raise ValueError(f"{path}: not an .h5/.hdf5 file, a .safetensors file or a folder of .npz")
+
+
+def load_image(path: Path) -> Image.Image:
+    """The decoded image in ``path``; ``ValueError`` naming it when Pillow cannot read it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{path}: not a readable image ({error})") from None
 
 
 class ImageFolder:
