@@ -86,7 +86,8 @@ def test_max_queue_bounds_requests_waiting_for_their_adapter_not_only_the_queue(
                 calls += [stub.Predict.future(request_for("vqa", seed=10 * wave + i),
                                               timeout=60) for i in range(4)]
                 # every call of the wave is refused or bound by the engine (its load asked for)
-                _until(lambda: len(fetches) + sum(c.done() for c in calls) == len(calls))
+                _until(lambda sent=list(calls): len(fetches) + sum(c.done() for c in sent)
+                       == len(sent))
             refused = [c for c in calls if c.done()]
             assert len(calls) - len(refused) == 4 == server.engine.in_flight()
             for call in refused:
