@@ -22,7 +22,8 @@ reorders its request's rows (`modeling.generation.BeamRow`).
 A streaming greedy request sends the text each step settles (`modeling.generation.
 stream_piece`: never an unfinished character or word, never an empty piece); when a
 streaming request ends, the rest of its text follows, so its pieces join to its answer.
-A beam request's best hypothesis is only known at the end: it streams one piece.
+A beam request (its best hypothesis is only known at the end) and a scoring one stream
+their whole text as one piece.
 
 Only this thread runs the model, uses the backbone's tokenizer (request threads count
 tokens with their own copy) or changes the slot table's contents; other threads talk to it
