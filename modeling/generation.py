@@ -1,4 +1,5 @@
-"""Decoding over a mixed-adapter batch: greedy, beam search, candidate scoring.
+"""Decoding over a mixed-adapter batch: greedy, beam search, candidate scoring, and the
+text a stream may send while a decode goes on (`stream_piece`).
 
 The encoder runs once per batch with each row's adapter; the decoder runs step by step
 with a key/value cache (`modeling.decode_rows`, the same cached decode the server runs),
@@ -8,12 +9,16 @@ so each beam decodes with its row's adapter (STYLE.md, "encoder-decoder detail")
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from modeling import decode_rows
 from modeling.backbone import VLBackbone, VLBatch
 from modeling.bank import StackedWeights
 from modeling.kernels import RowIndex
+
+_LAST_WORD = re.compile(r"\s+\S*\Z")  # the last run of whitespace and the word after it
 
 
 def _slots_of(index: RowIndex | None, rows: list[int]) -> RowIndex | None:
@@ -152,3 +157,22 @@ def score_candidates(backbone: VLBackbone, batch: VLBatch, candidates: torch.Ten
     valid = labels != -100
     picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * valid).sum(-1).view(rows, count)
+
+
+def stream_piece(streamed: str, text: str, final: bool = False) -> str:
+    """The next piece of a streamed answer: what `text` (the decode of every token so far)
+    settles beyond `streamed` (the pieces sent so far); "" when nothing new is settled.
+
+    Until the answer is `final`, the last word and the whitespace before it are held back,
+    because a later token can still rewrite it: a character whose UTF-8 bytes span tokens
+    decodes as a trailing U+FFFD until its last byte arrives (byte-level BPE, byte
+    fallback), and a tokenizer that cleans up spaces turns "do n" + "'t" into "don't"
+    (WordPiece, `clean_up_tokenization_spaces`). Text before that whitespace stays as it
+    is (a token appends bytes; a clean-up rule only drops the space before the word it
+    ends in), so the pieces join to the final text. Scripts written without spaces
+    therefore settle only at the end.
+    """
+    if not final:
+        last_word = _LAST_WORD.search(text)
+        text = text[:last_word.start()] if last_word else ""
+    return text[len(streamed):] if text.startswith(streamed) else ""

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from serving.limits import Limits
+from serving.limits import TEXT_BYTES_PER_TOKEN, Limits
 
 MIB = 1024 * 1024
 
@@ -104,8 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=suppress, help="seed of a preset backbone's weights")
     add("--max-batch", type=int, default=suppress, help="requests decoded together "
         "(default 8; a beam request decodes one row per beam)")
-    add("--max-queue", type=int, default=suppress, help="queued requests before "
-        "RESOURCE_EXHAUSTED (default 64)")
+    add("--max-queue", type=int, default=suppress, help="requests accepted and not yet "
+        "running (queued or waiting for their adapter) before RESOURCE_EXHAUSTED (default 64)")
     add("--max-queue-delay-ms", type=float, default=suppress,
         help="how long an idle batcher waits to fill a batch (default 5)")
     add("--host-cache-bytes", type=int, default=suppress, help="host tier budget")
@@ -125,8 +125,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME", help="also serve the tower as a KServe v2 model (PIXELS -> FEATURES; "
         "default name clip_vision)")
     for limit in fields(Limits):
+        extra = f"; each text field may hold {TEXT_BYTES_PER_TOKEN} bytes per token" \
+            if limit.name == "max_text_tokens" else ""
         add(f"--{limit.name.replace('_', '-')}", type=int, default=suppress,
-            help=f"limit (default {limit.default})")
+            help=f"limit (default {limit.default}{extra})")
 
 
 def from_args(args: argparse.Namespace) -> ServeConfig:

@@ -1,6 +1,7 @@
 """The engine: one thread that batches requests across tasks and adapters and decodes them.
 
-    gRPC threads --submit--> bounded queue --> engine thread:
+    gRPC threads --submit--> queue --> engine thread (at most max_queue requests accepted
+    and not yet running, wherever they wait: queued, loading their adapter, ready):
         bind      the adapter version (the active one unless the request names one) and
                   take a reference on it, so a hot-swap cannot free it mid-request
         wait      for the version to reach host memory (loaded off the request path)
@@ -18,8 +19,15 @@ first step computes its cross-attention keys/values once, then every step feeds 
 per row; rows of different lengths share one left-padded, masked cache, and a beam step
 reorders its request's rows (`modeling.generation.BeamRow`).
 
-Only this thread runs the model or changes the slot table's contents; other threads talk
-to it through the queue and `call_soon`.
+A streaming greedy request sends the text each step settles (`modeling.generation.
+stream_piece`: never an unfinished character or word, never an empty piece); when a
+streaming request ends, the rest of its text follows, so its pieces join to its answer.
+A beam request (its best hypothesis is only known at the end) and a scoring one stream
+their whole text as one piece.
+
+Only this thread runs the model, uses the backbone's tokenizer (request threads count
+tokens with their own copy) or changes the slot table's contents; other threads talk to it
+through the queue and `call_soon`.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import torch
 from modeling import decode_rows
 from modeling.backbone import VLBackbone, VLBatch
 from modeling.decode_rows import DecodeRows
-from modeling.generation import BeamRow, score_candidates
+from modeling.generation import BeamRow, score_candidates, stream_piece
 from modeling.inputs import VisualTokens, candidate_ids, make_batch
 from modeling.kernels import RowIndex
 from serving.adapter_store import AdapterStore
@@ -60,7 +68,7 @@ class Running:
     request: Request
     beams: BeamRow | None = None
     ids: list[int] = field(default_factory=list)  # greedy: the tokens so far
-    text: str = ""  # greedy: the text streamed so far
+    text: str = ""  # the text streamed so far
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -75,20 +83,25 @@ class Engine:
     """The scheduler thread over one backbone, an adapter store and a slot table."""
 
     def __init__(self, backbone: VLBackbone, store: AdapterStore, slots: SlotTable,
-                 vision: VisionCache, tokenizer_lock: threading.Lock, max_batch: int = 8,
-                 max_queue: int = 64, max_queue_delay_ms: float = 5.0,
-                 max_text_tokens: int = 512, metrics=None,
+                 vision: VisionCache, max_batch: int = 8, max_queue: int = 64,
+                 max_queue_delay_ms: float = 5.0, max_text_tokens: int = 512, metrics=None,
                  vision_encoder: VisionEncoder | None = None):
-        """vision_encoder: pixels -> features (None: the backbone's tower in torch eager)."""
+        """vision_encoder: pixels -> features (None: the backbone's tower in torch eager).
+
+        max_queue: requests accepted and not yet running, at most; more: RESOURCE_EXHAUSTED.
+        """
         self.backbone, self.store, self.slots, self.vision = backbone, store, slots, vision
         self.vision_encoder = vision_encoder
         self.tokenizer = backbone.tokenizer
-        self.tokenizer_lock = tokenizer_lock
         self.max_batch, self.max_queue_delay = max_batch, max_queue_delay_ms / 1000.0
-        self.max_text_tokens = max_text_tokens
+        self.max_queue, self.max_text_tokens = max_queue, max_text_tokens
         self.metrics = metrics or NoMetrics()
         self.stats: Counter[str] = Counter()
-        self._queue: queue.Queue[Request] = queue.Queue(maxsize=max_queue)
+        self._queue: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        # Accepted and not yet running (queued, loading, ready): submit adds under the lock,
+        # the engine removes as a request starts or ends, so the bound holds at every moment.
+        self._waiting: set[Request] = set()
+        self._waiting_lock = threading.Lock()
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._loading: list[Request] = []
         self._ready: deque[Request] = deque()
@@ -105,16 +118,19 @@ class Engine:
         self._thread.start()
 
     def submit(self, request: Request) -> None:
-        """Queue a request; a full queue is RESOURCE_EXHAUSTED, a stopping engine UNAVAILABLE."""
+        """Queue a request; max_queue requests already waiting to run is RESOURCE_EXHAUSTED,
+        a stopping engine UNAVAILABLE."""
         if self._stopping.is_set():
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-        try:
-            self._queue.put_nowait(request)
-        except queue.Full:
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"the request queue is full (max_queue={self._queue.maxsize})"
-                               ) from None
-        self.metrics.queue_depth(self._queue.qsize())
+        with self._waiting_lock:
+            if len(self._waiting) >= self.max_queue:
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"the request queue is full (max_queue={self.max_queue} "
+                                   "requests accepted and not yet running)")
+            self._waiting.add(request)
+            depth = len(self._waiting)
+        self._queue.put(request)
+        self.metrics.queue_depth(depth)
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish every queued and running request, then stop the thread."""
@@ -131,7 +147,8 @@ class Engine:
         self.call_soon(lambda: self._retire((name, version)))
 
     def in_flight(self) -> int:
-        return self._queue.qsize() + len(self._loading) + len(self._ready) + len(self._running)
+        """Requests accepted and not answered (waiting or running)."""
+        return len(self._waiting) + len(self._running)
 
     # --- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -174,12 +191,11 @@ class Engine:
         except queue.Empty:
             return
         taken = [first]
-        while True:
+        while True:  # at most max_queue: submit admits no more than that
             try:
                 taken.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        self.metrics.queue_depth(self._queue.qsize())
         for request in taken:
             self._bind(request)
 
@@ -262,9 +278,17 @@ class Engine:
                 self._finish(request, RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
                 continue
             self._ready.popleft()
+            self._stop_waiting(request)
             request.timings["queue_ms"] = (time.monotonic() - request.enqueued) * 1000
             admitted.append(request)
         return admitted
+
+    def _stop_waiting(self, request: Request) -> None:
+        """`request` starts or ends: it no longer counts against max_queue."""
+        with self._waiting_lock:
+            self._waiting.discard(request)
+            depth = len(self._waiting)
+        self.metrics.queue_depth(depth)
 
     # --- compute -------------------------------------------------------------------------
     def _start(self, admitted: list[Request]) -> None:
@@ -307,9 +331,8 @@ class Engine:
 
     def _batch(self, requests: list[Request], visuals: list[VisualTokens]
                ) -> tuple[VLBatch, RowIndex]:
-        with self.tokenizer_lock:
-            batch = make_batch(self.tokenizer, [r.source_text for r in requests], visuals,
-                               max_text_tokens=self.max_text_tokens)
+        batch = make_batch(self.tokenizer, [r.source_text for r in requests], visuals,
+                           max_text_tokens=self.max_text_tokens)
         batch = batch.to(self.device)
         batch.visual = batch.visual.to(self.dtype)
         slots = torch.tensor([r.slot for r in requests], device=self.device)
@@ -318,8 +341,7 @@ class Engine:
     def _score(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
         """NLVR2 ("true"/"false") and multiple choice ("a0".."a{n-1}") by candidate scoring."""
         labels = [r.task.candidate_labels(len(r.choices)) for r in requests]
-        with self.tokenizer_lock:
-            candidates = candidate_ids(self.tokenizer, labels)
+        candidates = candidate_ids(self.tokenizer, labels)
         start = time.perf_counter()
         batch, index = self._batch(requests, visuals)
         scores = score_candidates(self.backbone, batch, candidates.to(self.device),
@@ -397,19 +419,22 @@ class Engine:
             offset += len(mine)
             if ended:
                 row.request.timings["decode_ms"] = (time.perf_counter() - row.started) * 1000
-                self._answer(row.request, self._detokenize(ids))
+                self._answer(row.request, self._detokenize(ids), streamed=row.text)
             else:
                 going_on.append(row)
         return going_on, order
 
     def _stream_greedy(self, row: Running) -> bool:
-        """Stream a greedy row's new token; returns whether the row goes on."""
+        """Stream the text a greedy row's new token settles; returns whether the row goes on
+        (an ending row's rest is sent by `_answer`)."""
         token, eos = row.ids[-1], self.backbone.eos_token_id
-        if row.request.stream and token != eos:
-            text = self._detokenize(row.ids)
-            row.request.events.put(("token", text[len(row.text):]))
-            row.text = text
-        return token != eos and len(row.ids) < row.request.max_new_tokens
+        going_on = token != eos and len(row.ids) < row.request.max_new_tokens
+        if row.request.stream and going_on:
+            piece = stream_piece(row.text, self._detokenize(row.ids))
+            if piece:
+                row.request.events.put(("token", piece))
+                row.text += piece
+        return going_on
 
     def _keep(self, keep: list[int]) -> None:
         """Only running requests `keep` (indices) stay, with their cache rows."""
@@ -425,12 +450,16 @@ class Engine:
     def _detokenize(self, ids: list[int]) -> str:
         eos = self.backbone.eos_token_id
         ids = ids[:ids.index(eos)] if eos in ids else ids
-        with self.tokenizer_lock:
-            return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     # --- endings -------------------------------------------------------------------------
     def _answer(self, request: Request, text: str, label: str = "",
-                scores: list[tuple[str, float]] | None = None) -> None:
+                scores: list[tuple[str, float]] | None = None, streamed: str = "") -> None:
+        """Answer with `text`; a streaming request first gets the part of it not yet sent
+        (`streamed`: the pieces sent so far), so its pieces join to `text`."""
+        piece = stream_piece(streamed, text, final=True) if request.stream else ""
+        if piece:
+            request.events.put(("token", piece))
         prediction = Prediction(text, request.adapter_name, request.version, label,
                                 scores or [], dict(request.timings), request.request_id)
         for stage in ("queue", "vision", "encode", "decode"):
@@ -444,6 +473,7 @@ class Engine:
         if request.done:
             return
         request.done = True
+        self._stop_waiting(request)
         if isinstance(outcome, RequestError):  # counted in metrics by the servicer
             request.events.put(("error", outcome))
         else:

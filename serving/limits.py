@@ -3,14 +3,15 @@
 Validation runs on the gRPC worker thread that received the call, before the request
 reaches the engine's queue, so a bad request never touches a batch that other requests
 share. Images are decoded here (Pillow) and their size checked before any pixel is
-read, so a decompression bomb is refused from its header.
+read, so a decompression bomb is refused from its header; a text is measured in bytes
+before it is tokenized, so a huge one costs a length check, not seconds of tokenizing.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
-import threading
 import warnings
 from dataclasses import dataclass
 
@@ -21,6 +22,10 @@ from PIL import Image
 from training.tasks import TaskKind, TaskSpec, VisualInput
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+# A generous bound on the UTF-8 bytes one token of text covers (English BPE averages about
+# 4; a token of 8 four-byte characters is 32), so no text that fits max_text_tokens is
+# refused by the byte limit, and a huge one is refused before the tokenizer reads it.
+TEXT_BYTES_PER_TOKEN = 32
 
 
 class InvalidInput(ValueError):
@@ -41,6 +46,11 @@ class Limits:
     max_beams: int = 8
     max_choices: int = 8
     default_max_new_tokens: int = 20
+
+    @property
+    def max_text_bytes(self) -> int:
+        """The UTF-8 bytes each text field may hold (text, subtitles, each choice)."""
+        return self.max_text_tokens * TEXT_BYTES_PER_TOKEN
 
 
 @dataclass
@@ -101,14 +111,17 @@ def decode_features(data: bytes, tokens: int, feat_dim: int, expected_dim: int,
 class RequestChecker:
     """Turns the parts of a request into engine inputs, enforcing `limits`.
 
-    tokenizer calls go through one lock: Hugging Face fast tokenizers are not safe to call
-    from several threads at once ("Already borrowed"), and the engine thread shares it.
+    The checker counts tokens with its own copy of the tokenizer, so request threads never
+    wait for the engine thread (or it for them). Many request threads share that copy: a
+    Hugging Face fast tokenizer is only unsafe ("Already borrowed") when a call changes its
+    truncation or padding while another call encodes, and every call here asks for the
+    same settings, which are set once, here, before any request arrives.
     """
 
-    def __init__(self, limits: Limits, tokenizer, tokenizer_lock: threading.Lock,
-                 processor, feat_dim: int, has_vision: bool):
-        self.limits, self.tokenizer, self.tokenizer_lock = limits, tokenizer, tokenizer_lock
+    def __init__(self, limits: Limits, tokenizer, processor, feat_dim: int, has_vision: bool):
+        self.limits, self.tokenizer = limits, copy.deepcopy(tokenizer)
         self.processor, self.feat_dim, self.has_vision = processor, feat_dim, has_vision
+        self._count_tokens("")  # fixes the truncation setting before threads share it
 
     def check_message(self, size: int) -> None:
         if size > self.limits.max_message_bytes:
@@ -157,14 +170,30 @@ class RequestChecker:
 
     def source_text(self, spec: TaskSpec, text: str, choices: list[str],
                     subtitles: str) -> str:
-        """The encoder text, exactly as training builds it; its length checked in tokens."""
+        """The encoder text, exactly as training builds it; each field's length checked in
+        bytes before any tokenizing, then the whole in tokens."""
+        fields = {"text": text, "subtitles": subtitles,
+                  **{f"choices[{i}]": choice for i, choice in enumerate(choices)}}
+        for name, value in fields.items():
+            self._check_bytes(name, value)
         source = spec.source_text(text, tuple(choices), subtitles)
-        with self.tokenizer_lock:
-            count = len(self.tokenizer(source)["input_ids"])
-        if count > self.limits.max_text_tokens:
-            raise InvalidInput(f"text is {count} tokens; limit max_text_tokens="
-                               f"{self.limits.max_text_tokens}")
+        limit = self.limits.max_text_tokens
+        if self._count_tokens(source) > limit:
+            raise InvalidInput(f"text (with the task prompt, choices and subtitles) is more "
+                               f"than {limit} tokens; limit max_text_tokens={limit}")
         return source
+
+    def _check_bytes(self, name: str, value: str) -> None:
+        limit = self.limits.max_text_bytes
+        if len(value) > limit or len(value.encode("utf-8")) > limit:  # len(): chars <= bytes
+            raise InvalidInput(f"{name} is more than {limit} bytes; limit max_text_bytes="
+                               f"{limit} ({TEXT_BYTES_PER_TOKEN} x max_text_tokens)")
+
+    def _count_tokens(self, source: str) -> int:
+        """Tokens of `source`, counted up to max_text_tokens + 1: the encoding is cut
+        there, so an over-long text costs no more ids than the limit."""
+        limit = self.limits.max_text_tokens + 1
+        return len(self.tokenizer(source, truncation=True, max_length=limit)["input_ids"])
 
     def generation(self, max_new_tokens: int, num_beams: int) -> tuple[int, int]:
         """-> (max_new_tokens, num_beams) with server defaults for zeros."""

@@ -136,12 +136,11 @@ class Server:
                                like, on_event=self._event("device"))
         self.vision = VisionCache(config.vision_cache_entries)
         self.vision_encoder, vision_model = vision_parts(config, self.backbone)
-        tokenizer_lock = threading.Lock()
-        self.engine = Engine(self.backbone, self.store, self.slots, self.vision, tokenizer_lock,
+        self.engine = Engine(self.backbone, self.store, self.slots, self.vision,
                              config.max_batch, config.max_queue, config.max_queue_delay_ms,
                              config.limits.max_text_tokens, self.metrics, self.vision_encoder)
         vision = self.backbone.config.vision
-        checker = RequestChecker(config.limits, self.backbone.tokenizer, tokenizer_lock,
+        checker = RequestChecker(config.limits, self.backbone.tokenizer,
                                  image_processor(vision.image_size) if vision else None,
                                  self.backbone.config.feat_dim, vision is not None)
         self.inference = InferenceServicer(self.engine, self.store, checker)

@@ -1,9 +1,12 @@
-"""Back-pressure, deadlines and cancellation: a full queue answers RESOURCE_EXHAUSTED, an
-expired request is dropped with DEADLINE_EXCEEDED, a cancelled call frees its slot."""
+"""Back-pressure, deadlines and cancellation: a full queue answers RESOURCE_EXHAUSTED (and
+max_queue bounds every request accepted and not yet running), an expired request is
+dropped with DEADLINE_EXCEEDED, a cancelled call frees its slot."""
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import Future
 
 import grpc
 import pytest
@@ -43,6 +46,58 @@ def test_full_queue_is_resource_exhausted_and_the_queued_call_still_answers(back
             server.engine.start()
             assert first.result().adapter_version == 2
     finally:
+        server.stop(grace=5)
+
+
+def _until(condition, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.005)
+
+
+def test_max_queue_bounds_requests_waiting_for_their_adapter_not_only_the_queue(backbone,
+                                                                                  published):
+    """Requests that the engine has taken off its queue but that wait for their adapter to
+    load still count: with the load held back, waves of four requests (each wave taken by
+    the engine before the next) leave exactly max_queue=4 accepted; every other call is
+    RESOURCE_EXHAUSTED, and the accepted ones answer once the load finishes."""
+    config = ServeConfig(registry=published.root, host="127.0.0.1", port=0, max_queue=4,
+                         max_batch=4)
+    server = Server(config, backbone=backbone)
+    server.repository.load("alpha")
+    loaded, fetches, release = server.store.fetch, [], threading.Event()
+
+    def held_fetch(name: str, version: int) -> Future:
+        fetches.append((name, version))
+        held: Future = Future()
+        threading.Thread(target=lambda: (release.wait(30), held.set_result(
+            loaded(name, version).result())), daemon=True).start()
+        return held
+
+    server.store.fetch = held_fetch
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            calls = []
+            for wave in range(5):
+                calls += [stub.Predict.future(request_for("vqa", seed=10 * wave + i),
+                                              timeout=60) for i in range(4)]
+                # every call of the wave is refused or bound by the engine (its load asked for)
+                _until(lambda sent=list(calls): len(fetches) + sum(c.done() for c in sent)
+                       == len(sent))
+            refused = [c for c in calls if c.done()]
+            assert len(calls) - len(refused) == 4 == server.engine.in_flight()
+            for call in refused:
+                assert call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "max_queue=4" in call.details()
+            release.set()
+            answers = [c.result() for c in calls if c not in refused]
+            assert [a.adapter_version for a in answers] == [2] * 4
+    finally:
+        release.set()
         server.stop(grace=5)
 
 
