@@ -95,11 +95,6 @@ def _add_maintenance_commands(commands: argparse._SubParsersAction) -> None:
     peft.add_argument("--out", required=True, help="artifact directory to create")
     peft.add_argument("--fingerprint", required=True, help="base-model fingerprint (sha256:...)")
     peft.add_argument("--task", action="append", help="task served (repeatable; default caption)")
-    peft.add_argument(
-        "--encoder-prompt-only",
-        action="store_true",
-        help="seq2seq prompt tuning: keep the encoder prompt, drop the decoder's",
-    )
     peft.add_argument("--name", help="also publish the artifact under this name")
     peft.add_argument("--alias", help="with --name: alias of the published version")
 
@@ -160,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"removed sha256/{blob}")
     elif command == "import-peft":
         tasks = tuple(args.task or ("caption",))
-        import_peft(args.dir, args.out, args.fingerprint, tasks, args.encoder_prompt_only)
+        import_peft(args.dir, args.out, args.fingerprint, tasks)
         print(f"wrote {args.out}")
         if args.name:
             print(f"{args.name}:{registry.publish(args.out, args.name, alias=args.alias)}")

@@ -1,11 +1,24 @@
-"""modeling: the frozen VL backbone, every PEFT method, serve forms and the stacked bank."""
+"""modeling: the frozen VL backbone, every PEFT method, serve forms and the stacked bank.
 
-from modeling.backbone import VLBackbone, VLBatch
-from modeling.bank import StackedWeights, stack_weights
-from modeling.config import PRESETS, BackboneConfig, preset
-from modeling.kernels import RowIndex
-from modeling.recipe import AdapterModel, MethodEntry
-from modeling.serve_forms import ServeWeights
+The names below load on first use, so a torch-free submodule (`modeling.peft_policy`,
+which the torch-free registry imports) does not pull in torch and transformers.
+"""
 
-__all__ = ["AdapterModel", "BackboneConfig", "MethodEntry", "PRESETS", "RowIndex",
-           "ServeWeights", "StackedWeights", "VLBackbone", "VLBatch", "preset", "stack_weights"]
+from importlib import import_module
+
+_HOMES = {
+    "AdapterModel": "modeling.recipe", "MethodEntry": "modeling.recipe",
+    "BackboneConfig": "modeling.config", "PRESETS": "modeling.config", "preset": "modeling.config",
+    "RowIndex": "modeling.kernels", "ServeWeights": "modeling.serve_forms",
+    "StackedWeights": "modeling.bank", "stack_weights": "modeling.bank",
+    "VLBackbone": "modeling.backbone", "VLBatch": "modeling.backbone",
+}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'modeling' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)
+
+
+__all__ = sorted(_HOMES)

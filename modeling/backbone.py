@@ -34,6 +34,7 @@ from modeling import hooks
 from modeling.bank import StackedWeights
 from modeling.config import BackboneConfig
 from modeling.kernels import RowIndex, gathered_rows
+from modeling.tokenizer import tokenizer_digest
 from modeling.visual import VisualProjection, fit_frames, pool_grid
 
 CONFIG_FILE = "vladapter_backbone.json"
@@ -161,8 +162,15 @@ class VLBackbone(nn.Module):
             self.tokenizer.save_pretrained(root / "tokenizer")
 
     def fingerprint(self) -> str:
-        """sha256 over the config (canonical JSON) and every weight in name order."""
+        """sha256 over the config (canonical JSON), the tokenizer and every weight in name
+        order: an adapter meets only the backbone it was trained on, token ids included.
+
+        The tokenizer counts through `tokenizer_digest` (vocabulary, merges, special tokens,
+        pre- and post-processing); a backbone without one counts as "no tokenizer".
+        """
         digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        tokenizer = "none" if self.tokenizer is None else tokenizer_digest(self.tokenizer)
+        digest.update(f"tokenizer:{tokenizer}".encode())
         for name, tensor in sorted(self.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy())

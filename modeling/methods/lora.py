@@ -24,21 +24,25 @@ from modeling.sites import TARGET_ALIASES
 
 
 def lora_sites(facts, targets: tuple[str, ...]) -> list[str]:
-    """Paths of the LM's Linear layers named by `targets` (canonical or family names)."""
+    """Paths of the LM's Linear layers named by `targets`: a canonical or family name picks
+    that layer in every block, a site name (`lm.<module path>`) picks one layer."""
     aliases = TARGET_ALIASES[facts.lm_type]
-    wanted = {aliases.get(t, t) for t in targets}
-    unknown = wanted - set(aliases.values())
+    exact = {t for t in targets if t.startswith("lm.")}
+    wanted = {aliases.get(t, t) for t in targets if t not in exact}
+    unknown = (wanted - set(aliases.values())) | (exact - set(facts.linear_shapes))
     if unknown:
-        raise ValueError(f"unknown LoRA target(s) {sorted(unknown)} for {facts.lm_type}; "
-                         f"expected some of {sorted(aliases)} or {sorted(aliases.values())}")
-    return [name for name in facts.linear_shapes
-            if name.startswith("lm.") and name.rsplit(".", 1)[-1] in wanted]
+        raise ValueError(f"unknown LoRA target(s) {sorted(unknown)[:3]} for {facts.lm_type}; "
+                         f"expected some of {sorted(aliases)} or {sorted(aliases.values())}"
+                         " or Linear layers of the LM ('lm.<module path>')")
+    return [name for name in facts.linear_shapes if name.startswith("lm.") and
+            (name in exact or name.rsplit(".", 1)[-1] in wanted)]
 
 
 @dataclass(frozen=True)
 class LoraConfig:
     """rank: r; alpha: scale numerator (delta scaled by alpha / r); dropout on the LoRA
-    input while training; targets: canonical names (q, k, v, o, ffn_in, ffn_out)."""
+    input while training; targets: canonical names (q, k, v, o, ffn_in, ffn_out), or
+    site names `lm.<module path>` for a LoRA on some layers only (PEFT imports)."""
 
     rank: int = 8
     alpha: float = 32.0

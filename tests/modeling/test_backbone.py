@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 from modeling_helpers import random_batch
-from transformers import BartForConditionalGeneration, T5ForConditionalGeneration
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    BartForConditionalGeneration,
+    ByT5Tokenizer,
+    PreTrainedTokenizerFast,
+    T5ForConditionalGeneration,
+)
 
 from modeling.backbone import VLBackbone
 from modeling.config import preset
+from modeling.tokenizer import build_word_tokenizer
 from modeling.visual import fit_frames
+
+WORDS = ["red", "blue", "circle", "what", "is"]
 
 
 def test_idle_hooks_leave_the_lm_identical_to_plain_hugging_face(backbone):
@@ -28,7 +42,8 @@ def test_idle_hooks_leave_the_lm_identical_to_plain_hugging_face(backbone):
 
 
 def test_save_and_load_keep_weights_and_fingerprint(tmp_path):
-    model = VLBackbone.from_config(preset("tiny"), seed=3)
+    model = VLBackbone.from_config(preset("tiny"), seed=3,
+                                   tokenizer=build_word_tokenizer(WORDS, "t5", 512))
     model.save_pretrained(tmp_path)
     loaded = VLBackbone.from_pretrained(tmp_path)
     assert loaded.fingerprint() == model.fingerprint()
@@ -44,6 +59,96 @@ def test_fingerprint_changes_when_one_weight_changes():
     with torch.no_grad():
         model.visual.feat_linear.bias[0] += 1
     assert model.fingerprint() != before
+
+
+def _bpe(merges: list[tuple[str, str]], eos: bool = True) -> PreTrainedTokenizerFast:
+    """A tiny BPE tokenizer over a fixed vocabulary; `merges` and `eos` vary."""
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "b": 4, "c": 5, "ab": 6, "bc": 7}
+    core = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    if eos:
+        core.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                            special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+# Pairs of tokenizers and a text they map to different ids (None: they differ in pad id).
+TOKENIZER_PAIRS = {
+    "vocabulary": (lambda: (build_word_tokenizer(WORDS, "t5"),
+                            build_word_tokenizer(WORDS + ["green"], "t5")), "green"),
+    "merges": (lambda: (_bpe([("a", "b")]), _bpe([("b", "c")])), "abc"),
+    "post-processor": (lambda: (_bpe([("a", "b")]), _bpe([("a", "b")], eos=False)), "abc"),
+    "special token role": (lambda: (
+        build_word_tokenizer(WORDS, "t5"),
+        PreTrainedTokenizerFast(tokenizer_object=build_word_tokenizer(WORDS, "t5")
+                                .backend_tokenizer, pad_token="<unk>", eos_token="</s>",
+                                unk_token="<unk>")), None),
+    "added tokens": (lambda: (ByT5Tokenizer(extra_ids=4), ByT5Tokenizer(extra_ids=8)),
+                     "<extra_id_6>"),
+}
+
+
+@pytest.fixture(scope="module")
+def twin() -> VLBackbone:
+    """One tiny backbone whose tokenizer the tests swap (its weights never change)."""
+    return VLBackbone.from_config(preset("tiny"), seed=3)
+
+
+def _fingerprint_with(backbone: VLBackbone, tokenizer) -> str:
+    backbone.tokenizer = tokenizer
+    return backbone.fingerprint()
+
+
+@pytest.mark.parametrize("difference", sorted(TOKENIZER_PAIRS))
+def test_backbones_equal_but_for_the_tokenizer_have_different_fingerprints(twin, difference):
+    build, text = TOKENIZER_PAIRS[difference]
+    first, second = build()
+    if text is None:
+        assert first.pad_token_id != second.pad_token_id
+    else:
+        assert first(text)["input_ids"] != second(text)["input_ids"]
+    assert _fingerprint_with(twin, first) != _fingerprint_with(twin, second)
+
+
+def test_a_backbone_without_tokenizer_differs_from_one_with(twin):
+    assert _fingerprint_with(twin, None) != \
+        _fingerprint_with(twin, build_word_tokenizer(WORDS, "t5"))
+
+
+@pytest.mark.parametrize("build", [lambda: build_word_tokenizer(WORDS, "t5"),
+                                   lambda: ByT5Tokenizer(extra_ids=4)],
+                         ids=["fast", "python"])
+def test_fingerprint_depends_on_the_tokenizer_content_not_the_object(twin, build, tmp_path):
+    """A rebuilt tokenizer, a saved-and-loaded one and one a padded, truncating call has
+    run through all give the fingerprint of the original."""
+    original = build()
+    expected = _fingerprint_with(twin, original)
+    assert _fingerprint_with(twin, build()) == expected
+    original(["red blue", "circle"], padding="max_length", truncation=True, max_length=3)
+    assert _fingerprint_with(twin, original) == expected
+    original.save_pretrained(tmp_path)
+    reloaded = type(original).from_pretrained(tmp_path)
+    assert _fingerprint_with(twin, reloaded) == expected
+
+
+FINGERPRINT_SCRIPT = """
+from modeling.backbone import VLBackbone
+from modeling.config import preset
+from modeling.tokenizer import build_word_tokenizer
+tokenizer = build_word_tokenizer({words!r}, "t5", 512)
+print(VLBackbone.from_config(preset("tiny"), seed=3, tokenizer=tokenizer).fingerprint())
+"""
+
+
+def test_fingerprint_is_the_same_in_another_process():
+    """Set and dict order vary with the hash seed of each process; the fingerprint must not."""
+    model = VLBackbone.from_config(preset("tiny"), seed=3,
+                                   tokenizer=build_word_tokenizer(WORDS, "t5", 512))
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    result = subprocess.run([sys.executable, "-c", FINGERPRINT_SCRIPT.format(words=WORDS)],
+                            capture_output=True, text=True, env=env, timeout=300, check=True)
+    assert result.stdout.strip() == model.fingerprint()
 
 
 def test_images_become_pooled_grid_tokens_and_frames_are_padded():

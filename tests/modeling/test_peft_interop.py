@@ -125,29 +125,6 @@ def test_partial_sites_export_exact_module_paths(tmp_path: Path) -> None:
     assert (our_logits(backbone, serve, inputs) - theirs).abs().max() <= TOL
 
 
-@pytest.mark.parametrize("options", [
-    {"use_rslora": True},
-    {"rank_pattern": {"decoder.*v": 2}, "alpha_pattern": {"encoder.*q": 3}},
-])
-def test_rslora_and_patterns_match_peft(options: dict, tmp_path: Path) -> None:
-    backbone = backbone_of("tiny")
-    torch.manual_seed(5)
-    peft_model = get_peft_model(plain_lm(backbone), LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q", "v"], task_type="SEQ_2_SEQ_LM", **options))
-    with torch.no_grad():
-        for param_name, param in peft_model.named_parameters():
-            if "lora_B" in param_name:
-                param.normal_(0, 0.3)
-    peft_model.save_pretrained(str(tmp_path))
-    serve = import_peft(tmp_path, backbone)
-    if "rank_pattern" in options:
-        assert {d.lora_a.shape[0] for d in serve.lora.values()} == {2, 4}
-    inputs = lm_inputs(backbone)
-    with torch.no_grad():
-        theirs = peft_model.eval()(**inputs).logits
-    assert (our_logits(backbone, serve, inputs) - theirs).abs().max() <= TOL
-
-
 def test_prompt_round_trip_and_peft_saved_prompt(name: str, tmp_path: Path) -> None:
     backbone = backbone_of(name)
     d = backbone.config.d_model
@@ -198,37 +175,14 @@ def test_pickle_only_folder_is_refused_without_unpickling(tmp_path: Path,
         import_peft(tmp_path, backbone)
 
 
-def test_unknown_module_key_is_refused(tmp_path: Path) -> None:
+def test_lora_that_does_not_fit_the_backbone_layer_is_refused(tmp_path: Path) -> None:
+    """Rank and key are fine (the shared PEFT policy accepts it); the width is not."""
     backbone, folder = _lora_folder(tmp_path)
     tensors = load_file(str(folder / "adapter_model.safetensors"))
-    tensors["base_model.model.encoder.block.9.layer.0.SelfAttention.q.lora_A.weight"] = \
-        torch.zeros(4, 64)
+    key = "base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight"
+    tensors[key] = torch.zeros(4, 32)
     save_file(tensors, str(folder / "adapter_model.safetensors"))
-    with pytest.raises(ValueError, match=r"block\.9\.layer\.0\.SelfAttention\.q.*not a Linear"):
-        import_peft(folder, backbone)
-
-
-def test_wrong_shape_is_refused(tmp_path: Path) -> None:
-    backbone, folder = _lora_folder(tmp_path)
-    tensors = load_file(str(folder / "adapter_model.safetensors"))
-    key = "base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_B.weight"
-    tensors[key] = torch.zeros(64, 3)
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
-    with pytest.raises(ValueError, match=re.escape(f"{key} has shape (64, 3); expected (64, 4)")):
-        import_peft(folder, backbone)
-
-
-def test_unsupported_peft_type_and_options_are_refused(tmp_path: Path) -> None:
-    backbone, folder = _lora_folder(tmp_path)
-    config = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "IA3"}))
-    with pytest.raises(ValueError, match=r"'peft_type' = 'IA3'.*expected 'LORA'"):
-        import_peft(folder, backbone)
-    (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
-    with pytest.raises(ValueError, match=r"'use_dora'"):
-        import_peft(folder, backbone)
-    (folder / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
-    with pytest.raises(ValueError, match=r"lora_A\.weight has shape \(4, 64\); expected \(8, 64\)"):
+    with pytest.raises(ValueError, match=re.escape(f"{key} has shape (4, 32); expected (4, 64)")):
         import_peft(folder, backbone)
 
 
