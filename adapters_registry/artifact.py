@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from adapters_registry.errors import InvalidArtifact, LimitExceeded
-from adapters_registry.tensorfile import loads_strict, read_header
+from adapters_registry.tensorfile import check_tensor_file, loads_strict
 
 MANIFEST = "manifest.json"
 SHARED = "shared.safetensors"
@@ -186,11 +186,11 @@ def _scan(root: Path, limits: Limits) -> dict[str, int]:
 
 
 def check_file_content(stream: BinaryIO, record: FileRecord, label: str) -> None:
-    """Validate the safetensors header of a file and its sha256 against ``record``.
+    """Validate a tensor file (:func:`check_tensor_file`) and its sha256 against ``record``.
 
     ``stream`` is positioned at the start of the file; ``label`` names the file in errors.
     """
-    read_header(stream, record.size, label)
+    check_tensor_file(stream, record.size, label)
     stream.seek(0)
     digest, size = hashlib.sha256(), 0
     while chunk := stream.read(CHUNK_BYTES):

@@ -46,7 +46,7 @@ from adapters_registry.names import (
     parse_version,
 )
 from adapters_registry.storage import TEMP_MARK, Storage, temp_name
-from adapters_registry.tensorfile import loads_strict, read_header
+from adapters_registry.tensorfile import check_tensor_file, loads_strict
 from adapters_registry.versions import (
     NameState,
     VerifiedFiles,
@@ -270,7 +270,7 @@ class Registry:
         return info
 
     def read_files(self, ref: str | Ref, expected_fingerprint: str | None = None) -> VerifiedFiles:
-        """Every file of a version in memory, each checked byte for byte (for the server)."""
+        """Every file of a version in memory, checked byte for byte, floats finite (server)."""
         info = self._resolve_checked(ref, expected_fingerprint)
         files = {}
         for record in info.files():
@@ -279,7 +279,7 @@ class Registry:
             files[record.path] = buffer.getvalue()
             if record.path != MANIFEST:
                 buffer.seek(0)
-                read_header(buffer, record.size, f"{info.ref}: {record.path}")
+                check_tensor_file(buffer, record.size, f"{info.ref}: {record.path}")
         if parse_manifest(files[MANIFEST]) != info.manifest:
             raise IntegrityError(f"{info.ref}: file {MANIFEST} differs from the version record")
         return VerifiedFiles(info, files)
