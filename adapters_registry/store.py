@@ -36,6 +36,7 @@ from adapters_registry.artifact import (
     validate_manifest,
 )
 from adapters_registry.errors import IntegrityError, NotFound, RegistryError
+from adapters_registry.method_config import PUBLISH_SIZES, Sizes
 from adapters_registry.names import (
     LATEST,
     NAME_PATTERN,
@@ -263,15 +264,28 @@ class Registry:
         if problem is not None:
             raise IntegrityError(f"{info.ref}: file {record.path}: {problem}")
 
-    def _resolve_checked(self, ref: str | Ref, fingerprint: str | None) -> VersionInfo:
+    def _resolve_checked(
+        self, ref: str | Ref, fingerprint: str | None, sizes: Sizes = PUBLISH_SIZES
+    ) -> VersionInfo:
         info = self.resolve(ref)
         check_fingerprint(info, fingerprint)
-        validate_manifest(info.manifest, self.limits, info.manifest_size)
+        validate_manifest(info.manifest, self.limits, info.manifest_size, sizes)
         return info
 
-    def read_files(self, ref: str | Ref, expected_fingerprint: str | None = None) -> VerifiedFiles:
-        """Every file of a version in memory, checked byte for byte, floats finite (server)."""
-        info = self._resolve_checked(ref, expected_fingerprint)
+    def read_files(
+        self,
+        ref: str | Ref,
+        expected_fingerprint: str | None = None,
+        d_model: int | None = None,
+    ) -> VerifiedFiles:
+        """Every file of a version in memory, checked byte for byte, floats finite (server).
+
+        ``d_model``: the model width of the backbone that will build the adapter; its method
+        configs are then bounded by it (:mod:`adapters_registry.method_config`) before any
+        byte is read, so a config that would build huge modules is refused up front.
+        """
+        sizes = PUBLISH_SIZES if d_model is None else Sizes.of_backbone(d_model)
+        info = self._resolve_checked(ref, expected_fingerprint, sizes)
         files = {}
         for record in info.files():
             buffer = io.BytesIO()

@@ -57,7 +57,7 @@ class VersionInfo:
 
     def files(self) -> tuple[FileRecord, ...]:
         """Every file of the artifact, ``manifest.json`` first."""
-        listed = validate_manifest(self.manifest, SCHEMA_ONLY)
+        listed = validate_manifest(self.manifest, SCHEMA_ONLY, sizes=None)
         return (FileRecord(MANIFEST, self.manifest_sha256, self.manifest_size), *listed)
 
     def to_dict(self) -> dict[str, Any]:
