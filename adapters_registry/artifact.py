@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from adapters_registry.errors import InvalidArtifact, LimitExceeded
-from adapters_registry.tensorfile import loads_strict, read_header
+from adapters_registry.method_config import PUBLISH_SIZES, Sizes, method_config_problem
+from adapters_registry.tensorfile import check_tensor_file, loads_strict
 
 MANIFEST = "manifest.json"
 SHARED = "shared.safetensors"
@@ -80,10 +81,11 @@ def _require(condition: bool, message: str) -> None:
         raise InvalidArtifact(f"{MANIFEST}: {message}")
 
 
-def _check_methods(methods: object) -> None:
+def _check_methods(methods: object, sizes: Sizes | None) -> None:
+    """Structure of ``methods``; with ``sizes``, every config field's type and bound too."""
     _require(isinstance(methods, list) and len(methods) > 0, "'methods' must be a non-empty list")
     ids = []
-    for method in methods:
+    for index, method in enumerate(methods):
         _require(
             isinstance(method, dict)
             and isinstance(method.get("id"), str)
@@ -92,6 +94,9 @@ def _check_methods(methods: object) -> None:
             "each method needs a string 'id', a string 'method' and a 'config' object",
         )
         ids.append(method["id"])
+        if sizes is not None:
+            problem = method_config_problem(method["method"], method["config"], sizes)
+            _require(problem is None, f"methods[{index}] ({method['id']!r}): {problem}")
     _require(len(set(ids)) == len(ids), f"method ids must be unique, got {ids}")
 
 
@@ -129,9 +134,16 @@ def check_limits(count: int, total_bytes: int, limits: Limits, label: str) -> No
 
 
 def validate_manifest(
-    manifest: dict[str, Any], limits: Limits, manifest_size: int = 0
+    manifest: dict[str, Any],
+    limits: Limits,
+    manifest_size: int = 0,
+    sizes: Sizes | None = PUBLISH_SIZES,
 ) -> tuple[FileRecord, ...]:
-    """Check the manifest schema and limits; return the files it lists, sorted by path."""
+    """Check the manifest schema and limits; return the files it lists, sorted by path.
+
+    ``sizes`` bound the method configs (:mod:`adapters_registry.method_config`): the default
+    when the backbone is unknown, a backbone's own at load; None checks the schema only.
+    """
     _require(manifest.get("format_version") == FORMAT_VERSION, "'format_version' must be 1")
     base = manifest.get("base_model")
     _require(
@@ -140,7 +152,7 @@ def validate_manifest(
         and FINGERPRINT_PATTERN.fullmatch(base["fingerprint"]) is not None,
         "'base_model.fingerprint' must be 'sha256:<64 lower-case hex>'",
     )
-    _check_methods(manifest.get("methods"))
+    _check_methods(manifest.get("methods"), sizes)
     tasks = manifest.get("tasks")
     _require(isinstance(tasks, dict) and len(tasks) > 0, "'tasks' must be a non-empty object")
     for task, spec in tasks.items():
@@ -186,11 +198,11 @@ def _scan(root: Path, limits: Limits) -> dict[str, int]:
 
 
 def check_file_content(stream: BinaryIO, record: FileRecord, label: str) -> None:
-    """Validate the safetensors header of a file and its sha256 against ``record``.
+    """Validate a tensor file (:func:`check_tensor_file`) and its sha256 against ``record``.
 
     ``stream`` is positioned at the start of the file; ``label`` names the file in errors.
     """
-    read_header(stream, record.size, label)
+    check_tensor_file(stream, record.size, label)
     stream.seek(0)
     digest, size = hashlib.sha256(), 0
     while chunk := stream.read(CHUNK_BYTES):

@@ -16,6 +16,7 @@ from adapters_registry.errors import RegistryError
 from adapters_registry.names import parse_ref
 from adapters_registry.peft_import import import_peft
 from adapters_registry.store import ROOT_ENV, Registry
+from adapters_registry.versions import VersionInfo
 
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
@@ -99,14 +100,18 @@ def _add_maintenance_commands(commands: argparse._SubParsersAction) -> None:
     peft.add_argument("--alias", help="with --name: alias of the published version")
 
 
+def _list_row(info: VersionInfo) -> tuple[str, ...]:
+    """One row of ``list``; a version whose record is corrupt shows ``-`` and its problem."""
+    aliases = ",".join(info.aliases) + (" (yanked)" if info.yanked else "")
+    if info.problem:
+        return (info.name, str(info.version), "-", "-", aliases, "-", info.problem)
+    tasks = ",".join(info.manifest["tasks"])
+    return (info.name, str(info.version), info.created, tasks, aliases, info.fingerprint[:19], "")
+
+
 def _list(registry: Registry, name: str | None) -> int:
-    rows = [("NAME", "VERSION", "CREATED", "TASKS", "ALIASES", "FINGERPRINT")]
-    for info in registry.index(name):
-        aliases = ",".join(info.aliases) + (" (yanked)" if info.yanked else "")
-        tasks = ",".join(info.manifest["tasks"])
-        rows.append(
-            (info.name, str(info.version), info.created, tasks, aliases, info.fingerprint[:19])
-        )
+    rows = [("NAME", "VERSION", "CREATED", "TASKS", "ALIASES", "FINGERPRINT", "PROBLEM")]
+    rows += [_list_row(info) for info in registry.index(name)]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         print(

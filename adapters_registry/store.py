@@ -36,6 +36,7 @@ from adapters_registry.artifact import (
     validate_manifest,
 )
 from adapters_registry.errors import IntegrityError, NotFound, RegistryError
+from adapters_registry.method_config import PUBLISH_SIZES, Sizes
 from adapters_registry.names import (
     LATEST,
     NAME_PATTERN,
@@ -46,7 +47,7 @@ from adapters_registry.names import (
     parse_version,
 )
 from adapters_registry.storage import TEMP_MARK, Storage, temp_name
-from adapters_registry.tensorfile import loads_strict, read_header
+from adapters_registry.tensorfile import check_tensor_file, loads_strict
 from adapters_registry.versions import (
     NameState,
     VerifiedFiles,
@@ -164,7 +165,7 @@ class Registry:
             entries = self.storage.list_names(f"adapters/{name}/{folder}")
             return sorted(int(m[1]) for e in entries if (m := NUMBERED_JSON.fullmatch(e)))
 
-        aliases = {}
+        aliases, broken = {}, {}
         for alias in self.storage.list_names(f"adapters/{name}/aliases"):
             if NAME_PATTERN.fullmatch(alias):
                 path = f"adapters/{name}/aliases/{alias}"
@@ -172,8 +173,10 @@ class Registry:
                     content = loads_strict(self.storage.read_bytes(path))
                     aliases[alias] = parse_version(content["version"])
                 except (ValueError, KeyError, TypeError, RegistryError) as exc:
-                    raise IntegrityError(f"alias file {path} is corrupt ({exc})") from None
-        return NameState(tuple(numbered("versions")), frozenset(numbered("yanked")), aliases)
+                    broken[alias] = f"alias file {path} is corrupt ({exc})"
+        return NameState(
+            tuple(numbered("versions")), frozenset(numbered("yanked")), aliases, broken
+        )
 
     def _existing_state(self, name: str) -> NameState:
         state = self._state(name)
@@ -205,6 +208,8 @@ class Registry:
             if state.latest is None:
                 raise NotFound(f"every version of {parsed.name} is yanked")
             return self._info(parsed.name, state.latest, state)
+        if parsed.alias in state.broken_aliases:
+            raise IntegrityError(state.broken_aliases[parsed.alias])
         if parsed.alias not in state.aliases:
             raise NotFound(f"{parsed} does not exist")
         info = self._info(parsed.name, state.aliases[parsed.alias], state)
@@ -212,14 +217,24 @@ class Registry:
             raise NotFound(f"{parsed} points to {info.ref}, which is yanked")
         return info
 
-    def index(self, name: str | None = None) -> list[VersionInfo]:
-        """Every version (yanked ones included), sorted by name then version."""
-        names = [check_name(name)] if name is not None else self.names()
+    def _listed(self, name: str, state: NameState) -> list[VersionInfo]:
+        """Every version of ``name``; one whose record is corrupt comes back marked.
+
+        A marked version has ``problem`` set (see :meth:`VersionInfo.unreadable`), so one bad
+        record never hides the others from ``index`` or ``verify``.
+        """
         infos = []
-        for each in names:
-            state = self._state(each)
-            infos.extend(self._info(each, version, state) for version in state.versions)
+        for version in state.versions:
+            try:
+                infos.append(self._info(name, version, state))
+            except IntegrityError as exc:
+                infos.append(VersionInfo.unreadable(name, version, state, str(exc)))
         return infos
+
+    def index(self, name: str | None = None) -> list[VersionInfo]:
+        """Every version (yanked and corrupt ones included, marked), by name then version."""
+        names = [check_name(name)] if name is not None else self.names()
+        return [info for each in names for info in self._listed(each, self._state(each))]
 
     # -- fetching --------------------------------------------------------------------------
 
@@ -249,15 +264,28 @@ class Registry:
         if problem is not None:
             raise IntegrityError(f"{info.ref}: file {record.path}: {problem}")
 
-    def _resolve_checked(self, ref: str | Ref, fingerprint: str | None) -> VersionInfo:
+    def _resolve_checked(
+        self, ref: str | Ref, fingerprint: str | None, sizes: Sizes = PUBLISH_SIZES
+    ) -> VersionInfo:
         info = self.resolve(ref)
         check_fingerprint(info, fingerprint)
-        validate_manifest(info.manifest, self.limits, info.manifest_size)
+        validate_manifest(info.manifest, self.limits, info.manifest_size, sizes)
         return info
 
-    def read_files(self, ref: str | Ref, expected_fingerprint: str | None = None) -> VerifiedFiles:
-        """Every file of a version in memory, each checked byte for byte (for the server)."""
-        info = self._resolve_checked(ref, expected_fingerprint)
+    def read_files(
+        self,
+        ref: str | Ref,
+        expected_fingerprint: str | None = None,
+        d_model: int | None = None,
+    ) -> VerifiedFiles:
+        """Every file of a version in memory, checked byte for byte, floats finite (server).
+
+        ``d_model``: the model width of the backbone that will build the adapter; its method
+        configs are then bounded by it (:mod:`adapters_registry.method_config`) before any
+        byte is read, so a config that would build huge modules is refused up front.
+        """
+        sizes = PUBLISH_SIZES if d_model is None else Sizes.of_backbone(d_model)
+        info = self._resolve_checked(ref, expected_fingerprint, sizes)
         files = {}
         for record in info.files():
             buffer = io.BytesIO()
@@ -265,7 +293,7 @@ class Registry:
             files[record.path] = buffer.getvalue()
             if record.path != MANIFEST:
                 buffer.seek(0)
-                read_header(buffer, record.size, f"{info.ref}: {record.path}")
+                check_tensor_file(buffer, record.size, f"{info.ref}: {record.path}")
         if parse_manifest(files[MANIFEST]) != info.manifest:
             raise IntegrityError(f"{info.ref}: file {MANIFEST} differs from the version record")
         return VerifiedFiles(info, files)
@@ -314,20 +342,16 @@ class Registry:
 
     def _verify_name(self, name: str, checked: dict[tuple[str, int], str | None]) -> list[str]:
         """Problems of one name; ``checked`` caches blob outcomes across names."""
-        try:
-            state = self._state(name)
-        except IntegrityError as exc:
-            return [str(exc)]
-        problems = [
+        state = self._state(name)
+        problems = list(state.broken_aliases.values())
+        problems += [
             f"{name}@{alias}: points to missing version {version}"
             for alias, version in state.aliases.items()
             if version not in state.versions
         ]
-        for version in state.versions:
-            try:
-                info = self._info(name, version, state)
-            except IntegrityError as exc:
-                problems.append(str(exc))
+        for info in self._listed(name, state):
+            if info.problem:
+                problems.append(info.problem)
                 continue
             for record in info.files():
                 key = (record.sha256, record.size)

@@ -8,7 +8,8 @@ The header maps each tensor name to ``{"dtype", "shape", "data_offsets": [begin,
 (offsets relative to the data buffer) plus an optional ``"__metadata__"`` string map.
 :func:`read_header` refuses a header that lies: an unknown dtype, a shape whose byte size
 differs from its offsets, overlapping or gapped tensors, or a buffer that is not covered
-exactly.
+exactly. :func:`check_tensor_file` also refuses a float tensor holding a NaN or an infinity,
+naming it: such weights would poison every answer of the adapter, silently.
 """
 
 from __future__ import annotations
@@ -19,15 +20,26 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import numpy as np
+
 from adapters_registry.errors import InvalidArtifact
 
 MAX_HEADER_BYTES = 100_000_000
+SCAN_CHUNK_BYTES = 1024 * 1024  # a multiple of every element size
 METADATA_KEY = "__metadata__"
 DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
     "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
     "U32": 4, "I32": 4, "F32": 4,
     "U64": 8, "I64": 8, "F64": 8, "C64": 8,
+}  # fmt: skip
+# A float is NaN or infinite exactly when every bit of `mask` is set: the exponent bits for
+# IEEE-style formats; F8_E4M3 (no infinity) and F8_E8M0 (exponent only) use all-ones for NaN.
+# dtype -> (unsigned little-endian view of one element or one complex half, mask)
+NONFINITE_MASKS = {
+    "F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u4", 0x7F80_0000),
+    "F64": ("<u8", 0x7FF0_0000_0000_0000), "C64": ("<u4", 0x7F80_0000),
+    "F8_E5M2": ("u1", 0x7C), "F8_E4M3": ("u1", 0x7F), "F8_E8M0": ("u1", 0xFF),
 }  # fmt: skip
 
 
@@ -146,6 +158,49 @@ def read_header(stream: BinaryIO, size: int, label: str) -> Header:
             f"{label}: tensors cover {cursor} bytes but the data buffer holds {buffer_size}"
         )
     return Header(tuple(entries), metadata, 8 + header_len)
+
+
+def _read_exact(stream: BinaryIO, count: int, label: str) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = stream.read(count - len(data))
+        if not chunk:
+            raise InvalidArtifact(f"{label}: file ends inside its data buffer")
+        data += chunk
+    return data
+
+
+def check_finite(stream: BinaryIO, header: Header, label: str) -> None:
+    """Raise :class:`InvalidArtifact` naming the first float tensor with a NaN or infinity.
+
+    Reads every float tensor of a file whose ``header`` was validated, in chunks of
+    ``SCAN_CHUNK_BYTES``; integer and bool tensors are skipped.
+    """
+    for entry in header.tensors:
+        if entry.dtype not in NONFINITE_MASKS:
+            continue
+        view, mask = NONFINITE_MASKS[entry.dtype]
+        stream.seek(header.data_start + entry.begin)
+        remaining = entry.end - entry.begin
+        while remaining:
+            chunk = _read_exact(stream, min(remaining, SCAN_CHUNK_BYTES), label)
+            remaining -= len(chunk)
+            bits = np.frombuffer(chunk, dtype=view)
+            if np.any((bits & mask) == mask):
+                raise InvalidArtifact(
+                    f"{label}: tensor {entry.name!r} ({entry.dtype}{list(entry.shape)}) holds "
+                    "NaN or infinite values"
+                )
+
+
+def check_tensor_file(stream: BinaryIO, size: int, label: str) -> Header:
+    """Validate a safetensors file of ``size`` bytes: an honest header, finite floats.
+
+    ``stream`` is positioned at the start of the file; ``label`` names the file in errors.
+    """
+    header = read_header(stream, size, label)
+    check_finite(stream, header, label)
+    return header
 
 
 def encode_header(tensors: list[TensorEntry], metadata: dict[str, str] | None = None) -> bytes:

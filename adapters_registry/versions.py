@@ -23,7 +23,11 @@ SCHEMA_ONLY = Limits(sys.maxsize, sys.maxsize)
 
 @dataclass(frozen=True)
 class VersionInfo:
-    """One published version. ``aliases`` includes ``latest`` when it resolves here."""
+    """One published version. ``aliases`` includes ``latest`` when it resolves here.
+
+    ``problem`` is empty for a whole record; a listing returns a version whose record cannot
+    be read with ``problem`` saying why, an empty manifest, and nothing else known about it.
+    """
 
     name: str
     version: int
@@ -33,6 +37,13 @@ class VersionInfo:
     manifest_sha256: str
     manifest_size: int
     aliases: tuple[str, ...] = ()
+    problem: str = ""
+
+    @classmethod
+    def unreadable(cls, name: str, version: int, state: NameState, problem: str) -> VersionInfo:
+        """A version whose record is corrupt, as a listing shows it."""
+        return cls(name, version, {}, version in state.yanked, "", "", 0,
+                   state.aliases_of(version), problem)
 
     @property
     def ref(self) -> str:
@@ -46,7 +57,7 @@ class VersionInfo:
 
     def files(self) -> tuple[FileRecord, ...]:
         """Every file of the artifact, ``manifest.json`` first."""
-        listed = validate_manifest(self.manifest, SCHEMA_ONLY)
+        listed = validate_manifest(self.manifest, SCHEMA_ONLY, sizes=None)
         return (FileRecord(MANIFEST, self.manifest_sha256, self.manifest_size), *listed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,11 +82,16 @@ class VerifiedFiles:
 
 @dataclass(frozen=True)
 class NameState:
-    """The mutable part of one name: which versions exist, are yanked, and the aliases."""
+    """The mutable part of one name: which versions exist, are yanked, and the aliases.
+
+    ``broken_aliases`` maps an alias whose file cannot be read to the problem; it resolves
+    to nothing, and hides no version.
+    """
 
     versions: tuple[int, ...]
     yanked: frozenset[int]
     aliases: dict[str, int]
+    broken_aliases: dict[str, str] = field(default_factory=dict)
 
     @property
     def latest(self) -> int | None:

@@ -94,16 +94,27 @@ class AdapterModel(nn.Module):
     def from_artifact(cls, methods: list[dict[str, Any]], tasks: list[str], facts: BackboneFacts,
                       shared: dict[str, torch.Tensor],
                       per_task: dict[str, dict[str, torch.Tensor]]) -> AdapterModel:
-        """Rebuild from an artifact's `manifest.methods` and tensors, frozen, in eval mode."""
+        """Rebuild from an artifact's `manifest.methods` and tensors, frozen, in eval mode.
+
+        The modules are built on the meta device and take the stored tensors (as float32)
+        once their names and shapes match, so a config asking for more than the artifact
+        holds is refused without allocating what it asks for.
+        """
         entries = [MethodEntry(m["method"], m.get("config", {}), m.get("sharing", "single"),
                                m.get("id")) for m in methods]
-        model = cls(entries, facts, tasks)
-        model.load_split_state(shared, per_task)
+        with torch.device("meta"):
+            model = cls(entries, facts, tasks)
+        model.load_split_state(shared, per_task, assign=True)
         return model.requires_grad_(False).eval()
 
     def load_split_state(self, shared: dict[str, torch.Tensor],
-                         per_task: dict[str, dict[str, torch.Tensor]]) -> None:
-        """Inverse of `split_state`; missing or unexpected tensors are named in the error."""
+                         per_task: dict[str, dict[str, torch.Tensor]],
+                         assign: bool = False) -> None:
+        """Inverse of `split_state`; missing or unexpected tensors are named in the error.
+
+        assign: the parameters become float32 copies of the given tensors (for a model
+        built on the meta device) instead of being copied into.
+        """
         state = {}
         for name, tensor in shared.items():
             key, rest = name.split(".", 1)
@@ -121,4 +132,7 @@ class AdapterModel(nn.Module):
             if tuple(tensor.shape) != tuple(expected[name].shape):
                 raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}; the backbone "
                                  f"and config expect {tuple(expected[name].shape)}")
-        self.load_state_dict(state, strict=False)
+        if assign:
+            state = {name: tensor.to(device="cpu", dtype=expected[name].dtype, copy=True)
+                     for name, tensor in state.items()}
+        self.load_state_dict(state, strict=False, assign=assign)

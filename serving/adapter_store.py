@@ -125,7 +125,8 @@ class AdapterStore:
 
     def _read(self, name: str, version: int) -> HostAdapter:
         verified = self.registry.read_files(f"{name}:{version}",
-                                            expected_fingerprint=self.fingerprint)
+                                            expected_fingerprint=self.fingerprint,
+                                            d_model=self.facts.d_model)
         manifest = json.loads(verified.files["manifest.json"])
         tasks = list(manifest["tasks"])
         try:

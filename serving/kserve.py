@@ -325,7 +325,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                      state="READY"))
         for info in infos:
             state = self.repository.state(info.name, info.version, info.aliases,
-                                          tuple(info.manifest.get("tasks", ())))
+                                          tuple(info.manifest.get("tasks", ())), info.problem)
             models.append(ModelIndex(name=state.name, version=str(state.version),
                                      state=state.state, reason=state.reason))
         if request.ready:

@@ -132,8 +132,9 @@ class RepositoryServicer(repository_pb2_grpc.RepositoryServicer):
                  engine: Engine):
         self.registry, self.store, self.slots, self.engine = registry, store, slots, engine
 
-    def state(self, name: str, version: int, aliases=(), tasks=()) -> repository_pb2.AdapterState:
-        """Where one version is and how it is used."""
+    def state(self, name: str, version: int, aliases=(), tasks=(),
+              problem: str = "") -> repository_pb2.AdapterState:
+        """Where one version is and how it is used; `problem`: why its record is unreadable."""
         key = (name, version)
         entry = self.store.entry(key)
         device = self.slots.adapter_state(key)
@@ -152,15 +153,16 @@ class RepositoryServicer(repository_pb2_grpc.RepositoryServicer):
             bytes=device["bytes"] if device["slots"] else (entry.nbytes if entry else 0),
             last_used_unix=max(device["last_used"], entry.last_used if entry else 0.0),
             in_flight=device["in_flight"], pinned=self.store.is_pinned(key),
-            reason="" if state != "UNAVAILABLE" or active else "not the active version")
+            reason=problem or ("" if state != "UNAVAILABLE" or active else
+                               "not the active version"))
 
     def Index(self, request, context):
         try:
             infos = self.registry.index()
         except RegistryError as exc:
             _abort(context, error_for(exc))
-        states = [self.state(i.name, i.version, i.aliases, tuple(i.manifest.get("tasks", ())))
-                  for i in infos if not i.yanked]
+        states = [self.state(i.name, i.version, i.aliases, tuple(i.manifest.get("tasks", ())),
+                             i.problem) for i in infos if not i.yanked]
         if request.ready_only:
             states = [s for s in states if s.state == "READY"]
         return repository_pb2.IndexResponse(adapters=states)

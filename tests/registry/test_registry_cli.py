@@ -111,3 +111,19 @@ def test_root_option_overrides_environment(
     run(capsys, tmp_path / "flag", "publish", str(artifact), "--name", "cap")
     assert (tmp_path / "flag" / "adapters" / "cap").is_dir()
     assert not (tmp_path / "env").exists()
+
+
+def test_list_shows_every_version_and_marks_a_corrupt_record(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, artifact: Path
+) -> None:
+    root = tmp_path / "registry"
+    for _ in range(3):
+        run(capsys, root, "publish", str(artifact), "--name", "cap")
+    (root / "adapters" / "cap" / "versions" / "2.json").write_text("{not json")
+    code, out, err = run(capsys, root, "list")
+    rows = {line.split()[1]: line for line in out.splitlines()[1:]}
+    assert code == 0 and err == ""
+    assert sorted(rows) == ["1", "2", "3"]
+    assert "gqa,vqa" in rows["1"] and "gqa,vqa" in rows["3"] and "latest" in rows["3"]
+    assert "version record" in rows["2"] and "is corrupt" in rows["2"]
+    assert "corrupt" not in rows["1"] + rows["3"]

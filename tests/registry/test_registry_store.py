@@ -178,6 +178,42 @@ def test_corrupt_version_record_is_reported_not_crashed_on(
     assert "corrupt" in registry.verify()[0]
 
 
+def test_index_lists_every_readable_version_and_marks_a_corrupt_record(
+    registry: Registry, make_artifact: Callable
+) -> None:
+    for i in range(3):
+        registry.publish(make_artifact(f"a{i}", seed=i), "cap")
+    registry.publish(make_artifact("other"), "other")
+    Path(registry.storage.path("adapters/cap/versions/2.json")).write_text("{not json")
+    infos = registry.index()
+    assert [(info.ref, bool(info.problem)) for info in infos] == [
+        ("cap:1", False), ("cap:2", True), ("cap:3", False), ("other:1", False)
+    ]
+    assert all(info.manifest["tasks"] for info in infos if not info.problem)
+    broken = infos[1]
+    assert "cap:2" in broken.problem and "corrupt" in broken.problem and broken.manifest == {}
+    assert registry.verify() == [broken.problem]
+    assert registry.resolve("cap").version == 3
+    with pytest.raises(IntegrityError, match="cap:2"):
+        registry.resolve("cap:2")
+
+
+def test_corrupt_alias_file_hides_no_version(registry: Registry, make_artifact: Callable) -> None:
+    registry.publish(make_artifact("a"), "cap", alias="prod")
+    registry.publish(make_artifact("b", seed=1), "cap", alias="stable")
+    Path(registry.storage.path("adapters/cap/aliases/prod")).write_text("{not json")
+    assert [(info.ref, info.aliases) for info in registry.index()] == [
+        ("cap:1", ()), ("cap:2", ("latest", "stable"))
+    ]
+    assert registry.resolve("cap@stable").version == 2
+    with pytest.raises(IntegrityError, match="alias file .*prod is corrupt"):
+        registry.resolve("cap@prod")
+    [problem] = registry.verify()
+    assert "prod" in problem
+    registry.set_alias("cap", "prod", 1)  # writing the alias again repairs it
+    assert registry.resolve("cap@prod").version == 1 and registry.verify() == []
+
+
 def test_gc_removes_only_unreferenced_blobs(registry: Registry, artifact: Path) -> None:
     registry.publish(artifact, "cap")
     orphan = Path(registry.storage.path("blobs/sha256/" + "0" * 64))
