@@ -184,6 +184,8 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """Validate and (for an adapter) queue a request; `Call.finish` waits for it."""
         started = time.perf_counter()
         try:
+            # The vision model's requests never become a PredictRequest: check them here.
+            self.inference.checker.check_message(request.ByteSize())
             if self._is_vision(request.model_name):
                 self._loaded_version(request.model_name, request.model_version)
                 return Call(request, started, lambda: self._vision_infer(request))

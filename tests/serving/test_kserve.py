@@ -387,3 +387,15 @@ def test_any_exception_on_a_stream_answers_its_own_request(server, client, monke
     assert got[0][0] is None and "planted failure" in got[0][1].message()
     assert got[1][1] is None and got[1][0].get_response().id == "after"
     assert got[1][0].as_numpy("TEXT")[0].decode() == infer(client, message)[0]
+
+
+def test_vision_request_over_the_message_limit_is_invalid_argument(client, server):
+    """max_message_bytes bounds vision-model requests too (they skip PredictRequest)."""
+    limit = server.config.limits.max_message_bytes
+    count = limit // (3 * 32 * 32 * 4) + 1
+    tensor = triton.InferInput("PIXELS", [count, 3, 32, 32], "FP32")
+    tensor.set_data_from_numpy(np.zeros((count, 3, 32, 32), np.float32))
+    with pytest.raises(InferenceServerException) as excinfo:
+        client.infer(VISION, [tensor], client_timeout=60)
+    assert status_of(excinfo) == "StatusCode.INVALID_ARGUMENT"
+    assert "max_message_bytes" in excinfo.value.message()
