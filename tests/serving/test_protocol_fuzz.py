@@ -41,16 +41,19 @@ LIMITS = Limits(max_message_bytes=200_000, max_new_tokens=3, max_beams=2,
                 default_max_new_tokens=2, max_frames=4, max_feature_tokens=8)
 ADAPTERS = ("alpha", "beta", "gamma")
 
-INT32 = st.integers(-(2**31), 2**31 - 1)
-INT64 = st.integers(-(2**63), 2**63 - 1)
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
 TEXTS = st.sampled_from(["what is the color", "red left", ""]) | st.text(max_size=12)
 NAMES = st.sampled_from([*ADAPTERS, "alien", "nobody", ""]) | st.text(max_size=6)
 TASK_NAMES = st.sampled_from([*TASKS, "", "sudoku"]) | st.text(max_size=6)
 
 
-def _ints(full: st.SearchStrategy[int]) -> st.SearchStrategy[int]:
-    """Mostly small values (which pass the limits), sometimes anything in range."""
-    return st.sampled_from([0, 1, 2, 3, -1]) | full
+def _ints(low: int, high: int) -> st.SearchStrategy[int]:
+    """Small values (which pass the limits), the edges of int32 / int64 within [low, high],
+    or anything in it."""
+    edges = [e for e in (2**31 - 1, 2**31, -(2**31), -(2**31) - 1, 2**63 - 1, -(2**63))
+             if low <= e <= high]
+    return st.sampled_from([0, 1, 2, 3, -1]) | st.sampled_from(edges) | st.integers(low, high)
 
 
 def _image(size: tuple[int, int], fmt: str) -> bytes:
@@ -129,9 +132,9 @@ def _report(seen: Counter, least_ok: int = 1) -> None:
 # --- PredictRequest ----------------------------------------------------------------------
 @st.composite
 def _features(draw, feat_dim: int) -> inference_pb2.Features:
-    tokens = draw(st.sampled_from([1, 2]) | INT32)
-    dim = draw(st.sampled_from([feat_dim, feat_dim + 1]) | INT32)
-    count = tokens * dim if 0 < tokens * dim <= 64 else draw(st.integers(0, 16))
+    tokens = draw(st.sampled_from([1, 2]) | st.integers(*INT32))
+    dim = draw(st.sampled_from([feat_dim, feat_dim + 1]) | st.integers(*INT32))
+    count = tokens * dim if 0 < tokens * dim <= 2 * feat_dim else draw(st.integers(0, 16))
     values = draw(st.lists(st.floats(width=32), min_size=count, max_size=count))
     data = struct.pack(f"<{count}f", *values)
     return inference_pb2.Features(data=data[:draw(st.integers(0, len(data)))]
@@ -152,15 +155,15 @@ def _random_predict(draw, feat_dim: int) -> inference_pb2.PredictRequest:
     message.adapter.name = draw(NAMES)
     selector = draw(st.sampled_from(["none", "version", "alias"]))
     if selector == "version":
-        message.adapter.version = draw(_ints(INT64))
+        message.adapter.version = draw(_ints(*INT64))
     elif selector == "alias":
         message.adapter.alias = draw(st.sampled_from(["latest", "prod", ""]) | st.text(max_size=6))
     message.images.extend(draw(st.lists(_images(feat_dim), max_size=3)))
     message.video.frames.extend(draw(st.lists(_images(feat_dim), max_size=5)))
     message.video.subtitles = draw(TEXTS)
     message.choices.extend(draw(st.lists(TEXTS, max_size=4)))
-    message.generation.max_new_tokens = draw(_ints(INT32))
-    message.generation.num_beams = draw(_ints(INT32))
+    message.generation.max_new_tokens = draw(_ints(*INT32))
+    message.generation.num_beams = draw(_ints(*INT32))
     return message
 
 
@@ -203,11 +206,11 @@ def test_fuzzed_predict_requests_get_documented_codes(channel, backbone, good):
 # --- ModelInferRequest -------------------------------------------------------------------
 PARAMETER_VALUES = {
     "bool_param": st.booleans(),
-    "int64_param": _ints(INT64),
+    "int64_param": _ints(*INT64),
     "uint64_param": st.integers(0, 2**64 - 1),
     "double_param": st.floats(),
-    "string_param": st.sampled_from(["vqa", "caption", "2", "true", "--5", "²"]) |
-    st.text(max_size=6),
+    "string_param": st.sampled_from(["vqa", "caption", "2", "true", "--5", "²", " 2",
+                                     "99999999999999999999"]) | st.text(max_size=6),
 }
 
 
@@ -236,7 +239,7 @@ def _tensor(draw, request, raw: bool, feat_dim: int) -> None:
     count = len(floats) if datatype == "FP32" else len(items)
     shape = draw(st.sampled_from([[count], [1, count], [1, 1, count], [count, 1],
                                   [1, tokens, count // tokens]]) |
-                 st.lists(_ints(INT64), max_size=3))
+                 st.lists(_ints(*INT64), max_size=3))
     tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
     if raw:
         data = struct.pack(f"<{len(floats)}f", *floats) if datatype == "FP32" \
@@ -285,19 +288,21 @@ def _kserve_of(message: inference_pb2.PredictRequest) -> service_pb2.ModelInferR
 
 @st.composite
 def _infer_requests(draw, feat_dim: int) -> service_pb2.ModelInferRequest:
-    """A valid request with some of its parts taken from a random one (or all of them)."""
+    """A valid request whose parameters get random ones on top, and each other part is
+    replaced by a random one's with probability 1/4 (so most reach the deeper checks)."""
     base = _kserve_of(request_for(draw(st.sampled_from(list(TASKS))),
                                   draw(st.sampled_from(ADAPTERS)), seed=draw(st.integers(0, 3))))
     noise = draw(_random_infer(feat_dim))
-    parts = ["model_name", "model_version", "parameters", "inputs", "outputs"]
-    for name in draw(st.sets(st.sampled_from(parts), max_size=2)) if draw(st.booleans()) \
-            else parts:
+    base.parameters.MergeFrom(noise.parameters)
+    for name in ("model_name", "model_version", "inputs", "outputs"):
+        if draw(st.integers(0, 3)) > 0:
+            continue
         base.ClearField(name)
         if name == "inputs":
             base.inputs.extend(noise.inputs)
             base.raw_input_contents.extend(noise.raw_input_contents)
-        elif name in ("parameters", "outputs"):
-            getattr(base, name).MergeFrom(getattr(noise, name))
+        elif name == "outputs":
+            base.outputs.extend(noise.outputs)
         else:
             setattr(base, name, getattr(noise, name))
     return base
@@ -322,16 +327,21 @@ def test_a_stream_of_fuzzed_requests_answers_each_one(channel, backbone, good):
     the stream ends OK."""
     stream = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer
 
+    seen: Counter = Counter()
+
     @FUZZ
     @given(requests=st.lists(_infer_requests(backbone.config.feat_dim), min_size=1,
                              max_size=4))
     def run(requests):
-        ended = [bool(r.error_message) or
-                 r.infer_response.parameters["triton_final_response"].bool_param
-                 for r in stream(iter(requests), timeout=60)]
-        assert sum(ended) == len(requests)
+        responses = list(stream(iter(requests), timeout=60))
+        errors = sum(bool(r.error_message) for r in responses)
+        answers = sum(r.infer_response.parameters["triton_final_response"].bool_param
+                      for r in responses)
+        assert errors + answers == len(requests)
+        seen.update(OK=answers, error_message=errors)
 
     run()
+    _report(seen)
     good()
 
 
@@ -365,8 +375,8 @@ def test_load_selector_accepts_or_names_the_parameter(data):
     request = service_pb2.RepositoryModelLoadRequest(model_name="alpha")
     data.draw(_parameters(request, ["version", "alias", "config", "file:x"]))
     if data.draw(st.booleans()):
-        versions = data.draw(st.lists(_ints(INT64) | TEXTS | st.none() | st.booleans(),
-                                      max_size=2) | _ints(INT64))
+        versions = data.draw(st.lists(_ints(*INT64) | TEXTS | st.none() | st.booleans(),
+                                      max_size=2) | _ints(*INT64))
         request.parameters["config"].string_param = json.dumps(
             {"version_policy": {"specific": {"versions": versions}}})
     try:

@@ -244,3 +244,13 @@ def test_a_missing_task_is_invalid_argument_and_an_unknown_one_not_found(channel
     request = _kserve_request()
     request.inputs[0].contents.bytes_contents[0] = b"sudoku"
     assert "unknown task" in _refused(kserve.ModelInfer, request, grpc.StatusCode.NOT_FOUND)
+
+
+def test_a_task_the_adapter_lacks_is_not_found_on_both_protocols(channel, kserve):
+    message = request_for("caption", "gamma")  # gamma has no caption task
+    details = _refused(inference_pb2_grpc.InferenceStub(channel).Predict, message,
+                       grpc.StatusCode.NOT_FOUND)
+    request = _kserve_request("gamma")
+    request.inputs[0].contents.bytes_contents[0] = b"caption"
+    del request.inputs[2]  # no TEXT for captioning
+    assert _refused(kserve.ModelInfer, request, grpc.StatusCode.NOT_FOUND) == details
