@@ -78,8 +78,12 @@ class AdapterStore:
 
     # --- resolution and fetching ---------------------------------------------------------
     def resolve(self, name: str, version: int | None = None, alias: str | None = None) -> int:
-        """A version number from a version or an alias (registry NotFound / InvalidName)."""
-        if version:
+        """A version number from a version or an alias (registry NotFound / InvalidName).
+
+        version None: the alias (default `latest`); 0 is no version (InvalidName), it never
+        means the latest one.
+        """
+        if version is not None:
             return self.registry.resolve(f"{name}:{version}").version
         return self.registry.resolve(f"{name}@{alias or 'latest'}").version
 

@@ -43,6 +43,7 @@ from serving.kserve_tensors import (
     ADAPTER_OUTPUTS,
     TensorSpec,
     add_output,
+    int_parameter,
     metadata,
     model_config,
     predict_request,
@@ -51,6 +52,7 @@ from serving.kserve_tensors import (
     wanted_outputs,
 )
 from serving.limits import InvalidInput
+from serving.requests import VERSION, parse_integer
 from serving.servicer import InferenceServicer, RepositoryServicer
 from serving.vision_backends import VisionEncoder
 from serving.vision_cache import encode_pixels
@@ -182,6 +184,8 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """Validate and (for an adapter) queue a request; `Call.finish` waits for it."""
         started = time.perf_counter()
         try:
+            # The vision model's requests never become a PredictRequest: check them here.
+            self.inference.checker.check_message(request.ByteSize())
             if self._is_vision(request.model_name):
                 self._loaded_version(request.model_name, request.model_version)
                 return Call(request, started, lambda: self._vision_infer(request))
@@ -252,16 +256,23 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return response
 
     def _start_call(self, request, context, streaming: bool) -> Call:
+        """`_begin`, with any exception kept as the call's error (a stream answers it as its
+        request's `error_message` and goes on)."""
         try:
             return self._begin(request, context, streaming)
-        except RequestError as error:
-            return Call(request, time.perf_counter(), error=error)
+        except Exception as exc:
+            if not isinstance(exc, RequestError | InvalidInput):
+                log.exception("KServe request %r failed", request.id)
+            return Call(request, time.perf_counter(), error=error_for(exc))
 
     def ModelInfer(self, request, context):
         try:
             return self._end(self._start_call(request, context, streaming=False))
-        except RequestError as error:
-            context.abort(error.code, error.message)
+        except Exception as exc:
+            if not isinstance(exc, RequestError):
+                log.exception("KServe request %r failed", request.id)
+            error = error_for(exc)
+        context.abort(error.code, error.message)
 
     def ModelStreamInfer(self, request_iterator, context
                          ) -> Iterator[service_pb2.ModelStreamInferResponse]:
@@ -278,23 +289,29 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             try:
                 for request in request_iterator:
                     calls.put(self._start_call(request, context, streaming=True))
-            except grpc.RpcError:  # the client went away; its calls are cancelled
-                pass
+            except Exception:  # the client went away (RpcError: its calls are cancelled), or
+                pass  # bytes that do not parse (serving.decoding ends the call INVALID_ARGUMENT)
             finally:
                 calls.put(None)
 
         threading.Thread(target=read, name="kserve-stream", daemon=True).start()
         while (call := calls.get()) is not None:
+            yield from self._stream_answers(call)
+
+    def _stream_answers(self, call: Call) -> Iterator[service_pb2.ModelStreamInferResponse]:
+        """The responses of one request on a stream: its pieces, then its answer or error."""
+        try:
             for piece in call.tokens or ():
                 yield service_pb2.ModelStreamInferResponse(
                     infer_response=_piece_response(call.request, piece))
-            try:
-                response = self._end(call)
-            except RequestError as error:
-                yield service_pb2.ModelStreamInferResponse(error_message=error.message)
-                continue
-            response.parameters["triton_final_response"].bool_param = True
-            yield service_pb2.ModelStreamInferResponse(infer_response=response)
+            response = self._end(call)
+        except Exception as exc:
+            if not isinstance(exc, RequestError):
+                log.exception("KServe stream request %r failed", call.request.id)
+            yield service_pb2.ModelStreamInferResponse(error_message=error_for(exc).message)
+            return
+        response.parameters["triton_final_response"].bool_param = True
+        yield service_pb2.ModelStreamInferResponse(infer_response=response)
 
     def ModelStatistics(self, request, context):
         names = {name for name, _ in self.stats.keys()} | set(self.store.active())
@@ -421,32 +438,39 @@ def _adapter_response(request: service_pb2.ModelInferRequest, prediction: Predic
 def load_selector(parameters) -> tuple[int | None, str | None]:
     """RepositoryModelLoad parameters -> (version, alias); neither: the latest version.
 
-    Accepted: "version" (int64 or digits), "alias" (string), or Triton's "config" JSON with
-    `{"version_policy": {"specific": {"versions": [N]}}}`. Override files are refused.
+    Accepted: "version" (int64 or digits, > 0), "alias" (string), or Triton's "config" JSON
+    with `{"version_policy": {"specific": {"versions": [N]}}}` (N an int or a string of
+    digits, as protobuf's JSON writes int64). One of them at most; override files are
+    refused. Every refusal is InvalidInput naming the parameter.
     """
     files = [key for key in parameters if key.startswith("file:")]
     if files:
         raise InvalidInput(f"model override files are not supported ({files[0]}); publish "
                            "the adapter to the registry instead")
-    version = alias = None
-    if "version" in parameters:
-        value = parameters["version"]
-        which = value.WhichOneof("parameter_choice")
-        text = str(getattr(value, which)) if which else ""
-        if not text.isdigit() or int(text) <= 0:
-            raise InvalidInput(f"parameter 'version' must be a positive integer, got {text!r}")
-        version = int(text)
-    if "alias" in parameters:
-        alias = parameters["alias"].string_param or None
+    version = int_parameter(parameters, "version", VERSION)
+    alias = (parameters["alias"].string_param or None) if "alias" in parameters else None
     if "config" in parameters:
-        try:
-            config = json.loads(parameters["config"].string_param or "{}")
-            versions = config.get("version_policy", {}).get("specific", {}).get("versions")
-        except (json.JSONDecodeError, AttributeError):
-            raise InvalidInput("parameter 'config' is not a JSON model config") from None
-        if versions is not None:
-            if len(versions) != 1:
-                raise InvalidInput("version_policy.specific.versions must name one version "
-                                   "(one version of an adapter is active at a time)")
-            version = int(versions[0])
+        configured = _config_version(parameters["config"].string_param)
+        if configured is not None and version is not None and configured != version:
+            raise InvalidInput(f"parameter 'version' {version} and the config's "
+                               f"version_policy {configured} disagree")
+        version = configured if configured is not None else version
+    if version is not None and alias is not None:
+        raise InvalidInput("give parameter 'version' or 'alias', not both")
     return version, alias
+
+
+def _config_version(text: str) -> int | None:
+    """The one version a Triton config JSON's specific version policy names, or None."""
+    try:
+        config = json.loads(text or "{}")
+        versions = config.get("version_policy", {}).get("specific", {}).get("versions")
+    except (ValueError, AttributeError, RecursionError):  # JSONDecodeError is a ValueError
+        raise InvalidInput("parameter 'config' is not a JSON model config") from None
+    if versions is None:
+        return None
+    if not isinstance(versions, list) or len(versions) != 1:
+        raise InvalidInput("config version_policy.specific.versions must be a list naming "
+                           "one version (one version of an adapter is active at a time), "
+                           f"got {json.dumps(versions)[:40]}")
+    return parse_integer(versions[0], "config version_policy.specific.versions[0]", VERSION)

@@ -28,6 +28,7 @@ Outputs go back in `raw_output_contents`, as Triton does.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -36,11 +37,10 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from serving.limits import InvalidInput
 from serving.protos import inference_pb2
+from serving.requests import INT32, VERSION, parse_integer
 from training.tasks import TASKS, VisualInput
 
 TensorMetadata = service_pb2.ModelMetadataResponse.TensorMetadata
-# Request parameters we read; tritonclient and Triton's own reserved ones are ignored.
-INT_PARAMETERS = ("max_new_tokens", "num_beams")
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,11 @@ def split_bytes(raw: bytes, what: str) -> list[bytes]:
 
 
 def _element_count(tensor, what: str) -> int:
+    """The element count its shape declares, exact (Python ints: [2**32, 2**32] does not
+    wrap around to 0 as an int64 product would)."""
     if any(d < 0 for d in tensor.shape):
         raise InvalidInput(f"{what} has a negative dimension in shape {list(tensor.shape)}")
-    return int(np.prod(tensor.shape, dtype=np.int64))
+    return math.prod(tensor.shape)
 
 
 def read_inputs(request: service_pb2.ModelInferRequest, expected: tuple[TensorSpec, ...]
@@ -167,16 +169,15 @@ def _task(arrays: dict[str, np.ndarray], parameters) -> str:
     return task
 
 
-def _int_parameter(parameters, name: str) -> int:
+def int_parameter(parameters, name: str, bounds: tuple[int, int]) -> int | None:
+    """An integer request parameter (int64, uint64 or a string of digits) within `bounds`;
+    None when absent. A bool or double is refused, naming the parameter."""
     if name not in parameters:
-        return 0
+        return None
     value = parameters[name]
     which = value.WhichOneof("parameter_choice")
-    if which in ("int64_param", "uint64_param"):
-        return int(getattr(value, which))
-    if which == "string_param" and value.string_param.strip().lstrip("-").isdigit():
-        return int(value.string_param)
-    raise InvalidInput(f"parameter {name!r} must be an integer")
+    return parse_integer(getattr(value, which) if which else None, f"parameter {name!r}",
+                         bounds)
 
 
 def predict_request(request: service_pb2.ModelInferRequest,
@@ -187,10 +188,8 @@ def predict_request(request: service_pb2.ModelInferRequest,
                                            request_id=request.id)
     message.adapter.name = request.model_name
     if request.model_version:
-        if not request.model_version.isdigit():
-            raise InvalidInput(f"model_version {request.model_version!r} is not a version "
-                               "number")
-        message.adapter.version = int(request.model_version)
+        message.adapter.version = parse_integer(request.model_version, "model_version",
+                                                VERSION)
     if "IMAGE" in arrays and "IMAGES" in arrays:
         raise InvalidInput("give IMAGE or IMAGES, not both")
     if "FEATURES" in arrays:
@@ -207,8 +206,10 @@ def predict_request(request: service_pb2.ModelInferRequest,
             message.choices.append(bytes(item).decode("utf-8"))
         except UnicodeDecodeError:
             raise InvalidInput("input 'CHOICES' is not valid UTF-8") from None
-    message.generation.max_new_tokens = _int_parameter(request.parameters, "max_new_tokens")
-    message.generation.num_beams = _int_parameter(request.parameters, "num_beams")
+    # Range-checked as the int32 fields they fill; the server's limits are checked later.
+    message.generation.max_new_tokens = int_parameter(request.parameters, "max_new_tokens",
+                                                      INT32) or 0
+    message.generation.num_beams = int_parameter(request.parameters, "num_beams", INT32) or 0
     return message
 
 

@@ -39,6 +39,9 @@ class Limits:
     max_message_bytes: int = 8 * 1024 * 1024
     max_image_bytes: int = 4 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
+    # Long edge / short edge: CLIP preprocessing scales the short edge up to the tower's
+    # size, so a 1 x 1,000,000 PNG of 4 KB would cost ~10 GB and minutes to resize.
+    max_image_aspect: int = 32
     max_frames: int = 64
     max_feature_tokens: int = 1024
     max_text_tokens: int = 256
@@ -82,6 +85,9 @@ def decode_image(data: bytes, limits: Limits, what: str) -> Image.Image:
             if width * height > limits.max_image_pixels:
                 raise InvalidInput(f"{what} has {width}x{height} pixels; limit "
                                    f"max_image_pixels={limits.max_image_pixels}")
+            if max(width, height) > limits.max_image_aspect * min(width, height):
+                raise InvalidInput(f"{what} is {width}x{height} pixels; limit "
+                                   f"max_image_aspect={limits.max_image_aspect}")
             image.load()
             return image.convert("RGB")
     except InvalidInput:

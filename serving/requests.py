@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -10,10 +11,16 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from adapters_registry import FingerprintMismatch, IntegrityError, InvalidName, NotFound
+from adapters_registry import IntegrityError, InvalidName, NotFound, RegistryError
 from serving.adapter_store import AdapterRejected, HostAdapter
-from serving.limits import ImageInput
+from serving.limits import ImageInput, InvalidInput
 from training.tasks import TaskSpec
+
+# Inclusive bounds of request integers: proto int32 fields, and version numbers (int64 > 0;
+# 0 is not a version anywhere, it never means "latest").
+INT32 = (-(2**31), 2**31 - 1)
+VERSION = (1, 2**63 - 1)
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: str.isdigit() accepts "²"
 
 
 class RequestError(Exception):
@@ -25,18 +32,48 @@ class RequestError(Exception):
 
 
 def error_for(exc: BaseException) -> RequestError:
-    """Map a loading or registry error to the status a client sees."""
+    """Map a request, loading or registry error to the status a client sees.
+
+    NOT_FOUND: no such name, version or alias. INVALID_ARGUMENT: a malformed field.
+    DATA_LOSS: stored bytes differ from their sha256. FAILED_PRECONDITION: the stored
+    artifact exists but this server refuses it (another backbone, a shape that does not
+    fit, the artifact reader's format or size checks). Anything else is the server's own
+    fault: INTERNAL.
+    """
     if isinstance(exc, RequestError):
         return exc
+    if isinstance(exc, InvalidInput | InvalidName):
+        return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, NotFound):
         return RequestError(grpc.StatusCode.NOT_FOUND, str(exc))
-    if isinstance(exc, FingerprintMismatch | AdapterRejected):
-        return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-    if isinstance(exc, InvalidName):
-        return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, IntegrityError):
         return RequestError(grpc.StatusCode.DATA_LOSS, str(exc))
+    # FingerprintMismatch, InvalidArtifact, LimitExceeded: every other registry refusal.
+    if isinstance(exc, AdapterRejected | RegistryError):
+        return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     return RequestError(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+def parse_integer(value: object, what: str, bounds: tuple[int, int]) -> int:
+    """An int, or a string of ASCII digits with an optional sign, within `bounds`
+    (inclusive); anything else is InvalidInput naming `what`.
+
+    Python's int() alone would accept "²", " 5", "1_0" or a bool, and raise ValueError on
+    more than 4300 digits; proto int32 fields raise ValueError on an int64 value.
+    """
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        digits = value.lstrip("+-").lstrip("0")
+        number = int(value) if len(digits) <= 20 else None  # None: beyond any bound
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        raise InvalidInput(f"{what} must be an integer, got {shown}")
+    low, high = bounds
+    if number is None or not low <= number <= high:
+        kind = "a version number" if bounds == VERSION else "an integer"
+        raise InvalidInput(f"{what} must be {kind} in [{low}, {high}], got {shown}")
+    return number
 
 
 class NoMetrics:

@@ -6,7 +6,8 @@
 
 Services: `vladapter.v1.Inference`, `vladapter.v1.Repository`, KServe v2
 `inference.GRPCInferenceService` (serving.kserve), `grpc.health.v1.Health` and server
-reflection; TLS and bearer tokens come from `serving.security`. The CLIP tower runs on the
+reflection; TLS and bearer tokens come from `serving.security`; request bytes that do
+not parse answer INVALID_ARGUMENT on every method (`serving.decoding`). The CLIP tower runs on the
 `--vision-backend` (serving.vision_backends) and may itself be served as a KServe model.
 """
 
@@ -32,6 +33,7 @@ from modeling.methods.base import BackboneFacts
 from modeling.tokenizer import build_word_tokenizer
 from serving.adapter_store import AdapterStore
 from serving.config import ServeConfig
+from serving.decoding import DecodeErrorInterceptor
 from serving.engine import Engine
 from serving.kserve import SERVICE as KSERVE
 from serving.kserve import KServeServicer, VisionModel
@@ -163,11 +165,13 @@ class Server:
             self.metrics.adapter_load(seconds)
 
     def _build_grpc(self) -> grpc.Server:
-        interceptors = []
+        interceptors: list[grpc.ServerInterceptor] = []
         if self.config.token_file:
             from serving.security import TokenAuthInterceptor, read_token_file
             interceptors.append(TokenAuthInterceptor(read_token_file(self.config.token_file),
                                                      self.config.protect_inference))
+        # Innermost, so a refused token still wins over bytes that do not parse.
+        interceptors.append(DecodeErrorInterceptor())
         # gRPC's own cap sits above ours so oversized requests get our INVALID_ARGUMENT.
         cap = 2 * self.config.limits.max_message_bytes + 1024 * 1024
         server = grpc.server(futures.ThreadPoolExecutor(self.config.workers,

@@ -1,10 +1,13 @@
 """gRPC servicers: `vladapter.v1.Inference` and `vladapter.v1.Repository`.
 
-They translate between protos and the engine, and map every error to a status code:
-INVALID_ARGUMENT (a limit, a corrupt image; the message names the limit), NOT_FOUND
-(unknown task or adapter), FAILED_PRECONDITION (fingerprint mismatch, an artifact that
-does not fit), RESOURCE_EXHAUSTED (queue full), DEADLINE_EXCEEDED, UNAVAILABLE (shutting
-down). Validation happens on the calling thread, so a bad request never enters a batch.
+They translate between protos and the engine, and map every error to a status code
+(`serving.requests.error_for`; the table is in proto/vladapter/v1/inference.proto):
+INVALID_ARGUMENT (a missing or malformed field, a limit, a corrupt image, version 0; the
+message names the field or limit), NOT_FOUND (unknown task, adapter, version or alias),
+FAILED_PRECONDITION (fingerprint mismatch, a stored artifact this server refuses),
+DATA_LOSS (stored bytes that fail their sha256), RESOURCE_EXHAUSTED (queue full),
+DEADLINE_EXCEEDED, UNAVAILABLE (shutting down). Validation happens on the calling
+thread, so a bad request never enters a batch.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from serving.adapter_store import AdapterStore
 from serving.engine import Engine, Prediction, Request, RequestError, error_for
 from serving.limits import InvalidInput, RequestChecker
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
+from serving.requests import VERSION, parse_integer
 from serving.slot_table import SlotTable
 from training.tasks import TASKS
 
@@ -59,6 +63,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         """
         try:
             self.checker.check_message(message.ByteSize())
+            if not message.task:
+                raise InvalidInput("task is required (one of " + ", ".join(TASKS) + ")")
             spec = TASKS.get(message.task)
             if spec is None:
                 raise RequestError(grpc.StatusCode.NOT_FOUND,
@@ -87,9 +93,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         """An explicit version or a non-default alias; None: the active version."""
         which = ref.WhichOneof("selector")
         if which == "version":
-            if ref.version <= 0:
-                raise InvalidInput(f"adapter version must be positive, got {ref.version}")
-            return ref.version
+            return parse_integer(ref.version, "adapter.version", VERSION)
         if which == "alias" and ref.alias not in ("", "latest"):
             try:
                 return self.store.resolve(ref.name, alias=ref.alias)
@@ -188,11 +192,12 @@ class RepositoryServicer(repository_pb2_grpc.RepositoryServicer):
         ref = request.adapter
         which = ref.WhichOneof("selector")
         try:
+            version = parse_integer(ref.version, "adapter.version", VERSION) \
+                if which == "version" else None
             return repository_pb2.LoadResponse(adapter=self.load(
-                ref.name, ref.version if which == "version" else None,
-                ref.alias if which == "alias" else None))
-        except RequestError as error:
-            _abort(context, error)
+                ref.name, version, ref.alias if which == "alias" else None))
+        except (RequestError, InvalidInput) as exc:
+            _abort(context, error_for(exc))
 
     def unload(self, name: str) -> int:
         """Take a name out of service (its slots free once idle); raises RequestError."""

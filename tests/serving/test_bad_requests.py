@@ -21,10 +21,12 @@ LIMITS = Limits(max_message_bytes=300_000, max_image_bytes=60_000, max_image_pix
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 
 
-def _encoded(size: int, fmt: str = "PNG", noise: bool = False) -> bytes:
+def _encoded(size: int | tuple[int, int], fmt: str = "PNG", noise: bool = False) -> bytes:
+    """An image of size x size (or (height, width)) pixels, plain or noise."""
+    height, width = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8) if noise else \
-        np.full((size, size, 3), 90, dtype=np.uint8)
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8) if noise else \
+        np.full((height, width, 3), 90, dtype=np.uint8)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format=fmt)
     return out.getvalue()
@@ -54,6 +56,7 @@ BAD = {
     "max_message_bytes": (INVALID, _with(GOOD, text="what " * 70_000)),
     "max_image_bytes": (INVALID, _with(GOOD, images=_image(_encoded(160, noise=True)))),
     "max_image_pixels": (INVALID, _with(GOOD, images=_image(_encoded(200)))),
+    "max_image_aspect": (INVALID, _with(GOOD, images=_image(_encoded((4096, 1))))),
     "not a valid": (INVALID, _with(GOOD, images=_image(b"definitely not an image"))),
     "truncated": (INVALID, _with(GOOD, images=_image(png(1)[:60]))),
     "GIF": (INVALID, _with(GOOD, images=_image(_encoded(16, "GIF")))),

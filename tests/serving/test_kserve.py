@@ -343,3 +343,59 @@ def test_bad_features_input_is_invalid_argument(client, shape, with_image, words
         client.infer("alpha", [*inputs, tensor], client_timeout=30)
     assert status_of(excinfo) == "StatusCode.INVALID_ARGUMENT"
     assert words in excinfo.value.message()
+
+
+def _stream_answers(server, requests: list[tuple[str, dict]], message) -> list:
+    """(result, error) of each (request_id, parameters) sent on one stream, in order."""
+    answers: queue.SimpleQueue = queue.SimpleQueue()
+    with triton.InferenceServerClient(f"127.0.0.1:{server.port}") as kserve:
+        kserve.start_stream(callback=lambda result, error: answers.put((result, error)))
+        for request_id, parameters in requests:
+            kserve.async_stream_infer("alpha", kserve_inputs(message), request_id=request_id,
+                                      parameters={**kserve_parameters(message), **parameters})
+        got = [answers.get(timeout=30) for _ in requests]
+        kserve.stop_stream()
+    return got
+
+
+def test_a_stream_answers_a_bad_parameter_with_its_error_and_goes_on(server, client):
+    """max_new_tokens = 2**40 does not fit the int32 field: that request's error, then the
+    next request on the same stream is answered."""
+    message = request_for("vqa", "alpha", seed=25)
+    got = _stream_answers(server, [("good-1", {}), ("bad", {"max_new_tokens": 2**40}),
+                                   ("good-2", {})], message)
+    expected = infer(client, message)[0]
+    assert [r.get_response().id for r, _ in (got[0], got[2])] == ["good-1", "good-2"]
+    assert [r.as_numpy("TEXT")[0].decode() for r, _ in (got[0], got[2])] == [expected] * 2
+    assert got[1][0] is None and "parameter 'max_new_tokens'" in got[1][1].message()
+
+
+def test_any_exception_on_a_stream_answers_its_own_request(server, client, monkeypatch):
+    """Whatever a request raises while it is handled becomes its error_message."""
+    import serving.kserve
+
+    real = serving.kserve.predict_request
+
+    def failing(request, arrays):
+        if request.id == "boom":
+            raise RuntimeError("planted failure")
+        return real(request, arrays)
+
+    monkeypatch.setattr(serving.kserve, "predict_request", failing)
+    message = request_for("caption", "alpha", seed=26)
+    got = _stream_answers(server, [("boom", {}), ("after", {})], message)
+    assert got[0][0] is None and "planted failure" in got[0][1].message()
+    assert got[1][1] is None and got[1][0].get_response().id == "after"
+    assert got[1][0].as_numpy("TEXT")[0].decode() == infer(client, message)[0]
+
+
+def test_vision_request_over_the_message_limit_is_invalid_argument(client, server):
+    """max_message_bytes bounds vision-model requests too (they skip PredictRequest)."""
+    limit = server.config.limits.max_message_bytes
+    count = limit // (3 * 32 * 32 * 4) + 1
+    tensor = triton.InferInput("PIXELS", [count, 3, 32, 32], "FP32")
+    tensor.set_data_from_numpy(np.zeros((count, 3, 32, 32), np.float32))
+    with pytest.raises(InferenceServerException) as excinfo:
+        client.infer(VISION, [tensor], client_timeout=60)
+    assert status_of(excinfo) == "StatusCode.INVALID_ARGUMENT"
+    assert "max_message_bytes" in excinfo.value.message()

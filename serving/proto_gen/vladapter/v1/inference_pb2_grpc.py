@@ -26,7 +26,24 @@ if _version_not_supported:
 
 
 class InferenceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Status codes (the same on KServe v2, docs/kserve.md); every message names the field
+    or the limit:
+    INVALID_ARGUMENT     a missing or malformed field (empty task or adapter name, version
+    <= 0, an image that is not JPEG / PNG / WebP, features of the wrong
+    size), any limit (message bytes, image bytes / pixels / aspect,
+    frames, text tokens, new tokens, beams, choices), request bytes
+    that do not parse (e.g. a string field that is not UTF-8)
+    NOT_FOUND            an unknown task, adapter, version or alias; a task the adapter
+    lacks; an adapter that is not loaded
+    FAILED_PRECONDITION  the stored artifact is refused: trained on another backbone, does
+    not fit it, or fails the artifact reader's format or size checks
+    DATA_LOSS            stored bytes differ from their sha256
+    RESOURCE_EXHAUSTED   the request queue is full (retry later)
+    DEADLINE_EXCEEDED    the call's deadline passed before its answer
+    UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
+    UNAVAILABLE          the server is shutting down
+    INTERNAL means a server fault, never a client mistake.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -47,7 +64,24 @@ class InferenceStub:
 
 
 class InferenceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Status codes (the same on KServe v2, docs/kserve.md); every message names the field
+    or the limit:
+    INVALID_ARGUMENT     a missing or malformed field (empty task or adapter name, version
+    <= 0, an image that is not JPEG / PNG / WebP, features of the wrong
+    size), any limit (message bytes, image bytes / pixels / aspect,
+    frames, text tokens, new tokens, beams, choices), request bytes
+    that do not parse (e.g. a string field that is not UTF-8)
+    NOT_FOUND            an unknown task, adapter, version or alias; a task the adapter
+    lacks; an adapter that is not loaded
+    FAILED_PRECONDITION  the stored artifact is refused: trained on another backbone, does
+    not fit it, or fails the artifact reader's format or size checks
+    DATA_LOSS            stored bytes differ from their sha256
+    RESOURCE_EXHAUSTED   the request queue is full (retry later)
+    DEADLINE_EXCEEDED    the call's deadline passed before its answer
+    UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
+    UNAVAILABLE          the server is shutting down
+    INTERNAL means a server fault, never a client mistake.
+    """
 
     def Predict(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -83,7 +117,24 @@ def add_InferenceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Inference:
-    """Missing associated documentation comment in .proto file."""
+    """Status codes (the same on KServe v2, docs/kserve.md); every message names the field
+    or the limit:
+    INVALID_ARGUMENT     a missing or malformed field (empty task or adapter name, version
+    <= 0, an image that is not JPEG / PNG / WebP, features of the wrong
+    size), any limit (message bytes, image bytes / pixels / aspect,
+    frames, text tokens, new tokens, beams, choices), request bytes
+    that do not parse (e.g. a string field that is not UTF-8)
+    NOT_FOUND            an unknown task, adapter, version or alias; a task the adapter
+    lacks; an adapter that is not loaded
+    FAILED_PRECONDITION  the stored artifact is refused: trained on another backbone, does
+    not fit it, or fails the artifact reader's format or size checks
+    DATA_LOSS            stored bytes differ from their sha256
+    RESOURCE_EXHAUSTED   the request queue is full (retry later)
+    DEADLINE_EXCEEDED    the call's deadline passed before its answer
+    UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
+    UNAVAILABLE          the server is shutting down
+    INTERNAL means a server fault, never a client mistake.
+    """
 
     @staticmethod
     def Predict(request,
