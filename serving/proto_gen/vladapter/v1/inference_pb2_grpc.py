@@ -38,7 +38,8 @@ class InferenceStub:
     FAILED_PRECONDITION  the stored artifact is refused: trained on another backbone, does
     not fit it, or fails the artifact reader's format or size checks
     DATA_LOSS            stored bytes differ from their sha256
-    RESOURCE_EXHAUSTED   the request queue is full (retry later)
+    RESOURCE_EXHAUSTED   max_queue requests are accepted and not yet running, or every
+    device slot holds an adapter in use (retry later)
     DEADLINE_EXCEEDED    the call's deadline passed before its answer
     UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
     UNAVAILABLE          the server is shutting down
@@ -76,7 +77,8 @@ class InferenceServicer:
     FAILED_PRECONDITION  the stored artifact is refused: trained on another backbone, does
     not fit it, or fails the artifact reader's format or size checks
     DATA_LOSS            stored bytes differ from their sha256
-    RESOURCE_EXHAUSTED   the request queue is full (retry later)
+    RESOURCE_EXHAUSTED   max_queue requests are accepted and not yet running, or every
+    device slot holds an adapter in use (retry later)
     DEADLINE_EXCEEDED    the call's deadline passed before its answer
     UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
     UNAVAILABLE          the server is shutting down
@@ -129,7 +131,8 @@ class Inference:
     FAILED_PRECONDITION  the stored artifact is refused: trained on another backbone, does
     not fit it, or fails the artifact reader's format or size checks
     DATA_LOSS            stored bytes differ from their sha256
-    RESOURCE_EXHAUSTED   the request queue is full (retry later)
+    RESOURCE_EXHAUSTED   max_queue requests are accepted and not yet running, or every
+    device slot holds an adapter in use (retry later)
     DEADLINE_EXCEEDED    the call's deadline passed before its answer
     UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
     UNAVAILABLE          the server is shutting down
