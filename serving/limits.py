@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modeling.inputs import check_features
 from training.tasks import TaskKind, TaskSpec, VisualInput
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
@@ -99,9 +100,10 @@ def decode_image(data: bytes, limits: Limits, what: str) -> Image.Image:
 
 def decode_features(data: bytes, tokens: int, feat_dim: int, expected_dim: int,
                     limits: Limits, what: str) -> torch.Tensor:
-    """Raw float32 bytes -> features [tokens, feat_dim], or InvalidInput."""
-    if feat_dim != expected_dim:
-        raise InvalidInput(f"{what} has feat_dim {feat_dim}; this backbone takes {expected_dim}")
+    """Raw float32 bytes -> features [tokens, feat_dim], or InvalidInput.
+
+    Sizes are checked before the bytes become a tensor; the width, token count and
+    finiteness by `modeling.inputs.check_features`, the check training data meets too."""
     if not 1 <= tokens <= limits.max_feature_tokens:
         raise InvalidInput(f"{what} has {tokens} tokens; limit max_feature_tokens="
                            f"{limits.max_feature_tokens} (and at least 1)")
@@ -109,9 +111,10 @@ def decode_features(data: bytes, tokens: int, feat_dim: int, expected_dim: int,
         raise InvalidInput(f"{what} holds {len(data)} bytes; tokens*feat_dim*4 = "
                            f"{tokens * feat_dim * 4}")
     features = torch.from_numpy(np.frombuffer(data, dtype="<f4").copy()).view(tokens, feat_dim)
-    if not bool(torch.isfinite(features).all()):
-        raise InvalidInput(f"{what} holds NaN or infinite values")
-    return features
+    try:
+        return check_features(features, expected_dim, what)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 class RequestChecker:

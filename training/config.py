@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from adapters_registry.method_config import PUBLISH_SIZES, method_config_problem
 from modeling.config import PRESETS
 from modeling.presets import method_preset
 from modeling.recipe import MethodEntry
@@ -128,7 +129,12 @@ def _methods(value: Any) -> list[MethodEntry]:
         unknown = set(item) - {"method", "config", "sharing", "id"}
         if unknown:
             raise ConfigError(f"methods[{i}]: unknown key(s) {sorted(unknown)}")
-        entries.append(MethodEntry(item["method"], item.get("config") or {},
+        config = item.get("config") or {}
+        problem = method_config_problem(item["method"], config, PUBLISH_SIZES) \
+            if isinstance(config, dict) else "config: expected a mapping"
+        if problem is not None:
+            raise ConfigError(f"methods[{i}]: {problem}")
+        entries.append(MethodEntry(item["method"], config,
                                    item.get("sharing", "single"), item.get("id")))
     return entries
 
