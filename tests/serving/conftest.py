@@ -11,6 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2_grpc
 from serving_helpers import RECIPES, Published, random_adapter, start_server, tiny_backbone
+from tritonclient.grpc import service_pb2_grpc
 
 from adapters_registry import Registry
 from modeling.backbone import VLBackbone
@@ -59,6 +60,12 @@ def channel(server):
 @pytest.fixture(scope="module")
 def inference(channel):
     return inference_pb2_grpc.InferenceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def kserve(channel):
+    """The raw KServe v2 stub, for requests tritonclient cannot build."""
+    return service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
 @pytest.fixture(scope="module")

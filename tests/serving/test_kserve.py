@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import queue
 
-import grpc
 import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as triton
 from kserve_helpers import bytes_input, infer, kserve_inputs, kserve_parameters
 from serving_helpers import png, request_for, start_server
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from serving.protos import inference_pb2_grpc
@@ -36,13 +35,6 @@ def server(backbone, published):
 def client(server):
     with triton.InferenceServerClient(f"127.0.0.1:{server.port}") as kserve:
         yield kserve
-
-
-@pytest.fixture(scope="module")
-def stub(server):
-    """The raw KServe stub, for requests tritonclient cannot build (typed contents)."""
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
 def status_of(excinfo) -> str:
@@ -88,7 +80,7 @@ def test_infer_equals_our_own_predict(task, client, channel):
     assert scores == pytest.approx([s.log_prob for s in expected.scores], abs=1e-4)
 
 
-def test_typed_contents_and_task_parameter(stub, client):
+def test_typed_contents_and_task_parameter(kserve, client):
     """BYTES in `contents.bytes_contents`, the task as a request parameter, beams too."""
     message = request_for("vqa", "beta", seed=14, num_beams=2)
     request = service_pb2.ModelInferRequest(model_name="beta", id="typed")
@@ -100,7 +92,7 @@ def test_typed_contents_and_task_parameter(stub, client):
         tensor = request.inputs.add(name=name, datatype="BYTES", shape=[1])
         tensor.contents.bytes_contents.extend(values)
     request.outputs.add(name="TEXT")
-    response = stub.ModelInfer(request, timeout=30)
+    response = kserve.ModelInfer(request, timeout=30)
     assert [o.name for o in response.outputs] == ["TEXT"]
     assert response.raw_output_contents[0][4:].decode() == infer(client, message)[0]
     assert response.parameters["encode_ms"].double_param >= 0

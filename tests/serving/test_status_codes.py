@@ -10,7 +10,7 @@ import json
 import grpc
 import pytest
 from serving_helpers import request_for, start_server
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2
 
 from adapters_registry import (
     FingerprintMismatch,
@@ -32,17 +32,6 @@ def server(backbone, published):
     running = start_server(backbone, published)
     yield running
     running.stop(grace=5)
-
-
-@pytest.fixture(scope="module")
-def channel(server):
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as chan:
-        yield chan
-
-
-@pytest.fixture(scope="module")
-def kserve(channel):
-    return service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
 def _kserve_request(model: str = "alpha") -> service_pb2.ModelInferRequest:
