@@ -17,13 +17,14 @@ from adapters_registry.names import parse_ref
 from adapters_registry.peft_import import import_peft
 from adapters_registry.store import ROOT_ENV, Registry
 from adapters_registry.versions import VersionInfo
+from modeling.cli_parser import OneLineParser
 
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="adapter-registry",
         description="Publish, version, alias, verify and fetch adapter artifacts.",
     )

@@ -20,11 +20,12 @@ import argparse
 import logging
 import sys
 
+from modeling.cli_parser import OneLineParser
 from serving.config import add_arguments, from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="adapter-serve",
         description="Serve many adapters over one resident VL backbone (gRPC): mixed-adapter "
                     "batching, a tiered adapter cache and hot-swap.",

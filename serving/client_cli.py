@@ -23,6 +23,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from modeling.cli_parser import OneLineParser
 from serving.client import Client, parse_adapter_spec, predict_request
 from serving.security import channel_credentials, read_token_file
 
@@ -54,8 +55,7 @@ def _add_predict(commands: argparse._SubParsersAction, json_flag: argparse.Argum
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: global connection options, then one subcommand."""
-    parser = argparse.ArgumentParser(prog="adapter-client",
-                                     description="Send requests to adapter-serve.")
+    parser = OneLineParser(prog="adapter-client", description="Send requests to adapter-serve.")
     parser.add_argument("--target", default="localhost:50051", help="server host:port")
     token = parser.add_mutually_exclusive_group()
     token.add_argument("--token", help="bearer token")
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-ca", metavar="PATH",
                         help="CA certificate of the server: use TLS (default: plaintext)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
-    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag = argparse.ArgumentParser(add_help=False)  # a parent: only its arguments
     json_flag.add_argument("--json", action="store_true", help="print the response as JSON")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_predict(commands, json_flag)

@@ -17,12 +17,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modeling.cli_parser import OneLineParser
+
 if TYPE_CHECKING:
     from modeling.backbone import VLBackbone
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="adapter-serve export-onnx",
         description="Export the frozen CLIP vision tower (plus grid pooling) to ONNX.")
     parser.add_argument("--backbone", required=True,

@@ -26,3 +26,19 @@ def test_train_adapter_user_error_is_one_line_and_exit_2():
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "unknown backbone preset 'huge'" in result.stderr
+
+
+@pytest.mark.parametrize(("command", "named"), [
+    (["train-adapter", "train", "--config", "x.yaml", "--out", "o", "--steps", "-3"], "--steps"),
+    (["adapter-serve", "--max-batch", "x"], "--max-batch"),
+    (["adapter-registry", "list", "--bogus"], "--bogus"),
+    (["adapter-client", "predict"], "the following arguments are required"),
+    (["adapter-serve", "export-onnx", "--out", "o"], "--backbone"),
+])
+def test_usage_error_is_one_line_naming_the_flag_and_exit_2(command, named):
+    result = subprocess.run([str(BIN / command[0]), *command[1:]], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert named in result.stderr
+    assert f"see {command[0]}" in result.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
+from modeling.cli_parser import OneLineParser
 from modeling.config import VIDEO_FEAT_DIM, preset
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS, method_preset
@@ -119,7 +120,7 @@ def pretrain_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="train-adapter",
         description="Train parameter-efficient adapters on a frozen VL backbone.",
     )

@@ -10,10 +10,10 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
+from modeling.cli_parser import OneLineParser
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS
 from training.pretrain import PretrainSettings, pretrain
@@ -53,7 +53,7 @@ def train_adapter(steps: int) -> Trainer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pretrain-steps", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=400)
     args = parser.parse_args(argv)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
+from modeling.cli_parser import OneLineParser
 from training.synthetic.generate import DEFAULT_SIZES, SplitSizes, generate
 
 
 def main(argv: list[str] | None = None) -> int:
     """Generate the world and print one line per task file; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m training.synthetic", description=__doc__)
+    parser = OneLineParser(prog="python -m training.synthetic", description=__doc__)
     parser.add_argument("out_dir", help="folder to write the synthetic data into")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -1,0 +1,20 @@
+"""The argument parser of every console script: a usage error is one line and exit 2.
+
+argparse prints the whole usage block before its error line (thirty lines for
+`adapter-serve`); users of a command-line tool get the one line that says what is wrong.
+Lives in `modeling` because it is the one package every CLI may import (see the layering
+rule in the README); it imports nothing but argparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose errors are `prog: error: message (see prog --help)`
+    on stderr and exit status 2. Subparsers made by `add_subparsers` are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
