@@ -141,10 +141,14 @@ class Trainer:
         return tasks
 
     # --- one step ------------------------------------------------------------------------
-    def _loss(self, task: str, rows: list[Example], step: int) -> torch.Tensor:
-        rows = rows[self.rank::self.world] or rows[:1]
-        batch, weights = training_batch(self.backbone.tokenizer, rows,
+    def _loss(self, task: str, rows: list[Example], step: int) -> tuple[torch.Tensor, float]:
+        """This rank's loss on its share of `rows`, and the factor that makes the mean of the
+        ranks' scaled losses the whole batch's loss (see `_share_of_batch`)."""
+        share = rows[self.rank::self.world]
+        # A rank with no row still runs one (weighted 0), so every rank runs the same steps.
+        batch, weights = training_batch(self.backbone.tokenizer, share or rows[:1],
                                         self.tasks[task].features, self.config.seed, step)
+        weights = weights if share else [0.0]
         device = self.config.device
         batch = batch.to(device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16,
@@ -154,7 +158,19 @@ class Trainer:
                 logits = self.full.model(batch)
             else:
                 logits = adapter_logits(self.backbone, self.model, batch, [task] * batch.size)
-        return sequence_loss(logits, batch.labels, torch.tensor(weights, device=device))
+        loss = sequence_loss(logits, batch.labels, torch.tensor(weights, device=device))
+        return loss, self._share_of_batch(sum(weights))
+
+    def _share_of_batch(self, weight: float) -> float:
+        """world x (this rank's row-weight sum / every rank's). The loss is a weighted mean
+        over rows, so when ranks hold unequal shares (a batch that does not divide by the
+        world size, or VQA's answer-score weights) a plain mean of the ranks' losses is not
+        the batch's loss; scaled by this factor, it is."""
+        if self.world == 1:
+            return 1.0
+        total = torch.tensor([weight], dtype=torch.float64, device=self.config.device)
+        dist.all_reduce(total)
+        return self.world * weight / total.item() if total.item() > 0 else 0.0
 
     def trainable(self) -> list[torch.nn.Parameter]:
         """The tensors AdamW updates (the backbone is frozen)."""
@@ -167,8 +183,8 @@ class Trainer:
         total, task = 0.0, ""
         for micro in range(self.config.accumulation):
             task, rows = self.sampler.draw(self.step * self.config.accumulation + micro)
-            loss = self._loss(task, rows, self.step * self.config.accumulation + micro)
-            (loss / self.config.accumulation).backward()
+            loss, share = self._loss(task, rows, self.step * self.config.accumulation + micro)
+            (loss * share / self.config.accumulation).backward()
             total += loss.item() / self.config.accumulation
         return task, total
 

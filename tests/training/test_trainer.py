@@ -173,9 +173,11 @@ def test_torchrun_with_two_gloo_processes_averages_gradients_and_keeps_replicas_
     up-projections start at zero, which zeroes the down-projections' first gradient) has a
     gradient at step 2, and the two sides start from bit-identical weights.
     """
+    # Three rows a batch: the ranks take two and one, so a rank's mean loss is not half the
+    # batch's; VQA rows carry answer-score weights, so neither are the weight sums.
     raw = {**world["raw"], "steps": 3,
            "methods": [{"method": "adapter", "config": {"width": 8}}],
-           "tasks": {t: world["raw"]["tasks"][t] for t in ("nlvr2", "caption")}}
+           "tasks": {t: {**world["raw"]["tasks"][t], "batch_size": 3} for t in ("vqa", "caption")}}
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(raw))
     single = Trainer(parse_config(raw), tmp_path / "single", show_progress=False)
