@@ -16,9 +16,9 @@ from pathlib import Path
 
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS
+from modeling.tasks import TASKS
 from training.pretrain import PretrainSettings, pretrain
 from training.synthetic_run import synthetic_config
-from training.tasks import TASKS
 from training.trainer import Trainer
 
 RUNS = Path("runs")
