@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from demo.run import DEMO_PRESET
+from demo.serve import serve_and_ask
 from modeling.backbone import VLBackbone
 from modeling.config import preset
 from modeling.tasks import TASKS
-from serving.demo import serve_and_ask
-from training.demo import DEMO_PRESET
 from training.synthetic import generate
 from training.synthetic.generate import SplitSizes
 from training.synthetic_run import synthetic_config

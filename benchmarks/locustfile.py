@@ -1,6 +1,6 @@
 """Locust load test of adapter-serve over gRPC: eight tasks, many adapters, power-law use.
 
-    locust -f serving/locustfile.py --headless -u 16 -r 16 -t 30s --host 127.0.0.1:50051 \
+    locust -f benchmarks/locustfile.py --headless -u 16 -r 16 -t 30s --host 127.0.0.1:50051 \
         [--world DIR] [--alpha 1.0] [--adapter-names a,b] [--max-new-tokens 8]
 
 The adapters are those the server has loaded (`Repository.Status`), or `--adapter-names`.
