@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m training.demo
+	$(PY) -m demo
 
 test: venv
 	$(PY) -m ruff check .

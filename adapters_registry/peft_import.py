@@ -11,12 +11,13 @@ Tensors are copied byte for byte, so every dtype survives, and land in
     prompt_embeddings   [n, dim]  ->  prompt_tuning.shared.prompt.embedding.weight
 
 (the train-form names of `modeling.methods.lora` and `modeling.methods.prompt_tuning`,
-with `.` in module paths written as `__`, so the artifact loads into `AdapterModel`). The
+built by `modeling.tensor_names`, so the artifact loads into `AdapterModel`). The
 LoRA method names its layers exactly (`targets: ["lm.<path>", ...]`), so a LoRA on some
 layers only is served with no delta elsewhere; layers whose rank or scale differ
 (`rank_pattern`, `alpha_pattern`) form further methods `lora_2`, `lora_3`, ... A seq2seq
 prompt keeps its first ``n`` rows: the only ones PEFT prepends (to the encoder input).
-A PEFT folder has no base-model fingerprint; the caller supplies it.
+A PEFT folder has no base-model fingerprint; the caller supplies it. Each task's prompt
+is the one `modeling.tasks` defines (``nlvr: `` for nlvr2), as a trained artifact records.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ from modeling.peft_policy import (
     peft_files,
     plan_peft,
 )
-
-BUILTIN_PROMPTS = {"nlvr2": "nlvr: "}
+from modeling.tasks import task_prompt
+from modeling.tensor_names import param_key, shared_tensor_name
 
 Plan = tuple[list[dict[str, Any]], dict[str, TensorEntry]]
 
@@ -77,15 +78,15 @@ def _lora_methods(plan: PeftPlan, header: Header) -> Plan:
         for site in sites:
             for part in "AB":
                 entry = entries[site.key(part)]
-                name = f"{method_id}.shared.lora_{part}.{site.site.replace('.', '__')}"
+                name = shared_tensor_name(method_id, f"lora_{part}", param_key(site.site))
                 keep[entry.name] = _target(name, entry.dtype, entry.shape)
     return methods, keep
 
 
 def _prompt_method(plan: PeftPlan, header: Header) -> Plan:
     entry = header.tensors[0]
-    keep = {entry.name: _target("prompt_tuning.shared.prompt.embedding.weight", entry.dtype,
-                                (plan.prompt_rows, plan.prompt_dim))}
+    name = shared_tensor_name("prompt_tuning", "prompt", "embedding.weight")
+    keep = {entry.name: _target(name, entry.dtype, (plan.prompt_rows, plan.prompt_dim))}
     method = {"id": "prompt_tuning", "method": "prompt_tuning", "sharing": "single",
               "config": {"length": plan.prompt_rows, "reparameterize": False}}
     return [method], keep
@@ -123,7 +124,7 @@ def _manifest_fields(
             "peft_base_model": config.get("base_model_name_or_path"),
         },
         "methods": methods,
-        "tasks": {task: {"prompt": BUILTIN_PROMPTS.get(task, f"{task}: ")} for task in tasks},
+        "tasks": {task: {"prompt": task_prompt(task)} for task in tasks},
         "parameters": {"trainable": sum(target.numel for target in keep.values())},
         "metrics": {},
         "created_by": "adapter-registry import-peft",

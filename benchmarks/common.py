@@ -20,10 +20,10 @@ from adapters_registry import Registry
 from modeling.backbone import VLBackbone
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel, MethodEntry
+from modeling.tasks import TASKS
 from serving.config import ServeConfig
 from serving.server import Server, load_backbone
 from training.artifact import write_artifact
-from training.tasks import TASKS
 
 ALL_TASKS = list(TASKS)
 RESULTS = Path(__file__).parent / "results"

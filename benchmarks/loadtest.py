@@ -6,7 +6,7 @@
 Publishes N random adapters (all eight tasks each; adapter, LoRA, prompt and prefix
 recipes in turn) to a temporary registry, starts the real gRPC server in this process with
 all of them loaded, and for each user count runs
-`locust -f serving/locustfile.py --headless -u U -r U -t T --json-file ...` in a
+`locust -f benchmarks/locustfile.py --headless -u U -r U -t T --json-file ...` in a
 subprocess. Figures come from Locust's `--json-file` (its CSV undercounts the last
 window); the server-side split (queue, vision, encode, decode) is the difference of the
 metrics endpoint's `vladapter_latency_seconds` sums and counts before and after each run.
@@ -40,7 +40,7 @@ from benchmarks.common import (
 )
 from training.synthetic.generate import SplitSizes, generate
 
-LOCUSTFILE = Path(__file__).resolve().parents[1] / "serving" / "locustfile.py"
+LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 STAGES = ("queue", "vision", "encode", "decode", "total")
 
 

@@ -24,10 +24,10 @@ import torch
 from modeling.backbone import VLBackbone
 from modeling.params import report
 from modeling.presets import method_preset
+from modeling.tasks import TASKS, TaskKind
 from training.evaluation import evaluate_task
 from training.features import features_for
 from training.synthetic_run import synthetic_config
-from training.tasks import TASKS, TaskKind
 from training.trainer import Trainer, load_task_split
 
 PRESETS = ["full_finetuning", "multiple_adapters", "half_shared_adapters", "single_adapter",
@@ -90,9 +90,8 @@ def main() -> None:
                             java_metrics=False, eval_every=0, log_every=50)
     train = {t: load_task_split(t, d, "train") for t, d in base.tasks.items()}
     test = {t: load_task_split(t, d, "test") for t, d in base.tasks.items()}
-    captioning = (TaskKind.CAPTIONING, TaskKind.VIDEO_CAPTIONING)
     lines.append(row("majority answer", None, {
-        t: None if TASKS[t].kind in captioning else majority(t, train[t], test[t])
+        t: None if TASKS[t].is_captioning else majority(t, train[t], test[t])
         for t in TASKS}, 0))
     runs = [(name, backbone) for name in args.presets.split(",")]
     runs.append(("single_adapter (random backbone)",

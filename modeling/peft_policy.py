@@ -35,7 +35,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
 PROMPT_KEY = "prompt_embeddings"
 LORA_KEY = re.compile(r"base_model\.model\.(?P<path>.+)\.lora_(?P<part>[AB])\.weight")
-# Module names without "__": our parameter keys write "." as "__" (`modeling.methods.base`).
+# Module names without "__": our parameter keys write "." as "__" (`modeling.tensor_names`).
 _MODULE_PATH = re.compile(r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*(\.[A-Za-z0-9]+(_[A-Za-z0-9]+)*)*")
 
 # Fields that change nothing we compute: bookkeeping, layer selection (the tensors say

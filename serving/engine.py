@@ -48,12 +48,12 @@ from modeling.decode_rows import DecodeRows
 from modeling.generation import BeamRow, score_candidates, stream_piece
 from modeling.inputs import VisualTokens, candidate_ids, make_batch
 from modeling.kernels import RowIndex
+from modeling.tasks import VisualInput
 from serving.adapter_store import AdapterStore
 from serving.requests import NoMetrics, Prediction, Request, RequestError, error_for
 from serving.slot_table import NoFreeSlot, SlotTable
 from serving.vision_backends import VisionEncoder
 from serving.vision_cache import VisionCache, visual_tokens
-from training.tasks import TaskKind, VisualInput
 
 __all__ = ["Engine", "NoMetrics", "Prediction", "Request", "RequestError", "error_for"]
 
@@ -306,8 +306,7 @@ class Engine:
         for request in admitted:
             request.timings["vision_ms"] = vision_ms
         self.metrics.batch(len(admitted), len({(r.adapter_name, r.version) for r in admitted}))
-        scoring = [i for i, r in enumerate(admitted)
-                   if r.task.kind in (TaskKind.BINARY, TaskKind.MULTIPLE_CHOICE)]
+        scoring = [i for i, r in enumerate(admitted) if r.task.is_scored]
         generating = [i for i in range(len(admitted)) if i not in scoring]
         groups = [(self._score, scoring), (self._encode_and_join, generating)]
         for run, rows in groups:
@@ -350,8 +349,7 @@ class Engine:
         for request, row_labels, row_scores in zip(requests, labels, scores, strict=True):
             row = row_scores[:len(row_labels)].tolist()
             best = max(range(len(row)), key=row.__getitem__)
-            text = row_labels[best] if request.task.kind is TaskKind.BINARY \
-                else request.choices[best]
+            text = request.task.answer_text(best, request.choices)
             request.timings.update(encode_ms=elapsed, decode_ms=0.0)
             self._answer(request, text, label=row_labels[best],
                          scores=list(zip(row_labels, row, strict=True)))

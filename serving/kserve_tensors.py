@@ -35,10 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 from tritonclient.grpc import model_config_pb2, service_pb2
 
+from modeling.tasks import TASKS, VisualInput
 from serving.limits import InvalidInput
 from serving.protos import inference_pb2
 from serving.requests import INT32, VERSION, parse_integer
-from training.tasks import TASKS, VisualInput
 
 TensorMetadata = service_pb2.ModelMetadataResponse.TensorMetadata
 

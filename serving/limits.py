@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from modeling.inputs import check_features
-from training.tasks import TaskKind, TaskSpec, VisualInput
+from modeling.tasks import TaskKind, TaskSpec, VisualInput
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 # A generous bound on the UTF-8 bytes one token of text covers (English BPE averages about

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import grpc
 
 from adapters_registry import IntegrityError, InvalidName, NotFound, RegistryError
+from modeling.tasks import TaskSpec
 from serving.adapter_store import AdapterRejected, HostAdapter
 from serving.limits import ImageInput, InvalidInput
-from training.tasks import TaskSpec
 
 # Inclusive bounds of request integers: proto int32 fields, and version numbers (int64 > 0;
 # 0 is not a version anywhere, it never means "latest").

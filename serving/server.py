@@ -30,6 +30,7 @@ from modeling.backbone import VLBackbone
 from modeling.config import preset
 from modeling.inputs import image_processor
 from modeling.methods.base import BackboneFacts
+from modeling.tasks import TASKS
 from modeling.tokenizer import build_word_tokenizer
 from serving.adapter_store import AdapterStore
 from serving.config import ServeConfig
@@ -45,7 +46,6 @@ from serving.servicer import InferenceServicer, RepositoryServicer
 from serving.slot_table import SlotTable
 from serving.vision_backends import VisionEncoder, make_vision_encoder
 from serving.vision_cache import VisionCache
-from training.tasks import TASKS
 
 log = logging.getLogger("vladapter.serving")
 

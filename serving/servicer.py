@@ -19,13 +19,13 @@ from collections.abc import Iterator
 import grpc
 
 from adapters_registry import Registry, RegistryError
+from modeling.tasks import TASKS
 from serving.adapter_store import AdapterStore
 from serving.engine import Engine, Prediction, Request, RequestError, error_for
 from serving.limits import InvalidInput, RequestChecker
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 from serving.requests import VERSION, parse_integer
 from serving.slot_table import SlotTable
-from training.tasks import TASKS
 
 log = logging.getLogger("vladapter.serving")
 

@@ -16,7 +16,7 @@ from adapters_registry.artifact import write_manifest
 from modeling.backbone import VLBackbone
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel
-from training.tasks import TASKS
+from modeling.tasks import task_prompt
 
 FORMAT_VERSION = 1
 
@@ -40,8 +40,7 @@ def write_artifact(out_dir: str | Path, model: AdapterModel, backbone: VLBackbon
         "base_model": {"fingerprint": backbone.fingerprint(), "lm_type": backbone.config.lm_type,
                        "preset": backbone.config.preset},
         "methods": [entry.to_dict() for entry in model.resolved],
-        "tasks": {task: {"prompt": TASKS[task].prompt if task in TASKS else f"{task}: "}
-                  for task in model.task_names},
+        "tasks": {task: {"prompt": task_prompt(task)} for task in model.task_names},
         "parameters": parameters,
         "metrics": metrics or {},
     }

@@ -12,10 +12,10 @@ import numpy as np
 
 from modeling.backbone import VLBatch
 from modeling.inputs import make_batch
+from modeling.tasks import TASKS, TaskKind
 from training.data.example import Example
 from training.data.image_text import sample_vqa_target
 from training.features import VisualFeatures
-from training.tasks import TASKS, TaskKind
 
 
 def training_target(example: Example, rng: np.random.Generator) -> tuple[str, float]:

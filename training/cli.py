@@ -17,8 +17,8 @@ from modeling.cli_parser import OneLineParser
 from modeling.config import VIDEO_FEAT_DIM, preset
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS, method_preset
+from modeling.tasks import TASKS, VisualInput
 from training.config import load_config
-from training.tasks import TASKS, VisualInput
 
 IMAGE_TASKS = tuple(n for n, t in TASKS.items() if t.visual_input != VisualInput.VIDEO_FRAMES)
 VIDEO_TASKS = tuple(n for n, t in TASKS.items() if t.visual_input == VisualInput.VIDEO_FRAMES)

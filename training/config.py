@@ -31,9 +31,9 @@ from adapters_registry.method_config import PUBLISH_SIZES, method_config_problem
 from modeling.config import PRESETS
 from modeling.presets import method_preset
 from modeling.recipe import MethodEntry
+from modeling.tasks import TASKS
 from training.data.example import Example
 from training.data.registry import load_split
-from training.tasks import TASKS
 
 
 class ConfigError(ValueError):

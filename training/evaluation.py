@@ -14,10 +14,10 @@ from modeling.generation import greedy, score_candidates
 from modeling.inputs import candidate_ids, make_batch
 from modeling.kernels import RowIndex
 from modeling.recipe import AdapterModel
+from modeling.tasks import TASKS
 from training.data.example import Example
 from training.features import VisualFeatures
 from training.metrics import evaluate
-from training.tasks import TASKS, TaskKind
 
 EVAL_BATCH = 64
 
@@ -33,7 +33,7 @@ def predict(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
         weights = stack_weights([adapters.materialize(task)], backbone.frozen_tensors(),
                                 backbone.config.d_model, next(backbone.lm.parameters()))
     predictions = {}
-    scored = TASKS[task].kind in (TaskKind.BINARY, TaskKind.MULTIPLE_CHOICE)
+    scored = TASKS[task].is_scored
     for start in range(0, len(examples), EVAL_BATCH):
         chunk = examples[start:start + EVAL_BATCH]
         batch = make_batch(tokenizer, [e.source_text for e in chunk],

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from modeling.backbone import VLBackbone
 from modeling.inputs import VisualTokens, check_features, image_processor, images_to_pixels
+from modeling.tasks import TASKS, VisualInput
 from modeling.visual import fit_frames
 from training.data.example import Example
 from training.data.visual_stores import (
@@ -26,7 +27,6 @@ from training.data.visual_stores import (
     load_image,
     open_feature_store,
 )
-from training.tasks import TASKS, VisualInput
 
 ENCODE_CHUNK = 64
 

@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from modeling.config import PRESETS  # noqa: E402
 from modeling.params import report  # noqa: E402
 from modeling.recipe import MethodEntry  # noqa: E402
+from modeling.tasks import TASKS  # noqa: E402
 from training.config import RunConfig  # noqa: E402
-from training.tasks import TASKS  # noqa: E402
 from training.trainer import Trainer, load_backbone, load_splits  # noqa: E402
 
 SIZE_KNOBS = {"prompt_tuning": "length", "prefix_tuning": "length", "lora": "rank",

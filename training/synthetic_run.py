@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from modeling.tasks import TASKS, VisualInput
 from training.config import RunConfig, parse_config
-from training.tasks import TASKS, VisualInput
 
 DEFAULT_BATCH = 32
 

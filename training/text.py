@@ -6,9 +6,9 @@ from collections.abc import Iterable
 
 from transformers import PreTrainedTokenizerFast
 
+from modeling.tasks import TASKS
 from modeling.tokenizer import build_word_tokenizer, words_of
 from training.data.example import Example
-from training.tasks import TASKS
 
 
 def corpus_words(examples: Iterable[Example]) -> set[str]:

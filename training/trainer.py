@@ -26,6 +26,7 @@ from modeling.methods.base import BackboneFacts
 from modeling.methods.full_finetuning import FullFinetuning
 from modeling.params import report
 from modeling.recipe import AdapterModel
+from modeling.tasks import TASKS
 from training.adapter_step import adapter_logits, sequence_loss
 from training.artifact import write_artifact
 from training.batches import MultiTaskSampler, TaskStream, training_batch
@@ -35,7 +36,6 @@ from training.data.example import Example
 from training.data.registry import subsample
 from training.evaluation import evaluate_task
 from training.features import VisualFeatures, features_for
-from training.tasks import TASKS
 from training.text import corpus_tokenizer
 
 Splits = dict[str, tuple[list[Example], list[Example]]]

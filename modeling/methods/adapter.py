@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from modeling.methods.base import PeftMethod, param_key, site_of
+from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
 from modeling.serve_forms import ACTIVATIONS, Bottleneck, ServeWeights
+from modeling.tensor_names import param_key, site_of
 
 VL_ADAPTER_PLACEMENTS = ("encoder.self_attn", "encoder.ffn", "decoder.self_attn",
                          "decoder.cross_attn", "decoder.ffn")

@@ -56,15 +56,6 @@ class BackboneFacts:
         )
 
 
-def param_key(site: str) -> str:
-    """A module path as a parameter-dict key (torch forbids '.' in parameter names)."""
-    return site.replace(".", "__")
-
-
-def site_of(key: str) -> str:
-    return key.replace("__", ".")
-
-
 class PeftMethod(nn.Module):
     """Base train form. Subclasses define `build_group` and `materialize`.
 

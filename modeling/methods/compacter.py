@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from modeling.methods.adapter import VL_ADAPTER_PLACEMENTS, adapter_width, selected_positions
-from modeling.methods.base import PeftMethod, param_key, site_of
+from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
 from modeling.serve_forms import ACTIVATIONS, Bottleneck, ServeWeights
+from modeling.tensor_names import param_key, site_of
 
 
 @dataclass(frozen=True)

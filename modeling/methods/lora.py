@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from modeling.methods.base import PeftMethod, param_key, site_of
+from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
 from modeling.serve_forms import LowRankDelta, ServeWeights
 from modeling.sites import TARGET_ALIASES
+from modeling.tensor_names import param_key, site_of
 
 
 def lora_sites(facts, targets: tuple[str, ...]) -> list[str]:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from modeling.methods.base import PeftMethod, param_key, site_of
+from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
 from modeling.serve_forms import ServeWeights
+from modeling.tensor_names import param_key, site_of
 
 
 @dataclass(frozen=True)

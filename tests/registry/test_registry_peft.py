@@ -6,6 +6,7 @@ import json
 import pickle
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from safetensors.numpy import load_file, save_file
 
 from adapters_registry import InvalidArtifact, Registry, import_peft, load_artifact
 from adapters_registry.cli import main
+from modeling.tasks import TASKS
 
 FINGERPRINT = "sha256:" + "ab" * 32
 Q = "encoder.block.0.layer.0.SelfAttention.q"
@@ -118,6 +120,18 @@ def test_layers_with_other_rank_or_scale_become_their_own_lora_method(tmp_path: 
         [our_key(Q, "A"), our_key(Q, "B")]
         + [f"lora_2.shared.lora_{part}.lm__{V.replace('.', '__')}" for part in "AB"]
     )
+
+
+def test_imported_task_prompts_come_from_the_one_task_definition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No prompt table of its own: the import records `modeling.tasks`' prompts (a changed
+    definition shows up), and `<task>: ` for a task outside the eight, as training does."""
+    monkeypatch.setitem(TASKS, "vqa", replace(TASKS["vqa"], prompt="question: "))
+    manifest = import_peft(lora_folder(tmp_path / "peft"), tmp_path / "out", FINGERPRINT,
+                           tasks=("vqa", "nlvr2", "refcoco"))
+    assert manifest["tasks"] == {"vqa": {"prompt": "question: "}, "nlvr2": {"prompt": "nlvr: "},
+                                 "refcoco": {"prompt": "refcoco: "}}
 
 
 def test_registry_imports_no_torch() -> None:

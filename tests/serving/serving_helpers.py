@@ -23,11 +23,11 @@ from modeling.inputs import VisualTokens, image_processor, images_to_pixels, mak
 from modeling.kernels import RowIndex
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel, MethodEntry
+from modeling.tasks import TASKS, TaskKind, VisualInput
 from modeling.tokenizer import build_word_tokenizer
 from serving.config import ServeConfig
 from serving.protos import inference_pb2
 from serving.server import Server
-from training.tasks import TASKS, TaskKind, VisualInput
 
 ALL_TASKS = list(TASKS)
 WORDS = ["what", "is", "the", "color", "shape", "red", "blue", "circle", "true", "false",
@@ -110,7 +110,7 @@ def request_for(task: str, adapter: str = "alpha", seed: int = 0, version: int |
                               for i in range(count))
     if spec.kind is TaskKind.MULTIPLE_CHOICE:
         message.choices.extend(["red circle", "blue", "left"])
-    if spec.kind in (TaskKind.OPEN_QA, TaskKind.BINARY, TaskKind.MULTIPLE_CHOICE):
+    if not spec.is_captioning:
         message.text = "what is the color" if spec.kind is not TaskKind.BINARY else "red left"
     message.generation.max_new_tokens = options.get("max_new_tokens", 4)
     message.generation.num_beams = options.get("num_beams", 0)
@@ -136,16 +136,15 @@ def direct(backbone: VLBackbone, model: AdapterModel, message) -> tuple[str, lis
     weights = stack_weights([model.materialize(message.task)], backbone.frozen_tensors(),
                             backbone.config.d_model, torch.zeros(()))
     index = RowIndex.of(torch.zeros(1, dtype=torch.long))
-    if spec.kind in (TaskKind.BINARY, TaskKind.MULTIPLE_CHOICE):
-        labels = ["true", "false"] if spec.kind is TaskKind.BINARY else \
-            [f"a{i}" for i in range(len(message.choices))]
+    if spec.is_scored:
+        labels = spec.candidate_labels(len(message.choices))
         ids = [tokenizer(label)["input_ids"] for label in labels]
         candidates = torch.full((1, len(ids), max(map(len, ids))), -100, dtype=torch.long)
         for c, row in enumerate(ids):
             candidates[0, c, :len(row)] = torch.tensor(row)
         scores = score_candidates(backbone, batch, candidates, weights, index)[0].tolist()
         best = max(range(len(scores)), key=scores.__getitem__)
-        text = labels[best] if spec.kind is TaskKind.BINARY else message.choices[best]
+        text = spec.answer_text(best, message.choices)
         return text, scores
     beams = max(message.generation.num_beams, 1)
     if beams > 1:

@@ -16,9 +16,9 @@ from serving_helpers import png, request_for, start_server
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from modeling.tasks import TASKS
 from serving.protos import inference_pb2_grpc
 from serving.security import TokenAuthInterceptor
-from training.tasks import TASKS
 
 VISION = "clip_vision"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from training.synthetic.generate import SplitSizes, generate
 
-LOCUSTFILE = Path(__file__).resolve().parents[2] / "serving" / "locustfile.py"
+LOCUSTFILE = Path(__file__).resolve().parents[2] / "benchmarks" / "locustfile.py"
 
 
 def test_locust_headless_run_has_requests_and_no_failures(server, tmp_path: Path) -> None:

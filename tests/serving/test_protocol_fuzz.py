@@ -24,11 +24,11 @@ from PIL import Image
 from serving_helpers import RECIPES, png, request_for, start_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from modeling.tasks import TASKS
 from serving.kserve import load_selector
 from serving.kserve_tensors import ADAPTER_INPUTS, join_bytes
 from serving.limits import InvalidInput, Limits
 from serving.protos import inference_pb2, inference_pb2_grpc
-from training.tasks import TASKS
 
 EXAMPLES = int(os.environ.get("VLADAPTER_FUZZ_EXAMPLES", "20"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,

@@ -15,10 +15,10 @@ import grpc
 import pytest
 from serving_helpers import request_for, start_server, tiny_backbone
 
+from modeling.tasks import TASKS
 from serving.cli import main as adapter_serve
 from serving.protos import inference_pb2_grpc
 from serving.vision_backends import OnnxVisionEncoder, TritonVisionEncoder
-from training.tasks import TASKS
 
 VISION = "clip_vision"
 

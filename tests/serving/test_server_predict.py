@@ -6,7 +6,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from serving_helpers import direct, request_for
 
-from training.tasks import TASKS
+from modeling.tasks import TASKS
 
 # Every task with an adapter that has it: alpha (adapters), beta (LoRA + prompts), gamma
 # (prefixes) together cover all four serve forms.

@@ -10,8 +10,8 @@ import grpc
 import pytest
 from serving_helpers import request_for
 
+from modeling.tasks import TASKS
 from serving.limits import TEXT_BYTES_PER_TOKEN, InvalidInput, Limits, RequestChecker
-from training.tasks import TASKS
 
 MAX_TEXT_BYTES = Limits().max_text_tokens * TEXT_BYTES_PER_TOKEN  # the server fixture's
 

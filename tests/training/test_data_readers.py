@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modeling.tasks import TASKS
 from training.data import (
     LOADERS,
     Example,
@@ -16,7 +17,6 @@ from training.data import (
     load_subtitles,
     sample_vqa_target,
 )
-from training.tasks import TASKS
 
 VQA_RECORDS = [
     {

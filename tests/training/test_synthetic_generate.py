@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from modeling.tasks import TASKS, VisualInput
 from training.data import ImageFolder, VideoFrameFolder, load_split
 from training.metrics import evaluate
 from training.synthetic import SplitSizes, WorldConfig, generate, subtitles_path
 from training.synthetic.__main__ import main
 from training.synthetic.generate import vqa_annotations_path
 from training.synthetic.world import COLOUR_JITTER, COLOURS, render_scene, sample_scene
-from training.tasks import TASKS, VisualInput
 
 SMALL = SplitSizes(train=12, val=4, test=4)
 

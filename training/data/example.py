@@ -10,7 +10,7 @@ class Example:
     """One model input with what counts as a right output.
 
     Attributes:
-        task: task key from ``training.tasks.TASKS``.
+        task: task key from ``modeling.tasks.TASKS``.
         example_id: id unique within a split (question id, NLVR2 identifier, COCO id, ...);
             predictions are keyed by it.
         visual_ids: image ids (1, or 2 for NLVR2 in order img0, img1) or the video name.

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from modeling.tasks import get_task
 from training.data.example import Example
 from training.data.records import UniqueIds, load_json_records
-from training.tasks import get_task
 
 COCO_SPLIT_MEMBERS: dict[str, tuple[str, ...]] = {
     "train": ("train", "restval"),

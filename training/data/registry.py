@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from modeling.tasks import get_task
 from training.data.example import Example
 from training.data.image_text import load_coco_captions, load_gqa, load_nlvr2, load_vqa
 from training.data.video_text import load_subtitles, load_video_captions, load_video_qa
-from training.tasks import get_task
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modeling.tasks import TaskKind, get_task
 from training.data.example import Example
 from training.data.records import Record, UniqueIds, iter_jsonl_records
-from training.tasks import TaskKind, get_task
 
 CLIP_ID_FIELDS = ("clip_id", "id")
 

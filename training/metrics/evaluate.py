@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
+from modeling.tasks import TaskKind, get_task
 from training.data.example import Example
 from training.metrics.captioning import caption_scores
 from training.metrics.vqa import normalize_answer, vqa_accuracy, vqa_label_score
-from training.tasks import TaskKind, get_task
 
 
 def exact_match(prediction: str, example: Example) -> float:
@@ -97,7 +97,7 @@ def evaluate(
                 f"{'' if example.targets else ' without targets'}"
             )
     _check_matching_ids(predictions, examples)
-    if spec.kind in (TaskKind.CAPTIONING, TaskKind.VIDEO_CAPTIONING):
+    if spec.is_captioning:
         return caption_scores(
             {example.example_id: predictions[example.example_id] for example in examples},
             {example.example_id: example.targets for example in examples},

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modeling.tasks import TASKS
 from training.synthetic import image_tasks, video_tasks
 from training.synthetic.world import (
     COLOURS,
@@ -37,7 +38,6 @@ from training.synthetic.world import (
     sample_clip,
     sample_scene,
 )
-from training.tasks import TASKS
 
 SOURCES = ("images", "nlvr2", "videos")
 SPLITS = ("train", "val", "test")

@@ -3,10 +3,15 @@
 The prompts are VL-Adapter's (Sung et al., CVPR 2022, public code): the model input is
 ``prompt + question`` (or the prompt alone for image captioning), and the visual tokens
 follow the text.
+
+The one task definition of the project: training, serving and the registry's PEFT import
+all read it, so it lives below them. Plain Python (no torch, nothing else of ours): the
+torch-free registry imports it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -38,8 +43,8 @@ class TaskSpec:
         prompt: text put before the task's text input, e.g. ``"vqa: "``.
         kind: what the decoder produces.
         visual_input: one image, an image pair, or the frames of one video.
-        metric: the key of the headline number in ``training.metrics.evaluate``'s
-            result (percent).
+        metric: the key of the task's headline number among its evaluation metrics
+            (percent), e.g. ``"accuracy"`` or ``"CIDEr"``.
     """
 
     name: str
@@ -57,6 +62,17 @@ class TaskSpec:
         """The encoder text: the prompt followed by ``body``, trailing spaces removed."""
         return f"{self.prompt}{body}".rstrip()
 
+    @property
+    def is_scored(self) -> bool:
+        """True when the answer is the best-scoring of `candidate_labels` (NLVR2, multiple
+        choice); False when the decoder generates it (open QA, captions)."""
+        return self.kind in (TaskKind.BINARY, TaskKind.MULTIPLE_CHOICE)
+
+    @property
+    def is_captioning(self) -> bool:
+        """True for image and video captioning: no question text, scored by CIDEr."""
+        return self.kind in (TaskKind.CAPTIONING, TaskKind.VIDEO_CAPTIONING)
+
     def candidate_labels(self, n_choices: int = 0) -> list[str]:
         """The labels a scored task chooses between: NLVR2 "true"/"false", multiple
         choice "a0".."a{n-1}"; empty for generative tasks."""
@@ -65,6 +81,16 @@ class TaskSpec:
         if self.kind is TaskKind.MULTIPLE_CHOICE:
             return [f"a{i}" for i in range(n_choices)]
         return []
+
+    def answer_text(self, best: int, choices: Sequence[str] = ()) -> str:
+        """The answer of a scored task whose best candidate is ``candidate_labels()[best]``:
+        the label itself for NLVR2 ("true" / "false"), the chosen option's text for
+        multiple choice (``choices[best]``)."""
+        if self.kind is TaskKind.MULTIPLE_CHOICE:
+            return choices[best]
+        if self.kind is TaskKind.BINARY:
+            return self.candidate_labels()[best]
+        raise ValueError(f"task {self.name!r} generates its answer; it has no candidates")
 
     def source_text(self, text: str = "", choices: tuple[str, ...] = (),
                     subtitles: str = "") -> str:
@@ -106,3 +132,9 @@ def get_task(name: str) -> TaskSpec:
         return TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+
+
+def task_prompt(name: str) -> str:
+    """The prompt an artifact records for task ``name``: the spec's for the eight tasks
+    (NLVR2's is ``"nlvr: "``), ``"<name>: "`` for any other task, VL-Adapter's pattern."""
+    return TASKS[name].prompt if name in TASKS else f"{name}: "

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from demo.run import DEMO_PRESET
+from demo.serve import serve_and_ask
 from modeling.backbone import VLBackbone
 from modeling.config import preset
-from serving.demo import serve_and_ask
-from training.demo import DEMO_PRESET
+from modeling.tasks import TASKS
 from training.synthetic import generate
 from training.synthetic.generate import SplitSizes
 from training.synthetic_run import synthetic_config
-from training.tasks import TASKS
 from training.text import corpus_tokenizer
 from training.trainer import Trainer, load_task_split
 

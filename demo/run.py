@@ -1,4 +1,4 @@
-"""`make demo`: the main job end to end on the bundled synthetic benchmark (CPU minutes).
+"""`make demo` (`python -m demo`): the main job end to end on the bundled synthetic benchmark.
 
 1. Generate the synthetic world and pre-train the `small` backbone on a separate world
    (cached in runs/ after the first run).
@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from demo.serve import serve_and_ask
 from modeling.cli_parser import OneLineParser
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS
+from modeling.tasks import TASKS
 from training.pretrain import PretrainSettings, pretrain
 from training.synthetic_run import synthetic_config
-from training.tasks import TASKS
 from training.trainer import Trainer
 
 RUNS = Path("runs")
@@ -53,7 +54,7 @@ def train_adapter(steps: int) -> Trainer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m demo", description=__doc__.splitlines()[0])
     parser.add_argument("--pretrain-steps", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=400)
     args = parser.parse_args(argv)
@@ -62,12 +63,6 @@ def main(argv: list[str] | None = None) -> None:
     print("== Pre-training the benchmark backbone (reused when runs/backbone-small exists) ==")
     pretrain(RUNS / "backbone-small", RUNS / "data", PretrainSettings(steps=args.pretrain_steps))
     trainer = train_adapter(args.steps)
-    # The demo is the one place that drives every package, serving included.
-    from serving.demo import serve_and_ask
-
     serve_and_ask(trainer.out / "artifact", RUNS / "backbone-small", RUNS / "data" / "world")
     print(f"demo finished in {time.time() - start:.0f}s")
 
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Locust load test of adapter-serve over gRPC: eight tasks, many adapters, power-law use.
 
-    locust -f serving/locustfile.py --headless -u 16 -r 16 -t 30s --host 127.0.0.1:50051 \
+    locust -f benchmarks/locustfile.py --headless -u 16 -r 16 -t 30s --host 127.0.0.1:50051 \
         [--world DIR] [--alpha 1.0] [--adapter-names a,b] [--max-new-tokens 8]
 
 The adapters are those the server has loaded (`Repository.Status`), or `--adapter-names`.
@@ -28,11 +28,11 @@ import grpc.experimental.gevent as grpc_gevent
 from locust import User, constant, events, task
 from locust.env import Environment
 
+from modeling.tasks import TASKS, VisualInput
 from serving.client import predict_request
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 from training.data.registry import load_split
 from training.data.visual_stores import ImageFolder, VideoFrameFolder
-from training.tasks import TASKS, TaskKind, VisualInput
 
 grpc_gevent.init_gevent()  # grpc's blocking calls must yield to other greenlets
 
@@ -62,8 +62,7 @@ def _arguments(parser) -> None:
 def example_request(example, world: Path, max_new_tokens: int) -> inference_pb2.PredictRequest:
     """A `PredictRequest` (adapter left empty) from one synthetic-world example."""
     spec = TASKS[example.task]
-    captioning = spec.kind in (TaskKind.CAPTIONING, TaskKind.VIDEO_CAPTIONING)
-    text = "" if captioning else example.text
+    text = "" if spec.is_captioning else example.text
     if spec.visual_input is VisualInput.VIDEO_FRAMES:
         frames = [p.read_bytes() for p in
                   VideoFrameFolder(world / "videos").frame_paths(example.visual_ids[0])]

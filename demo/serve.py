@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from adapters_registry import Registry
+from modeling.tasks import TASKS, TaskKind, VisualInput
 from serving.client import Client
 from serving.config import ServeConfig
 from serving.server import Server
@@ -18,7 +19,6 @@ from training.config import TaskData
 from training.data.example import Example
 from training.data.visual_stores import ImageFolder, VideoFrameFolder
 from training.synthetic_run import synthetic_tasks
-from training.tasks import TASKS, TaskKind, VisualInput
 from training.trainer import load_task_split
 
 ADAPTER = "demo"
