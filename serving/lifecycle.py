@@ -5,7 +5,7 @@ and the retirement of old versions, with one owner (STYLE.md, card 9).
     load(name, version | alias) --fetch, wait--> activate: new requests get the version;
                                                  the one it replaces retires
     unload(name)               ----------------> deactivate; the version retires
-    pin(name) / unpin(name)    ----------------> pin / unpin the active version
+    pin(name, pinned)          ----------------> pin / unpin the active version
     active_version / active / state / index      reads, from any thread
                                                  engine: bind -> loaded -> place -> release
 
@@ -141,9 +141,6 @@ class AdapterLifecycle:
         log.info("%s adapter %s:%d", "pinned" if pinned else "unpinned", name, version)
         return version
 
-    def unpin(self, name: str) -> int:
-        return self.pin(name, False)
-
     def active_version(self, name: str) -> int | None:
         """The version requests of `name` get when they name none; None: not loaded."""
         with self._lock:
@@ -161,22 +158,22 @@ class AdapterLifecycle:
         key = (name, version)
         loading = self.store.loading(key)
         entry = self.store.entry(key)
-        slots = [s for s in self.slot_table.snapshot() if s is not None and s.adapter == key]
+        placed = [s for s in self.slot_table.snapshot() if s is not None and s.adapter == key]
         with self._lock:
             active = self._active.get(name) == version
             in_flight, pinned = self._in_flight[key], key in self._pinned
         if loading:
             state, tier = "LOADING", "registry"
         elif entry is not None:
-            state, tier = ("READY" if active else "UNAVAILABLE"), ("device" if slots else "host")
+            state, tier = ("READY" if active else "UNAVAILABLE"), ("device" if placed else "host")
         else:
             state, tier = "UNAVAILABLE", "registry"
         host_used = entry.last_used if entry else 0.0
         return VersionState(
             name, version, list(entry.aliases if entry else aliases),
             list(entry.tasks if entry else tasks), state, tier,
-            sum(s.nbytes for s in slots) if slots else (entry.nbytes if entry else 0),
-            max([host_used] + [s.last_used for s in slots]), in_flight, pinned,
+            sum(s.nbytes for s in placed) if placed else (entry.nbytes if entry else 0),
+            max([host_used] + [s.last_used for s in placed]), in_flight, pinned,
             problem or ("" if state != "UNAVAILABLE" or active else "not the active version"))
 
     def index(self) -> list[VersionState]:

@@ -116,7 +116,7 @@ def test_a_pin_keeps_the_active_version_on_the_device_until_swap_or_unload(backb
     adapters.release(admit(adapters, request("alpha")))
     adapters.release(admit(adapters, request("gamma", "gqa")))
     assert on_device(adapters) == {("beta", 1), ("gamma", 1)}  # alpha went, not beta
-    assert adapters.unpin("beta") == 1 and not adapters.state("beta", 1).pinned
+    assert adapters.pin("beta", False) == 1 and not adapters.state("beta", 1).pinned
     adapters.release(admit(adapters, request("alpha")))
     assert on_device(adapters) == {("gamma", 1), ("alpha", 2)}  # now beta is the LRU's
     assert adapters.pin("alpha") == 2
@@ -149,7 +149,7 @@ def test_host_memory_keeps_active_pinned_and_in_use_versions(backbone, published
     asked = bind(adapters, request("alpha", version=2))  # not active, but in use
     assert on_host() == set(keys)
     adapters.release(asked)
-    adapters.unpin("beta")
+    adapters.pin("beta", False)
     adapters.load("gamma")  # any load trims the host tier: alpha:2 is no longer used
     assert on_host() == {("alpha", 1), ("beta", 1), ("gamma", 1)}  # beta: still active
     adapters.unload("beta")
