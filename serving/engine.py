@@ -40,7 +40,6 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -54,6 +53,7 @@ from modeling.generation import BeamRow, score_candidates, stream_piece
 from modeling.inputs import VisualTokens, candidate_ids, make_batch
 from modeling.kernels import RowIndex
 from serving.adapter_store import AdapterStore
+from serving.commands import Commands
 from serving.lifecycle import AdapterLifecycle
 from serving.requests import NoMetrics, Prediction, Request, RequestError, error_for
 from serving.slot_table import NoFreeSlot, SlotTable
@@ -112,10 +112,7 @@ class Engine:
         # the engine removes as a request starts or ends, so the bound holds at every moment.
         self._waiting: set[Request] = set()
         self._waiting_lock = threading.Lock()
-        self._commands: queue.SimpleQueue[tuple[Callable, Future]] = queue.SimpleQueue()
-        # Held to run commands off the engine thread (before start, after the end).
-        self._commands_lock = threading.Lock()
-        self._thread_runs = False
+        self._commands = Commands(wake=lambda: self._queue.put(None))
         self._loading: list[Request] = []
         self._ready: deque[Request] = deque()
         self._running: list[Running] = []
@@ -127,9 +124,7 @@ class Engine:
 
     # --- the outside ---------------------------------------------------------------------
     def start(self) -> None:
-        with self._commands_lock:
-            self._thread_runs = True
-            self._thread.start()
+        self._commands.start(self._thread)
 
     def submit(self, request: Request) -> None:
         """Queue a request; max_queue requests already waiting to run is RESOURCE_EXHAUSTED,
@@ -154,20 +149,9 @@ class Engine:
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run `fn()` on the engine thread before its next step; returns its result or
-        raises its exception (the caller waits).
-
-        Until `start()`, and once the thread has ended, no thread runs the model or the
-        lifecycle: the caller runs `fn` itself, one caller at a time.
-        """
-        if threading.current_thread() is self._thread:
-            return fn()
-        done: Future = Future()
-        self._commands.put((fn, done))
-        with self._commands_lock:
-            if not self._thread_runs:
-                self._run_commands()
-        self._queue.put(None)  # wake the thread if it waits for requests
-        return done.result()
+        raises its exception (the caller waits). Until `start()`, and once the thread has
+        ended, the caller runs it, one caller at a time (`serving.commands`)."""
+        return self._commands.call(fn)
 
     def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [n, 3, H, W] float32 -> features [n, grid*grid, feat_dim] float32 on the
@@ -185,14 +169,12 @@ class Engine:
         try:
             self._loop()
         finally:
-            with self._commands_lock:  # commands queued from now on run on their callers
-                self._thread_runs = False
-                self.adapters.claim(None)
-                self._run_commands()
+            self.adapters.claim(None)
+            self._commands.end()  # commands queued from now on run on their callers
 
     def _loop(self) -> None:
         while True:
-            self._run_commands()
+            self._commands.run_pending()
             if self._stopping.is_set() and self.in_flight() == 0:
                 return
             self._take(self._wait_time())
@@ -209,24 +191,11 @@ class Engine:
                 self._fail_all_running(error_for(exc))
 
     def _wait_time(self) -> float:
-        if self._running or self._commands.qsize():
+        if self._running or self._commands.pending():
             return 0.0
         if self._ready:
             return max(0.0, self.max_queue_delay - (time.monotonic() - self._ready[0].enqueued))
         return 0.005 if self._loading else 0.05
-
-    def _run_commands(self) -> None:
-        while True:
-            try:
-                fn, done = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                result = fn()
-            except BaseException as exc:  # the caller gets it; the engine goes on
-                done.set_exception(exc)
-            else:
-                done.set_result(result)
 
     def _take(self, timeout: float) -> None:
         try:
