@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -151,8 +151,8 @@ class AdapterLifecycle:
         with self._lock:
             return dict(self._active)
 
-    def state(self, name: str, version: int, aliases=(), tasks=(),
-              problem: str = "") -> VersionState:
+    def state(self, name: str, version: int, aliases: Iterable[str] = (),
+              tasks: Iterable[str] = (), problem: str = "") -> VersionState:
         """Where one version is and how it is used; `problem`: why its registry record is
         unreadable (aliases and tasks: the registry's, when it is not in host memory)."""
         key = (name, version)
@@ -258,6 +258,7 @@ class AdapterLifecycle:
     def loaded(self, request: Request) -> HostAdapter:
         """The request's fetch ended well: its version is in host memory (returned and kept
         in `request.adapter`); the host LRU trims what is not kept."""
+        self._check_writer()
         request.adapter = request.loading.result()
         self._evict_host()
         return request.adapter
