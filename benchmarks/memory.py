@@ -66,7 +66,7 @@ def per_adapter(server, registry_root: Path, workdir: Path) -> list[int]:
         files = folder_bytes(workdir / f"{name}-{1000 + i}")
         sizes.append(files)
         unique = unique_bytes([t for w in entry.serve.values() for t in w.tensors()])
-        slot = server.slots._device_bytes(entry.serve["vqa"])
+        slot = server.slot_table.device_bytes(entry.serve["vqa"])
         print(f"| {label} | {files / KIB:.1f} | {entry.nbytes / KIB:.1f} | {unique / KIB:.1f} | "
               f"{slot / KIB:.1f} |")
     return sizes

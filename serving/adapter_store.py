@@ -5,11 +5,12 @@ checked), rebuilt from its train forms and materialised per task into `ServeWeig
 (float32, CPU) on a small thread pool, off the request path. Concurrent callers asking
 for a version that is still loading share one future and wait on it.
 
-The store also keeps which version of each name is *active* (what `Load` put in service
-and what requests without an explicit version get). Host memory is bounded by a byte
-budget with LRU eviction; active and pinned versions are never evicted. Evicting a
-version that a running request still uses is safe: the request holds its own reference
-and the device copy lives in the slot table.
+Host memory is bounded by a byte budget with LRU eviction over the versions the caller
+does not name as kept (`evict_over_budget(keep)`): the store is a cache and knows nothing
+of active versions or pins; `serving.lifecycle.AdapterLifecycle` owns those and names the
+active, pinned and in-use versions as kept. Evicting a version that a running request
+still uses would be safe anyway: the request holds its own reference and the device copy
+lives in the slot table.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -32,7 +34,7 @@ from modeling.serve_forms import ServeWeights, unique_nbytes
 
 log = logging.getLogger("vladapter.serving")
 
-AdapterKey = tuple[str, int]
+AdapterKey = tuple[str, int]  # (adapter name, version)
 
 
 class AdapterRejected(ValueError):
@@ -60,7 +62,7 @@ class HostAdapter:
 
 
 class AdapterStore:
-    """Registry -> host memory, with an LRU byte budget, pins and background loading."""
+    """Registry -> host memory, with an LRU byte budget and background loading."""
 
     def __init__(self, registry: Registry, facts: BackboneFacts, fingerprint: str,
                  budget_bytes: int, loader_threads: int = 2, on_event=None, on_load=None):
@@ -69,8 +71,6 @@ class AdapterStore:
         self.budget_bytes = budget_bytes
         self._entries: OrderedDict[AdapterKey, HostAdapter] = OrderedDict()
         self._loading: dict[AdapterKey, Future] = {}
-        self._active: dict[str, int] = {}
-        self._pinned: set[AdapterKey] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(loader_threads, thread_name_prefix="adapter-loader")
         self._on_event = on_event or (lambda event: None)
@@ -117,10 +117,6 @@ class AdapterStore:
                 self._loading.pop(key, None)
         with self._lock:
             self._entries[key] = entry
-            evicted = self._evict_over_budget(spare=key)
-        for gone in evicted:
-            self._on_event("eviction")
-            log.info("host cache evicted %s:%d", *gone)
         seconds = time.perf_counter() - start
         self._on_load(seconds)
         log.info("loaded adapter %s:%d (%d bytes, tasks %s) in %.3fs", name, version,
@@ -151,58 +147,30 @@ class AdapterStore:
         nbytes = unique_nbytes(list(serve.values()))
         return HostAdapter(name, version, serve, nbytes, verified.info.aliases)
 
-    def _evict_over_budget(self, spare: AdapterKey) -> list[AdapterKey]:
-        """Drop LRU entries that are neither active, pinned nor `spare` until within budget.
-
-        `spare` is the version just loaded: its callers are about to use it.
-        """
-        evicted = []
-        for key in list(self._entries):
-            if self.used_bytes_locked() <= self.budget_bytes:
-                break
-            if key == spare or key in self._pinned or self._active.get(key[0]) == key[1]:
-                continue
-            del self._entries[key]
-            evicted.append(key)
+    # --- residency ---------------------------------------------------------------------
+    def evict_over_budget(self, keep: Collection[AdapterKey]) -> list[AdapterKey]:
+        """Drop least recently used versions not in `keep` until within the byte budget;
+        returns the dropped ones."""
+        with self._lock:
+            evicted = []
+            used = sum(e.nbytes for e in self._entries.values())
+            for key in list(self._entries):
+                if used <= self.budget_bytes:
+                    break
+                if key in keep:
+                    continue
+                used -= self._entries.pop(key).nbytes
+                evicted.append(key)
+        for gone in evicted:
+            self._on_event("eviction")
+            log.info("host cache evicted %s:%d", *gone)
         return evicted
 
-    def used_bytes_locked(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
-
-    # --- the active version of each name -------------------------------------------------
-    def activate(self, entry: HostAdapter) -> int | None:
-        """Make `entry` the version new requests of its name get; returns the one replaced."""
+    def restore(self, entry: HostAdapter) -> None:
+        """Put `entry` back if the LRU dropped it since it was fetched (a version going
+        into service)."""
         with self._lock:
-            previous = self._active.get(entry.name)
-            self._active[entry.name] = entry.version
-            self._entries.setdefault(entry.key, entry)  # back in, if the LRU dropped it
-            if previous is not None and previous != entry.version:
-                self._pinned.discard((entry.name, previous))
-            return previous if previous != entry.version else None
-
-    def deactivate(self, name: str) -> int | None:
-        """Take `name` out of service; returns the version that was active, if any."""
-        with self._lock:
-            version = self._active.pop(name, None)
-            if version is not None:
-                self._pinned.discard((name, version))
-            return version
-
-    def active_version(self, name: str) -> int | None:
-        with self._lock:
-            return self._active.get(name)
-
-    def active(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._active)
-
-    def pin(self, key: AdapterKey, pinned: bool) -> None:
-        with self._lock:
-            (self._pinned.add if pinned else self._pinned.discard)(key)
-
-    def is_pinned(self, key: AdapterKey) -> bool:
-        with self._lock:
-            return key in self._pinned
+            self._entries.setdefault(entry.key, entry)
 
     def entry(self, key: AdapterKey) -> HostAdapter | None:
         with self._lock:

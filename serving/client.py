@@ -32,7 +32,8 @@ ImageLike = bytes | str | Path | PILImage.Image | np.ndarray | inference_pb2.Ima
 
 def adapter_ref(name: str, *, version: int | None = None,
                 alias: str | None = None) -> inference_pb2.AdapterRef:
-    """An `AdapterRef`: `name` plus a version or an alias (neither: the server's "latest")."""
+    """An `AdapterRef`: `name` plus a version or an alias. Neither: Predict serves the
+    active version (the one last loaded), Load takes the registry's latest."""
     if version is not None and alias is not None:
         raise ValueError("give a version or an alias, not both")
     if version is not None:
@@ -105,7 +106,7 @@ class RequestOptions(TypedDict, total=False):
     """Keyword options of the task methods."""
 
     version: int | None  # adapter version (exclusive with alias)
-    alias: str | None  # adapter alias; neither: "latest"
+    alias: str | None  # adapter alias ("latest": the highest version); neither: the active one
     max_new_tokens: int | None  # None: the server default
     num_beams: int | None  # None or 1: greedy
     request_id: str  # echoed back in the response

@@ -4,6 +4,7 @@
     and not yet running, wherever they wait: queued, loading their adapter, ready):
         bind      the adapter version (the active one unless the request names one) and
                   take a reference on it, so a hot-swap cannot free it mid-request
+                  (`serving.lifecycle.AdapterLifecycle`, which this thread owns)
         wait      for the version to reach host memory (loaded off the request path)
         admit     up to max_batch requests: a slot in the device bank per (adapter, task)
         start     vision tower once per distinct image (LRU keyed by sha256), then
@@ -25,9 +26,10 @@ streaming request ends, the rest of its text follows, so its pieces join to its 
 A beam request (its best hypothesis is only known at the end) and a scoring one stream
 their whole text as one piece.
 
-Only this thread runs the model, uses the backbone's tokenizer (request threads count
-tokens with their own copy) or changes the slot table's contents; other threads talk to it
-through the queue and `call_soon`.
+Only this thread runs the model (the KServe vision model too: `vision_features`), uses the
+backbone's tokenizer (request threads count tokens with their own copy) or changes the
+adapter lifecycle and the slot table; other threads talk to it through the queue and
+`call`, which runs a function here between two steps and hands back its result.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ import queue
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 import torch
@@ -50,14 +54,18 @@ from modeling.inputs import VisualTokens, candidate_ids, make_batch
 from modeling.kernels import RowIndex
 from modeling.tasks import VisualInput
 from serving.adapter_store import AdapterStore
+from serving.commands import Commands
+from serving.lifecycle import AdapterLifecycle
 from serving.requests import NoMetrics, Prediction, Request, RequestError, error_for
 from serving.slot_table import NoFreeSlot, SlotTable
-from serving.vision_backends import VisionEncoder
-from serving.vision_cache import VisionCache, visual_tokens
+from serving.vision_backends import TorchVisionEncoder, VisionEncoder
+from serving.vision_cache import VisionCache, encode_pixels, visual_tokens
 
 __all__ = ["Engine", "NoMetrics", "Prediction", "Request", "RequestError", "error_for"]
 
 log = logging.getLogger("vladapter.serving")
+
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -80,9 +88,10 @@ class Running:
 
 
 class Engine:
-    """The scheduler thread over one backbone, an adapter store and a slot table."""
+    """The scheduler thread over one backbone, an adapter store and a slot table; it owns
+    their adapter lifecycle (`adapters`)."""
 
-    def __init__(self, backbone: VLBackbone, store: AdapterStore, slots: SlotTable,
+    def __init__(self, backbone: VLBackbone, store: AdapterStore, slot_table: SlotTable,
                  vision: VisionCache, max_batch: int = 8, max_queue: int = 64,
                  max_queue_delay_ms: float = 5.0, max_text_tokens: int = 512, metrics=None,
                  vision_encoder: VisionEncoder | None = None):
@@ -90,24 +99,24 @@ class Engine:
 
         max_queue: requests accepted and not yet running, at most; more: RESOURCE_EXHAUSTED.
         """
-        self.backbone, self.store, self.slots, self.vision = backbone, store, slots, vision
+        self.backbone, self.slot_table, self.vision = backbone, slot_table, vision
+        self.adapters = AdapterLifecycle(store, slot_table, self.call)
         self.vision_encoder = vision_encoder
         self.tokenizer = backbone.tokenizer
         self.max_batch, self.max_queue_delay = max_batch, max_queue_delay_ms / 1000.0
         self.max_queue, self.max_text_tokens = max_queue, max_text_tokens
         self.metrics = metrics or NoMetrics()
         self.stats: Counter[str] = Counter()
-        self._queue: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()  # None: wake up
         # Accepted and not yet running (queued, loading, ready): submit adds under the lock,
         # the engine removes as a request starts or ends, so the bound holds at every moment.
         self._waiting: set[Request] = set()
         self._waiting_lock = threading.Lock()
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._commands = Commands(wake=lambda: self._queue.put(None))
         self._loading: list[Request] = []
         self._ready: deque[Request] = deque()
         self._running: list[Running] = []
         self._decoding: DecodeRows | None = None  # row i is self._running[i]
-        self._retired: set[tuple[str, int]] = set()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         parameter = next(backbone.parameters())
@@ -115,7 +124,7 @@ class Engine:
 
     # --- the outside ---------------------------------------------------------------------
     def start(self) -> None:
-        self._thread.start()
+        self._commands.start(self._thread)
 
     def submit(self, request: Request) -> None:
         """Queue a request; max_queue requests already waiting to run is RESOURCE_EXHAUSTED,
@@ -138,13 +147,17 @@ class Engine:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def call_soon(self, fn) -> None:
-        """Run `fn()` on the engine thread before its next step."""
-        self._commands.put(fn)
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn()` on the engine thread before its next step; returns its result or
+        raises its exception (the caller waits). Until `start()`, and once the thread has
+        ended, the caller runs it, one caller at a time (`serving.commands`)."""
+        return self._commands.call(fn)
 
-    def retire(self, name: str, version: int) -> None:
-        """A version left service (hot-swap or unload): free its slots once idle."""
-        self.call_soon(lambda: self._retire((name, version)))
+    def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [n, 3, H, W] float32 -> features [n, grid*grid, feat_dim] float32 on the
+        host, by the server's vision encoder on the engine thread (KServe's vision model)."""
+        encoder = self.vision_encoder or TorchVisionEncoder(self.backbone)
+        return self.call(lambda: encode_pixels(encoder, pixels, self.device, self.dtype))
 
     def in_flight(self) -> int:
         """Requests accepted and not answered (waiting or running)."""
@@ -152,8 +165,16 @@ class Engine:
 
     # --- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
+        self.adapters.claim(threading.get_ident())
+        try:
+            self._loop()
+        finally:
+            self.adapters.claim(None)
+            self._commands.end()  # commands queued from now on run on their callers
+
+    def _loop(self) -> None:
         while True:
-            self._run_commands()
+            self._commands.run_pending()
             if self._stopping.is_set() and self.in_flight() == 0:
                 return
             self._take(self._wait_time())
@@ -170,19 +191,11 @@ class Engine:
                 self._fail_all_running(error_for(exc))
 
     def _wait_time(self) -> float:
-        if self._running or self._commands.qsize():
+        if self._running or self._commands.pending():
             return 0.0
         if self._ready:
             return max(0.0, self.max_queue_delay - (time.monotonic() - self._ready[0].enqueued))
         return 0.005 if self._loading else 0.05
-
-    def _run_commands(self) -> None:
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            command()
 
     def _take(self, timeout: float) -> None:
         try:
@@ -197,20 +210,16 @@ class Engine:
             except queue.Empty:
                 break
         for request in taken:
-            self._bind(request)
+            if request is not None:
+                self._bind(request)
 
     def _bind(self, request: Request) -> None:
         """Fix the adapter version of a request and hold a reference on it."""
-        active = self.store.active_version(request.adapter_name)
-        if active is None:
-            self._finish(request, RequestError(
-                grpc.StatusCode.NOT_FOUND, f"adapter {request.adapter_name!r} is not loaded "
-                "(Repository.Load it first)"))
+        try:
+            self.adapters.bind(request)
+        except RequestError as error:
+            self._finish(request, error)
             return
-        request.version = request.adapter_version or active
-        key = (request.adapter_name, request.version)
-        self.slots.acquire(key)
-        request.loading = self.store.fetch(*key)
         self._loading.append(request)
 
     def _poll_loading(self) -> None:
@@ -220,12 +229,12 @@ class Engine:
             if exc is not None:
                 self._finish(request, error_for(exc))
                 continue
-            request.adapter = request.loading.result()
-            if request.task.name not in request.adapter.serve:
+            adapter = self.adapters.loaded(request)
+            if request.task.name not in adapter.serve:
                 self._finish(request, RequestError(
                     grpc.StatusCode.NOT_FOUND,
-                    f"adapter {request.adapter_name}:{request.version} has no task "
-                    f"{request.task.name!r} (tasks: {', '.join(request.adapter.tasks)})"))
+                    f"adapter {request.adapter_name}:{request.bound_version} has no task "
+                    f"{request.task.name!r} (tasks: {', '.join(adapter.tasks)})"))
                 continue
             self._ready.append(request)
 
@@ -268,9 +277,8 @@ class Engine:
         admitted: list[Request] = []
         while self._ready and len(admitted) < room:
             request = self._ready[0]
-            key = (request.adapter_name, request.version, request.task.name)
             try:
-                request.slot = self.slots.activate(key, request.adapter.serve[key[2]])
+                self.adapters.place(request)
             except NoFreeSlot as exc:
                 if self._running or admitted:
                     break  # slots free up as running rows finish
@@ -305,7 +313,8 @@ class Engine:
         vision_ms = (time.perf_counter() - start) * 1000
         for request in admitted:
             request.timings["vision_ms"] = vision_ms
-        self.metrics.batch(len(admitted), len({(r.adapter_name, r.version) for r in admitted}))
+        self.metrics.batch(len(admitted),
+                           len({(r.adapter_name, r.bound_version) for r in admitted}))
         scoring = [i for i, r in enumerate(admitted) if r.task.is_scored]
         generating = [i for i in range(len(admitted)) if i not in scoring]
         groups = [(self._score, scoring), (self._encode_and_join, generating)]
@@ -334,8 +343,8 @@ class Engine:
                            max_text_tokens=self.max_text_tokens)
         batch = batch.to(self.device)
         batch.visual = batch.visual.to(self.dtype)
-        slots = torch.tensor([r.slot for r in requests], device=self.device)
-        return batch, RowIndex.of(slots)
+        row_slots = torch.tensor([r.slot for r in requests], device=self.device)
+        return batch, RowIndex.of(row_slots)
 
     def _score(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
         """NLVR2 ("true"/"false") and multiple choice ("a0".."a{n-1}") by candidate scoring."""
@@ -344,7 +353,7 @@ class Engine:
         start = time.perf_counter()
         batch, index = self._batch(requests, visuals)
         scores = score_candidates(self.backbone, batch, candidates.to(self.device),
-                                  self.slots.bank(), index).float().cpu()
+                                  self.slot_table.bank(), index).float().cpu()
         elapsed = (time.perf_counter() - start) * 1000
         for request, row_labels, row_scores in zip(requests, labels, scores, strict=True):
             row = row_scores[:len(row_labels)].tolist()
@@ -359,7 +368,7 @@ class Engine:
         """One encoder pass and the first decoder step; unfinished requests join the rows."""
         start = time.perf_counter()
         batch, index = self._batch(requests, visuals)
-        bank = self.slots.bank()
+        bank = self.slot_table.bank()
         hidden, mask = self.backbone.encode(batch, bank, index)
         elapsed = (time.perf_counter() - start) * 1000
         eos = self.backbone.eos_token_id
@@ -389,7 +398,7 @@ class Engine:
         beam_requests = sum(row.beams is not None for row in self._running)
         self.stats["steps_mixing_beams_and_greedy"] += 0 < beam_requests < len(self._running)
         logits = self._decoding.step(self.backbone, torch.tensor(tokens, device=self.device),
-                                     self.slots.bank(), index)
+                                     self.slot_table.bank(), index)
         self._running, order = self._advance(self._running, logits)
         self._decoding = self._decoding.select(order) if order else None
 
@@ -458,7 +467,7 @@ class Engine:
         piece = stream_piece(streamed, text, final=True) if request.stream else ""
         if piece:
             request.events.put(("token", piece))
-        prediction = Prediction(text, request.adapter_name, request.version, label,
+        prediction = Prediction(text, request.adapter_name, request.bound_version, label,
                                 scores or [], dict(request.timings), request.request_id)
         for stage in ("queue", "vision", "encode", "decode"):
             self.metrics.latency(request.task.name, stage,
@@ -477,26 +486,7 @@ class Engine:
         else:
             self.stats["completed"] += 1
             request.events.put(("done", outcome))
-        if request.slot is not None:
-            self.slots.leave(request.slot)
-            request.slot = None
-        if request.version is not None:
-            key = (request.adapter_name, request.version)
-            if self.slots.release(key) == 0 and key in self._retired:
-                self._retire(key)
-
-    def _retire(self, key: tuple[str, int]) -> None:
-        """Free a version's device slots once no request uses it and it is not active."""
-        if self.store.active_version(key[0]) == key[1]:
-            self._retired.discard(key)
-            return
-        if self.slots.refs(key) > 0:
-            self._retired.add(key)
-            return
-        self._retired.discard(key)
-        freed = self.slots.evict(key)
-        if freed:
-            log.info("freed adapter %s:%d from device slots %s", *key, freed)
+        self.adapters.release(request)
 
     def _fail_all_running(self, error: RequestError) -> None:
         for row in self._running:

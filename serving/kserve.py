@@ -13,9 +13,10 @@ port as `vladapter.v1.Inference`:
     RepositoryModelLoad / Unload = `Repository.Load` / `Unload` (hot-swap)
     ModelStatistics: per (model, version) counts and durations (serving.kserve_stats)
 
-Shared memory, trace and log settings answer UNIMPLEMENTED. The vision model runs the
-frozen tower on the calling thread, one call at a time; the tower carries no adapter hooks,
-so it never touches the state the engine thread's batches use.
+Shared memory, trace and log settings answer UNIMPLEMENTED. The vision model runs on the
+engine thread (`Engine.vision_features`), between two decoding steps, like every model
+call. This servicer only translates: requests go to the engine, Load / Unload / state to
+the adapter lifecycle (`serving.lifecycle.AdapterLifecycle`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata as package_metadata
 
 import grpc
@@ -34,9 +35,7 @@ import numpy as np
 import torch
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from adapters_registry import Registry, RegistryError
-from serving.adapter_store import AdapterStore
-from serving.engine import Prediction, RequestError, error_for
+from serving.engine import Engine, Prediction, RequestError, error_for
 from serving.kserve_stats import ModelStats
 from serving.kserve_tensors import (
     ADAPTER_INPUTS,
@@ -51,11 +50,10 @@ from serving.kserve_tensors import (
     stream_flag,
     wanted_outputs,
 )
-from serving.limits import InvalidInput
+from serving.lifecycle import AdapterLifecycle
+from serving.limits import InvalidInput, RequestChecker
 from serving.requests import VERSION, parse_integer
-from serving.servicer import InferenceServicer, RepositoryServicer
-from serving.vision_backends import VisionEncoder
-from serving.vision_cache import encode_pixels
+from serving.servicer import InferenceServicer
 
 log = logging.getLogger("vladapter.serving")
 
@@ -89,26 +87,26 @@ def _server_version() -> str:
 
 @dataclass
 class VisionModel:
-    """The frozen tower served as a KServe model; `lock` runs one call at a time."""
+    """The frozen tower served as a KServe model (computed by `Engine.vision_features`);
+    backend: the vision encoder's name."""
 
     name: str
-    encoder: VisionEncoder
+    backend: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    device: torch.device
-    dtype: torch.dtype
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """`inference.GRPCInferenceService` over the engine, the store and the repository."""
+    """`inference.GRPCInferenceService` over the engine and the adapter lifecycle.
 
-    def __init__(self, inference: InferenceServicer, repository: RepositoryServicer,
-                 store: AdapterStore, registry: Registry, stats: ModelStats,
-                 vision: VisionModel | None = None, queue_delay_ms: float = 0.0):
-        self.inference, self.repository = inference, repository
-        self.store, self.registry, self.stats, self.vision = store, registry, stats, vision
-        self.engine = inference.engine
+    inference: `prepare` turns a PredictRequest into an engine request with the same checks
+    as `Inference.Predict`; checker: the message-size limit of vision requests."""
+
+    def __init__(self, engine: Engine, adapters: AdapterLifecycle, inference: InferenceServicer,
+                 checker: RequestChecker, stats: ModelStats, vision: VisionModel | None = None,
+                 queue_delay_ms: float = 0.0):
+        self.engine, self.adapters, self.inference = engine, adapters, inference
+        self.checker, self.stats, self.vision = checker, stats, vision
         self.queue_delay_ms = queue_delay_ms
         self.ready = threading.Event()  # set by Server.start, cleared by Server.stop
 
@@ -121,7 +119,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if self._is_vision(name):
             active = VISION_VERSION
         else:
-            number = self.store.active_version(name)
+            number = self.adapters.active_version(name)
             if number is None:
                 raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not loaded")
             active = str(number)
@@ -169,11 +167,10 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             context.abort(error.code, error.message)
         platform, inputs, outputs = self._specs(request.name)
         if self._is_vision(request.name):
-            parameters = {"vision_backend": self.vision.encoder.name}
+            parameters = {"vision_backend": self.vision.backend}
         else:
-            entry = self.store.entry((request.name, int(version)))
-            parameters = {"tasks": ",".join(entry.tasks if entry else ()),
-                          "aliases": ",".join(entry.aliases if entry else ())}
+            state = self.adapters.state(request.name, int(version))
+            parameters = {"tasks": ",".join(state.tasks), "aliases": ",".join(state.aliases)}
         return service_pb2.ModelConfigResponse(config=model_config(
             request.name, int(version), platform, inputs, outputs, self.queue_delay_ms,
             parameters))
@@ -185,7 +182,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         try:
             # The vision model's requests never become a PredictRequest: check them here.
-            self.inference.checker.check_message(request.ByteSize())
+            self.checker.check_message(request.ByteSize())
             if self._is_vision(request.model_name):
                 self._loaded_version(request.model_name, request.model_version)
                 return Call(request, started, lambda: self._vision_infer(request))
@@ -221,9 +218,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         start = time.perf_counter()
         try:
-            with self.vision.lock:
-                features = encode_pixels(self.vision.encoder, torch.from_numpy(pixels.copy()),
-                                         self.vision.device, self.vision.dtype)
+            features = self.engine.vision_features(torch.from_numpy(pixels.copy()))
         except Exception as exc:
             log.exception("vision model failed")
             raise error_for(exc) from None
@@ -314,13 +309,14 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         yield service_pb2.ModelStreamInferResponse(infer_response=response)
 
     def ModelStatistics(self, request, context):
-        names = {name for name, _ in self.stats.keys()} | set(self.store.active())
+        active = self.adapters.active()
+        names = {name for name, _ in self.stats.keys()} | set(active)
         if self.vision is not None:
             names.add(self.vision.name)
         if request.name and request.name not in names:
             context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.name!r} is unknown")
         keys = set(self.stats.keys())
-        keys |= {(n, str(v)) for n, v in self.store.active().items()}
+        keys |= {(n, str(v)) for n, v in active.items()}
         if self.vision is not None:
             keys.add((self.vision.name, VISION_VERSION))
         keys = {(n, v) for n, v in keys if (not request.name or n == request.name)
@@ -332,19 +328,15 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def RepositoryIndex(self, request, context):
         ModelIndex = service_pb2.RepositoryIndexResponse.ModelIndex
         try:
-            infos = [i for i in self.registry.index() if not i.yanked]
-        except RegistryError as exc:
-            error = error_for(exc)
+            states = self.adapters.index()
+        except RequestError as error:
             context.abort(error.code, error.message)
         models = []
         if self.vision is not None:
             models.append(ModelIndex(name=self.vision.name, version=VISION_VERSION,
                                      state="READY"))
-        for info in infos:
-            state = self.repository.state(info.name, info.version, info.aliases,
-                                          tuple(info.manifest.get("tasks", ())), info.problem)
-            models.append(ModelIndex(name=state.name, version=str(state.version),
-                                     state=state.state, reason=state.reason))
+        models += [ModelIndex(name=s.name, version=str(s.version), state=s.state,
+                              reason=s.reason) for s in states]
         if request.ready:
             models = [m for m in models if m.state == "READY"]
         return service_pb2.RepositoryIndexResponse(models=models)
@@ -354,7 +346,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return service_pb2.RepositoryModelLoadResponse()  # always loaded
         try:
             version, alias = load_selector(request.parameters)
-            self.repository.load(request.model_name, version, alias)
+            self.adapters.load(request.model_name, version, alias)
         except InvalidInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except RequestError as error:
@@ -367,7 +359,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                           f"{request.model_name!r} is the server's vision model "
                           "(--serve-vision-model); it cannot be unloaded")
         try:
-            self.repository.unload(request.model_name)
+            self.adapters.unload(request.model_name)
         except RequestError as error:
             context.abort(error.code, error.message)
         return service_pb2.RepositoryModelUnloadResponse()

@@ -98,7 +98,8 @@ class Prediction:
 
 @dataclass(eq=False)
 class Request:
-    """One validated request. `adapter_version` None: the name's active version.
+    """One validated request. `requested_version`: the version the client asked for
+    (None: the name's active version); `bound_version`: the one the engine bound it to.
 
     events receives ("token", text) while streaming, then ("done", Prediction) or
     ("error", RequestError). deadline: time.monotonic() seconds, or None.
@@ -106,7 +107,7 @@ class Request:
 
     task: TaskSpec
     adapter_name: str
-    adapter_version: int | None
+    requested_version: int | None
     source_text: str
     images: list[ImageInput]
     choices: list[str] = field(default_factory=list)
@@ -119,10 +120,10 @@ class Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued: float = field(default_factory=time.monotonic)
     timings: dict[str, float] = field(default_factory=dict)
-    version: int | None = None  # bound by the engine
-    adapter: HostAdapter | None = None
+    bound_version: int | None = None  # set by the engine (AdapterLifecycle.bind)
+    adapter: HostAdapter | None = None  # the bound version in host memory, once loaded
     loading: object = None  # the store's future while the version loads
-    slot: int | None = None
+    slot: int | None = None  # the device slot of its (version, task) set while admitted
     done: bool = False
 
     def cancel(self) -> None:

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2_grpc
 
 from adapters_registry import Registry
+from adapters_registry.names import parse_ref
 from modeling.backbone import VLBackbone
 from modeling.config import preset
 from modeling.inputs import image_processor
@@ -101,11 +102,9 @@ def vision_parts(config: ServeConfig, backbone: VLBackbone
     log.info("vision backend: %s", encoder.name)
     if not config.serve_vision_model:
         return encoder, None
-    parameter = next(backbone.parameters())
     inputs, outputs = vision_specs(vision.image_size, backbone.config.image_grid ** 2,
                                    backbone.config.feat_dim)
-    return encoder, VisionModel(config.serve_vision_model, encoder, inputs, outputs,
-                                parameter.device, parameter.dtype)
+    return encoder, VisionModel(config.serve_vision_model, encoder.name, inputs, outputs)
 
 
 def _metrics(config: ServeConfig):
@@ -133,22 +132,24 @@ class Server:
                                   config.host_cache_bytes, on_event=self._event("host"),
                                   on_load=self._on_load)
         like = torch.zeros((), device=device, dtype=dtype)
-        self.slots = SlotTable(config.device_slots, config.cache_bytes,
-                               self.backbone.frozen_tensors(), self.backbone.config.d_model,
-                               like, on_event=self._event("device"))
+        self.slot_table = SlotTable(config.device_slots, config.cache_bytes,
+                                    self.backbone.frozen_tensors(),
+                                    self.backbone.config.d_model, like,
+                                    on_event=self._event("device"))
         self.vision = VisionCache(config.vision_cache_entries)
         self.vision_encoder, vision_model = vision_parts(config, self.backbone)
-        self.engine = Engine(self.backbone, self.store, self.slots, self.vision,
+        self.engine = Engine(self.backbone, self.store, self.slot_table, self.vision,
                              config.max_batch, config.max_queue, config.max_queue_delay_ms,
                              config.limits.max_text_tokens, self.metrics, self.vision_encoder)
+        self.adapters = self.engine.adapters  # the one owner of what serves (lifecycle.py)
         vision = self.backbone.config.vision
         checker = RequestChecker(config.limits, self.backbone.tokenizer,
                                  image_processor(vision.image_size) if vision else None,
                                  self.backbone.config.feat_dim, vision is not None)
-        self.inference = InferenceServicer(self.engine, self.store, checker)
-        self.repository = RepositoryServicer(self.registry, self.store, self.slots, self.engine)
+        self.inference = InferenceServicer(self.engine, self.adapters, checker)
+        self.repository = RepositoryServicer(self.adapters)
         self.kserve_stats = ModelStats()
-        self.kserve = KServeServicer(self.inference, self.repository, self.store, self.registry,
+        self.kserve = KServeServicer(self.engine, self.adapters, self.inference, checker,
                                      self.kserve_stats, vision_model, config.max_queue_delay_ms)
         self.health = health.HealthServicer()
         self.grpc_server = self._build_grpc()
@@ -212,10 +213,10 @@ class Server:
     def start(self) -> Server:
         """Start the engine, load the configured adapters, then accept calls."""
         self.engine.start()
-        for ref in self.config.load:
-            name, version, alias = _split_ref(ref)
-            state = self.repository.load(name, version, alias)
-            log.info("loaded %s:%d at start (%s)", state.name, state.version, state.tier)
+        for text in self.config.load:
+            ref = parse_ref(text)  # InvalidName: the CLI's one line and exit 2
+            version = self.adapters.load(ref.name, ref.version, ref.alias)
+            log.info("loaded %s:%d at start", ref.name, version)
         self.grpc_server.start()
         if self.metrics is not None and self.config.metrics_port is not None:
             self.metrics.start_http(self.config.metrics_port)
@@ -240,15 +241,6 @@ class Server:
 
     def wait(self) -> None:
         self.grpc_server.wait_for_termination()
-
-
-def _split_ref(ref: str) -> tuple[str, int | None, str | None]:
-    """NAME, NAME:VERSION or NAME@ALIAS -> (name, version, alias)."""
-    if ":" in ref:
-        name, _, version = ref.partition(":")
-        return name, int(version), None
-    name, _, alias = ref.partition("@")
-    return name, None, alias or None
 
 
 def serve(config: ServeConfig) -> int:

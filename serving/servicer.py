@@ -1,6 +1,8 @@
 """gRPC servicers: `vladapter.v1.Inference` and `vladapter.v1.Repository`.
 
-They translate between protos and the engine, and map every error to a status code
+They translate between protos and the engine (requests) or the adapter lifecycle
+(`serving.lifecycle.AdapterLifecycle`: Load, Unload, Pin, state), and map every error to a
+status code
 (`serving.requests.error_for`; the table is in proto/vladapter/v1/inference.proto):
 INVALID_ARGUMENT (a missing or malformed field, a limit, a corrupt image, version 0; the
 message names the field or limit), NOT_FOUND (unknown task, adapter, version or alias),
@@ -12,26 +14,25 @@ thread, so a bad request never enters a batch.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 
 import grpc
 
-from adapters_registry import Registry, RegistryError
 from modeling.tasks import TASKS
-from serving.adapter_store import AdapterStore
 from serving.engine import Engine, Prediction, Request, RequestError, error_for
+from serving.lifecycle import AdapterLifecycle, VersionState
 from serving.limits import InvalidInput, RequestChecker
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 from serving.requests import VERSION, parse_integer
-from serving.slot_table import SlotTable
-
-log = logging.getLogger("vladapter.serving")
 
 
 def _abort(context: grpc.ServicerContext, error: RequestError):
     context.abort(error.code, error.message)
+
+
+def state_of(state: VersionState) -> repository_pb2.AdapterState:
+    return repository_pb2.AdapterState(**vars(state))
 
 
 def response_of(prediction: Prediction) -> inference_pb2.PredictResponse:
@@ -51,8 +52,8 @@ def response_of(prediction: Prediction) -> inference_pb2.PredictResponse:
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     """Predict and PredictStream over the engine."""
 
-    def __init__(self, engine: Engine, store: AdapterStore, checker: RequestChecker):
-        self.engine, self.store, self.checker = engine, store, checker
+    def __init__(self, engine: Engine, adapters: AdapterLifecycle, checker: RequestChecker):
+        self.engine, self.adapters, self.checker = engine, adapters, checker
 
     def prepare(self, message: inference_pb2.PredictRequest, context: grpc.ServicerContext,
                 stream: bool) -> Request:
@@ -90,15 +91,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return request
 
     def _version(self, ref: inference_pb2.AdapterRef) -> int | None:
-        """An explicit version or a non-default alias; None: the active version."""
+        """The version asked for: an explicit one, or an alias resolved by the registry
+        (`latest` too: the highest version not yanked); None (neither, or an empty alias):
+        the active version, whatever `Load` last put in service."""
         which = ref.WhichOneof("selector")
         if which == "version":
             return parse_integer(ref.version, "adapter.version", VERSION)
-        if which == "alias" and ref.alias not in ("", "latest"):
-            try:
-                return self.store.resolve(ref.name, alias=ref.alias)
-            except RegistryError as exc:
-                raise error_for(exc) from None
+        if which == "alias" and ref.alias:
+            return self.adapters.resolve(ref.name, alias=ref.alias)
         return None
 
     def Predict(self, request, context):
@@ -132,61 +132,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 class RepositoryServicer(repository_pb2_grpc.RepositoryServicer):
     """Index, Load, Unload, Pin, Unpin and Status (Triton's model-repository words)."""
 
-    def __init__(self, registry: Registry, store: AdapterStore, slots: SlotTable,
-                 engine: Engine):
-        self.registry, self.store, self.slots, self.engine = registry, store, slots, engine
+    def __init__(self, adapters: AdapterLifecycle):
+        self.adapters = adapters
 
-    def state(self, name: str, version: int, aliases=(), tasks=(),
-              problem: str = "") -> repository_pb2.AdapterState:
-        """Where one version is and how it is used; `problem`: why its record is unreadable."""
-        key = (name, version)
-        entry = self.store.entry(key)
-        device = self.slots.adapter_state(key)
-        active = self.store.active_version(name) == version
-        if self.store.loading(key):
-            state, tier = "LOADING", "registry"
-        elif entry is not None:
-            state, tier = ("READY" if active else "UNAVAILABLE"), \
-                ("device" if device["slots"] else "host")
-        else:
-            state, tier = "UNAVAILABLE", "registry"
-        return repository_pb2.AdapterState(
-            name=name, version=version,
-            aliases=list(entry.aliases if entry else aliases),
-            tasks=list(entry.tasks if entry else tasks), state=state, tier=tier,
-            bytes=device["bytes"] if device["slots"] else (entry.nbytes if entry else 0),
-            last_used_unix=max(device["last_used"], entry.last_used if entry else 0.0),
-            in_flight=device["in_flight"], pinned=self.store.is_pinned(key),
-            reason=problem or ("" if state != "UNAVAILABLE" or active else
-                               "not the active version"))
+    def _state(self, name: str, version: int) -> repository_pb2.AdapterState:
+        return state_of(self.adapters.state(name, version))
 
     def Index(self, request, context):
         try:
-            infos = self.registry.index()
-        except RegistryError as exc:
-            _abort(context, error_for(exc))
-        states = [self.state(i.name, i.version, i.aliases, tuple(i.manifest.get("tasks", ())),
-                             i.problem) for i in infos if not i.yanked]
+            states = self.adapters.index()
+        except RequestError as error:
+            _abort(context, error)
         if request.ready_only:
             states = [s for s in states if s.state == "READY"]
-        return repository_pb2.IndexResponse(adapters=states)
-
-    def load(self, name: str, version: int | None = None, alias: str | None = None
-             ) -> repository_pb2.AdapterState:
-        """Load (or reload) a version and put it in service; raises RequestError."""
-        try:
-            number = self.store.resolve(name, version, alias)
-            entry = self.store.fetch(name, number).result()
-        except Exception as exc:
-            raise error_for(exc) from None
-        previous = self.store.activate(entry)
-        if previous is not None:
-            self.slots.unpin((name, previous))
-            self.engine.retire(name, previous)
-            log.info("hot-swap %s: version %d -> %d", name, previous, number)
-        else:
-            log.info("serving adapter %s:%d", name, number)
-        return self.state(name, number)
+        return repository_pb2.IndexResponse(adapters=[state_of(s) for s in states])
 
     def Load(self, request, context):
         ref = request.adapter
@@ -194,37 +153,24 @@ class RepositoryServicer(repository_pb2_grpc.RepositoryServicer):
         try:
             version = parse_integer(ref.version, "adapter.version", VERSION) \
                 if which == "version" else None
-            return repository_pb2.LoadResponse(adapter=self.load(
-                ref.name, version, ref.alias if which == "alias" else None))
+            number = self.adapters.load(ref.name, version, ref.alias if which == "alias" else None)
         except (RequestError, InvalidInput) as exc:
             _abort(context, error_for(exc))
-
-    def unload(self, name: str) -> int:
-        """Take a name out of service (its slots free once idle); raises RequestError."""
-        version = self.store.deactivate(name)
-        if version is None:
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"adapter {name!r} is not loaded")
-        self.slots.unpin((name, version))
-        self.engine.retire(name, version)
-        log.info("unloaded adapter %s:%d", name, version)
-        return version
+        return repository_pb2.LoadResponse(adapter=self._state(ref.name, number))
 
     def Unload(self, request, context):
         try:
-            self.unload(request.name)
+            self.adapters.unload(request.name)
         except RequestError as error:
             _abort(context, error)
         return repository_pb2.UnloadResponse()
 
     def _pin(self, name: str, pinned: bool, context) -> repository_pb2.PinResponse:
-        version = self.store.active_version(name)
-        if version is None:
-            _abort(context, RequestError(grpc.StatusCode.NOT_FOUND,
-                                         f"adapter {name!r} is not loaded"))
-        self.store.pin((name, version), pinned)
-        (self.slots.pin if pinned else self.slots.unpin)((name, version))
-        log.info("%s adapter %s:%d", "pinned" if pinned else "unpinned", name, version)
-        return repository_pb2.PinResponse(adapter=self.state(name, version))
+        try:
+            version = self.adapters.pin(name, pinned)
+        except RequestError as error:
+            _abort(context, error)
+        return repository_pb2.PinResponse(adapter=self._state(name, version))
 
     def Pin(self, request, context):
         return self._pin(request.name, True, context)
@@ -233,12 +179,11 @@ class RepositoryServicer(repository_pb2_grpc.RepositoryServicer):
         return self._pin(request.name, False, context)
 
     def Status(self, request, context):
-        active = self.store.active()
+        active = self.adapters.active()
         if request.name:
             if request.name not in active:
                 _abort(context, RequestError(grpc.StatusCode.NOT_FOUND,
                                              f"adapter {request.name!r} is not loaded"))
             active = {request.name: active[request.name]}
         return repository_pb2.StatusResponse(
-            adapters=[self.state(name, version) for name, version in sorted(active.items())])
-
+            adapters=[self._state(name, version) for name, version in sorted(active.items())])

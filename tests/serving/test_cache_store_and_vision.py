@@ -44,19 +44,23 @@ def test_concurrent_fetches_share_one_load(backbone, published):
     store.close()
 
 
-def test_budget_evicts_lru_but_spares_active_and_pinned(backbone, published):
+def test_budget_evicts_lru_but_spares_what_the_lifecycle_keeps(backbone, published):
+    """The store evicts least recently used versions over its budget, never one the caller
+    keeps (the lifecycle keeps active, pinned and in-use versions: test_lifecycle.py)."""
     store = make_store(backbone, published, budget=1)  # everything is over budget
-    alpha1 = store.fetch("alpha", 1).result(timeout=30)
-    store.activate(alpha1)
+    store.fetch("alpha", 1).result(timeout=30)
     store.fetch("gamma", 1).result(timeout=30)
+    assert store.evict_over_budget(keep={("alpha", 1), ("gamma", 1)}) == []
     assert store.entry(("alpha", 1)) is not None  # active
-    assert store.entry(("gamma", 1)) is not None  # the newest stays until the next load
-    store.pin(("beta", 1), True)
+    assert store.entry(("gamma", 1)) is not None  # in use by the request that loaded it
     store.fetch("beta", 1).result(timeout=30)
+    assert store.evict_over_budget(keep={("alpha", 1), ("beta", 1)}) == [("gamma", 1)]
     assert store.entry(("gamma", 1)) is None  # LRU, neither active nor pinned
     store.fetch("alpha", 2).result(timeout=30)
+    assert store.evict_over_budget(keep={("alpha", 1), ("beta", 1), ("alpha", 2)}) == []
     assert store.entry(("beta", 1)) is not None  # pinned
     assert store.entry(("alpha", 1)) is not None
+    assert store.evict_over_budget(keep={("alpha", 2)}) == [("alpha", 1), ("beta", 1)]
     store.close()
 
 

@@ -21,7 +21,8 @@ def _settle(server, timeout: float = 5.0) -> None:
     """Wait until the engine holds no request and no adapter reference."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if server.engine.in_flight() == 0 and server.slots.refs(("alpha", 2)) == 0:
+        if server.engine.in_flight() == 0 and \
+                server.adapters.state("alpha", 2).in_flight == 0:
             return
         time.sleep(0.01)
     raise AssertionError("the engine kept a request or a reference")
@@ -31,7 +32,7 @@ def test_full_queue_is_resource_exhausted_and_the_queued_call_still_answers(back
                                                                              published):
     config = ServeConfig(registry=published.root, host="127.0.0.1", port=0, max_queue=1)
     server = Server(config, backbone=backbone)
-    server.repository.load("alpha")
+    server.adapters.load("alpha")
     server.grpc_server.start()  # the engine is not running yet: the queue cannot drain
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -66,7 +67,7 @@ def test_max_queue_bounds_requests_waiting_for_their_adapter_not_only_the_queue(
     config = ServeConfig(registry=published.root, host="127.0.0.1", port=0, max_queue=4,
                          max_batch=4)
     server = Server(config, backbone=backbone)
-    server.repository.load("alpha")
+    server.adapters.load("alpha")
     loaded, fetches, release = server.store.fetch, [], threading.Event()
 
     def held_fetch(name: str, version: int) -> Future:
@@ -104,7 +105,7 @@ def test_max_queue_bounds_requests_waiting_for_their_adapter_not_only_the_queue(
 def test_request_past_its_deadline_is_dropped_not_run(backbone, published):
     config = ServeConfig(registry=published.root, host="127.0.0.1", port=0)
     server = Server(config, backbone=backbone)
-    server.repository.load("alpha")
+    server.adapters.load("alpha")
     server.grpc_server.start()  # hold the engine until the deadline has passed
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -143,7 +144,7 @@ def test_more_adapter_sets_than_device_slots_are_all_served(backbone, published)
                          max_queue_delay_ms=50.0)
     server = Server(config, backbone=backbone)
     for name in ("alpha", "beta", "gamma"):
-        server.repository.load(name)
+        server.adapters.load(name)
     server.grpc_server.start()  # queue everything before the engine takes any of it
     wanted = [("alpha", "vqa"), ("beta", "caption"), ("gamma", "gqa"), ("alpha", "tvc"),
               ("beta", "nlvr2"), ("gamma", "how2qa")]

@@ -68,4 +68,5 @@ def test_hot_swap_under_load_fails_nothing_and_never_mixes_versions(swap_server,
         assert response.text == expected[(task, response.adapter_version)]
     # The last Load made version 2 active; version 1 was freed from the device once idle.
     assert [(s.version, s.state) for s in final.adapters] == [(2, "READY")]
-    assert all(key is None or key[:2] != ("alpha", 1) for key in swap_server.slots.snapshot())
+    assert all(info is None or info.adapter != ("alpha", 1)
+               for info in swap_server.slot_table.snapshot())

@@ -49,7 +49,7 @@ def test_server_live_ready_and_metadata(client):
 
 
 def test_model_ready_metadata_and_config(client, server):
-    active = str(server.store.active_version("alpha"))
+    active = str(server.adapters.active_version("alpha"))
     assert client.is_model_ready("alpha") and client.is_model_ready("alpha", active)
     assert not client.is_model_ready("alpha", "7") and not client.is_model_ready("nobody")
     assert client.is_model_ready(VISION)
@@ -143,7 +143,7 @@ def test_load_and_unload_are_the_repository_hot_swap(client, channel, server, pu
     try:
         client.load_model("alpha", config=json.dumps(
             {"version_policy": {"specific": {"versions": [1]}}}))
-        assert server.store.active_version("alpha") == 1
+        assert server.adapters.active_version("alpha") == 1
         assert client.is_model_ready("alpha", "1") and not client.is_model_ready("alpha", "2")
         text, _, version = infer(client, message)
         assert (text, version) == (direct(backbone, published.models[("alpha", 1)], message)[0],
@@ -159,7 +159,7 @@ def test_load_and_unload_are_the_repository_hot_swap(client, channel, server, pu
     finally:
         client.load_model("alpha")  # the latest version again
         client.load_model("gamma")
-    assert server.store.active_version("alpha") == 2 and client.is_model_ready("gamma")
+    assert server.adapters.active_version("alpha") == 2 and client.is_model_ready("gamma")
     with pytest.raises(InferenceServerException) as excinfo:
         client.load_model("nobody")
     assert status_of(excinfo) == "StatusCode.NOT_FOUND"

@@ -20,7 +20,7 @@ def test_predict_equals_the_modeling_api(task, adapter, server, inference, publi
                                          backbone):
     message = request_for(task, adapter, seed=3)
     response = inference.Predict(message, timeout=30)
-    version = server.store.active_version(adapter)
+    version = server.adapters.active_version(adapter)
     text, scores = direct(backbone, published.models[(adapter, version)], message)
     assert response.text == text
     assert response.adapter_name == adapter and response.adapter_version == version

@@ -120,13 +120,13 @@ def _config(versions) -> tuple[str, str]:
 def test_repository_model_load_config_is_validated(kserve, server, parameters, words):
     details = _refused(kserve.RepositoryModelLoad, _load_request(**parameters))
     assert words in details
-    assert server.store.active_version("alpha") == 2  # nothing was loaded
+    assert server.adapters.active_version("alpha") == 2  # nothing was loaded
 
 
 def test_config_version_as_a_string_loads_that_version(kserve, server):
     """protobuf's JSON writes int64 as a string: Triton's own configs say ["2"]."""
     kserve.RepositoryModelLoad(_load_request(config=_config(["2"])), timeout=30)
-    assert server.store.active_version("alpha") == 2
+    assert server.adapters.active_version("alpha") == 2
 
 
 def test_version_zero_is_invalid_on_every_path(channel, kserve, server):
@@ -138,7 +138,7 @@ def test_version_zero_is_invalid_on_every_path(channel, kserve, server):
                                          predict)
     with pytest.raises(InvalidName):
         server.store.resolve("alpha", 0)
-    assert server.store.active_version("alpha") == 2
+    assert server.adapters.active_version("alpha") == 2
 
 
 def _raw(channel, method: str, streaming: str = "unary_unary"):
@@ -202,7 +202,7 @@ def test_artifact_refused_by_the_reader_is_failed_precondition(channel, server):
     finally:
         server.registry.limits = limits
     assert "max_artifact_bytes" in details
-    assert server.store.active_version("alpha") == 2
+    assert server.adapters.active_version("alpha") == 2
 
 
 @pytest.mark.parametrize(("error", "code"), [
