@@ -10,10 +10,10 @@ import threading
 import grpc
 import pytest
 import torch
-from training.tasks import TASKS
 
 from adapters_registry import Registry
 from modeling.methods.base import BackboneFacts
+from modeling.tasks import TASKS
 from serving.adapter_store import AdapterStore
 from serving.lifecycle import AdapterLifecycle
 from serving.requests import Request, RequestError
