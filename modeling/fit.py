@@ -7,7 +7,7 @@ wrong artifact is refused at load time instead of failing inside a forward pass.
 from __future__ import annotations
 
 from modeling.methods.base import BackboneFacts
-from modeling.serve_forms import ACTIVATIONS, ServeWeights
+from modeling.serve_forms import ServeWeights
 
 OVERRIDABLE_PREFIXES = ("visual.", "lm.")
 
@@ -44,9 +44,6 @@ def _check_bottleneck(serve: ServeWeights, facts: BackboneFacts) -> None:
             if _shape(getattr(b, field)) != shape:
                 raise ValueError(f"bottleneck {pos}.{field} has shape "
                                  f"{_shape(getattr(b, field))}; expected {list(shape)}")
-        if b.activation not in ACTIVATIONS:
-            raise ValueError(f"bottleneck {pos}.activation {b.activation!r}; expected one of "
-                             f"{ACTIVATIONS}")
 
 
 def _check_prompt_and_prefix(serve: ServeWeights, facts: BackboneFacts) -> None:

@@ -37,6 +37,26 @@ def test_bad_method_configs_are_refused_with_the_field_named(facts, entry, messa
         AdapterModel([entry], facts, ["vqa"])
 
 
+UNKNOWN_ACTIVATION = (r"activation 'swish' is not a known activation; expected one of "
+                      r"\['relu', 'gelu', 'silu', 'tanh'\]")
+
+
+@pytest.mark.parametrize("build", [
+    lambda facts: AdapterModel([MethodEntry("adapter", {"activation": "swish"})], facts, ["vqa"]),
+    lambda facts: AdapterModel([MethodEntry("parallel_adapter", {"activation": "swish"})], facts,
+                               ["vqa"]),
+    lambda facts: AdapterModel([MethodEntry("compacter", {"activation": "swish"})], facts,
+                               ["vqa"]),
+    lambda facts: Bottleneck(torch.zeros(8, 64), torch.zeros(8), torch.zeros(64, 8),
+                             torch.zeros(64), activation="swish"),
+], ids=["adapter", "parallel_adapter", "compacter", "serve form"])
+def test_an_unknown_activation_is_refused_by_one_check_listing_the_kernel_table(facts, build):
+    """Method configs and serve forms (what the bank and check_fits receive) share one check
+    against the kernels' activation table, so no bottleneck reaches a kernel without one."""
+    with pytest.raises(ValueError, match=UNKNOWN_ACTIVATION):
+        build(facts)
+
+
 def test_unknown_presets_list_the_known_ones():
     with pytest.raises(ValueError, match="expected one of.*tiny"):
         preset("huge")
