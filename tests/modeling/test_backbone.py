@@ -26,7 +26,7 @@ from modeling.kernels import RowIndex
 from modeling.serve_forms import ServeWeights
 from modeling.sites import layer_norm_names
 from modeling.tokenizer import build_word_tokenizer
-from modeling.visual import fit_frames
+from modeling.visual import fit_frames, video_tokens
 
 WORDS = ["red", "blue", "circle", "what", "is"]
 
@@ -190,3 +190,21 @@ def test_a_t5_norm_under_another_class_name_is_a_layer_norm_whose_override_appli
         bare, _ = model.encode(batch)
         adapted, _ = model.encode(batch, weights, RowIndex.of(torch.zeros(2, dtype=torch.long)))
     assert torch.allclose(adapted, 2 * bare)
+
+
+def test_video_tokens_average_each_frame_then_pool_or_pad_to_max_frames():
+    """Frames of any token count (a client may send 1-token features) become one vector each;
+    the backbone's own frame path is this function over the tower's grids."""
+    frames = [torch.full((1, 3), 1.0), torch.tensor([[2.0] * 3, [4.0] * 3]), torch.zeros(4, 3)]
+    tokens, valid = video_tokens(frames, 4)
+    assert tokens.tolist() == [[1.0] * 3, [3.0] * 3, [0.0] * 3, [0.0] * 3]
+    assert valid.tolist() == [True, True, True, False]
+    tokens, valid = video_tokens(frames, 2)  # 3 frames into 2 segments, averaged
+    assert torch.allclose(tokens, torch.tensor([[2.0] * 3, [1.5] * 3])) and bool(valid.all())
+    with pytest.raises(ValueError, match="at least one frame"):
+        video_tokens([], 4)
+    model = VLBackbone.from_config(preset("tiny"), seed=0)
+    pixels = torch.randn(3, 3, 32, 32)
+    expected, expected_valid = video_tokens(model.encode_images(pixels), model.config.max_frames)
+    tokens, valid = model.encode_frames(pixels)
+    assert torch.equal(tokens, expected) and torch.equal(valid, expected_valid)
