@@ -96,6 +96,20 @@ def test_adapters_that_do_not_fit_the_backbone_are_refused(facts, serve, message
         check_fits(serve, facts)
 
 
+@pytest.mark.parametrize(("rank", "message"), [
+    (65, r"lora rank 65 is larger than layer lm\.encoder\.block\.0\.layer\.0\.SelfAttention\.q "
+         r"\(64x64\); expected rank <= 64"),
+    (0, r"lora rank must be >= 1, got 0 \(layer lm\.encoder\.block\.0\.layer\.0\.Self"),
+])
+def test_lora_rank_is_bounded_by_one_check_for_configs_and_serve_forms(facts, rank, message):
+    """What a LoRA config may not ask for, an artifact's serve form may not hold either."""
+    with pytest.raises(ValueError, match=message):
+        AdapterModel([MethodEntry("lora", {"rank": rank, "targets": [SITE]})], facts, ["vqa"])
+    delta = LowRankDelta(torch.zeros(rank, 64), torch.zeros(64, rank), 1.0)
+    with pytest.raises(ValueError, match=message):
+        check_fits(ServeWeights(lora={SITE: delta}), facts)
+
+
 def test_a_fitting_adapter_passes_the_check(facts):
     model = AdapterModel(method_preset("single_adapter"), facts, ["vqa"])
     check_fits(model.materialize("vqa"), facts)
