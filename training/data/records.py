@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -132,17 +132,25 @@ class Record:
         return start, end
 
 
-class UniqueIds:
-    """Refuses a second record with an id already seen in the same file."""
+def identified_records(records: Iterable[Record], keys: str | tuple[str, ...], *,
+                       unique: bool = True) -> Iterator[tuple[str, Record]]:
+    """Each record with its id, the record located by that id for later errors.
 
-    def __init__(self) -> None:
-        self._seen: set[str] = set()
-
-    def claim(self, record: Record, field: str, value: str) -> None:
-        """Note ``value`` as used; raise ``DataFormatError`` on ``record`` if it already was."""
-        if value in self._seen:
-            record.fail(field, "an id not used by an earlier record", value)
-        self._seen.add(value)
+    keys: the id field, or alternatives (the first one present is the id, and errors name
+    it). unique: refuse a record whose id an earlier record of the file had.
+    """
+    keys = (keys,) if isinstance(keys, str) else keys
+    seen: set[str] = set()
+    for record in records:
+        key = next((k for k in keys if record.has(k)), keys[0])
+        if len(keys) > 1 and not record.has(key):
+            record.fail(key, f"an id in one of the fields {', '.join(keys)}")
+        value = record.identifier(key)
+        record = record.identified_by(key, value)
+        if unique and value in seen:
+            record.fail(key, "an id not used by an earlier record", value)
+        seen.add(value)
+        yield value, record
 
 
 @contextmanager
