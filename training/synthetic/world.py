@@ -7,7 +7,9 @@ per grid cell) and the vocabulary is small.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -35,6 +37,13 @@ DIRECTIONS: dict[str, tuple[int, int]] = {
 BACKGROUND = (45, 45, 45)
 COLOUR_JITTER = 12
 MAX_OBJECTS = 3
+
+T = TypeVar("T")
+
+
+def pick(rng: np.random.Generator, items: Sequence[T]) -> T:
+    """One of ``items``, uniformly at random (one draw of ``rng.integers``)."""
+    return items[int(rng.integers(len(items)))]
 
 
 @dataclass(frozen=True)
@@ -145,7 +154,7 @@ def _sample_mover(
         low = margin + (travel if step < 0 else 0)
         high = config.image_size - 1 - margin - (travel if step > 0 else 0)
         bounds.append(int(rng.integers(low, high + 1)))
-    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    shape = pick(rng, SHAPES)
     return Mover(colour, shape, (bounds[0], bounds[1]), direction)
 
 
