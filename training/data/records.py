@@ -177,6 +177,16 @@ def data_file(path: Path) -> Iterator[TextIO]:
                               error.strerror or type(error).__name__) from None
 
 
+def _parse_json(text: str, path: Path, first_line: int, expected: str) -> object:
+    """``text`` (starting at line ``first_line`` of ``path``) parsed as JSON; a
+    ``DataFormatError`` naming the line of the error otherwise."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataFormatError(path, f"line {first_line + error.lineno - 1}", "<json>", expected,
+                              error.msg) from None
+
+
 def load_json_records(path: Path, *, top_key: str | None = None) -> list[Record]:
     """The objects of a JSON file holding a list (or ``{top_key: [...]}``), located by index.
 
@@ -187,12 +197,7 @@ def load_json_records(path: Path, *, top_key: str | None = None) -> list[Record]
     """
     with data_file(path) as handle:
         text = handle.read()
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataFormatError(
-            path, f"line {error.lineno}", "<json>", "valid JSON", error.msg
-        ) from None
+    document = _parse_json(text, path, 1, "valid JSON")
     if top_key is not None:
         if not isinstance(document, dict) or top_key not in document:
             raise DataFormatError(path, "top level", top_key, "an object with this key", "none")
@@ -217,10 +222,5 @@ def iter_jsonl_records(path: Path) -> Iterator[Record]:
         for line_number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(
-                    path, f"line {line_number}", "<json>", "a valid JSON object", error.msg
-                ) from None
+            raw = _parse_json(line, path, line_number, "a valid JSON object")
             yield Record(raw, path, f"line {line_number}")
