@@ -66,20 +66,27 @@ class WorldConfig:
 
 
 @dataclass(frozen=True)
-class PlacedShape:
-    """One shape of a still scene: what it is, its grid cell and its pixel centre."""
+class ColouredShape:
+    """What a shape is: its colour and its kind."""
 
     colour: str
     shape: str
+
+    @property
+    def name(self) -> str:
+        """``"red circle"``: unique within a scene (colour, shape pairs differ) or a clip
+        (colours differ)."""
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class PlacedShape(ColouredShape):
+    """One shape of a still scene: what it is, its grid cell and its pixel centre."""
+
     row: int
     col: int
     centre: tuple[int, int]
     half_size: int
-
-    @property
-    def name(self) -> str:
-        """``"red circle"``: unique within a scene."""
-        return f"{self.colour} {self.shape}"
 
 
 @dataclass(frozen=True)
@@ -90,18 +97,11 @@ class Scene:
 
 
 @dataclass(frozen=True)
-class Mover:
+class Mover(ColouredShape):
     """One shape of a video: it starts at ``start`` and moves ``speed`` px per frame."""
 
-    colour: str
-    shape: str
     start: tuple[int, int]
     direction: str
-
-    @property
-    def name(self) -> str:
-        """``"red circle"``: unique within a clip (colours differ)."""
-        return f"{self.colour} {self.shape}"
 
 
 @dataclass(frozen=True)
