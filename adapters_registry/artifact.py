@@ -19,7 +19,8 @@ from typing import Any, BinaryIO
 
 from adapters_registry.errors import InvalidArtifact, LimitExceeded
 from adapters_registry.method_config import PUBLISH_SIZES, Sizes, method_config_problem
-from adapters_registry.tensorfile import check_tensor_file, loads_strict
+from adapters_registry.strict_json import load_object
+from adapters_registry.tensorfile import check_tensor_file
 
 MANIFEST = "manifest.json"
 SHARED = "shared.safetensors"
@@ -67,13 +68,7 @@ def parse_manifest(data: bytes, label: str = MANIFEST) -> dict[str, Any]:
     """Parse manifest bytes as strict JSON (no duplicate keys, no NaN) into a dict."""
     if len(data) > MAX_MANIFEST_BYTES:
         raise LimitExceeded(f"{label}: {len(data)} bytes, the limit is {MAX_MANIFEST_BYTES}")
-    try:
-        manifest = loads_strict(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidArtifact(f"{label}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise InvalidArtifact(f"{label}: must be a JSON object")
-    return manifest
+    return load_object(data, label)
 
 
 def _require(condition: bool, message: str) -> None:

@@ -36,11 +36,11 @@ from adapters_registry.artifact import (
 )
 from adapters_registry.errors import InvalidArtifact, RegistryError
 from adapters_registry.storage import temp_name
+from adapters_registry.strict_json import load_object
 from adapters_registry.tensorfile import (
     Header,
     TensorEntry,
     encode_header,
-    loads_strict,
     read_header,
     write_tensors,
 )
@@ -151,10 +151,7 @@ def import_peft(
         raise InvalidArtifact(str(exc)) from None
     if out.exists():
         raise RegistryError(f"{out} already exists")
-    try:
-        config = loads_strict(config_file.read_bytes())
-    except ValueError as exc:  # not UTF-8, not JSON, duplicate keys, NaN
-        raise InvalidArtifact(f"{config_file.name}: {exc}") from None
+    config = load_object(config_file.read_bytes(), config_file.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     temp = out.parent / temp_name(out.name)
     try:

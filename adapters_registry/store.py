@@ -47,7 +47,8 @@ from adapters_registry.names import (
     parse_version,
 )
 from adapters_registry.storage import TEMP_MARK, Storage, temp_name
-from adapters_registry.tensorfile import check_tensor_file, loads_strict
+from adapters_registry.strict_json import load_object
+from adapters_registry.tensorfile import check_tensor_file
 from adapters_registry.versions import (
     NameState,
     VerifiedFiles,
@@ -170,7 +171,7 @@ class Registry:
             if NAME_PATTERN.fullmatch(alias):
                 path = f"adapters/{name}/aliases/{alias}"
                 try:
-                    content = loads_strict(self.storage.read_bytes(path))
+                    content = load_object(self.storage.read_bytes(path), "content")
                     aliases[alias] = parse_version(content["version"])
                 except (ValueError, KeyError, TypeError, RegistryError) as exc:
                     broken[alias] = f"alias file {path} is corrupt ({exc})"

@@ -23,6 +23,7 @@ from typing import BinaryIO
 import numpy as np
 
 from adapters_registry.errors import InvalidArtifact
+from adapters_registry.strict_json import load_object
 
 MAX_HEADER_BYTES = 100_000_000
 SCAN_CHUNK_BYTES = 1024 * 1024  # a multiple of every element size
@@ -68,24 +69,6 @@ class Header:
     data_start: int
 
 
-def _strict_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError("duplicate key")
-    return dict(pairs)
-
-
-def _refuse_constant(token: str) -> None:
-    raise ValueError(f"non-standard JSON constant {token}")
-
-
-def loads_strict(data: bytes) -> object:
-    """Parse JSON bytes, refusing duplicate keys and NaN/Infinity."""
-    return json.loads(
-        data.decode("utf-8"), object_pairs_hook=_strict_object, parse_constant=_refuse_constant
-    )
-
-
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -113,16 +96,6 @@ def _entry(label: str, name: str, spec: object) -> TensorEntry:
     return entry
 
 
-def _parse_header_json(label: str, raw: bytes) -> dict[str, object]:
-    try:
-        header = loads_strict(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidArtifact(f"{label}: safetensors header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise InvalidArtifact(f"{label}: safetensors header is not a JSON object")
-    return header
-
-
 def read_header(stream: BinaryIO, size: int, label: str) -> Header:
     """Read and validate the header of a safetensors file of ``size`` bytes.
 
@@ -134,7 +107,7 @@ def read_header(stream: BinaryIO, size: int, label: str) -> Header:
     (header_len,) = struct.unpack("<Q", prefix)
     if header_len < 2 or header_len > MAX_HEADER_BYTES or 8 + header_len > size:
         raise InvalidArtifact(f"{label}: not a safetensors file (header length {header_len})")
-    header = _parse_header_json(label, stream.read(header_len))
+    header = load_object(stream.read(header_len), f"{label}: safetensors header")
     metadata = header.pop(METADATA_KEY, {})
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()

@@ -16,7 +16,7 @@ from adapters_registry.artifact import (
 )
 from adapters_registry.errors import FingerprintMismatch, IntegrityError, InvalidArtifact
 from adapters_registry.names import LATEST
-from adapters_registry.tensorfile import loads_strict
+from adapters_registry.strict_json import load_object
 
 SCHEMA_ONLY = Limits(sys.maxsize, sys.maxsize)
 
@@ -107,7 +107,7 @@ class NameState:
 def parse_record(data: bytes, name: str, version: int, state: NameState, label: str) -> VersionInfo:
     """Parse a version record; raise :class:`IntegrityError` naming ``label`` if corrupt."""
     try:
-        record = loads_strict(data)
+        record = load_object(data, "content")
         if (record["name"], record["version"]) != (name, version):
             raise ValueError("name or version differs from its path")
         if not SHA256_PATTERN.fullmatch(record["manifest_sha256"]):

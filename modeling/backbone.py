@@ -35,7 +35,7 @@ from modeling.bank import StackedWeights
 from modeling.config import BackboneConfig
 from modeling.kernels import RowIndex, gathered_rows
 from modeling.tokenizer import tokenizer_digest
-from modeling.visual import VisualProjection, fit_frames, pool_grid
+from modeling.visual import VisualProjection, pool_grid, video_tokens
 
 CONFIG_FILE = "vladapter_backbone.json"
 VISUAL_FILE = "visual_projection.safetensors"
@@ -186,9 +186,9 @@ class VLBackbone(nn.Module):
         return pool_grid(hidden[:, 1:], self.config.image_grid)
 
     def frame_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames [n_frames, 3, H, W] of one video -> (tokens [max_frames, feat], valid)."""
-        pooled = self.image_tokens(frames).mean(dim=1)  # one vector per frame
-        return fit_frames(pooled, self.config.max_frames)
+        """frames [n_frames, 3, H, W] of one video -> (tokens [max_frames, feat], valid)
+        (`modeling.visual.video_tokens` of each frame's grid features)."""
+        return video_tokens(self.image_tokens(frames), self.config.max_frames)
 
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:

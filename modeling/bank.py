@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from modeling.serve_forms import ACTIVATIONS, Bottleneck, LowRankDelta, ServeWeights
+from modeling.serve_forms import Bottleneck, LowRankDelta, ServeWeights
 
 
 @dataclass
@@ -141,8 +141,6 @@ def stack_weights(
     frozen: the backbone's tensors by name (for overrides and Linear shapes).
     like: a tensor with the target device and dtype.
     """
-    for s in sets:
-        _check_activations(s)
     stacked = StackedWeights(slots=len(sets))
     for site in sorted({k for s in sets for k in s.lora}):
         shape = tuple(frozen[f"{site}.weight"].shape)
@@ -198,15 +196,7 @@ def write_slot(stacked: StackedWeights, slot: int, weights: ServeWeights,
     return True
 
 
-def _check_activations(weights: ServeWeights) -> None:
-    for b in weights.bottleneck.values():
-        if b.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {b.activation!r}; expected one of "
-                             f"{ACTIVATIONS}")
-
-
 def _fits(stacked: StackedWeights, weights: ServeWeights) -> bool:
-    _check_activations(weights)
     for site, delta in weights.lora.items():
         if site not in stacked.lora or delta.lora_a.shape[0] > stacked.lora[site].lora_a.shape[1]:
             return False

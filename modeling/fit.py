@@ -7,7 +7,8 @@ wrong artifact is refused at load time instead of failing inside a forward pass.
 from __future__ import annotations
 
 from modeling.methods.base import BackboneFacts
-from modeling.serve_forms import ACTIVATIONS, ServeWeights
+from modeling.methods.lora import check_lora_rank
+from modeling.serve_forms import ServeWeights
 
 OVERRIDABLE_PREFIXES = ("visual.", "lm.")
 
@@ -26,9 +27,7 @@ def _check_lora(serve: ServeWeights, facts: BackboneFacts) -> None:
             raise ValueError(
                 f"lora {site}: lora_a {_shape(delta.lora_a)} / lora_b {_shape(delta.lora_b)} "
                 f"do not fit; expected [rank, {in_f}] and [{out_f}, rank]")
-        if rank > min(out_f, in_f):
-            raise ValueError(f"lora {site}: rank {rank} exceeds the layer; expected <= "
-                             f"{min(out_f, in_f)}")
+        check_lora_rank(rank, site, (out_f, in_f))
 
 
 def _check_bottleneck(serve: ServeWeights, facts: BackboneFacts) -> None:
@@ -44,9 +43,6 @@ def _check_bottleneck(serve: ServeWeights, facts: BackboneFacts) -> None:
             if _shape(getattr(b, field)) != shape:
                 raise ValueError(f"bottleneck {pos}.{field} has shape "
                                  f"{_shape(getattr(b, field))}; expected {list(shape)}")
-        if b.activation not in ACTIVATIONS:
-            raise ValueError(f"bottleneck {pos}.activation {b.activation!r}; expected one of "
-                             f"{ACTIVATIONS}")
 
 
 def _check_prompt_and_prefix(serve: ServeWeights, facts: BackboneFacts) -> None:

@@ -25,7 +25,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from modeling.bank import StackedPrefix, StackedWeights
 from modeling.kernels import RowIndex, gathered_bottleneck, gathered_lora, gathered_rows
-from modeling.sites import BlockPosition, attention_sites, block_positions
+from modeling.sites import BlockPosition, attention_sites, block_positions, is_layer_norm
 
 ATTENTION_IMPLEMENTATION = "vladapter"
 
@@ -223,7 +223,7 @@ def install(backbone: nn.Module, lm_type: str, lm: nn.Module) -> AdapterContext:
             module.register_forward_hook(_linear_hook(name, ctx))
         elif isinstance(module, nn.Embedding) and name.startswith("visual."):
             module.register_forward_hook(_embedding_hook(name, ctx))
-        elif isinstance(module, nn.LayerNorm) or type(module).__name__ == "T5LayerNorm":
+        elif is_layer_norm(module):
             module.register_forward_hook(_norm_hook(name, ctx))
     for name, position in block_positions(lm_type, lm).items():
         _position_hooks(name, position, ctx)

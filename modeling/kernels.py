@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
+from modeling.serve_forms import ACTIVATION_FUNCTIONS
 
 
 @dataclass(frozen=True)
@@ -99,10 +98,10 @@ def gathered_bottleneck(
     """
     hidden = gathered_matmul(z, down_weight, index) + down_bias[index.slots].unsqueeze(1)
     if isinstance(activations, str):
-        hidden = _ACTIVATIONS[activations](hidden)
+        hidden = ACTIVATION_FUNCTIONS[activations](hidden)
     else:
         row_acts = [activations[i] for i in index.rows]
-        per_act = {name: _ACTIVATIONS[name](hidden) for name in set(row_acts)}
+        per_act = {name: ACTIVATION_FUNCTIONS[name](hidden) for name in set(row_acts)}
         hidden = torch.stack([per_act[name][i] for i, name in enumerate(row_acts)])
     out = gathered_matmul(hidden, up_weight, index) + up_bias[index.slots].unsqueeze(1)
     return out * scale[index.slots].view(-1, 1, 1).to(out.dtype)

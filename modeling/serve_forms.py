@@ -14,11 +14,24 @@ projection, the LM head) that replace the frozen ones for rows using this set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
-ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+# The one table of bottleneck activations. Each maps 0 to 0, which the bank relies on: a slot
+# without a block position holds zero weights and may borrow any slot's activation.
+ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
+ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS)  # the accepted names, in table order
+
+
+def check_activation(name: str, field_name: str = "activation") -> None:
+    """The one check of an activation name: ValueError naming `field_name` unless it is known."""
+    if name not in ACTIVATION_FUNCTIONS:
+        raise ValueError(f"{field_name} {name!r} is not a known activation; expected one of "
+                         f"{list(ACTIVATIONS)}")
 
 
 @dataclass
@@ -36,7 +49,11 @@ class LowRankDelta:
 
 @dataclass
 class Bottleneck:
-    """down_weight [width, d], down_bias [width], up_weight [d, width], up_bias [d]."""
+    """down_weight [width, d], down_bias [width], up_weight [d, width], up_bias [d].
+
+    activation: a name of `ACTIVATION_FUNCTIONS`, checked here so that no bottleneck with an
+    unknown one reaches the bank or the kernels.
+    """
 
     down_weight: torch.Tensor
     down_bias: torch.Tensor
@@ -45,6 +62,9 @@ class Bottleneck:
     parallel: bool = False
     scale: float = 1.0
     activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        check_activation(self.activation, "bottleneck activation")
 
 
 @dataclass

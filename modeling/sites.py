@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
+from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 # Canonical LoRA target names -> the Linear's attribute name in each family.
 TARGET_ALIASES = {
@@ -80,11 +81,18 @@ def attention_sites(lm_type: str, lm: nn.Module) -> dict[str, nn.Module]:
             if pos.kind != "ffn"}
 
 
+# The norm modules whose weights (and bias) a set may override: BART's and the visual
+# projection's nn.LayerNorm, and T5's RMS norm (no bias, no mean subtraction).
+LAYER_NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, T5LayerNorm)
+
+
+def is_layer_norm(module: nn.Module) -> bool:
+    """Whether `module` is a LayerNorm the hooks can recompute per row (by type, so a
+    subclass counts and an unrelated class of the same name does not)."""
+    return isinstance(module, LAYER_NORM_TYPES)
+
+
 def layer_norm_names(backbone: nn.Module) -> list[str]:
     """Module paths of every LayerNorm (nn.LayerNorm and T5's RMS norm), CLIP excluded."""
     return [name for name, module in backbone.named_modules()
-            if not name.startswith("vision.") and _is_layer_norm(module)]
-
-
-def _is_layer_norm(module: nn.Module) -> bool:
-    return isinstance(module, nn.LayerNorm) or type(module).__name__ == "T5LayerNorm"
+            if not name.startswith("vision.") and is_layer_norm(module)]

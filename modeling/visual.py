@@ -9,6 +9,8 @@ pooled or padded to 64 tokens. The projection follows VL-T5's `VisualEmbedding`:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,3 +79,18 @@ def fit_frames(frames: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, tor
     valid = torch.zeros(max_frames, dtype=torch.bool, device=frames.device)
     valid[:n_frames] = True
     return padded, valid
+
+
+def video_tokens(frames: Sequence[torch.Tensor], max_frames: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One video as tokens: each frame's features averaged to one vector, then the frames
+    pooled or padded to `max_frames` (`fit_frames`). Training and serving both use this, so a
+    video is the same tokens whether the tower ran in a backbone call or behind the cache.
+
+    frames: each frame's features [tokens_i, dim] (its pooled grid, or what a client sent;
+    a tensor [n_frames, tokens, dim] works too) -> (tokens [max_frames, dim], valid
+    [max_frames] bool).
+    """
+    if len(frames) == 0:
+        raise ValueError("a video needs at least one frame")
+    return fit_frames(torch.stack([frame.mean(dim=0) for frame in frames]), max_frames)

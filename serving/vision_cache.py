@@ -15,7 +15,7 @@ import torch
 
 from modeling.backbone import VLBackbone
 from modeling.inputs import VisualTokens
-from modeling.visual import fit_frames
+from modeling.visual import video_tokens
 from serving.limits import ImageInput
 from serving.vision_backends import TorchVisionEncoder, VisionEncoder
 
@@ -83,8 +83,8 @@ def visual_tokens(backbone: VLBackbone, cache: VisionCache,
     encoder: where pixels become features (None: the backbone's own tower in torch).
 
     examples: (images or frames in order, is_video). Images give grid features
-    [grid**2, feat] each (NLVR2: two, tagged 0/1); a video's frames are averaged to one
-    vector each and pooled or padded to max_frames, exactly as `VLBackbone.encode_frames`.
+    [grid**2, feat] each (NLVR2: two, tagged 0/1); a video's frames become tokens by
+    `modeling.visual.video_tokens`, the function `VLBackbone.encode_frames` uses.
     Returned features are float32 on the host.
     """
     features: dict[str, torch.Tensor] = {}
@@ -107,8 +107,7 @@ def visual_tokens(backbone: VLBackbone, cache: VisionCache,
     for images, is_video in examples:
         per_image = [img.features if img.key is None else features[img.key] for img in images]
         if is_video:
-            frames = torch.stack([f.mean(0) for f in per_image])
-            tokens, valid = fit_frames(frames, backbone.config.max_frames)
+            tokens, valid = video_tokens(per_image, backbone.config.max_frames)
             out.append(VisualTokens(tokens[valid], torch.zeros(int(valid.sum()),
                                                                dtype=torch.long)))
         else:

@@ -18,7 +18,7 @@ from modeling.config import VIDEO_FEAT_DIM, preset
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS, method_preset
 from modeling.tasks import TASKS, VisualInput
-from training.config import load_config
+from training.config import RunConfig, load_config
 
 IMAGE_TASKS = tuple(n for n, t in TASKS.items() if t.visual_input != VisualInput.VIDEO_FRAMES)
 VIDEO_TASKS = tuple(n for n, t in TASKS.items() if t.visual_input == VisualInput.VIDEO_FRAMES)
@@ -54,14 +54,18 @@ def params_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    """The run config of ``--config``, with ``--steps`` in place of its steps when given."""
+    config = load_config(args.config)
+    return config if args.steps is None else replace(config, steps=args.steps)
+
+
 def train_command(args: argparse.Namespace) -> int:
     """Train a run config; resumes from OUT/checkpoints/last when present."""
     from training.distributed import distributed_context
     from training.trainer import Trainer
 
-    config = load_config(args.config)
-    if args.steps is not None:
-        config = replace(config, steps=args.steps)
+    config = _run_config(args)
     with distributed_context(config.device):
         trainer = Trainer(config, args.out, show_progress=not args.quiet)
         results = trainer.run()
@@ -100,9 +104,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     """Data ratio x trainable-parameter size grid -> results.csv and PNG plots."""
     from training.sweep import DEFAULT_SIZES, run_sweep
 
-    config = load_config(args.config)
-    if args.steps is not None:
-        config = replace(config, steps=args.steps)
+    config = _run_config(args)
     sizes = {m: args.sizes or DEFAULT_SIZES.get(m, []) for m in args.methods}
     rows = run_sweep(config, args.out, args.methods, args.ratios, sizes)
     print(f"{len(rows)} runs; results in {Path(args.out) / 'results.csv'}")

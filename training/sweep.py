@@ -74,29 +74,28 @@ def write_results(rows: list[dict], out: Path) -> None:
     plot(rows, out)
 
 
+def _save_lines(lines: dict[str, list[tuple[float, float]]], xlabel: str, path: Path) -> None:
+    """One PNG: a line per label through its (x, mean metric) points, log x axis."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, points in lines.items():
+        axis.plot(*zip(*sorted(points), strict=True), marker="o", label=label)
+    axis.set(xlabel=xlabel, ylabel="mean metric (%)", xscale="log")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def plot(rows: list[dict], out: Path) -> None:
     """metric_vs_data_ratio.png and metric_vs_parameters.png (mean headline metric)."""
-    methods = sorted({r["method"] for r in rows})
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for method in methods:
-        sizes = sorted({r["size"] for r in rows if r["method"] == method})
+    by_ratio, by_size = {}, {}
+    for method in sorted({r["method"] for r in rows}):
+        mine = [r for r in rows if r["method"] == method]
+        sizes = sorted({r["size"] for r in mine})
         middle = sizes[len(sizes) // 2]
-        points = sorted((r["data_ratio"], r["mean"]) for r in rows
-                        if r["method"] == method and r["size"] == middle)
-        axis.plot(*zip(*points, strict=True), marker="o", label=f"{method} ({middle})")
-    axis.set(xlabel="training data ratio", ylabel="mean metric (%)", xscale="log")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(out / "metric_vs_data_ratio.png", dpi=120)
-    plt.close(figure)
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for method in methods:
-        full = max(r["data_ratio"] for r in rows if r["method"] == method)
-        points = sorted((r["trainable"], r["mean"]) for r in rows
-                        if r["method"] == method and r["data_ratio"] == full)
-        axis.plot(*zip(*points, strict=True), marker="o", label=method)
-    axis.set(xlabel="trainable parameters", ylabel="mean metric (%)", xscale="log")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(out / "metric_vs_parameters.png", dpi=120)
-    plt.close(figure)
+        by_ratio[f"{method} ({middle})"] = [(r["data_ratio"], r["mean"]) for r in mine
+                                            if r["size"] == middle]
+        full = max(r["data_ratio"] for r in mine)
+        by_size[method] = [(r["trainable"], r["mean"]) for r in mine if r["data_ratio"] == full]
+    _save_lines(by_ratio, "training data ratio", out / "metric_vs_data_ratio.png")
+    _save_lines(by_size, "trainable parameters", out / "metric_vs_parameters.png")

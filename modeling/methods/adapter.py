@@ -18,7 +18,7 @@ from torch import nn
 
 from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
-from modeling.serve_forms import ACTIVATIONS, Bottleneck, ServeWeights
+from modeling.serve_forms import Bottleneck, ServeWeights, check_activation
 from modeling.tensor_names import param_key, site_of
 
 VL_ADAPTER_PLACEMENTS = ("encoder.self_attn", "encoder.ffn", "decoder.self_attn",
@@ -62,8 +62,7 @@ class BottleneckAdapter(PeftMethod):
     parallel = False
 
     def __init__(self, config: AdapterConfig, facts, tasks, sharing):
-        if config.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {config.activation!r}")
+        check_activation(config.activation)
         self.width = adapter_width(config, facts.d_model)
         self.positions = selected_positions(facts, config.placements)
         super().__init__(config, facts, tasks, sharing)

@@ -10,13 +10,16 @@ per task (`tasks.<task>.<group>`) — VL-Adapter's "single", "multiple" and "hal
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from modeling.serve_forms import ServeWeights
 from modeling.sites import attention_sites, block_positions, layer_norm_names
+
+if TYPE_CHECKING:
+    from modeling.backbone import VLBackbone
 
 SHARING_MODES = ("single", "multiple", "half_shared")
 
@@ -39,7 +42,7 @@ class BackboneFacts:
     frozen: dict[str, torch.Tensor]  # every backbone tensor by name (may be on meta)
 
     @classmethod
-    def of(cls, backbone: nn.Module) -> BackboneFacts:
+    def of(cls, backbone: VLBackbone) -> BackboneFacts:
         lm_type = backbone.config.lm_type
         lm_config = backbone.lm.config
         heads = lm_config.num_heads if lm_type == "t5" else lm_config.encoder_attention_heads
@@ -52,7 +55,7 @@ class BackboneFacts:
             positions={name: pos.kind for name, pos in positions.items()},
             attention=tuple(attention_sites(lm_type, backbone.lm)),
             linear_shapes=linears, layer_norms=tuple(layer_norm_names(backbone)),
-            frozen=dict(backbone.named_parameters(remove_duplicate=False)),
+            frozen=backbone.frozen_tensors(),
         )
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from modeling.methods.adapter import VL_ADAPTER_PLACEMENTS, adapter_width, selected_positions
 from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
-from modeling.serve_forms import ACTIVATIONS, Bottleneck, ServeWeights
+from modeling.serve_forms import Bottleneck, ServeWeights, check_activation
 from modeling.tensor_names import param_key, site_of
 
 
@@ -45,8 +45,7 @@ class Compacter(PeftMethod):
     half_shared_groups = ("rule", "up")
 
     def __init__(self, config: CompacterConfig, facts, tasks, sharing):
-        if config.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {config.activation!r}")
+        check_activation(config.activation)
         self.width = adapter_width(config, facts.d_model)
         n = config.phm_dim
         if n < 1 or facts.d_model % n or self.width % n:

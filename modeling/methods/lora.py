@@ -39,6 +39,17 @@ def lora_sites(facts, targets: tuple[str, ...]) -> list[str]:
             (name in exact or name.rsplit(".", 1)[-1] in wanted)]
 
 
+def check_lora_rank(rank: int, site: str, shape: tuple[int, int]) -> None:
+    """The one bound on a LoRA rank, for configs and serve forms alike: 1 <= rank <=
+    min(out, in) of the Linear at `site` (shape (out, in)); a larger rank adds only zeros."""
+    out_f, in_f = shape
+    if rank < 1:
+        raise ValueError(f"lora rank must be >= 1, got {rank} (layer {site})")
+    if rank > min(out_f, in_f):
+        raise ValueError(f"lora rank {rank} is larger than layer {site} ({out_f}x{in_f}); "
+                         f"expected rank <= {min(out_f, in_f)}")
+
+
 @dataclass(frozen=True)
 class LoraConfig:
     """rank: r; alpha: scale numerator (delta scaled by alpha / r); dropout on the LoRA
@@ -57,15 +68,10 @@ class Lora(PeftMethod):
 
     def __init__(self, config: LoraConfig, facts, tasks, sharing):
         sites = lora_sites(facts, config.targets)
-        if config.rank < 1:
-            raise ValueError(f"lora rank must be >= 1, got {config.rank}")
         if not sites:
             raise ValueError(f"lora targets {list(config.targets)} match no Linear layer")
         for site in sites:
-            out_f, in_f = facts.linear_shapes[site]
-            if config.rank > min(out_f, in_f):
-                raise ValueError(f"lora rank {config.rank} is larger than layer {site} "
-                                 f"({out_f}x{in_f}); expected rank <= {min(out_f, in_f)}")
+            check_lora_rank(config.rank, site, facts.linear_shapes[site])
         self.sites = sites
         super().__init__(config, facts, tasks, sharing)
 

@@ -14,13 +14,19 @@ from transformers import (
     BartForConditionalGeneration,
     ByT5Tokenizer,
     PreTrainedTokenizerFast,
+    T5Config,
     T5ForConditionalGeneration,
 )
+from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from modeling.backbone import VLBackbone
+from modeling.bank import stack_weights
 from modeling.config import preset
+from modeling.kernels import RowIndex
+from modeling.serve_forms import ServeWeights
+from modeling.sites import layer_norm_names
 from modeling.tokenizer import build_word_tokenizer
-from modeling.visual import fit_frames
+from modeling.visual import fit_frames, video_tokens
 
 WORDS = ["red", "blue", "circle", "what", "is"]
 
@@ -160,3 +166,45 @@ def test_images_become_pooled_grid_tokens_and_frames_are_padded():
     assert valid.tolist() == [True] * 3 + [False] * (model.config.max_frames - 3)
     pooled, valid = fit_frames(torch.randn(100, 5), 8)
     assert pooled.shape == (8, 5) and bool(valid.all())
+
+
+class _PatchedT5Norm(T5LayerNorm):
+    """T5's RMS norm under another class name, as a patched or fused norm would be."""
+
+
+def test_a_t5_norm_under_another_class_name_is_a_layer_norm_whose_override_applies():
+    """LayerNorms are recognised by type in one place (`modeling.sites.is_layer_norm`), for
+    the trainable-tensor sites and the hooks alike, not by a class-name string."""
+    config = preset("tiny")
+    torch.manual_seed(0)
+    lm = T5ForConditionalGeneration(T5Config(**config.lm))
+    lm.encoder.final_layer_norm = _PatchedT5Norm(config.d_model)  # weight: ones
+    model = VLBackbone(config, lm=lm)
+    name = "lm.encoder.final_layer_norm"
+    assert name in layer_norm_names(model)
+    doubled = ServeWeights(overrides={f"{name}.weight": torch.full((config.d_model,), 2.0)})
+    weights = stack_weights([doubled], model.frozen_tensors(), config.d_model,
+                            next(model.parameters()))
+    batch = random_batch(model, [3, 2])
+    with torch.no_grad():
+        bare, _ = model.encode(batch)
+        adapted, _ = model.encode(batch, weights, RowIndex.of(torch.zeros(2, dtype=torch.long)))
+    assert torch.allclose(adapted, 2 * bare)
+
+
+def test_video_tokens_average_each_frame_then_pool_or_pad_to_max_frames():
+    """Frames of any token count (a client may send 1-token features) become one vector each;
+    the backbone's own frame path is this function over the tower's grids."""
+    frames = [torch.full((1, 3), 1.0), torch.tensor([[2.0] * 3, [4.0] * 3]), torch.zeros(4, 3)]
+    tokens, valid = video_tokens(frames, 4)
+    assert tokens.tolist() == [[1.0] * 3, [3.0] * 3, [0.0] * 3, [0.0] * 3]
+    assert valid.tolist() == [True, True, True, False]
+    tokens, valid = video_tokens(frames, 2)  # 3 frames into 2 segments, averaged
+    assert torch.allclose(tokens, torch.tensor([[2.0] * 3, [1.5] * 3])) and bool(valid.all())
+    with pytest.raises(ValueError, match="at least one frame"):
+        video_tokens([], 4)
+    model = VLBackbone.from_config(preset("tiny"), seed=0)
+    pixels = torch.randn(3, 3, 32, 32)
+    expected, expected_valid = video_tokens(model.encode_images(pixels), model.config.max_frames)
+    tokens, valid = model.encode_frames(pixels)
+    assert torch.equal(tokens, expected) and torch.equal(valid, expected_valid)

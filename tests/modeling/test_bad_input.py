@@ -37,6 +37,26 @@ def test_bad_method_configs_are_refused_with_the_field_named(facts, entry, messa
         AdapterModel([entry], facts, ["vqa"])
 
 
+UNKNOWN_ACTIVATION = (r"activation 'swish' is not a known activation; expected one of "
+                      r"\['relu', 'gelu', 'silu', 'tanh'\]")
+
+
+@pytest.mark.parametrize("build", [
+    lambda facts: AdapterModel([MethodEntry("adapter", {"activation": "swish"})], facts, ["vqa"]),
+    lambda facts: AdapterModel([MethodEntry("parallel_adapter", {"activation": "swish"})], facts,
+                               ["vqa"]),
+    lambda facts: AdapterModel([MethodEntry("compacter", {"activation": "swish"})], facts,
+                               ["vqa"]),
+    lambda facts: Bottleneck(torch.zeros(8, 64), torch.zeros(8), torch.zeros(64, 8),
+                             torch.zeros(64), activation="swish"),
+], ids=["adapter", "parallel_adapter", "compacter", "serve form"])
+def test_an_unknown_activation_is_refused_by_one_check_listing_the_kernel_table(facts, build):
+    """Method configs and serve forms (what the bank and check_fits receive) share one check
+    against the kernels' activation table, so no bottleneck reaches a kernel without one."""
+    with pytest.raises(ValueError, match=UNKNOWN_ACTIVATION):
+        build(facts)
+
+
 def test_unknown_presets_list_the_known_ones():
     with pytest.raises(ValueError, match="expected one of.*tiny"):
         preset("huge")
@@ -74,6 +94,20 @@ SITE = "lm.encoder.block.0.layer.0.SelfAttention.q"
 def test_adapters_that_do_not_fit_the_backbone_are_refused(facts, serve, message):
     with pytest.raises(ValueError, match=message):
         check_fits(serve, facts)
+
+
+@pytest.mark.parametrize(("rank", "message"), [
+    (65, r"lora rank 65 is larger than layer lm\.encoder\.block\.0\.layer\.0\.SelfAttention\.q "
+         r"\(64x64\); expected rank <= 64"),
+    (0, r"lora rank must be >= 1, got 0 \(layer lm\.encoder\.block\.0\.layer\.0\.Self"),
+])
+def test_lora_rank_is_bounded_by_one_check_for_configs_and_serve_forms(facts, rank, message):
+    """What a LoRA config may not ask for, an artifact's serve form may not hold either."""
+    with pytest.raises(ValueError, match=message):
+        AdapterModel([MethodEntry("lora", {"rank": rank, "targets": [SITE]})], facts, ["vqa"])
+    delta = LowRankDelta(torch.zeros(rank, 64), torch.zeros(64, rank), 1.0)
+    with pytest.raises(ValueError, match=message):
+        check_fits(ServeWeights(lora={SITE: delta}), facts)
 
 
 def test_a_fitting_adapter_passes_the_check(facts):

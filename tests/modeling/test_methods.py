@@ -27,6 +27,15 @@ def _model(backbone, method, sharing="multiple"):
                         BackboneFacts.of(backbone), TASKS)
 
 
+def test_backbone_facts_hold_the_backbones_own_frozen_tensor_map(backbone, monkeypatch):
+    """One map of the frozen tensors (`VLBackbone.frozen_tensors`, tied LM head included):
+    what methods and check_fits see is what the bank stacks overrides against."""
+    assert BackboneFacts.of(backbone).frozen.keys() == backbone.frozen_tensors().keys()
+    only = dict([next(iter(backbone.frozen_tensors().items()))])
+    monkeypatch.setattr(backbone, "frozen_tensors", lambda: only)
+    assert BackboneFacts.of(backbone).frozen is only
+
+
 @pytest.mark.parametrize("method", ZERO_START)
 def test_zero_initialised_methods_start_equal_to_the_frozen_backbone(backbone, method):
     model = _model(backbone, method)

@@ -11,7 +11,8 @@ import torch
 from adapters_registry import FingerprintMismatch, NotFound, Registry
 from modeling.methods.base import BackboneFacts
 from serving.adapter_store import AdapterStore
-from serving.vision_cache import VisionCache
+from serving.limits import ImageInput
+from serving.vision_cache import VisionCache, visual_tokens
 
 
 def make_store(backbone, published, budget=1 << 30, loads=None) -> AdapterStore:
@@ -84,6 +85,22 @@ def test_vision_cache_is_lru_by_entries():
     assert "b" not in cache and "a" in cache and "c" in cache
     assert cache.get("b") is None
     assert events == ["hit", "eviction", "miss"]
+
+
+def test_video_frames_through_the_cache_are_the_tokens_the_backbone_gives(backbone):
+    """Cached, fresh and feature-sent frames pool as `VLBackbone.encode_frames` pools them."""
+    size = backbone.config.vision.image_size
+    pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    grids = backbone.encode_images(pixels)
+    cache = VisionCache(8)
+    cache.put("cached", grids[0])
+    frames = [ImageInput("cached"), ImageInput("fresh", pixels=pixels[1]),
+              ImageInput(None, features=grids[2])]
+    [tokens] = visual_tokens(backbone, cache, [(frames, True)], torch.device("cpu"),
+                             torch.float32)
+    expected, valid = backbone.encode_frames(pixels)
+    assert torch.allclose(tokens.features, expected[valid], atol=1e-6)
+    assert tokens.image_order.tolist() == [0, 0, 0]
 
 
 def test_server_runs_vision_once_per_distinct_image(server, inference):

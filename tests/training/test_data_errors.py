@@ -81,6 +81,10 @@ CASES = {
     "tvqa bad json line": ("how2qa", _lines(GOOD_TVQA, "{oops"), {}, ["line 2", "'<json>'"]),
     "tvqa line is a list": ("tvqa", _lines([1, 2]), {}, ["line 1", "'<record>'", "JSON object"]),
     "tvc no clip id": ("tvc", _lines(_with(GOOD_TVC, clip_id=...)), {}, ["line 1", "'clip_id'"]),
+    "yc2c duplicate id in the 'id' field": (
+        "yc2c", _lines(*[_with(GOOD_TVC, clip_id=..., id=5)] * 2), {},
+        ["line 2 (id=5)", "'id'", "not used by an earlier record"],
+    ),
     "yc2c empty descs": (
         "yc2c", _lines(GOOD_TVC, _with(GOOD_TVC, clip_id=2, descs=[])), {},
         ["line 2 (clip_id=2)", "'descs'", "non-empty"],

@@ -31,3 +31,19 @@ def test_sweep_refuses_a_method_without_a_size_knob(world, tmp_path, capsys):
     assert main(["sweep", "--config", str(config), "--out", str(tmp_path / "s"),
                  "--methods", "hyperformer", "--sizes", "2"]) == 2
     assert "sweep method 'hyperformer'" in capsys.readouterr().err
+
+
+def test_plots_draw_each_method_at_its_middle_size_and_at_the_full_data_ratio(tmp_path,
+                                                                              monkeypatch):
+    """The study's Figs. 3-5: metric vs data ratio at a method's middle size, metric vs
+    trainable parameters at the full data ratio."""
+    import training.sweep as sweep
+
+    drawn = {}
+    monkeypatch.setattr(sweep, "_save_lines",
+                        lambda lines, xlabel, path: drawn.setdefault(path.name, lines))
+    rows = [{"method": "lora", "size": size, "data_ratio": ratio, "trainable": 10 * size,
+             "mean": size + ratio} for size in (2, 4, 8) for ratio in (0.5, 1.0)]
+    sweep.plot(rows, tmp_path)
+    assert drawn["metric_vs_data_ratio.png"] == {"lora (4)": [(0.5, 4.5), (1.0, 5.0)]}
+    assert drawn["metric_vs_parameters.png"] == {"lora": [(20, 3.0), (40, 5.0), (80, 9.0)]}

@@ -17,6 +17,7 @@ from training.metrics import evaluate
 from training.synthetic import SplitSizes, WorldConfig, generate, subtitles_path
 from training.synthetic.__main__ import main
 from training.synthetic.generate import vqa_annotations_path
+from training.synthetic.image_tasks import vqa_questions
 from training.synthetic.world import COLOUR_JITTER, COLOURS, render_scene, sample_scene
 
 SMALL = SplitSizes(train=12, val=4, test=4)
@@ -112,6 +113,24 @@ def test_shapes_are_drawn_big_in_their_colour() -> None:
             patch = pixels[y - 3 : y + 4, x - 3 : x + 4]  # 7 x 7 around the centre
             distance = np.abs(patch - np.array(COLOURS[placed.colour])).max()
             assert distance <= COLOUR_JITTER, placed
+
+
+def test_colour_and_shape_questions_name_a_shape_no_other_shape_could_be() -> None:
+    """"what colour is the circle ?" asks only when one circle is there, and likewise for
+    "what shape is the red object ?": the answer is never ambiguous."""
+    rng = np.random.default_rng(0)
+    asked = Counter()
+    for _ in range(60):
+        scene = sample_scene(rng, WorldConfig())
+        for question in vqa_questions(scene, rng, count=4):
+            if question.question_type not in ("colour", "shape"):
+                continue
+            by = "shape" if question.question_type == "colour" else "colour"
+            named = [p for p in scene.objects if f" {getattr(p, by)} " in f" {question.text} "]
+            assert len(named) == 1, (question.text, scene)
+            assert getattr(named[0], question.question_type) == question.answer
+            asked[question.question_type] += 1
+    assert asked["colour"] > 0 and asked["shape"] > 0
 
 
 def test_perfect_predictions_score_full_marks(small_world: tuple[Path, dict]) -> None:

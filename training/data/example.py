@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,17 @@ class Example:
             )
         if not self.visual_ids:
             raise ValueError(f"example {self.example_id}: no visual ids")
+
+
+def caption_examples(example_id: str, references: tuple[str, ...], one_per_caption: bool,
+                     **fields: Any) -> list[Example]:
+    """The examples of one captioned image or clip (COCO, TVC, YouCook2).
+
+    one_per_caption: one example per reference, ids ``"<example_id>#<j>"`` with one target
+    each (training); otherwise one example with every reference as a target (evaluation).
+    fields: the other ``Example`` fields, shared by every example.
+    """
+    if one_per_caption:
+        return [Example(example_id=f"{example_id}#{index}", targets=(reference,), **fields)
+                for index, reference in enumerate(references)]
+    return [Example(example_id=example_id, targets=references, **fields)]

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from modeling.tasks import get_task
-from training.data.example import Example
-from training.data.records import UniqueIds, load_json_records
+from training.data.example import Example, caption_examples
+from training.data.records import identified_records, load_json_records
 
 COCO_SPLIT_MEMBERS: dict[str, tuple[str, ...]] = {
     "train": ("train", "restval"),
@@ -31,9 +31,8 @@ def load_vqa_annotations(path: Path) -> dict[str, tuple[str, ...]]:
     The file is ``{"annotations": [{"question_id", "answers": [{"answer", ...}] ...}]}``.
     """
     answers_by_question = {}
-    for record in load_json_records(path, top_key="annotations"):
-        question_id = record.identifier("question_id")
-        record = record.identified_by("question_id", question_id)
+    records = load_json_records(path, top_key="annotations")
+    for question_id, record in identified_records(records, "question_id", unique=False):
         answers = record.objects("answers")
         answers_by_question[question_id] = tuple(
             answer.text("answer", allow_empty=True) for answer in answers
@@ -52,12 +51,8 @@ def _load_scored_qa(
 ) -> list[Example]:
     """VQA / GQA records; ``label`` may be absent (unlabelled test split)."""
     spec = get_task(task)
-    ids = UniqueIds()
     examples = []
-    for record in load_json_records(path):
-        question_id = record.identifier("question_id")
-        record = record.identified_by("question_id", question_id)
-        ids.claim(record, "question_id", question_id)
+    for question_id, record in identified_records(load_json_records(path), "question_id"):
         label = record.score_dict("label") if record.has("label") else {}
         targets, weights = _scored_targets(label)
         has_type = record.has("question_type")
@@ -97,12 +92,8 @@ def load_gqa(path: Path) -> list[Example]:
 def load_nlvr2(path: Path) -> list[Example]:
     """NLVR2 statements about an image pair; target ``"true"`` (label 1) or ``"false"``."""
     spec = get_task("nlvr2")
-    ids = UniqueIds()
     examples = []
-    for record in load_json_records(path):
-        identifier = record.identifier("identifier")
-        record = record.identified_by("identifier", identifier)
-        ids.claim(record, "identifier", identifier)
+    for identifier, record in identified_records(load_json_records(path), "identifier"):
         label = record.integer("label", allowed=range(2))
         examples.append(
             Example(
@@ -134,12 +125,9 @@ def load_coco_captions(
         raise ValueError(f"COCO split must be one of {sorted(COCO_SPLIT_MEMBERS)}, got {split!r}")
     expand = split == "train" if one_per_caption is None else one_per_caption
     spec = get_task("caption")
-    ids = UniqueIds()
     examples: list[Example] = []
-    for record in load_json_records(path, top_key="images"):
-        coco_id = record.identifier("cocoid")
-        record = record.identified_by("cocoid", coco_id)
-        ids.claim(record, "cocoid", coco_id)
+    for coco_id, record in identified_records(load_json_records(path, top_key="images"),
+                                              "cocoid"):
         image_split = record.text("split")
         if image_split not in ("train", "restval", "val", "test"):
             record.fail("split", "one of train, restval, val, test", image_split)
@@ -147,18 +135,8 @@ def load_coco_captions(
             continue
         image_id = Path(record.text("filename")).stem
         references = tuple(sentence.text("raw").strip() for sentence in record.objects("sentences"))
-        common = {
-            "task": "caption",
-            "visual_ids": (image_id,),
-            "source_text": spec.format_source(""),
-        }
-        if expand:
-            examples.extend(
-                Example(example_id=f"{coco_id}#{index}", targets=(reference,), **common)
-                for index, reference in enumerate(references)
-            )
-        else:
-            examples.append(Example(example_id=coco_id, targets=references, **common))
+        examples += caption_examples(coco_id, references, expand, task="caption",
+                                     visual_ids=(image_id,), source_text=spec.format_source(""))
     return examples
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -132,17 +132,25 @@ class Record:
         return start, end
 
 
-class UniqueIds:
-    """Refuses a second record with an id already seen in the same file."""
+def identified_records(records: Iterable[Record], keys: str | tuple[str, ...], *,
+                       unique: bool = True) -> Iterator[tuple[str, Record]]:
+    """Each record with its id, the record located by that id for later errors.
 
-    def __init__(self) -> None:
-        self._seen: set[str] = set()
-
-    def claim(self, record: Record, field: str, value: str) -> None:
-        """Note ``value`` as used; raise ``DataFormatError`` on ``record`` if it already was."""
-        if value in self._seen:
-            record.fail(field, "an id not used by an earlier record", value)
-        self._seen.add(value)
+    keys: the id field, or alternatives (the first one present is the id, and errors name
+    it). unique: refuse a record whose id an earlier record of the file had.
+    """
+    keys = (keys,) if isinstance(keys, str) else keys
+    seen: set[str] = set()
+    for record in records:
+        key = next((k for k in keys if record.has(k)), keys[0])
+        if len(keys) > 1 and not record.has(key):
+            record.fail(key, f"an id in one of the fields {', '.join(keys)}")
+        value = record.identifier(key)
+        record = record.identified_by(key, value)
+        if unique and value in seen:
+            record.fail(key, "an id not used by an earlier record", value)
+        seen.add(value)
+        yield value, record
 
 
 @contextmanager
@@ -169,6 +177,16 @@ def data_file(path: Path) -> Iterator[TextIO]:
                               error.strerror or type(error).__name__) from None
 
 
+def _parse_json(text: str, path: Path, first_line: int, expected: str) -> object:
+    """``text`` (starting at line ``first_line`` of ``path``) parsed as JSON; a
+    ``DataFormatError`` naming the line of the error otherwise."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataFormatError(path, f"line {first_line + error.lineno - 1}", "<json>", expected,
+                              error.msg) from None
+
+
 def load_json_records(path: Path, *, top_key: str | None = None) -> list[Record]:
     """The objects of a JSON file holding a list (or ``{top_key: [...]}``), located by index.
 
@@ -179,12 +197,7 @@ def load_json_records(path: Path, *, top_key: str | None = None) -> list[Record]
     """
     with data_file(path) as handle:
         text = handle.read()
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataFormatError(
-            path, f"line {error.lineno}", "<json>", "valid JSON", error.msg
-        ) from None
+    document = _parse_json(text, path, 1, "valid JSON")
     if top_key is not None:
         if not isinstance(document, dict) or top_key not in document:
             raise DataFormatError(path, "top level", top_key, "an object with this key", "none")
@@ -209,10 +222,5 @@ def iter_jsonl_records(path: Path) -> Iterator[Record]:
         for line_number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(
-                    path, f"line {line_number}", "<json>", "a valid JSON object", error.msg
-                ) from None
+            raw = _parse_json(line, path, line_number, "a valid JSON object")
             yield Record(raw, path, f"line {line_number}")

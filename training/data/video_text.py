@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from modeling.tasks import TaskKind, get_task
-from training.data.example import Example
-from training.data.records import Record, UniqueIds, iter_jsonl_records
+from training.data.example import Example, caption_examples
+from training.data.records import Record, identified_records, iter_jsonl_records
 
 CLIP_ID_FIELDS = ("clip_id", "id")
 
@@ -21,9 +21,8 @@ CLIP_ID_FIELDS = ("clip_id", "id")
 def load_subtitles(path: Path) -> dict[str, str]:
     """Video name -> its subtitle lines joined by spaces."""
     subtitles = {}
-    for record in iter_jsonl_records(path):
-        vid_name = record.identifier("vid_name")
-        record = record.identified_by("vid_name", vid_name)
+    for vid_name, record in identified_records(iter_jsonl_records(path), "vid_name",
+                                               unique=False):
         lines = record.objects("sub", allow_empty=True)
         subtitles[vid_name] = " ".join(line.text("text").strip() for line in lines)
     return subtitles
@@ -57,12 +56,8 @@ def load_video_qa(
     """
     _video_task(task, TaskKind.MULTIPLE_CHOICE)
     spec = get_task(task)
-    ids = UniqueIds()
     examples = []
-    for record in iter_jsonl_records(path):
-        question_id = record.identifier("qid")
-        record = record.identified_by("qid", question_id)
-        ids.claim(record, "qid", question_id)
+    for question_id, record in identified_records(iter_jsonl_records(path), "qid"):
         vid_name = record.identifier("vid_name")
         choices = _choices(record)
         has_answer = record.has("answer_idx")
@@ -86,13 +81,6 @@ def load_video_qa(
     return examples
 
 
-def _clip_id(record: Record) -> str:
-    for field in CLIP_ID_FIELDS:
-        if record.has(field):
-            return record.identifier(field)
-    record.fail(CLIP_ID_FIELDS[0], f"a clip id in one of the fields {', '.join(CLIP_ID_FIELDS)}")
-
-
 def load_video_captions(
     path: Path,
     task: str,
@@ -112,27 +100,13 @@ def load_video_captions(
     """
     _video_task(task, TaskKind.VIDEO_CAPTIONING)
     spec = get_task(task)
-    ids = UniqueIds()
     examples: list[Example] = []
-    for record in iter_jsonl_records(path):
-        clip_id = _clip_id(record)
-        record = record.identified_by("clip_id", clip_id)
-        ids.claim(record, "clip_id", clip_id)
+    for clip_id, record in identified_records(iter_jsonl_records(path), CLIP_ID_FIELDS):
         vid_name = record.identifier("vid_name")
         references = tuple(desc.text("desc").strip() for desc in record.objects("descs"))
         subtitle_text = (subtitles or {}).get(vid_name, "")
-        common = {
-            "task": task,
-            "visual_ids": (vid_name,),
-            "source_text": spec.source_text(subtitles=subtitle_text),
-            "subtitles": subtitle_text,
-            "time_span": record.time_span("ts") if record.has("ts") else None,
-        }
-        if one_per_caption:
-            examples.extend(
-                Example(example_id=f"{clip_id}#{index}", targets=(reference,), **common)
-                for index, reference in enumerate(references)
-            )
-        else:
-            examples.append(Example(example_id=clip_id, targets=references, **common))
+        examples += caption_examples(
+            clip_id, references, one_per_caption, task=task, visual_ids=(vid_name,),
+            source_text=spec.source_text(subtitles=subtitle_text), subtitles=subtitle_text,
+            time_span=record.time_span("ts") if record.has("ts") else None)
     return examples

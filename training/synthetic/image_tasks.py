@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.synthetic.world import CELL_NAMES, COLOURS, SHAPES, PlacedShape, Scene
+from training.synthetic.world import CELL_NAMES, COLOURS, SHAPES, PlacedShape, Scene, pick
 
 N_ANNOTATORS = 10
 ANNOTATOR_ACCURACY = 0.85
@@ -42,7 +42,7 @@ def simulate_annotators(question: Question, rng: np.random.Generator) -> list[st
     answers = []
     for _ in range(N_ANNOTATORS):
         right = rng.random() < ANNOTATOR_ACCURACY
-        wrong = question.wrong_answers[int(rng.integers(len(question.wrong_answers)))]
+        wrong = pick(rng, question.wrong_answers)
         answers.append(question.answer if right else wrong)
     return answers
 
@@ -51,22 +51,27 @@ def _others(options: tuple[str, ...], answer: str) -> tuple[str, ...]:
     return tuple(option for option in options if option != answer)
 
 
+def _named_uniquely_by(scene: Scene, attribute: str, rng: np.random.Generator
+                       ) -> PlacedShape | None:
+    """A random shape whose ``attribute`` (colour or shape) no other shape of the scene has,
+    so a question naming it by that attribute is unambiguous; None when there is none."""
+    counts = Counter(getattr(placed, attribute) for placed in scene.objects)
+    unique = [placed for placed in scene.objects if counts[getattr(placed, attribute)] == 1]
+    return pick(rng, unique) if unique else None
+
+
 def _colour_question(scene: Scene, rng: np.random.Generator) -> Question | None:
-    counts = Counter(placed.shape for placed in scene.objects)
-    unique = [placed for placed in scene.objects if counts[placed.shape] == 1]
-    if not unique:
+    target = _named_uniquely_by(scene, "shape", rng)
+    if target is None:
         return None
-    target = unique[int(rng.integers(len(unique)))]
     text = f"what colour is the {target.shape} ?"
     return Question(text, target.colour, "colour", "other", _others(tuple(COLOURS), target.colour))
 
 
 def _shape_question(scene: Scene, rng: np.random.Generator) -> Question | None:
-    counts = Counter(placed.colour for placed in scene.objects)
-    unique = [placed for placed in scene.objects if counts[placed.colour] == 1]
-    if not unique:
+    target = _named_uniquely_by(scene, "colour", rng)
+    if target is None:
         return None
-    target = unique[int(rng.integers(len(unique)))]
     text = f"what shape is the {target.colour} object ?"
     return Question(text, target.shape, "shape", "other", _others(SHAPES, target.shape))
 
@@ -76,7 +81,7 @@ def _count_question(scene: Scene, rng: np.random.Generator) -> Question:
         answer = str(len(scene.objects))
         text = "how many shapes are there ?"
     else:
-        colour = scene.objects[int(rng.integers(len(scene.objects)))].colour
+        colour = pick(rng, scene.objects).colour
         answer = str(sum(placed.colour == colour for placed in scene.objects))
         text = f"how many {colour} shapes are there ?"
     return Question(text, answer, "count", "number", _others(COUNT_WORDS, answer))
@@ -85,12 +90,12 @@ def _count_question(scene: Scene, rng: np.random.Generator) -> Question:
 def _absent_kind(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
     present = {(placed.colour, placed.shape) for placed in scene.objects}
     absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
-    return absent[int(rng.integers(len(absent)))]
+    return pick(rng, absent)
 
 
 def _exist_question(scene: Scene, rng: np.random.Generator) -> Question:
     if rng.random() < 0.5:
-        placed = scene.objects[int(rng.integers(len(scene.objects)))]
+        placed = pick(rng, scene.objects)
         colour, shape, answer = placed.colour, placed.shape, "yes"
     else:
         (colour, shape), answer = _absent_kind(scene, rng), "no"
@@ -162,12 +167,12 @@ def gqa_question(scene: Scene, rng: np.random.Generator) -> Question | None:
         return None
     queries = _relation_queries(scene)
     if queries and rng.random() < 1 / 3:
-        text, colour = queries[int(rng.integers(len(queries)))]
+        text, colour = pick(rng, queries)
         return Question(text, colour, "relation", "other", _others(tuple(COLOURS), colour))
     statements = _relation_statements(scene)
     wanted = bool(rng.random() < 0.5)
     pool = [statement for statement in statements if statement[1] == wanted] or statements
-    text, truth = pool[int(rng.integers(len(pool)))]
+    text, truth = pick(rng, pool)
     answer = "yes" if truth else "no"
     return Question(text, answer, "relation", "yes/no", _others(("yes", "no"), answer))
 
@@ -216,8 +221,8 @@ def captions(scene: Scene, rng: np.random.Generator) -> list[str]:
 
 def nlvr2_statement(left: Scene, right: Scene, rng: np.random.Generator) -> tuple[str, int]:
     """A statement about an image pair and its truth (1 true, 0 false)."""
-    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    colour = pick(rng, list(COLOURS))
+    shape = pick(rng, SHAPES)
     template = int(rng.integers(4))
     if template == 0:
         truth = any(p.colour == colour and p.shape == shape for p in left.objects)

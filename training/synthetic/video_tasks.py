@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.synthetic.world import COLOURS, DIRECTIONS, Clip, Mover
+from training.synthetic.world import COLOURS, DIRECTIONS, Clip, Mover, pick
 
 TVQA_OPTIONS = tuple(DIRECTIONS)
 HOW2QA_OPTIONS = tuple(COLOURS)
@@ -23,7 +23,7 @@ def motion_phrase(mover: Mover) -> str:
 def subtitle_lines(clip: Clip, rng: np.random.Generator) -> list[str]:
     """One narrator line per shape, e.g. ``"look at the red circle"``."""
     openers = ("look at the", "now watch the", "here is the")
-    return [f"{openers[int(rng.integers(len(openers)))]} {mover.name}" for mover in clip.movers]
+    return [f"{pick(rng, openers)} {mover.name}" for mover in clip.movers]
 
 
 def _shuffled_options(
@@ -35,14 +35,14 @@ def _shuffled_options(
 
 def tvqa_question(clip: Clip, rng: np.random.Generator) -> tuple[str, list[str], int]:
     """``(question, 5 options, right index)`` about a shape's direction."""
-    mover = clip.movers[int(rng.integers(len(clip.movers)))]
+    mover = pick(rng, clip.movers)
     options, answer_index = _shuffled_options(TVQA_OPTIONS, mover.direction, rng)
     return f"which way does the {mover.name} move ?", options, answer_index
 
 
 def how2qa_question(clip: Clip, rng: np.random.Generator) -> tuple[str, list[str], int]:
     """``(question, 4 options, right index)`` about the colour of the shape moving a way."""
-    mover = clip.movers[int(rng.integers(len(clip.movers)))]
+    mover = pick(rng, clip.movers)
     options, answer_index = _shuffled_options(HOW2QA_OPTIONS, mover.colour, rng)
     return f"what colour is the shape that {motion_phrase(mover)} ?", options, answer_index
 

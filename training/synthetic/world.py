@@ -7,7 +7,9 @@ per grid cell) and the vocabulary is small.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -36,6 +38,13 @@ BACKGROUND = (45, 45, 45)
 COLOUR_JITTER = 12
 MAX_OBJECTS = 3
 
+T = TypeVar("T")
+
+
+def pick(rng: np.random.Generator, items: Sequence[T]) -> T:
+    """One of ``items``, uniformly at random (one draw of ``rng.integers``)."""
+    return items[int(rng.integers(len(items)))]
+
 
 @dataclass(frozen=True)
 class WorldConfig:
@@ -57,20 +66,27 @@ class WorldConfig:
 
 
 @dataclass(frozen=True)
-class PlacedShape:
-    """One shape of a still scene: what it is, its grid cell and its pixel centre."""
+class ColouredShape:
+    """What a shape is: its colour and its kind."""
 
     colour: str
     shape: str
+
+    @property
+    def name(self) -> str:
+        """``"red circle"``: unique within a scene (colour, shape pairs differ) or a clip
+        (colours differ)."""
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class PlacedShape(ColouredShape):
+    """One shape of a still scene: what it is, its grid cell and its pixel centre."""
+
     row: int
     col: int
     centre: tuple[int, int]
     half_size: int
-
-    @property
-    def name(self) -> str:
-        """``"red circle"``: unique within a scene."""
-        return f"{self.colour} {self.shape}"
 
 
 @dataclass(frozen=True)
@@ -81,18 +97,11 @@ class Scene:
 
 
 @dataclass(frozen=True)
-class Mover:
+class Mover(ColouredShape):
     """One shape of a video: it starts at ``start`` and moves ``speed`` px per frame."""
 
-    colour: str
-    shape: str
     start: tuple[int, int]
     direction: str
-
-    @property
-    def name(self) -> str:
-        """``"red circle"``: unique within a clip (colours differ)."""
-        return f"{self.colour} {self.shape}"
 
 
 @dataclass(frozen=True)
@@ -145,7 +154,7 @@ def _sample_mover(
         low = margin + (travel if step < 0 else 0)
         high = config.image_size - 1 - margin - (travel if step > 0 else 0)
         bounds.append(int(rng.integers(low, high + 1)))
-    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    shape = pick(rng, SHAPES)
     return Mover(colour, shape, (bounds[0], bounds[1]), direction)
 
 
