@@ -182,7 +182,9 @@ class DecodeBatch:
     @torch.no_grad()
     def step(self, weights: StackedWeights | None) -> list[DecodeRow]:
         """One decoder pass over every cache row (one token each) -> the rows that finished
-        (they have left the batch)."""
+        (they have left the batch); nothing when no row is running."""
+        if not self.rows:
+            return []
         device = self._cache.encoder_hidden.device
         tokens = torch.tensor([t for row in self.rows for t in row.next_tokens()], device=device)
         logits = self._cache.step(self.backbone, tokens, weights, self._index(self.rows, device))
