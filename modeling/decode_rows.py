@@ -1,10 +1,10 @@
 """Cached decoding for rows that join and leave the batch between steps.
 
-The serving engine batches at the iteration level: a row that finishes leaves, a new
-request joins at the next step; `modeling.generation` (greedy, beam search) drops rows
-that are done and reorders beams the same way. `DecodeRows` keeps every running row's
-decoder key/value cache in one batch so that a step feeds one new token per row (no prefix
-recomputation):
+The decode loop (`modeling.decoding.DecodeBatch`, run by the serving engine and by offline
+greedy / beam search) batches at the iteration level: a row that finishes leaves, a new
+request joins at the next step, beams are reordered. `DecodeRows` is its cache: every
+running row's decoder key/value cache in one batch, so that a step feeds one new token per
+row (no prefix recomputation):
 
 - self-attention keys/values [b, heads, L, head_dim] are LEFT-padded to the longest row
   and masked. T5's relative position bias depends only on (key index - query index), and

@@ -15,12 +15,13 @@
                   request leaves, a waiting one joins at the next step (iteration-level
                   batching, beams included, so a long beam search never stalls the rest)
 
-Rows decode with a key/value cache (`modeling.decode_rows.DecodeRows`): a joining row's
-first step computes its cross-attention keys/values once, then every step feeds one token
-per row; rows of different lengths share one left-padded, masked cache, and a beam step
-reorders its request's rows (`modeling.generation.BeamRow`).
+Decoding is `modeling.decoding.DecodeBatch`, the one decode loop (offline generation uses
+it too): the engine joins encoded requests to it, steps it and answers the requests it
+returns finished. A joining row's first step computes its cross-attention keys/values
+once, then every step feeds one token per cache row; rows of different lengths share one
+left-padded, masked cache, and a beam step reorders its request's rows.
 
-A streaming greedy request sends the text each step settles (`modeling.generation.
+A streaming greedy request sends the text each step settles (`modeling.decoding.
 stream_piece`: never an unfinished character or word, never an empty piece); when a
 streaming request ends, the rest of its text follows, so its pieces join to its answer.
 A beam request (its best hypothesis is only known at the end) and a scoring one stream
@@ -40,16 +41,14 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
 import torch
 
-from modeling import decode_rows
 from modeling.backbone import VLBackbone, VLBatch
-from modeling.decode_rows import DecodeRows
-from modeling.generation import BeamRow, score_candidates, stream_piece
+from modeling.decoding import DecodeBatch, DecodeRow, stream_piece
+from modeling.generation import score_candidates
 from modeling.inputs import VisualTokens, candidate_ids, make_batch
 from modeling.kernels import RowIndex
 from modeling.tasks import VisualInput
@@ -66,25 +65,6 @@ __all__ = ["Engine", "NoMetrics", "Prediction", "Request", "RequestError", "erro
 log = logging.getLogger("vladapter.serving")
 
 T = TypeVar("T")
-
-
-@dataclass(eq=False)
-class Running:
-    """A request being decoded: greedy (one cache row) or beam search (one row per live
-    beam). Its rows are consecutive in the engine's DecodeRows, in running order."""
-
-    request: Request
-    beams: BeamRow | None = None
-    ids: list[int] = field(default_factory=list)  # greedy: the tokens so far
-    text: str = ""  # the text streamed so far
-    started: float = field(default_factory=time.perf_counter)
-
-    @property
-    def width(self) -> int:
-        return 1 if self.beams is None else len(self.beams.sequences)
-
-    def next_tokens(self) -> list[int]:
-        return [self.ids[-1]] if self.beams is None else self.beams.next_tokens()
 
 
 class Engine:
@@ -115,8 +95,7 @@ class Engine:
         self._commands = Commands(wake=lambda: self._queue.put(None))
         self._loading: list[Request] = []
         self._ready: deque[Request] = deque()
-        self._running: list[Running] = []
-        self._decoding: DecodeRows | None = None  # row i is self._running[i]
+        self._decoding = DecodeBatch(backbone)  # the running requests (rows' owner)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         parameter = next(backbone.parameters())
@@ -162,6 +141,11 @@ class Engine:
     def in_flight(self) -> int:
         """Requests accepted and not answered (waiting or running)."""
         return len(self._waiting) + len(self._running)
+
+    @property
+    def _running(self) -> list[DecodeRow]:
+        """The requests being decoded (`row.owner` is the Request)."""
+        return self._decoding.rows
 
     # --- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -259,11 +243,13 @@ class Engine:
                 if error is not None:
                     waiting.remove(request)
                     self._finish(request, error)
-        errors = [dead(row.request) for row in self._running]
-        for row, error in zip(self._running, errors, strict=True):
+        gone = []
+        for row in self._running:
+            error = dead(row.owner)
             if error is not None:
-                self._finish(row.request, error)
-        self._keep([i for i, error in enumerate(errors) if error is None])
+                self._finish(row.owner, error)
+                gone.append(row)
+        self._decoding.drop(gone)
 
     def _admit(self) -> list[Request]:
         """Take ready requests into the batch, each with a device slot for its adapter set."""
@@ -371,93 +357,36 @@ class Engine:
         bank = self.slot_table.bank()
         hidden, mask = self.backbone.encode(batch, bank, index)
         elapsed = (time.perf_counter() - start) * 1000
-        eos = self.backbone.eos_token_id
         rows = []
         for request in requests:
             request.timings["encode_ms"] = elapsed
-            beams = None if request.num_beams == 1 else \
-                BeamRow(request.num_beams, eos, request.max_new_tokens)
-            rows.append(Running(request, beams))
-        state, logits = decode_rows.start(self.backbone, hidden, mask, bank, index)
-        going_on, order = self._advance(rows, logits)
-        if going_on:
-            self._running += going_on
-            self._decoding = decode_rows.concat(self._decoding, state.select(order))
+            rows.append(DecodeRow(request.slot, request.max_new_tokens, request.num_beams,
+                                  stream=self._streamer(request), owner=request))
+        self._answer_decoded(self._decoding.join(rows, hidden, mask, bank))
 
     @torch.no_grad()
     def _step(self) -> None:
         """One decoder pass over every running row (one token each); finished requests leave."""
-        tokens, slots = [], []
-        for row in self._running:
-            row_tokens = row.next_tokens()
-            tokens += row_tokens
-            slots += [row.request.slot] * len(row_tokens)
-        index = RowIndex.of(torch.tensor(slots, device=self.device))
-        self.stats["max_step_rows"] = max(self.stats["max_step_rows"], len(tokens))
-        self.stats["max_step_slots"] = max(self.stats["max_step_slots"], len(set(index.rows)))
-        beam_requests = sum(row.beams is not None for row in self._running)
-        self.stats["steps_mixing_beams_and_greedy"] += 0 < beam_requests < len(self._running)
-        logits = self._decoding.step(self.backbone, torch.tensor(tokens, device=self.device),
-                                     self.slot_table.bank(), index)
-        self._running, order = self._advance(self._running, logits)
-        self._decoding = self._decoding.select(order) if order else None
+        rows = self._running
+        self.stats["max_step_rows"] = max(self.stats["max_step_rows"], self._decoding.width)
+        self.stats["max_step_slots"] = max(self.stats["max_step_slots"],
+                                           len({row.slot for row in rows}))
+        beam_requests = sum(row.beams is not None for row in rows)
+        self.stats["steps_mixing_beams_and_greedy"] += 0 < beam_requests < len(rows)
+        self._answer_decoded(self._decoding.step(self.slot_table.bank()))
 
-    def _advance(self, rows: list[Running], logits: torch.Tensor
-                 ) -> tuple[list[Running], list[int]]:
-        """Feed each request its rows' next-token logits [rows, vocab]; answer the finished.
+    @staticmethod
+    def _streamer(request: Request) -> Callable[[str], None] | None:
+        """What a streaming request's settled pieces go to (None: it does not stream)."""
+        if not request.stream:
+            return None
+        return lambda piece: request.events.put(("token", piece))
 
-        Returns the requests that go on and, for the cache, the row each of their next rows
-        continues (a beam's row may be continued twice, or not at all).
-        """
-        going_on, order, offset = [], [], 0
-        best = logits.argmax(-1).tolist()  # one device sync for every greedy row
+    def _answer_decoded(self, rows: list[DecodeRow]) -> None:
+        """Answer the requests whose decoding finished (their rest of stream follows)."""
         for row in rows:
-            mine = logits[offset:offset + row.width]
-            if row.beams is not None:
-                sources = row.beams.advance(mine.float().log_softmax(-1))
-                order += [offset + source for source in sources]
-                ended = not sources
-                ids = row.beams.best() if ended else []
-            else:
-                row.ids.append(best[offset])
-                ended = not self._stream_greedy(row)
-                order += [] if ended else [offset]
-                ids = row.ids
-            offset += len(mine)
-            if ended:
-                row.request.timings["decode_ms"] = (time.perf_counter() - row.started) * 1000
-                self._answer(row.request, self._detokenize(ids), streamed=row.text)
-            else:
-                going_on.append(row)
-        return going_on, order
-
-    def _stream_greedy(self, row: Running) -> bool:
-        """Stream the text a greedy row's new token settles; returns whether the row goes on
-        (an ending row's rest is sent by `_answer`)."""
-        token, eos = row.ids[-1], self.backbone.eos_token_id
-        going_on = token != eos and len(row.ids) < row.request.max_new_tokens
-        if row.request.stream and going_on:
-            piece = stream_piece(row.text, self._detokenize(row.ids))
-            if piece:
-                row.request.events.put(("token", piece))
-                row.text += piece
-        return going_on
-
-    def _keep(self, keep: list[int]) -> None:
-        """Only running requests `keep` (indices) stay, with their cache rows."""
-        if len(keep) == len(self._running):
-            return
-        starts = [0]
-        for row in self._running:
-            starts.append(starts[-1] + row.width)
-        order = [r for i in keep for r in range(starts[i], starts[i + 1])]
-        self._running = [self._running[i] for i in keep]
-        self._decoding = self._decoding.select(order) if order else None
-
-    def _detokenize(self, ids: list[int]) -> str:
-        eos = self.backbone.eos_token_id
-        ids = ids[:ids.index(eos)] if eos in ids else ids
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            row.owner.timings["decode_ms"] = (time.perf_counter() - row.started) * 1000
+            self._answer(row.owner, row.text, streamed=row.streamed)
 
     # --- endings -------------------------------------------------------------------------
     def _answer(self, request: Request, text: str, label: str = "",
@@ -490,5 +419,5 @@ class Engine:
 
     def _fail_all_running(self, error: RequestError) -> None:
         for row in self._running:
-            self._finish(row.request, error)
-        self._running, self._decoding = [], None
+            self._finish(row.owner, error)
+        self._decoding.drop(list(self._running))

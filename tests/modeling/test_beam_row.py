@@ -1,12 +1,13 @@
-"""Beam-search bookkeeping of one request (shared by `beam_search` and the engine): k live
-beams, eos ends a hypothesis, the limit ends them all, the best normalised score wins."""
+"""Beam-search bookkeeping of one request (a beam row of `DecodeBatch`, offline and in the
+engine): k live beams, eos ends a hypothesis, the limit ends them all, the best normalised
+score wins."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from modeling.generation import BeamRow
+from modeling.decoding import BeamRow
 
 
 def test_beam_row_keeps_k_live_beams_finishes_on_eos_and_stops_at_the_limit():

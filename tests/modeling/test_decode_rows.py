@@ -1,6 +1,7 @@
-"""Cached decoding with rows joining and leaving (the serving engine's decode loop):
-every row gets the logits and tokens it gets alone, on T5 (relative bias under left
-padding) and BART (per-row learned positions), over random adapter mixes."""
+"""Cached decoding with rows joining and leaving (the cache of the one decode loop,
+`modeling.decoding.DecodeBatch`): every row gets the logits and tokens it gets alone, on
+T5 (relative bias under left padding) and BART (per-row learned positions), over random
+adapter mixes."""
 
 from __future__ import annotations
 

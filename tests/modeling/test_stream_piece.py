@@ -8,7 +8,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from modeling.generation import stream_piece
+from modeling.decoding import stream_piece
 
 CORPUS = ["a man cooks in the kitchen .", "the café is open", "a naïve question",
           "we do n't stop , we go ."] * 5 + ["coffee ☕ time"]  # ☕ once: its bytes stay apart
