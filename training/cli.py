@@ -1,4 +1,5 @@
-"""`train-adapter`: train adapters, pre-train the benchmark backbone, report parameters.
+"""`train-adapter`: train adapters, check their data, pre-train the benchmark backbone,
+report parameters.
 
 Every user error ends with one line `train-adapter: error: ...` and exit code 2.
 """
@@ -9,6 +10,7 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from transformers.utils import logging as hf_logging
@@ -18,7 +20,7 @@ from modeling.config import VIDEO_FEAT_DIM, preset
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS, method_preset
 from modeling.tasks import TASKS, VisualInput
-from training.config import RunConfig, load_config
+from training.config import RunConfig, TaskData, load_config
 
 IMAGE_TASKS = tuple(n for n, t in TASKS.items() if t.visual_input != VisualInput.VIDEO_FRAMES)
 VIDEO_TASKS = tuple(n for n, t in TASKS.items() if t.visual_input == VisualInput.VIDEO_FRAMES)
@@ -111,6 +113,40 @@ def sweep_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_task(task: str, data: TaskData) -> int:
+    """Print the findings of every split of one task; the number of problems."""
+    from training.config import read_task_split
+    from training.data.check import check_split, open_source
+
+    source, reason = open_source(task, data.visual)
+    shown = [f"{task}: visual: {reason}"] if reason is not None else []
+    problems = len(shown)
+    train_answers = None
+    for split in ("train", "val", "test"):
+        if getattr(data, split) is None:
+            continue
+        read = partial(read_task_split, task, data, split, one_per_caption=False)
+        check = check_split(task, split, read, source, train_answers,
+                            with_subtitles=data.subtitles is not None)
+        if split == "train":
+            train_answers = check.answers
+        print(check.summary())
+        shown += [f"{task}/{split}: {problem}" for problem in check.first_problems()]
+        problems += len(check.problems)
+    for problem in shown:
+        print(f"train-adapter: error: {problem}", file=sys.stderr)
+    return problems
+
+
+def data_check_command(args: argparse.Namespace) -> int:
+    """Per task and split: records and format, visual ids found / missing, answer coverage;
+    each problem one line on stderr, exit 2 when there is one."""
+    config = load_config(args.config)
+    problems = sum(_check_task(task, data) for task, data in config.tasks.items())
+    print(f"data check: {problems} problem(s)" if problems else "data check: everything found")
+    return 2 if problems else 0
+
+
 def pretrain_command(args: argparse.Namespace) -> int:
     """Pre-train the benchmark backbone on a separate synthetic world (cached)."""
     from training.pretrain import PretrainSettings, pretrain
@@ -161,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one size grid for every method (default: per method)")
     sweep.add_argument("--steps", type=_positive_int, help="override the config's steps")
     sweep.set_defaults(run=sweep_command)
+    data = commands.add_parser("data", help="inspect a run config's data")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    check = data_commands.add_parser(
+        "check", help="per task and split: records, format, images / frames / features found "
+                      "and missing, answer coverage; exit 2 when something is missing")
+    check.add_argument("--config", required=True, help="run config (YAML)")
+    check.set_defaults(run=data_check_command)
     pre = commands.add_parser("pretrain", help="pre-train the synthetic benchmark's backbone")
     pre.add_argument("--out", default="runs/backbone-small", help="backbone folder (reused)")
     pre.add_argument("--data", default="runs/data", help="where the synthetic worlds go")

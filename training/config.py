@@ -6,10 +6,11 @@ backbone: runs/backbone-small        # a backbone folder with its tokenizer/, or
                                      # run's data, saved as OUT/backbone (smoke runs)
 methods: single_adapter              # a method preset, or a list of {method, config, sharing, id}
 tasks:
-  vqa: {train: data/vqa/train.json, val: data/vqa/val.json, visual: data/images,
-        batch_size: 32, annotations: data/vqa/{split}_annotations.json}
-  caption: {train: data/coco/dataset_coco.json, visual: data/images}
-  tvqa: {train: data/tvqa/train.jsonl, visual: data/videos, subtitles: data/subtitles.jsonl}
+  vqa: {train: data/vqa/v2_OpenEnded_mscoco_train2014_questions.json, visual: data/coco,
+        annotations: "data/vqa/v2_mscoco_{split}2014_annotations.json", batch_size: 32}
+  caption: {train: data/coco/dataset_coco.json, visual: data/coco}   # train2014/ val2014/
+  tvqa: {train: data/tvqa/tvqa_train.jsonl, visual: data/tvqa/frames_hq,
+         subtitles: data/tvqa/tvqa_subtitles, format: tvqa}         # format: optional
 steps: 1000
 ```
 
@@ -33,7 +34,8 @@ from modeling.presets import method_preset
 from modeling.recipe import MethodEntry
 from modeling.tasks import TASKS
 from training.data.example import Example
-from training.data.registry import load_split
+from training.data.formats import LoadOptions, SplitData
+from training.data.registry import format_names, read_split
 
 
 class ConfigError(ValueError):
@@ -42,8 +44,10 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class TaskData:
-    """Where one task's data lives. `visual`: an image folder, a video-frame folder, or a
-    feature file/folder (.h5, .safetensors, folder of .npz)."""
+    """Where one task's data lives. `visual`: an image folder, a video-frame folder (both
+    searched in sub-folders too), or a feature file/folder (.h5, .safetensors, folder of
+    .npz). `format`: the split files' layout (`training.data.FORMATS`, e.g. `vqav2`,
+    `vl-t5`); detected from each file when absent."""
 
     train: str
     visual: str
@@ -52,6 +56,11 @@ class TaskData:
     batch_size: int = 32
     subtitles: str | None = None
     annotations: str | None = None  # VQA: `{split}` is replaced by the split name
+    format: str | None = None
+
+
+# TaskData fields that are not paths (not checked as paths, not resolved from the config)
+_NOT_PATHS = ("batch_size", "format")
 
 
 @dataclass(frozen=True)
@@ -152,11 +161,15 @@ def _task_data(name: str, value: Any) -> TaskData:
     for required in ("train", "visual"):
         if required not in value:
             raise ConfigError(f"tasks.{name}.{required}: missing")
-    for key in sorted(known - {"batch_size"}):
+    for key in sorted(known - set(_NOT_PATHS)):
         path = value.get(key)
         if (key in ("train", "visual") or path is not None) \
                 and (not isinstance(path, str) or not path):
             raise ConfigError(f"tasks.{name}.{key}: expected a path, got {path!r}")
+    data_format = value.get("format")
+    if data_format is not None and data_format not in format_names(name):
+        raise ConfigError(f"tasks.{name}.format: expected one of {list(format_names(name))} "
+                          f"(or nothing: detected from each file), got {data_format!r}")
     data = TaskData(**value)
     if not _is_integer(data.batch_size) or data.batch_size < 1:
         raise ConfigError(f"tasks.{name}.batch_size: expected a positive integer, "
@@ -224,7 +237,7 @@ def _resolve(data: TaskData, base_dir: Path | None) -> TaskData:
     updates = {}
     for f in fields(TaskData):
         value = getattr(data, f.name)
-        if isinstance(value, str) and f.name != "batch_size" and not Path(value).is_absolute():
+        if isinstance(value, str) and f.name not in _NOT_PATHS and not Path(value).is_absolute():
             updates[f.name] = str(base_dir / value)
     return TaskData(**{**data.__dict__, **updates})
 
@@ -242,9 +255,18 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config(raw, base_dir=path.parent)
 
 
+def read_task_split(task: str, data: TaskData, split: str,
+                    one_per_caption: bool | None = None) -> SplitData:
+    """One split (`train`, `val`, `test`) of a configured task, with the format it was read
+    as (see `training.data.read_split` for the errors)."""
+    annotations = data.annotations.replace("{split}", split) if data.annotations else None
+    options = LoadOptions(split=split, data_format=data.format,
+                          vqa_annotations_path=Path(annotations) if annotations else None,
+                          subtitles_path=Path(data.subtitles) if data.subtitles else None,
+                          one_per_caption=one_per_caption)
+    return read_split(task, getattr(data, split), options)
+
+
 def load_task_split(task: str, data: TaskData, split: str) -> list[Example]:
     """The examples of one split (`train`, `val`, `test`) of a configured task."""
-    path = getattr(data, split)
-    annotations = data.annotations.replace("{split}", split) if data.annotations else None
-    return load_split(task, path, split=split if task == "caption" else None,
-                      vqa_annotations_path=annotations, subtitles_path=data.subtitles)
+    return read_task_split(task, data, split).examples

@@ -1,8 +1,9 @@
 """Visual tokens of every example, computed once by the frozen vision tower and cached.
 
-Sources: a folder of images (encoded by the backbone's CLIP tower), a folder of video
-frame folders (one pooled vector per frame, pooled or padded to `max_frames`), or a
-feature store (.h5 / .safetensors / folder of .npz). Encoded features are kept on disk
+Sources (`open_visual_source`): a folder of images (encoded by the backbone's CLIP tower),
+a folder of video frame folders (one pooled vector per frame, pooled or padded to
+`max_frames`), both also searched in sub-folders as the datasets' releases lay them out,
+or a feature store (.h5 / .safetensors / folder of .npz). Encoded features are kept on disk
 in one safetensors file per (backbone fingerprint, source folder), so each image is
 encoded once across runs.
 """
@@ -22,10 +23,11 @@ from modeling.tasks import TASKS, VisualInput
 from modeling.visual import fit_frames
 from training.data.example import Example
 from training.data.visual_stores import (
+    FeatureStore,
     ImageFolder,
     VideoFrameFolder,
     load_image,
-    open_feature_store,
+    open_visual_source,
 )
 
 ENCODE_CHUNK = 64
@@ -46,9 +48,6 @@ class VisualFeatures:
         self.table: dict[str, torch.Tensor] = {}
         if self.cache_file is not None and self.cache_file.is_file():
             self.table = load_file(self.cache_file)
-        self.store = None
-        if self.source.is_file() or (self.source.is_dir() and any(self.source.glob("*.npz"))):
-            self.store = open_feature_store(self.source)
 
     def prepare(self, visual_ids: Iterable[str]) -> None:
         """Encode every id not in the table yet (in chunks), check every id's features fit
@@ -66,18 +65,18 @@ class VisualFeatures:
     def _fill(self, missing: list[str]) -> None:
         if not missing:
             return
-        if self.store is not None:
+        source = open_visual_source(self.source, self.visual_input is VisualInput.VIDEO_FRAMES)
+        if isinstance(source, ImageFolder):
+            self._encode_images(source, missing)
+        elif isinstance(source, VideoFrameFolder):
             for vid in missing:
-                self.table[vid] = self._from_store(vid)
-        elif self.visual_input is VisualInput.VIDEO_FRAMES:
-            frames = VideoFrameFolder(self.source)
-            for vid in missing:
-                self.table[vid] = self._encode_video(frames.frame_paths(vid))
+                self.table[vid] = self._encode_video(source.frame_paths(vid))
         else:
-            self._encode_images(ImageFolder(self.source), missing)
+            for vid in missing:
+                self.table[vid] = self._from_store(source, vid)
 
-    def _from_store(self, vid: str) -> torch.Tensor:
-        features = torch.from_numpy(self.store.get(vid)).float()
+    def _from_store(self, store: FeatureStore, vid: str) -> torch.Tensor:
+        features = torch.from_numpy(store.get(vid)).float()
         if self.visual_input is VisualInput.VIDEO_FRAMES:
             tokens, valid = fit_frames(features, self.backbone.config.max_frames)
             return tokens[valid]

@@ -1,4 +1,5 @@
-"""Malformed files fail with DataFormatError naming file, line or record, field and expectation."""
+"""Malformed files fail with DataFormatError naming file, line or record, field and
+expectation, and the format the file was read as (and the one detected)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from data_layouts import OFFICIAL
 
+from training.config import parse_config, read_task_split
 from training.data import DataFormatError, load_split
 
 GOOD_VQA = {"img_id": "i1", "sent": "Why?", "question_id": 1, "label": {"yes": 1.0}}
@@ -44,7 +47,11 @@ CASES = {
         "vqa", json.dumps([GOOD_VQA, GOOD_VQA]), {},
         ["record 1 (question_id=1)", "'question_id'", "not used by an earlier record"],
     ),
-    "vqa not a list": ("vqa", json.dumps({"a": 1}), {}, ["top level", "a JSON list"]),
+    "vqa neither list nor questions": (
+        "vqa", json.dumps({"a": 1}), {},
+        ["top level", "one of the vqa formats", "'vl-t5' = VL-T5 JSON list", "'vqav2' = ",
+         "got a JSON object with keys [a]", "[detected: none of them]"],
+    ),
     "vqa broken json": ("vqa", '[\n{"img_id": }\n]', {}, ["line 2", "'<json>'", "valid JSON"]),
     "gqa record not an object": ("gqa", json.dumps([GOOD_VQA, 3]), {}, ["record 1", "'<record>'"]),
     "nlvr2 label 2": (
@@ -59,7 +66,7 @@ CASES = {
     ),
     "coco bad split": (
         "caption", json.dumps({"images": [_with(GOOD_IMAGE, split="dev")]}), {"split": "train"},
-        ["images[0] (cocoid=1)", "'split'", "one of train, restval, val, test"],
+        ["images[0] (cocoid=1)", "'split'", "one of 'train', 'restval', 'val', 'test'"],
     ),
     "coco sentence without raw": (
         "caption",
@@ -68,7 +75,8 @@ CASES = {
         ["images[0] (cocoid=1), sentences[1]", "'raw'"],
     ),
     "coco no images key": (
-        "caption", json.dumps({"imgs": []}), {"split": "val"}, ["top level", "'images'"],
+        "caption", json.dumps({"imgs": []}), {"split": "val"},
+        ["top level", "one of the caption formats: 'karpathy' = ", "{images: [", "keys [imgs]"],
     ),
     "tvqa answer out of range": (
         "tvqa", _lines(GOOD_TVQA, _with(GOOD_TVQA, qid=2, answer_idx=5)), {},
@@ -79,7 +87,12 @@ CASES = {
     ),
     "tvqa bad ts": ("tvqa", _lines(_with(GOOD_TVQA, ts="abc")), {}, ["'ts'", "time span"]),
     "tvqa bad json line": ("how2qa", _lines(GOOD_TVQA, "{oops"), {}, ["line 2", "'<json>'"]),
-    "tvqa line is a list": ("tvqa", _lines([1, 2]), {}, ["line 1", "'<record>'", "JSON object"]),
+    "tvqa line is a list": (
+        "tvqa", _lines(GOOD_TVQA, [1, 2]), {}, ["line 2", "'<record>'", "JSON object"],
+    ),
+    "tvqa file is a list": (
+        "tvqa", json.dumps([GOOD_TVQA]), {}, ["top level", "'tvqa' = ", "got a JSON list"],
+    ),
     "tvc no clip id": ("tvc", _lines(_with(GOOD_TVC, clip_id=...)), {}, ["line 1", "'clip_id'"]),
     "yc2c duplicate id in the 'id' field": (
         "yc2c", _lines(*[_with(GOOD_TVC, clip_id=..., id=5)] * 2), {},
@@ -155,11 +168,15 @@ BAD_PATH_SITES = {
 }
 
 
-@pytest.mark.parametrize("site", list(BAD_PATH_SITES))
-@pytest.mark.parametrize(("make_bad", "fragments"), [
-    (_folder, ["'<file>'", "expected a file, got a folder"]),
-    (_not_utf8, ["'<text>'", "expected UTF-8 text, got byte 0xe9"]),
-], ids=["folder", "not-utf8"])
+FOLDER = (_folder, ["'<file>'", "expected a file, got a folder"])
+NOT_UTF8 = (_not_utf8, ["'<text>'", "expected UTF-8 text, got byte 0xe9"])
+# a subtitles folder is TVQA's folder of .srt files: see the test after this one
+BAD_PATHS = [(site, *bad) for site in BAD_PATH_SITES for bad in (FOLDER, NOT_UTF8)
+             if (site, bad) != ("tvqa subtitles", FOLDER)]
+
+
+@pytest.mark.parametrize(("site", "make_bad", "fragments"), BAD_PATHS,
+                         ids=[f"{case[1].__name__}-{case[0]}" for case in BAD_PATHS])
 def test_a_folder_or_undecodable_file_is_a_data_format_error_naming_it(
         tmp_path: Path, site: str, make_bad, fragments: list[str]) -> None:
     task, argument, good = BAD_PATH_SITES[site]
@@ -172,5 +189,115 @@ def test_a_folder_or_undecodable_file_is_a_data_format_error_naming_it(
         load_split(task, **{"path": bad, **paths, argument: bad})
     message = str(error.value)
     assert message.startswith(f"{bad}: ")
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_a_subtitles_folder_without_srt_files_is_refused(tmp_path: Path) -> None:
+    questions = tmp_path / "tvqa_val.jsonl"
+    questions.write_text(_lines(GOOD_TVQA))
+    folder = _folder(tmp_path)
+    with pytest.raises(DataFormatError) as error:
+        load_split("tvqa", questions, subtitles_path=folder)
+    assert str(error.value).startswith(f"{folder}: top level: field '<folder>': expected a "
+                                       "folder of <vid_name>.srt files, got no .srt file")
+
+
+def _edit_json(path: str | Path, edit) -> None:
+    """Rewrite the JSON file ``path`` with ``edit(document)`` applied in place."""
+    document = json.loads(Path(path).read_text())
+    edit(document)
+    Path(path).write_text(json.dumps(document))
+
+
+def _edit_line(path: str | Path, index: int, **changes: object) -> None:
+    """Rewrite line ``index`` of the JSON-lines file ``path`` with fields changed."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    rows[index] = _with(rows[index], **changes)
+    Path(path).write_text(_lines(*rows))
+
+
+def _vqa_annotations(entry: dict) -> str:
+    return entry["annotations"].replace("{split}", "train")
+
+
+def _break_srt(entry: dict) -> Path:
+    """The clip's .srt with an arrow that is not SRT's ``-->``."""
+    path = next(Path(entry["subtitles"]).glob("*.srt"))
+    path.write_text("1\n00:00:00,115 -> 00:00:02,655\nHi.\n")
+    return path
+
+
+# case -> (task, break the written layout (entry -> the broken file), fragments)
+OFFICIAL_CASES = {
+    "vqav2 question without text": ("vqa", lambda e: _edit_json(
+        e["train"], lambda d: d["questions"][1].pop("question")) or e["train"],
+        ["questions[1] (question_id=42001)", "field 'question'", "field missing",
+         "[read as vqa format 'vqav2': official VQAv2 questions", "detected from the file"]),
+    "vqav2 without data_subtype": ("vqa", lambda e: _edit_json(
+        e["train"], lambda d: d.pop("data_subtype")) or e["train"],
+        ["top level", "field 'data_subtype'", "format 'vqav2'"]),
+    "vqav2 question without annotation": ("vqa", lambda e: _edit_json(
+        _vqa_annotations(e), lambda d: d["annotations"].pop()) or e["train"],
+        ["questions[2] (question_id=73000)", "field 'question_id'",
+         "a question with an entry in", "format 'vqav2'"]),
+    "vqav2 annotations answers not a list": ("vqa", lambda e: _edit_json(
+        _vqa_annotations(e), lambda d: d["annotations"][0].update(answers="2"))
+        or _vqa_annotations(e),
+        ["annotations[0] (question_id=42000)", "field 'answers'",
+         "[read as a VQAv2 annotations file"]),
+    "gqa entry without imageId": ("gqa", lambda e: _edit_json(
+        e["train"], lambda d: d["20968380"].pop("imageId")) or e["train"],
+        ["entry '20968380'", "field 'imageId'", "read as gqa format 'gqa'"]),
+    "nlvr2 label yes": ("nlvr2", lambda e: _edit_line(e["train"], 1, label="yes") or e["train"],
+        ["line 2 (identifier=train-10171-0-1)", "field 'label'", "one of 'True', 'False'",
+         "got 'yes'", "read as nlvr2 format 'nlvr2': official NLVR2 JSON lines"]),
+    "nlvr2 identifier without parts": ("nlvr2", lambda e: _edit_line(
+        e["train"], 2, identifier="pair7") or e["train"],
+        ["line 3 (identifier=pair7)", "'<split>-<set>-<pair>-<sentence>'"]),
+    "karpathy image without sentences": ("caption", lambda e: _edit_json(
+        e["train"], lambda d: d["images"][1].pop("sentences")) or e["train"],
+        ["images[1] (cocoid=391895)", "field 'sentences'", "caption format 'karpathy'"]),
+    "tvqa bad ts": ("tvqa", lambda e: _edit_line(e["train"], 2, ts="soon") or e["train"],
+        ["line 3 (qid=2)", "field 'ts'", "read as tvqa format 'tvqa'"]),
+    "tvqa srt cue without timing": ("tvqa", _break_srt,
+        ["line 2", "field '<cue timing>'", "an SRT timing line",
+         "read as subtitles srt"]),
+    "how2qa question without q": ("how2qa", lambda e: _edit_line(e["train"], 0, q=...)
+        or e["train"], ["line 1 (qid=h0)", "field 'q'", "how2qa format 'value'"]),
+    "how2qa subtitle line without text": ("how2qa", lambda e: _edit_line(
+        e["subtitles"], 0, sub=[{"start": 0}]) or e["subtitles"],
+        ["line 1 (vid_name=-0BZvlfRf1M_52_112), sub[0]", "field 'text'",
+         "read as subtitles value"]),
+    "tvc clip without descriptions": ("tvc", lambda e: _edit_line(e["train"], 1, descs=[])
+        or e["train"], ["line 2 (clip_id=86604)", "field 'descs'", "tvc format 'value'"]),
+    "youcook2 unknown subset": ("yc2c", lambda e: _edit_json(
+        e["train"], lambda d: d["database"]["GLd3aX16zBg"].update(subset="train"))
+        or e["train"],
+        ["database['GLd3aX16zBg']", "field 'subset'",
+         "one of 'training', 'validation', 'testing'", "yc2c format 'youcook2'"]),
+    "youcook2 bad segment": ("yc2c", lambda e: _edit_json(
+        e["train"], lambda d: d["database"]["GLd3aX16zBg"]["annotations"][1].update(
+            segment=[30, 10])) or e["train"],
+        ["database['GLd3aX16zBg'], annotations[1] (id=1)", "field 'segment'", "start <= end"]),
+    "vl-t5 named for official vqa questions": ("vqa", lambda e: e.update(format="vl-t5")
+        or e["train"],
+        ["top level", "a JSON list", "read as vqa format 'vl-t5'",
+         "set in the config, but the file's structure looks like format 'vqav2'"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(OFFICIAL_CASES))
+def test_broken_record_of_an_official_layout_names_file_record_field_and_format(
+        tmp_path: Path, case: str) -> None:
+    task, breaks, fragments = OFFICIAL_CASES[case]
+    entry = OFFICIAL[task](tmp_path)
+    broken = breaks(entry)
+    data = parse_config({"backbone": "tiny", "methods": "single_adapter",
+                         "tasks": {task: entry}}).tasks[task]
+    with pytest.raises(DataFormatError) as error:
+        read_task_split(task, data, "train")
+    message = str(error.value)
+    assert message.startswith(f"{broken}: "), message
     for fragment in fragments:
         assert fragment in message, message

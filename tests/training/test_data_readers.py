@@ -1,4 +1,5 @@
-"""Every reader on a small file in the real format, the registry and the VQA target sampler."""
+"""The preprocessed formats (VL-T5, VALUE) on small files, the format registry and the VQA
+target sampler; the official layouts are in test_data_formats.py."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import pytest
 
 from modeling.tasks import TASKS
 from training.data import (
-    LOADERS,
+    FORMATS,
     Example,
-    load_coco_captions,
     load_split,
     load_subtitles,
     sample_vqa_target,
@@ -98,8 +98,8 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_loader_registry_covers_every_task() -> None:
-    assert set(LOADERS) == set(TASKS)
+def test_format_registry_covers_every_task() -> None:
+    assert set(FORMATS) == set(TASKS)
 
 
 def test_vqa_reader_orders_targets_and_attaches_raw_answers(tmp_path: Path) -> None:
@@ -143,9 +143,9 @@ def test_coco_train_merges_restval_one_example_per_caption(tmp_path: Path) -> No
 
 def test_coco_eval_split_one_example_per_image(tmp_path: Path) -> None:
     path = _json(tmp_path / "dataset_coco.json", COCO)
-    (test,) = load_coco_captions(path, "test")
+    (test,) = load_split("caption", path, split="test")
     assert test.example_id == "3" and test.targets == ("A bird.", "A small bird.")
-    assert load_coco_captions(path, "val") == []
+    assert load_split("caption", path, split="val") == []
     with pytest.raises(ValueError, match="split"):
         load_split("caption", path)
 

@@ -1,17 +1,18 @@
-"""Readers for the VL-Adapter task formats, visual stores and the data-ratio subsample."""
+"""Readers of the eight tasks' data formats, visual stores and the data-ratio subsample."""
 
 from training.data.example import Example
-from training.data.image_text import (
-    load_coco_captions,
-    load_gqa,
-    load_nlvr2,
-    load_vqa,
-    load_vqa_annotations,
-    sample_vqa_target,
-)
+from training.data.formats import DataFormat, LoadOptions, SplitData
+from training.data.image_text import load_vqa_annotations, sample_vqa_target
 from training.data.records import DataFormatError
-from training.data.registry import LOADERS, LoadOptions, load_split, subsample
-from training.data.video_text import load_subtitles, load_video_captions, load_video_qa
+from training.data.registry import (
+    FORMATS,
+    detect_format,
+    format_names,
+    load_split,
+    read_split,
+    subsample,
+)
+from training.data.subtitles import load_subtitles, read_srt
 from training.data.visual_stores import (
     FeatureStore,
     H5FeatureStore,
@@ -20,12 +21,15 @@ from training.data.visual_stores import (
     NpzFolderStore,
     SafetensorsFeatureStore,
     VideoFrameFolder,
+    VisualSource,
     load_image,
     open_feature_store,
+    open_visual_source,
 )
 
 __all__ = [
-    "LOADERS",
+    "FORMATS",
+    "DataFormat",
     "DataFormatError",
     "Example",
     "FeatureStore",
@@ -35,18 +39,19 @@ __all__ = [
     "MissingVisualError",
     "NpzFolderStore",
     "SafetensorsFeatureStore",
+    "SplitData",
     "VideoFrameFolder",
-    "load_coco_captions",
+    "VisualSource",
+    "detect_format",
+    "format_names",
     "load_image",
-    "load_gqa",
-    "load_nlvr2",
     "load_split",
     "load_subtitles",
-    "load_video_captions",
-    "load_video_qa",
-    "load_vqa",
     "load_vqa_annotations",
     "open_feature_store",
+    "open_visual_source",
+    "read_split",
+    "read_srt",
     "sample_vqa_target",
     "subsample",
 ]

@@ -1,43 +1,82 @@
-"""Readers for the image-text formats VL-T5 / VL-Adapter users have on disk.
+"""Readers of the image-text tasks, in the official releases and VL-T5's preprocessed files.
 
-- VQAv2, Karpathy split (``karpathy_train.json`` ...): a JSON list of
-  ``{img_id, sent, question_id, label: {answer: score}, answer_type, question_type}``; the
-  10 raw answers come from the official ``v2_mscoco_*_annotations.json`` when given.
-- GQA (``train.json``, ``testdev.json`` ...): ``{img_id, sent, question_id, label}``.
-- NLVR2 (``train.json`` ...): ``{identifier, img0, img1, label: 0|1, sent, uid}``.
-- COCO captions: Karpathy's ``dataset_coco.json``, ``restval`` merged into ``train``.
+Each format lists the fields its reader uses; any other field is ignored, a missing or
+malformed used field is a ``DataFormatError``.
+
+- VQAv2, ``vqav2`` (official): ``v2_OpenEnded_mscoco_<split>_questions.json`` =
+  ``{data_subtype, questions: [{image_id, question, question_id}]}`` and, for labelled
+  splits, ``v2_mscoco_<split>_annotations.json`` = ``{annotations: [{question_id,
+  answers: [{answer}], question_type?}]}``; the label is VL-T5's soft score of the 10
+  answers, the image ``COCO_<data_subtype>_<image_id:012d>`` (``test-dev2015`` questions
+  use ``test2015`` images).
+- VQAv2, ``vl-t5`` (VL-T5 / VL-Adapter ``karpathy_<split>.json``): a JSON list of
+  ``{img_id, sent, question_id, label?: {answer: score}, question_type?}``; the raw
+  answers come from the official annotations file when given.
+- GQA, ``gqa`` (official ``<split>_balanced_questions.json``): ``{question_id:
+  {imageId, question, answer?, types?: {structural}}}``; ``vl-t5``: the VQA list above.
+- NLVR2, ``nlvr2`` (official ``<split>.json``, JSON lines): ``{identifier, sentence,
+  label: "True"|"False"}``, images ``<identifier minus its last part>-img0/1``;
+  ``vl-t5``: a JSON list of ``{identifier, img0, img1, sent, label: 0|1}``.
+- COCO captions, ``karpathy``: ``dataset_coco.json`` = ``{images: [{filename, cocoid,
+  split, sentences: [{raw}]}]}``, ``restval`` merged into ``train``; the image is the
+  file name's stem, found in the image folder or its sub-folders (``filepath``:
+  ``train2014/``, ``val2014/``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from modeling.tasks import get_task
 from training.data.example import Example, caption_examples
-from training.data.records import identified_records, load_json_records
+from training.data.formats import DataFormat, LoadOptions
+from training.data.records import (
+    DataFormatError,
+    Document,
+    Record,
+    Shape,
+    identified_records,
+    read_document,
+)
+from training.metrics.vqa import vqa_label
 
 COCO_SPLIT_MEMBERS: dict[str, tuple[str, ...]] = {
     "train": ("train", "restval"),
     "val": ("val",),
     "test": ("test",),
 }
+# VQAv2 test-dev questions are about a subset of the test2015 images.
+VQA_IMAGE_FOLDER = {"test-dev2015": "test2015"}
+VQA_ANNOTATIONS_FORMAT = ("VQAv2 annotations file {annotations: [{question_id, answers: "
+                          "[{answer}], question_type?}]}")
 
 
-def load_vqa_annotations(path: Path) -> dict[str, tuple[str, ...]]:
-    """Question id -> the raw annotator answers, from an official VQAv2 annotations file.
+@dataclass(frozen=True)
+class VqaAnnotation:
+    """One question's entry of an official VQAv2 annotations file."""
 
-    The file is ``{"annotations": [{"question_id", "answers": [{"answer", ...}] ...}]}``.
-    """
-    answers_by_question = {}
-    records = load_json_records(path, top_key="annotations")
-    for question_id, record in identified_records(records, "question_id", unique=False):
-        answers = record.objects("answers")
-        answers_by_question[question_id] = tuple(
-            answer.text("answer", allow_empty=True) for answer in answers
-        )
-    return answers_by_question
+    answers: tuple[str, ...]
+    question_type: str | None
+
+
+def load_vqa_annotations(path: Path) -> dict[str, VqaAnnotation]:
+    """Question id -> its 10 raw answers and question type, from an official annotations
+    file; errors say the file is read as one."""
+    annotations = {}
+    try:
+        records = read_document(path).items("annotations")
+        for question_id, record in identified_records(records, "question_id", unique=False):
+            answers = tuple(answer.text("answer", allow_empty=True)
+                            for answer in record.objects("answers"))
+            question_type = record.text("question_type") if record.has("question_type") \
+                else None
+            annotations[question_id] = VqaAnnotation(answers, question_type)
+    except DataFormatError as error:
+        raise error.in_format(f"read as a {VQA_ANNOTATIONS_FORMAT}") from None
+    return annotations
 
 
 def _scored_targets(label: dict[str, float]) -> tuple[tuple[str, ...], tuple[float, ...]]:
@@ -46,98 +85,144 @@ def _scored_targets(label: dict[str, float]) -> tuple[tuple[str, ...], tuple[flo
     return tuple(answer for answer, _ in ranked), tuple(score for _, score in ranked)
 
 
-def _load_scored_qa(
-    path: Path, task: str, raw_answers: dict[str, tuple[str, ...]]
-) -> list[Example]:
-    """VQA / GQA records; ``label`` may be absent (unlabelled test split)."""
-    spec = get_task(task)
+def _question(task: str, question_id: str, image_id: str, text: str, label: dict[str, float],
+              answers: tuple[str, ...] = (), question_type: str | None = None) -> Example:
+    """One open question (VQA / GQA) with its label ``{answer: score}`` as targets."""
+    targets, weights = _scored_targets(label)
+    return Example(task=task, example_id=question_id, visual_ids=(image_id,),
+                   source_text=get_task(task).format_source(text), text=text, targets=targets,
+                   target_weights=weights, answers=answers, question_type=question_type)
+
+
+def _read_vl_t5_questions(document: Document, task: str,
+                          annotations: dict[str, VqaAnnotation]) -> list[Example]:
+    """VL-T5 VQA / GQA records; ``label`` may be absent (unlabelled test split)."""
     examples = []
-    for question_id, record in identified_records(load_json_records(path), "question_id"):
+    for question_id, record in identified_records(document.items(), "question_id"):
         label = record.score_dict("label") if record.has("label") else {}
-        targets, weights = _scored_targets(label)
-        has_type = record.has("question_type")
-        examples.append(
-            Example(
-                task=task,
-                example_id=question_id,
-                visual_ids=(record.identifier("img_id"),),
-                source_text=spec.format_source(record.text("sent")),
-                text=record.text("sent"),
-                targets=targets,
-                target_weights=weights,
-                answers=raw_answers.get(question_id, ()),
-                question_type=record.text("question_type") if has_type else None,
-            )
-        )
+        annotation = annotations.get(question_id)
+        question_type = record.text("question_type") if record.has("question_type") else None
+        examples.append(_question(task, question_id, record.identifier("img_id"),
+                                  record.text("sent"), label,
+                                  annotation.answers if annotation else (), question_type))
     return examples
 
 
-def load_vqa(path: Path, *, annotations_path: Path | None = None) -> list[Example]:
-    """VQAv2 questions from a Karpathy-split JSON list.
-
-    Args:
-        path: ``karpathy_{train,val,test}.json``-style file.
-        annotations_path: optional official annotations file; its 10 answers per question
-            fill ``Example.answers`` so the official metric can be computed.
-    """
-    raw_answers = load_vqa_annotations(annotations_path) if annotations_path else {}
-    return _load_scored_qa(path, "vqa", raw_answers)
+def _read_vqa_vl_t5(document: Document, options: LoadOptions) -> list[Example]:
+    path = options.vqa_annotations_path
+    return _read_vl_t5_questions(document, "vqa", load_vqa_annotations(path) if path else {})
 
 
-def load_gqa(path: Path) -> list[Example]:
-    """GQA questions from a VL-T5-style JSON list."""
-    return _load_scored_qa(path, "gqa", {})
-
-
-def load_nlvr2(path: Path) -> list[Example]:
-    """NLVR2 statements about an image pair; target ``"true"`` (label 1) or ``"false"``."""
-    spec = get_task("nlvr2")
+def _read_vqav2(document: Document, options: LoadOptions) -> list[Example]:
+    """Official VQAv2 questions, labelled from the annotations file when one is given."""
+    path = options.vqa_annotations_path
+    annotations = load_vqa_annotations(path) if path else None
+    subtype = Record(document.value, document.path, "top level").text("data_subtype")
+    folder = VQA_IMAGE_FOLDER.get(subtype, subtype)
     examples = []
-    for identifier, record in identified_records(load_json_records(path), "identifier"):
-        label = record.integer("label", allowed=range(2))
-        examples.append(
-            Example(
-                task="nlvr2",
-                example_id=identifier,
-                visual_ids=(record.identifier("img0"), record.identifier("img1")),
-                source_text=spec.format_source(record.text("sent")),
-                text=record.text("sent"),
-                targets=("true" if label == 1 else "false",),
-                label=label,
-            )
-        )
+    for question_id, record in identified_records(document.items("questions"), "question_id"):
+        image = f"COCO_{folder}_{record.integer('image_id', allowed=range(10**12)):012d}"
+        annotation = None
+        if annotations is not None:
+            annotation = annotations.get(question_id)
+            if annotation is None:
+                record.fail("question_id", f"a question with an entry in {path}", question_id)
+        examples.append(_question(
+            "vqa", question_id, image, record.text("question"),
+            vqa_label(annotation.answers) if annotation else {},
+            annotation.answers if annotation else (),
+            annotation.question_type if annotation else None))
     return examples
 
 
-def load_coco_captions(
-    path: Path, split: str, *, one_per_caption: bool | None = None
-) -> list[Example]:
-    """COCO captions of one Karpathy split from ``dataset_coco.json``.
+def _read_gqa_balanced(document: Document, options: LoadOptions) -> list[Example]:
+    """Official GQA questions; the label is ``{answer: 1.0}`` as VL-T5's GQA files hold it,
+    the question type the ``types.structural`` category (query, verify, logical, ...)."""
+    examples = []
+    for question_id, record in document.entries():
+        answer = record.text("answer") if record.has("answer") else None
+        types = record.child("types") if record.has("types") else None
+        question_type = types.text("structural") if types and types.has("structural") else None
+        examples.append(_question("gqa", question_id, record.identifier("imageId"),
+                                  record.text("question"), {answer: 1.0} if answer else {},
+                                  question_type=question_type))
+    return examples
 
-    Args:
-        path: the Karpathy file ``{"images": [{filename, cocoid, split, sentences}]}``.
-        split: ``"train"`` (holds ``train`` and ``restval`` images), ``"val"`` or ``"test"``.
-        one_per_caption: one example per reference caption (ids ``"<cocoid>#<j>"``, one
-            target each), as for training; otherwise one example per image with every
-            reference as a target, as for evaluation. Defaults to ``split == "train"``.
-    """
+
+def _pair(identifier: str, image_ids: tuple[str, str], sentence: str, label: int) -> Example:
+    """One NLVR2 statement about an image pair; target ``"true"`` (label 1) or ``"false"``."""
+    return Example(task="nlvr2", example_id=identifier, visual_ids=image_ids,
+                   source_text=get_task("nlvr2").format_source(sentence), text=sentence,
+                   targets=("true" if label == 1 else "false",), label=label)
+
+
+def _read_nlvr2_vl_t5(document: Document, options: LoadOptions) -> list[Example]:
+    return [_pair(identifier, (record.identifier("img0"), record.identifier("img1")),
+                  record.text("sent"), record.integer("label", allowed=range(2)))
+            for identifier, record in identified_records(document.items(), "identifier")]
+
+
+def _read_nlvr2(document: Document, options: LoadOptions) -> list[Example]:
+    """Official NLVR2 lines; ``train-10171-0-0`` shows ``train-10171-0-img0/1``."""
+    examples = []
+    for identifier, record in identified_records(document.lines(), "identifier"):
+        pair, _, sentence_number = identifier.rpartition("-")
+        if not pair or not sentence_number.isdigit():
+            record.fail("identifier", "'<split>-<set>-<pair>-<sentence>' such as "
+                        "'dev-850-0-0' (its images: '<split>-<set>-<pair>-img0/1')", identifier)
+        label = record.one_of("label", ("True", "False")) == "True"
+        examples.append(_pair(identifier, (f"{pair}-img0", f"{pair}-img1"),
+                              record.text("sentence"), int(label)))
+    return examples
+
+
+def _read_karpathy(document: Document, options: LoadOptions) -> list[Example]:
+    """COCO captions of the Karpathy split ``options.split`` (``train`` holds ``train`` and
+    ``restval`` images); one example per reference caption (ids ``"<cocoid>#<j>"``) for
+    training (``one_per_caption``, default: ``split == "train"``), else one per image."""
+    split = options.split
     if split not in COCO_SPLIT_MEMBERS:
-        raise ValueError(f"COCO split must be one of {sorted(COCO_SPLIT_MEMBERS)}, got {split!r}")
-    expand = split == "train" if one_per_caption is None else one_per_caption
-    spec = get_task("caption")
+        raise ValueError(f"caption: dataset_coco.json holds every split; pass split= one of "
+                         f"{sorted(COCO_SPLIT_MEMBERS)}, got {split!r}")
+    expand = split == "train" if options.one_per_caption is None else options.one_per_caption
     examples: list[Example] = []
-    for coco_id, record in identified_records(load_json_records(path, top_key="images"),
-                                              "cocoid"):
-        image_split = record.text("split")
-        if image_split not in ("train", "restval", "val", "test"):
-            record.fail("split", "one of train, restval, val, test", image_split)
+    for coco_id, record in identified_records(document.items("images"), "cocoid"):
+        image_split = record.one_of("split", ("train", "restval", "val", "test"))
         if image_split not in COCO_SPLIT_MEMBERS[split]:
             continue
         image_id = Path(record.text("filename")).stem
         references = tuple(sentence.text("raw").strip() for sentence in record.objects("sentences"))
         examples += caption_examples(coco_id, references, expand, task="caption",
-                                     visual_ids=(image_id,), source_text=spec.format_source(""))
+                                     visual_ids=(image_id,),
+                                     source_text=get_task("caption").format_source(""))
     return examples
+
+
+_VL_T5_QUESTIONS = "VL-T5 JSON list [{img_id, sent, question_id, label?: {answer: score}}]"
+IMAGE_TEXT_FORMATS: dict[str, tuple[DataFormat, ...]] = {
+    "vqa": (
+        DataFormat("vqav2", "official VQAv2 questions {data_subtype, questions: [{image_id, "
+                   "question, question_id}]} (+ annotations: labels)", (Shape.OBJECT,),
+                   _read_vqav2, top_key="questions"),
+        DataFormat("vl-t5", _VL_T5_QUESTIONS, (Shape.LIST,), _read_vqa_vl_t5),
+    ),
+    "gqa": (
+        DataFormat("gqa", "official GQA questions {question_id: {imageId, question, answer?}}",
+                   (Shape.OBJECT,), _read_gqa_balanced),
+        DataFormat("vl-t5", _VL_T5_QUESTIONS, (Shape.LIST,),
+                   lambda document, options: _read_vl_t5_questions(document, "gqa", {})),
+    ),
+    "nlvr2": (
+        DataFormat("nlvr2", "official NLVR2 JSON lines {identifier, sentence, label: "
+                   "'True'|'False'}", (Shape.LINES, Shape.OBJECT), _read_nlvr2),
+        DataFormat("vl-t5", "VL-T5 JSON list [{identifier, img0, img1, sent, label: 0|1}]",
+                   (Shape.LIST,), _read_nlvr2_vl_t5),
+    ),
+    "caption": (
+        DataFormat("karpathy", "Karpathy dataset_coco.json {images: [{filename, cocoid, split, "
+                   "sentences: [{raw}]}]}", (Shape.OBJECT,), _read_karpathy, top_key="images"),
+    ),
+}
 
 
 def sample_vqa_target(example: Example, rng: np.random.Generator) -> tuple[str, float]:

@@ -5,6 +5,11 @@ Every field a reader uses goes through a ``Record`` method, so a malformed file 
 (question_id=12)`` for a JSON list), the field and what was expected, never with a bare
 ``KeyError`` deep in a reader. Every file is opened by ``data_file``, so a path that is a
 folder, cannot be read or is not UTF-8 text fails the same way.
+
+A data file is read once into a ``Document`` (one JSON value, or JSON lines); its shape
+(``list``, ``object`` or ``lines``) is what format detection looks at, and its records
+are handed out located for errors: ``record 3`` / ``images[3]`` (JSON list), ``entry
+'0293'`` / ``database['xHr8X2Wpmno']`` (JSON object of objects), ``line 7`` (JSON lines).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -29,12 +36,21 @@ class DataFormatError(ValueError):
         expected: what the field should hold.
     """
 
-    def __init__(self, path: Path, location: str, field: str, expected: str, got: str) -> None:
+    def __init__(self, path: Path, location: str, field: str, expected: str, got: str,
+                 data_format: str | None = None) -> None:
         self.path = path
         self.location = location
         self.field = field
         self.expected = expected
-        super().__init__(f"{path}: {location}: field {field!r}: expected {expected}, got {got}")
+        self.got = got
+        self.data_format = data_format
+        message = f"{path}: {location}: field {field!r}: expected {expected}, got {got}"
+        super().__init__(message + (f" [{data_format}]" if data_format else ""))
+
+    def in_format(self, data_format: str) -> DataFormatError:
+        """The same error, saying which format the file was read as (and why)."""
+        return DataFormatError(self.path, self.location, self.field, self.expected, self.got,
+                               data_format)
 
 
 def _describe(value: object) -> str:
@@ -80,6 +96,20 @@ class Record:
         if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
             self.fail(key, "a non-empty string or an integer id", value)
         return str(value)
+
+    def one_of(self, key: str, allowed: tuple[str, ...]) -> str:
+        """A string field holding one of ``allowed`` (exactly as written)."""
+        value = self.raw.get(key, _MISSING)
+        if not isinstance(value, str) or value not in allowed:
+            self.fail(key, "one of " + ", ".join(repr(option) for option in allowed), value)
+        return value
+
+    def child(self, key: str) -> Record:
+        """An object field, as a ``Record`` located at ``key``."""
+        value = self.raw.get(key, _MISSING)
+        if not isinstance(value, dict):
+            self.fail(key, "a JSON object", value)
+        return Record(value, self.path, f"{self.location}, {key}")
 
     def integer(self, key: str, *, allowed: range | None = None) -> int:
         """An integer field, optionally restricted to ``allowed``."""
@@ -187,40 +217,130 @@ def _parse_json(text: str, path: Path, first_line: int, expected: str) -> object
                               error.msg) from None
 
 
-def load_json_records(path: Path, *, top_key: str | None = None) -> list[Record]:
-    """The objects of a JSON file holding a list (or ``{top_key: [...]}``), located by index.
+class Shape(StrEnum):
+    """What a data file holds at the top: format detection starts from it."""
+
+    LIST = "list"
+    OBJECT = "object"
+    LINES = "lines"
+    OTHER = "other"  # a lone string, number, ...: no format reads it
+
+
+@dataclass(frozen=True)
+class Document:
+    """A data file read once: one JSON value (``value``), or JSON lines (``lines_text``).
+
+    A JSON-lines file with a single line is one JSON object; readers of a JSON-lines
+    format take it as that one line.
+    """
+
+    path: Path
+    value: object = None
+    lines_text: str | None = None
+
+    @property
+    def shape(self) -> Shape:
+        """``LINES`` for JSON lines, else the kind of the one JSON value."""
+        if self.lines_text is not None:
+            return Shape.LINES
+        if isinstance(self.value, dict):
+            return Shape.OBJECT
+        return Shape.LIST if isinstance(self.value, list) else Shape.OTHER
+
+    def describe(self) -> str:
+        """The document's structure in a few words, for errors: its shape and first keys."""
+        if self.shape is Shape.LINES:
+            first = next(self.lines(), None)
+            return ("JSON lines, line 1 with keys " + _keys(first.raw)) if first else \
+                "an empty file"
+        if isinstance(self.value, dict):
+            return "a JSON object with keys " + _keys(self.value)
+        if isinstance(self.value, list):
+            first = self.value[0] if self.value else None
+            return "a JSON list" + (f" of objects with keys {_keys(first)}"
+                                    if isinstance(first, dict) else "")
+        return f"a JSON {type(self.value).__name__}"
+
+    def items(self, top_key: str | None = None) -> list[Record]:
+        """The objects of a JSON list (or of ``{top_key: [...]}``), located by index."""
+        document = self._top(top_key, "a JSON list", list)
+        where = f"{top_key}[{{}}]" if top_key else "record {}"
+        return [Record(item, self.path, where.format(index)) for index, item in enumerate(document)]
+
+    def entries(self, top_key: str | None = None) -> list[tuple[str, Record]]:
+        """The ``key -> object`` entries of a JSON object (or of ``{top_key: {...}}``), each
+        located by its key (``entry 'k'`` or ``top_key['k']``)."""
+        document = self._top(top_key, "a JSON object of objects", dict)
+        where = f"{top_key}[{{!r}}]" if top_key else "entry {!r}"
+        return [(key, Record(item, self.path, where.format(key)))
+                for key, item in document.items()]
+
+    def lines(self) -> Iterator[Record]:
+        """The objects of a JSON-lines file, located by 1-based line number; blank lines
+        skipped. A document that is one JSON object is its line 1."""
+        if self.lines_text is None:
+            if not isinstance(self.value, dict):
+                raise DataFormatError(self.path, "top level", "<document>",
+                                      "JSON lines (one object per line)", self.describe())
+            yield Record(self.value, self.path, "line 1")
+            return
+        for line_number, line in enumerate(self.lines_text.splitlines(), start=1):
+            if line.strip():
+                raw = _parse_json(line, self.path, line_number, "a valid JSON object")
+                yield Record(raw, self.path, f"line {line_number}")
+
+    def _top(self, top_key: str | None, expected: str, kind: type) -> Any:
+        document = self.value
+        if top_key is not None:
+            if not isinstance(document, dict) or top_key not in document:
+                raise DataFormatError(self.path, "top level", top_key,
+                                      "an object with this key", self.describe())
+            document = document[top_key]
+        if self.lines_text is not None or not isinstance(document, kind):
+            got = self.describe() if top_key is None else _json_kind(document)
+            raise DataFormatError(self.path, "top level", top_key or "<document>", expected, got)
+        return document
+
+
+def _json_kind(value: object) -> str:
+    """``a JSON object``, ``a JSON list``, ``a string``, ... for errors."""
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, list):
+        return "a JSON list"
+    return "null" if value is None else f"a {type(value).__name__} ({_describe(value)})"
+
+
+def _keys(raw: dict[str, Any]) -> str:
+    """The first keys of an object, sorted, for a structure description."""
+    keys = sorted(raw)
+    return "[" + ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") + "]"
+
+
+def read_document(path: Path) -> Document:
+    """``path`` read as one JSON value or as JSON lines (several values, one per line).
 
     Raises:
         FileNotFoundError: there is no file at ``path``.
-        DataFormatError: the file is not JSON, or not a list of objects where expected (or
-            not a readable UTF-8 file: see ``data_file``).
+        DataFormatError: the text is neither (naming the line of the first error), or the
+            file is not a readable UTF-8 file (see ``data_file``).
     """
     with data_file(path) as handle:
         text = handle.read()
-    document = _parse_json(text, path, 1, "valid JSON")
-    if top_key is not None:
-        if not isinstance(document, dict) or top_key not in document:
-            raise DataFormatError(path, "top level", top_key, "an object with this key", "none")
-        document = document[top_key]
-        where = f"{top_key}[{{}}]"
-    else:
-        where = "record {}"
-    if not isinstance(document, list):
-        raise DataFormatError(path, "top level", top_key or "<document>", "a JSON list", "other")
-    return [Record(item, path, where.format(index)) for index, item in enumerate(document)]
+    if not text.strip():
+        return Document(path, lines_text="")
+    try:
+        return Document(path, value=json.loads(text))
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data" and _first_line_is_an_object(text):
+            return Document(path, lines_text=text)
+        raise DataFormatError(path, f"line {error.lineno}", "<json>",
+                              "valid JSON or JSON lines", error.msg) from None
 
 
-def iter_jsonl_records(path: Path) -> Iterator[Record]:
-    """The objects of a JSON-lines file, located by 1-based line number; blank lines skipped.
-
-    Raises:
-        FileNotFoundError: there is no file at ``path``.
-        DataFormatError: a line is not JSON or not an object (or the file is not a readable
-            UTF-8 file: see ``data_file``).
-    """
-    with data_file(path) as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            raw = _parse_json(line, path, line_number, "a valid JSON object")
-            yield Record(raw, path, f"line {line_number}")
+def _first_line_is_an_object(text: str) -> bool:
+    first = next(line for line in text.splitlines() if line.strip())
+    try:
+        return isinstance(json.loads(first), dict)
+    except json.JSONDecodeError:
+        return False

@@ -1,81 +1,83 @@
-"""One entry point from a task name and a file to examples, and the data-ratio subsample."""
+"""One entry point from a task name and a file to examples, and the data-ratio subsample.
+
+``FORMATS`` is the one list of the file layouts each task reads; ``read_split`` picks the
+configured one or detects it from the file's top-level structure, and every error it
+lets through names the format read as and the one detected.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from modeling.tasks import get_task
 from training.data.example import Example
-from training.data.image_text import load_coco_captions, load_gqa, load_nlvr2, load_vqa
-from training.data.video_text import load_subtitles, load_video_captions, load_video_qa
+from training.data.formats import DataFormat, LoadOptions, SplitData, format_note
+from training.data.image_text import IMAGE_TEXT_FORMATS
+from training.data.records import DataFormatError, Document, read_document
+from training.data.video_text import VIDEO_TEXT_FORMATS
+
+# task -> its formats, in detection order (a format keyed by a top-level key first)
+FORMATS: dict[str, tuple[DataFormat, ...]] = {**IMAGE_TEXT_FORMATS, **VIDEO_TEXT_FORMATS}
 
 
-@dataclass(frozen=True)
-class LoadOptions:
-    """What some readers need beyond the file; each reader uses only its own fields.
+def format_names(task: str) -> tuple[str, ...]:
+    """The values ``format:`` may take for ``task``."""
+    return tuple(data_format.name for data_format in FORMATS[get_task(task).name])
 
-    Attributes:
-        split: COCO Karpathy split to take from ``dataset_coco.json`` (required for caption).
-        vqa_annotations_path: official VQAv2 annotations file giving the 10 raw answers.
-        subtitles_path: subtitles JSONL for the video tasks.
-        one_per_caption: caption tasks yield one example per reference (training); ``None``
-            means: for COCO when ``split == "train"``, never for video captions.
+
+def detect_format(task: str, document: Document) -> DataFormat | None:
+    """The first of ``task``'s formats whose structure ``document`` has; ``None`` if none."""
+    return next((f for f in FORMATS[task] if f.matches(document)), None)
+
+
+def _chosen_format(task: str, document: Document, name: str | None) -> DataFormat:
+    """The format named ``name`` (or detected); ``DataFormatError`` listing the task's
+    formats when detection finds none, ``ValueError`` for an unknown name."""
+    if name is not None:
+        if name not in format_names(task):
+            raise ValueError(f"{task}: unknown format {name!r}; expected one of "
+                             f"{', '.join(format_names(task))}")
+        return next(f for f in FORMATS[task] if f.name == name)
+    detected = detect_format(task, document)
+    if detected is None:
+        expected = "; ".join(f"{f.name!r} = {f.summary}" for f in FORMATS[task])
+        raise DataFormatError(document.path, "top level", "<document>",
+                              f"one of the {task} formats: {expected}", document.describe(),
+                              "detected: none of them")
+    return detected
+
+
+def read_split(task: str, path: str | Path, options: LoadOptions | None = None) -> SplitData:
+    """The examples of one split file of ``task``, and the format it was read as.
+
+    Raises:
+        ValueError: unknown task or format, or ``options.split`` missing where the file
+            holds every split (COCO, YouCook2).
+        FileNotFoundError: a file does not exist.
+        DataFormatError: a file is malformed; the message names file, line or record,
+            field, the format the file was read as and the one detected.
     """
-
-    split: str | None = None
-    vqa_annotations_path: Path | None = None
-    subtitles_path: Path | None = None
-    one_per_caption: bool | None = None
-
-
-Loader = Callable[[Path, LoadOptions], list[Example]]
-
-
-def _load_caption(path: Path, options: LoadOptions) -> list[Example]:
-    if options.split is None:
-        raise ValueError("caption: dataset_coco.json holds every split; pass split=")
-    return load_coco_captions(path, options.split, one_per_caption=options.one_per_caption)
-
-
-def _subtitles(options: LoadOptions) -> dict[str, str] | None:
-    return load_subtitles(options.subtitles_path) if options.subtitles_path else None
-
-
-def _video_qa_loader(task: str) -> Loader:
-    def load(path: Path, options: LoadOptions) -> list[Example]:
-        """Multiple-choice questions of ``task``, with subtitles when given."""
-        return load_video_qa(path, task, subtitles=_subtitles(options))
-
-    return load
-
-
-def _video_caption_loader(task: str) -> Loader:
-    def load(path: Path, options: LoadOptions) -> list[Example]:
-        """Clip captions of ``task``, with subtitles when given."""
-        return load_video_captions(
-            path,
-            task,
-            subtitles=_subtitles(options),
-            one_per_caption=bool(options.one_per_caption),
-        )
-
-    return load
-
-
-LOADERS: dict[str, Loader] = {
-    "vqa": lambda path, options: load_vqa(path, annotations_path=options.vqa_annotations_path),
-    "gqa": lambda path, options: load_gqa(path),
-    "nlvr2": lambda path, options: load_nlvr2(path),
-    "caption": _load_caption,
-    "tvqa": _video_qa_loader("tvqa"),
-    "how2qa": _video_qa_loader("how2qa"),
-    "tvc": _video_caption_loader("tvc"),
-    "yc2c": _video_caption_loader("yc2c"),
-}
+    options = options or LoadOptions()
+    get_task(task)
+    try:
+        document = read_document(Path(path))
+    except DataFormatError as error:
+        wanted = f"read as {task} format {options.data_format!r}" if options.data_format \
+            else f"no {task} format detected"
+        raise error.in_format(f"{wanted}: the file is not JSON text") from None
+    chosen = _chosen_format(task, document, options.data_format)
+    detected = detect_format(task, document)
+    configured = options.data_format is not None
+    try:
+        examples = chosen.read(document, options)
+    except DataFormatError as error:
+        if error.path != document.path or error.data_format is not None:
+            raise  # a side file (annotations, subtitles) says its own format
+        raise error.in_format(format_note(task, chosen, detected, configured)) from None
+    return SplitData(examples, chosen.name, detected.name if detected else None, configured)
 
 
 def load_split(
@@ -83,25 +85,24 @@ def load_split(
     path: str | Path,
     *,
     split: str | None = None,
+    data_format: str | None = None,
     vqa_annotations_path: str | Path | None = None,
     subtitles_path: str | Path | None = None,
     one_per_caption: bool | None = None,
 ) -> list[Example]:
-    """The examples of one split file of ``task``, read by that task's reader.
+    """The examples of one split file of ``task`` (``read_split`` without the format).
 
     Raises:
-        ValueError: unknown task, or ``split`` missing for ``caption``.
-        FileNotFoundError: a file does not exist.
-        DataFormatError: a file is malformed (the message names file, line or record, field).
+        ValueError, FileNotFoundError, DataFormatError: as ``read_split``.
     """
-    get_task(task)
     options = LoadOptions(
         split=split,
+        data_format=data_format,
         vqa_annotations_path=Path(vqa_annotations_path) if vqa_annotations_path else None,
         subtitles_path=Path(subtitles_path) if subtitles_path else None,
         one_per_caption=one_per_caption,
     )
-    return LOADERS[task](Path(path), options)
+    return read_split(task, path, options).examples
 
 
 def subsample(examples: Sequence[Example], ratio: float, seed: int) -> list[Example]:

@@ -1,31 +1,35 @@
-"""Readers for the video-text JSONL formats (VALUE / HERO releases) used by VL-Adapter.
+"""Readers of the video-text tasks: the official releases, which VALUE / HERO also use.
 
-- TVQA / How2QA: ``{vid_name, qid, q, a0, ..., a{k}, answer_idx, ts}`` per line (TVQA has 5
-  options, How2QA 4); the text is ``[Subs] ... [Q] ... [Choices] a0: ... a1: ...`` and the
-  target is ``a{answer_idx}``.
-- TVC / YouCook2 captions: ``{vid_name, clip_id, descs: [{desc, ...}], ts}`` per line.
-- Subtitles: ``{vid_name, sub: [{text, start, end}]}`` per line.
+Each format lists the fields its reader uses; any other field is ignored, a missing or
+malformed used field is a ``DataFormatError``. Subtitles come from ``subtitles_path``
+(``training.data.subtitles``: an ``.srt`` folder, one ``.srt`` or VALUE JSON lines).
+
+- TVQA, ``tvqa`` (official ``tvqa_<split>.jsonl``, as VALUE ships it) and How2QA,
+  ``value``: JSON lines ``{vid_name, qid, q, a0, ..., a{k}, answer_idx?, ts?,
+  question_type?}`` (TVQA has 5 options, How2QA 4); the text is ``[Subs] ... [Q] ...
+  [Choices] a0: ... a1: ...`` and the target ``a{answer_idx}``.
+- TVC (official ``tvc_<split>_release.jsonl``) and YouCook2 captions, ``value``: JSON
+  lines ``{vid_name, clip_id (or id), descs: [{desc}], ts?}``.
+- YouCook2, ``youcook2`` (official ``youcookii_annotations_trainval.json``):
+  ``{database: {video_id: {subset, annotations: [{id, segment: [start, end],
+  sentence}]}}}``; ``subset`` ``training`` / ``validation`` / ``testing`` is the run's
+  ``train`` / ``val`` / ``test``; each segment is one clip ``<video_id>_<id>`` of the
+  video's frames.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
 
 from modeling.tasks import TaskKind, get_task
 from training.data.example import Example, caption_examples
-from training.data.records import Record, identified_records, iter_jsonl_records
+from training.data.formats import DataFormat, LoadOptions
+from training.data.records import Document, Record, Shape, identified_records
+from training.data.subtitles import load_subtitles
 
 CLIP_ID_FIELDS = ("clip_id", "id")
-
-
-def load_subtitles(path: Path) -> dict[str, str]:
-    """Video name -> its subtitle lines joined by spaces."""
-    subtitles = {}
-    for vid_name, record in identified_records(iter_jsonl_records(path), "vid_name",
-                                               unique=False):
-        lines = record.objects("sub", allow_empty=True)
-        subtitles[vid_name] = " ".join(line.text("text").strip() for line in lines)
-    return subtitles
+YOUCOOK2_SUBSETS = {"train": "training", "val": "validation", "test": "testing"}
+_JSON_LINES = (Shape.LINES, Shape.OBJECT)
 
 
 def _choices(record: Record) -> tuple[str, ...]:
@@ -38,31 +42,27 @@ def _choices(record: Record) -> tuple[str, ...]:
     return tuple(choices)
 
 
+def _subtitles(options: LoadOptions) -> Mapping[str, str]:
+    return load_subtitles(options.subtitles_path) if options.subtitles_path else {}
+
+
 def _video_task(task: str, kind: TaskKind) -> None:
     if get_task(task).kind is not kind:
         raise ValueError(f"task {task!r} is not a {kind.value} video task")
 
 
-def load_video_qa(
-    path: Path, task: str, *, subtitles: dict[str, str] | None = None
-) -> list[Example]:
-    """TVQA / How2QA multiple-choice questions; ``answer_idx`` may be absent (test split).
-
-    Args:
-        path: the JSONL file.
-        task: ``"tvqa"`` or ``"how2qa"``.
-        subtitles: video name -> subtitle text (``load_subtitles``); ``[Subs]`` is left out
-            of the text of a video without subtitles.
-    """
+def read_video_qa(document: Document, task: str, subtitles: Mapping[str, str]) -> list[Example]:
+    """TVQA / How2QA multiple-choice questions; ``answer_idx`` may be absent (test split);
+    ``[Subs]`` is left out of the text of a video without subtitles."""
     _video_task(task, TaskKind.MULTIPLE_CHOICE)
     spec = get_task(task)
     examples = []
-    for question_id, record in identified_records(iter_jsonl_records(path), "qid"):
+    for question_id, record in identified_records(document.lines(), "qid"):
         vid_name = record.identifier("vid_name")
         choices = _choices(record)
         has_answer = record.has("answer_idx")
         label = record.integer("answer_idx", allowed=range(len(choices))) if has_answer else None
-        subtitle_text = (subtitles or {}).get(vid_name, "")
+        subtitle_text = subtitles.get(vid_name, "")
         examples.append(
             Example(
                 task=task,
@@ -81,32 +81,70 @@ def load_video_qa(
     return examples
 
 
-def load_video_captions(
-    path: Path,
-    task: str,
-    *,
-    subtitles: dict[str, str] | None = None,
-    one_per_caption: bool = False,
-) -> list[Example]:
-    """TVC / YouCook2 clip captions.
+def _clip_examples(task: str, clip_id: str, vid_name: str, references: tuple[str, ...],
+                   options: LoadOptions, subtitles: Mapping[str, str],
+                   time_span: tuple[float, float] | None) -> list[Example]:
+    """The examples of one captioned clip; its subtitles (when any) are the text input
+    (``"tvc: [Subs] ..."``), otherwise the input is the prompt alone."""
+    subtitle_text = subtitles.get(vid_name, "")
+    return caption_examples(clip_id, references, bool(options.one_per_caption), task=task,
+                            visual_ids=(vid_name,), subtitles=subtitle_text,
+                            source_text=get_task(task).source_text(subtitles=subtitle_text),
+                            time_span=time_span)
 
-    Args:
-        path: the JSONL file.
-        task: ``"tvc"`` or ``"yc2c"``.
-        subtitles: video name -> subtitle text; when present it is the text input
-            (``"tvc: [Subs] ..."``), otherwise the input is the prompt alone.
-        one_per_caption: one example per description (ids ``"<clip_id>#<j>"``) for
-            training; otherwise one per clip with every description as a target.
-    """
+
+def read_video_captions(document: Document, task: str, options: LoadOptions) -> list[Example]:
+    """TVC / YouCook2 clip captions in VALUE's JSON lines: one example per description
+    (ids ``"<clip_id>#<j>"``) when ``one_per_caption``, else one per clip."""
     _video_task(task, TaskKind.VIDEO_CAPTIONING)
-    spec = get_task(task)
+    subtitles = _subtitles(options)
     examples: list[Example] = []
-    for clip_id, record in identified_records(iter_jsonl_records(path), CLIP_ID_FIELDS):
-        vid_name = record.identifier("vid_name")
+    for clip_id, record in identified_records(document.lines(), CLIP_ID_FIELDS):
         references = tuple(desc.text("desc").strip() for desc in record.objects("descs"))
-        subtitle_text = (subtitles or {}).get(vid_name, "")
-        examples += caption_examples(
-            clip_id, references, one_per_caption, task=task, visual_ids=(vid_name,),
-            source_text=spec.source_text(subtitles=subtitle_text), subtitles=subtitle_text,
-            time_span=record.time_span("ts") if record.has("ts") else None)
+        examples += _clip_examples(task, clip_id, record.identifier("vid_name"), references,
+                                   options, subtitles,
+                                   record.time_span("ts") if record.has("ts") else None)
     return examples
+
+
+def _read_youcook2(document: Document, options: LoadOptions) -> list[Example]:
+    """The segments of the videos whose ``subset`` is the run's split."""
+    if options.split not in YOUCOOK2_SUBSETS:
+        raise ValueError(f"yc2c: youcookii_annotations_trainval.json holds every split; pass "
+                         f"split= one of {sorted(YOUCOOK2_SUBSETS)}, got {options.split!r}")
+    subtitles = _subtitles(options)
+    examples: list[Example] = []
+    for video_id, record in document.entries("database"):
+        subset = record.one_of("subset", tuple(YOUCOOK2_SUBSETS.values()))
+        if subset != YOUCOOK2_SUBSETS[options.split]:
+            continue
+        for segment_id, segment in identified_records(record.objects("annotations"), "id"):
+            examples += _clip_examples("yc2c", f"{video_id}_{segment_id}", video_id,
+                                       (segment.text("sentence").strip(),), options, subtitles,
+                                       segment.time_span("segment"))
+    return examples
+
+
+def _qa_format(task: str, name: str, summary: str) -> DataFormat:
+    return DataFormat(name, summary, _JSON_LINES, lambda document, options: read_video_qa(
+        document, task, _subtitles(options)))
+
+
+def _captions_format(task: str) -> DataFormat:
+    return DataFormat("value", "VALUE JSON lines {vid_name, clip_id, descs: [{desc}], ts?}",
+                      _JSON_LINES,
+                      lambda document, options: read_video_captions(document, task, options))
+
+
+_QA_LINES = "JSON lines {vid_name, qid, q, a0..a%d, answer_idx?, ts?}"
+VIDEO_TEXT_FORMATS: dict[str, tuple[DataFormat, ...]] = {
+    "tvqa": (_qa_format("tvqa", "tvqa", "official TVQA (and VALUE) " + _QA_LINES % 4),),
+    "how2qa": (_qa_format("how2qa", "value", "VALUE / HERO " + _QA_LINES % 3),),
+    "tvc": (_captions_format("tvc"),),
+    "yc2c": (
+        DataFormat("youcook2", "official YouCook2 {database: {video_id: {subset, annotations: "
+                   "[{id, segment, sentence}]}}}", (Shape.OBJECT,), _read_youcook2,
+                   top_key="database"),
+        _captions_format("yc2c"),
+    ),
+}

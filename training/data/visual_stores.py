@@ -3,8 +3,10 @@
 Two kinds of source:
 
 - raw pixels: ``ImageFolder`` (one file per image id) and ``VideoFrameFolder`` (one folder of
-  frame images per video name). These only resolve and check paths; encoding by the CLIP
-  tower belongs to the modeling code.
+  frame images per video name), found in the folder or in its sub-folders as the releases
+  lay them out (COCO's ``val2014/``, NLVR2's ``train/41/``, TVQA's
+  ``frames_hq/bbt_frames/<clip>/``). These only resolve and check paths; encoding by the
+  CLIP tower belongs to the modeling code.
 - precomputed features behind the ``FeatureStore`` protocol: ``get(id)`` returns a float
   array ``[n_tokens, feat_dim]`` (e.g. 36 x 2048 CLIP RN101 grid tokens per image, or
   n_frames x 512 per video). Backends: HDF5 (``{id}/features``, the VL-T5 layout), a folder
@@ -17,7 +19,9 @@ is a ``ValueError`` naming the file.
 
 from __future__ import annotations
 
+import os
 import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -32,10 +36,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 class MissingVisualError(LookupError):
     """A visual id is not in a store; the message names the id and the store's path."""
 
-    def __init__(self, visual_id: str, store_path: Path, what: str) -> None:
+    def __init__(self, visual_id: str, store_path: Path, what: str,
+                 searched_below: bool = False) -> None:
         self.visual_id = visual_id
         self.store_path = store_path
-        super().__init__(f"{what} {visual_id!r} not found in {store_path}")
+        below = f" nor in its sub-folders ({SUBFOLDER_DEPTH} levels)" if searched_below else ""
+        super().__init__(f"{what} {visual_id!r} not found in {store_path}{below}")
 
 
 @runtime_checkable
@@ -151,21 +157,86 @@ def load_image(path: Path) -> Image.Image:
         raise ValueError(f"{path}: not a readable image ({error})") from None
 
 
+# How far below a visual folder images and frame folders are searched: the releases'
+# layouts are COCO's ``train2014/``, NLVR2's ``<split>/<n>/`` and TVQA's
+# ``frames_hq/<show>_frames/<clip>/``.
+SUBFOLDER_DEPTH = 3
+
+
+def _image_folders(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The folders below ``root`` (up to ``SUBFOLDER_DEPTH`` levels) that hold image files.
+
+    The search does not go below such a folder (a video's frame folder, COCO's
+    ``val2014/``): each of them is listed only up to its first image.
+    """
+    found, pending = [], [(root, 0)]
+    while pending:
+        folder, level = pending.pop()
+        subfolders, holds_images = [], False
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        subfolders.append(Path(entry.path))
+                    elif os.path.splitext(entry.name)[1].lower() in suffixes:
+                        holds_images = True
+                        if folder != root:
+                            break
+        except OSError:  # an unreadable folder holds nothing we can read
+            continue
+        if holds_images and folder != root:
+            found.append(folder)
+        elif level < SUBFOLDER_DEPTH:
+            pending += [(subfolder, level + 1) for subfolder in subfolders]
+    return sorted(found)
+
+
+class _SubfolderIndex:
+    """Name -> path of what lies in the image-holding sub-folders of a folder, built on the
+    first lookup (a name missing from the folder itself)."""
+
+    def __init__(self, root: Path, suffixes: tuple[str, ...],
+                 names: Callable[[Path], Iterable[tuple[str, Path]]], what: str) -> None:
+        self.root, self.suffixes, self.names, self.what = root, suffixes, names, what
+        self._paths: dict[str, list[Path]] | None = None
+
+    def find(self, name: str) -> Path | None:
+        """The one path of ``name``; ``ValueError`` when two sub-folders hold it."""
+        if self._paths is None:
+            self._paths = {}
+            for folder in _image_folders(self.root, self.suffixes):
+                for found_name, path in self.names(folder):
+                    self._paths.setdefault(found_name, []).append(path)
+        paths = self._paths.get(name, [])
+        if len(paths) > 1:
+            raise ValueError(f"{self.what} {name!r} is in more than one sub-folder of "
+                             f"{self.root}: {paths[0]} and {paths[1]}")
+        return paths[0] if paths else None
+
+
 class ImageFolder:
-    """Image files named by image id (``{id}.jpg``/``.jpeg``/``.png``) in one folder."""
+    """Image files named by image id (``{id}.jpg``/``.jpeg``/``.png``) in one folder or in
+    its sub-folders, up to ``SUBFOLDER_DEPTH`` levels down (COCO's ``val2014/``, NLVR2's
+    ``train/41/``): an id must name one file."""
 
     def __init__(self, path: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> None:
         self.path = Path(path)
         self.suffixes = suffixes
         if not self.path.is_dir():
             raise NotADirectoryError(f"image folder {self.path} does not exist")
+        self._index = _SubfolderIndex(self.path, suffixes, self._images_in, "image")
+
+    def _images_in(self, folder: Path) -> Iterator[tuple[str, Path]]:
+        for file in folder.iterdir():
+            if file.suffix.lower() in self.suffixes:
+                yield file.stem, file
 
     def _find(self, image_id: str) -> Path | None:
         for suffix in self.suffixes:
             candidate = self.path / f"{image_id}{suffix}"
             if candidate.is_file():
                 return candidate
-        return None
+        return self._index.find(image_id)
 
     def __contains__(self, image_id: object) -> bool:
         return isinstance(image_id, str) and self._find(image_id) is not None
@@ -174,22 +245,29 @@ class ImageFolder:
         """The file of ``image_id``; ``MissingVisualError`` when there is none."""
         found = self._find(image_id)
         if found is None:
-            raise MissingVisualError(image_id, self.path, f"image ({'/'.join(self.suffixes)})")
+            raise MissingVisualError(image_id, self.path, f"image ({'/'.join(self.suffixes)})",
+                                     searched_below=True)
         return found
 
 
 class VideoFrameFolder:
-    """One sub-folder per video name, holding its frames as images sorted by file name."""
+    """One folder per video name, holding its frames as images sorted by file name: in this
+    folder or below it, up to ``SUBFOLDER_DEPTH`` levels down (TVQA's
+    ``frames_hq/<show>_frames/<clip>/``): a name must name one folder."""
 
     def __init__(self, path: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> None:
         self.path = Path(path)
         self.suffixes = suffixes
         if not self.path.is_dir():
             raise NotADirectoryError(f"video folder {self.path} does not exist")
+        self._index = _SubfolderIndex(self.path, suffixes,
+                                      lambda folder: [(folder.name, folder)], "video")
 
     def _frames(self, vid_name: str) -> list[Path]:
         folder = self.path / vid_name
         if not folder.is_dir():
+            folder = self._index.find(vid_name)
+        if folder is None:
             return []
         return sorted(p for p in folder.iterdir() if p.suffix.lower() in self.suffixes)
 
@@ -200,5 +278,18 @@ class VideoFrameFolder:
         """The frames of ``vid_name`` in order; ``MissingVisualError`` when it has none."""
         frames = self._frames(vid_name)
         if not frames:
-            raise MissingVisualError(vid_name, self.path, "video frame folder")
+            raise MissingVisualError(vid_name, self.path, "video frame folder",
+                                     searched_below=True)
         return frames
+
+
+VisualSource = FeatureStore | ImageFolder | VideoFrameFolder
+
+
+def open_visual_source(path: Path, video: bool) -> VisualSource:
+    """What a task's ``visual:`` points at: a feature file or a folder of ``.npz`` -> its
+    feature store; any other folder -> its images, or its videos' frame folders."""
+    path = Path(path)
+    if path.is_file() or (path.is_dir() and any(path.glob("*.npz"))):
+        return open_feature_store(path)
+    return VideoFrameFolder(path) if video else ImageFolder(path)

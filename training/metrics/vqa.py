@@ -13,6 +13,7 @@ quirks are kept on purpose so numbers match the leaderboard:
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 CONTRACTIONS = {
@@ -117,3 +118,15 @@ def vqa_label_score(prediction: str, label: Mapping[str, float]) -> float:
     """VL-T5's score from a Karpathy ``label`` ``{answer: score}``: the normalised
     prediction's score, 0 when absent. In [0, 1] for VQAv2 labels."""
     return float(label.get(normalize_answer(prediction), 0.0))
+
+
+# score of an answer given by 0, 1, 2, 3 or >= 4 of the annotators (LXMERT / VL-T5 labels)
+_LABEL_SCORES = (0.0, 0.3, 0.6, 0.9, 1.0)
+
+
+def vqa_label(answers: Sequence[str]) -> dict[str, float]:
+    """The VQAv2 soft label of annotator answers: ``{normalised answer: min(1, 0.3 * count)}``
+    (0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 / 3 / >= 4 annotators), as VL-T5's preprocessed files
+    hold it; empty answers are left out."""
+    counts = Counter(normalize_answer(answer) for answer in answers)
+    return {answer: _LABEL_SCORES[min(count, 4)] for answer, count in counts.items() if answer}

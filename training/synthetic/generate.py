@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from modeling.tasks import TASKS
+from training.metrics.vqa import vqa_label
 from training.synthetic import image_tasks, video_tasks
 from training.synthetic.world import (
     COLOURS,
@@ -121,7 +122,7 @@ def _vqa_rows(
     answers = image_tasks.simulate_annotators(question, rng)
     record = {
         "img_id": image_id, "sent": question.text, "question_id": question_id,
-        "label": image_tasks.vqa_label(answers), "answer_type": question.answer_type,
+        "label": vqa_label(answers), "answer_type": question.answer_type,
         "question_type": question.question_type,
     }  # fmt: skip
     annotation = {

@@ -31,12 +31,6 @@ class Question:
     wrong_answers: tuple[str, ...]
 
 
-def vqa_label(answers: list[str]) -> dict[str, float]:
-    """The VQAv2 soft label: ``min(1, 0.3 * count)`` per answer (LXMERT / VL-T5 scores)."""
-    scores = {1: 0.3, 2: 0.6, 3: 0.9}
-    return {answer: scores.get(count, 1.0) for answer, count in Counter(answers).items()}
-
-
 def simulate_annotators(question: Question, rng: np.random.Generator) -> list[str]:
     """10 annotator answers: each right with probability 0.85, else a wrong answer."""
     answers = []
