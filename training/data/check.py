@@ -47,7 +47,8 @@ class SplitCheck:
 
     def summary(self) -> str:
         """One line: ``vqa/val: 3 records (format vqav2, detected); images: ...``."""
-        return f"{self.task}/{self.split}: " + ("; ".join(self.facts) or "not read")
+        return f"{self.task}/{self.split}: " + ("; ".join(self.facts)
+                                                 or "not read (the problem is below)")
 
 
 def open_source(task: str, visual: str | Path) -> tuple[VisualSource | None, str | None]:
@@ -60,6 +61,8 @@ def open_source(task: str, visual: str | Path) -> tuple[VisualSource | None, str
 
 
 def _one_line(error: Exception) -> str:
+    if isinstance(error, FileNotFoundError) and error.filename:
+        return f"{error.filename}: no such file"
     return " ".join(str(error).split("\n"))
 
 
@@ -133,7 +136,8 @@ def check_split(task: str, split: str, read: Callable[[], SplitData],
         check.problems.append(_one_line(error))
         return check
     examples = data.examples
-    check.facts.append(f"{len(examples)} records (format {data.data_format}, {data.how})")
+    records = f"{len(examples)} record" + ("" if len(examples) == 1 else "s")
+    check.facts.append(f"{records} (format {data.data_format}, {data.how})")
     if not examples:
         check.problems.append(f"no records for split {split!r} in this file")
     if source is not None:
