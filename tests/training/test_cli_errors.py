@@ -22,7 +22,8 @@ def _one_task(world: dict, task: str, **changes) -> dict:
                                                          **changes}}}
 
 
-def _subtitles_folder(world: dict, tmp_path: Path) -> dict:
+def _subtitles_folder_without_srt(world: dict, tmp_path: Path) -> dict:
+    """A subtitles folder is TVQA's folder of .srt files; this one has none."""
     return _one_task(world, "tvqa", subtitles=str(tmp_path))
 
 
@@ -52,7 +53,8 @@ def _broken_image(world: dict, tmp_path: Path) -> dict:
 
 # case -> (config maker, what the one line must say)
 CASES = {
-    "subtitles is a folder": (_subtitles_folder, "field '<file>': expected a file, got a folder"),
+    "subtitles folder without .srt": (_subtitles_folder_without_srt,
+                                      "expected a folder of <vid_name>.srt files"),
     "train file is a folder": (_train_file_folder, "expected a file, got a folder"),
     "features wider than feat_dim": (_features_too_wide, "has feat_dim 100; this backbone "
                                                          "takes 64"),
