@@ -11,6 +11,7 @@ from data_layouts import (
     GQA_QUESTIONS,
     OFFICIAL,
     SRT,
+    tiny_image,
     write_gqa,
     write_how2qa,
     write_karpathy,
@@ -21,6 +22,8 @@ from data_layouts import (
     write_youcook2,
 )
 
+from modeling.backbone import VLBackbone
+from modeling.config import preset
 from modeling.tasks import TASKS, VisualInput
 from training.config import ConfigError, TaskData, parse_config, read_task_split
 from training.data import (
@@ -32,6 +35,7 @@ from training.data import (
     open_visual_source,
     read_srt,
 )
+from training.features import features_for
 
 
 def _read(task: str, entry: dict, split: str = "train") -> list[Example]:
@@ -198,3 +202,28 @@ def test_format_key_takes_the_task_formats_only(task: str, names: list[str]) -> 
                                           rf"\[{', '.join(repr(n) for n in names)}\]"):
         parse_config({"backbone": "tiny", "methods": "single_adapter",
                       "tasks": {task: {**entry, "format": "coco"}}})
+
+
+def test_trainer_features_encode_images_and_frames_of_the_release_layouts(
+        tmp_path: Path) -> None:
+    backbone = VLBackbone.from_config(preset("tiny"))
+    for task, write in (("caption", write_karpathy), ("tvqa", write_tvqa)):
+        entry = write(tmp_path)
+        examples = _read(task, entry)
+        features = features_for(backbone, task, entry["visual"], examples, None, None)
+        assert set(features.table) == {v for e in examples for v in e.visual_ids}
+        assert all(tokens.shape[-1] == backbone.config.feat_dim
+                   for tokens in features.table.values())
+
+
+def test_an_id_in_two_sub_folders_is_refused_naming_both(tmp_path: Path) -> None:
+    for folder in ("train2014", "val2014"):
+        tiny_image(tmp_path / "coco" / folder / "COCO_1.jpg")
+    tiny_image(tmp_path / "coco" / "a" / "b" / "c" / "d" / "too_deep.jpg")
+    images = ImageFolder(tmp_path / "coco")
+    with pytest.raises(ValueError, match=rf"image 'COCO_1' is in more than one sub-folder of "
+                                         rf"{tmp_path / 'coco'}: .*train2014.* and .*val2014"):
+        images.image_path("COCO_1")
+    assert "too_deep" not in images  # three levels below the folder, no more
+    tiny_image(tmp_path / "coco" / "a" / "b" / "c" / "shallow.jpg")
+    assert "shallow" in ImageFolder(tmp_path / "coco")
