@@ -206,3 +206,11 @@ def test_sample_vqa_target_zero_scores_and_unlabelled() -> None:
 def test_unknown_task_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown task 'okvqa'"):
         load_split("okvqa", tmp_path / "x.json")
+
+
+def test_unknown_format_is_refused_naming_the_task_formats(tmp_path: Path) -> None:
+    path = _json(tmp_path / "karpathy_val.json", VQA_RECORDS)
+    with pytest.raises(ValueError, match="vqa: unknown format 'coco'; expected one of vqav2, "
+                                         "vl-t5"):
+        load_split("vqa", path, data_format="coco")
+    assert len(load_split("vqa", path, data_format="vl-t5")) == 2

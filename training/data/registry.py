@@ -33,15 +33,15 @@ def detect_format(task: str, document: Document) -> DataFormat | None:
     return next((f for f in FORMATS[task] if f.matches(document)), None)
 
 
-def _chosen_format(task: str, document: Document, name: str | None) -> DataFormat:
-    """The format named ``name`` (or detected); ``DataFormatError`` listing the task's
-    formats when detection finds none, ``ValueError`` for an unknown name."""
+def _chosen_format(task: str, document: Document, name: str | None,
+                   detected: DataFormat | None) -> DataFormat:
+    """The format named ``name`` (or else ``detected``); ``DataFormatError`` listing the
+    task's formats when there is neither, ``ValueError`` for an unknown name."""
     if name is not None:
         if name not in format_names(task):
             raise ValueError(f"{task}: unknown format {name!r}; expected one of "
                              f"{', '.join(format_names(task))}")
         return next(f for f in FORMATS[task] if f.name == name)
-    detected = detect_format(task, document)
     if detected is None:
         expected = "; ".join(f"{f.name!r} = {f.summary}" for f in FORMATS[task])
         raise DataFormatError(document.path, "top level", "<document>",
@@ -68,8 +68,8 @@ def read_split(task: str, path: str | Path, options: LoadOptions | None = None) 
         wanted = f"read as {task} format {options.data_format!r}" if options.data_format \
             else f"no {task} format detected"
         raise error.in_format(f"{wanted}: the file is not JSON text") from None
-    chosen = _chosen_format(task, document, options.data_format)
     detected = detect_format(task, document)
+    chosen = _chosen_format(task, document, options.data_format, detected)
     configured = options.data_format is not None
     try:
         examples = chosen.read(document, options)
