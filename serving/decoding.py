@@ -98,7 +98,7 @@ def bad_field(data: bytes, descriptor: Descriptor, path: str = "", depth: int = 
     return None
 
 
-def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     """`deserialize`, returning Undecodable instead of raising."""
     if deserialize is None:
         return None
@@ -130,7 +130,7 @@ def _checked_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> I
 
 def _checked_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """The same handler, deserializing tolerantly and refusing Undecodable requests."""
-    deserializer = _tolerant(handler.request_deserializer)
+    deserializer = tolerant(handler.request_deserializer)
     serializer = handler.response_serializer
     if handler.request_streaming:
         behaviour = handler.stream_stream if handler.response_streaming \

@@ -110,14 +110,23 @@ class AdapterLifecycle:
         except Exception as exc:
             raise error_for(exc) from None
 
+    def prepare(self, name: str, version: int | None = None,
+                alias: str | None = None) -> HostAdapter:
+        """Resolve a version (version and alias None: the registry's latest) and fetch it
+        into host memory, verified against this backbone, without serving it: every
+        refusal `load` would give, and nothing changes (a fleet checks a Load on one
+        replica before every replica serves it, serving.fleet)."""
+        number = self.resolve(name, version, alias)
+        try:
+            return self.store.fetch(name, number).result()
+        except Exception as exc:
+            raise error_for(exc) from None
+
     def load(self, name: str, version: int | None = None, alias: str | None = None) -> int:
         """Fetch a version (version and alias None: the registry's latest) and make it the
         active one; returns its number. The version it replaces retires."""
-        number = self.resolve(name, version, alias)
-        try:
-            entry = self.store.fetch(name, number).result()
-        except Exception as exc:
-            raise error_for(exc) from None
+        entry = self.prepare(name, version, alias)
+        number = entry.version
         previous = self._run(lambda: self._activate(entry))
         if previous is None or previous == number:
             log.info("serving adapter %s:%d", name, number)
