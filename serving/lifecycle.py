@@ -52,7 +52,7 @@ def run_here(change: Callable[[], T]) -> T:
     return change()
 
 
-def _not_loaded(name: str) -> RequestError:
+def not_loaded(name: str) -> RequestError:
     return RequestError(grpc.StatusCode.NOT_FOUND,
                         f"adapter {name!r} is not loaded (Repository.Load it first)")
 
@@ -138,7 +138,7 @@ class AdapterLifecycle:
         """Take a name out of service; returns the version that was active. It retires."""
         version = self._run(lambda: self._deactivate(name))
         if version is None:
-            raise _not_loaded(name)
+            raise not_loaded(name)
         log.info("unloaded adapter %s:%d", name, version)
         return version
 
@@ -146,7 +146,7 @@ class AdapterLifecycle:
         """Pin (or unpin) the active version of `name`; returns its number."""
         version = self._run(lambda: self._set_pin(name, pinned))
         if version is None:
-            raise _not_loaded(name)
+            raise not_loaded(name)
         log.info("%s adapter %s:%d", "pinned" if pinned else "unpinned", name, version)
         return version
 
@@ -257,7 +257,7 @@ class AdapterLifecycle:
         with self._lock:
             active = self._active.get(request.adapter_name)
             if active is None:
-                raise _not_loaded(request.adapter_name)
+                raise not_loaded(request.adapter_name)
             version = active if request.requested_version is None \
                 else request.requested_version
             request.bound_version = version
