@@ -11,17 +11,29 @@ instead of the proxy's INTERNAL "Exception deserializing request!".
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import grpc
-from tritonclient.grpc import service_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.decoding import tolerant
 from serving.protos import inference_pb2_grpc, repository_pb2_grpc
 
 SERVICER_FUNCTIONS = [f"{__name__}.{name}"
                       for name in ("add_inference", "add_repository", "add_kserve")]
+
+
+def name_kserve_messages() -> None:
+    """tritonclient builds its KServe messages under the module name `grpc_service_pb2`,
+    which no import provides; Ray Serve pickles each request from the proxy to a replica by
+    class reference, so both processes need that name (called on import of this module and
+    of serving.fleet.replica)."""
+    sys.modules.setdefault(service_pb2.ModelInferRequest.__module__, service_pb2)
+
+
+name_kserve_messages()
 
 
 class _TolerantServer:

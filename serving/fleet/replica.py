@@ -39,6 +39,7 @@ from serving.client import multiplexed_id, parse_adapter_spec
 from serving.config import ServeConfig
 from serving.decoding import refuse
 from serving.fleet.adapters import FleetAdapters
+from serving.fleet.proxy import name_kserve_messages
 from serving.fleet.state import Change
 from serving.fleet.watcher import Watcher
 from serving.metrics import CACHE_EVENTS, TIERS
@@ -318,3 +319,4 @@ def _add_rpcs() -> None:
 
 
 _add_rpcs()
+name_kserve_messages()

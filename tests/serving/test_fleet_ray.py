@@ -12,23 +12,31 @@ brief's full run is 200).
 from __future__ import annotations
 
 import os
+import queue
+import re
 import socket
-import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import grpc
 import pytest
 import ray
+import tritonclient.grpc as triton
+from kserve_helpers import infer, kserve_inputs, kserve_parameters
 from ray import serve
 from serving_helpers import ALL_TASKS, RECIPES, direct, request_for
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.client import Client
 from serving.config import ServeConfig
-from serving.fleet.app import APP_NAME, CONTROLLER, ROUTE_PREFIX, application, start_ray
+from serving.fleet.app import (
+    APP_NAME,
+    CONTROLLER,
+    ROUTE_PREFIX,
+    application,
+    start_ray,
+)
 from serving.fleet.replica import REPLICA_KEY
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 
@@ -114,3 +122,151 @@ def test_two_replicas_answer_every_task_like_the_modeling_api(fleet, backbone, p
     answered = {r: report["stats"]["answered"] for r, report in
                 fleet.wait_replicas(2)["replicas"].items()}
     assert len(answered) == 2, answered
+
+
+def _each_replica(call, answer, replicas: int = 2, tries: int = 60) -> dict[str, set]:
+    """Repeat an unrouted `call()` (-> (response, grpc call)) until `replicas` replicas
+    answered: {replica: {answer(response), ...}} (errors carry no replica id)."""
+    seen: dict[str, set] = {}
+    for _ in range(tries):
+        response, grpc_call = call()
+        seen.setdefault(dict(grpc_call.trailing_metadata())[REPLICA_KEY], set()).add(
+            answer(response))
+        if len(seen) >= replicas:
+            return seen
+    raise AssertionError(f"only {sorted(seen)} answered {tries} unrouted calls")
+
+
+def test_an_adapters_requests_land_on_a_replica_that_holds_it(fleet, channel):
+    """With the multiplexed id (as Client sends it) each adapter keeps to one replica;
+    without it Ray Serve spreads the same requests over both (so the check can fail)."""
+    stub = inference_pb2_grpc.InferenceStub(channel)
+    names = ("alpha", "beta", "gamma")
+    for name in names:  # first requests: Ray Serve learns which replica holds each
+        for seed in range(2):
+            _predict(stub, request_for("vqa", name, seed=seed))
+    time.sleep(1.0)  # replicas report their multiplexed ids every 0.1 s
+    landed = {name: Counter(_predict(stub, request_for("vqa", name, seed=seed))[1]
+                            for seed in range(10)) for name in names}
+    assert all(len(replicas) == 1 for replicas in landed.values()), landed
+    assert len({r for replicas in landed.values() for r in replicas}) == 2, landed
+    unrouted = Counter(_predict(stub, request_for("vqa", "alpha", seed=seed), routed=False)[1]
+                       for seed in range(20))
+    assert len(unrouted) == 2, unrouted
+
+
+def _status(call) -> tuple[grpc.StatusCode, str]:
+    """(code, message) of a call; object addresses in messages (PIL's) do not count."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error.code(), re.sub(r"0x[0-9a-f]+", "0x", error.details())
+    return grpc.StatusCode.OK, ""
+
+
+def _bad_calls(channel) -> dict[str, callable]:
+    """One bad call of each kind, on `channel`."""
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    repository = repository_pb2_grpc.RepositoryStub(channel)
+    kserve = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    good = request_for("vqa", "alpha", seed=3)
+
+    def changed(**fields) -> inference_pb2.PredictRequest:
+        message = inference_pb2.PredictRequest()
+        message.CopyFrom(good)
+        for field, value in fields.items():
+            if callable(value):
+                value(message)
+            elif isinstance(value, str):
+                setattr(message, field, value)
+            else:
+                getattr(message, field).CopyFrom(value)
+        return message
+
+    def image(data: bytes):
+        def apply(message):
+            del message.images[:]
+            message.images.add(encoded=data)
+        return apply
+
+    raw = channel.unary_unary("/vladapter.v1.Inference/Predict")
+    load = repository_pb2.LoadRequest
+    return {
+        "empty task": lambda: inference.Predict(changed(task="")),
+        "unknown task": lambda: inference.Predict(changed(task="vqa3")),
+        "not loaded": lambda: inference.Predict(request_for("vqa", "nobody")),
+        "version 0": lambda: inference.Predict(changed(adapter=inference_pb2.AdapterRef(
+            name="alpha", version=0))),
+        "unknown alias": lambda: inference.Predict(changed(adapter=inference_pb2.AdapterRef(
+            name="alpha", alias="nope"))),
+        "task it lacks": lambda: inference.Predict(request_for("gqa", "beta")),
+        "not an image": lambda: inference.Predict(changed(images=image(b"not an image"))),
+        "too many tokens": lambda: inference.Predict(changed(
+            generation=inference_pb2.GenerationOptions(max_new_tokens=10_000))),
+        "bytes": lambda: raw(b"\x0a\x02\xff\xfe"),
+        "stream": lambda: list(inference.PredictStream(changed(task="vqa3"))),
+        "load alien": lambda: repository.Load(load(adapter=inference_pb2.AdapterRef(
+            name="alien"))),
+        "load nobody": lambda: repository.Load(load(adapter=inference_pb2.AdapterRef(
+            name="nobody"))),
+        "unload nobody": lambda: repository.Unload(repository_pb2.UnloadRequest(
+            name="nobody")),
+        "pin nobody": lambda: repository.Pin(repository_pb2.PinRequest(name="nobody")),
+        "status nobody": lambda: repository.Status(repository_pb2.StatusRequest(
+            name="nobody")),
+        "kserve model": lambda: kserve.ModelInfer(service_pb2.ModelInferRequest(
+            model_name="nobody")),
+        "kserve unload": lambda: kserve.RepositoryModelUnload(
+            service_pb2.RepositoryModelUnloadRequest(model_name="nobody")),
+    }
+
+
+def test_bad_inputs_get_the_single_servers_status_codes_and_messages(fleet, channel, server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as single:
+        expected = {kind: _status(call) for kind, call in _bad_calls(single).items()}
+    got = {kind: _status(call) for kind, call in _bad_calls(channel).items()}
+    assert got == expected
+    assert {code for code, _ in got.values()} == {
+        grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION}
+
+
+def test_kserve_v2_answers_through_the_proxy(fleet, channel):
+    message = request_for("nlvr2", "alpha", seed=5)
+    expected = inference_pb2_grpc.InferenceStub(channel).Predict(message, timeout=60)
+    with triton.InferenceServerClient(fleet.target) as client:
+        assert client.is_server_ready() and client.is_model_ready("alpha")
+        text, scores, version = infer(client, message,
+                                      headers={"multiplexed_model_id": "alpha"})
+        assert (text, version) == (expected.text, "2")
+        assert scores == pytest.approx([s.log_prob for s in expected.scores], abs=1e-4)
+        answers: queue.SimpleQueue = queue.SimpleQueue()
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        client.async_stream_infer("alpha", kserve_inputs(message), request_id="s1",
+                                  parameters=kserve_parameters(message))
+        result, error = answers.get(timeout=60)
+        client.stop_stream()
+    assert error is None and result.as_numpy("TEXT")[0].decode() == expected.text
+
+
+def test_load_unload_and_pin_reach_every_replica(fleet, channel):
+    stub = inference_pb2_grpc.InferenceStub(channel)
+    repository = repository_pb2_grpc.RepositoryStub(channel)
+    status = repository_pb2.StatusRequest()
+    with Client(fleet.target, timeout=60) as client:
+        assert client.load("alpha", version=1).adapter.version == 1
+        versions = _each_replica(lambda: stub.Predict.with_call(request_for("vqa", "alpha")),
+                                 lambda response: response.adapter_version)
+        assert list(versions.values()) == [{1}, {1}]
+        client.unload("gamma")
+        client.pin("beta")
+        served = _each_replica(  # Status: each replica's own lifecycle
+            lambda: repository.Status.with_call(status),
+            lambda response: tuple((a.name, a.version, a.pinned) for a in response.adapters))
+        assert list(served.values()) == [{(("alpha", 1, False), ("beta", 1, True))}] * 2
+        client.unpin("beta")
+        client.load("gamma")
+        client.load("alpha")  # back to the latest, version 2
+    record = fleet.wait_replicas(2)
+    assert record["adapters"] == {"alpha": (2, False), "beta": (1, False),
+                                  "gamma": (1, False)}
