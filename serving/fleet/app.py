@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from dataclasses import replace
 from typing import Any
 
 from adapters_registry import Registry
@@ -71,6 +72,14 @@ def replica_options(config: ServeConfig) -> dict[str, Any]:
     return options
 
 
+def replica_settings(config: ServeConfig) -> ServeConfig:
+    """What a replica is built with: the settings less those of the fleet's size, which
+    Ray Serve applies (num_replicas, autoscaling_config); a replica's arguments do not
+    depend on how many there are."""
+    return replace(config, replicas=1, min_replicas=None, max_replicas=None,
+                   target_ongoing_requests=None, ray_address=None)
+
+
 def application(config: ServeConfig):
     """The fleet as a Ray Serve application (ingress: AdapterReplica)."""
     from ray import serve
@@ -80,7 +89,7 @@ def application(config: ServeConfig):
                                   max_ongoing_requests=100_000,
                                   ray_actor_options={"num_cpus": 0})
     replica = serve.deployment(AdapterReplica, **replica_options(config))
-    return replica.bind(config, controller.bind(initial_state(config)))
+    return replica.bind(replica_settings(config), controller.bind(initial_state(config)))
 
 
 def build(args: dict[str, Any]):

@@ -5,7 +5,7 @@
                                             each poll also reports the replica's state)
     replica servicer change(Change)      -> (generation, version | None)
                      settle(generation)  -> [] once every live replica serves it, else why
-    tests, benchmark snapshot()          -> the record and each replica's report
+    tests, benchmark snapshot()          -> the record and each live replica's report
 
 Not a router and not a cluster manager: Ray Serve places, routes to, scales and restarts
 replicas; this only keeps the one record every replica converges to (serving.fleet.state),
@@ -91,8 +91,9 @@ class FleetController:
             await self._forget_dead(silent)
 
     async def _forget_dead(self, replicas: list[str]) -> None:
-        """Drop the replicas among `replicas` whose actor is gone (Ray Serve replaces a dead
-        replica with a new one, which reports itself)."""
+        """Drop the replicas among `replicas` whose actor is gone: one that died, or one
+        whose `leave` did not arrive (Ray Serve replaces a replica with a new one, which
+        reports itself)."""
         import ray
 
         for replica in replicas:
@@ -114,5 +115,8 @@ class FleetController:
             self._news.notify_all()
 
     async def snapshot(self) -> dict[str, Any]:
-        """The record and what each replica last reported (serving.fleet.state)."""
+        """The record and what each live replica last reported (serving.fleet.state)."""
+        now = time.monotonic()
+        await self._forget_dead([r for r, record in self.book.replicas.items()
+                                 if now - record.seen > 2 * POLL_S])
         return self.book.snapshot()

@@ -15,9 +15,10 @@ import os
 import queue
 import re
 import socket
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import pytest
@@ -33,6 +34,7 @@ from serving.config import ServeConfig
 from serving.fleet.app import (
     APP_NAME,
     CONTROLLER,
+    REPLICA,
     ROUTE_PREFIX,
     application,
     start_ray,
@@ -270,3 +272,140 @@ def test_load_unload_and_pin_reach_every_replica(fleet, channel):
     record = fleet.wait_replicas(2)
     assert record["adapters"] == {"alpha": (2, False), "beta": (1, False),
                                   "gamma": (1, False)}
+
+
+def _active_periods(initial: int, swaps: list[tuple[float, float, int]]
+                    ) -> list[tuple[int, float, float]]:
+    """(version, from, until) it may serve: a swap (start, end, version) makes `version`
+    active from its start and the one it replaces inactive from its end (a Load takes
+    effect at some moment of its call)."""
+    periods, version, since = [], initial, float("-inf")
+    for start, end, new in swaps:
+        periods.append((version, since, end))
+        version, since = new, start
+    return periods + [(version, since, float("inf"))]
+
+
+def _active_during(periods, start: float, end: float) -> set[int]:
+    """The versions active at some moment of [start, end]."""
+    return {version for version, begin, until in periods if begin <= end and until >= start}
+
+
+class Load:
+    """Client threads sending Predicts for `name` (no version: the active one) until
+    stopped, half with the multiplexed id, half without (both replicas get some)."""
+
+    def __init__(self, target: str, name: str, threads: int = 4):
+        self.channel = grpc.insecure_channel(target)
+        stub = inference_pb2_grpc.InferenceStub(self.channel)
+        self.answers: list[tuple[float, float, int, str]] = []  # start, end, version, replica
+        self.failures: list[tuple[float, grpc.StatusCode, str]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(stub, name, i % 2 == 0))
+                         for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, stub, name: str, routed: bool) -> None:
+        seed = 0
+        while not self._stop.is_set():
+            seed += 1
+            message = request_for("vqa", name, seed=seed % 5, max_new_tokens=2)
+            metadata = (("multiplexed_model_id", name),) if routed else ()
+            start = time.monotonic()
+            try:
+                response, call = stub.Predict.with_call(message, metadata=metadata, timeout=60)
+            except grpc.RpcError as error:
+                self.failures.append((start, error.code(), error.details()))
+                continue
+            self.answers.append((start, time.monotonic(), response.adapter_version,
+                                 dict(call.trailing_metadata())[REPLICA_KEY]))
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+        self.channel.close()
+
+
+def test_hot_swap_reaches_the_fleet_under_load_with_no_failed_request(fleet):
+    """SWAPS Loads alternating alpha v1 / v2 while 4 clients send requests for alpha:
+    no request fails, each answer comes from a version active at some moment of its call,
+    and both replicas answered throughout."""
+    load = Load(fleet.target, "alpha")
+    swaps = []
+    try:
+        with Client(fleet.target, timeout=60) as client:
+            time.sleep(0.5)
+            for k in range(SWAPS):
+                version = 1 if k % 2 == 0 else 2
+                start = time.monotonic()
+                assert client.load("alpha", version=version).adapter.version == version
+                swaps.append((start, time.monotonic(), version))
+                time.sleep(0.05)
+            time.sleep(0.3)
+    finally:
+        load.stop()
+    assert load.failures == []
+    periods = _active_periods(2, swaps)
+    stale = [a for a in load.answers if a[2] not in _active_during(periods, a[0], a[1])]
+    assert stale == [], f"{len(stale)} of {len(load.answers)} answers from inactive versions"
+    assert {a[2] for a in load.answers} == {1, 2}
+    assert len({a[3] for a in load.answers}) == 2
+    after = swaps[-1][1]  # the check can fail: version 1 is out of service after the last swap
+    assert _active_during(periods, after + 1, after + 2) == {2}
+    assert len(load.answers) > SWAPS
+    print(f"{SWAPS} swaps in {swaps[-1][1] - swaps[0][0]:.1f}s, {len(load.answers)} answers "
+          f"on {len({a[3] for a in load.answers})} replicas, 0 failed, 0 stale")
+
+
+def _replica_actors() -> list[dict]:
+    return [actor for actor in ray.util.list_named_actors(all_namespaces=True)
+            if f"#{REPLICA}#" in actor["name"]]
+
+
+def test_a_killed_replica_is_replaced_and_no_request_is_lost_silently(fleet, channel):
+    """Kill one replica under load: every call gets an answer or UNAVAILABLE; a Load made
+    meanwhile no longer waits for the dead replica; its replacement starts on the current
+    record and serves."""
+    stub = inference_pb2_grpc.InferenceStub(channel)
+    load = Load(fleet.target, "alpha")
+    try:
+        time.sleep(1.0)
+        victim = _replica_actors()[0]
+        ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+        with Client(fleet.target, timeout=120) as client:
+            assert client.load("alpha", version=1).adapter.version == 1
+        snapshot = fleet.wait_replicas(2, timeout=180)
+    finally:
+        load.stop()
+    codes = Counter(code for _, code, _ in load.failures)
+    assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}, load.failures[:3]
+    assert load.answers
+    dead = victim["name"].rsplit("#", 1)[1]
+    assert dead not in snapshot["replicas"]
+    versions = _each_replica(lambda: stub.Predict.with_call(request_for("vqa", "alpha")),
+                             lambda response: response.adapter_version)
+    assert dead not in versions and list(versions.values()) == [{1}, {1}]
+    with Client(fleet.target, timeout=60) as client:
+        client.load("alpha")
+    print(f"killed {dead}: {len(load.answers)} answered, {dict(codes)} refused")
+
+
+def test_replicas_that_stop_answer_their_calls_first(fleet):
+    """Redeploy the fleet with one replica under load (serve.run gives every run a new code
+    version, so Ray Serve starts the new replica, then stops both old ones the way it scales
+    down: no new calls, the ongoing ones answered, then __del__): no call fails."""
+    load = Load(fleet.target, "alpha")
+    try:
+        time.sleep(1.0)
+        before = {a[3] for a in load.answers}
+        serve.run(application(replace(fleet.config, replicas=1)), name=APP_NAME,
+                  route_prefix=ROUTE_PREFIX)
+        snapshot = fleet.wait_replicas(1)
+        time.sleep(1.0)
+        after = {a[3] for a in load.answers[-10:]}
+    finally:
+        load.stop()
+    assert load.failures == []
+    assert len(before) == 2 and after == set(snapshot["replicas"]) and not after & before
