@@ -2,12 +2,14 @@
 
 FleetState / FleetBook (serving.fleet.state) and FleetController (its async methods, run on
 one event loop here as in Ray Serve) with fake replicas; `converge` on a real adapter
-lifecycle over the published adapters (conftest.py).
+lifecycle over the published adapters (conftest.py); a replica's publish step with a fake
+controller handle.
 """
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from serving.config import ServeConfig
 from serving.fleet.adapters import FleetAdapters, converge
 from serving.fleet.controller import FleetController
+from serving.fleet.replica import AdapterReplica
 from serving.fleet.state import LOAD, PIN, UNLOAD, Change, FleetBook, FleetState, Served
 from serving.requests import RequestError
 from serving.stack import build_stack
@@ -162,3 +165,43 @@ def test_fleet_adapters_check_a_load_here_then_publish_it(lifecycle):
         assert error.value.code == code
     assert [c.kind for c in published] == [LOAD, UNLOAD, PIN]  # refused loads never left
     assert adapters.unload("beta") == 1 and adapters.pin("beta", False) == 1
+
+
+class FakeController:
+    """A Ray Serve handle of FleetController as AdapterReplica._publish uses it."""
+
+    def __init__(self, settle: list[str], version: int | None = 2, down: bool = False):
+        self.calls: list[tuple] = []
+        self._settle, self._version, self._down = settle, version, down
+        self.change = SimpleNamespace(remote=lambda change: self._answer("change", change))
+        self.settle = SimpleNamespace(remote=lambda generation, timeout_s:
+                                      self._answer("settle", generation))
+
+    def _answer(self, method: str, argument) -> SimpleNamespace:
+        self.calls.append((method, argument))
+        if self._down:
+            raise ConnectionError("controller restarting")
+        value = (7, self._version) if method == "change" else self._settle
+        return SimpleNamespace(result=lambda timeout_s=None: value)
+
+
+def _publish(controller: FakeController, change: Change) -> int | None:
+    replica = SimpleNamespace(controller=controller, config=ServeConfig(fleet_sync_s=5.0))
+    return AdapterReplica._publish(replica, change)
+
+
+def test_a_replica_publishes_a_change_and_returns_once_every_replica_serves_it():
+    change = Change(LOAD, "alpha", 2)
+    controller = FakeController(settle=[])
+    assert _publish(controller, change) == 2
+    assert controller.calls == [("change", change), ("settle", 7)]  # waits for generation 7
+    not_loaded = FakeController(settle=[], version=None)
+    assert _publish(not_loaded, Change(UNLOAD, "gamma")) is None
+    assert [method for method, _ in not_loaded.calls] == ["change"]  # nothing to wait for
+    for controller, words in ((FakeController(settle=["replica r2: alpha:2: DATA_LOSS"]),
+                               "not every replica serves it yet: replica r2"),
+                              (FakeController(settle=[], down=True), "did not answer")):
+        with pytest.raises(RequestError) as error:
+            _publish(controller, change)
+        assert error.value.code == grpc.StatusCode.UNAVAILABLE
+        assert words in error.value.message and "Load alpha:2" in error.value.message
