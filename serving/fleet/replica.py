@@ -130,7 +130,7 @@ class AdapterReplica:
         # Every accepted call may wait on a worker (Ray Serve admits max_ongoing_requests).
         self._pool = ThreadPoolExecutor(config.max_batch + config.max_queue + 4,
                                         thread_name_prefix="replica")
-        self._auth = _token_check(config)
+        self._auth = token_check(config)
 
         async def fetch(reference: str) -> tuple[str, int]:  # a function: Ray keeps its
             return await self._fetch_adapter(reference)        # cache on it, not on a method
@@ -237,7 +237,7 @@ class AdapterReplica:
         self._pool.shutdown(wait=False)
 
 
-def _token_check(config: ServeConfig) -> Callable[[str, ProxyContext], None] | None:
+def token_check(config: ServeConfig) -> Callable[[str, ProxyContext], None] | None:
     """The single server's bearer-token rule (serving.security) as a per-call check."""
     if not config.token_file:
         return None

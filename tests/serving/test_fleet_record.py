@@ -17,7 +17,7 @@ import pytest
 from serving.config import ServeConfig
 from serving.fleet.adapters import FleetAdapters, converge
 from serving.fleet.controller import FleetController
-from serving.fleet.replica import AdapterReplica
+from serving.fleet.replica import AdapterReplica, CallEnded, ProxyContext, token_check
 from serving.fleet.state import LOAD, PIN, UNLOAD, Change, FleetBook, FleetState, Served
 from serving.requests import RequestError
 from serving.stack import build_stack
@@ -205,3 +205,39 @@ def test_a_replica_publishes_a_change_and_returns_once_every_replica_serves_it()
             _publish(controller, change)
         assert error.value.code == grpc.StatusCode.UNAVAILABLE
         assert words in error.value.message and "Load alpha:2" in error.value.message
+
+
+class FakeRayContext:
+    """Ray Serve's RayServegRPCContext as ProxyContext uses it."""
+
+    def __init__(self, metadata=()):
+        self.metadata, self.code, self.details = list(metadata), None, None
+
+    def invocation_metadata(self):
+        return self.metadata
+
+    def set_code(self, code):
+        self.code = code
+
+    def set_details(self, details):
+        self.details = details
+
+
+def test_a_replica_asks_for_tokens_where_the_single_server_does(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("s3cret\n")
+    check = token_check(ServeConfig(token_file=str(tokens)))
+    load, predict = "/vladapter.v1.Repository/Load", "/vladapter.v1.Inference/Predict"
+    check(predict, ProxyContext(FakeRayContext()))  # inference is open by default
+    check(load, ProxyContext(FakeRayContext([("authorization", "Bearer s3cret")])))
+    for metadata, words in (((), "missing authorization"),
+                            ([("authorization", "Bearer nope")], "invalid bearer token")):
+        ray_context = FakeRayContext(metadata)
+        with pytest.raises(CallEnded):
+            check(load, ProxyContext(ray_context))
+        assert ray_context.code == grpc.StatusCode.UNAUTHENTICATED and words in \
+            ray_context.details
+    strict = token_check(ServeConfig(token_file=str(tokens), protect_inference=True))
+    with pytest.raises(CallEnded):
+        strict("/inference.GRPCInferenceService/ModelInfer", ProxyContext(FakeRayContext()))
+    assert token_check(ServeConfig()) is None
