@@ -148,9 +148,16 @@ class AdapterReplica:
                                f"within {config.fleet_sync_s:g}s (see its log)")
         self.stack.kserve.ready.set()
         if config.metrics_port is not None and self.stack.metrics is not None:
-            port = config.metrics_port + getattr(context.rank, "local_rank", 0)
-            self.stack.metrics.start_http(port)
+            self._serve_metrics(config.metrics_port + context.rank.local_rank)
         log.info("replica %s serves %s", self.id, self.stack.adapters.active())
+
+    def _serve_metrics(self, port: int) -> None:
+        """Prometheus on `port` (--metrics-port + this replica's rank on its node); a port
+        taken (a replica still stopping holds it) costs the metrics, not the replica."""
+        try:
+            self.stack.metrics.start_http(port)
+        except OSError as exc:
+            log.error("replica %s: no metrics endpoint on port %d: %s", self.id, port, exc)
 
     # --- fleet ---------------------------------------------------------------------------
     def _publish(self, change: Change) -> int | None:

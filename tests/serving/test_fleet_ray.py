@@ -17,6 +17,7 @@ import re
 import socket
 import threading
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -45,10 +46,19 @@ from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, re
 SWAPS = int(os.environ.get("VLADAPTER_FLEET_SWAPS", "40"))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _free_port(count: int = 1) -> int:
+    """A port p such that p .. p + count - 1 are free now."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        try:
+            for port in range(base + 1, base + count):
+                with socket.socket() as other:
+                    other.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
 
 
 @dataclass
@@ -82,7 +92,7 @@ def fleet(backbone, published, tmp_path_factory):
                          load=("alpha", "beta", "gamma"), port=_free_port(),
                          http_port=_free_port(), ray=True, replicas=2, replica_cpus=0.25,
                          max_queue_delay_ms=5.0, device_slots=4, grace_s=10.0,
-                         fleet_sync_s=30.0)
+                         fleet_sync_s=30.0, metrics_port=_free_port(2))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         start_ray(config)
@@ -272,6 +282,16 @@ def test_load_unload_and_pin_reach_every_replica(fleet, channel):
     record = fleet.wait_replicas(2)
     assert record["adapters"] == {"alpha": (2, False), "beta": (1, False),
                                   "gamma": (1, False)}
+
+
+def test_each_replica_serves_prometheus_on_its_own_port(fleet):
+    """--metrics-port P: the replicas of local rank 0 and 1 serve P and P + 1."""
+    bodies = [urllib.request.urlopen(f"http://127.0.0.1:{fleet.config.metrics_port + rank}"
+                                     "/metrics", timeout=30).read().decode()
+              for rank in range(2)]
+    answered = [sum(float(line.split()[-1]) for line in body.splitlines()
+                    if line.startswith("vladapter_latency_seconds_count{")) for body in bodies]
+    assert all(count > 0 for count in answered), answered  # both served requests by now
 
 
 def _active_periods(initial: int, swaps: list[tuple[float, float, int]]
