@@ -22,7 +22,8 @@ from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel, MethodEntry
 from modeling.tasks import TASKS
 from serving.config import ServeConfig
-from serving.server import Server, load_backbone
+from serving.server import Server
+from serving.stack import load_backbone
 from training.artifact import write_artifact
 
 ALL_TASKS = list(TASKS)

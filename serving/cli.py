@@ -5,10 +5,14 @@
                   [--max-batch N --max-queue-delay-ms MS --cache-bytes B ...] [--config YAML]
                   [--vision-backend torch|onnxruntime|triton --onnx-path F
                    --triton-url HOST:PORT --triton-model NAME] [--serve-vision-model [NAME]]
+    adapter-serve --ray [--replicas N | --min-replicas A --max-replicas B] [--ray-address ADDR]
+                  [--replica-cpus C --replica-gpus G] ...      many replicas on Ray Serve
     adapter-serve export-onnx --backbone PATH|PRESET --out clip_vision.onnx
 
 The same port serves `vladapter.v1.Inference` / `Repository` and KServe v2
-(`inference.GRPCInferenceService`, see docs/kserve.md).
+(`inference.GRPCInferenceService`, see docs/kserve.md). With `--ray` that port is Ray
+Serve's gRPC proxy in front of N replicas of this server (serving.fleet, README "Many
+replicas").
 
 Exit codes: 0 after a clean shutdown (SIGTERM / SIGINT), 2 for a bad setting or a start
 that fails (one line on stderr naming why).
@@ -21,7 +25,7 @@ import logging
 import sys
 
 from modeling.cli_parser import OneLineParser
-from serving.config import add_arguments, from_args
+from serving.config import ServeConfig, add_arguments, from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(config: ServeConfig) -> int:
+    """Serve in this process, or deploy a fleet on Ray Serve with `--ray`."""
+    if not config.ray:
+        from serving.server import serve  # heavy imports (torch) after --help
+
+        return serve(config)
+    try:
+        from serving.fleet.app import serve_fleet
+    except ImportError as exc:
+        raise ValueError(f"--ray needs Ray Serve ({exc}); install it with "
+                         "pip install 'vladapter[ray]'") from None
+    return serve_fleet(config)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["export-onnx"]:
@@ -45,11 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     del args.log_level
-    from serving.server import serve  # heavy imports (torch) after --help
-
     try:
         config = from_args(args)
-        return serve(config)
+        return _run(config)
     except (ValueError, OSError) as exc:
         print(f"adapter-serve: error: {exc}", file=sys.stderr)
         return 2

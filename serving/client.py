@@ -10,6 +10,10 @@ an awaitable of it (`stream` gives an iterator, resp. an async iterator, of chun
     async with AsyncClient("localhost:50051") as client:
         answer = (await client.caption(pil_image, "caption-adapter", alias="prod")).text
 
+Against a fleet (`adapter-serve --ray`, Ray Serve's gRPC proxy) the same calls work: each
+Predict carries its adapter reference as the `multiplexed_model_id` metadata, which the
+proxy routes on, so an adapter's requests go to replicas that already hold it.
+
 An image is encoded bytes (JPEG / PNG / WebP), a path to such a file, a PIL image (sent as
 PNG), precomputed features (float32 numpy array [tokens, feat_dim]) or an `Image` message.
 """
@@ -41,6 +45,22 @@ def adapter_ref(name: str, *, version: int | None = None,
     if alias is not None:
         return inference_pb2.AdapterRef(name=name, alias=alias)
     return inference_pb2.AdapterRef(name=name)
+
+
+# The gRPC metadata key Ray Serve's proxy routes on (serving.fleet): requests with the same
+# value go to a replica that already holds that adapter.
+MULTIPLEXED_MODEL_ID = "multiplexed_model_id"
+
+
+def multiplexed_id(ref: inference_pb2.AdapterRef) -> str:
+    """The adapter reference as text, `NAME`, `NAME:VERSION` or `NAME@ALIAS` (the form
+    `parse_adapter_spec` reads): Ray Serve's multiplexed model id of a request."""
+    which = ref.WhichOneof("selector")
+    if which == "version":
+        return f"{ref.name}:{ref.version}"
+    if which == "alias" and ref.alias:
+        return f"{ref.name}@{ref.alias}"
+    return ref.name
 
 
 def parse_adapter_spec(spec: str) -> tuple[str, int | None, str | None]:
@@ -126,17 +146,24 @@ class _Methods:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout
 
-    def _call(self, method: Any, request: Any) -> Any:
-        """Invoke one stub method with this client's deadline and token."""
-        return method(request, timeout=self._timeout, metadata=self._metadata)
+    def _call(self, method: Any, request: Any, routing: str = "") -> Any:
+        """Invoke one stub method with this client's deadline and token; `routing`: the
+        request's adapter reference, sent as Ray Serve's multiplexed model id (a single
+        server ignores it). Metadata must be printable ASCII: another reference goes
+        without it and gets the server's own answer about its name."""
+        metadata = self._metadata
+        if routing and routing.isascii() and routing.isprintable():
+            metadata += ((MULTIPLEXED_MODEL_ID, routing),)
+        return method(request, timeout=self._timeout, metadata=metadata)
 
     def predict(self, request: inference_pb2.PredictRequest) -> Any:
         """Send a ready-made request; a `PredictResponse`."""
-        return self._call(self._inference.Predict, request)
+        return self._call(self._inference.Predict, request, multiplexed_id(request.adapter))
 
     def stream(self, request: inference_pb2.PredictRequest) -> Any:
         """Send a request and iterate over its `PredictChunk`s (the last has done = true)."""
-        return self._call(self._inference.PredictStream, request)
+        return self._call(self._inference.PredictStream, request,
+                          multiplexed_id(request.adapter))
 
     def vqa(self, image: ImageLike, question: str, adapter: str,
             **options: Unpack[RequestOptions]) -> Any:

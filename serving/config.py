@@ -51,7 +51,36 @@ class ServeConfig:
     triton_url: str | None = None  # --vision-backend triton: HOST:PORT of a KServe v2 server
     triton_model: str | None = None  # ... and the model there (PIXELS -> FEATURES)
     serve_vision_model: str | None = None  # host the tower as this KServe v2 model
+    # Many replicas (serving.fleet, Ray Serve): `port` is then the gRPC proxy's port.
+    ray: bool = False  # deploy on Ray Serve instead of serving in this process
+    ray_address: str | None = None  # a running Ray cluster (None: RAY_ADDRESS, else a new one)
+    replicas: int = 1  # fixed replica count, unless min_replicas / max_replicas autoscale
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    target_ongoing_requests: float | None = None  # autoscaling target (None: max_batch)
+    replica_cpus: float = 1.0  # Ray resources each replica reserves
+    replica_gpus: float = 0.0
+    http_port: int = 8000  # Ray Serve's HTTP proxy (it always runs; nothing of ours uses it)
+    fleet_sync_s: float = 60.0  # how long a Load waits for every replica to serve it
     limits: Limits = field(default_factory=Limits)
+
+    def check_fleet(self) -> None:
+        """ValueError naming the setting when the fleet settings do not fit together."""
+        if self.replicas < 1:
+            raise ValueError(f"--replicas must be at least 1, got {self.replicas}")
+        low, high = self.min_replicas, self.max_replicas
+        if (low is None) != (high is None):
+            raise ValueError("--min-replicas and --max-replicas go together (autoscaling)")
+        if low is not None and (not 0 <= low <= high or high < 1):
+            raise ValueError(f"need 0 <= --min-replicas <= --max-replicas and 1 <= "
+                             f"--max-replicas, got {low} and {high}")
+        if self.replica_cpus < 0 or self.replica_gpus < 0:
+            raise ValueError("--replica-cpus and --replica-gpus must not be negative")
+        if self.fleet_sync_s <= 0:
+            raise ValueError(f"--fleet-sync-s must be positive, got {self.fleet_sync_s}")
+        if self.tls_cert or self.tls_key or self.tls_client_ca:
+            raise ValueError("--tls-* do not apply with --ray: Ray Serve's gRPC proxy serves "
+                             "plaintext (terminate TLS in front of it)")
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> ServeConfig:
@@ -124,11 +153,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--serve-vision-model", nargs="?", const="clip_vision", default=suppress,
         metavar="NAME", help="also serve the tower as a KServe v2 model (PIXELS -> FEATURES; "
         "default name clip_vision)")
+    _add_fleet_arguments(parser)
     for limit in fields(Limits):
         extra = f"; each text field may hold {TEXT_BYTES_PER_TOKEN} bytes per token" \
             if limit.name == "max_text_tokens" else ""
         add(f"--{limit.name.replace('_', '-')}", type=int, default=suppress,
             help=f"limit (default {limit.default}{extra})")
+
+
+def _add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    """The settings of many replicas on Ray Serve (serving.fleet)."""
+    add, suppress = parser.add_argument, argparse.SUPPRESS
+    add("--ray", action="store_true", default=suppress,
+        help="serve with many replicas on Ray Serve (a local cluster, or --ray-address); "
+             "--port is then its gRPC proxy's port")
+    add("--ray-address", default=suppress, help="the Ray cluster to join (default: "
+        "RAY_ADDRESS, else start a local one)")
+    add("--replicas", type=int, default=suppress, help="replicas (default 1)")
+    add("--min-replicas", type=int, default=suppress, help="autoscale: fewest replicas")
+    add("--max-replicas", type=int, default=suppress, help="autoscale: most replicas")
+    add("--target-ongoing-requests", type=float, default=suppress,
+        help="autoscale: requests per replica to aim for (default --max-batch)")
+    add("--replica-cpus", type=float, default=suppress, help="CPUs per replica (default 1)")
+    add("--replica-gpus", type=float, default=suppress, help="GPUs per replica (default 0)")
+    add("--http-port", type=int, default=suppress, help="Ray Serve's HTTP proxy port "
+        "(default 8000; unused by vladapter)")
+    add("--fleet-sync-s", type=float, default=suppress,
+        help="how long a Load waits for every replica (default 60)")
 
 
 def from_args(args: argparse.Namespace) -> ServeConfig:

@@ -98,7 +98,7 @@ def bad_field(data: bytes, descriptor: Descriptor, path: str = "", depth: int = 
     return None
 
 
-def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     """`deserialize`, returning Undecodable instead of raising."""
     if deserialize is None:
         return None
@@ -117,27 +117,27 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return parse
 
 
-def _refuse(request: Any, context: grpc.ServicerContext) -> None:
+def refuse(request: Any, context: grpc.ServicerContext) -> None:
     if isinstance(request, Undecodable):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
 
 
-def _checked_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+def checked_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
     for request in requests:
-        _refuse(request, context)
+        refuse(request, context)
         yield request
 
 
 def _checked_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """The same handler, deserializing tolerantly and refusing Undecodable requests."""
-    deserializer = _tolerant(handler.request_deserializer)
+    deserializer = tolerant(handler.request_deserializer)
     serializer = handler.response_serializer
     if handler.request_streaming:
         behaviour = handler.stream_stream if handler.response_streaming \
             else handler.stream_unary
 
         def streamed(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-            return behaviour(_checked_stream(requests, context), context)
+            return behaviour(checked_stream(requests, context), context)
 
         make = grpc.stream_stream_rpc_method_handler if handler.response_streaming \
             else grpc.stream_unary_rpc_method_handler
@@ -145,7 +145,7 @@ def _checked_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
 
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
-        _refuse(request, context)
+        refuse(request, context)
         return behaviour(request, context)
 
     make = grpc.unary_stream_rpc_method_handler if handler.response_streaming \

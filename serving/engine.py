@@ -138,6 +138,10 @@ class Engine:
         encoder = self.vision_encoder or TorchVisionEncoder(self.backbone)
         return self.call(lambda: encode_pixels(encoder, pixels, self.device, self.dtype))
 
+    def running(self) -> bool:
+        """Whether the engine thread runs (started, not ended): the server's readiness."""
+        return self._thread.is_alive()
+
     def in_flight(self) -> int:
         """Requests accepted and not answered (waiting or running)."""
         return len(self._waiting) + len(self._running)

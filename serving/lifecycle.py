@@ -52,7 +52,7 @@ def run_here(change: Callable[[], T]) -> T:
     return change()
 
 
-def _not_loaded(name: str) -> RequestError:
+def not_loaded(name: str) -> RequestError:
     return RequestError(grpc.StatusCode.NOT_FOUND,
                         f"adapter {name!r} is not loaded (Repository.Load it first)")
 
@@ -110,14 +110,23 @@ class AdapterLifecycle:
         except Exception as exc:
             raise error_for(exc) from None
 
+    def prepare(self, name: str, version: int | None = None,
+                alias: str | None = None) -> HostAdapter:
+        """Resolve a version (version and alias None: the registry's latest) and fetch it
+        into host memory, verified against this backbone, without serving it: every
+        refusal `load` would give, and nothing changes (a fleet checks a Load on one
+        replica before every replica serves it, serving.fleet)."""
+        number = self.resolve(name, version, alias)
+        try:
+            return self.store.fetch(name, number).result()
+        except Exception as exc:
+            raise error_for(exc) from None
+
     def load(self, name: str, version: int | None = None, alias: str | None = None) -> int:
         """Fetch a version (version and alias None: the registry's latest) and make it the
         active one; returns its number. The version it replaces retires."""
-        number = self.resolve(name, version, alias)
-        try:
-            entry = self.store.fetch(name, number).result()
-        except Exception as exc:
-            raise error_for(exc) from None
+        entry = self.prepare(name, version, alias)
+        number = entry.version
         previous = self._run(lambda: self._activate(entry))
         if previous is None or previous == number:
             log.info("serving adapter %s:%d", name, number)
@@ -129,7 +138,7 @@ class AdapterLifecycle:
         """Take a name out of service; returns the version that was active. It retires."""
         version = self._run(lambda: self._deactivate(name))
         if version is None:
-            raise _not_loaded(name)
+            raise not_loaded(name)
         log.info("unloaded adapter %s:%d", name, version)
         return version
 
@@ -137,7 +146,7 @@ class AdapterLifecycle:
         """Pin (or unpin) the active version of `name`; returns its number."""
         version = self._run(lambda: self._set_pin(name, pinned))
         if version is None:
-            raise _not_loaded(name)
+            raise not_loaded(name)
         log.info("%s adapter %s:%d", "pinned" if pinned else "unpinned", name, version)
         return version
 
@@ -248,7 +257,7 @@ class AdapterLifecycle:
         with self._lock:
             active = self._active.get(request.adapter_name)
             if active is None:
-                raise _not_loaded(request.adapter_name)
+                raise not_loaded(request.adapter_name)
             version = active if request.requested_version is None \
                 else request.requested_version
             request.bound_version = version

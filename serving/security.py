@@ -132,7 +132,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
             return True
         return self._protect_inference and method.startswith(INFERENCE_PREFIXES)
 
-    def _refusal(self, metadata: tuple[tuple[str, Any], ...] | None) -> str | None:
+    def refusal(self, metadata: tuple[tuple[str, Any], ...] | None) -> str | None:
         """Why the call's metadata is refused, or None when it carries a valid token."""
         values = [value for key, value in metadata or () if key == "authorization"]
         if not values:
@@ -154,5 +154,5 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or not self.requires_token(handler_call_details.method):
             return handler
-        refusal = self._refusal(handler_call_details.invocation_metadata)
+        refusal = self.refusal(handler_call_details.invocation_metadata)
         return handler if refusal is None else _abort_handler(handler, refusal)

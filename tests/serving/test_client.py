@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from serving.client import AsyncClient, Client, parse_adapter_spec, predict_request
+from serving.client import (
+    AsyncClient,
+    Client,
+    multiplexed_id,
+    parse_adapter_spec,
+    predict_request,
+)
 from serving.client_cli import main
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 
@@ -31,10 +37,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, object, str]] = []
+        self.routing: list[str | None] = []  # each call's multiplexed_model_id (Ray Serve)
 
     def record(self, method: str, request: object, context: grpc.ServicerContext) -> None:
-        auth = dict(context.invocation_metadata()).get("authorization", "")
-        self.calls.append((method, request, auth))
+        metadata = dict(context.invocation_metadata())
+        self.calls.append((method, request, metadata.get("authorization", "")))
+        self.routing.append(metadata.get("multiplexed_model_id"))
         name = getattr(getattr(request, "adapter", None), "name", getattr(request, "name", ""))
         if name == "missing":
             context.abort(grpc.StatusCode.NOT_FOUND,
@@ -194,6 +202,35 @@ def test_async_client_has_the_same_methods(fake_server):
     assert asyncio.run(session()) == ["answer to 'async?'", "two cats", "vqa-lora", "READY"]
     assert recorder.last("Status").name == "vqa-lora"
     assert recorder.calls[-1][2] == "Bearer tok"
+
+
+def test_predict_calls_carry_the_adapter_reference_as_ray_serves_multiplexed_id(
+        fake_server, tmp_path):
+    """Ray Serve's proxy routes on `multiplexed_model_id`: every Predict and PredictStream
+    of every client sends its adapter reference there, in the text form the CLI takes."""
+    target, recorder = fake_server
+    with Client(target) as client:
+        client.vqa(b"raw", "what?", "vqa-lora", alias="prod")
+        client.gqa(b"raw", "where?", "gqa-lora", version=2)
+        list(client.stream(predict_request("caption", "cap", images=[b"raw"])))
+        client.vqa(b"raw", "what?", "caf\u00e9")  # not ASCII: no metadata, the server answers
+        client.index()
+    assert recorder.routing[-5:] == ["vqa-lora@prod", "gqa-lora:2", "cap", None, None]
+
+    async def run() -> None:
+        async with AsyncClient(target) as client:
+            await client.nlvr2(b"a", b"b", "left", "nl", version=7)
+    asyncio.run(run())
+    assert recorder.routing[-1] == "nl:7"
+    image = tmp_path / "cat.png"
+    image.write_bytes(PNG_MAGIC)
+    assert main(["--target", target, "predict", "--task", "vqa", "--adapter", "vqa-lora:3",
+                 "--image", str(image), "--text", "what?"]) == 0
+    assert recorder.routing[-1] == "vqa-lora:3"
+    for spec in ("vqa-lora:3", "vqa-lora@prod", "vqa-lora"):  # one text form both ways
+        name, version, alias = parse_adapter_spec(spec)
+        assert multiplexed_id(predict_request("vqa", name, version=version,
+                                              alias=alias).adapter) == spec
 
 
 def test_request_building_refuses_bad_input():

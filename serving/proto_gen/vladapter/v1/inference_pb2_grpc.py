@@ -42,7 +42,9 @@ class InferenceStub:
     device slot holds an adapter in use (retry later)
     DEADLINE_EXCEEDED    the call's deadline passed before its answer
     UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
-    UNAVAILABLE          the server is shutting down
+    UNAVAILABLE          the server is shutting down; behind Ray Serve (adapter-serve
+    --ray): the replica of the call stopped before answering, or
+    a Load / Unload / Pin did not reach every replica (retry)
     INTERNAL means a server fault, never a client mistake.
     """
 
@@ -81,7 +83,9 @@ class InferenceServicer:
     device slot holds an adapter in use (retry later)
     DEADLINE_EXCEEDED    the call's deadline passed before its answer
     UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
-    UNAVAILABLE          the server is shutting down
+    UNAVAILABLE          the server is shutting down; behind Ray Serve (adapter-serve
+    --ray): the replica of the call stopped before answering, or
+    a Load / Unload / Pin did not reach every replica (retry)
     INTERNAL means a server fault, never a client mistake.
     """
 
@@ -135,7 +139,9 @@ class Inference:
     device slot holds an adapter in use (retry later)
     DEADLINE_EXCEEDED    the call's deadline passed before its answer
     UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
-    UNAVAILABLE          the server is shutting down
+    UNAVAILABLE          the server is shutting down; behind Ray Serve (adapter-serve
+    --ray): the replica of the call stopped before answering, or
+    a Load / Unload / Pin did not reach every replica (retry)
     INTERNAL means a server fault, never a client mistake.
     """
 

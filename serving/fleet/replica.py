@@ -1,0 +1,329 @@
+"""One replica of the fleet: the single server's stack behind Ray Serve's gRPC proxy.
+
+Each replica builds what `adapter-serve` builds (serving.stack.build_stack: the resident
+backbone, the adapter store, the device slots, the continuous mixed-adapter batcher, the
+metrics) and answers every method of `vladapter.v1.Inference`, `vladapter.v1.Repository`
+and KServe v2 `inference.GRPCInferenceService` with the single server's servicers:
+
+    proxy --(method name, request, RayServegRPCContext)--> AdapterReplica.<Method>
+        1. a bearer token where `--token-file` asks for one (serving.security)
+        2. request bytes that did not parse (serving.fleet.proxy) answer INVALID_ARGUMENT
+        3. Predict, PredictStream, ModelInfer: the adapter goes through Ray Serve's
+           multiplexed loader (`serve.multiplexed`, at most `device_slots` per replica):
+           the store's fetch (registry -> host memory, verified); Ray Serve then routes
+           requests that carry this reference as `multiplexed_model_id` to this replica
+        4. the servicer method runs on a worker thread with a `ProxyContext`; its status
+           codes and messages reach the client unchanged
+
+Load / Unload / Pin go through `FleetAdapters` (every replica serves the change before the
+call returns); the `Watcher` keeps this replica on the fleet's record. Every answer
+carries the trailing metadata `vladapter-replica` (which replica answered); each poll
+reports this replica's answered calls and cache counters to the controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from ray import serve
+from tritonclient.grpc import service_pb2
+
+from serving.client import multiplexed_id, parse_adapter_spec
+from serving.config import ServeConfig
+from serving.decoding import refuse
+from serving.fleet.adapters import FleetAdapters
+from serving.fleet.proxy import name_kserve_messages
+from serving.fleet.state import Change
+from serving.fleet.watcher import Watcher
+from serving.metrics import CACHE_EVENTS, TIERS
+from serving.protos import inference_pb2, repository_pb2
+from serving.requests import RequestError
+from serving.stack import build_stack
+
+log = logging.getLogger("vladapter.fleet")
+
+REPLICA_KEY = "vladapter-replica"  # trailing metadata: the replica that answered
+# Every RPC of these services becomes a method of AdapterReplica (the proxy calls a replica
+# method by the RPC's name), answered by the stack's servicer of that attribute.
+SERVICES = {"inference": inference_pb2.DESCRIPTOR.services_by_name["Inference"],
+            "repository": repository_pb2.DESCRIPTOR.services_by_name["Repository"],
+            "kserve": service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]}
+ROUTED = {"Predict", "PredictStream", "ModelInfer"}  # carry an adapter: multiplexed
+_END = object()
+
+
+class CallEnded(Exception):
+    """A servicer aborted its call; the status is on the Ray context, for the proxy."""
+
+
+class ProxyContext:
+    """What our servicers use of `grpc.ServicerContext`, over Ray Serve's context."""
+
+    def __init__(self, ray_context: Any):
+        self._ray = ray_context
+        self._callbacks: list[Callable[[], None]] = []
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self._ray.set_code(code)
+        self._ray.set_details(details)
+        raise CallEnded(details)
+
+    def time_remaining(self) -> float | None:
+        """None: Ray Serve's proxy keeps the client's deadline (a call past it is
+        cancelled here, see `cancelled`) and does not pass it on."""
+        return None
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        self._callbacks.append(callback)
+        return True
+
+    def cancelled(self) -> None:
+        """The client went away (Ray Serve cancelled the call): run the callbacks, which
+        take the request out of the engine's queue or batch."""
+        for callback in self._callbacks:
+            callback()
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return self._ray.invocation_metadata()
+
+
+def _reference(request: Any) -> str:
+    """The adapter reference a request names (NAME, NAME:VERSION, NAME@ALIAS), "" none."""
+    if isinstance(request, inference_pb2.PredictRequest):
+        return multiplexed_id(request.adapter)
+    if isinstance(request, service_pb2.ModelInferRequest) and request.model_name:
+        version = request.model_version
+        return f"{request.model_name}:{version}" if version else request.model_name
+    return ""
+
+
+def cache_counts(metrics: Any) -> dict[str, dict[str, float]]:
+    """{tier: {event: count}} of the stack's cache counters (serving.metrics)."""
+    if metrics is None:
+        return {}
+    sample = metrics.registry.get_sample_value
+    return {tier: {event: sample("vladapter_cache_events_total",
+                                 {"tier": tier, "event": event}) or 0.0
+                   for event in CACHE_EVENTS} for tier in TIERS}
+
+
+class AdapterReplica:
+    """The Ray Serve deployment class of a fleet replica (serving.fleet.app deploys it).
+
+    config: the adapter-serve settings; controller: a handle of `FleetController`.
+    """
+
+    def __init__(self, config: ServeConfig, controller: Any):
+        context = serve.get_replica_context()
+        self.id, self.config, self.controller = context.replica_id.unique_id, config, controller
+        self.stack = build_stack(config, control=lambda local: FleetAdapters(local,
+                                                                             self._publish))
+        self._answered: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        # Every accepted call may wait on a worker (Ray Serve admits max_ongoing_requests).
+        self._pool = ThreadPoolExecutor(config.max_batch + config.max_queue + 4,
+                                        thread_name_prefix="replica")
+        self._auth = token_check(config)
+
+        async def fetch(reference: str) -> tuple[str, int]:  # a function: Ray keeps its
+            return await self._fetch_adapter(reference)        # cache on it, not on a method
+
+        self._warm = serve.multiplexed(max_num_models_per_replica=config.device_slots)(fetch)
+        self.stack.engine.start()
+        import ray
+
+        self._watcher = Watcher(self.id, controller, self.stack.adapters, self.stats,
+                                ray.get_runtime_context().current_actor)
+        self._watcher.start()
+        if not self._watcher.wait_first(config.fleet_sync_s):
+            self.stack.stop(0)
+            raise RuntimeError(f"replica {self.id} could not serve the fleet's adapters "
+                               f"within {config.fleet_sync_s:g}s (see its log)")
+        self.stack.kserve.ready.set()
+        if config.metrics_port is not None and self.stack.metrics is not None:
+            self._serve_metrics(config.metrics_port + context.rank.local_rank)
+        log.info("replica %s serves %s", self.id, self.stack.adapters.active())
+
+    def _serve_metrics(self, port: int) -> None:
+        """Prometheus on `port` (--metrics-port + this replica's rank on its node); a port
+        taken (a replica still stopping holds it) costs the metrics, not the replica."""
+        try:
+            self.stack.metrics.start_http(port)
+        except OSError as exc:
+            log.error("replica %s: no metrics endpoint on port %d: %s", self.id, port, exc)
+
+    # --- fleet ---------------------------------------------------------------------------
+    def _publish(self, change: Change) -> int | None:
+        """Record `change` for the fleet and wait until every live replica serves it."""
+        try:
+            generation, version = self.controller.change.remote(change).result(
+                timeout_s=self.config.fleet_sync_s)
+            problems = [] if version is None else self.controller.settle.remote(
+                generation, self.config.fleet_sync_s).result(
+                timeout_s=self.config.fleet_sync_s + 30)
+        except Exception as exc:  # the controller is restarting or unreachable
+            raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                               f"{change}: the fleet controller did not answer "
+                               f"({type(exc).__name__}); retry") from None
+        if problems:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                               f"{change} is recorded but not every replica serves it yet: "
+                               + "; ".join(problems))
+        return version
+
+    def stats(self) -> dict[str, Any]:
+        """What this replica reports with each poll: answered calls per method, caches."""
+        with self._lock:
+            answered = dict(self._answered)
+        return {"answered": answered, "cache": cache_counts(self.stack.metrics)}
+
+    async def _fetch_adapter(self, reference: str) -> tuple[str, int]:
+        """Ray Serve's multiplexed loader: the store's fetch of the referenced version."""
+        name, version, alias = parse_adapter_spec(reference)
+        adapters = self.stack.adapters
+        if version is None:
+            version = adapters.resolve(name, alias=alias) if alias else \
+                adapters.active_version(name)
+        entry = await asyncio.get_running_loop().run_in_executor(
+            self._pool, adapters.prepare, name, version)
+        return entry.key
+
+    async def _admit(self, path: str, request: Any, context: ProxyContext) -> None:
+        """Token, request bytes and the multiplexed loader, before the servicer runs (a
+        request that did not parse arrives as `serving.decoding.Undecodable`)."""
+        if self._auth is not None:
+            self._auth(path, context)
+        refuse(request, context)
+        if path.rsplit("/", 1)[1] in ROUTED:
+            await self._warm_adapter(_reference(request))
+
+    async def _warm_adapter(self, reference: str) -> None:
+        """The multiplexed loader for a loaded adapter; what goes wrong here the servicer
+        answers next, with the single server's checks and codes."""
+        try:
+            name, _, _ = parse_adapter_spec(reference)
+            if self.stack.adapters.active_version(name) is not None:
+                await self._warm(reference)
+        except (RequestError, ValueError):
+            pass
+
+    def _done(self, method: str, ray_context: Any) -> None:
+        ray_context.set_trailing_metadata([(REPLICA_KEY, self.id)])
+        with self._lock:
+            self._answered[method] += 1
+
+    # --- health and shutdown -------------------------------------------------------------
+    def check_health(self) -> None:
+        """Ray Serve's health check: the engine runs and the watcher follows the fleet."""
+        if not self.stack.ready():
+            raise RuntimeError(f"replica {self.id}: the engine is not running")
+        if not self._watcher.alive():
+            raise RuntimeError(f"replica {self.id}: the fleet watcher stopped")
+
+    def __del__(self) -> None:
+        """Ray Serve drained this replica's calls (graceful_shutdown_timeout_s = grace_s):
+        leave the fleet, finish what the engine still holds, stop."""
+        watcher = getattr(self, "_watcher", None)
+        if watcher is None:
+            return
+        watcher.stop()
+        try:
+            self.controller.leave.remote(self.id)
+        except Exception:  # the application is being deleted with its controller
+            pass
+        self.stack.stop(self.config.grace_s)
+        if self.stack.metrics is not None:
+            self.stack.metrics.stop_http()
+        self._pool.shutdown(wait=False)
+
+
+def token_check(config: ServeConfig) -> Callable[[str, ProxyContext], None] | None:
+    """The single server's bearer-token rule (serving.security) as a per-call check."""
+    if not config.token_file:
+        return None
+    from serving.security import TokenAuthInterceptor, read_token_file
+
+    rule = TokenAuthInterceptor(read_token_file(config.token_file), config.protect_inference)
+
+    def check(path: str, context: ProxyContext) -> None:
+        if rule.requires_token(path):
+            refusal = rule.refusal(tuple(context.invocation_metadata()))
+            if refusal is not None:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+    return check
+
+
+def _sync_requests(requests: Any, loop: asyncio.AbstractEventLoop,
+                   context: ProxyContext) -> Iterator[Any]:
+    """Ray Serve's async request stream as the iterator a servicer reads on its thread;
+    bytes that do not parse end the call INVALID_ARGUMENT, as on the single server."""
+    while True:
+        try:
+            request = asyncio.run_coroutine_threadsafe(requests.__anext__(), loop).result()
+        except StopAsyncIteration:
+            return
+        refuse(request, context)
+        yield request
+
+
+def _rpc(service: str, method: Any) -> Callable:
+    """The replica method the proxy calls for one RPC: it runs the servicer's method."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+
+    async def stream(self: AdapterReplica, request: Any, grpc_context: Any):
+        context, loop = ProxyContext(grpc_context), asyncio.get_running_loop()
+        handler = getattr(getattr(self.stack, service), method.name)
+        try:
+            if method.client_streaming:
+                await self._admit(path, None, context)
+                chunks = iter(handler(_sync_requests(request, loop, context), context))
+            else:
+                await self._admit(path, request, context)
+                chunks = iter(handler(request, context))
+            while (chunk := await loop.run_in_executor(self._pool, next, chunks, _END)) \
+                    is not _END:
+                yield chunk
+        except asyncio.CancelledError:
+            context.cancelled()
+            raise
+        finally:
+            self._done(method.name, grpc_context)
+
+    async def unary(self: AdapterReplica, request: Any, grpc_context: Any):
+        context, loop = ProxyContext(grpc_context), asyncio.get_running_loop()
+        handler = getattr(getattr(self.stack, service), method.name)
+        try:
+            await self._admit(path, request, context)
+            return await loop.run_in_executor(self._pool, handler, request, context)
+        except asyncio.CancelledError:
+            context.cancelled()
+            raise
+        finally:
+            self._done(method.name, grpc_context)
+
+    call = stream if method.server_streaming else unary
+    call.__name__ = call.__qualname__ = method.name
+    return call
+
+
+def _add_rpcs() -> None:
+    names = [m.name for service in SERVICES.values() for m in service.methods]
+    clashes = sorted(n for n, count in Counter(names).items() if count > 1)
+    if clashes:  # the proxy routes by method name alone
+        raise RuntimeError(f"RPC names served twice through Ray Serve: {clashes}")
+    for attribute, service in SERVICES.items():
+        for method in service.methods:
+            if method.client_streaming and not method.server_streaming:
+                raise RuntimeError(f"{method.full_name}: client streaming is not bridged")
+            setattr(AdapterReplica, method.name, _rpc(attribute, method))
+
+
+_add_rpcs()
+name_kserve_messages()
