@@ -92,7 +92,7 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int) -> None:
     index = RowIndex.of(torch.tensor(slots))
 
     def ours() -> torch.Tensor:
-        with backbone.adapter_context.use(bank, index):
+        with backbone.adapter_context.use(bank, index, rows=rows):
             return backbone.lm(**inputs).logits
 
     paths = {"ours": ours,

@@ -9,6 +9,15 @@ into serve forms every step and runs through the same compute.
 A slot without a given site holds zeros (LoRA, bottleneck: no change), length 0 (prompt,
 prefix: masked out) or the frozen tensor (overrides), so every row computes exactly what
 it would compute alone with its own adapter.
+
+Each slot's scale (LoRA's alpha / r, a bottleneck's scale) is multiplied into its last
+weights (`lora_b`; `up_weight` and `up_bias`) when the slot is stacked or written, so no
+forward pays a per-row scale; `scale` keeps the value for reference.
+
+Every weight matrix is stored in the layout the gathered kernels multiply by
+(`modeling.kernels`): the fields keep their documented shape `[slots, out, in]`, but as
+a transposed view of contiguous `[slots, in, out]` memory, so gathering a row's slot is
+one contiguous copy and no step transposes anything.
 """
 
 from __future__ import annotations
@@ -23,19 +32,19 @@ from modeling.serve_forms import ACTIVATIONS, Bottleneck, LowRankDelta, ServeWei
 
 @dataclass
 class StackedLora:
-    lora_a: torch.Tensor  # [slots, max_rank, in]
-    lora_b: torch.Tensor  # [slots, out, max_rank]
-    scale: torch.Tensor  # [slots]
+    lora_a: torch.Tensor  # [slots, max_rank, in], kernel layout (`_stack_matrices`)
+    lora_b: torch.Tensor  # [slots, out, max_rank], kernel layout, times the slot's scale
+    scale: torch.Tensor  # [slots] (already in lora_b: the kernels read it from there)
     dropout: float = 0.0  # the largest of the slots' (training only)
 
 
 @dataclass
 class StackedBottleneck:
-    down_weight: torch.Tensor  # [slots, max_width, d]
+    down_weight: torch.Tensor  # [slots, max_width, d], kernel layout (`_stack_matrices`)
     down_bias: torch.Tensor  # [slots, max_width]
-    up_weight: torch.Tensor  # [slots, d, max_width]
-    up_bias: torch.Tensor  # [slots, d]
-    scale: torch.Tensor  # [slots]
+    up_weight: torch.Tensor  # [slots, d, max_width], kernel layout, times the slot's scale
+    up_bias: torch.Tensor  # [slots, d], times the slot's scale
+    scale: torch.Tensor  # [slots] (already in up_weight and up_bias)
     parallel: torch.Tensor  # [slots] bool
     activations: str | list[str]  # one name for every slot, or one per slot
     any_parallel: bool
@@ -56,7 +65,20 @@ class StackedWeights:
     prompt: torch.Tensor | None = None  # [slots, max_len, d]
     prompt_length: torch.Tensor | None = None  # [slots] long
     prefix: dict[str, StackedPrefix] = field(default_factory=dict)
-    overrides: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [slots, *shape]
+    # name -> [slots, *shape]; matrices in kernel layout (`_stack_matrices`)
+    overrides: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _stack_matrices(matrices: list[torch.Tensor]) -> torch.Tensor:
+    """Stack matrices [out, in] into [slots, out, in] backed by [slots, in, out] memory.
+
+    The kernels compute x @ W.T; `W.T` of one slot is then contiguous, which makes a
+    per-row gather one copy of whole slots (a strided gather is several times slower).
+    Other tensors (vectors) are stacked as they are.
+    """
+    if matrices[0].dim() != 2:
+        return torch.stack(matrices)
+    return torch.stack([m.T for m in matrices]).transpose(1, 2)
 
 
 def _pad_to(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
@@ -80,10 +102,10 @@ def _stack_lora(sets: list[ServeWeights], site: str, shapes: tuple[int, int], li
             scale.append(0.0)
         else:
             a.append(_pad_to(delta.lora_a.to(like), 0, rank))
-            b.append(_pad_to(delta.lora_b.to(like), 1, rank))
+            b.append(_pad_to(delta.lora_b.to(like) * delta.scale, 1, rank))
             scale.append(delta.scale)
             dropout = max(dropout, delta.dropout)
-    return StackedLora(torch.stack(a), torch.stack(b), like.new_tensor(scale), dropout)
+    return StackedLora(_stack_matrices(a), _stack_matrices(b), like.new_tensor(scale), dropout)
 
 
 def _stack_bottleneck(sets: list[ServeWeights], pos: str, d_model: int, like) -> StackedBottleneck:
@@ -106,13 +128,13 @@ def _stack_bottleneck(sets: list[ServeWeights], pos: str, d_model: int, like) ->
             continue
         dw.append(_pad_to(b.down_weight.to(like), 0, width))
         db.append(_pad_to(b.down_bias.to(like), 0, width))
-        uw.append(_pad_to(b.up_weight.to(like), 1, width))
-        ub.append(b.up_bias.to(like))
+        uw.append(_pad_to(b.up_weight.to(like) * b.scale, 1, width))
+        ub.append(b.up_bias.to(like) * b.scale)
         scale.append(b.scale)
         parallel.append(b.parallel)
         acts.append(b.activation)
     return StackedBottleneck(
-        torch.stack(dw), torch.stack(db), torch.stack(uw), torch.stack(ub),
+        _stack_matrices(dw), torch.stack(db), _stack_matrices(uw), torch.stack(ub),
         like.new_tensor(scale), torch.tensor(parallel, device=like.device),
         acts[0] if len(set(acts)) == 1 else acts, any(parallel))
 
@@ -163,7 +185,7 @@ def stack_weights(
         stacked.prefix[site] = StackedPrefix(keys, values, length)
     for name in sorted({k for s in sets for k in s.overrides}):
         base = frozen[name].to(like)
-        stacked.overrides[name] = torch.stack(
+        stacked.overrides[name] = _stack_matrices(
             [s.overrides[name].to(like) if name in s.overrides else base for s in sets])
     return stacked
 
@@ -232,7 +254,7 @@ def _write_lora(stack: StackedLora, slot: int, delta: LowRankDelta | None) -> No
     if delta is not None:
         rank = delta.lora_a.shape[0]
         stack.lora_a[slot, :rank].copy_(delta.lora_a)
-        stack.lora_b[slot, :, :rank].copy_(delta.lora_b)
+        stack.lora_b[slot, :, :rank].copy_(delta.lora_b * delta.scale)
 
 
 def _write_bottleneck(stack: StackedBottleneck, slot: int, b: Bottleneck | None) -> None:
@@ -246,8 +268,8 @@ def _write_bottleneck(stack: StackedBottleneck, slot: int, b: Bottleneck | None)
     width = b.down_weight.shape[0]
     stack.down_weight[slot, :width].copy_(b.down_weight)
     stack.down_bias[slot, :width].copy_(b.down_bias)
-    stack.up_weight[slot, :, :width].copy_(b.up_weight)
-    stack.up_bias[slot].copy_(b.up_bias)
+    stack.up_weight[slot, :, :width].copy_(b.up_weight * b.scale)
+    stack.up_bias[slot].copy_(b.up_bias * b.scale)
     if isinstance(stack.activations, list):
         stack.activations[slot] = b.activation
 

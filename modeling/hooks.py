@@ -1,10 +1,13 @@
 """Hooks that let a frozen Hugging Face LM read the stacked adapter bank.
 
-`install(backbone)` runs once per backbone. It registers forward hooks on the Linear,
-LayerNorm and Embedding modules (LoRA deltas, overrides), on every block position
-(serial and parallel bottlenecks), and routes attention through `prefix_attention`
-(key/value prefixes). Hooks do nothing unless an `AdapterContext` is active, so the bare
-backbone computes exactly what the Hugging Face model computes.
+`install(backbone)` runs once per backbone. It finds the Linear, LayerNorm and Embedding
+modules (LoRA deltas, overrides) and every block position (serial and parallel
+bottlenecks), and routes attention through `prefix_attention` (key/value prefixes).
+A module gets its forward hook the first time a bank has a site on it, and keeps it:
+a site no bank uses costs nothing per call, and a hook costs one dict lookup when the
+active bank lacks its site (registering hooks per bank would cost more than that).
+Hooks do nothing unless an `AdapterContext` is active, so the bare backbone computes
+exactly what the Hugging Face model computes.
 
 The context holds the stacked weights and the slot of every row for the current call;
 under beam search the caller hands the decoder an index repeated per beam.
@@ -12,8 +15,10 @@ under beam search the caller hands the decoder an index repeated per beam.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -24,7 +29,13 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from modeling.bank import StackedPrefix, StackedWeights
-from modeling.kernels import RowIndex, gathered_bottleneck, gathered_lora, gathered_rows
+from modeling.kernels import (
+    RowIndex,
+    gathered_bottleneck,
+    gathered_lora,
+    gathered_matmul,
+    gathered_rows,
+)
 from modeling.sites import BlockPosition, attention_sites, block_positions
 
 ATTENTION_IMPLEMENTATION = "vladapter"
@@ -37,14 +48,13 @@ class AdapterContext:
         self.weights: StackedWeights | None = None
         self.index: RowIndex | None = None
         self.captured: dict[str, torch.Tensor] = {}
-
-    @property
-    def active(self) -> bool:
-        return self.weights is not None
+        # Site name -> the call that registers its hooks, for sites not hooked yet.
+        self._unhooked: dict[str, Callable[[], object]] = {}
+        self._hooked_for: weakref.ref | None = None  # the last bank whose sites are hooked
 
     @contextmanager
-    def use(self, weights: StackedWeights | None, index: RowIndex | None,
-            rows: int | None = None) -> Iterator[None]:
+    def use(self, weights: StackedWeights | None, index: RowIndex | None, *,
+            rows: int) -> Iterator[None]:
         """Activate `weights` for rows `index` (both None: the bare backbone).
 
         rows: the batch size the hooks will see. The index is checked against it and
@@ -56,6 +66,7 @@ class AdapterContext:
                 raise ValueError("adapter weights given without an index: expected one slot "
                                  "per row")
             index.check(rows, weights.slots)
+            self._hook_sites_of(weights)
         saved = (self.weights, self.index)
         self.weights, self.index = weights, index
         try:
@@ -64,79 +75,109 @@ class AdapterContext:
             self.weights, self.index = saved
             self.captured.clear()
 
+    def _hook_sites_of(self, weights: StackedWeights) -> None:
+        """Register the hooks of every site `weights` uses that has none yet.
+
+        A bank's sites never change after stacking (`write_slot` writes only into stacks
+        it has), so a bank seen last time is skipped without looking at its sites.
+        """
+        if self._hooked_for is not None and self._hooked_for() is weights:
+            return
+        sites = {*weights.lora, *weights.bottleneck,
+                 *(name.rsplit(".", 1)[0] for name in weights.overrides)}
+        for site in sites & self._unhooked.keys():
+            self._unhooked.pop(site)()
+        self._hooked_for = weakref.ref(weights)
+
+
+def _per_row(table: torch.Tensor, index: RowIndex) -> torch.Tensor:
+    """table [slots, d] -> each row's [b, 1, d], or one slot's [d] for a uniform index
+    (both broadcast against activations [b, n, d])."""
+    if index.uniform is not None:
+        return table[index.uniform]
+    return table.index_select(0, index.slots).unsqueeze(1)
+
 
 def _layer_norm(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
                 bias: torch.Tensor | None) -> torch.Tensor:
-    """Recompute a LayerNorm with per-row affine parameters weight/bias [b, d]."""
+    """Recompute a LayerNorm with affine parameters weight/bias [d] or per row [b, 1, d]."""
     if isinstance(module, nn.LayerNorm):
+        if weight.dim() == 1 and (bias is None or bias.dim() == 1):
+            return F.layer_norm(x, module.normalized_shape, weight, bias, module.eps)
         normed = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
     else:  # T5LayerNorm: RMS norm computed in fp32, no mean subtraction, no bias.
         variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
         normed = (x * torch.rsqrt(variance + module.variance_epsilon)).to(weight.dtype)
-    out = normed * weight.unsqueeze(1)
-    return out if bias is None else out + bias.unsqueeze(1)
+    return normed * weight if bias is None else torch.addcmul(bias, normed, weight)
+
+
+def _overridden_linear(module: nn.Linear, x: torch.Tensor, output: torch.Tensor,
+                       w_over: torch.Tensor | None, b_over: torch.Tensor | None,
+                       index: RowIndex) -> torch.Tensor:
+    """The Linear's output [b, s, out] with per-row weight [slots, out, in] and/or bias
+    [slots, out] overrides; x [b, s, in], output [b, s, out] the frozen layer's."""
+    bias = module.bias if b_over is None else _per_row(b_over, index)
+    if w_over is not None:
+        return gathered_matmul(x, w_over, index, base=bias)
+    return output - module.bias + bias
 
 
 def _linear_hook(name: str, ctx: AdapterContext):
+    weight_key, bias_key = f"{name}.weight", f"{name}.bias"
+
     def hook(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        weights, index = ctx.weights, ctx.index
+        weights = ctx.weights
         if weights is None:
             return None
-        x = args[0]
-        w_over = weights.overrides.get(f"{name}.weight")
-        b_over = weights.overrides.get(f"{name}.bias")
-        if w_over is not None:
-            output = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]),
-                               gathered_rows(w_over, index).transpose(1, 2)).view_as(output)
-            if module.bias is not None and b_over is None:
-                output = output + module.bias
-        elif b_over is not None and module.bias is not None:
-            output = output - module.bias
-        if b_over is not None:
-            output = output + gathered_rows(b_over, index).view(x.shape[0], *[1] * (x.dim() - 2),
-                                                                -1)
+        w_over, b_over = weights.overrides.get(weight_key), weights.overrides.get(bias_key)
         lora = weights.lora.get(name)
+        if lora is None and w_over is None and b_over is None:
+            return None
+        x = args[0]
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [b, s, in]
+        out = output.view(x.shape[0], -1, output.shape[-1])  # [b, s, out]
+        if w_over is not None or b_over is not None:
+            out = _overridden_linear(module, flat, out, w_over, b_over, ctx.index)
         if lora is not None:
-            flat = x.reshape(x.shape[0], -1, x.shape[-1])
             if lora.dropout > 0:  # non-zero only for train forms in training mode
                 flat = F.dropout(flat, lora.dropout, training=True)
-            delta = gathered_lora(flat, lora.lora_a, lora.lora_b, lora.scale, index)
-            output = output + delta.view_as(output)
-        return output
+            out = gathered_lora(flat, lora.lora_a, lora.lora_b, None, ctx.index, base=out)
+        return out.view(output.shape)
 
     return hook
 
 
 def _norm_hook(name: str, ctx: AdapterContext):
+    weight_key, bias_key = f"{name}.weight", f"{name}.bias"
+
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         weights = ctx.weights
         if weights is None:
             return None
-        w_over = weights.overrides.get(f"{name}.weight")
-        b_over = weights.overrides.get(f"{name}.bias")
+        w_over, b_over = weights.overrides.get(weight_key), weights.overrides.get(bias_key)
         if w_over is None and b_over is None:
             return None
-        weight = gathered_rows(w_over, ctx.index) if w_over is not None else \
-            module.weight.expand(args[0].shape[0], -1)
-        bias = None
-        if getattr(module, "bias", None) is not None:
-            bias = gathered_rows(b_over, ctx.index) if b_over is not None else \
-                module.bias.expand(args[0].shape[0], -1)
+        weight = module.weight if w_over is None else _per_row(w_over, ctx.index)
+        bias = getattr(module, "bias", None)
+        if bias is not None and b_over is not None:
+            bias = _per_row(b_over, ctx.index)
         return _layer_norm(module, args[0], weight, bias)
 
     return hook
 
 
 def _embedding_hook(name: str, ctx: AdapterContext):
+    weight_key = f"{name}.weight"
+
     def hook(module: nn.Embedding, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         weights = ctx.weights
-        table = None if weights is None else weights.overrides.get(f"{name}.weight")
+        table = None if weights is None else weights.overrides.get(weight_key)
         if table is None:
             return None
-        ids = args[0]  # [b, n]
-        slots, vocab = ctx.index.slots, table.shape[1]
-        flat = (slots.view(-1, 1) * vocab + ids).reshape(-1)
-        return table.reshape(-1, table.shape[-1])[flat].view(*ids.shape, -1)
+        ids, index = args[0], ctx.index  # ids [b, n]; table [slots, vocab, d]
+        if index.uniform is not None:
+            return F.embedding(ids, table[index.uniform])
+        return table[index.slots.view(-1, 1).expand_as(ids), ids]  # [b, n, d]
 
     return hook
 
@@ -146,8 +187,8 @@ def _position_hooks(name: str, position: BlockPosition, ctx: AdapterContext) -> 
 
     def capture_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
         weights = ctx.weights
-        if weights is not None and name in weights.bottleneck and \
-                weights.bottleneck[name].any_parallel:
+        stacked = None if weights is None else weights.bottleneck.get(name)
+        if stacked is not None and stacked.any_parallel:
             ctx.captured[name] = args[0] if args else kwargs["hidden_states"]
 
     def add_adapter(module: nn.Module, args: tuple, output: Any) -> Any:
@@ -155,15 +196,14 @@ def _position_hooks(name: str, position: BlockPosition, ctx: AdapterContext) -> 
         stacked = None if weights is None else weights.bottleneck.get(name)
         if stacked is None:
             return None
+        index = ctx.index
         h = output[0] if position.output_is_tuple else output
         z = h
         if stacked.any_parallel:
             x = ctx.captured.pop(name)
-            z = torch.where(stacked.parallel[ctx.index.slots].view(-1, 1, 1), x, h)
-        delta = gathered_bottleneck(z, stacked.down_weight, stacked.down_bias, stacked.up_weight,
-                                    stacked.up_bias, stacked.scale, stacked.activations,
-                                    ctx.index)
-        h = h + delta
+            z = torch.where(gathered_rows(stacked.parallel, index).view(-1, 1, 1), x, h)
+        h = gathered_bottleneck(z, stacked.down_weight, stacked.down_bias, stacked.up_weight,
+                                stacked.up_bias, None, stacked.activations, index, base=h)
         return (h, *output[1:]) if position.output_is_tuple else h
 
     position.input_module.register_forward_pre_hook(capture_input, with_kwargs=True)
@@ -203,9 +243,8 @@ def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     if ctx is not None and ctx.weights is not None:
         prefix = ctx.weights.prefix.get(module.vladapter_site)
         if prefix is not None:
-            index = ctx.index
             key, value, attention_mask, kwargs = _with_prefix(
-                module, prefix, index, query, key, value, attention_mask, kwargs)
+                module, prefix, ctx.index, query, key, value, attention_mask, kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -214,19 +253,28 @@ AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
 
 
 def install(backbone: nn.Module, lm_type: str, lm: nn.Module) -> AdapterContext:
-    """Register every hook on `backbone` once; returns the context the hooks read."""
+    """Find every adapter site of `backbone` once; returns the context the hooks read.
+
+    A site's hooks are registered when a bank first uses it (`AdapterContext.use`). A
+    Linear's own hook goes first (prepend) so that a bottleneck whose output module is
+    that Linear (BART's fc2) always sees the LoRA / override output, whatever the order
+    in which banks brought the two sites.
+    """
     ctx = AdapterContext()
     for name, module in backbone.named_modules():
         if name.startswith("vision.") or name == "vision":
             continue
+        hook = None
         if isinstance(module, nn.Linear):
-            module.register_forward_hook(_linear_hook(name, ctx))
+            hook = _linear_hook(name, ctx)
         elif isinstance(module, nn.Embedding) and name.startswith("visual."):
-            module.register_forward_hook(_embedding_hook(name, ctx))
+            hook = _embedding_hook(name, ctx)
         elif isinstance(module, nn.LayerNorm) or type(module).__name__ == "T5LayerNorm":
-            module.register_forward_hook(_norm_hook(name, ctx))
+            hook = _norm_hook(name, ctx)
+        if hook is not None:
+            ctx._unhooked[name] = partial(module.register_forward_hook, hook, prepend=True)
     for name, position in block_positions(lm_type, lm).items():
-        _position_hooks(name, position, ctx)
+        ctx._unhooked[name] = partial(_position_hooks, name, position, ctx)
     for name, attention in attention_sites(lm_type, lm).items():
         attention.vladapter_context = ctx
         attention.vladapter_site = name

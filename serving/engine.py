@@ -387,7 +387,8 @@ class Engine:
             slots += [row.request.slot] * len(row_tokens)
         index = RowIndex.of(torch.tensor(slots, device=self.device))
         self.stats["max_step_rows"] = max(self.stats["max_step_rows"], len(tokens))
-        self.stats["max_step_slots"] = max(self.stats["max_step_slots"], len(set(index.rows)))
+        self.stats["max_step_slots"] = max(self.stats["max_step_slots"],
+                                           len(set(index.host_slots)))
         beam_requests = sum(row.beams is not None for row in self._running)
         self.stats["steps_mixing_beams_and_greedy"] += 0 < beam_requests < len(self._running)
         logits = self._decoding.step(self.backbone, torch.tensor(tokens, device=self.device),
