@@ -25,7 +25,7 @@ def _slots_of(index: RowIndex | None, rows: list[int]) -> RowIndex | None:
     """The slot index of decoder rows, given the batch row each one belongs to."""
     if index is None:
         return None
-    return RowIndex.of(index.slots[torch.tensor(rows, device=index.slots.device)])
+    return index.select(rows)
 
 
 @torch.no_grad()

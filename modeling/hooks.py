@@ -18,7 +18,6 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
 import torch
@@ -41,6 +40,42 @@ from modeling.sites import BlockPosition, attention_sites, block_positions
 ATTENTION_IMPLEMENTATION = "vladapter"
 
 
+class _LazyHooks:
+    """Our hooks per module, registered on a module when a bank first uses a site on it.
+
+    All of a module's hooks are registered together and ahead of hooks others registered
+    (a tracer in tests), in one order whatever bank came first: a Linear's own hook
+    (LoRA, overrides), then the bottleneck of a block position that ends at that Linear
+    (BART's fc2), which adds to the Linear's adapted output.
+    """
+
+    def __init__(self) -> None:
+        self.modules_of: dict[str, list[nn.Module]] = {}  # site -> modules, until hooked
+        self.forward: dict[nn.Module, list[Callable]] = {}  # module -> hooks, in run order
+        self.pre: dict[nn.Module, list[Callable]] = {}  # module -> pre-hooks (kwargs)
+        self.hooked: set[nn.Module] = set()
+
+    def add(self, site: str, module: nn.Module, forward: Callable | None = None,
+            pre: Callable | None = None) -> None:
+        self.modules_of.setdefault(site, []).append(module)
+        if forward is not None:
+            self.forward.setdefault(module, []).append(forward)
+        if pre is not None:
+            self.pre.setdefault(module, []).append(pre)
+
+    def register(self, sites: set[str]) -> None:
+        """Register the hooks of every module of `sites` that has none of ours yet."""
+        for site in sites & self.modules_of.keys():
+            for module in self.modules_of.pop(site):
+                if module in self.hooked:
+                    continue
+                self.hooked.add(module)
+                for hook in reversed(self.forward.get(module, [])):
+                    module.register_forward_hook(hook, prepend=True)
+                for hook in reversed(self.pre.get(module, [])):
+                    module.register_forward_pre_hook(hook, prepend=True, with_kwargs=True)
+
+
 class AdapterContext:
     """The stacked weights and per-row slots that the hooks read during one call."""
 
@@ -48,8 +83,7 @@ class AdapterContext:
         self.weights: StackedWeights | None = None
         self.index: RowIndex | None = None
         self.captured: dict[str, torch.Tensor] = {}
-        # Site name -> the call that registers its hooks, for sites not hooked yet.
-        self._unhooked: dict[str, Callable[[], object]] = {}
+        self.hooks = _LazyHooks()
         self._hooked_for: weakref.ref | None = None  # the last bank whose sites are hooked
 
     @contextmanager
@@ -79,14 +113,12 @@ class AdapterContext:
         """Register the hooks of every site `weights` uses that has none yet.
 
         A bank's sites never change after stacking (`write_slot` writes only into stacks
-        it has), so a bank seen last time is skipped without looking at its sites.
+        it has), so the bank seen last time is skipped without looking at its sites.
         """
         if self._hooked_for is not None and self._hooked_for() is weights:
             return
-        sites = {*weights.lora, *weights.bottleneck,
-                 *(name.rsplit(".", 1)[0] for name in weights.overrides)}
-        for site in sites & self._unhooked.keys():
-            self._unhooked.pop(site)()
+        self.hooks.register({*weights.lora, *weights.bottleneck,
+                             *(name.rsplit(".", 1)[0] for name in weights.overrides)})
         self._hooked_for = weakref.ref(weights)
 
 
@@ -183,7 +215,7 @@ def _embedding_hook(name: str, ctx: AdapterContext):
 
 
 def _position_hooks(name: str, position: BlockPosition, ctx: AdapterContext) -> None:
-    """Serial / parallel bottleneck at one block position."""
+    """Serial / parallel bottleneck at one block position (hooks added to `ctx.hooks`)."""
 
     def capture_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
         weights = ctx.weights
@@ -206,8 +238,8 @@ def _position_hooks(name: str, position: BlockPosition, ctx: AdapterContext) -> 
                                 stacked.up_bias, None, stacked.activations, index, base=h)
         return (h, *output[1:]) if position.output_is_tuple else h
 
-    position.input_module.register_forward_pre_hook(capture_input, with_kwargs=True)
-    position.output_module.register_forward_hook(add_adapter)
+    ctx.hooks.add(name, position.input_module, pre=capture_input)
+    ctx.hooks.add(name, position.output_module, forward=add_adapter)
 
 
 def _with_prefix(module: nn.Module, prefix: StackedPrefix, index: RowIndex,
@@ -255,26 +287,20 @@ AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
 def install(backbone: nn.Module, lm_type: str, lm: nn.Module) -> AdapterContext:
     """Find every adapter site of `backbone` once; returns the context the hooks read.
 
-    A site's hooks are registered when a bank first uses it (`AdapterContext.use`). A
-    Linear's own hook goes first (prepend) so that a bottleneck whose output module is
-    that Linear (BART's fc2) always sees the LoRA / override output, whatever the order
-    in which banks brought the two sites.
+    A site's hooks are registered when a bank first uses it (`AdapterContext.use`).
     """
     ctx = AdapterContext()
     for name, module in backbone.named_modules():
         if name.startswith("vision.") or name == "vision":
             continue
-        hook = None
         if isinstance(module, nn.Linear):
-            hook = _linear_hook(name, ctx)
+            ctx.hooks.add(name, module, forward=_linear_hook(name, ctx))
         elif isinstance(module, nn.Embedding) and name.startswith("visual."):
-            hook = _embedding_hook(name, ctx)
+            ctx.hooks.add(name, module, forward=_embedding_hook(name, ctx))
         elif isinstance(module, nn.LayerNorm) or type(module).__name__ == "T5LayerNorm":
-            hook = _norm_hook(name, ctx)
-        if hook is not None:
-            ctx._unhooked[name] = partial(module.register_forward_hook, hook, prepend=True)
+            ctx.hooks.add(name, module, forward=_norm_hook(name, ctx))
     for name, position in block_positions(lm_type, lm).items():
-        ctx._unhooked[name] = partial(_position_hooks, name, position, ctx)
+        _position_hooks(name, position, ctx)
     for name, attention in attention_sites(lm_type, lm).items():
         attention.vladapter_context = ctx
         attention.vladapter_site = name

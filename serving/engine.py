@@ -335,8 +335,7 @@ class Engine:
                            max_text_tokens=self.max_text_tokens)
         batch = batch.to(self.device)
         batch.visual = batch.visual.to(self.dtype)
-        slots = torch.tensor([r.slot for r in requests], device=self.device)
-        return batch, RowIndex.of(slots)
+        return batch, RowIndex.of([r.slot for r in requests], device=self.device)
 
     def _score(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
         """NLVR2 ("true"/"false") and multiple choice ("a0".."a{n-1}") by candidate scoring."""
@@ -385,7 +384,7 @@ class Engine:
             row_tokens = row.next_tokens()
             tokens += row_tokens
             slots += [row.request.slot] * len(row_tokens)
-        index = RowIndex.of(torch.tensor(slots, device=self.device))
+        index = RowIndex.of(slots, device=self.device)
         self.stats["max_step_rows"] = max(self.stats["max_step_rows"], len(tokens))
         self.stats["max_step_slots"] = max(self.stats["max_step_slots"],
                                            len(set(index.host_slots)))
