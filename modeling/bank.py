@@ -14,6 +14,12 @@ Each slot's scale (LoRA's alpha / r, a bottleneck's scale) is multiplied into it
 weights (`lora_b`; `up_weight` and `up_bias`) when the slot is stacked or written, so no
 forward pays a per-row scale; `scale` keeps the value for reference.
 
+Every LoRA site, bottleneck position and overridden module records `used_by`: the slots
+whose set has it. The hooks compute a site only for the rows of those slots (a batch
+mixing serve forms pays each form on its own rows; a site no row's slot uses is
+skipped). Equal `used_by` sets of one bank are one object, so the per-step row subsets
+are found by identity (`modeling.kernels.RowIndex.subset`).
+
 Every weight matrix is stored in the layout the gathered kernels multiply by
 (`modeling.kernels`): the fields keep their documented shape `[slots, out, in]`, but as
 a transposed view of contiguous `[slots, in, out]` memory, so gathering a row's slot is
@@ -36,6 +42,7 @@ class StackedLora:
     lora_b: torch.Tensor  # [slots, out, max_rank], kernel layout, times the slot's scale
     scale: torch.Tensor  # [slots] (already in lora_b: the kernels read it from there)
     dropout: float = 0.0  # the largest of the slots' (training only)
+    used_by: frozenset[int] = frozenset()  # slots whose set has this site (others: zeros)
 
 
 @dataclass
@@ -48,6 +55,7 @@ class StackedBottleneck:
     parallel: torch.Tensor  # [slots] bool
     activations: str | list[str]  # one name for every slot, or one per slot
     any_parallel: bool
+    used_by: frozenset[int] = frozenset()  # slots whose set has this position (others: zeros)
 
 
 @dataclass
@@ -67,6 +75,8 @@ class StackedWeights:
     prefix: dict[str, StackedPrefix] = field(default_factory=dict)
     # name -> [slots, *shape]; matrices in kernel layout (`_stack_matrices`)
     overrides: dict[str, torch.Tensor] = field(default_factory=dict)
+    # module name -> slots whose set overrides a tensor of it (others hold the frozen one)
+    override_used_by: dict[str, frozenset[int]] = field(default_factory=dict)
 
 
 def _stack_matrices(matrices: list[torch.Tensor]) -> torch.Tensor:
@@ -187,7 +197,38 @@ def stack_weights(
         base = frozen[name].to(like)
         stacked.overrides[name] = _stack_matrices(
             [s.overrides[name].to(like) if name in s.overrides else base for s in sets])
+    _record_used_by(stacked, sets)
     return stacked
+
+
+def _record_used_by(stacked: StackedWeights, sets: list[ServeWeights]) -> None:
+    """Each site's `used_by`: the slots (indices of `sets`) whose set has it."""
+    for site, lora in stacked.lora.items():
+        lora.used_by = frozenset(j for j, s in enumerate(sets) if site in s.lora)
+    for pos, bottleneck in stacked.bottleneck.items():
+        bottleneck.used_by = frozenset(j for j, s in enumerate(sets) if pos in s.bottleneck)
+    overridden = [{_module_of(name) for name in s.overrides} for s in sets]
+    for module in {_module_of(name) for name in stacked.overrides}:
+        stacked.override_used_by[module] = frozenset(
+            j for j, modules in enumerate(overridden) if module in modules)
+    _share_used_by(stacked)
+
+
+def _module_of(tensor_name: str) -> str:
+    return tensor_name.rsplit(".", 1)[0]
+
+
+def _with_slot(used_by: frozenset[int], slot: int, used: bool) -> frozenset[int]:
+    return used_by | {slot} if used else used_by - {slot}
+
+
+def _share_used_by(stacked: StackedWeights) -> None:
+    """Make equal `used_by` sets of the bank one object (sites of one recipe share it)."""
+    shared: dict[frozenset[int], frozenset[int]] = {}
+    for stack in (*stacked.lora.values(), *stacked.bottleneck.values()):
+        stack.used_by = shared.setdefault(stack.used_by, stack.used_by)
+    for module, used_by in stacked.override_used_by.items():
+        stacked.override_used_by[module] = shared.setdefault(used_by, used_by)
 
 
 def write_slot(stacked: StackedWeights, slot: int, weights: ServeWeights,
@@ -217,6 +258,10 @@ def write_slot(stacked: StackedWeights, slot: int, weights: ServeWeights,
                             None if kv is None else kv.value, 1)
         for name, override in stacked.overrides.items():
             override[slot].copy_(weights.overrides.get(name, frozen[name]))
+    overridden = {_module_of(name) for name in weights.overrides}
+    for module, used_by in stacked.override_used_by.items():
+        stacked.override_used_by[module] = _with_slot(used_by, slot, module in overridden)
+    _share_used_by(stacked)
     return True
 
 
@@ -248,6 +293,7 @@ def _fits(stacked: StackedWeights, weights: ServeWeights) -> bool:
 
 
 def _write_lora(stack: StackedLora, slot: int, delta: LowRankDelta | None) -> None:
+    stack.used_by = _with_slot(stack.used_by, slot, delta is not None)
     stack.lora_a[slot].zero_()
     stack.lora_b[slot].zero_()
     stack.scale[slot] = 0.0 if delta is None else delta.scale
@@ -258,6 +304,7 @@ def _write_lora(stack: StackedLora, slot: int, delta: LowRankDelta | None) -> No
 
 
 def _write_bottleneck(stack: StackedBottleneck, slot: int, b: Bottleneck | None) -> None:
+    stack.used_by = _with_slot(stack.used_by, slot, b is not None)
     for tensor in (stack.down_weight, stack.down_bias, stack.up_weight, stack.up_bias):
         tensor[slot].zero_()
     stack.scale[slot] = 0.0 if b is None else b.scale

@@ -18,6 +18,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from modeling.bank import StackedPrefix, StackedWeights
+from modeling.bank import StackedBottleneck, StackedLora, StackedPrefix, StackedWeights
 from modeling.kernels import (
     RowIndex,
     gathered_bottleneck,
@@ -122,6 +123,30 @@ class AdapterContext:
         self._hooked_for = weakref.ref(weights)
 
 
+def _on_rows(used_by: frozenset[int], index: RowIndex, compute: Callable[..., torch.Tensor],
+             out: torch.Tensor, *inputs: torch.Tensor, own: bool = False) -> torch.Tensor:
+    """`compute(index, out, *inputs)` on the rows whose slot is in `used_by` only.
+
+    out [b, ...] (the module's output) and inputs [b, ...] are cut to those rows and the
+    result written back into `out`'s rows; the other rows keep the frozen module's output,
+    as their slots hold zeros or the frozen tensors at this site. own: `out` is the
+    hooked module's fresh output, seen by no one yet (our hooks run first), so it is
+    written in place unless autograd records; a block position's output may be a
+    submodule's output that others hold, so it is copied.
+    """
+    subset = index.subset(used_by)
+    if subset is None:
+        return compute(index, out, *inputs)
+    if not len(subset.index):
+        return out
+    rows = subset.positions
+    part = compute(subset.index, out.index_select(0, rows),
+                   *(t.index_select(0, rows) for t in inputs))
+    if own and not torch.is_grad_enabled():
+        return out.index_copy_(0, rows, part)
+    return out.index_copy(0, rows, part)
+
+
 def _per_row(table: torch.Tensor, index: RowIndex) -> torch.Tensor:
     """table [slots, d] -> each row's [b, 1, d], or one slot's [d] for a uniform index
     (both broadcast against activations [b, n, d])."""
@@ -143,15 +168,21 @@ def _layer_norm(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
     return normed * weight if bias is None else torch.addcmul(bias, normed, weight)
 
 
-def _overridden_linear(module: nn.Linear, x: torch.Tensor, output: torch.Tensor,
-                       w_over: torch.Tensor | None, b_over: torch.Tensor | None,
-                       index: RowIndex) -> torch.Tensor:
+def _overridden_linear(module: nn.Linear, w_over: torch.Tensor | None,
+                       b_over: torch.Tensor | None, index: RowIndex, output: torch.Tensor,
+                       x: torch.Tensor) -> torch.Tensor:
     """The Linear's output [b, s, out] with per-row weight [slots, out, in] and/or bias
     [slots, out] overrides; x [b, s, in], output [b, s, out] the frozen layer's."""
     bias = module.bias if b_over is None else _per_row(b_over, index)
     if w_over is not None:
         return gathered_matmul(x, w_over, index, base=bias)
     return output - module.bias + bias
+
+
+def _lora_rows(lora: StackedLora, index: RowIndex, output: torch.Tensor,
+               x: torch.Tensor) -> torch.Tensor:
+    """output [b, s, out] plus each row's LoRA delta of x [b, s, in]."""
+    return gathered_lora(x, lora.lora_a, lora.lora_b, None, index, base=output)
 
 
 def _linear_hook(name: str, ctx: AdapterContext):
@@ -165,18 +196,32 @@ def _linear_hook(name: str, ctx: AdapterContext):
         lora = weights.lora.get(name)
         if lora is None and w_over is None and b_over is None:
             return None
-        x = args[0]
-        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [b, s, in]
-        out = output.view(x.shape[0], -1, output.shape[-1])  # [b, s, out]
+        x, out = args[0], output
+        if x.dim() != 3:  # the kernels take [b, s, features]
+            x, out = x.reshape(x.shape[0], -1, x.shape[-1]), out.view(x.shape[0], -1,
+                                                                      out.shape[-1])
         if w_over is not None or b_over is not None:
-            out = _overridden_linear(module, flat, out, w_over, b_over, ctx.index)
+            out = _on_rows(weights.override_used_by[name], ctx.index,
+                           partial(_overridden_linear, module, w_over, b_over), out, x,
+                           own=True)
         if lora is not None:
             if lora.dropout > 0:  # non-zero only for train forms in training mode
-                flat = F.dropout(flat, lora.dropout, training=True)
-            out = gathered_lora(flat, lora.lora_a, lora.lora_b, None, ctx.index, base=out)
-        return out.view(output.shape)
+                x = F.dropout(x, lora.dropout, training=True)
+            out = _on_rows(lora.used_by, ctx.index, partial(_lora_rows, lora), out, x,
+                           own=True)
+        return out if out.dim() == output.dim() else out.view(output.shape)
 
     return hook
+
+
+def _norm_rows(module: nn.Module, w_over: torch.Tensor | None, b_over: torch.Tensor | None,
+               index: RowIndex, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The LayerNorm of x [b, n, d] with each row's weight / bias overrides."""
+    weight = module.weight if w_over is None else _per_row(w_over, index)
+    bias = getattr(module, "bias", None)
+    if bias is not None and b_over is not None:
+        bias = _per_row(b_over, index)
+    return _layer_norm(module, x, weight, bias)
 
 
 def _norm_hook(name: str, ctx: AdapterContext):
@@ -189,13 +234,19 @@ def _norm_hook(name: str, ctx: AdapterContext):
         w_over, b_over = weights.overrides.get(weight_key), weights.overrides.get(bias_key)
         if w_over is None and b_over is None:
             return None
-        weight = module.weight if w_over is None else _per_row(w_over, ctx.index)
-        bias = getattr(module, "bias", None)
-        if bias is not None and b_over is not None:
-            bias = _per_row(b_over, ctx.index)
-        return _layer_norm(module, args[0], weight, bias)
+        return _on_rows(weights.override_used_by[name], ctx.index,
+                        partial(_norm_rows, module, w_over, b_over), output, args[0],
+                        own=True)
 
     return hook
+
+
+def _embedding_rows(table: torch.Tensor, index: RowIndex, output: torch.Tensor,
+                    ids: torch.Tensor) -> torch.Tensor:
+    """Each row's embeddings of ids [b, n] from its slot's table [slots, vocab, d]."""
+    if index.uniform is not None:
+        return F.embedding(ids, table[index.uniform])
+    return table[index.slots.view(-1, 1).expand_as(ids), ids]  # [b, n, d]
 
 
 def _embedding_hook(name: str, ctx: AdapterContext):
@@ -206,12 +257,21 @@ def _embedding_hook(name: str, ctx: AdapterContext):
         table = None if weights is None else weights.overrides.get(weight_key)
         if table is None:
             return None
-        ids, index = args[0], ctx.index  # ids [b, n]; table [slots, vocab, d]
-        if index.uniform is not None:
-            return F.embedding(ids, table[index.uniform])
-        return table[index.slots.view(-1, 1).expand_as(ids), ids]  # [b, n, d]
+        return _on_rows(weights.override_used_by[name], ctx.index,
+                        partial(_embedding_rows, table), output, args[0], own=True)
 
     return hook
+
+
+def _bottleneck_rows(stacked: StackedBottleneck, index: RowIndex, h: torch.Tensor,
+                     x: torch.Tensor | None = None) -> torch.Tensor:
+    """The sublayer's output h [b, s, d] plus each row's bottleneck of h (serial) or of
+    the sublayer's input x (parallel rows; x given when any slot is parallel)."""
+    z = h
+    if x is not None:
+        z = torch.where(gathered_rows(stacked.parallel, index).view(-1, 1, 1), x, h)
+    return gathered_bottleneck(z, stacked.down_weight, stacked.down_bias, stacked.up_weight,
+                               stacked.up_bias, None, stacked.activations, index, base=h)
 
 
 def _position_hooks(name: str, position: BlockPosition, ctx: AdapterContext) -> None:
@@ -228,14 +288,9 @@ def _position_hooks(name: str, position: BlockPosition, ctx: AdapterContext) -> 
         stacked = None if weights is None else weights.bottleneck.get(name)
         if stacked is None:
             return None
-        index = ctx.index
         h = output[0] if position.output_is_tuple else output
-        z = h
-        if stacked.any_parallel:
-            x = ctx.captured.pop(name)
-            z = torch.where(gathered_rows(stacked.parallel, index).view(-1, 1, 1), x, h)
-        h = gathered_bottleneck(z, stacked.down_weight, stacked.down_bias, stacked.up_weight,
-                                stacked.up_bias, None, stacked.activations, index, base=h)
+        inputs = (ctx.captured.pop(name),) if stacked.any_parallel else ()
+        h = _on_rows(stacked.used_by, ctx.index, partial(_bottleneck_rows, stacked), h, *inputs)
         return (h, *output[1:]) if position.output_is_tuple else h
 
     ctx.hooks.add(name, position.input_module, pre=capture_input)

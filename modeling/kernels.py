@@ -14,7 +14,7 @@ are fused into the matmul (`baddbmm`) where the equation allows it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,9 @@ class RowIndex:
     slots: torch.Tensor
     host_slots: tuple[int, ...]
     uniform: int | None
+    # set of slots -> the rows using them (`subset`), found once per index
+    _subsets: dict[frozenset[int], RowSubset | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, slots: Sequence[int] | torch.Tensor,
@@ -79,6 +82,32 @@ class RowIndex:
         """Each row repeated `repeats` times in place (beam search: one row per beam)."""
         return RowIndex.of([s for s in self.host_slots for _ in range(repeats)],
                            device=self.slots.device)
+
+    def subset(self, used_by: frozenset[int]) -> RowSubset | None:
+        """The rows whose slot is in `used_by` (a site's slots, `modeling.bank`), or None
+        when every row's is. Found from the host copy once per index and set: a bank's
+        sites share few distinct sets, so a forward computes a handful, not one per layer.
+        """
+        cached = self._subsets.get(used_by, self)  # self: not looked up yet
+        if cached is not self:
+            return cached
+        positions = [row for row, slot in enumerate(self.host_slots) if slot in used_by]
+        subset = None
+        if len(positions) < len(self.host_slots):
+            device = self.slots.device
+            subset = RowSubset(torch.tensor(positions, dtype=torch.long, device=device),
+                               RowIndex.of([self.host_slots[r] for r in positions], device))
+        self._subsets[used_by] = subset
+        return subset
+
+
+@dataclass(frozen=True)
+class RowSubset:
+    """Some rows of a batch: positions [k] long on the device (their rows in the batch) and
+    their own index (row i of the subset is row positions[i] of the batch)."""
+
+    positions: torch.Tensor
+    index: RowIndex
 
 
 def gathered_rows(table: torch.Tensor, index: RowIndex) -> torch.Tensor:

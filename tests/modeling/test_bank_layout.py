@@ -42,3 +42,15 @@ def test_stacked_matrices_keep_their_shape_over_memory_the_kernels_gather_in_one
         assert matrix.transpose(1, 2).is_contiguous(), name
         assert matrix.data_ptr() == before[name], f"{name} was reallocated, not written"
     assert bank.overrides["norm.weight"].is_contiguous()
+
+
+def test_each_site_records_the_slots_whose_set_uses_it_through_slot_writes():
+    lora_only = ServeWeights(lora=_set(3).lora)
+    bank = stack_weights([_set(0), lora_only, ServeWeights()], FROZEN, D, torch.zeros(()))
+    lora, bottleneck = bank.lora["lin"], bank.bottleneck["encoder.0.ffn"]
+    assert lora.used_by == {0, 1} and bottleneck.used_by == {0}
+    assert bank.override_used_by == {"lin": {0}, "norm": {0}}
+    assert bank.override_used_by["lin"] is bottleneck.used_by  # equal sets are one object
+    assert write_slot(bank, 0, lora_only, FROZEN) and write_slot(bank, 2, _set(4), FROZEN)
+    assert lora.used_by == {0, 1, 2} and bottleneck.used_by == {2}
+    assert bank.override_used_by == {"lin": {2}, "norm": {2}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from modeling_helpers import random_batch
 
+from modeling import hooks
 from modeling.backbone import VLBackbone
 from modeling.bank import stack_weights
 from modeling.config import preset
@@ -68,3 +69,55 @@ def test_lora_on_fc2_and_the_ffn_bottleneck_compose_alike_whatever_bank_came_fir
     assert not torch.equal(logits[0], _run(backbone, only_bottleneck)), \
         "guard: the LoRA must change the logits"
     assert torch.equal(logits[0], logits[1])
+
+
+def test_rows_whose_slot_lacks_a_site_keep_the_frozen_modules_output_bit_for_bit():
+    """A site runs only on the rows whose slot uses it; the other rows keep what the frozen
+    module computed, not a recomputation with the frozen tensors (a LayerNorm recomputed
+    with per-row affine parameters differs in the last bits)."""
+    backbone = VLBackbone.from_config(preset("tiny-bart"), seed=0)
+    norm, site = "lm.model.encoder.layers.0.self_attn_layer_norm", "lm.model.encoder.layers.0.fc1"
+    frozen = backbone.frozen_tensors()
+    adapted = ServeWeights(
+        lora={site: _lora(backbone, site)},
+        bottleneck={"encoder.0.ffn": _bottleneck(backbone.config.d_model)},
+        overrides={f"{norm}.weight": frozen[f"{norm}.weight"] * 2,
+                   f"{norm}.bias": frozen[f"{norm}.bias"] + 1})
+    bank = stack_weights([adapted, ServeWeights()], frozen, backbone.config.d_model,
+                         torch.zeros(()))
+    batch, paths = random_batch(backbone, [3, 5]), (norm, site, "lm.model.encoder.layers.0.fc2")
+    outputs = []
+    for weights, index in ((bank, RowIndex.of([0, 1])), (None, None)):
+        seen = {}
+        handles = [backbone.get_submodule(p).register_forward_hook(
+            lambda m, a, out, p=p, seen=seen: seen.setdefault(p, out)) for p in paths]
+        with torch.no_grad():
+            backbone.encode(batch, weights, index)
+        for handle in handles:
+            handle.remove()
+        outputs.append(seen)
+    for path in paths:
+        assert not torch.equal(outputs[0][path][0], outputs[1][path][0]), path  # guard
+        assert torch.equal(outputs[0][path][1], outputs[1][path][1]), path
+
+
+def test_a_site_computes_only_the_rows_whose_slot_uses_it(monkeypatch):
+    """Mixed serve forms pay each form on its own rows; a batch none of whose rows uses a
+    site skips it (here: a uniform LoRA batch over a bank that also holds a bottleneck)."""
+    backbone = VLBackbone.from_config(preset("tiny"), seed=0)
+    site = "lm.encoder.block.0.layer.0.SelfAttention.q"
+    d = backbone.config.d_model
+    bank = stack_weights([ServeWeights(lora={site: _lora(backbone, site)}),
+                          ServeWeights(bottleneck={"encoder.0.ffn": _bottleneck(d)})],
+                         backbone.frozen_tensors(), d, torch.zeros(()))
+    rows_seen = {"lora": [], "bottleneck": []}
+    for kernel, kind in (("gathered_lora", "lora"), ("gathered_bottleneck", "bottleneck")):
+        real = getattr(hooks, kernel)
+        monkeypatch.setattr(hooks, kernel, lambda x, *args, real=real, kind=kind, **kwargs: (
+            rows_seen[kind].append(x.shape[0]), real(x, *args, **kwargs))[1])
+    batch = random_batch(backbone, [3, 5, 2, 4])
+    with torch.no_grad():
+        backbone.encode(batch, bank, RowIndex.of([0, 1, 0, 0]))
+        assert rows_seen == {"lora": [3], "bottleneck": [1]}
+        backbone.encode(batch, bank, RowIndex.of([0, 0, 0, 0]))
+    assert rows_seen == {"lora": [3, 4], "bottleneck": [1]}

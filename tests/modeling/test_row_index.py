@@ -104,3 +104,14 @@ def test_an_index_of_ints_holds_the_same_slots_on_the_device():
     index = RowIndex.of([1, 0, 1])
     assert index.slots.tolist() == [1, 0, 1] and index.slots.dtype == torch.long
     assert RowIndex.of(torch.tensor([1, 0, 1])).host_slots == index.host_slots
+
+
+def test_the_rows_of_a_set_of_slots_are_found_once_per_index():
+    index = RowIndex.of([3, 1, 3, 0])
+    used_by = frozenset({3, 2})
+    subset = index.subset(used_by)
+    assert subset.positions.tolist() == [0, 2] and subset.index.host_slots == (3, 3)
+    assert subset.index.uniform == 3
+    assert index.subset(used_by) is subset
+    assert index.subset(frozenset({0, 1, 3})) is None  # every row: no cut
+    assert len(index.subset(frozenset({2})).index) == 0
