@@ -35,6 +35,7 @@ from modeling.kernels import (
     gathered_lora,
     gathered_matmul,
     gathered_rows,
+    row_vectors,
 )
 from modeling.sites import BlockPosition, attention_sites, block_positions
 
@@ -147,14 +148,6 @@ def _on_rows(used_by: frozenset[int], index: RowIndex, compute: Callable[..., to
     return out.index_copy(0, rows, part)
 
 
-def _per_row(table: torch.Tensor, index: RowIndex) -> torch.Tensor:
-    """table [slots, d] -> each row's [b, 1, d], or one slot's [d] for a uniform index
-    (both broadcast against activations [b, n, d])."""
-    if index.uniform is not None:
-        return table[index.uniform]
-    return table.index_select(0, index.slots).unsqueeze(1)
-
-
 def _layer_norm(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
                 bias: torch.Tensor | None) -> torch.Tensor:
     """Recompute a LayerNorm with affine parameters weight/bias [d] or per row [b, 1, d]."""
@@ -173,7 +166,7 @@ def _overridden_linear(module: nn.Linear, w_over: torch.Tensor | None,
                        x: torch.Tensor) -> torch.Tensor:
     """The Linear's output [b, s, out] with per-row weight [slots, out, in] and/or bias
     [slots, out] overrides; x [b, s, in], output [b, s, out] the frozen layer's."""
-    bias = module.bias if b_over is None else _per_row(b_over, index)
+    bias = module.bias if b_over is None else row_vectors(b_over, index)
     if w_over is not None:
         return gathered_matmul(x, w_over, index, base=bias)
     return output - module.bias + bias
@@ -217,10 +210,10 @@ def _linear_hook(name: str, ctx: AdapterContext):
 def _norm_rows(module: nn.Module, w_over: torch.Tensor | None, b_over: torch.Tensor | None,
                index: RowIndex, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The LayerNorm of x [b, n, d] with each row's weight / bias overrides."""
-    weight = module.weight if w_over is None else _per_row(w_over, index)
+    weight = module.weight if w_over is None else row_vectors(w_over, index)
     bias = getattr(module, "bias", None)
     if bias is not None and b_over is not None:
-        bias = _per_row(b_over, index)
+        bias = row_vectors(b_over, index)
     return _layer_norm(module, x, weight, bias)
 
 

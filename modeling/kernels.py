@@ -120,6 +120,14 @@ def gathered_rows(table: torch.Tensor, index: RowIndex) -> torch.Tensor:
     return table.index_select(0, index.slots)
 
 
+def row_vectors(table: torch.Tensor, index: RowIndex) -> torch.Tensor:
+    """table [slots, d] -> each row's vector [b, 1, d], or the one slot's [d] for a uniform
+    index (no copy); both broadcast against activations [b, s, d]."""
+    if index.uniform is not None:
+        return table[index.uniform]
+    return table.index_select(0, index.slots).unsqueeze(1)
+
+
 def _row_scale(scale: torch.Tensor, index: RowIndex) -> torch.Tensor:
     """scale [slots] -> per row [b, 1, 1] (a 0-dim tensor for a uniform index)."""
     if index.uniform is not None:
@@ -132,8 +140,14 @@ def _times(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
     """y[i] = base[i] + x[i] @ weight_t[index[i]]; x [b, s, in], weight_t [slots, in, out],
     base broadcastable to [b, s, out] or None (0)."""
     if index.uniform is not None:
-        product = x @ weight_t[index.uniform]
-        return product if base is None else product + base
+        weight = weight_t[index.uniform]  # [in, out]
+        if base is None:
+            return x @ weight
+        out_shape = (*x.shape[:-1], weight.shape[-1])
+        if base.dim() == 1 or base.shape == out_shape:  # fuse the add into the matmul
+            base = base if base.dim() == 1 else base.reshape(-1, out_shape[-1])
+            return torch.addmm(base, x.reshape(-1, x.shape[-1]), weight).view(out_shape)
+        return x @ weight + base
     rows = weight_t.index_select(0, index.slots)  # [b, in, out]
     return torch.bmm(x, rows) if base is None else torch.baddbmm(base, x, rows)
 
@@ -205,10 +219,10 @@ def gathered_bottleneck(
     -> [b, s, d]. The scale multiplies the width-wide hidden and the up bias; the
     biases ride in the matmuls.
     """
-    down_b = gathered_rows(down_bias, index).unsqueeze(1)  # [b, 1, width]
+    down_b = row_vectors(down_bias, index)  # [b, 1, width] or [width]
     hidden = _activate(_times(z, down_weight.transpose(1, 2), index, down_b), activations,
                        index)
-    up_b = gathered_rows(up_bias, index).unsqueeze(1)  # [b, 1, d]
+    up_b = row_vectors(up_bias, index)  # [b, 1, d] or [d]
     if scale is not None:
         row_scale = _row_scale(scale, index).to(z.dtype)
         hidden, up_b = hidden * row_scale, up_b * row_scale
