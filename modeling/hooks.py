@@ -3,14 +3,16 @@
 `install(backbone)` runs once per backbone. It finds the Linear, LayerNorm and Embedding
 modules (LoRA deltas, overrides) and every block position (serial and parallel
 bottlenecks), and routes attention through `prefix_attention` (key/value prefixes).
-A module gets its forward hook the first time a bank has a site on it, and keeps it:
-a site no bank uses costs nothing per call, and a hook costs one dict lookup when the
-active bank lacks its site (registering hooks per bank would cost more than that).
-Hooks do nothing unless an `AdapterContext` is active, so the bare backbone computes
-exactly what the Hugging Face model computes.
+A module gets its hooks the first time a bank has a site on it, and keeps them: a site
+no bank uses costs nothing per call, and a kept hook costs a dict lookup when the active
+bank lacks its site (registering hooks per bank would cost more than that). Hooks do
+nothing unless an `AdapterContext` is active, so the bare backbone computes exactly what
+the Hugging Face model computes.
 
 The context holds the stacked weights and the slot of every row for the current call;
-under beam search the caller hands the decoder an index repeated per beam.
+under beam search the caller hands the decoder an index repeated per beam. A hook runs
+its site only on the rows whose slot uses it (`StackedLora.used_by`, ...): the other rows
+keep the frozen module's output, and a site no row uses costs nothing.
 """
 
 from __future__ import annotations
