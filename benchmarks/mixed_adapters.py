@@ -2,7 +2,7 @@
 
     python -m benchmarks.mixed_adapters [--preset tiny] [--methods lora,adapter,forms]
                                         [--rows 512] [--adapters 1,8,64,512] [--repeats 7]
-                                        [--baseline GIT_REF]
+                                        [--baseline GIT_REF] [--clock wall|cpu]
 
 One batch of `rows` examples (random text ids, visual features and 4 label tokens); the
 bank holds N random adapter sets of one method (stacked, as the server's slot table does).
@@ -23,6 +23,8 @@ Prints rows/s (median of `repeats`), the ratios mixed / uniform and mixed / back
 `benchmarks/results/mixed_adapters_<preset>_<device>.png` (throughput vs N) and `.json`.
 With `--baseline GIT_REF` the lora and adapter rows are first measured by this script as
 of GIT_REF (a subprocess, same options) and the ratios are printed before and after.
+`--clock cpu` times each call by the CPU time of the thread running torch, in both
+processes: steadier than the wall clock on a machine other jobs share.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ from benchmarks.common import (
     MIXED_RECIPES,
     RESULTS,
     add_baseline_option,
+    add_clock_option,
     add_machine_options,
+    check_clock,
     interleaved,
     machine_line,
     median_ms,
@@ -91,7 +95,7 @@ def bank_of(backbone: VLBackbone, method: str, slots: int) -> StackedWeights:
 
 
 def measure(backbone: VLBackbone, batch: VLBatch, method: str, adapters: int,
-            repeats: int) -> dict[str, float]:
+            repeats: int, clock: str = "wall") -> dict[str, float]:
     """rows/s of mixed, uniform and bare-backbone forwards of one batch."""
     bank = bank_of(backbone, method, adapters)
     rows = batch.size
@@ -103,7 +107,7 @@ def measure(backbone: VLBackbone, batch: VLBatch, method: str, adapters: int,
             "mixed": lambda: backbone(batch, bank, mixed),
             "uniform": lambda: backbone(batch, bank, uniform),
             "backbone": lambda: backbone(batch),
-        }, repeats=repeats, warmup=1)
+        }, repeats=repeats, warmup=1, clock=clock)
     return {name: rows / (median_ms(t) / 1000) for name, t in times.items()}
 
 
@@ -121,7 +125,7 @@ def with_prompt_lengths(batch: VLBatch, bank: StackedWeights, index: RowIndex) -
 
 
 def measure_forms(backbone: VLBackbone, batch: VLBatch, adapters: int,
-                  repeats: int) -> dict[str, float]:
+                  repeats: int, clock: str = "wall") -> dict[str, float]:
     """rows/s of a batch mixing all four serve forms and of a LoRA-only mixed batch."""
     forms, lora = bank_of(backbone, FORMS, adapters), bank_of(backbone, "lora", adapters)
     index = RowIndex.of([i % adapters for i in range(batch.size)],
@@ -131,7 +135,7 @@ def measure_forms(backbone: VLBackbone, batch: VLBatch, adapters: int,
         times = interleaved({
             "four_forms": lambda: backbone(batch, forms, index),
             "lora_only": lambda: backbone(same_lengths, lora, index),
-        }, repeats=repeats, warmup=1)
+        }, repeats=repeats, warmup=1, clock=clock)
     return {name: batch.size / (median_ms(t) / 1000) for name, t in times.items()}
 
 
@@ -160,19 +164,19 @@ def plot(results: dict[str, dict[int, dict[str, float]]], title: str, path: Path
 
 
 def run_method(backbone: VLBackbone, batch: VLBatch, method: str, counts: list[int],
-               repeats: int) -> dict[int, dict[str, float]]:
+               repeats: int, clock: str = "wall") -> dict[int, dict[str, float]]:
     """Measure and print one method's line per adapter count."""
     by_n = {}
     for n in counts:
         if method == FORMS:
             if n < len(MIXED_RECIPES):
                 continue
-            r = by_n[n] = measure_forms(backbone, batch, n, repeats)
+            r = by_n[n] = measure_forms(backbone, batch, n, repeats, clock)
             print(f"{method:8s} N={n:4d}  four forms {r['four_forms']:9.0f}  LoRA only "
                   f"{r['lora_only']:9.0f} rows/s   four forms / LoRA only "
                   f"{r['four_forms'] / r['lora_only']:.2f}", flush=True)
             continue
-        r = by_n[n] = measure(backbone, batch, method, n, repeats)
+        r = by_n[n] = measure(backbone, batch, method, n, repeats, clock)
         print(f"{method:8s} N={n:4d}  mixed {r['mixed']:9.0f}  uniform {r['uniform']:9.0f}"
               f"  backbone {r['backbone']:9.0f} rows/s   mixed/uniform "
               f"{r['mixed'] / r['uniform']:.2f}  mixed/backbone "
@@ -186,7 +190,7 @@ def baseline(args: argparse.Namespace) -> str:
     output = run_at_ref(args.baseline, "mixed_adapters", [
         "--preset", args.preset, "--methods", ",".join(methods), "--rows", str(args.rows),
         "--adapters", args.adapters, "--repeats", str(args.repeats),
-        "--threads", str(args.threads), "--device", args.device])
+        "--threads", str(args.threads), "--device", args.device], args.clock)
     for line in output.splitlines():
         if re.match(LINE, line):
             print(f"  before | {line}", flush=True)
@@ -202,17 +206,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     add_machine_options(parser)
     add_baseline_option(parser)
+    add_clock_option(parser)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
+    check_clock(parser, args)
     pin_threads(args.threads)
     print(machine_line())
     backbone = VLBackbone.from_config(preset(args.preset), seed=0).to(args.device)
     batch = random_batch(backbone, args.rows).to(args.device)
     counts = [int(n) for n in args.adapters.split(",")]
     print(f"preset {args.preset}, batch {args.rows} rows, device {args.device}; rows/s = "
-          f"median of {args.repeats} interleaved forwards (encoder + decoder, 4 labels)")
+          f"median of {args.repeats} interleaved forwards (encoder + decoder, 4 labels), "
+          f"{args.clock} clock")
     before = baseline(args) if args.baseline else ""
-    results = {method: run_method(backbone, batch, method, counts, args.repeats)
+    results = {method: run_method(backbone, batch, method, counts, args.repeats, args.clock)
                for method in args.methods.split(",")}
     if args.baseline:
         for baseline_name, pattern in (("uniform", UNIFORM_LINE), ("backbone", BACKBONE_LINE)):

@@ -2,7 +2,7 @@
 
     python -m benchmarks.peft_baselines [--presets small,tiny-bart] [--adapters 8,64]
                                         [--rows 64] [--rank 8] [--repeats 5]
-                                        [--baseline GIT_REF]
+                                        [--baseline GIT_REF] [--clock wall|cpu]
 
 On the plain Hugging Face T5 / BART LM of a backbone preset (text only), N LoRA adapters
 (rank r on q and v of every attention, random A and B) serve one batch of `rows` requests,
@@ -20,7 +20,8 @@ Before timing, the three adapter paths must give the same logits (max |diff| / m
 Prints rows/s, the ratios ours / peft_mixed, ours / swap and ours / backbone, and the
 machine. With `--baseline GIT_REF` each preset is first run by this script as of GIT_REF
 (a subprocess, same options), then by this code, and ours / backbone is printed before
-and after.
+and after. `--clock cpu` times each call by the CPU time of the thread running torch,
+in both processes: steadier than the wall clock on a machine other jobs share.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from torch import nn
 
 from benchmarks.common import (
     add_baseline_option,
+    add_clock_option,
     add_machine_options,
+    check_clock,
     interleaved,
     machine_line,
     median_ms,
@@ -92,7 +95,8 @@ def swap_per_batch(model: nn.Module, inputs: dict, names: list[str]) -> torch.Te
     return out
 
 
-def compare(name: str, count: int, rows: int, rank: int, repeats: int) -> float:
+def compare(name: str, count: int, rows: int, rank: int, repeats: int,
+            clock: str = "wall") -> float:
     """Check equal logits, then time the four paths for one preset and adapter count;
     prints the result line and returns ours / backbone."""
     backbone = VLBackbone.from_config(preset(name), seed=0)
@@ -122,7 +126,7 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int) -> float:
         scale = reference.abs().max().item()
         diffs = {k: (paths[k]() - reference).abs().max().item() / scale
                  for k in ("peft_mixed", "swap")}
-        times = interleaved(paths, repeats=repeats, warmup=1)
+        times = interleaved(paths, repeats=repeats, warmup=1, clock=clock)
     if max(diffs.values()) > 1e-5:
         raise AssertionError(f"logits differ from ours: {diffs}")
     speed = {k: rows / (median_ms(t) / 1000) for k, t in times.items()}
@@ -144,11 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     add_machine_options(parser, device=False)
     add_baseline_option(parser)
+    add_clock_option(parser)
     args = parser.parse_args(argv)
+    check_clock(parser, args)
     pin_threads(args.threads)
     print(machine_line())
     print(f"LoRA rank {args.rank} on q, v; rows/s = median of {args.repeats} interleaved "
-          "forwards (16 source tokens, 4 decoder tokens, teacher-forced logits)")
+          f"forwards (16 source tokens, 4 decoder tokens, teacher-forced logits), {args.clock} "
+          "clock")
     before: dict[tuple[str, ...], float] = {}
     after: dict[tuple[str, ...], float] = {}
     for name in args.presets.split(","):
@@ -156,12 +163,13 @@ def main(argv: list[str] | None = None) -> int:
             output = run_at_ref(args.baseline, "peft_baselines", [
                 "--presets", name, "--adapters", args.adapters, "--rows", str(args.rows),
                 "--rank", str(args.rank), "--repeats", str(args.repeats),
-                "--threads", str(args.threads)])
+                "--threads", str(args.threads)], args.clock)
             before.update(ratios_in(output, RESULT_LINE))
             print("".join(f"  before | {line}\n" for line in output.splitlines()
                           if re.match(RESULT_LINE, line)), end="", flush=True)
         for count in (int(n) for n in args.adapters.split(",")):
-            after[(name, str(count))] = compare(name, count, args.rows, args.rank, args.repeats)
+            after[(name, str(count))] = compare(name, count, args.rows, args.rank, args.repeats,
+                                                args.clock)
     if args.baseline:
         print_before_after("ours / backbone", before, after, args.baseline)
     print(machine_line())

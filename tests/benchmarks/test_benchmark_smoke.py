@@ -36,9 +36,10 @@ def test_benchmark_runs_and_its_check_holds(module, argv, check, capsys):
 
 def test_a_benchmark_runs_again_on_an_older_commit_and_prints_before_and_after(tmp_path,
                                                                             capsys):
+    """Both processes time by the thread's CPU time (the older one through a patched clock)."""
     argv = ["--preset", "tiny", "--methods", "lora", "--rows", "2", "--adapters", "2",
             "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
-    assert mixed_adapters.main([*argv, "--baseline", "HEAD"]) == 0
+    assert mixed_adapters.main([*argv, "--baseline", "HEAD", "--clock", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "  before | lora     N=   2" in out
     assert "mixed / uniform: before (HEAD) -> after (this code)" in out
