@@ -17,8 +17,8 @@ forward pays a per-row scale; `scale` keeps the value for reference.
 Every LoRA site, bottleneck position and overridden module records `used_by`: the slots
 whose set has it. The hooks compute a site only for the rows of those slots (a batch
 mixing serve forms pays each form on its own rows; a site no row's slot uses is
-skipped). Equal `used_by` sets of one bank are one object, so the per-step row subsets
-are found by identity (`modeling.kernels.RowIndex.subset`).
+skipped). Equal `used_by` sets of one bank are one object, so looking up a step's row
+subsets (`modeling.kernels.RowIndex.subset`) never compares sets element by element.
 
 Every weight matrix is stored in the layout the gathered kernels multiply by
 (`modeling.kernels`): the fields keep their documented shape `[slots, out, in]`, but as
