@@ -1,5 +1,6 @@
 """What every benchmark shares: the machine line, pinned threads, interleaved timing,
-random adapters published to a temporary registry, and a server on 127.0.0.1.
+the same benchmark run on an older commit, random adapters published to a temporary
+registry, and a server on 127.0.0.1.
 
 Benchmarks run as modules from the repository root (`python -m benchmarks.<name>`), each
 prints the ratio it measured in the same run and the machine it ran on.
@@ -7,9 +8,15 @@ prints the ratio it measured in the same run and the machine it ran on.
 
 from __future__ import annotations
 
+import io
 import os
 import platform
+import re
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +59,104 @@ def add_machine_options(parser, device: bool = True) -> None:
         parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
+# Seconds since an arbitrary start: the wall clock, or the calling thread's CPU time. At
+# one torch thread every op runs on the calling thread, so its CPU time is the compute
+# time; on a machine shared with other jobs it leaves out the time they hold the core
+# (memory and cache contention stay in). Not the process's CPU time: idle OpenMP workers
+# spinning after start-up would count.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+# The older code of `--baseline` times with time.perf_counter; under `--clock cpu` its
+# process runs with perf_counter reading the thread's CPU time instead.
+_CPU_CLOCK_CHILD = ("import runpy, sys, time; time.perf_counter = time.thread_time; "
+                    "sys.argv = ['benchmarks.' + sys.argv[1], *sys.argv[2:]]; "
+                    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
+
+
+def add_clock_option(parser) -> None:
+    """--clock wall|cpu: what each timed call is measured with (`CLOCKS`)."""
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall",
+        help="wall (default), or cpu: the CPU time of the thread running torch per call, "
+             "steadier on a machine other jobs share (needs --threads 1; the baseline uses "
+             "it too)")
+
+
+def check_clock(parser, args) -> None:
+    """The cpu clock sees only the calling thread: refuse it with more torch threads."""
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu needs --threads 1 (it reads the calling thread's CPU time)")
+
+
+def add_baseline_option(parser) -> None:
+    """--baseline GIT_REF: run the same benchmark on the code of an older commit too."""
+    parser.add_argument(
+        "--baseline", metavar="GIT_REF",
+        help="also run this benchmark, same options, on the code of GIT_REF (e.g. the commit "
+             "before a change) in a subprocess of this run, and print before / after ratios")
+
+
+def run_at_ref(ref: str, module: str, argv: list[str], clock: str = "wall") -> str:
+    """The output of `python -m benchmarks.<module> argv` on the code of git `ref`.
+
+    The tree of `ref` is extracted (`git archive`) into a temporary folder that the child
+    process puts first on its path: the same interpreter, packages and machine run the
+    older code, in the same invocation as the newer one, timed by `clock`. Exits with one
+    line on stderr (status 2) when `ref` is unknown or the older code fails.
+    """
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", ref],
+                             capture_output=True)
+    if archive.returncode != 0:
+        _fail(f"--baseline {ref}: git archive failed: {_last_line(archive.stderr)}")
+    with tempfile.TemporaryDirectory(prefix="vladapter-baseline-") as tree:
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(tree, filter="data")
+        command = ["-m", f"benchmarks.{module}"] if clock == "wall" else \
+            ["-c", _CPU_CLOCK_CHILD, module]
+        child = subprocess.run([sys.executable, *command, *argv], cwd=tree,
+                               env={**os.environ, "PYTHONPATH": tree}, capture_output=True,
+                               text=True)
+    if child.returncode != 0:
+        _fail(f"--baseline {ref}: benchmarks.{module} failed there: {_last_line(child.stderr)}")
+    return child.stdout
+
+
+def _last_line(text: str | bytes) -> str:
+    lines = (text.decode(errors="replace") if isinstance(text, bytes) else text).splitlines()
+    return lines[-1] if lines else "(no output)"
+
+
+def _fail(message: str) -> None:
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
+def ratios_in(output: str, pattern: str) -> dict[tuple[str, ...], float]:
+    """The ratio each result line of a benchmark's `output` printed, by its key.
+
+    pattern: a regular expression matched at the start of each line; its named group
+    `ratio` is the value, its other named groups (in order) the key.
+    """
+    found = {}
+    for line in output.splitlines():
+        match = re.match(pattern, line)
+        if match:
+            groups = match.groupdict()
+            ratio = float(groups.pop("ratio"))
+            found[tuple(groups.values())] = ratio
+    return found
+
+
+def print_before_after(title: str, before: dict[tuple[str, ...], float],
+                       after: dict[tuple[str, ...], float], ref: str) -> None:
+    """One line per key measured by both: the ratio on `ref`, on this code, and after/before."""
+    print(f"{title}: before ({ref}) -> after (this code), measured in this run")
+    for key in after:
+        if key in before:
+            print(f"  {' '.join(key):24s} {before[key]:5.2f} -> {after[key]:5.2f}"
+                  f"   ({after[key] / before[key]:.2f}x)")
+
+
 def machine_line() -> str:
     """Platform, CPU count, torch threads, accelerator and the 1-minute load average."""
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
@@ -62,18 +167,20 @@ def machine_line() -> str:
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], repeats: int,
-                warmup: int = 1) -> dict[str, list[float]]:
+                warmup: int = 1, clock: str = "wall") -> dict[str, list[float]]:
     """Seconds per call of each candidate, calls interleaved so all see the same machine.
 
     Each round calls every candidate once (round-robin); `warmup` rounds are not kept.
+    clock: a key of `CLOCKS`.
     """
+    now = CLOCKS[clock]
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for round_index in range(warmup + repeats):
         for name, call in candidates.items():
-            start = time.perf_counter()
+            start = now()
             call()
             if round_index >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(now() - start)
     return times
 
 

@@ -1,7 +1,8 @@
 """Benchmark 1: a batch mixing N adapters against the same batch on one adapter.
 
-    python -m benchmarks.mixed_adapters [--preset tiny] [--methods lora,adapter]
+    python -m benchmarks.mixed_adapters [--preset tiny] [--methods lora,adapter,forms]
                                         [--rows 512] [--adapters 1,8,64,512] [--repeats 7]
+                                        [--baseline GIT_REF] [--clock wall|cpu]
 
 One batch of `rows` examples (random text ids, visual features and 4 label tokens); the
 bank holds N random adapter sets of one method (stacked, as the server's slot table does).
@@ -11,26 +12,45 @@ Three forwards of the same batch (encoder + teacher-forced decoder), interleaved
 - uniform:  every row uses slot 0 of the same bank (one dense matmul per site),
 - backbone: the frozen backbone, no adapter (the ceiling).
 
-Prints rows/s (median of `repeats`), the ratios mixed / uniform and mixed / backbone,
-the machine, and writes `benchmarks/results/mixed_adapters.png` (throughput vs N).
+`forms` (N >= 4) mixes all four serve forms: slot j holds the j % 4-th recipe of
+`MIXED_RECIPES` (bottleneck adapter + LayerNorms and visual projection, LoRA, prompt,
+prefix), row i uses slot i % N. Its baseline is a LoRA-only bank of N sets over the same
+rows with the same lengths: the rows that carry prompt vectors in the mixed batch carry as
+many more text tokens there, so both encoders see the same padded length.
+
+Prints rows/s (median of `repeats`), the ratios mixed / uniform and mixed / backbone
+(forms: four forms / LoRA only), the machine, and writes
+`benchmarks/results/mixed_adapters_<preset>_<device>.png` (throughput vs N) and `.json`.
+With `--baseline GIT_REF` the lora and adapter rows are first measured by this script as
+of GIT_REF (a subprocess, same options) and the ratios are printed before and after.
+`--clock cpu` times each call by the CPU time of the thread running torch, in both
+processes: steadier than the wall clock on a machine other jobs share.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import torch
 
 from benchmarks.common import (
+    MIXED_RECIPES,
     RESULTS,
+    add_baseline_option,
+    add_clock_option,
     add_machine_options,
+    check_clock,
     interleaved,
     machine_line,
     median_ms,
     pin_threads,
+    print_before_after,
     random_adapter,
+    ratios_in,
+    run_at_ref,
 )
 from modeling.backbone import VLBackbone, VLBatch
 from modeling.bank import StackedWeights, stack_weights
@@ -42,6 +62,11 @@ RECIPES = {
     "lora": [MethodEntry("lora", {"rank": 8, "alpha": 16}, "single")],
     "adapter": [MethodEntry("adapter", {"reduction_factor": 8}, "single")],
 }
+FORMS = "forms"
+# A lora / adapter result line: "<method> N=<n>  mixed ...  mixed/uniform <r>  mixed/backbone <r>"
+LINE = r"(?P<method>lora|adapter)\s+N=\s*(?P<n>\d+)\s+mixed .*"
+UNIFORM_LINE = LINE + r"mixed/uniform (?P<ratio>[\d.]+)"
+BACKBONE_LINE = LINE + r"mixed/backbone (?P<ratio>[\d.]+)"
 
 
 def random_batch(backbone: VLBackbone, rows: int, text: int = 12, labels: int = 4) -> VLBatch:
@@ -59,34 +84,69 @@ def random_batch(backbone: VLBackbone, rows: int, text: int = 12, labels: int = 
 
 
 def bank_of(backbone: VLBackbone, method: str, slots: int) -> StackedWeights:
-    """`slots` random adapter sets of `method`, stacked."""
-    sets = [random_adapter(backbone, RECIPES[method], ["vqa"], seed).materialize("vqa")
-            for seed in range(slots)]
+    """`slots` random adapter sets of `method` (or of every serve form, slot j the j % 4-th
+    of `MIXED_RECIPES`, for `forms`), stacked."""
+    recipes = [MIXED_RECIPES[j % len(MIXED_RECIPES)] if method == FORMS else RECIPES[method]
+               for j in range(slots)]
+    sets = [random_adapter(backbone, recipe, ["vqa"], seed).materialize("vqa")
+            for seed, recipe in enumerate(recipes)]
     return stack_weights(sets, backbone.frozen_tensors(), backbone.config.d_model,
                          next(backbone.parameters()))
 
 
 def measure(backbone: VLBackbone, batch: VLBatch, method: str, adapters: int,
-            repeats: int) -> dict[str, float]:
+            repeats: int, clock: str = "wall") -> dict[str, float]:
     """rows/s of mixed, uniform and bare-backbone forwards of one batch."""
     bank = bank_of(backbone, method, adapters)
     rows = batch.size
-    mixed = RowIndex.of(torch.arange(rows) % adapters)
-    uniform = RowIndex.of(torch.zeros(rows, dtype=torch.long))
+    device = batch.input_ids.device
+    mixed = RowIndex.of([i % adapters for i in range(rows)], device=device)
+    uniform = RowIndex.of([0] * rows, device=device)
     with torch.no_grad():
         times = interleaved({
             "mixed": lambda: backbone(batch, bank, mixed),
             "uniform": lambda: backbone(batch, bank, uniform),
             "backbone": lambda: backbone(batch),
-        }, repeats=repeats, warmup=1)
+        }, repeats=repeats, warmup=1, clock=clock)
     return {name: rows / (median_ms(t) / 1000) for name, t in times.items()}
 
 
+def with_prompt_lengths(batch: VLBatch, bank: StackedWeights, index: RowIndex) -> VLBatch:
+    """`batch` where each row carries as many more real text tokens as prompt vectors its
+    slot of `bank` prepends: the same padded encoder length without prompt tuning."""
+    extra = bank.prompt_length.index_select(0, index.slots).to(batch.input_ids.device)
+    width = int(extra.max())
+    filler = batch.input_ids[:, :1].expand(-1, width)  # real tokens of each row, repeated
+    more = torch.arange(width, device=extra.device)[None, :] < extra[:, None]
+    longer = VLBatch(**batch.__dict__)
+    longer.input_ids = torch.cat([batch.input_ids, filler], 1)
+    longer.text_mask = torch.cat([batch.text_mask, more], 1)
+    return longer
+
+
+def measure_forms(backbone: VLBackbone, batch: VLBatch, adapters: int,
+                  repeats: int, clock: str = "wall") -> dict[str, float]:
+    """rows/s of a batch mixing all four serve forms and of a LoRA-only mixed batch."""
+    forms, lora = bank_of(backbone, FORMS, adapters), bank_of(backbone, "lora", adapters)
+    index = RowIndex.of([i % adapters for i in range(batch.size)],
+                        device=batch.input_ids.device)
+    same_lengths = with_prompt_lengths(batch, forms, index)
+    with torch.no_grad():
+        times = interleaved({
+            "four_forms": lambda: backbone(batch, forms, index),
+            "lora_only": lambda: backbone(same_lengths, lora, index),
+        }, repeats=repeats, warmup=1, clock=clock)
+    return {name: batch.size / (median_ms(t) / 1000) for name, t in times.items()}
+
+
 def plot(results: dict[str, dict[int, dict[str, float]]], title: str, path: Path) -> None:
-    """Throughput vs number of adapters, one panel per method."""
+    """Throughput vs number of adapters, one panel per method (lora, adapter)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    results = {m: by_n for m, by_n in results.items() if m != FORMS}
+    if not results:
+        return
     figure, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
     for axis, (method, by_n) in zip(axes[0], results.items(), strict=True):
         counts = sorted(by_n)
@@ -103,38 +163,74 @@ def plot(results: dict[str, dict[int, dict[str, float]]], title: str, path: Path
     plt.close(figure)
 
 
+def run_method(backbone: VLBackbone, batch: VLBatch, method: str, counts: list[int],
+               repeats: int, clock: str = "wall") -> dict[int, dict[str, float]]:
+    """Measure and print one method's line per adapter count."""
+    by_n = {}
+    for n in counts:
+        if method == FORMS:
+            if n < len(MIXED_RECIPES):
+                continue
+            r = by_n[n] = measure_forms(backbone, batch, n, repeats, clock)
+            print(f"{method:8s} N={n:4d}  four forms {r['four_forms']:9.0f}  LoRA only "
+                  f"{r['lora_only']:9.0f} rows/s   four forms / LoRA only "
+                  f"{r['four_forms'] / r['lora_only']:.2f}", flush=True)
+            continue
+        r = by_n[n] = measure(backbone, batch, method, n, repeats, clock)
+        print(f"{method:8s} N={n:4d}  mixed {r['mixed']:9.0f}  uniform {r['uniform']:9.0f}"
+              f"  backbone {r['backbone']:9.0f} rows/s   mixed/uniform "
+              f"{r['mixed'] / r['uniform']:.2f}  mixed/backbone "
+              f"{r['mixed'] / r['backbone']:.2f}", flush=True)
+    return by_n
+
+
+def baseline(args: argparse.Namespace) -> str:
+    """This benchmark's output as of `args.baseline` (its lora / adapter lines printed)."""
+    methods = [m for m in args.methods.split(",") if m in RECIPES]
+    output = run_at_ref(args.baseline, "mixed_adapters", [
+        "--preset", args.preset, "--methods", ",".join(methods), "--rows", str(args.rows),
+        "--adapters", args.adapters, "--repeats", str(args.repeats),
+        "--threads", str(args.threads), "--device", args.device], args.clock)
+    for line in output.splitlines():
+        if re.match(LINE, line):
+            print(f"  before | {line}", flush=True)
+    return output
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--methods", default="lora,adapter")
+    parser.add_argument("--methods", default="lora,adapter,forms")
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--adapters", default="1,8,64,512")
     parser.add_argument("--repeats", type=int, default=7)
     add_machine_options(parser)
+    add_baseline_option(parser)
+    add_clock_option(parser)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
+    check_clock(parser, args)
     pin_threads(args.threads)
     print(machine_line())
     backbone = VLBackbone.from_config(preset(args.preset), seed=0).to(args.device)
     batch = random_batch(backbone, args.rows).to(args.device)
     counts = [int(n) for n in args.adapters.split(",")]
     print(f"preset {args.preset}, batch {args.rows} rows, device {args.device}; rows/s = "
-          f"median of {args.repeats} interleaved forwards (encoder + decoder, 4 labels)")
-    results: dict[str, dict[int, dict[str, float]]] = {}
-    for method in args.methods.split(","):
-        results[method] = {}
-        for n in counts:
-            r = measure(backbone, batch, method, n, args.repeats)
-            results[method][n] = r
-            print(f"{method:8s} N={n:4d}  mixed {r['mixed']:9.0f}  uniform {r['uniform']:9.0f}"
-                  f"  backbone {r['backbone']:9.0f} rows/s   mixed/uniform "
-                  f"{r['mixed'] / r['uniform']:.2f}  mixed/backbone "
-                  f"{r['mixed'] / r['backbone']:.2f}", flush=True)
+          f"median of {args.repeats} interleaved forwards (encoder + decoder, 4 labels), "
+          f"{args.clock} clock")
+    before = baseline(args) if args.baseline else ""
+    results = {method: run_method(backbone, batch, method, counts, args.repeats, args.clock)
+               for method in args.methods.split(",")}
+    if args.baseline:
+        for baseline_name, pattern in (("uniform", UNIFORM_LINE), ("backbone", BACKBONE_LINE)):
+            after = {(m, str(n)): r["mixed"] / r[baseline_name]
+                     for m, by_n in results.items() if m != FORMS for n, r in by_n.items()}
+            print_before_after(f"mixed / {baseline_name}", ratios_in(before, pattern), after,
+                               args.baseline)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    plot(results, f"{args.preset}, {args.rows} rows, {args.device}",
-         out / f"mixed_adapters_{args.preset}_{args.device}.png")
     stem = f"mixed_adapters_{args.preset}_{args.device}"
+    plot(results, f"{args.preset}, {args.rows} rows, {args.device}", out / f"{stem}.png")
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     print(machine_line())
     return 0

@@ -2,12 +2,13 @@
 
     python -m benchmarks.peft_baselines [--presets small,tiny-bart] [--adapters 8,64]
                                         [--rows 64] [--rank 8] [--repeats 5]
+                                        [--baseline GIT_REF] [--clock wall|cpu]
 
 On the plain Hugging Face T5 / BART LM of a backbone preset (text only), N LoRA adapters
 (rank r on q and v of every attention, random A and B) serve one batch of `rows` requests,
 row i on a seeded random adapter. Four ways to compute the batch's logits, interleaved:
 
-- ours:        the stacked bank, one forward (`backbone.adapter_context.use(bank, RowIndex)`
+- ours:        the stacked bank, one forward (`backbone.adapter_context.use(bank, index, rows=)`
                around the hooked LM; LoRA deltas gathered per row),
 - peft_mixed:  HF PEFT's own mixed batch, `peft_model(..., adapter_names=[...])`,
 - swap:        swap per batch: group rows by adapter, `peft_model.set_adapter(name)` and
@@ -16,19 +17,36 @@ row i on a seeded random adapter. Four ways to compute the batch's logits, inter
 
 Before timing, the three adapter paths must give the same logits (max |diff| / max |logit|
 <= 1e-5, printed).
-Prints rows/s, the ratios ours / peft_mixed and ours / swap, and the machine.
+Prints rows/s, the ratios ours / peft_mixed, ours / swap and ours / backbone, and the
+machine. With `--baseline GIT_REF` each preset is first run by this script as of GIT_REF
+(a subprocess, same options), then by this code, and ours / backbone is printed before
+and after. `--clock cpu` times each call by the CPU time of the thread running torch,
+in both processes: steadier than the wall clock on a machine other jobs share.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import re
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from benchmarks.common import add_machine_options, interleaved, machine_line, median_ms, pin_threads
+from benchmarks.common import (
+    add_baseline_option,
+    add_clock_option,
+    add_machine_options,
+    check_clock,
+    interleaved,
+    machine_line,
+    median_ms,
+    pin_threads,
+    print_before_after,
+    ratios_in,
+    run_at_ref,
+)
 from modeling.backbone import VLBackbone
 from modeling.bank import stack_weights
 from modeling.config import preset
@@ -37,6 +55,8 @@ from modeling.peft_format import plain_lm
 from modeling.serve_forms import LowRankDelta, ServeWeights
 
 LEAVES = {"t5": ["q", "v"], "bart": ["q_proj", "v_proj"]}
+# A result line: "<preset> N=<count> rows ...: ... ours/backbone <ratio> | ..."
+RESULT_LINE = r"(?P<preset>\S+)\s+N=\s*(?P<n>\d+) rows.* ours/backbone (?P<ratio>[\d.]+)"
 
 
 def peft_with_adapters(backbone: VLBackbone, count: int, rank: int, alpha: float
@@ -75,8 +95,10 @@ def swap_per_batch(model: nn.Module, inputs: dict, names: list[str]) -> torch.Te
     return out
 
 
-def compare(name: str, count: int, rows: int, rank: int, repeats: int) -> None:
-    """Check equal logits, then time the four paths for one preset and adapter count."""
+def compare(name: str, count: int, rows: int, rank: int, repeats: int,
+            clock: str = "wall") -> float:
+    """Check equal logits, then time the four paths for one preset and adapter count;
+    prints the result line and returns ours / backbone."""
     backbone = VLBackbone.from_config(preset(name), seed=0)
     model, serve = peft_with_adapters(backbone, count, rank, alpha=2.0 * rank)
     bare = plain_lm(backbone)
@@ -92,7 +114,7 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int) -> None:
     index = RowIndex.of(torch.tensor(slots))
 
     def ours() -> torch.Tensor:
-        with backbone.adapter_context.use(bank, index):
+        with backbone.adapter_context.use(bank, index, rows=rows):
             return backbone.lm(**inputs).logits
 
     paths = {"ours": ours,
@@ -104,7 +126,7 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int) -> None:
         scale = reference.abs().max().item()
         diffs = {k: (paths[k]() - reference).abs().max().item() / scale
                  for k in ("peft_mixed", "swap")}
-        times = interleaved(paths, repeats=repeats, warmup=1)
+        times = interleaved(paths, repeats=repeats, warmup=1, clock=clock)
     if max(diffs.values()) > 1e-5:
         raise AssertionError(f"logits differ from ours: {diffs}")
     speed = {k: rows / (median_ms(t) / 1000) for k, t in times.items()}
@@ -114,6 +136,7 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int) -> None:
           f"{speed['ours'] / speed['swap']:.2f}  ours/backbone "
           f"{speed['ours'] / speed['backbone']:.2f} | max |diff| / max |logit|: peft_mixed "
           f"{diffs['peft_mixed']:.1e} swap {diffs['swap']:.1e}", flush=True)
+    return speed["ours"] / speed["backbone"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,14 +147,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     add_machine_options(parser, device=False)
+    add_baseline_option(parser)
+    add_clock_option(parser)
     args = parser.parse_args(argv)
+    check_clock(parser, args)
     pin_threads(args.threads)
     print(machine_line())
     print(f"LoRA rank {args.rank} on q, v; rows/s = median of {args.repeats} interleaved "
-          "forwards (16 source tokens, 4 decoder tokens, teacher-forced logits)")
+          f"forwards (16 source tokens, 4 decoder tokens, teacher-forced logits), {args.clock} "
+          "clock")
+    before: dict[tuple[str, ...], float] = {}
+    after: dict[tuple[str, ...], float] = {}
     for name in args.presets.split(","):
+        if args.baseline:
+            output = run_at_ref(args.baseline, "peft_baselines", [
+                "--presets", name, "--adapters", args.adapters, "--rows", str(args.rows),
+                "--rank", str(args.rank), "--repeats", str(args.repeats),
+                "--threads", str(args.threads)], args.clock)
+            before.update(ratios_in(output, RESULT_LINE))
+            print("".join(f"  before | {line}\n" for line in output.splitlines()
+                          if re.match(RESULT_LINE, line)), end="", flush=True)
         for count in (int(n) for n in args.adapters.split(",")):
-            compare(name, count, args.rows, args.rank, args.repeats)
+            after[(name, str(count))] = compare(name, count, args.rows, args.rank, args.repeats,
+                                                args.clock)
+    if args.baseline:
+        print_before_after("ours / backbone", before, after, args.baseline)
     print(machine_line())
     return 0
 

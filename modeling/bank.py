@@ -9,6 +9,21 @@ into serve forms every step and runs through the same compute.
 A slot without a given site holds zeros (LoRA, bottleneck: no change), length 0 (prompt,
 prefix: masked out) or the frozen tensor (overrides), so every row computes exactly what
 it would compute alone with its own adapter.
+
+Each slot's scale (LoRA's alpha / r, a bottleneck's scale) is multiplied into its last
+weights (`lora_b`; `up_weight` and `up_bias`) when the slot is stacked or written, so no
+forward pays a per-row scale; `scale` keeps the value for reference.
+
+Every LoRA site, bottleneck position and overridden module records `used_by`: the slots
+whose set has it. The hooks compute a site only for the rows of those slots (a batch
+mixing serve forms pays each form on its own rows; a site no row's slot uses is
+skipped). Equal `used_by` sets of one bank are one object, so looking up a step's row
+subsets (`modeling.kernels.RowIndex.subset`) never compares sets element by element.
+
+Every weight matrix is stored in the layout the gathered kernels multiply by
+(`modeling.kernels`): the fields keep their documented shape `[slots, out, in]`, but as
+a transposed view of contiguous `[slots, in, out]` memory, so gathering a row's slot is
+one contiguous copy and no step transposes anything.
 """
 
 from __future__ import annotations
@@ -23,22 +38,24 @@ from modeling.serve_forms import Bottleneck, LowRankDelta, ServeWeights
 
 @dataclass
 class StackedLora:
-    lora_a: torch.Tensor  # [slots, max_rank, in]
-    lora_b: torch.Tensor  # [slots, out, max_rank]
-    scale: torch.Tensor  # [slots]
+    lora_a: torch.Tensor  # [slots, max_rank, in], kernel layout (`_stack_matrices`)
+    lora_b: torch.Tensor  # [slots, out, max_rank], kernel layout, times the slot's scale
+    scale: torch.Tensor  # [slots] (already in lora_b: the kernels read it from there)
     dropout: float = 0.0  # the largest of the slots' (training only)
+    used_by: frozenset[int] = frozenset()  # slots whose set has this site (others: zeros)
 
 
 @dataclass
 class StackedBottleneck:
-    down_weight: torch.Tensor  # [slots, max_width, d]
+    down_weight: torch.Tensor  # [slots, max_width, d], kernel layout (`_stack_matrices`)
     down_bias: torch.Tensor  # [slots, max_width]
-    up_weight: torch.Tensor  # [slots, d, max_width]
-    up_bias: torch.Tensor  # [slots, d]
-    scale: torch.Tensor  # [slots]
+    up_weight: torch.Tensor  # [slots, d, max_width], kernel layout, times the slot's scale
+    up_bias: torch.Tensor  # [slots, d], times the slot's scale
+    scale: torch.Tensor  # [slots] (already in up_weight and up_bias)
     parallel: torch.Tensor  # [slots] bool
     activations: str | list[str]  # one name for every slot, or one per slot
     any_parallel: bool
+    used_by: frozenset[int] = frozenset()  # slots whose set has this position (others: zeros)
 
 
 @dataclass
@@ -56,7 +73,22 @@ class StackedWeights:
     prompt: torch.Tensor | None = None  # [slots, max_len, d]
     prompt_length: torch.Tensor | None = None  # [slots] long
     prefix: dict[str, StackedPrefix] = field(default_factory=dict)
-    overrides: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [slots, *shape]
+    # name -> [slots, *shape]; matrices in kernel layout (`_stack_matrices`)
+    overrides: dict[str, torch.Tensor] = field(default_factory=dict)
+    # module name -> slots whose set overrides a tensor of it (others hold the frozen one)
+    override_used_by: dict[str, frozenset[int]] = field(default_factory=dict)
+
+
+def _stack_matrices(matrices: list[torch.Tensor]) -> torch.Tensor:
+    """Stack matrices [out, in] into [slots, out, in] backed by [slots, in, out] memory.
+
+    The kernels compute x @ W.T; `W.T` of one slot is then contiguous, which makes a
+    per-row gather one copy of whole slots (a strided gather is several times slower).
+    Other tensors (vectors) are stacked as they are.
+    """
+    if matrices[0].dim() != 2:
+        return torch.stack(matrices)
+    return torch.stack([m.T for m in matrices]).transpose(1, 2)
 
 
 def _pad_to(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
@@ -80,10 +112,10 @@ def _stack_lora(sets: list[ServeWeights], site: str, shapes: tuple[int, int], li
             scale.append(0.0)
         else:
             a.append(_pad_to(delta.lora_a.to(like), 0, rank))
-            b.append(_pad_to(delta.lora_b.to(like), 1, rank))
+            b.append(_pad_to(delta.lora_b.to(like) * delta.scale, 1, rank))
             scale.append(delta.scale)
             dropout = max(dropout, delta.dropout)
-    return StackedLora(torch.stack(a), torch.stack(b), like.new_tensor(scale), dropout)
+    return StackedLora(_stack_matrices(a), _stack_matrices(b), like.new_tensor(scale), dropout)
 
 
 def _stack_bottleneck(sets: list[ServeWeights], pos: str, d_model: int, like) -> StackedBottleneck:
@@ -106,13 +138,13 @@ def _stack_bottleneck(sets: list[ServeWeights], pos: str, d_model: int, like) ->
             continue
         dw.append(_pad_to(b.down_weight.to(like), 0, width))
         db.append(_pad_to(b.down_bias.to(like), 0, width))
-        uw.append(_pad_to(b.up_weight.to(like), 1, width))
-        ub.append(b.up_bias.to(like))
+        uw.append(_pad_to(b.up_weight.to(like) * b.scale, 1, width))
+        ub.append(b.up_bias.to(like) * b.scale)
         scale.append(b.scale)
         parallel.append(b.parallel)
         acts.append(b.activation)
     return StackedBottleneck(
-        torch.stack(dw), torch.stack(db), torch.stack(uw), torch.stack(ub),
+        _stack_matrices(dw), torch.stack(db), _stack_matrices(uw), torch.stack(ub),
         like.new_tensor(scale), torch.tensor(parallel, device=like.device),
         acts[0] if len(set(acts)) == 1 else acts, any(parallel))
 
@@ -161,9 +193,40 @@ def stack_weights(
         stacked.prefix[site] = StackedPrefix(keys, values, length)
     for name in sorted({k for s in sets for k in s.overrides}):
         base = frozen[name].to(like)
-        stacked.overrides[name] = torch.stack(
+        stacked.overrides[name] = _stack_matrices(
             [s.overrides[name].to(like) if name in s.overrides else base for s in sets])
+    _record_used_by(stacked, sets)
     return stacked
+
+
+def _record_used_by(stacked: StackedWeights, sets: list[ServeWeights]) -> None:
+    """Each site's `used_by`: the slots (indices of `sets`) whose set has it."""
+    for site, lora in stacked.lora.items():
+        lora.used_by = frozenset(j for j, s in enumerate(sets) if site in s.lora)
+    for pos, bottleneck in stacked.bottleneck.items():
+        bottleneck.used_by = frozenset(j for j, s in enumerate(sets) if pos in s.bottleneck)
+    overridden = [{_module_of(name) for name in s.overrides} for s in sets]
+    for module in {_module_of(name) for name in stacked.overrides}:
+        stacked.override_used_by[module] = frozenset(
+            j for j, modules in enumerate(overridden) if module in modules)
+    _share_used_by(stacked)
+
+
+def _module_of(tensor_name: str) -> str:
+    return tensor_name.rsplit(".", 1)[0]
+
+
+def _with_slot(used_by: frozenset[int], slot: int, used: bool) -> frozenset[int]:
+    return used_by | {slot} if used else used_by - {slot}
+
+
+def _share_used_by(stacked: StackedWeights) -> None:
+    """Make equal `used_by` sets of the bank one object (sites of one recipe share it)."""
+    shared: dict[frozenset[int], frozenset[int]] = {}
+    for stack in (*stacked.lora.values(), *stacked.bottleneck.values()):
+        stack.used_by = shared.setdefault(stack.used_by, stack.used_by)
+    for module, used_by in stacked.override_used_by.items():
+        stacked.override_used_by[module] = shared.setdefault(used_by, used_by)
 
 
 def write_slot(stacked: StackedWeights, slot: int, weights: ServeWeights,
@@ -193,6 +256,10 @@ def write_slot(stacked: StackedWeights, slot: int, weights: ServeWeights,
                             None if kv is None else kv.value, 1)
         for name, override in stacked.overrides.items():
             override[slot].copy_(weights.overrides.get(name, frozen[name]))
+    overridden = {_module_of(name) for name in weights.overrides}
+    for module, used_by in stacked.override_used_by.items():
+        stacked.override_used_by[module] = _with_slot(used_by, slot, module in overridden)
+    _share_used_by(stacked)
     return True
 
 
@@ -216,16 +283,18 @@ def _fits(stacked: StackedWeights, weights: ServeWeights) -> bool:
 
 
 def _write_lora(stack: StackedLora, slot: int, delta: LowRankDelta | None) -> None:
+    stack.used_by = _with_slot(stack.used_by, slot, delta is not None)
     stack.lora_a[slot].zero_()
     stack.lora_b[slot].zero_()
     stack.scale[slot] = 0.0 if delta is None else delta.scale
     if delta is not None:
         rank = delta.lora_a.shape[0]
         stack.lora_a[slot, :rank].copy_(delta.lora_a)
-        stack.lora_b[slot, :, :rank].copy_(delta.lora_b)
+        stack.lora_b[slot, :, :rank].copy_(delta.lora_b * delta.scale)
 
 
 def _write_bottleneck(stack: StackedBottleneck, slot: int, b: Bottleneck | None) -> None:
+    stack.used_by = _with_slot(stack.used_by, slot, b is not None)
     for tensor in (stack.down_weight, stack.down_bias, stack.up_weight, stack.up_bias):
         tensor[slot].zero_()
     stack.scale[slot] = 0.0 if b is None else b.scale
@@ -236,8 +305,8 @@ def _write_bottleneck(stack: StackedBottleneck, slot: int, b: Bottleneck | None)
     width = b.down_weight.shape[0]
     stack.down_weight[slot, :width].copy_(b.down_weight)
     stack.down_bias[slot, :width].copy_(b.down_bias)
-    stack.up_weight[slot, :, :width].copy_(b.up_weight)
-    stack.up_bias[slot].copy_(b.up_bias)
+    stack.up_weight[slot, :, :width].copy_(b.up_weight * b.scale)
+    stack.up_bias[slot].copy_(b.up_bias * b.scale)
     if isinstance(stack.activations, list):
         stack.activations[slot] = b.activation
 

@@ -212,7 +212,7 @@ class DecodeBatch:
         slots = [row.slot for row in rows for _ in range(row.width)]
         if all(slot is None for slot in slots):
             return None
-        return RowIndex.of(torch.tensor(slots, device=device))
+        return RowIndex.of(slots, device=device)
 
     def _advance(self, rows: list[DecodeRow], logits: torch.Tensor
                  ) -> tuple[list[DecodeRow], list[int], list[DecodeRow]]:

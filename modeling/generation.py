@@ -34,7 +34,7 @@ def beam_search(backbone: VLBackbone, batch: VLBatch, weights: StackedWeights | 
     index [b]: each row's slot in `weights` (None without weights).
     """
     hidden, mask = backbone.encode(batch, weights, index)
-    slots = [None] * batch.size if index is None else list(index.rows)
+    slots = [None] * batch.size if index is None else list(index.host_slots)
     rows = [DecodeRow(slot, max_new_tokens, num_beams, length_penalty) for slot in slots]
     decoding = DecodeBatch(backbone)
     decoding.join(rows, hidden, mask, weights)

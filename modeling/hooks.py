@@ -1,19 +1,26 @@
 """Hooks that let a frozen Hugging Face LM read the stacked adapter bank.
 
-`install(backbone)` runs once per backbone. It registers forward hooks on the Linear,
-LayerNorm and Embedding modules (LoRA deltas, overrides), on every block position
-(serial and parallel bottlenecks), and routes attention through `prefix_attention`
-(key/value prefixes). Hooks do nothing unless an `AdapterContext` is active, so the bare
-backbone computes exactly what the Hugging Face model computes.
+`install(backbone)` runs once per backbone. It finds the Linear, LayerNorm and Embedding
+modules (LoRA deltas, overrides) and every block position (serial and parallel
+bottlenecks), and routes attention through `prefix_attention` (key/value prefixes).
+A module gets its hooks the first time a bank has a site on it, and keeps them: a site
+no bank uses costs nothing per call, and a kept hook costs a dict lookup when the active
+bank lacks its site (registering hooks per bank would cost more than that). Hooks do
+nothing unless an `AdapterContext` is active, so the bare backbone computes exactly what
+the Hugging Face model computes.
 
 The context holds the stacked weights and the slot of every row for the current call;
-under beam search the caller hands the decoder an index repeated per beam.
+under beam search the caller hands the decoder an index repeated per beam. A hook runs
+its site only on the rows whose slot uses it (`StackedLora.used_by`, ...): the other rows
+keep the frozen module's output, and a site no row uses costs nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,11 +30,54 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from modeling.bank import StackedPrefix, StackedWeights
-from modeling.kernels import RowIndex, gathered_bottleneck, gathered_lora, gathered_rows
+from modeling.bank import StackedBottleneck, StackedLora, StackedPrefix, StackedWeights
+from modeling.kernels import (
+    RowIndex,
+    gathered_bottleneck,
+    gathered_lora,
+    gathered_matmul,
+    gathered_rows,
+    row_vectors,
+)
 from modeling.sites import BlockPosition, attention_sites, block_positions, is_layer_norm
 
 ATTENTION_IMPLEMENTATION = "vladapter"
+
+
+class _LazyHooks:
+    """Our hooks per module, registered on a module when a bank first uses a site on it.
+
+    All of a module's hooks are registered together and ahead of hooks others registered
+    (a tracer in tests), in one order whatever bank came first: a Linear's own hook
+    (LoRA, overrides), then the bottleneck of a block position that ends at that Linear
+    (BART's fc2), which adds to the Linear's adapted output.
+    """
+
+    def __init__(self) -> None:
+        self.modules_of: dict[str, list[nn.Module]] = {}  # site -> modules, until hooked
+        self.forward: dict[nn.Module, list[Callable]] = {}  # module -> hooks, in run order
+        self.pre: dict[nn.Module, list[Callable]] = {}  # module -> pre-hooks (kwargs)
+        self.hooked: set[nn.Module] = set()
+
+    def add(self, site: str, module: nn.Module, forward: Callable | None = None,
+            pre: Callable | None = None) -> None:
+        self.modules_of.setdefault(site, []).append(module)
+        if forward is not None:
+            self.forward.setdefault(module, []).append(forward)
+        if pre is not None:
+            self.pre.setdefault(module, []).append(pre)
+
+    def register(self, sites: set[str]) -> None:
+        """Register the hooks of every module of `sites` that has none of ours yet."""
+        for site in sites & self.modules_of.keys():
+            for module in self.modules_of.pop(site):
+                if module in self.hooked:
+                    continue
+                self.hooked.add(module)
+                for hook in reversed(self.forward.get(module, [])):
+                    module.register_forward_hook(hook, prepend=True)
+                for hook in reversed(self.pre.get(module, [])):
+                    module.register_forward_pre_hook(hook, prepend=True, with_kwargs=True)
 
 
 class AdapterContext:
@@ -37,14 +87,12 @@ class AdapterContext:
         self.weights: StackedWeights | None = None
         self.index: RowIndex | None = None
         self.captured: dict[str, torch.Tensor] = {}
-
-    @property
-    def active(self) -> bool:
-        return self.weights is not None
+        self.hooks = _LazyHooks()
+        self._hooked_for: weakref.ref | None = None  # the last bank whose sites are hooked
 
     @contextmanager
-    def use(self, weights: StackedWeights | None, index: RowIndex | None,
-            rows: int | None = None) -> Iterator[None]:
+    def use(self, weights: StackedWeights | None, index: RowIndex | None, *,
+            rows: int) -> Iterator[None]:
         """Activate `weights` for rows `index` (both None: the bare backbone).
 
         rows: the batch size the hooks will see. The index is checked against it and
@@ -56,6 +104,7 @@ class AdapterContext:
                 raise ValueError("adapter weights given without an index: expected one slot "
                                  "per row")
             index.check(rows, weights.slots)
+            self._hook_sites_of(weights)
         saved = (self.weights, self.index)
         self.weights, self.index = weights, index
         try:
@@ -64,90 +113,169 @@ class AdapterContext:
             self.weights, self.index = saved
             self.captured.clear()
 
+    def _hook_sites_of(self, weights: StackedWeights) -> None:
+        """Register the hooks of every site `weights` uses that has none yet.
+
+        A bank's sites never change after stacking (`write_slot` writes only into stacks
+        it has), so the bank seen last time is skipped without looking at its sites.
+        """
+        if self._hooked_for is not None and self._hooked_for() is weights:
+            return
+        self.hooks.register({*weights.lora, *weights.bottleneck,
+                             *(name.rsplit(".", 1)[0] for name in weights.overrides)})
+        self._hooked_for = weakref.ref(weights)
+
+
+def _on_rows(used_by: frozenset[int], index: RowIndex, compute: Callable[..., torch.Tensor],
+             out: torch.Tensor, *inputs: torch.Tensor, own: bool = False) -> torch.Tensor:
+    """`compute(index, out, *inputs)` on the rows whose slot is in `used_by` only.
+
+    out [b, ...] (the module's output) and inputs [b, ...] are cut to those rows and the
+    result written back into `out`'s rows; the other rows keep the frozen module's output,
+    as their slots hold zeros or the frozen tensors at this site. own: `out` is the
+    hooked module's fresh output, seen by no one yet (our hooks run first), so it is
+    written in place unless autograd records; a block position's output may be a
+    submodule's output that others hold, so it is copied.
+    """
+    subset = index.subset(used_by)
+    if subset is None:
+        return compute(index, out, *inputs)
+    if not len(subset.index):
+        return out
+    rows = subset.positions
+    part = compute(subset.index, out.index_select(0, rows),
+                   *(t.index_select(0, rows) for t in inputs))
+    if own and not torch.is_grad_enabled():
+        return out.index_copy_(0, rows, part)
+    return out.index_copy(0, rows, part)
+
 
 def _layer_norm(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
                 bias: torch.Tensor | None) -> torch.Tensor:
-    """Recompute a LayerNorm with per-row affine parameters weight/bias [b, d]."""
+    """Recompute a LayerNorm with affine parameters weight/bias [d] or per row [b, 1, d]."""
     if isinstance(module, nn.LayerNorm):
+        if weight.dim() == 1 and (bias is None or bias.dim() == 1):
+            return F.layer_norm(x, module.normalized_shape, weight, bias, module.eps)
         normed = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
     else:  # T5LayerNorm: RMS norm computed in fp32, no mean subtraction, no bias.
         variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
         normed = (x * torch.rsqrt(variance + module.variance_epsilon)).to(weight.dtype)
-    out = normed * weight.unsqueeze(1)
-    return out if bias is None else out + bias.unsqueeze(1)
+    return normed * weight if bias is None else torch.addcmul(bias, normed, weight)
+
+
+def _overridden_linear(module: nn.Linear, w_over: torch.Tensor | None,
+                       b_over: torch.Tensor | None, index: RowIndex, output: torch.Tensor,
+                       x: torch.Tensor) -> torch.Tensor:
+    """The Linear's output [b, s, out] with per-row weight [slots, out, in] and/or bias
+    [slots, out] overrides; x [b, s, in], output [b, s, out] the frozen layer's."""
+    bias = module.bias if b_over is None else row_vectors(b_over, index)
+    if w_over is not None:
+        return gathered_matmul(x, w_over, index, base=bias)
+    return output - module.bias + bias
+
+
+def _lora_rows(lora: StackedLora, index: RowIndex, output: torch.Tensor,
+               x: torch.Tensor) -> torch.Tensor:
+    """output [b, s, out] plus each row's LoRA delta of x [b, s, in]."""
+    return gathered_lora(x, lora.lora_a, lora.lora_b, None, index, base=output)
 
 
 def _linear_hook(name: str, ctx: AdapterContext):
+    weight_key, bias_key = f"{name}.weight", f"{name}.bias"
+
     def hook(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        weights, index = ctx.weights, ctx.index
+        weights = ctx.weights
         if weights is None:
             return None
-        x = args[0]
-        w_over = weights.overrides.get(f"{name}.weight")
-        b_over = weights.overrides.get(f"{name}.bias")
-        if w_over is not None:
-            output = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]),
-                               gathered_rows(w_over, index).transpose(1, 2)).view_as(output)
-            if module.bias is not None and b_over is None:
-                output = output + module.bias
-        elif b_over is not None and module.bias is not None:
-            output = output - module.bias
-        if b_over is not None:
-            output = output + gathered_rows(b_over, index).view(x.shape[0], *[1] * (x.dim() - 2),
-                                                                -1)
+        w_over, b_over = weights.overrides.get(weight_key), weights.overrides.get(bias_key)
         lora = weights.lora.get(name)
+        if lora is None and w_over is None and b_over is None:
+            return None
+        x, out = args[0], output
+        if x.dim() != 3:  # the kernels take [b, s, features]
+            x, out = x.reshape(x.shape[0], -1, x.shape[-1]), out.view(x.shape[0], -1,
+                                                                      out.shape[-1])
+        if w_over is not None or b_over is not None:
+            out = _on_rows(weights.override_used_by[name], ctx.index,
+                           partial(_overridden_linear, module, w_over, b_over), out, x,
+                           own=True)
         if lora is not None:
-            flat = x.reshape(x.shape[0], -1, x.shape[-1])
             if lora.dropout > 0:  # non-zero only for train forms in training mode
-                flat = F.dropout(flat, lora.dropout, training=True)
-            delta = gathered_lora(flat, lora.lora_a, lora.lora_b, lora.scale, index)
-            output = output + delta.view_as(output)
-        return output
+                x = F.dropout(x, lora.dropout, training=True)
+            out = _on_rows(lora.used_by, ctx.index, partial(_lora_rows, lora), out, x,
+                           own=True)
+        return out if out.dim() == output.dim() else out.view(output.shape)
 
     return hook
 
 
+def _norm_rows(module: nn.Module, w_over: torch.Tensor | None, b_over: torch.Tensor | None,
+               index: RowIndex, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The LayerNorm of x [b, n, d] with each row's weight / bias overrides."""
+    weight = module.weight if w_over is None else row_vectors(w_over, index)
+    bias = getattr(module, "bias", None)
+    if bias is not None and b_over is not None:
+        bias = row_vectors(b_over, index)
+    return _layer_norm(module, x, weight, bias)
+
+
 def _norm_hook(name: str, ctx: AdapterContext):
+    weight_key, bias_key = f"{name}.weight", f"{name}.bias"
+
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         weights = ctx.weights
         if weights is None:
             return None
-        w_over = weights.overrides.get(f"{name}.weight")
-        b_over = weights.overrides.get(f"{name}.bias")
+        w_over, b_over = weights.overrides.get(weight_key), weights.overrides.get(bias_key)
         if w_over is None and b_over is None:
             return None
-        weight = gathered_rows(w_over, ctx.index) if w_over is not None else \
-            module.weight.expand(args[0].shape[0], -1)
-        bias = None
-        if getattr(module, "bias", None) is not None:
-            bias = gathered_rows(b_over, ctx.index) if b_over is not None else \
-                module.bias.expand(args[0].shape[0], -1)
-        return _layer_norm(module, args[0], weight, bias)
+        return _on_rows(weights.override_used_by[name], ctx.index,
+                        partial(_norm_rows, module, w_over, b_over), output, args[0],
+                        own=True)
 
     return hook
+
+
+def _embedding_rows(table: torch.Tensor, index: RowIndex, output: torch.Tensor,
+                    ids: torch.Tensor) -> torch.Tensor:
+    """Each row's embeddings of ids [b, n] from its slot's table [slots, vocab, d]."""
+    if index.uniform is not None:
+        return F.embedding(ids, table[index.uniform])
+    return table[index.slots.view(-1, 1).expand_as(ids), ids]  # [b, n, d]
 
 
 def _embedding_hook(name: str, ctx: AdapterContext):
+    weight_key = f"{name}.weight"
+
     def hook(module: nn.Embedding, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         weights = ctx.weights
-        table = None if weights is None else weights.overrides.get(f"{name}.weight")
+        table = None if weights is None else weights.overrides.get(weight_key)
         if table is None:
             return None
-        ids = args[0]  # [b, n]
-        slots, vocab = ctx.index.slots, table.shape[1]
-        flat = (slots.view(-1, 1) * vocab + ids).reshape(-1)
-        return table.reshape(-1, table.shape[-1])[flat].view(*ids.shape, -1)
+        return _on_rows(weights.override_used_by[name], ctx.index,
+                        partial(_embedding_rows, table), output, args[0], own=True)
 
     return hook
 
 
+def _bottleneck_rows(stacked: StackedBottleneck, index: RowIndex, h: torch.Tensor,
+                     x: torch.Tensor | None = None) -> torch.Tensor:
+    """The sublayer's output h [b, s, d] plus each row's bottleneck of h (serial) or of
+    the sublayer's input x (parallel rows; x given when any slot is parallel)."""
+    z = h
+    if x is not None:
+        z = torch.where(gathered_rows(stacked.parallel, index).view(-1, 1, 1), x, h)
+    return gathered_bottleneck(z, stacked.down_weight, stacked.down_bias, stacked.up_weight,
+                               stacked.up_bias, None, stacked.activations, index, base=h)
+
+
 def _position_hooks(name: str, position: BlockPosition, ctx: AdapterContext) -> None:
-    """Serial / parallel bottleneck at one block position."""
+    """Serial / parallel bottleneck at one block position (hooks added to `ctx.hooks`)."""
 
     def capture_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
         weights = ctx.weights
-        if weights is not None and name in weights.bottleneck and \
-                weights.bottleneck[name].any_parallel:
+        stacked = None if weights is None else weights.bottleneck.get(name)
+        if stacked is not None and stacked.any_parallel:
             ctx.captured[name] = args[0] if args else kwargs["hidden_states"]
 
     def add_adapter(module: nn.Module, args: tuple, output: Any) -> Any:
@@ -156,18 +284,12 @@ def _position_hooks(name: str, position: BlockPosition, ctx: AdapterContext) -> 
         if stacked is None:
             return None
         h = output[0] if position.output_is_tuple else output
-        z = h
-        if stacked.any_parallel:
-            x = ctx.captured.pop(name)
-            z = torch.where(stacked.parallel[ctx.index.slots].view(-1, 1, 1), x, h)
-        delta = gathered_bottleneck(z, stacked.down_weight, stacked.down_bias, stacked.up_weight,
-                                    stacked.up_bias, stacked.scale, stacked.activations,
-                                    ctx.index)
-        h = h + delta
+        inputs = (ctx.captured.pop(name),) if stacked.any_parallel else ()
+        h = _on_rows(stacked.used_by, ctx.index, partial(_bottleneck_rows, stacked), h, *inputs)
         return (h, *output[1:]) if position.output_is_tuple else h
 
-    position.input_module.register_forward_pre_hook(capture_input, with_kwargs=True)
-    position.output_module.register_forward_hook(add_adapter)
+    ctx.hooks.add(name, position.input_module, pre=capture_input)
+    ctx.hooks.add(name, position.output_module, forward=add_adapter)
 
 
 def _with_prefix(module: nn.Module, prefix: StackedPrefix, index: RowIndex,
@@ -203,9 +325,8 @@ def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     if ctx is not None and ctx.weights is not None:
         prefix = ctx.weights.prefix.get(module.vladapter_site)
         if prefix is not None:
-            index = ctx.index
             key, value, attention_mask, kwargs = _with_prefix(
-                module, prefix, index, query, key, value, attention_mask, kwargs)
+                module, prefix, ctx.index, query, key, value, attention_mask, kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -214,17 +335,20 @@ AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
 
 
 def install(backbone: nn.Module, lm_type: str, lm: nn.Module) -> AdapterContext:
-    """Register every hook on `backbone` once; returns the context the hooks read."""
+    """Find every adapter site of `backbone` once; returns the context the hooks read.
+
+    A site's hooks are registered when a bank first uses it (`AdapterContext.use`).
+    """
     ctx = AdapterContext()
     for name, module in backbone.named_modules():
         if name.startswith("vision.") or name == "vision":
             continue
         if isinstance(module, nn.Linear):
-            module.register_forward_hook(_linear_hook(name, ctx))
+            ctx.hooks.add(name, module, forward=_linear_hook(name, ctx))
         elif isinstance(module, nn.Embedding) and name.startswith("visual."):
-            module.register_forward_hook(_embedding_hook(name, ctx))
+            ctx.hooks.add(name, module, forward=_embedding_hook(name, ctx))
         elif is_layer_norm(module):
-            module.register_forward_hook(_norm_hook(name, ctx))
+            ctx.hooks.add(name, module, forward=_norm_hook(name, ctx))
     for name, position in block_positions(lm_type, lm).items():
         _position_hooks(name, position, ctx)
     for name, attention in attention_sites(lm_type, lm).items():

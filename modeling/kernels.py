@@ -1,13 +1,20 @@
 """Gathered compute over stacked adapter weights: one row of a batch, one adapter slot.
 
-Every kernel takes `index [batch]` (the slot each row uses) and weights stacked over slots
+Every kernel takes a `RowIndex` (the slot each row uses) and weights stacked over slots
 (`[slots, ...]`). When every row uses the same slot the kernel runs one dense matmul
 instead of a gather, so a uniform batch pays nothing for the mixed-batch machinery.
+
+A mixed batch gathers each row's weights with `index_select` over the slot axis and runs
+a batched matmul. The gather reads whole contiguous slots when the bank stores each
+weight in the layout the matmul consumes (`modeling.bank` stores `[slots, in, out]`
+and hands out `[slots, out, in]` views of it), so it is one memory copy per site; adds
+are fused into the matmul (`baddbmm`) where the equation allows it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,68 +23,178 @@ from modeling.serve_forms import ACTIVATION_FUNCTIONS
 
 @dataclass(frozen=True)
 class RowIndex:
-    """The slot of every row, computed once per forward pass (one host sync, not one per layer).
+    """The slot of every row of one forward pass, built once (per decode step) from slot
+    numbers the host already holds; the hooks read it, no layer rebuilds or reads it back.
 
-    slots [b] long on the compute device; rows: the same as a list; uniform: the slot
-    shared by every row, or None.
+    slots [b] long on the compute device (what the gathers read); host_slots: the same
+    slot numbers as Python ints (what checks and per-slot choices read, no device sync);
+    uniform: the slot shared by every row, or None.
     """
 
     slots: torch.Tensor
-    rows: tuple[int, ...]
+    host_slots: tuple[int, ...]
     uniform: int | None
+    # set of slots -> the rows using them (`subset`), found once per index
+    _subsets: dict[frozenset[int], RowSubset | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
-    def of(cls, slots: torch.Tensor) -> RowIndex:
-        rows = tuple(int(s) for s in slots.tolist())
-        uniform = rows[0] if rows and all(r == rows[0] for r in rows) else None
-        return cls(slots=slots, rows=rows, uniform=uniform)
+    def of(cls, slots: Sequence[int] | torch.Tensor,
+           device: torch.device | str | None = None) -> RowIndex:
+        """From each row's slot: Python ints (serving and decoding: one host -> device copy,
+        nothing read back) or a tensor (read back once; offline callers and tests).
 
-    def check(self, rows: int | None, slots: int) -> None:
+        device: where `slots` lives (default: the tensor's device, or the CPU for ints).
+        """
+        if isinstance(slots, torch.Tensor):
+            host = tuple(slots.tolist())
+            tensor = slots.to(device=device or slots.device, dtype=torch.long)
+        else:
+            host = tuple(slots)
+            tensor = torch.tensor(host, dtype=torch.long, device=device)
+        uniform = host[0] if host and host.count(host[0]) == len(host) else None
+        return cls(slots=tensor, host_slots=host, uniform=uniform)
+
+    def __len__(self) -> int:
+        return len(self.host_slots)
+
+    def check(self, rows: int, slots: int) -> None:
         """Refuse an index that does not fit a batch of `rows` rows and a bank of `slots`.
 
-        Reads only the host copy (`rows`), so it costs no device sync; run it once per
-        forward, before any compute: a wrong index would otherwise gather silently (a short
-        uniform index broadcasts over the batch; a negative slot wraps around the bank).
-        rows None: the caller does not know the batch size, only the slots are checked.
+        Reads only the host copy, so it costs no device sync; run it once per forward,
+        before any compute: a wrong index would otherwise gather silently (a short uniform
+        index broadcasts over the batch; a negative slot wraps around the bank).
         """
-        if rows is not None and len(self.rows) != rows:
-            raise ValueError(f"adapter index has {len(self.rows)} row(s) but the batch has "
-                             f"{rows}; expected one slot per row")
-        bad = sorted({r for r in self.rows if not 0 <= r < slots})
-        if bad:
+        if len(self.host_slots) != rows:
+            raise ValueError(f"adapter index has {len(self.host_slots)} row(s) but the batch "
+                             f"has {rows}; expected one slot per row")
+        if self.host_slots and not 0 <= min(self.host_slots) <= max(self.host_slots) < slots:
+            bad = sorted({s for s in self.host_slots if not 0 <= s < slots})
             raise ValueError(f"adapter index names slot(s) {bad[:5]} but the bank holds "
                              f"{slots} slot(s); expected slots in [0, {slots})")
 
+    def select(self, rows: Sequence[int]) -> RowIndex:
+        """The index of rows `rows` of this batch, in that order (rows leaving a decode)."""
+        return RowIndex.of([self.host_slots[r] for r in rows], device=self.slots.device)
+
     def repeat_interleave(self, repeats: int) -> RowIndex:
         """Each row repeated `repeats` times in place (beam search: one row per beam)."""
-        return RowIndex.of(self.slots.repeat_interleave(repeats))
+        return RowIndex.of([s for s in self.host_slots for _ in range(repeats)],
+                           device=self.slots.device)
+
+    def subset(self, used_by: frozenset[int]) -> RowSubset | None:
+        """The rows whose slot is in `used_by` (a site's slots, `modeling.bank`), or None
+        when every row's is. Found from the host copy once per index and set: a bank's
+        sites share few distinct sets, so a forward computes a handful, not one per layer.
+        """
+        cached = self._subsets.get(used_by, self)  # self: not looked up yet
+        if cached is not self:
+            return cached
+        positions = [row for row, slot in enumerate(self.host_slots) if slot in used_by]
+        subset = None
+        if len(positions) < len(self.host_slots):
+            device = self.slots.device
+            subset = RowSubset(torch.tensor(positions, dtype=torch.long, device=device),
+                               RowIndex.of([self.host_slots[r] for r in positions], device))
+        self._subsets[used_by] = subset
+        return subset
 
 
-def gathered_matmul(x: torch.Tensor, weight: torch.Tensor, index: RowIndex) -> torch.Tensor:
-    """Semantics: y[i] = x[i] @ weight[index[i]].T
+@dataclass(frozen=True)
+class RowSubset:
+    """Some rows of a batch: positions [k] long on the device (their rows in the batch) and
+    their own index (row i of the subset is row positions[i] of the batch)."""
 
-    x [b, s, in], weight [slots, out, in], index [b] -> [b, s, out].
+    positions: torch.Tensor
+    index: RowIndex
+
+
+def gathered_rows(table: torch.Tensor, index: RowIndex) -> torch.Tensor:
+    """Semantics: y[i] = table[index[i]]  (table [slots, ...] -> [b, ...]).
+
+    A uniform index returns a broadcast view of one slot (no copy).
     """
     if index.uniform is not None:
-        return x @ weight[index.uniform].T
-    return torch.bmm(x, weight[index.slots].transpose(1, 2))
+        return table[index.uniform].expand(len(index), *table.shape[1:])
+    return table.index_select(0, index.slots)
+
+
+def row_vectors(table: torch.Tensor, index: RowIndex) -> torch.Tensor:
+    """table [slots, d] -> each row's vector [b, 1, d], or the one slot's [d] for a uniform
+    index (no copy); both broadcast against activations [b, s, d]."""
+    if index.uniform is not None:
+        return table[index.uniform]
+    return table.index_select(0, index.slots).unsqueeze(1)
+
+
+def _row_scale(scale: torch.Tensor, index: RowIndex) -> torch.Tensor:
+    """scale [slots] -> per row [b, 1, 1] (a 0-dim tensor for a uniform index)."""
+    if index.uniform is not None:
+        return scale[index.uniform]
+    return scale.index_select(0, index.slots).view(-1, 1, 1)
+
+
+def _times(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
+           base: torch.Tensor | None = None) -> torch.Tensor:
+    """y[i] = base[i] + x[i] @ weight_t[index[i]]; x [b, s, in], weight_t [slots, in, out],
+    base broadcastable to [b, s, out] or None (0)."""
+    if index.uniform is not None:
+        weight = weight_t[index.uniform]  # [in, out]
+        if base is None:
+            return x @ weight
+        out_shape = (*x.shape[:-1], weight.shape[-1])
+        if base.dim() == 1 or base.shape == out_shape:  # fuse the add into the matmul
+            base = base if base.dim() == 1 else base.reshape(-1, out_shape[-1])
+            return torch.addmm(base, x.reshape(-1, x.shape[-1]), weight).view(out_shape)
+        return x @ weight + base
+    rows = weight_t.index_select(0, index.slots)  # [b, in, out]
+    return torch.bmm(x, rows) if base is None else torch.baddbmm(base, x, rows)
+
+
+def gathered_matmul(x: torch.Tensor, weight: torch.Tensor, index: RowIndex,
+                    base: torch.Tensor | None = None) -> torch.Tensor:
+    """Semantics: y[i] = base[i] + x[i] @ weight[index[i]].T
+
+    x [b, s, in], weight [slots, out, in], index [b], base broadcastable to [b, s, out]
+    or None (0) -> [b, s, out].
+    """
+    return _times(x, weight.transpose(1, 2), index, base)
 
 
 def gathered_lora(
     x: torch.Tensor,
     lora_a: torch.Tensor,
     lora_b: torch.Tensor,
-    scale: torch.Tensor,
+    scale: torch.Tensor | None,
     index: RowIndex,
+    base: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Semantics: y[i] = scale[index[i]] * (x[i] @ A[index[i]].T) @ B[index[i]].T
+    """Semantics: y[i] = base[i] + scale[j] * (x[i] @ A[j].T) @ B[j].T,  j = index[i]
 
-    x [b, s, in], lora_a [slots, rank, in], lora_b [slots, out, rank], scale [slots],
-    index [b] -> delta [b, s, out]. Slots of smaller rank are zero-padded (exact).
+    x [b, s, in], lora_a [slots, rank, in], lora_b [slots, out, rank], scale [slots] or
+    None (1: the bank has multiplied it into lora_b), base [b, s, out] (the frozen
+    layer's output) or None (0) -> [b, s, out]. Slots of smaller rank are zero-padded
+    (exact). The scale multiplies the rank-wide intermediate; the add is fused into the
+    second matmul.
     """
-    shrunk = gathered_matmul(x, lora_a, index)  # [b, s, rank]
-    expanded = gathered_matmul(shrunk, lora_b, index)  # [b, s, out]
-    return expanded * scale[index.slots].view(-1, 1, 1).to(expanded.dtype)
+    shrunk = _times(x, lora_a.transpose(1, 2), index)  # [b, s, rank]
+    if scale is not None:
+        shrunk = shrunk * _row_scale(scale, index).to(shrunk.dtype)
+    return _times(shrunk, lora_b.transpose(1, 2), index, base)
+
+
+def _activate(hidden: torch.Tensor, activations: str | list[str], index: RowIndex
+              ) -> torch.Tensor:
+    """One activation for every slot, or each row its slot's (hidden [b, s, width])."""
+    if isinstance(activations, str):
+        return ACTIVATION_FUNCTIONS[activations](hidden)
+    row_acts = [activations[s] for s in index.host_slots]
+    names = sorted(set(row_acts))
+    out = ACTIVATION_FUNCTIONS[names[0]](hidden)
+    for name in names[1:]:
+        rows = torch.tensor([a == name for a in row_acts], device=hidden.device)
+        out = torch.where(rows.view(-1, 1, 1), ACTIVATION_FUNCTIONS[name](hidden), out)
+    return out
 
 
 def gathered_bottleneck(
@@ -86,29 +203,27 @@ def gathered_bottleneck(
     down_bias: torch.Tensor,
     up_weight: torch.Tensor,
     up_bias: torch.Tensor,
-    scale: torch.Tensor,
+    scale: torch.Tensor | None,
     activations: str | list[str],
     index: RowIndex,
+    base: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Semantics: y[i] = scale[j] * (act_j(z[i] @ Wd[j].T + bd[j]) @ Wu[j].T + bu[j]), j = index[i]
+    """Semantics: y[i] = base[i] + scale[j] * (act_j(z[i] @ Wd[j].T + bd[j]) @ Wu[j].T + bu[j]),
+    j = index[i]
 
     z [b, s, d], down_weight [slots, width, d], down_bias [slots, width],
-    up_weight [slots, d, width], up_bias [slots, d], scale [slots],
-    activations: the one name every slot uses, or one name per slot -> delta [b, s, d].
+    up_weight [slots, d, width], up_bias [slots, d], scale [slots] or None (1: the bank
+    has multiplied it into up_weight and up_bias), activations: the one name every slot
+    uses, or one name per slot; base [b, s, d] (the sublayer's output) or None (0)
+    -> [b, s, d]. The scale multiplies the width-wide hidden and the up bias; the
+    biases ride in the matmuls.
     """
-    hidden = gathered_matmul(z, down_weight, index) + down_bias[index.slots].unsqueeze(1)
-    if isinstance(activations, str):
-        hidden = ACTIVATION_FUNCTIONS[activations](hidden)
-    else:
-        row_acts = [activations[i] for i in index.rows]
-        per_act = {name: ACTIVATION_FUNCTIONS[name](hidden) for name in set(row_acts)}
-        hidden = torch.stack([per_act[name][i] for i, name in enumerate(row_acts)])
-    out = gathered_matmul(hidden, up_weight, index) + up_bias[index.slots].unsqueeze(1)
-    return out * scale[index.slots].view(-1, 1, 1).to(out.dtype)
-
-
-def gathered_rows(table: torch.Tensor, index: RowIndex) -> torch.Tensor:
-    """Semantics: y[i] = table[index[i]]  (table [slots, ...] -> [b, ...])."""
-    if index.uniform is not None:
-        return table[index.uniform].expand(len(index.rows), *table.shape[1:])
-    return table[index.slots]
+    down_b = row_vectors(down_bias, index)  # [b, 1, width] or [width]
+    hidden = _activate(_times(z, down_weight.transpose(1, 2), index, down_b), activations,
+                       index)
+    up_b = row_vectors(up_bias, index)  # [b, 1, d] or [d]
+    if scale is not None:
+        row_scale = _row_scale(scale, index).to(z.dtype)
+        hidden, up_b = hidden * row_scale, up_b * row_scale
+    delta = _times(hidden, up_weight.transpose(1, 2), index, up_b)
+    return delta if base is None else base + delta

@@ -333,8 +333,7 @@ class Engine:
                            max_text_tokens=self.max_text_tokens)
         batch = batch.to(self.device)
         batch.visual = batch.visual.to(self.dtype)
-        row_slots = torch.tensor([r.slot for r in requests], device=self.device)
-        return batch, RowIndex.of(row_slots)
+        return batch, RowIndex.of([r.slot for r in requests], device=self.device)
 
     def _score(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
         """NLVR2 ("true"/"false") and multiple choice ("a0".."a{n-1}") by candidate scoring."""

@@ -84,6 +84,7 @@ def test_peft_lora_imported_by_the_registry_gives_peft_logits(tmp_path, backbone
     dec = torch.randint(4, 500, (2, 3))
     with torch.no_grad():
         expected = peft_model(input_ids=ids, decoder_input_ids=dec).logits
-        with backbone.adapter_context.use(stacked, RowIndex.of(torch.zeros(2, dtype=torch.long))):
+        with backbone.adapter_context.use(stacked, RowIndex.of(torch.zeros(2, dtype=torch.long)),
+                                          rows=2):
             ours = backbone.lm(input_ids=ids, decoder_input_ids=dec).logits
     assert (ours - expected).abs().max() <= 1e-5

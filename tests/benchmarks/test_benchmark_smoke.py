@@ -1,12 +1,16 @@
 """The newest benchmarks run end to end on the tiny preset and their built-in checks hold:
-the cached decode gives the recomputed tokens, an in-place slot write the restacked values."""
+the cached decode gives the recomputed tokens, an in-place slot write the restacked values;
+the four-form figure prints its ratio, and a benchmark reruns itself on an older commit."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 
-from benchmarks import decode_cache, slot_write
+from benchmarks import decode_cache, mixed_adapters, slot_write
+from benchmarks.common import run_at_ref
 
 
 @pytest.fixture(autouse=True)
@@ -21,8 +25,30 @@ def torch_threads():
     (decode_cache, ["--preset", "tiny", "--rows", "3", "--tokens", "5", "--repeats", "1"],
      "same tokens: True"),
     (slot_write, ["--preset", "tiny", "--slots", "3", "--repeats", "1"], "same values: True"),
+    (mixed_adapters, ["--preset", "tiny-bart", "--methods", "forms", "--rows", "8", "--adapters",
+                      "4", "--repeats", "1"], "four forms / LoRA only"),
 ])
 def test_benchmark_runs_and_its_check_holds(module, argv, check, capsys):
     assert module.main([*argv, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert check in out and "machine:" in out
+
+
+def test_a_benchmark_runs_again_on_an_older_commit_and_prints_before_and_after(tmp_path,
+                                                                            capsys):
+    """Both processes time by the thread's CPU time (the older one through a patched clock)."""
+    argv = ["--preset", "tiny", "--methods", "lora", "--rows", "2", "--adapters", "2",
+            "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
+    assert mixed_adapters.main([*argv, "--baseline", "HEAD", "--clock", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "  before | lora     N=   2" in out
+    assert "mixed / uniform: before (HEAD) -> after (this code)" in out
+    assert re.search(r"  lora 2 +\d\.\d\d -> +\d\.\d\d", out)
+
+
+def test_a_baseline_at_an_unknown_commit_is_one_line_on_stderr_and_status_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_at_ref("no-such-commit", "mixed_adapters", [])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("--baseline no-such-commit: git archive")

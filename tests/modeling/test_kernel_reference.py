@@ -99,6 +99,36 @@ def test_gathered_bottleneck_applies_each_slots_own_activation(rows):
 
 
 @pytest.mark.parametrize("rows", INDICES.values(), ids=INDICES.keys())
+def test_gathered_lora_adds_onto_base_with_the_scale_folded_into_b(rows):
+    """The hooks' call: the frozen layer's output as `base`, each slot's scale inside B."""
+    gen = _gen(7)
+    x, base = _randn(gen, len(rows), SEQ, D), _randn(gen, len(rows), SEQ, WIDTH)
+    lora_a, lora_b = _randn(gen, SLOTS, RANK, D), _randn(gen, SLOTS, WIDTH, RANK)
+    scale = torch.tensor([0.5, 2.0, 0.0, 1.5])
+    out = gathered_lora(x, lora_a, lora_b * scale.view(-1, 1, 1), None,
+                        RowIndex.of(torch.tensor(rows)), base=base)
+    for i, j in enumerate(rows):
+        expected = base[i] + scale[j] * (x[i] @ lora_a[j].T) @ lora_b[j].T
+        torch.testing.assert_close(out[i], expected, **TOLERANCE)
+
+
+@pytest.mark.parametrize("rows", INDICES.values(), ids=INDICES.keys())
+def test_gathered_bottleneck_adds_onto_base_with_the_scale_folded_into_the_up_projection(rows):
+    gen = _gen(8)
+    z, bank = _randn(gen, len(rows), SEQ, D), _bottleneck_bank(gen)
+    base = _randn(gen, len(rows), SEQ, D)
+    scale = bank["scale"]
+    out = gathered_bottleneck(z, bank["down_weight"], bank["down_bias"],
+                              bank["up_weight"] * scale.view(-1, 1, 1),
+                              bank["up_bias"] * scale.view(-1, 1), None, "relu",
+                              RowIndex.of(torch.tensor(rows)), base=base)
+    for i, j in enumerate(rows):
+        expected = base[i] + _bottleneck_reference(z[i], {k: v[j] for k, v in bank.items()},
+                                                   "relu")
+        torch.testing.assert_close(out[i], expected, **TOLERANCE)
+
+
+@pytest.mark.parametrize("rows", INDICES.values(), ids=INDICES.keys())
 def test_gathered_rows_gives_each_row_its_slots_table(rows):
     table = _randn(_gen(5), SLOTS, 2, D)
     out = gathered_rows(table, RowIndex.of(torch.tensor(rows)))

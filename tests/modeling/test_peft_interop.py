@@ -66,7 +66,7 @@ def our_logits(backbone: VLBackbone, serve: ServeWeights, inputs: dict) -> torch
     like = next(backbone.parameters())
     stacked = stack_weights([serve], backbone.frozen_tensors(), backbone.config.d_model, like)
     index = RowIndex.of(torch.zeros(inputs["input_ids"].shape[0], dtype=torch.long))
-    with backbone.adapter_context.use(stacked, index):
+    with backbone.adapter_context.use(stacked, index, rows=inputs["input_ids"].shape[0]):
         return backbone.lm(**inputs).logits
 
 

@@ -76,3 +76,42 @@ def test_the_decoder_checks_its_index_against_its_own_rows(backbone):
 def test_weights_without_an_index_are_refused(backbone):
     with pytest.raises(ValueError, match="without an index"):
         backbone(random_batch(backbone, [3]), _bank(backbone, 1), None)
+
+
+def test_the_adapter_context_cannot_be_entered_without_the_batch_size(backbone):
+    """Every caller states the batch size, so the check above always runs (a short uniform
+    index on a direct LM call would otherwise broadcast silently)."""
+    with pytest.raises(TypeError, match="rows"):
+        with backbone.adapter_context.use(_bank(backbone, 1), RowIndex.of(torch.tensor([0]))):
+            pass
+
+
+def test_an_index_of_host_slot_numbers_is_never_read_back_from_the_device():
+    """Serving and decoding build each step's index from Python ints; checking it, a row
+    leaving (`select`) and beams (`repeat_interleave`) use the host copy. A meta tensor
+    has no data, so any read-back from the device would raise here."""
+    index = RowIndex.of([2, 0, 2], device="meta")
+    assert index.slots.device.type == "meta" and index.slots.dtype == torch.long
+    assert index.host_slots == (2, 0, 2) and index.uniform is None and len(index) == 3
+    index.check(3, 3)
+    left = index.select([2, 0])
+    assert left.host_slots == (2, 2) and left.uniform == 2 and left.slots.device.type == "meta"
+    per_beam = index.repeat_interleave(2)
+    assert per_beam.host_slots == (2, 2, 0, 0, 2, 2) and tuple(per_beam.slots.shape) == (6,)
+
+
+def test_an_index_of_ints_holds_the_same_slots_on_the_device():
+    index = RowIndex.of([1, 0, 1])
+    assert index.slots.tolist() == [1, 0, 1] and index.slots.dtype == torch.long
+    assert RowIndex.of(torch.tensor([1, 0, 1])).host_slots == index.host_slots
+
+
+def test_the_rows_of_a_set_of_slots_are_found_once_per_index():
+    index = RowIndex.of([3, 1, 3, 0])
+    used_by = frozenset({3, 2})
+    subset = index.subset(used_by)
+    assert subset.positions.tolist() == [0, 2] and subset.index.host_slots == (3, 3)
+    assert subset.index.uniform == 3
+    assert index.subset(used_by) is subset
+    assert index.subset(frozenset({0, 1, 3})) is None  # every row: no cut
+    assert len(index.subset(frozenset({2})).index) == 0
