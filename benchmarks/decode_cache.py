@@ -41,7 +41,7 @@ def recomputed(backbone: VLBackbone, hidden, mask, bank, index, tokens: int) -> 
     ids = torch.full((hidden.shape[0], 1), backbone.decoder_start_token_id,
                      device=hidden.device)
     for _ in range(tokens):
-        logits = backbone.decode(hidden, mask, ids, weights=bank, index=index).logits
+        logits = backbone.decode(hidden, mask, ids, bank=bank, index=index).logits
         ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return ids[:, 1:].tolist()
 

@@ -53,7 +53,7 @@ from benchmarks.common import (
     run_at_ref,
 )
 from modeling.backbone import VLBackbone, VLBatch
-from modeling.bank import StackedWeights, stack_weights
+from modeling.bank import AdapterBank, build_bank
 from modeling.config import preset
 from modeling.kernels import RowIndex
 from modeling.recipe import MethodEntry
@@ -83,14 +83,14 @@ def random_batch(backbone: VLBackbone, rows: int, text: int = 12, labels: int = 
         labels=torch.randint(3, vocab, (rows, labels), generator=g))
 
 
-def bank_of(backbone: VLBackbone, method: str, slots: int) -> StackedWeights:
+def bank_of(backbone: VLBackbone, method: str, slots: int) -> AdapterBank:
     """`slots` random adapter sets of `method` (or of every serve form, slot j the j % 4-th
     of `MIXED_RECIPES`, for `forms`), stacked."""
     recipes = [MIXED_RECIPES[j % len(MIXED_RECIPES)] if method == FORMS else RECIPES[method]
                for j in range(slots)]
     sets = [random_adapter(backbone, recipe, ["vqa"], seed).materialize("vqa")
             for seed, recipe in enumerate(recipes)]
-    return stack_weights(sets, backbone.frozen_tensors(), backbone.config.d_model,
+    return build_bank(sets, backbone.frozen_tensors(), backbone.config.d_model,
                          next(backbone.parameters()))
 
 
@@ -111,7 +111,7 @@ def measure(backbone: VLBackbone, batch: VLBatch, method: str, adapters: int,
     return {name: rows / (median_ms(t) / 1000) for name, t in times.items()}
 
 
-def with_prompt_lengths(batch: VLBatch, bank: StackedWeights, index: RowIndex) -> VLBatch:
+def with_prompt_lengths(batch: VLBatch, bank: AdapterBank, index: RowIndex) -> VLBatch:
     """`batch` where each row carries as many more real text tokens as prompt vectors its
     slot of `bank` prepends: the same padded encoder length without prompt tuning."""
     extra = bank.prompt_length.index_select(0, index.slots).to(batch.input_ids.device)

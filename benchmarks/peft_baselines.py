@@ -48,11 +48,11 @@ from benchmarks.common import (
     run_at_ref,
 )
 from modeling.backbone import VLBackbone
-from modeling.bank import stack_weights
+from modeling.bank import build_bank
 from modeling.config import preset
 from modeling.kernels import RowIndex
 from modeling.peft_format import plain_lm
-from modeling.serve_forms import LowRankDelta, ServeWeights
+from modeling.serve_forms import AdapterSet, LowRankDelta
 
 LEAVES = {"t5": ["q", "v"], "bart": ["q_proj", "v_proj"]}
 # A result line: "<preset> N=<count> rows ...: ... ours/backbone <ratio> | ..."
@@ -60,7 +60,7 @@ RESULT_LINE = r"(?P<preset>\S+)\s+N=\s*(?P<n>\d+) rows.* ours/backbone (?P<ratio
 
 
 def peft_with_adapters(backbone: VLBackbone, count: int, rank: int, alpha: float
-                       ) -> tuple[nn.Module, list[ServeWeights]]:
+                       ) -> tuple[nn.Module, list[AdapterSet]]:
     """A PeftModel with adapters a0..a{count-1} (random A, B) and our serve form of each."""
     leaves = LEAVES[backbone.config.lm_type]
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=leaves,
@@ -69,7 +69,7 @@ def peft_with_adapters(backbone: VLBackbone, count: int, rank: int, alpha: float
     for i in range(1, count):
         model.add_adapter(f"a{i}", config)
     g = torch.Generator().manual_seed(0)
-    serve = [ServeWeights() for _ in range(count)]
+    serve = [AdapterSet() for _ in range(count)]
     with torch.no_grad():
         for path, module in model.base_model.model.named_modules():
             if not hasattr(module, "lora_A") or "a0" not in module.lora_A:
@@ -109,7 +109,7 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int,
               "decoder_input_ids": torch.randint(3, vocab, (rows, 4), generator=g)}
     slots = [rng.randrange(count) for _ in range(rows)]
     names = [f"a{s}" for s in slots]
-    bank = stack_weights(serve, backbone.frozen_tensors(), backbone.config.d_model,
+    bank = build_bank(serve, backbone.frozen_tensors(), backbone.config.d_model,
                          next(backbone.parameters()))
     index = RowIndex.of(torch.tensor(slots))
 

@@ -4,7 +4,7 @@
 
 The server's slot table holds `slots` adapter sets stacked on the device. On a miss it now
 writes the new set into the freed slot (`modeling.bank.write_slot`); before, it restacked
-every slot (`stack_weights`), which is the baseline here. Sets are VL-Adapter's single
+every slot (`build_bank`), which is the baseline here. Sets are VL-Adapter's single
 shared adapter + LayerNorms (random weights); each miss places a different set in slot 0.
 Both banks are checked to hold the same values. Prints median ms per miss and the ratio.
 """
@@ -24,7 +24,7 @@ from benchmarks.common import (
     random_adapter,
 )
 from modeling.backbone import VLBackbone
-from modeling.bank import stack_weights, write_slot
+from modeling.bank import build_bank, write_slot
 from modeling.config import preset
 from modeling.presets import method_preset
 
@@ -36,7 +36,7 @@ def measure(backbone: VLBackbone, slots: int, repeats: int) -> tuple[float, floa
     sets = [random_adapter(backbone, method_preset("single_adapter"), ["vqa"], seed)
             .materialize("vqa") for seed in range(slots + 2)]
     resident, spare = sets[:slots], sets[slots:]
-    bank = stack_weights(resident, frozen, d_model, like)
+    bank = build_bank(resident, frozen, d_model, like)
     turn = [0]
 
     def sync() -> None:
@@ -50,12 +50,12 @@ def measure(backbone: VLBackbone, slots: int, repeats: int) -> tuple[float, floa
 
     def restack() -> None:
         turn[0] += 1
-        stack_weights([spare[turn[0] % 2], *resident[1:]], frozen, d_model, like)
+        build_bank([spare[turn[0] % 2], *resident[1:]], frozen, d_model, like)
         sync()
 
     times = interleaved({"in place": in_place, "restack": restack}, repeats)
     assert write_slot(bank, 0, spare[0], frozen)
-    fresh = stack_weights([spare[0], *resident[1:]], frozen, d_model, like)
+    fresh = build_bank([spare[0], *resident[1:]], frozen, d_model, like)
     same = all(torch.equal(a.down_weight, b.down_weight) and torch.equal(a.up_bias, b.up_bias)
                for a, b in zip(bank.bottleneck.values(), fresh.bottleneck.values(),
                                strict=True))

@@ -9,8 +9,8 @@ from importlib import import_module
 _HOMES = {
     "AdapterModel": "modeling.recipe", "MethodEntry": "modeling.recipe",
     "BackboneConfig": "modeling.config", "PRESETS": "modeling.config", "preset": "modeling.config",
-    "RowIndex": "modeling.kernels", "ServeWeights": "modeling.serve_forms",
-    "StackedWeights": "modeling.bank", "stack_weights": "modeling.bank",
+    "RowIndex": "modeling.kernels", "AdapterSet": "modeling.serve_forms",
+    "AdapterBank": "modeling.bank", "build_bank": "modeling.bank",
     "VLBackbone": "modeling.backbone", "VLBatch": "modeling.backbone",
 }
 

@@ -31,7 +31,7 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutput
 
 from modeling import hooks
-from modeling.bank import StackedWeights
+from modeling.bank import AdapterBank
 from modeling.config import BackboneConfig
 from modeling.kernels import RowIndex, gathered_rows
 from modeling.tokenizer import tokenizer_digest
@@ -201,51 +201,51 @@ class VLBackbone(nn.Module):
         return self.frame_tokens(frames)
 
     # --- forward -----------------------------------------------------------------------
-    def encoder_inputs(self, batch: VLBatch, weights: StackedWeights | None,
+    def encoder_inputs(self, batch: VLBatch, bank: AdapterBank | None,
                        index: RowIndex | None) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (inputs_embeds [b, L, d], attention mask [b, L] bool), rows packed left."""
         text = self.lm.get_input_embeddings()(batch.input_ids)
         visual = self.visual(batch.visual, batch.image_order, batch.boxes).to(text.dtype)
         pieces, valid = [text, visual], [batch.text_mask.bool(), batch.visual_mask.bool()]
-        if weights is not None and weights.prompt is not None:
-            prompt = gathered_rows(weights.prompt, index).to(text.dtype)
-            length = gathered_rows(weights.prompt_length, index)
+        if bank is not None and bank.prompt is not None:
+            prompt = gathered_rows(bank.prompt, index).to(text.dtype)
+            length = gathered_rows(bank.prompt_length, index)
             prompt_valid = torch.arange(prompt.shape[1], device=text.device) < length[:, None]
             pieces.insert(0, prompt)
             valid.insert(0, prompt_valid)
         return pack_left(torch.cat(pieces, 1), torch.cat(valid, 1))
 
-    def encode(self, batch: VLBatch, weights: StackedWeights | None = None,
+    def encode(self, batch: VLBatch, bank: AdapterBank | None = None,
                index: RowIndex | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (encoder hidden states [b, L, d], mask [b, L] bool)."""
-        with self.adapter_context.use(weights, index, rows=batch.size):
-            embeds, mask = self.encoder_inputs(batch, weights, index)
+        with self.adapter_context.use(bank, index, rows=batch.size):
+            embeds, mask = self.encoder_inputs(batch, bank, index)
             hidden = self.lm.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
         return hidden.last_hidden_state, mask
 
     def decode(self, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor,
                decoder_input_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-               weights: StackedWeights | None = None, index: RowIndex | None = None,
+               bank: AdapterBank | None = None, index: RowIndex | None = None,
                cache=None, decoder_mask: torch.Tensor | None = None):
         """One decoder pass -> the LM's output (logits [b, y, vocab], cache).
 
         decoder_mask: [b, cached + y] bool over cached and new decoder positions (None: all
         real), for caches padded across rows (`modeling.decode_rows`).
         """
-        with self.adapter_context.use(weights, index, rows=encoder_hidden.shape[0]):
+        with self.adapter_context.use(bank, index, rows=encoder_hidden.shape[0]):
             return self.lm(
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
                 attention_mask=encoder_mask, decoder_input_ids=decoder_input_ids,
                 decoder_attention_mask=decoder_mask, labels=labels, cache=cache,
                 use_cache=cache is not None)
 
-    def forward(self, batch: VLBatch, weights: StackedWeights | None = None,
+    def forward(self, batch: VLBatch, bank: AdapterBank | None = None,
                 index: RowIndex | None = None) -> torch.Tensor:
         """Teacher-forced logits [b, y, vocab] for batch.labels."""
         if batch.labels is None:
             raise ValueError("forward needs batch.labels; use modeling.generation to decode")
-        hidden, mask = self.encode(batch, weights, index)
-        return self.decode(hidden, mask, labels=batch.labels, weights=weights,
+        hidden, mask = self.encode(batch, bank, index)
+        return self.decode(hidden, mask, labels=batch.labels, bank=bank,
                            index=index).logits
 
     @property

@@ -1,6 +1,6 @@
 """The stacked adapter bank: serve-form tensors of many adapter sets, stacked per slot.
 
-`stack_weights` turns a list of `ServeWeights` (slot 0, 1, ...) into `StackedWeights`;
+`build_bank` turns a list of `AdapterSet` (slot 0, 1, ...) into `AdapterBank`;
 the backbone's hooks (`modeling.hooks`) read only these stacks and a per-row slot index,
 so one forward pass can mix adapters, tasks and methods (the Punica / S-LoRA idea, for
 all four serve forms). Stacking is differentiable: training materialises its train forms
@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from modeling.serve_forms import Bottleneck, LowRankDelta, ServeWeights
+from modeling.serve_forms import AdapterSet, Bottleneck, LowRankDelta
 
 
 @dataclass
-class StackedLora:
+class LoraBank:
     lora_a: torch.Tensor  # [slots, max_rank, in], kernel layout (`_stack_matrices`)
     lora_b: torch.Tensor  # [slots, out, max_rank], kernel layout, times the slot's scale
     scale: torch.Tensor  # [slots] (already in lora_b: the kernels read it from there)
@@ -46,7 +46,7 @@ class StackedLora:
 
 
 @dataclass
-class StackedBottleneck:
+class BottleneckBank:
     down_weight: torch.Tensor  # [slots, max_width, d], kernel layout (`_stack_matrices`)
     down_bias: torch.Tensor  # [slots, max_width]
     up_weight: torch.Tensor  # [slots, d, max_width], kernel layout, times the slot's scale
@@ -59,20 +59,20 @@ class StackedBottleneck:
 
 
 @dataclass
-class StackedPrefix:
+class PrefixBank:
     key: torch.Tensor  # [slots, heads, max_len, head_dim]
     value: torch.Tensor  # [slots, heads, max_len, head_dim]
     length: torch.Tensor  # [slots] long
 
 
 @dataclass
-class StackedWeights:
+class AdapterBank:
     slots: int
-    lora: dict[str, StackedLora] = field(default_factory=dict)
-    bottleneck: dict[str, StackedBottleneck] = field(default_factory=dict)
+    lora: dict[str, LoraBank] = field(default_factory=dict)
+    bottleneck: dict[str, BottleneckBank] = field(default_factory=dict)
     prompt: torch.Tensor | None = None  # [slots, max_len, d]
     prompt_length: torch.Tensor | None = None  # [slots] long
-    prefix: dict[str, StackedPrefix] = field(default_factory=dict)
+    prefix: dict[str, PrefixBank] = field(default_factory=dict)
     # name -> [slots, *shape]; matrices in kernel layout (`_stack_matrices`)
     overrides: dict[str, torch.Tensor] = field(default_factory=dict)
     # module name -> slots whose set overrides a tensor of it (others hold the frozen one)
@@ -100,7 +100,7 @@ def _pad_to(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     return F.pad(t, pad)
 
 
-def _stack_lora(sets: list[ServeWeights], site: str, shapes: tuple[int, int], like) -> StackedLora:
+def _stack_lora(sets: list[AdapterSet], site: str, shapes: tuple[int, int], like) -> LoraBank:
     out_f, in_f = shapes
     rank = max(s.lora[site].lora_a.shape[0] for s in sets if site in s.lora)
     a, b, scale, dropout = [], [], [], 0.0
@@ -115,10 +115,10 @@ def _stack_lora(sets: list[ServeWeights], site: str, shapes: tuple[int, int], li
             b.append(_pad_to(delta.lora_b.to(like) * delta.scale, 1, rank))
             scale.append(delta.scale)
             dropout = max(dropout, delta.dropout)
-    return StackedLora(_stack_matrices(a), _stack_matrices(b), like.new_tensor(scale), dropout)
+    return LoraBank(_stack_matrices(a), _stack_matrices(b), like.new_tensor(scale), dropout)
 
 
-def _stack_bottleneck(sets: list[ServeWeights], pos: str, d_model: int, like) -> StackedBottleneck:
+def _stack_bottleneck(sets: list[AdapterSet], pos: str, d_model: int, like) -> BottleneckBank:
     present = [s.bottleneck[pos] for s in sets if pos in s.bottleneck]
     width = max(b.down_weight.shape[0] for b in present)
     # A slot without this position has zero weights, and every activation maps 0 to 0, so
@@ -143,7 +143,7 @@ def _stack_bottleneck(sets: list[ServeWeights], pos: str, d_model: int, like) ->
         scale.append(b.scale)
         parallel.append(b.parallel)
         acts.append(b.activation)
-    return StackedBottleneck(
+    return BottleneckBank(
         _stack_matrices(dw), torch.stack(db), _stack_matrices(uw), torch.stack(ub),
         like.new_tensor(scale), torch.tensor(parallel, device=like.device),
         acts[0] if len(set(acts)) == 1 else acts, any(parallel))
@@ -162,25 +162,25 @@ def _stack_sequences(seqs: list[torch.Tensor | None], template: torch.Tensor, se
     return torch.stack(padded), torch.tensor(lengths, device=template.device)
 
 
-def stack_weights(
-    sets: list[ServeWeights],
+def build_bank(
+    sets: list[AdapterSet],
     frozen: dict[str, torch.Tensor],
     d_model: int,
     like: torch.Tensor,
-) -> StackedWeights:
+) -> AdapterBank:
     """Stack adapter sets into per-slot tensors (slot i = sets[i]).
 
     frozen: the backbone's tensors by name (for overrides and Linear shapes).
     like: a tensor with the target device and dtype.
     """
-    stacked = StackedWeights(slots=len(sets))
+    bank = AdapterBank(slots=len(sets))
     for site in sorted({k for s in sets for k in s.lora}):
         shape = tuple(frozen[f"{site}.weight"].shape)
-        stacked.lora[site] = _stack_lora(sets, site, shape, like)
+        bank.lora[site] = _stack_lora(sets, site, shape, like)
     for pos in sorted({k for s in sets for k in s.bottleneck}):
-        stacked.bottleneck[pos] = _stack_bottleneck(sets, pos, d_model, like)
+        bank.bottleneck[pos] = _stack_bottleneck(sets, pos, d_model, like)
     if any(s.prompt is not None for s in sets):
-        stacked.prompt, stacked.prompt_length = _stack_sequences(
+        bank.prompt, bank.prompt_length = _stack_sequences(
             [s.prompt for s in sets], like.new_zeros(0, d_model), 0)
     for site in sorted({k for s in sets for k in s.prefix}):
         example = next(s.prefix[site] for s in sets if site in s.prefix)
@@ -190,26 +190,26 @@ def stack_weights(
             [s.prefix[site].key if site in s.prefix else None for s in sets], template, 1)
         values, _ = _stack_sequences(
             [s.prefix[site].value if site in s.prefix else None for s in sets], template, 1)
-        stacked.prefix[site] = StackedPrefix(keys, values, length)
+        bank.prefix[site] = PrefixBank(keys, values, length)
     for name in sorted({k for s in sets for k in s.overrides}):
         base = frozen[name].to(like)
-        stacked.overrides[name] = _stack_matrices(
+        bank.overrides[name] = _stack_matrices(
             [s.overrides[name].to(like) if name in s.overrides else base for s in sets])
-    _record_used_by(stacked, sets)
-    return stacked
+    _record_used_by(bank, sets)
+    return bank
 
 
-def _record_used_by(stacked: StackedWeights, sets: list[ServeWeights]) -> None:
+def _record_used_by(bank: AdapterBank, sets: list[AdapterSet]) -> None:
     """Each site's `used_by`: the slots (indices of `sets`) whose set has it."""
-    for site, lora in stacked.lora.items():
+    for site, lora in bank.lora.items():
         lora.used_by = frozenset(j for j, s in enumerate(sets) if site in s.lora)
-    for pos, bottleneck in stacked.bottleneck.items():
+    for pos, bottleneck in bank.bottleneck.items():
         bottleneck.used_by = frozenset(j for j, s in enumerate(sets) if pos in s.bottleneck)
     overridden = [{_module_of(name) for name in s.overrides} for s in sets]
-    for module in {_module_of(name) for name in stacked.overrides}:
-        stacked.override_used_by[module] = frozenset(
+    for module in {_module_of(name) for name in bank.overrides}:
+        bank.override_used_by[module] = frozenset(
             j for j, modules in enumerate(overridden) if module in modules)
-    _share_used_by(stacked)
+    _share_used_by(bank)
 
 
 def _module_of(tensor_name: str) -> str:
@@ -220,69 +220,69 @@ def _with_slot(used_by: frozenset[int], slot: int, used: bool) -> frozenset[int]
     return used_by | {slot} if used else used_by - {slot}
 
 
-def _share_used_by(stacked: StackedWeights) -> None:
+def _share_used_by(bank: AdapterBank) -> None:
     """Make equal `used_by` sets of the bank one object (sites of one recipe share it)."""
     shared: dict[frozenset[int], frozenset[int]] = {}
-    for stack in (*stacked.lora.values(), *stacked.bottleneck.values()):
+    for stack in (*bank.lora.values(), *bank.bottleneck.values()):
         stack.used_by = shared.setdefault(stack.used_by, stack.used_by)
-    for module, used_by in stacked.override_used_by.items():
-        stacked.override_used_by[module] = shared.setdefault(used_by, used_by)
+    for module, used_by in bank.override_used_by.items():
+        bank.override_used_by[module] = shared.setdefault(used_by, used_by)
 
 
-def write_slot(stacked: StackedWeights, slot: int, weights: ServeWeights,
+def write_slot(bank: AdapterBank, slot: int, adapter_set: AdapterSet,
                frozen: dict[str, torch.Tensor]) -> bool:
-    """Overwrite slot `slot` of `stacked` with `weights` in place when they fit its shapes.
+    """Overwrite slot `slot` of `bank` with `adapter_set` in place when they fit its shapes.
 
-    They fit when every site of `weights` already has a stack, no rank, width or length
+    They fit when every site of `adapter_set` already has a stack, no rank, width or length
     exceeds the stack's, and a bottleneck's activation matches a single-activation stack.
-    Then only this slot's rows of each stack are written (what `stack_weights` would put
+    Then only this slot's rows of each stack are written (what `build_bank` would put
     there) and True is returned; otherwise nothing changes and False is returned, and the
     caller restacks. Serving uses this so that a cache miss costs one slot's bytes, not
     the whole bank's; rows reading other slots are untouched.
     """
-    if not _fits(stacked, weights):
+    if not _fits(bank, adapter_set):
         return False
     with torch.no_grad():
-        for site, lora in stacked.lora.items():
-            _write_lora(lora, slot, weights.lora.get(site))
-        for pos, bottleneck in stacked.bottleneck.items():
-            _write_bottleneck(bottleneck, slot, weights.bottleneck.get(pos))
-        if stacked.prompt is not None:
-            _write_sequence(stacked.prompt, stacked.prompt_length, slot, weights.prompt, 0)
-        for site, prefix in stacked.prefix.items():
-            kv = weights.prefix.get(site)
+        for site, lora in bank.lora.items():
+            _write_lora(lora, slot, adapter_set.lora.get(site))
+        for pos, bottleneck in bank.bottleneck.items():
+            _write_bottleneck(bottleneck, slot, adapter_set.bottleneck.get(pos))
+        if bank.prompt is not None:
+            _write_sequence(bank.prompt, bank.prompt_length, slot, adapter_set.prompt, 0)
+        for site, prefix in bank.prefix.items():
+            kv = adapter_set.prefix.get(site)
             _write_sequence(prefix.key, prefix.length, slot, None if kv is None else kv.key, 1)
             _write_sequence(prefix.value, prefix.length, slot,
                             None if kv is None else kv.value, 1)
-        for name, override in stacked.overrides.items():
-            override[slot].copy_(weights.overrides.get(name, frozen[name]))
-    overridden = {_module_of(name) for name in weights.overrides}
-    for module, used_by in stacked.override_used_by.items():
-        stacked.override_used_by[module] = _with_slot(used_by, slot, module in overridden)
-    _share_used_by(stacked)
+        for name, override in bank.overrides.items():
+            override[slot].copy_(adapter_set.overrides.get(name, frozen[name]))
+    overridden = {_module_of(name) for name in adapter_set.overrides}
+    for module, used_by in bank.override_used_by.items():
+        bank.override_used_by[module] = _with_slot(used_by, slot, module in overridden)
+    _share_used_by(bank)
     return True
 
 
-def _fits(stacked: StackedWeights, weights: ServeWeights) -> bool:
-    for site, delta in weights.lora.items():
-        if site not in stacked.lora or delta.lora_a.shape[0] > stacked.lora[site].lora_a.shape[1]:
+def _fits(bank: AdapterBank, adapter_set: AdapterSet) -> bool:
+    for site, delta in adapter_set.lora.items():
+        if site not in bank.lora or delta.lora_a.shape[0] > bank.lora[site].lora_a.shape[1]:
             return False
-    for pos, b in weights.bottleneck.items():
-        bank = stacked.bottleneck.get(pos)
-        if bank is None or b.down_weight.shape[0] > bank.down_weight.shape[1]:
+    for pos, b in adapter_set.bottleneck.items():
+        stack = bank.bottleneck.get(pos)
+        if stack is None or b.down_weight.shape[0] > stack.down_weight.shape[1]:
             return False
-        if isinstance(bank.activations, str) and b.activation != bank.activations:
+        if isinstance(stack.activations, str) and b.activation != stack.activations:
             return False
-    if weights.prompt is not None and (
-            stacked.prompt is None or weights.prompt.shape[0] > stacked.prompt.shape[1]):
+    if adapter_set.prompt is not None and (
+            bank.prompt is None or adapter_set.prompt.shape[0] > bank.prompt.shape[1]):
         return False
-    for site, kv in weights.prefix.items():
-        if site not in stacked.prefix or kv.key.shape[1] > stacked.prefix[site].key.shape[2]:
+    for site, kv in adapter_set.prefix.items():
+        if site not in bank.prefix or kv.key.shape[1] > bank.prefix[site].key.shape[2]:
             return False
-    return set(weights.overrides) <= set(stacked.overrides)
+    return set(adapter_set.overrides) <= set(bank.overrides)
 
 
-def _write_lora(stack: StackedLora, slot: int, delta: LowRankDelta | None) -> None:
+def _write_lora(stack: LoraBank, slot: int, delta: LowRankDelta | None) -> None:
     stack.used_by = _with_slot(stack.used_by, slot, delta is not None)
     stack.lora_a[slot].zero_()
     stack.lora_b[slot].zero_()
@@ -293,7 +293,7 @@ def _write_lora(stack: StackedLora, slot: int, delta: LowRankDelta | None) -> No
         stack.lora_b[slot, :, :rank].copy_(delta.lora_b * delta.scale)
 
 
-def _write_bottleneck(stack: StackedBottleneck, slot: int, b: Bottleneck | None) -> None:
+def _write_bottleneck(stack: BottleneckBank, slot: int, b: Bottleneck | None) -> None:
     stack.used_by = _with_slot(stack.used_by, slot, b is not None)
     for tensor in (stack.down_weight, stack.down_bias, stack.up_weight, stack.up_bias):
         tensor[slot].zero_()

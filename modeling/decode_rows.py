@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 
 from modeling.backbone import VLBackbone
-from modeling.bank import StackedWeights
+from modeling.bank import AdapterBank
 from modeling.kernels import RowIndex
 
 KeyValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values)
@@ -69,7 +69,7 @@ class DecodeRows:
             [(k[index, :, :width], v[index, :, :width]) for k, v in self.cross_kv],
             self.encoder_hidden[index, :width], encoder_mask[:, :width])
 
-    def step(self, backbone: VLBackbone, ids: torch.Tensor, weights: StackedWeights | None,
+    def step(self, backbone: VLBackbone, ids: torch.Tensor, bank: AdapterBank | None,
              index: RowIndex | None) -> torch.Tensor:
         """Feed one token per row (ids [b]); returns next-token logits [b, vocab]."""
         positions = self.self_mask.sum(1)  # real tokens each row has seen
@@ -77,7 +77,7 @@ class DecodeRows:
         cache = _cache(self.self_kv, self.cross_kv)
         with _row_positions(backbone, positions):
             out = backbone.decode(self.encoder_hidden, self.encoder_mask, ids[:, None],
-                                  weights=weights, index=index, cache=cache,
+                                  bank=bank, index=index, cache=cache,
                                   decoder_mask=mask)
         self.self_kv = _key_values(cache.self_attention_cache)
         self.self_mask = mask
@@ -85,7 +85,7 @@ class DecodeRows:
 
 
 def start(backbone: VLBackbone, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor,
-          weights: StackedWeights | None, index: RowIndex | None
+          bank: AdapterBank | None, index: RowIndex | None
           ) -> tuple[DecodeRows, torch.Tensor]:
     """The first step of new rows (decoder start token; cross keys/values computed here).
 
@@ -94,7 +94,7 @@ def start(backbone: VLBackbone, encoder_hidden: torch.Tensor, encoder_mask: torc
     rows = encoder_hidden.shape[0]
     ids = torch.full((rows, 1), backbone.decoder_start_token_id, device=encoder_hidden.device)
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-    out = backbone.decode(encoder_hidden, encoder_mask, ids, weights=weights, index=index,
+    out = backbone.decode(encoder_hidden, encoder_mask, ids, bank=bank, index=index,
                           cache=cache)
     state = DecodeRows(_key_values(cache.self_attention_cache),
                        encoder_mask.new_ones(rows, 1), _key_values(cache.cross_attention_cache),

@@ -4,9 +4,9 @@ Offline generation (`modeling.generation.greedy` / `beam_search`, used by traini
 evaluation and the tests) and the serving engine both decode through it:
 
     batch = DecodeBatch(backbone)
-    finished = batch.join(rows, encoder_hidden, encoder_mask, weights)  # first step
+    finished = batch.join(rows, encoder_hidden, encoder_mask, bank)  # first step
     while batch:
-        finished += batch.step(weights)        # one token per cache row
+        finished += batch.step(bank)           # one token per cache row
     batch.drop(rows)                           # cancelled rows leave mid-decode
 
 A row (`DecodeRow`) is one request: greedy (one cache row) or beam search (one cache row
@@ -36,7 +36,7 @@ from transformers import PreTrainedTokenizerBase
 
 from modeling import decode_rows
 from modeling.backbone import VLBackbone
-from modeling.bank import StackedWeights
+from modeling.bank import AdapterBank
 from modeling.decode_rows import DecodeRows
 from modeling.kernels import RowIndex
 
@@ -101,8 +101,8 @@ class BeamRow:
 class DecodeRow:
     """One request being decoded (compared by identity).
 
-    slot: its adapter's slot in the stacked weights (None only when decoding without
-    weights). num_beams 1: greedy, one cache row; more: beam search, one cache row per
+    slot: its adapter's slot in the bank (None only when decoding without a
+    bank). num_beams 1: greedy, one cache row; more: beam search, one cache row per
     live beam. stream: called with each piece of settled text while a greedy row decodes
     (None: no streaming; a beam row's text is only known at its end). owner: the caller's
     handle (the engine's request). started: `time.perf_counter()` at creation, for timings.
@@ -158,7 +158,7 @@ class DecodeBatch:
 
     @torch.no_grad()
     def join(self, rows: list[DecodeRow], encoder_hidden: torch.Tensor,
-             encoder_mask: torch.Tensor, weights: StackedWeights | None) -> list[DecodeRow]:
+             encoder_mask: torch.Tensor, bank: AdapterBank | None) -> list[DecodeRow]:
         """New rows' first step (their cross-attention keys/values are computed here).
 
         encoder_hidden [n, E, d], encoder_mask [n, E] bool: row i's encoder output (its
@@ -172,7 +172,7 @@ class DecodeBatch:
                 row.num_beams, self.backbone.eos_token_id, row.max_new_tokens,
                 row.length_penalty)
         cache, logits = decode_rows.start(self.backbone, encoder_hidden, encoder_mask,
-                                          weights, self._index(rows, encoder_hidden.device))
+                                          bank, self._index(rows, encoder_hidden.device))
         going_on, order, finished = self._advance(rows, logits)
         if going_on:
             self.rows += going_on
@@ -180,14 +180,14 @@ class DecodeBatch:
         return finished
 
     @torch.no_grad()
-    def step(self, weights: StackedWeights | None) -> list[DecodeRow]:
+    def step(self, bank: AdapterBank | None) -> list[DecodeRow]:
         """One decoder pass over every cache row (one token each) -> the rows that finished
         (they have left the batch); nothing when no row is running."""
         if not self.rows:
             return []
         device = self._cache.encoder_hidden.device
         tokens = torch.tensor([t for row in self.rows for t in row.next_tokens()], device=device)
-        logits = self._cache.step(self.backbone, tokens, weights, self._index(self.rows, device))
+        logits = self._cache.step(self.backbone, tokens, bank, self._index(self.rows, device))
         self.rows, order, finished = self._advance(self.rows, logits)
         self._cache = self._cache.select(order) if order else None
         return finished
@@ -208,7 +208,7 @@ class DecodeBatch:
 
     def _index(self, rows: list[DecodeRow], device: torch.device) -> RowIndex | None:
         """The step's adapter index: each cache row's slot ([width] long), None without
-        weights."""
+        a bank."""
         slots = [row.slot for row in rows for _ in range(row.width)]
         if all(slot is None for slot in slots):
             return None

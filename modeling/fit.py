@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from modeling.methods.base import BackboneFacts
 from modeling.methods.lora import check_lora_rank
-from modeling.serve_forms import ServeWeights
+from modeling.serve_forms import AdapterSet
 
 OVERRIDABLE_PREFIXES = ("visual.", "lm.")
 
@@ -17,8 +17,8 @@ def _shape(t) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
-def _check_lora(serve: ServeWeights, facts: BackboneFacts) -> None:
-    for site, delta in serve.lora.items():
+def _check_lora(adapter_set: AdapterSet, facts: BackboneFacts) -> None:
+    for site, delta in adapter_set.lora.items():
         if site not in facts.linear_shapes or not site.startswith("lm."):
             raise ValueError(f"lora site {site!r} is not a Linear layer of the LM")
         out_f, in_f = facts.linear_shapes[site]
@@ -30,9 +30,9 @@ def _check_lora(serve: ServeWeights, facts: BackboneFacts) -> None:
         check_lora_rank(rank, site, (out_f, in_f))
 
 
-def _check_bottleneck(serve: ServeWeights, facts: BackboneFacts) -> None:
+def _check_bottleneck(adapter_set: AdapterSet, facts: BackboneFacts) -> None:
     d = facts.d_model
-    for pos, b in serve.bottleneck.items():
+    for pos, b in adapter_set.bottleneck.items():
         if pos not in facts.positions:
             raise ValueError(f"bottleneck position {pos!r} does not exist; expected names like "
                              f"{next(iter(facts.positions))!r}")
@@ -45,12 +45,12 @@ def _check_bottleneck(serve: ServeWeights, facts: BackboneFacts) -> None:
                                  f"{_shape(getattr(b, field))}; expected {list(shape)}")
 
 
-def _check_prompt_and_prefix(serve: ServeWeights, facts: BackboneFacts) -> None:
-    if serve.prompt is not None and (serve.prompt.dim() != 2 or serve.prompt.shape[1] !=
-                                     facts.d_model):
-        raise ValueError(f"prompt has shape {_shape(serve.prompt)}; expected "
+def _check_prompt_and_prefix(adapter_set: AdapterSet, facts: BackboneFacts) -> None:
+    prompt = adapter_set.prompt
+    if prompt is not None and (prompt.dim() != 2 or prompt.shape[1] != facts.d_model):
+        raise ValueError(f"prompt has shape {_shape(adapter_set.prompt)}; expected "
                          f"[length, {facts.d_model}]")
-    for site, kv in serve.prefix.items():
+    for site, kv in adapter_set.prefix.items():
         if site not in facts.attention:
             raise ValueError(f"prefix site {site!r} is not an attention layer")
         for field in ("key", "value"):
@@ -58,11 +58,11 @@ def _check_prompt_and_prefix(serve: ServeWeights, facts: BackboneFacts) -> None:
             if len(shape) != 3 or (shape[0], shape[2]) != (facts.n_heads, facts.head_dim):
                 raise ValueError(f"prefix {site}.{field} has shape {shape}; expected "
                                  f"[{facts.n_heads}, length, {facts.head_dim}]")
-    serve.prefix_len()
+    adapter_set.prefix_len()
 
 
-def _check_overrides(serve: ServeWeights, facts: BackboneFacts) -> None:
-    for name, tensor in serve.overrides.items():
+def _check_overrides(adapter_set: AdapterSet, facts: BackboneFacts) -> None:
+    for name, tensor in adapter_set.overrides.items():
         if name not in facts.frozen or not name.startswith(OVERRIDABLE_PREFIXES):
             raise ValueError(f"override {name!r} names no LM or visual-projection tensor")
         if _shape(tensor) != _shape(facts.frozen[name]):
@@ -70,9 +70,9 @@ def _check_overrides(serve: ServeWeights, facts: BackboneFacts) -> None:
                              f"{_shape(facts.frozen[name])}")
 
 
-def check_fits(serve: ServeWeights, facts: BackboneFacts) -> None:
+def check_fits(adapter_set: AdapterSet, facts: BackboneFacts) -> None:
     """Raise ValueError naming the first serve-form tensor that does not fit `facts`."""
-    _check_lora(serve, facts)
-    _check_bottleneck(serve, facts)
-    _check_prompt_and_prefix(serve, facts)
-    _check_overrides(serve, facts)
+    _check_lora(adapter_set, facts)
+    _check_bottleneck(adapter_set, facts)
+    _check_prompt_and_prefix(adapter_set, facts)
+    _check_overrides(adapter_set, facts)

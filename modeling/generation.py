@@ -12,40 +12,40 @@ from __future__ import annotations
 import torch
 
 from modeling.backbone import VLBackbone, VLBatch
-from modeling.bank import StackedWeights
+from modeling.bank import AdapterBank
 from modeling.decoding import DecodeBatch, DecodeRow
 from modeling.kernels import RowIndex
 
 
 @torch.no_grad()
-def greedy(backbone: VLBackbone, batch: VLBatch, weights: StackedWeights | None = None,
+def greedy(backbone: VLBackbone, batch: VLBatch, bank: AdapterBank | None = None,
            index: RowIndex | None = None, max_new_tokens: int = 20) -> list[list[int]]:
     """Greedy decoding -> per row the generated ids (start and eos removed)."""
-    return beam_search(backbone, batch, weights, index, max_new_tokens, num_beams=1)
+    return beam_search(backbone, batch, bank, index, max_new_tokens, num_beams=1)
 
 
 @torch.no_grad()
-def beam_search(backbone: VLBackbone, batch: VLBatch, weights: StackedWeights | None = None,
+def beam_search(backbone: VLBackbone, batch: VLBatch, bank: AdapterBank | None = None,
                 index: RowIndex | None = None, max_new_tokens: int = 20, num_beams: int = 4,
                 length_penalty: float = 1.0) -> list[list[int]]:
     """Beam search -> per row the best hypothesis (score = sum log p / length**penalty);
     num_beams 1 is greedy decoding.
 
-    index [b]: each row's slot in `weights` (None without weights).
+    index [b]: each row's slot in `bank` (None without bank).
     """
-    hidden, mask = backbone.encode(batch, weights, index)
+    hidden, mask = backbone.encode(batch, bank, index)
     slots = [None] * batch.size if index is None else list(index.host_slots)
     rows = [DecodeRow(slot, max_new_tokens, num_beams, length_penalty) for slot in slots]
     decoding = DecodeBatch(backbone)
-    decoding.join(rows, hidden, mask, weights)
+    decoding.join(rows, hidden, mask, bank)
     while decoding:
-        decoding.step(weights)
+        decoding.step(bank)
     return [row.tokens for row in rows]
 
 
 @torch.no_grad()
 def score_candidates(backbone: VLBackbone, batch: VLBatch, candidates: torch.Tensor,
-                     weights: StackedWeights | None = None,
+                     bank: AdapterBank | None = None,
                      index: RowIndex | None = None) -> torch.Tensor:
     """Sum of token log-probabilities of each candidate answer, in one batched call.
 
@@ -53,12 +53,12 @@ def score_candidates(backbone: VLBackbone, batch: VLBatch, candidates: torch.Ten
     Used for NLVR2 ("true" / "false") and multiple choice ("a0" .. "a4").
     """
     rows, count, _ = candidates.shape
-    encoder_hidden, encoder_mask = backbone.encode(batch, weights, index)
+    encoder_hidden, encoder_mask = backbone.encode(batch, bank, index)
     labels = candidates.reshape(rows * count, -1)
     cand_index = None if index is None else index.repeat_interleave(count)
     logits = backbone.decode(encoder_hidden.repeat_interleave(count, 0),
                              encoder_mask.repeat_interleave(count, 0), labels=labels,
-                             weights=weights, index=cand_index).logits
+                             bank=bank, index=cand_index).logits
     log_probs = logits.float().log_softmax(-1)
     valid = labels != -100
     picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)

@@ -11,7 +11,7 @@ the Hugging Face model computes.
 
 The context holds the stacked weights and the slot of every row for the current call;
 under beam search the caller hands the decoder an index repeated per beam. A hook runs
-its site only on the rows whose slot uses it (`StackedLora.used_by`, ...): the other rows
+its site only on the rows whose slot uses it (`LoraBank.used_by`, ...): the other rows
 keep the frozen module's output, and a site no row uses costs nothing.
 """
 
@@ -30,7 +30,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from modeling.bank import StackedBottleneck, StackedLora, StackedPrefix, StackedWeights
+from modeling.bank import AdapterBank, BottleneckBank, LoraBank, PrefixBank
 from modeling.kernels import (
     RowIndex,
     gathered_bottleneck,
@@ -84,46 +84,46 @@ class AdapterContext:
     """The stacked weights and per-row slots that the hooks read during one call."""
 
     def __init__(self) -> None:
-        self.weights: StackedWeights | None = None
+        self.weights: AdapterBank | None = None
         self.index: RowIndex | None = None
         self.captured: dict[str, torch.Tensor] = {}
         self.hooks = _LazyHooks()
         self._hooked_for: weakref.ref | None = None  # the last bank whose sites are hooked
 
     @contextmanager
-    def use(self, weights: StackedWeights | None, index: RowIndex | None, *,
+    def use(self, bank: AdapterBank | None, index: RowIndex | None, *,
             rows: int) -> Iterator[None]:
-        """Activate `weights` for rows `index` (both None: the bare backbone).
+        """Activate `bank` for rows `index` (both None: the bare backbone).
 
         rows: the batch size the hooks will see. The index is checked against it and
         against the bank here, once per forward and before any compute (ValueError);
         the hooks then trust it.
         """
-        if weights is not None:
+        if bank is not None:
             if index is None:
-                raise ValueError("adapter weights given without an index: expected one slot "
+                raise ValueError("adapter bank given without an index: expected one slot "
                                  "per row")
-            index.check(rows, weights.slots)
-            self._hook_sites_of(weights)
+            index.check(rows, bank.slots)
+            self._hook_sites_of(bank)
         saved = (self.weights, self.index)
-        self.weights, self.index = weights, index
+        self.weights, self.index = bank, index
         try:
             yield
         finally:
             self.weights, self.index = saved
             self.captured.clear()
 
-    def _hook_sites_of(self, weights: StackedWeights) -> None:
-        """Register the hooks of every site `weights` uses that has none yet.
+    def _hook_sites_of(self, bank: AdapterBank) -> None:
+        """Register the hooks of every site `bank` uses that has none yet.
 
         A bank's sites never change after stacking (`write_slot` writes only into stacks
         it has), so the bank seen last time is skipped without looking at its sites.
         """
-        if self._hooked_for is not None and self._hooked_for() is weights:
+        if self._hooked_for is not None and self._hooked_for() is bank:
             return
-        self.hooks.register({*weights.lora, *weights.bottleneck,
-                             *(name.rsplit(".", 1)[0] for name in weights.overrides)})
-        self._hooked_for = weakref.ref(weights)
+        self.hooks.register({*bank.lora, *bank.bottleneck,
+                             *(name.rsplit(".", 1)[0] for name in bank.overrides)})
+        self._hooked_for = weakref.ref(bank)
 
 
 def _on_rows(used_by: frozenset[int], index: RowIndex, compute: Callable[..., torch.Tensor],
@@ -174,7 +174,7 @@ def _overridden_linear(module: nn.Linear, w_over: torch.Tensor | None,
     return output - module.bias + bias
 
 
-def _lora_rows(lora: StackedLora, index: RowIndex, output: torch.Tensor,
+def _lora_rows(lora: LoraBank, index: RowIndex, output: torch.Tensor,
                x: torch.Tensor) -> torch.Tensor:
     """output [b, s, out] plus each row's LoRA delta of x [b, s, in]."""
     return gathered_lora(x, lora.lora_a, lora.lora_b, None, index, base=output)
@@ -258,7 +258,7 @@ def _embedding_hook(name: str, ctx: AdapterContext):
     return hook
 
 
-def _bottleneck_rows(stacked: StackedBottleneck, index: RowIndex, h: torch.Tensor,
+def _bottleneck_rows(stacked: BottleneckBank, index: RowIndex, h: torch.Tensor,
                      x: torch.Tensor | None = None) -> torch.Tensor:
     """The sublayer's output h [b, s, d] plus each row's bottleneck of h (serial) or of
     the sublayer's input x (parallel rows; x given when any slot is parallel)."""
@@ -292,7 +292,7 @@ def _position_hooks(name: str, position: BlockPosition, ctx: AdapterContext) -> 
     ctx.hooks.add(name, position.output_module, forward=add_adapter)
 
 
-def _with_prefix(module: nn.Module, prefix: StackedPrefix, index: RowIndex,
+def _with_prefix(module: nn.Module, prefix: PrefixBank, index: RowIndex,
                  query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                  mask: torch.Tensor | None, kwargs: dict) -> tuple:
     """Prepend per-row prefixes to key/value [b, heads, k, head_dim] and widen the mask."""

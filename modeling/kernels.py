@@ -1,4 +1,4 @@
-"""Gathered compute over stacked adapter weights: one row of a batch, one adapter slot.
+"""Gathered compute over an adapter bank: one row of a batch, one adapter slot.
 
 Every kernel takes a `RowIndex` (the slot each row uses) and weights stacked over slots
 (`[slots, ...]`). When every row uses the same slot the kernel runs one dense matmul

@@ -34,7 +34,7 @@ from modeling.peft_policy import (
     peft_files,
     plan_peft,
 )
-from modeling.serve_forms import LowRankDelta, ServeWeights
+from modeling.serve_forms import AdapterSet, LowRankDelta
 
 
 def plain_lm(backbone: nn.Module) -> nn.Module:
@@ -61,38 +61,38 @@ def _write(out: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor]) 
     return out
 
 
-def export_peft(serve: ServeWeights, backbone: nn.Module, out_dir: str | Path, *,
+def export_peft(adapter_set: AdapterSet, backbone: nn.Module, out_dir: str | Path, *,
                 task_type: str = "SEQ_2_SEQ_LM") -> Path:
-    """Write `serve` (LoRA only, or a prompt only) as a PEFT adapter folder; returns it.
+    """Write `adapter_set` (LoRA only, or a prompt only) as a PEFT adapter folder; returns it.
 
     Refuses (ValueError) forms PEFT cannot express: bottlenecks, prefixes, overrides, LoRA
     outside the LM, LoRA ranks or scales that differ across sites, LoRA plus a prompt.
     """
     for form in ("bottleneck", "prefix", "overrides"):
-        if getattr(serve, form):
-            raise ValueError(f"cannot export {form} sites {sorted(getattr(serve, form))[:3]} "
+        if getattr(adapter_set, form):
+            raise ValueError(f"cannot export {form} sites {sorted(getattr(adapter_set, form))[:3]} "
                              "to PEFT: only LoRA on LM Linear layers and prompts are supported")
-    if serve.lora and serve.prompt is not None:
-        raise ValueError("serve weights hold both LoRA and a prompt; PEFT stores one method per "
+    if adapter_set.lora and adapter_set.prompt is not None:
+        raise ValueError("the adapter set holds both LoRA and a prompt; PEFT stores one method per "
                          "folder: export them separately")
     out = Path(out_dir)
-    if serve.prompt is not None:
-        length, dim = serve.prompt.shape
+    if adapter_set.prompt is not None:
+        length, dim = adapter_set.prompt.shape
         if dim != backbone.config.d_model:
             raise ValueError(f"prompt width {dim} != backbone d_model {backbone.config.d_model}")
         config = {"peft_type": "PROMPT_TUNING", "task_type": task_type,
                   "num_virtual_tokens": length, "token_dim": dim,
                   "num_transformer_submodules": 1, "prompt_tuning_init": "RANDOM",
                   "base_model_name_or_path": None, "inference_mode": True}
-        return _write(out, config, {"prompt_embeddings": serve.prompt})
-    if not serve.lora:
-        raise ValueError("serve weights hold no LoRA and no prompt: nothing to export")
+        return _write(out, config, {"prompt_embeddings": adapter_set.prompt})
+    if not adapter_set.lora:
+        raise ValueError("the adapter set holds no LoRA and no prompt: nothing to export")
     linears = _lm_linears(backbone)
     peft = {site: LoraSite(site.removeprefix("lm."), d.lora_a.shape[0], d.scale)
-            for site, d in sorted(serve.lora.items())}
+            for site, d in sorted(adapter_set.lora.items())}
     ranks = {site: p.rank for site, p in peft.items()}
     alphas = {site: p.alpha for site, p in peft.items()}
-    for site in serve.lora:
+    for site in adapter_set.lora:
         if site not in linears:
             raise ValueError(f"LoRA site {site!r} is not a Linear layer of the LM (lm.*); "
                              "PEFT can only express LoRA on the language model")
@@ -101,10 +101,10 @@ def export_peft(serve: ServeWeights, backbone: nn.Module, out_dir: str | Path, *
                          "PEFT export expects one rank r for every site")
     if max(alphas.values()) - min(alphas.values()) > 1e-6 * max(1.0, max(alphas.values())):
         raise ValueError("LoRA scales differ across sites; PEFT export expects one lora_alpha")
-    leaves = sorted({site.rsplit(".", 1)[-1] for site in serve.lora})
-    covers_all = {s for s in linears if s.rsplit(".", 1)[-1] in leaves} == set(serve.lora)
+    leaves = sorted({site.rsplit(".", 1)[-1] for site in adapter_set.lora})
+    covers_all = {s for s in linears if s.rsplit(".", 1)[-1] in leaves} == set(adapter_set.lora)
     # Leaf names when they select exactly our sites; otherwise the exact module paths.
-    targets = leaves if covers_all else sorted(s.removeprefix("lm.") for s in serve.lora)
+    targets = leaves if covers_all else sorted(s.removeprefix("lm.") for s in adapter_set.lora)
     rank = next(iter(ranks.values()))
     config = {"peft_type": "LORA", "task_type": task_type, "r": rank,
               "lora_alpha": next(iter(alphas.values())), "target_modules": targets,
@@ -112,12 +112,12 @@ def export_peft(serve: ServeWeights, backbone: nn.Module, out_dir: str | Path, *
               "use_rslora": False, "use_dora": False, "inference_mode": True,
               "base_model_name_or_path": None, "rank_pattern": {}, "alpha_pattern": {}}
     tensors: dict[str, torch.Tensor] = {}
-    for site, delta in serve.lora.items():
+    for site, delta in adapter_set.lora.items():
         tensors[peft[site].key("A")], tensors[peft[site].key("B")] = delta.lora_a, delta.lora_b
     return _write(out, config, tensors)
 
 
-def _lora(plan: PeftPlan, tensors: dict[str, torch.Tensor], backbone: nn.Module) -> ServeWeights:
+def _lora(plan: PeftPlan, tensors: dict[str, torch.Tensor], backbone: nn.Module) -> AdapterSet:
     """The planned LoRA layers, each checked against the backbone LM's Linear."""
     linears = _lm_linears(backbone)
     lora: dict[str, LowRankDelta] = {}
@@ -133,10 +133,10 @@ def _lora(plan: PeftPlan, tensors: dict[str, torch.Tensor], backbone: nn.Module)
                 raise ValueError(f"tensor key {site.key(part)} has shape "
                                  f"{tuple(tensor.shape)}; expected {want} (r={site.rank})")
         lora[site.site] = LowRankDelta(a, b, site.scale)
-    return ServeWeights(lora=lora)
+    return AdapterSet(lora=lora)
 
 
-def import_peft(folder: str | Path, backbone: nn.Module) -> ServeWeights:
+def import_peft(folder: str | Path, backbone: nn.Module) -> AdapterSet:
     """Read a PEFT LORA or PROMPT_TUNING folder into serve form for `backbone`.
 
     What is accepted is `modeling.peft_policy.plan_peft`'s decision (the registry's
@@ -153,7 +153,7 @@ def import_peft(folder: str | Path, backbone: nn.Module) -> ServeWeights:
     if plan.prompt_dim != d_model:
         raise ValueError(f"tensor key '{PROMPT_KEY}' is {plan.prompt_dim} wide; expected the "
                          f"backbone's d_model {d_model}")
-    return ServeWeights(prompt=tensors[PROMPT_KEY][:plan.prompt_rows].clone())
+    return AdapterSet(prompt=tensors[PROMPT_KEY][:plan.prompt_rows].clone())
 
 
 __all__ = ["export_peft", "import_peft"]

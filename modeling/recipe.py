@@ -16,7 +16,7 @@ from torch import nn
 from modeling.methods import get_method
 from modeling.methods.base import BackboneFacts, config_from_dict, config_to_dict
 from modeling.methods.full_finetuning import FullFinetuning
-from modeling.serve_forms import ServeWeights
+from modeling.serve_forms import AdapterSet
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,8 @@ class AdapterModel(nn.Module):
     def serveable(self) -> bool:
         return all(m.serveable for m in self.methods.values())
 
-    def materialize(self, task: str) -> ServeWeights:
-        merged = ServeWeights()
+    def materialize(self, task: str) -> AdapterSet:
+        merged = AdapterSet()
         for method in self.methods.values():
             merged = merged.merge(method.materialize(task))
         return merged

@@ -1,6 +1,6 @@
 """The four serve forms every PEFT method materialises into (DESIGN.md, "Methods").
 
-One `ServeWeights` holds one adapter set for one task:
+One `AdapterSet` holds one adapter set for one task:
 
 - `lora`: low-rank delta on a linear layer, `y += scale * (x @ A.T) @ B.T`;
 - `bottleneck`: a block-position adapter, `h += scale * Up(act(Down(z)))` with `z = h`
@@ -75,7 +75,7 @@ class PrefixKV:
     value: torch.Tensor
 
 
-def unique_nbytes(sets: list[ServeWeights]) -> int:
+def unique_nbytes(sets: list[AdapterSet]) -> int:
     """Bytes held by `sets`, counting a tensor shared by several sets (tasks) once."""
     sizes = {}
     for weights in sets:
@@ -85,7 +85,7 @@ def unique_nbytes(sets: list[ServeWeights]) -> int:
 
 
 @dataclass
-class ServeWeights:
+class AdapterSet:
     """One adapter set (one task of one artifact) in serve form."""
 
     lora: dict[str, LowRankDelta] = field(default_factory=dict)
@@ -94,7 +94,7 @@ class ServeWeights:
     prefix: dict[str, PrefixKV] = field(default_factory=dict)
     overrides: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def merge(self, other: ServeWeights) -> ServeWeights:
+    def merge(self, other: AdapterSet) -> AdapterSet:
         """Union of two sets (e.g. a shared adapter plus a task prompt); overlaps are refused."""
         for name in ("lora", "bottleneck", "prefix", "overrides"):
             clash = set(getattr(self, name)) & set(getattr(other, name))
@@ -102,7 +102,7 @@ class ServeWeights:
                 raise ValueError(f"two methods write the same {name} site(s): {sorted(clash)[:3]}")
         if self.prompt is not None and other.prompt is not None:
             raise ValueError("two methods both add encoder prompts; combine them into one")
-        return ServeWeights(
+        return AdapterSet(
             lora={**self.lora, **other.lora},
             bottleneck={**self.bottleneck, **other.bottleneck},
             prompt=self.prompt if self.prompt is not None else other.prompt,

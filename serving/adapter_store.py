@@ -1,7 +1,7 @@
 """Registry -> host tier: adapter versions materialised into serve forms in host memory.
 
 A version is fetched from the registry (every byte verified, the base-model fingerprint
-checked), rebuilt from its train forms and materialised per task into `ServeWeights`
+checked), rebuilt from its train forms and materialised per task into `AdapterSet`
 (float32, CPU) on a small thread pool, off the request path. Concurrent callers asking
 for a version that is still loading share one future and wait on it.
 
@@ -30,7 +30,7 @@ from adapters_registry import Registry
 from modeling.fit import check_fits
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel
-from modeling.serve_forms import ServeWeights, unique_nbytes
+from modeling.serve_forms import AdapterSet, unique_nbytes
 
 log = logging.getLogger("vladapter.serving")
 
@@ -47,7 +47,7 @@ class HostAdapter:
 
     name: str
     version: int
-    serve: dict[str, ServeWeights]
+    serve: dict[str, AdapterSet]
     nbytes: int
     aliases: tuple[str, ...] = ()
     last_used: float = field(default_factory=time.time)
@@ -137,15 +137,15 @@ class AdapterStore:
                                                per_task)
             if not model.serveable:
                 raise ValueError("its recipe has a method that cannot be served as an adapter")
-            serve = {task: model.materialize(task) for task in tasks}
-            for weights in serve.values():
+            adapter_set = {task: model.materialize(task) for task in tasks}
+            for weights in adapter_set.values():
                 check_fits(weights, self.facts)
         except (ValueError, KeyError, TypeError) as exc:
             raise AdapterRejected(f"adapter {name}:{version} does not fit this backbone: "
                                   f"{exc}") from None
         # A tensor shared by every task (single / half-shared sharing) is held once.
-        nbytes = unique_nbytes(list(serve.values()))
-        return HostAdapter(name, version, serve, nbytes, verified.info.aliases)
+        nbytes = unique_nbytes(list(adapter_set.values()))
+        return HostAdapter(name, version, adapter_set, nbytes, verified.info.aliases)
 
     # --- residency ---------------------------------------------------------------------
     def evict_over_budget(self, keep: Collection[AdapterKey]) -> list[AdapterKey]:

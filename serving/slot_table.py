@@ -1,7 +1,7 @@
 """Host -> accelerator tier: which adapter set sits in which slot of the stacked bank.
 
 A slot holds one adapter set for one task, keyed `(name, version, task)`. The compute
-reads only `bank()` (a `StackedWeights` on the device) and each row's slot number; it
+reads only `bank()` (a `AdapterBank` on the device) and each row's slot number; it
 knows nothing of this table (STYLE.md, "cache apart from compute").
 
 Rules:
@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from modeling.bank import StackedWeights, stack_weights, write_slot
-from modeling.serve_forms import ServeWeights
+from modeling.bank import AdapterBank, build_bank, write_slot
+from modeling.serve_forms import AdapterSet
 from serving.adapter_store import AdapterKey
 
 SlotKey = tuple[str, int, str]  # (adapter name, version, task)
@@ -67,8 +67,8 @@ class SlotTable:
         self.capacity, self.budget_bytes = capacity, budget_bytes
         self._frozen, self._d_model, self._like = frozen, d_model, like
         self._slots: list[SlotInfo | None] = [None] * capacity
-        self._weights: list[ServeWeights | None] = [None] * capacity
-        self._bank: StackedWeights | None = None
+        self._weights: list[AdapterSet | None] = [None] * capacity
+        self._bank: AdapterBank | None = None
         self._lock = threading.RLock()
         self._on_event = on_event or (lambda event: None)
 
@@ -78,9 +78,9 @@ class SlotTable:
             return [None if info is None else replace(info) for info in self._slots]
 
     # --- placement -----------------------------------------------------------------------
-    def place(self, key: SlotKey, weights: ServeWeights,
+    def place(self, key: SlotKey, adapter_set: AdapterSet,
               pinned: Collection[AdapterKey] = ()) -> int:
-        """Put `weights` in a slot (or find it there) for one batch row; returns the slot.
+        """Put `adapter_set` in a slot (or find it there) for one batch row; returns the slot.
 
         The row holds the slot until `leave(slot)`. Evicts LRU slots that no row holds and
         whose adapter is not in `pinned` to make room; raises NoFreeSlot when every slot or
@@ -94,7 +94,7 @@ class SlotTable:
                 self._on_event("hit")
                 return slot
             self._on_event("miss")
-            nbytes = self.device_bytes(weights)
+            nbytes = self.device_bytes(adapter_set)
             if nbytes > self.budget_bytes:
                 raise NoFreeSlot(f"adapter set {key} needs {nbytes} bytes; the device budget "
                                  f"is {self.budget_bytes}")
@@ -102,8 +102,8 @@ class SlotTable:
                 self._evict_one(key, pinned)
             slot = self._slots.index(None)
             self._slots[slot] = SlotInfo(key, nbytes, time.time(), rows=1)
-            self._weights[slot] = weights
-            if self._bank is not None and not write_slot(self._bank, slot, weights,
+            self._weights[slot] = adapter_set
+            if self._bank is not None and not write_slot(self._bank, slot, adapter_set,
                                                          self._frozen):
                 self._bank = None  # a new site or a longer rank / prompt: restack once
             return slot
@@ -152,7 +152,7 @@ class SlotTable:
         self._on_event("eviction")
 
     # --- the bank the compute reads ------------------------------------------------------
-    def bank(self) -> StackedWeights:
+    def bank(self) -> AdapterBank:
         """Stacked weights of every slot, the same object until a restack.
 
         A set placed in a slot is written into the existing bank in place when it fits its
@@ -162,11 +162,11 @@ class SlotTable:
         """
         with self._lock:
             if self._bank is None:
-                sets = [w if w is not None else ServeWeights() for w in self._weights]
-                self._bank = stack_weights(sets, self._frozen, self._d_model, self._like)
+                sets = [w if w is not None else AdapterSet() for w in self._weights]
+                self._bank = build_bank(sets, self._frozen, self._d_model, self._like)
                 self._on_event("restack")
             return self._bank
 
-    def device_bytes(self, weights: ServeWeights) -> int:
-        """Bytes `weights` take in the bank's dtype (host copies are float32)."""
-        return sum(t.numel() for t in weights.tensors()) * self._like.element_size()
+    def device_bytes(self, adapter_set: AdapterSet) -> int:
+        """Bytes `adapter_set` takes in the bank's dtype (host copies are float32)."""
+        return sum(t.numel() for t in adapter_set.tensors()) * self._like.element_size()

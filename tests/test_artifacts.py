@@ -14,7 +14,7 @@ from transformers import T5ForConditionalGeneration
 
 from adapters_registry import Registry, import_peft
 from modeling.backbone import VLBackbone
-from modeling.bank import stack_weights
+from modeling.bank import build_bank
 from modeling.config import preset
 from modeling.kernels import RowIndex
 from modeling.methods.base import BackboneFacts
@@ -78,13 +78,13 @@ def test_peft_lora_imported_by_the_registry_gives_peft_logits(tmp_path, backbone
     import_peft(tmp_path / "peft", tmp_path / "artifact", backbone.fingerprint(), tasks=("vqa",))
     assert os.path.exists(tmp_path / "artifact" / "manifest.json")
     model = load_adapter_model(tmp_path / "artifact", backbone)
-    stacked = stack_weights([model.materialize("vqa")], backbone.frozen_tensors(),
+    bank = build_bank([model.materialize("vqa")], backbone.frozen_tensors(),
                             backbone.config.d_model, torch.zeros(()))
     ids = torch.randint(4, 500, (2, 6))
     dec = torch.randint(4, 500, (2, 3))
     with torch.no_grad():
         expected = peft_model(input_ids=ids, decoder_input_ids=dec).logits
-        with backbone.adapter_context.use(stacked, RowIndex.of(torch.zeros(2, dtype=torch.long)),
+        with backbone.adapter_context.use(bank, RowIndex.of(torch.zeros(2, dtype=torch.long)),
                                           rows=2):
             ours = backbone.lm(input_ids=ids, decoder_input_ids=dec).logits
     assert (ours - expected).abs().max() <= 1e-5

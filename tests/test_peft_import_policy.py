@@ -20,13 +20,13 @@ from safetensors.torch import load_file, save_file
 from adapters_registry import InvalidArtifact, Registry
 from adapters_registry import import_peft as registry_import
 from modeling.backbone import VLBackbone, VLBatch
-from modeling.bank import stack_weights
+from modeling.bank import build_bank
 from modeling.config import preset
 from modeling.kernels import RowIndex
 from modeling.methods.base import BackboneFacts
 from modeling.peft_format import import_peft as modeling_import
 from modeling.peft_format import plain_lm
-from modeling.serve_forms import ServeWeights
+from modeling.serve_forms import AdapterSet
 from serving.adapter_store import AdapterRejected, AdapterStore
 
 TOL = 1e-5
@@ -68,7 +68,7 @@ def peft_folder(backbone: VLBackbone, config, folder: Path):
     return model.eval()
 
 
-def served(backbone: VLBackbone, folder: Path, root: Path) -> ServeWeights:
+def served(backbone: VLBackbone, folder: Path, root: Path) -> AdapterSet:
     """The registry's import, published and loaded the way the server loads a version."""
     registry_import(folder, root / "artifact", backbone.fingerprint(), tasks=("vqa",))
     registry = Registry(str(root / "store"))
@@ -88,7 +88,7 @@ def inputs(backbone: VLBackbone) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def our_logits(backbone: VLBackbone, serve: ServeWeights, lm_inputs: dict) -> torch.Tensor:
+def our_logits(backbone: VLBackbone, adapter_set: AdapterSet, lm_inputs: dict) -> torch.Tensor:
     rows = lm_inputs["input_ids"].shape[0]
     batch = VLBatch(input_ids=lm_inputs["input_ids"],
                     text_mask=lm_inputs["attention_mask"].bool(),
@@ -96,10 +96,10 @@ def our_logits(backbone: VLBackbone, serve: ServeWeights, lm_inputs: dict) -> to
                     visual_mask=torch.zeros(rows, 1, dtype=torch.bool),
                     image_order=torch.zeros(rows, 1, dtype=torch.long))
     like = next(backbone.parameters())
-    stacked = stack_weights([serve], backbone.frozen_tensors(), backbone.config.d_model, like)
+    stacked = build_bank([adapter_set], backbone.frozen_tensors(), backbone.config.d_model, like)
     index = RowIndex.of(torch.zeros(rows, dtype=torch.long))
     hidden, mask = backbone.encode(batch, stacked, index)
-    return backbone.decode(hidden, mask, lm_inputs["decoder_input_ids"], weights=stacked,
+    return backbone.decode(hidden, mask, lm_inputs["decoder_input_ids"], bank=stacked,
                            index=index).logits
 
 
@@ -110,7 +110,7 @@ def test_both_entry_points_import_what_peft_computes(backbone, case, tmp_path):
     lm_inputs = inputs(backbone)
     with torch.no_grad():
         theirs = peft_model(**lm_inputs).logits
-    bare = our_logits(backbone, ServeWeights(), lm_inputs)
+    bare = our_logits(backbone, AdapterSet(), lm_inputs)
     assert (theirs - bare).abs().max() > 1e-3  # the adapter does change the output
     for serve in (modeling_import(tmp_path / "peft", backbone),
                   served(backbone, tmp_path / "peft", tmp_path)):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling.backbone import VLBackbone, VLBatch
-from modeling.bank import stack_weights
+from modeling.bank import build_bank
 from modeling.kernels import RowIndex
 from modeling.recipe import AdapterModel
 
@@ -22,14 +22,14 @@ def adapter_logits(
     """Teacher-forced logits [b, y, vocab]; row i uses the adapter set of row_tasks[i]."""
     tasks = sorted(set(row_tasks))
     like = next(backbone.lm.parameters())
-    stacked = stack_weights(
+    bank = build_bank(
         [adapters.materialize(t) for t in tasks],
         backbone.frozen_tensors(),
         backbone.config.d_model,
         like,
     )
     slots = torch.tensor([tasks.index(t) for t in row_tasks], device=like.device)
-    return backbone(batch, stacked, RowIndex.of(slots))
+    return backbone(batch, bank, RowIndex.of(slots))
 
 
 def sequence_loss(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from modeling.backbone import VLBackbone
-from modeling.bank import stack_weights
+from modeling.bank import build_bank
 from modeling.generation import greedy, score_candidates
 from modeling.inputs import candidate_ids, make_batch
 from modeling.kernels import RowIndex
@@ -28,9 +28,9 @@ def predict(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
             ) -> dict[str, str]:
     """example id -> predicted text (the chosen label for scored tasks)."""
     tokenizer = backbone.tokenizer
-    weights = None
+    bank = None
     if adapters is not None:
-        weights = stack_weights([adapters.materialize(task)], backbone.frozen_tensors(),
+        bank = build_bank([adapters.materialize(task)], backbone.frozen_tensors(),
                                 backbone.config.d_model, next(backbone.lm.parameters()))
     predictions = {}
     scored = TASKS[task].is_scored
@@ -38,16 +38,16 @@ def predict(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
         chunk = examples[start:start + EVAL_BATCH]
         batch = make_batch(tokenizer, [e.source_text for e in chunk],
                            [features.tokens(e) for e in chunk])
-        index = None if weights is None else RowIndex.of(torch.zeros(len(chunk),
+        index = None if bank is None else RowIndex.of(torch.zeros(len(chunk),
                                                                      dtype=torch.long))
         if scored:
             labels = [TASKS[task].candidate_labels(len(e.choices)) for e in chunk]
             scores = score_candidates(backbone, batch, candidate_ids(tokenizer, labels),
-                                      weights, index)
+                                      bank, index)
             for e, row_labels, row in zip(chunk, labels, scores, strict=True):
                 predictions[e.example_id] = row_labels[int(row[:len(row_labels)].argmax())]
         else:
-            ids = greedy(backbone, batch, weights, index, max_new_tokens)
+            ids = greedy(backbone, batch, bank, index, max_new_tokens)
             for e, row in zip(chunk, ids, strict=True):
                 predictions[e.example_id] = tokenizer.decode(row, skip_special_tokens=True)
     return predictions

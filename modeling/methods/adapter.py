@@ -18,7 +18,7 @@ from torch import nn
 
 from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
-from modeling.serve_forms import Bottleneck, ServeWeights, check_activation
+from modeling.serve_forms import AdapterSet, Bottleneck, check_activation
 from modeling.tensor_names import param_key, site_of
 
 VL_ADAPTER_PLACEMENTS = ("encoder.self_attn", "encoder.ffn", "decoder.self_attn",
@@ -82,9 +82,9 @@ class BottleneckAdapter(PeftMethod):
             layers[param_key(pos)] = layer
         return layers
 
-    def materialize(self, task: str) -> ServeWeights:
+    def materialize(self, task: str) -> AdapterSet:
         down, up = self.group("down", task), self.group("up", task)
-        return ServeWeights(bottleneck={
+        return AdapterSet(bottleneck={
             site_of(k): Bottleneck(down[k].weight, down[k].bias, up[k].weight, up[k].bias,
                                    parallel=self.parallel, scale=self.config.scale,
                                    activation=self.config.activation)

@@ -1,7 +1,7 @@
 """What every PEFT method shares: the backbone facts it builds from, sharing, the registry.
 
 A method is a train form (`PeftMethod`, an nn.Module holding its own parameterisation)
-that materialises, per task, into serve forms (`ServeWeights`). Parameters live in
+that materialises, per task, into serve forms (`AdapterSet`). Parameters live in
 groups; the sharing mode decides whether a group exists once (`shared.<group>`) or once
 per task (`tasks.<task>.<group>`) — VL-Adapter's "single", "multiple" and "half-shared"
 (up-projection shared, down-projection per task) schemes (Sung et al., Sec. 3.3).
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from modeling.serve_forms import ServeWeights
+from modeling.serve_forms import AdapterSet
 from modeling.sites import attention_sites, block_positions, layer_norm_names
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ class PeftMethod(nn.Module):
     def build_group(self, group: str) -> nn.Module:
         raise NotImplementedError
 
-    def materialize(self, task: str) -> ServeWeights:
+    def materialize(self, task: str) -> AdapterSet:
         raise NotImplementedError
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from modeling.methods.adapter import VL_ADAPTER_PLACEMENTS, adapter_width, selected_positions
 from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
-from modeling.serve_forms import Bottleneck, ServeWeights, check_activation
+from modeling.serve_forms import AdapterSet, Bottleneck, check_activation
 from modeling.tensor_names import param_key, site_of
 
 
@@ -83,7 +83,7 @@ class Compacter(PeftMethod):
         b = factors["s"] @ factors["t"] if self.config.low_rank else factors["b"]
         return kronecker_sum(rules, b)
 
-    def materialize(self, task: str) -> ServeWeights:
+    def materialize(self, task: str) -> AdapterSet:
         rules, down, up = (self.group(g, task) for g in ("rule", "down", "up"))
         out = {}
         for key in down:
@@ -92,7 +92,7 @@ class Compacter(PeftMethod):
                 self._weight(down[key], rules[f"{rule_key}__down"]), down[key]["bias"],
                 self._weight(up[key], rules[f"{rule_key}__up"]), up[key]["bias"],
                 activation=self.config.activation)
-        return ServeWeights(bottleneck=out)
+        return AdapterSet(bottleneck=out)
 
 
 register_method("compacter", CompacterConfig, Compacter)

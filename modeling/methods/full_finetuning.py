@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
-from modeling.serve_forms import ServeWeights
+from modeling.serve_forms import AdapterSet
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class FullFinetuning(PeftMethod):
             self.model.lm.requires_grad_(True)
             self.model.visual.requires_grad_(True)
 
-    def materialize(self, task: str) -> ServeWeights:
+    def materialize(self, task: str) -> AdapterSet:
         raise ValueError("full fine-tuning produces a whole model, not an adapter: "
                          "save it with save_pretrained and serve it as the backbone")
 

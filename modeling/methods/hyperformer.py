@@ -19,7 +19,7 @@ from torch import nn
 from modeling.methods.adapter import VL_ADAPTER_PLACEMENTS, adapter_width, selected_positions
 from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
-from modeling.serve_forms import Bottleneck, ServeWeights
+from modeling.serve_forms import AdapterSet, Bottleneck
 
 
 @dataclass(frozen=True)
@@ -76,13 +76,13 @@ class Hyperformer(PeftMethod):
         return nn.ParameterDict({"vector": nn.Parameter(
             torch.randn(self.config.task_embedding_dim) * 1e-2)})
 
-    def materialize(self, task: str) -> ServeWeights:
+    def materialize(self, task: str) -> AdapterSet:
         task_emb = self.group("task_embedding", task)["vector"]
         out = {}
         for i, pos in enumerate(self.positions):
             hypernet = self.hypernets[pos.split(".")[0]]
             out[pos] = hypernet(task_emb, self.layer_embedding.weight[i])
-        return ServeWeights(bottleneck=out)
+        return AdapterSet(bottleneck=out)
 
 
 register_method("hyperformer", HyperformerConfig, Hyperformer)

@@ -19,7 +19,7 @@ from torch import nn
 
 from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
-from modeling.serve_forms import LowRankDelta, ServeWeights
+from modeling.serve_forms import AdapterSet, LowRankDelta
 from modeling.sites import TARGET_ALIASES
 from modeling.tensor_names import param_key, site_of
 
@@ -87,11 +87,11 @@ class Lora(PeftMethod):
             params[param_key(site)] = nn.Parameter(weight)
         return params
 
-    def materialize(self, task: str) -> ServeWeights:
+    def materialize(self, task: str) -> AdapterSet:
         a, b = self.group("lora_A", task), self.group("lora_B", task)
         scale = self.config.alpha / self.config.rank
         dropout = self.config.dropout if self.training else 0.0
-        return ServeWeights(lora={site_of(k): LowRankDelta(a[k], b[k], scale, dropout)
+        return AdapterSet(lora={site_of(k): LowRankDelta(a[k], b[k], scale, dropout)
                                   for k in a})
 
 

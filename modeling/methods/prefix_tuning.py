@@ -16,7 +16,7 @@ from torch import nn
 
 from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
-from modeling.serve_forms import PrefixKV, ServeWeights
+from modeling.serve_forms import AdapterSet, PrefixKV
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,13 @@ class PrefixTuning(PeftMethod):
                                    nn.Linear(cfg.hidden_dim, len(self.facts.attention) * 2 * inner))
         return module
 
-    def materialize(self, task: str) -> ServeWeights:
+    def materialize(self, task: str) -> AdapterSet:
         module = self.group("prefix", task)
         facts, length = self.facts, self.config.length
         kv = module.mlp(module.embedding.weight)  # [L, sites * 2 * d]
         kv = kv.view(length, len(facts.attention), 2, facts.n_heads, facts.head_dim)
         kv = kv.permute(1, 2, 3, 0, 4)  # [sites, 2, heads, L, head_dim]
-        return ServeWeights(prefix={site: PrefixKV(kv[i, 0], kv[i, 1])
+        return AdapterSet(prefix={site: PrefixKV(kv[i, 0], kv[i, 1])
                                     for i, site in enumerate(facts.attention)})
 
 

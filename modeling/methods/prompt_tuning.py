@@ -16,7 +16,7 @@ from torch import nn
 
 from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
-from modeling.serve_forms import ServeWeights
+from modeling.serve_forms import AdapterSet
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,12 @@ class PromptTuning(PeftMethod):
                                        nn.Linear(cfg.hidden_dim, d))
         return module
 
-    def materialize(self, task: str) -> ServeWeights:
+    def materialize(self, task: str) -> AdapterSet:
         module = self.group("prompt", task)
         vectors: torch.Tensor = module.embedding.weight
         if self.config.reparameterize:
             vectors = module.mlp(vectors)
-        return ServeWeights(prompt=vectors)
+        return AdapterSet(prompt=vectors)
 
 
 register_method("prompt_tuning", PromptConfig, PromptTuning)

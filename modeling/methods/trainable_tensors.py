@@ -13,7 +13,7 @@ from torch import nn
 
 from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
-from modeling.serve_forms import ServeWeights
+from modeling.serve_forms import AdapterSet
 from modeling.tensor_names import param_key, site_of
 
 
@@ -57,9 +57,9 @@ class TrainableTensors(PeftMethod):
             param_key(name): nn.Parameter(self.facts.frozen[name].detach().clone())
             for name in self.names})
 
-    def materialize(self, task: str) -> ServeWeights:
+    def materialize(self, task: str) -> AdapterSet:
         tensors = self.group("tensors", task)
-        return ServeWeights(overrides={site_of(k): v for k, v in tensors.items()})
+        return AdapterSet(overrides={site_of(k): v for k, v in tensors.items()})
 
 
 register_method("trainable_tensors", TrainableTensorsConfig, TrainableTensors)

@@ -2,7 +2,7 @@
 
 Independent of `modeling.kernels` and `modeling.hooks`: one row at a time, no stacking, no
 gathering, no padding of ranks or prefixes. It reads the frozen weights and one adapter
-set (`ServeWeights`) and computes:
+set (`AdapterSet`) and computes:
 
 - LoRA (Hu et al.):                 h = W0 x + b + s * B A x
 - bottleneck adapters (the PEFT study, Eqs. 5-8; VL-Adapter Sec. 3.1), at the sublayer
@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from modeling.serve_forms import ServeWeights
+from modeling.serve_forms import AdapterSet
 
 ACTIVATION = {
     "relu": lambda x: torch.clamp(x, min=0),
@@ -41,11 +41,11 @@ PROJECTIONS = {"t5": ("q", "k", "v", "o"), "bart": ("q_proj", "k_proj", "v_proj"
 class RowReference:
     """One row with one adapter set (None: the bare backbone). Inputs are one row: [n, d]."""
 
-    def __init__(self, backbone, weights: ServeWeights | None):
+    def __init__(self, backbone, adapter_set: AdapterSet | None):
         self.backbone = backbone
         self.lm_type = backbone.config.lm_type
         self.frozen = backbone.frozen_tensors()
-        self.weights = weights if weights is not None else ServeWeights()
+        self.weights = adapter_set if adapter_set is not None else AdapterSet()
         config = backbone.lm.config
         self.heads = config.num_heads if self.lm_type == "t5" else config.encoder_attention_heads
         self.head_dim = config.d_kv if self.lm_type == "t5" else config.d_model // self.heads

@@ -20,10 +20,10 @@ from transformers import (
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from modeling.backbone import VLBackbone
-from modeling.bank import stack_weights
+from modeling.bank import build_bank
 from modeling.config import preset
 from modeling.kernels import RowIndex
-from modeling.serve_forms import ServeWeights
+from modeling.serve_forms import AdapterSet
 from modeling.sites import layer_norm_names
 from modeling.tokenizer import build_word_tokenizer
 from modeling.visual import fit_frames, video_tokens
@@ -182,13 +182,13 @@ def test_a_t5_norm_under_another_class_name_is_a_layer_norm_whose_override_appli
     model = VLBackbone(config, lm=lm)
     name = "lm.encoder.final_layer_norm"
     assert name in layer_norm_names(model)
-    doubled = ServeWeights(overrides={f"{name}.weight": torch.full((config.d_model,), 2.0)})
-    weights = stack_weights([doubled], model.frozen_tensors(), config.d_model,
+    doubled = AdapterSet(overrides={f"{name}.weight": torch.full((config.d_model,), 2.0)})
+    bank = build_bank([doubled], model.frozen_tensors(), config.d_model,
                             next(model.parameters()))
     batch = random_batch(model, [3, 2])
     with torch.no_grad():
         bare, _ = model.encode(batch)
-        adapted, _ = model.encode(batch, weights, RowIndex.of(torch.zeros(2, dtype=torch.long)))
+        adapted, _ = model.encode(batch, bank, RowIndex.of(torch.zeros(2, dtype=torch.long)))
     assert torch.allclose(adapted, 2 * bare)
 
 

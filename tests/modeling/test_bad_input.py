@@ -12,7 +12,7 @@ from modeling.fit import check_fits
 from modeling.methods.base import BackboneFacts
 from modeling.presets import method_preset
 from modeling.recipe import AdapterModel, MethodEntry
-from modeling.serve_forms import Bottleneck, LowRankDelta, PrefixKV, ServeWeights
+from modeling.serve_forms import AdapterSet, Bottleneck, LowRankDelta, PrefixKV
 
 
 @pytest.fixture(scope="module")
@@ -74,22 +74,22 @@ SITE = "lm.encoder.block.0.layer.0.SelfAttention.q"
 
 
 @pytest.mark.parametrize(("serve", "message"), [
-    (ServeWeights(lora={SITE: LowRankDelta(torch.zeros(4, 32), torch.zeros(64, 4), 1.0)}),
+    (AdapterSet(lora={SITE: LowRankDelta(torch.zeros(4, 32), torch.zeros(64, 4), 1.0)}),
      r"expected \[rank, 64\]"),
-    (ServeWeights(lora={"lm.nowhere.q": LowRankDelta(torch.zeros(4, 64), torch.zeros(64, 4), 1)}),
+    (AdapterSet(lora={"lm.nowhere.q": LowRankDelta(torch.zeros(4, 64), torch.zeros(64, 4), 1)}),
      "not a Linear layer"),
-    (ServeWeights(bottleneck={"encoder.0.ffn": Bottleneck(torch.zeros(8, 32), torch.zeros(8),
+    (AdapterSet(bottleneck={"encoder.0.ffn": Bottleneck(torch.zeros(8, 32), torch.zeros(8),
                                                           torch.zeros(32, 8), torch.zeros(32))}),
      r"down_weight has shape \(8, 32\); expected \[8, 64\]"),
-    (ServeWeights(bottleneck={"encoder.9.ffn": Bottleneck(torch.zeros(8, 64), torch.zeros(8),
+    (AdapterSet(bottleneck={"encoder.9.ffn": Bottleneck(torch.zeros(8, 64), torch.zeros(8),
                                                           torch.zeros(64, 8), torch.zeros(64))}),
      "position 'encoder.9.ffn' does not exist"),
-    (ServeWeights(prompt=torch.zeros(3, 32)), r"expected \[length, 64\]"),
-    (ServeWeights(prefix={"encoder.0.self_attn": PrefixKV(torch.zeros(2, 3, 16),
+    (AdapterSet(prompt=torch.zeros(3, 32)), r"expected \[length, 64\]"),
+    (AdapterSet(prefix={"encoder.0.self_attn": PrefixKV(torch.zeros(2, 3, 16),
                                                           torch.zeros(2, 3, 16))}),
      r"expected \[4, length, 16\]"),
-    (ServeWeights(overrides={"visual.feat_norm.weight": torch.zeros(3)}), r"expected \(64,\)"),
-    (ServeWeights(overrides={"vision.x": torch.zeros(3)}), "names no LM or visual-projection"),
+    (AdapterSet(overrides={"visual.feat_norm.weight": torch.zeros(3)}), r"expected \(64,\)"),
+    (AdapterSet(overrides={"vision.x": torch.zeros(3)}), "names no LM or visual-projection"),
 ])
 def test_adapters_that_do_not_fit_the_backbone_are_refused(facts, serve, message):
     with pytest.raises(ValueError, match=message):
@@ -107,7 +107,7 @@ def test_lora_rank_is_bounded_by_one_check_for_configs_and_serve_forms(facts, ra
         AdapterModel([MethodEntry("lora", {"rank": rank, "targets": [SITE]})], facts, ["vqa"])
     delta = LowRankDelta(torch.zeros(rank, 64), torch.zeros(64, rank), 1.0)
     with pytest.raises(ValueError, match=message):
-        check_fits(ServeWeights(lora={SITE: delta}), facts)
+        check_fits(AdapterSet(lora={SITE: delta}), facts)
 
 
 def test_a_fitting_adapter_passes_the_check(facts):

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import torch
 
-from modeling.bank import stack_weights, write_slot
-from modeling.serve_forms import Bottleneck, LowRankDelta, ServeWeights
+from modeling.bank import build_bank, write_slot
+from modeling.serve_forms import AdapterSet, Bottleneck, LowRankDelta
 
 D, OUT = 8, 6
 FROZEN = {"lin.weight": torch.zeros(OUT, D), "norm.weight": torch.ones(D)}
 
 
-def _set(seed: int, rank: int = 2, width: int = 3) -> ServeWeights:
+def _set(seed: int, rank: int = 2, width: int = 3) -> AdapterSet:
     gen = torch.Generator().manual_seed(seed)
-    return ServeWeights(
+    return AdapterSet(
         lora={"lin": LowRankDelta(torch.randn(rank, D, generator=gen),
                                   torch.randn(OUT, rank, generator=gen), 2.0)},
         bottleneck={"encoder.0.ffn": Bottleneck(
@@ -33,7 +33,7 @@ def _matrices(bank) -> dict[str, torch.Tensor]:
 
 
 def test_stacked_matrices_keep_their_shape_over_memory_the_kernels_gather_in_one_copy():
-    bank = stack_weights([_set(0), _set(1)], FROZEN, D, torch.zeros(()))
+    bank = build_bank([_set(0), _set(1)], FROZEN, D, torch.zeros(()))
     before = {name: m.data_ptr() for name, m in _matrices(bank).items()}
     assert tuple(bank.lora["lin"].lora_a.shape) == (2, 2, D)
     assert tuple(bank.overrides["lin.weight"].shape) == (2, OUT, D)
@@ -45,8 +45,8 @@ def test_stacked_matrices_keep_their_shape_over_memory_the_kernels_gather_in_one
 
 
 def test_each_site_records_the_slots_whose_set_uses_it_through_slot_writes():
-    lora_only = ServeWeights(lora=_set(3).lora)
-    bank = stack_weights([_set(0), lora_only, ServeWeights()], FROZEN, D, torch.zeros(()))
+    lora_only = AdapterSet(lora=_set(3).lora)
+    bank = build_bank([_set(0), lora_only, AdapterSet()], FROZEN, D, torch.zeros(()))
     lora, bottleneck = bank.lora["lin"], bank.bottleneck["encoder.0.ffn"]
     assert lora.used_by == {0, 1} and bottleneck.used_by == {0}
     assert bank.override_used_by == {"lin": {0}, "norm": {0}}

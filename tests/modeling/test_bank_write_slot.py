@@ -13,7 +13,7 @@ from test_mixed_batch import ORACLE_SETTINGS, _materialize, _stack, adapter_mix
 from modeling.bank import write_slot
 from modeling.kernels import RowIndex
 from modeling.recipe import MethodEntry
-from modeling.serve_forms import ServeWeights
+from modeling.serve_forms import AdapterSet
 
 
 def _logits(backbone, bank, slots: int):
@@ -38,7 +38,7 @@ def _snapshot(bank) -> list[torch.Tensor]:
 @given(first=adapter_mix(), second=adapter_mix(), data=st.data())
 def test_in_place_slot_writes_compute_what_a_full_restack_computes(backbone, first, second,
                                                                    data):
-    current = [*_materialize(backbone, first[0], first[3]), ServeWeights()]
+    current = [*_materialize(backbone, first[0], first[3]), AdapterSet()]
     bank = _stack(backbone, current)
     frozen = backbone.frozen_tensors()
     for weights in _materialize(backbone, second[0], second[3]):

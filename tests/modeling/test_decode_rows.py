@@ -78,7 +78,7 @@ def test_rows_joining_and_leaving_a_cached_decode_match_each_row_alone(backbone,
             # The same positions without any cache: the whole prefix recomputed.
             hidden, mask = backbone.encode(one, weights, index)
             ids = torch.tensor([[backbone.decoder_start_token_id, *tokens[row]]])
-            full = backbone.decode(hidden, mask, ids[:, :len(logits[row])], weights=weights,
+            full = backbone.decode(hidden, mask, ids[:, :len(logits[row])], bank=weights,
                                    index=index).logits[0]
             assert (logits[row] - full).abs().max() <= 1e-5
 

@@ -9,10 +9,10 @@ from modeling_helpers import random_batch
 
 from modeling import hooks
 from modeling.backbone import VLBackbone
-from modeling.bank import stack_weights
+from modeling.bank import build_bank
 from modeling.config import preset
 from modeling.kernels import RowIndex
-from modeling.serve_forms import Bottleneck, LowRankDelta, ServeWeights
+from modeling.serve_forms import AdapterSet, Bottleneck, LowRankDelta
 
 
 def _hooked(backbone: VLBackbone) -> set[str]:
@@ -21,9 +21,9 @@ def _hooked(backbone: VLBackbone) -> set[str]:
             if m._forward_hooks or m._forward_pre_hooks}
 
 
-def _run(backbone: VLBackbone, serve: ServeWeights) -> torch.Tensor:
-    """Teacher-forced logits of a two-row batch, both rows on `serve`."""
-    bank = stack_weights([serve], backbone.frozen_tensors(), backbone.config.d_model,
+def _run(backbone: VLBackbone, adapter_set: AdapterSet) -> torch.Tensor:
+    """Teacher-forced logits of a two-row batch, both rows on `adapter_set`."""
+    bank = build_bank([adapter_set], backbone.frozen_tensors(), backbone.config.d_model,
                          torch.zeros(()))
     with torch.no_grad():
         return backbone(random_batch(backbone, [3, 5]), bank, RowIndex.of([0, 0]))
@@ -47,9 +47,9 @@ def test_a_bank_hooks_only_the_modules_of_its_sites():
     backbone = VLBackbone.from_config(preset("tiny"), seed=0)
     assert _hooked(backbone) == set()
     site = "lm.encoder.block.0.layer.0.SelfAttention.q"
-    _run(backbone, ServeWeights(lora={site: _lora(backbone, site)}))
+    _run(backbone, AdapterSet(lora={site: _lora(backbone, site)}))
     assert _hooked(backbone) == {site}
-    _run(backbone, ServeWeights(bottleneck={"decoder.1.ffn": _bottleneck(backbone.config.d_model)}))
+    _run(backbone, AdapterSet(bottleneck={"decoder.1.ffn": _bottleneck(backbone.config.d_model)}))
     assert _hooked(backbone) == {site, "lm.decoder.block.1.layer.2.DenseReluDense"}
 
 
@@ -60,10 +60,10 @@ def test_lora_on_fc2_and_the_ffn_bottleneck_compose_alike_whatever_bank_came_fir
     logits = []
     for bottleneck_first in (False, True):
         backbone = VLBackbone.from_config(preset("tiny-bart"), seed=0)
-        only_bottleneck = ServeWeights(bottleneck={position: _bottleneck(backbone.config.d_model)})
+        only_bottleneck = AdapterSet(bottleneck={position: _bottleneck(backbone.config.d_model)})
         if bottleneck_first:
             _run(backbone, only_bottleneck)
-        both = ServeWeights(lora={site: _lora(backbone, site)},
+        both = AdapterSet(lora={site: _lora(backbone, site)},
                             bottleneck=only_bottleneck.bottleneck)
         logits.append(_run(backbone, both))
     assert not torch.equal(logits[0], _run(backbone, only_bottleneck)), \
@@ -78,12 +78,12 @@ def test_rows_whose_slot_lacks_a_site_keep_the_frozen_modules_output_bit_for_bit
     backbone = VLBackbone.from_config(preset("tiny-bart"), seed=0)
     norm, site = "lm.model.encoder.layers.0.self_attn_layer_norm", "lm.model.encoder.layers.0.fc1"
     frozen = backbone.frozen_tensors()
-    adapted = ServeWeights(
+    adapted = AdapterSet(
         lora={site: _lora(backbone, site)},
         bottleneck={"encoder.0.ffn": _bottleneck(backbone.config.d_model)},
         overrides={f"{norm}.weight": frozen[f"{norm}.weight"] * 2,
                    f"{norm}.bias": frozen[f"{norm}.bias"] + 1})
-    bank = stack_weights([adapted, ServeWeights()], frozen, backbone.config.d_model,
+    bank = build_bank([adapted, AdapterSet()], frozen, backbone.config.d_model,
                          torch.zeros(()))
     batch, paths = random_batch(backbone, [3, 5]), (norm, site, "lm.model.encoder.layers.0.fc2")
     outputs = []
@@ -107,8 +107,8 @@ def test_a_site_computes_only_the_rows_whose_slot_uses_it(monkeypatch):
     backbone = VLBackbone.from_config(preset("tiny"), seed=0)
     site = "lm.encoder.block.0.layer.0.SelfAttention.q"
     d = backbone.config.d_model
-    bank = stack_weights([ServeWeights(lora={site: _lora(backbone, site)}),
-                          ServeWeights(bottleneck={"encoder.0.ffn": _bottleneck(d)})],
+    bank = build_bank([AdapterSet(lora={site: _lora(backbone, site)}),
+                          AdapterSet(bottleneck={"encoder.0.ffn": _bottleneck(d)})],
                          backbone.frozen_tensors(), d, torch.zeros(()))
     rows_seen = {"lora": [], "bottleneck": []}
     for kernel, kind in (("gathered_lora", "lora"), ("gathered_bottleneck", "bottleneck")):

@@ -14,7 +14,7 @@ import torch
 from paper_reference import ACTIVATION
 from torch import nn
 
-from modeling.bank import StackedPrefix, StackedWeights
+from modeling.bank import AdapterBank, PrefixBank
 from modeling.hooks import AdapterContext, prefix_attention
 from modeling.kernels import (
     RowIndex,
@@ -167,7 +167,7 @@ def test_prefix_attention_prepends_each_rows_own_keys_and_values(rows, causal):
     lengths = torch.tensor([3, 0, 1, 2])  # slot 1: no prefix; shorter ones are padded
     keys, values = _randn(gen, SLOTS, HEADS, PREFIX, HEAD_DIM), _randn(gen, SLOTS, HEADS, PREFIX,
                                                                        HEAD_DIM)
-    bank = StackedWeights(slots=SLOTS, prefix={"site": StackedPrefix(keys, values, lengths)})
+    bank = AdapterBank(slots=SLOTS, prefix={"site": PrefixBank(keys, values, lengths)})
     ctx = AdapterContext()
     with ctx.use(bank, RowIndex.of(torch.tensor(rows)), rows=len(rows)):
         out, _ = prefix_attention(_Attention(ctx, causal), q, k, v, None, scaling=0.5)

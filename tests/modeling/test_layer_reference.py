@@ -20,12 +20,12 @@ from modeling_helpers import random_batch
 from paper_reference import RowReference
 from torch import nn
 
-from modeling.bank import stack_weights
+from modeling.bank import build_bank
 from modeling.fit import check_fits
 from modeling.kernels import RowIndex
 from modeling.methods.base import BackboneFacts
 from modeling.methods.trainable_tensors import TrainableTensorsConfig, selected_tensors
-from modeling.serve_forms import ACTIVATIONS, Bottleneck, LowRankDelta, PrefixKV, ServeWeights
+from modeling.serve_forms import ACTIVATIONS, AdapterSet, Bottleneck, LowRankDelta, PrefixKV
 
 # fp32 rounding of sums over <= 128 terms of O(1) values stays below ~1e-5 relative; the
 # mistakes these tests exist for (a dropped bias, an adapter reading the wrong tensor)
@@ -56,7 +56,7 @@ def _prefixes(facts, gen, length: int) -> dict[str, PrefixKV]:
             for site in facts.attention}
 
 
-def reference_sets(backbone, serial: str, parallel: str, seed: int = 0) -> list[ServeWeights]:
+def reference_sets(backbone, serial: str, parallel: str, seed: int = 0) -> list[AdapterSet]:
     """Seven adapter sets covering every serve form; the last one is empty."""
     facts, gen = BackboneFacts.of(backbone), torch.Generator().manual_seed(seed)
     lm_linears = [name for name in facts.linear_shapes if name.startswith("lm.")]
@@ -73,17 +73,17 @@ def reference_sets(backbone, serial: str, parallel: str, seed: int = 0) -> list[
                  for name in names}
     positions = list(facts.positions)
     sets = [
-        ServeWeights(lora=lora),
-        ServeWeights(bottleneck=_bottlenecks(facts, gen, 6, False, serial, 0.8, positions)),
-        ServeWeights(bottleneck=_bottlenecks(facts, gen, 10, True, parallel, 1.3, positions)),
-        ServeWeights(overrides=overrides),
-        ServeWeights(prefix=_prefixes(facts, gen, 3)),
-        ServeWeights(prompt=_random(gen, 4, facts.d_model, std=0.5),
+        AdapterSet(lora=lora),
+        AdapterSet(bottleneck=_bottlenecks(facts, gen, 6, False, serial, 0.8, positions)),
+        AdapterSet(bottleneck=_bottlenecks(facts, gen, 10, True, parallel, 1.3, positions)),
+        AdapterSet(overrides=overrides),
+        AdapterSet(prefix=_prefixes(facts, gen, 3)),
+        AdapterSet(prompt=_random(gen, 4, facts.d_model, std=0.5),
                      prefix=_prefixes(facts, gen, 1),
                      bottleneck=_bottlenecks(facts, gen, 3, False, parallel, 1.0,
                                              positions[::2]),
                      lora={lm_linears[0]: delta(lm_linears[0], 3, 2.0)}),
-        ServeWeights(),
+        AdapterSet(),
     ]
     for s in sets:
         check_fits(s, facts)  # realistic sets: each would pass the server's load check
@@ -145,10 +145,10 @@ def encoder_path(backbone) -> str:
     return "lm.encoder" if backbone.config.lm_type == "t5" else "lm.model.encoder"
 
 
-def run_traced(backbone, sets: list[ServeWeights], slots: list[int], lengths: list[int]):
+def run_traced(backbone, sets: list[AdapterSet], slots: list[int], lengths: list[int]):
     """One teacher-forced forward, row r with set slots[r] -> (batch, trace)."""
     batch = random_batch(backbone, lengths, seed=3)
-    bank = stack_weights(sets, backbone.frozen_tensors(), backbone.config.d_model,
+    bank = build_bank(sets, backbone.frozen_tensors(), backbone.config.d_model,
                          torch.zeros(()))
     paths = [*layer_paths(backbone).values(), encoder_path(backbone), "visual",
              *_norms_and_linears(backbone)]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from modeling_helpers import random_batch, randomize
 
-from modeling.bank import stack_weights
+from modeling.bank import build_bank
 from modeling.kernels import RowIndex
 from modeling.methods import METHODS
 from modeling.methods.base import BackboneFacts
@@ -108,14 +108,14 @@ def test_mixed_ranks_in_one_forward_give_each_row_what_it_gets_alone(backbone):
         randomize(model, seed=rank, std=0.1)
         sets.append(model.materialize("t"))
     frozen, d_model = backbone.frozen_tensors(), backbone.config.d_model
-    stacked = stack_weights(sets, frozen, d_model, torch.zeros(()))
+    stacked = build_bank(sets, frozen, d_model, torch.zeros(()))
     assert next(iter(stacked.lora.values())).lora_a.shape[:2] == (2, 6)
     batch = random_batch(backbone, [3, 5])
     with torch.no_grad():
         mixed = backbone(batch, stacked, RowIndex.of(torch.tensor([0, 1])))
         bare = backbone(batch)
         for row, weights in enumerate(sets):
-            alone = stack_weights([weights], frozen, d_model, torch.zeros(()))
+            alone = build_bank([weights], frozen, d_model, torch.zeros(()))
             one = batch.select([row])
             expected = backbone(one, alone, RowIndex.of(torch.tensor([0])))[0]
             # fp32 summation order (gather vs dense matmul) moves logits by ~1e-5 of their

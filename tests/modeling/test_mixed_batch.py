@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from modeling_helpers import alone, random_batch, randomize
 
-from modeling.bank import stack_weights
+from modeling.bank import build_bank
 from modeling.generation import beam_search, greedy, score_candidates
 from modeling.kernels import RowIndex
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel, MethodEntry
-from modeling.serve_forms import PrefixKV, ServeWeights
+from modeling.serve_forms import AdapterSet, PrefixKV
 
 # Derandomized so CI runs the same examples every time; the fixture is read-only.
 ORACLE_SETTINGS = dict(deadline=None, derandomize=True,
@@ -72,7 +72,7 @@ def _materialize(backbone, sets, seed):
 
 
 def _stack(backbone, serve):
-    return stack_weights(serve, backbone.frozen_tensors(), backbone.config.d_model,
+    return build_bank(serve, backbone.frozen_tensors(), backbone.config.d_model,
                          torch.zeros(()))
 
 
@@ -127,7 +127,7 @@ def test_adapters_change_the_output_so_the_oracle_can_fail(backbone):
     assert (bare - adapted).abs().amax(dim=(1, 2)).min() > 1e-3
 
 
-def _chatty_sets(backbone) -> list[ServeWeights]:
+def _chatty_sets(backbone) -> list[AdapterSet]:
     """Two sets whose LM-head copies make a random tiny model say varied tokens and stop at
     different steps (the bare one repeats a token or stops at once), one with prefixes."""
     facts, gen = BackboneFacts.of(backbone), torch.Generator().manual_seed(0)
@@ -136,7 +136,7 @@ def _chatty_sets(backbone) -> list[ServeWeights]:
     for _ in range(2):
         noise = torch.randn(head.shape, generator=gen)
         noise[backbone.eos_token_id] *= 3  # eos wins at some steps, for some rows
-        sets.append(ServeWeights(overrides={"lm.lm_head.weight": head + noise}))
+        sets.append(AdapterSet(overrides={"lm.lm_head.weight": head + noise}))
     shape = (facts.n_heads, 2, facts.head_dim)
     sets[0].prefix = {site: PrefixKV(torch.randn(shape, generator=gen),
                                      torch.randn(shape, generator=gen))

@@ -13,11 +13,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from modeling.backbone import VLBackbone, VLBatch
-from modeling.bank import stack_weights
+from modeling.bank import build_bank
 from modeling.config import preset
 from modeling.kernels import RowIndex
 from modeling.peft_format import export_peft, import_peft, plain_lm
-from modeling.serve_forms import Bottleneck, LowRankDelta, ServeWeights
+from modeling.serve_forms import AdapterSet, Bottleneck, LowRankDelta
 
 TOL = 1e-5
 TARGETS = {"tiny": ["q", "v"], "tiny-bart": ["q_proj", "v_proj"]}
@@ -50,7 +50,7 @@ def lm_inputs(backbone: VLBackbone, seed: int = 1) -> dict[str, torch.Tensor]:
 
 
 def random_lora(backbone: VLBackbone, leaves: list[str], rank: int = 4,
-                scale: float = 2.0) -> ServeWeights:
+                scale: float = 2.0) -> AdapterSet:
     g = torch.Generator().manual_seed(2)
     lora = {}
     for path, module in backbone.lm.named_modules():
@@ -58,15 +58,15 @@ def random_lora(backbone: VLBackbone, leaves: list[str], rank: int = 4,
             a = torch.randn(rank, module.in_features, generator=g) * 0.3
             b = torch.randn(module.out_features, rank, generator=g) * 0.3
             lora[f"lm.{path}"] = LowRankDelta(a, b, scale)
-    return ServeWeights(lora=lora)
+    return AdapterSet(lora=lora)
 
 
 @torch.no_grad()
-def our_logits(backbone: VLBackbone, serve: ServeWeights, inputs: dict) -> torch.Tensor:
+def our_logits(backbone: VLBackbone, adapter_set: AdapterSet, inputs: dict) -> torch.Tensor:
     like = next(backbone.parameters())
-    stacked = stack_weights([serve], backbone.frozen_tensors(), backbone.config.d_model, like)
+    bank = build_bank([adapter_set], backbone.frozen_tensors(), backbone.config.d_model, like)
     index = RowIndex.of(torch.zeros(inputs["input_ids"].shape[0], dtype=torch.long))
-    with backbone.adapter_context.use(stacked, index, rows=inputs["input_ids"].shape[0]):
+    with backbone.adapter_context.use(bank, index, rows=inputs["input_ids"].shape[0]):
         return backbone.lm(**inputs).logits
 
 
@@ -114,7 +114,7 @@ def test_peft_saved_lora_imports_into_bank_with_identical_logits(name: str,
 def test_partial_sites_export_exact_module_paths(tmp_path: Path) -> None:
     backbone = backbone_of("tiny")
     full = random_lora(backbone, ["q"])
-    serve = ServeWeights(lora={k: v for k, v in full.lora.items() if ".encoder." in k})
+    serve = AdapterSet(lora={k: v for k, v in full.lora.items() if ".encoder." in k})
     out = export_peft(serve, backbone, tmp_path)
     targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
     assert targets == sorted(k.removeprefix("lm.") for k in serve.lora)
@@ -129,7 +129,7 @@ def test_prompt_round_trip_and_peft_saved_prompt(name: str, tmp_path: Path) -> N
     backbone = backbone_of(name)
     d = backbone.config.d_model
     prompt = torch.randn(5, d, generator=torch.Generator().manual_seed(4))
-    out = export_peft(ServeWeights(prompt=prompt), backbone, tmp_path / "ours")
+    out = export_peft(AdapterSet(prompt=prompt), backbone, tmp_path / "ours")
     assert torch.equal(import_peft(out, backbone).prompt, prompt)
     for submodules in (1, 2):
         peft_model = get_peft_model(plain_lm(backbone), PromptTuningConfig(
@@ -148,10 +148,10 @@ def test_prompt_round_trip_and_peft_saved_prompt(name: str, tmp_path: Path) -> N
                         visual=torch.zeros(3, 1, backbone.config.feat_dim),
                         visual_mask=torch.zeros(3, 1, dtype=torch.bool),
                         image_order=torch.zeros(3, 1, dtype=torch.long))
-        stacked = stack_weights([serve], backbone.frozen_tensors(), d, prompt)
+        stacked = build_bank([serve], backbone.frozen_tensors(), d, prompt)
         index = RowIndex.of(torch.zeros(3, dtype=torch.long))
         hidden, mask = backbone.encode(batch, stacked, index)
-        ours = backbone.decode(hidden, mask, inputs["decoder_input_ids"], weights=stacked,
+        ours = backbone.decode(hidden, mask, inputs["decoder_input_ids"], bank=stacked,
                                index=index).logits
     assert (ours - theirs).abs().max() <= TOL
 
@@ -195,8 +195,8 @@ def test_export_refuses_what_peft_cannot_express(tmp_path: Path) -> None:
         export_peft(serve, backbone, tmp_path)
     adapter = Bottleneck(torch.zeros(8, 64), torch.zeros(8), torch.zeros(64, 8), torch.zeros(64))
     with pytest.raises(ValueError, match="bottleneck"):
-        export_peft(ServeWeights(bottleneck={"encoder.0.ffn": adapter}), backbone, tmp_path)
-    visual = ServeWeights(lora={"visual.feat_linear": LowRankDelta(
+        export_peft(AdapterSet(bottleneck={"encoder.0.ffn": adapter}), backbone, tmp_path)
+    visual = AdapterSet(lora={"visual.feat_linear": LowRankDelta(
         torch.zeros(4, 64), torch.zeros(64, 4), 1.0)})
     with pytest.raises(ValueError, match=r"'visual\.feat_linear' is not a Linear layer of the LM"):
         export_peft(visual, backbone, tmp_path)

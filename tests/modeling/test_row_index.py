@@ -8,17 +8,17 @@ import pytest
 import torch
 from modeling_helpers import random_batch
 
-from modeling.bank import stack_weights
+from modeling.bank import build_bank
 from modeling.kernels import RowIndex
-from modeling.serve_forms import LowRankDelta, ServeWeights
+from modeling.serve_forms import AdapterSet, LowRankDelta
 
 
 def _bank(backbone, slots: int):
     site = "lm.lm_head"
     out_f, in_f = backbone.frozen_tensors()[f"{site}.weight"].shape
-    sets = [ServeWeights(lora={site: LowRankDelta(torch.ones(2, in_f), torch.ones(out_f, 2),
+    sets = [AdapterSet(lora={site: LowRankDelta(torch.ones(2, in_f), torch.ones(out_f, 2),
                                                   1.0)}) for _ in range(slots)]
-    return stack_weights(sets, backbone.frozen_tensors(), backbone.config.d_model,
+    return build_bank(sets, backbone.frozen_tensors(), backbone.config.d_model,
                          torch.zeros(()))
 
 
@@ -66,10 +66,10 @@ def test_the_decoder_checks_its_index_against_its_own_rows(backbone):
         ids = torch.full((3, 1), backbone.decoder_start_token_id)
         short = RowIndex.of(torch.tensor([0, 1]))
         with pytest.raises(ValueError, match=r"index has 2 row\(s\) but the batch has 3"):
-            backbone.decode(hidden, mask, ids, weights=bank, index=short)
+            backbone.decode(hidden, mask, ids, bank=bank, index=short)
         per_beam = RowIndex.of(torch.tensor([0, 1, 0])).repeat_interleave(2)
         logits = backbone.decode(hidden.repeat_interleave(2, 0), mask.repeat_interleave(2, 0),
-                                 ids.repeat_interleave(2, 0), weights=bank, index=per_beam).logits
+                                 ids.repeat_interleave(2, 0), bank=bank, index=per_beam).logits
     assert logits.shape[0] == 6
 
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from modeling.backbone import VLBackbone
-from modeling.bank import stack_weights
+from modeling.bank import build_bank
 from modeling.config import preset
 from modeling.generation import beam_search, greedy, score_candidates
 from modeling.inputs import VisualTokens, image_processor, images_to_pixels, make_batch
@@ -133,7 +133,7 @@ def direct(backbone: VLBackbone, model: AdapterModel, message) -> tuple[str, lis
     source = spec.source_text(message.text, tuple(message.choices), message.video.subtitles)
     tokenizer = backbone.tokenizer
     batch = make_batch(tokenizer, [source], [visual])
-    weights = stack_weights([model.materialize(message.task)], backbone.frozen_tensors(),
+    bank = build_bank([model.materialize(message.task)], backbone.frozen_tensors(),
                             backbone.config.d_model, torch.zeros(()))
     index = RowIndex.of(torch.zeros(1, dtype=torch.long))
     if spec.is_scored:
@@ -142,14 +142,14 @@ def direct(backbone: VLBackbone, model: AdapterModel, message) -> tuple[str, lis
         candidates = torch.full((1, len(ids), max(map(len, ids))), -100, dtype=torch.long)
         for c, row in enumerate(ids):
             candidates[0, c, :len(row)] = torch.tensor(row)
-        scores = score_candidates(backbone, batch, candidates, weights, index)[0].tolist()
+        scores = score_candidates(backbone, batch, candidates, bank, index)[0].tolist()
         best = max(range(len(scores)), key=scores.__getitem__)
         text = spec.answer_text(best, message.choices)
         return text, scores
     beams = max(message.generation.num_beams, 1)
     if beams > 1:
-        out = beam_search(backbone, batch, weights, index, message.generation.max_new_tokens,
+        out = beam_search(backbone, batch, bank, index, message.generation.max_new_tokens,
                           beams)
     else:
-        out = greedy(backbone, batch, weights, index, message.generation.max_new_tokens)
+        out = greedy(backbone, batch, bank, index, message.generation.max_new_tokens)
     return tokenizer.decode(out[0], skip_special_tokens=True).strip(), []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling.serve_forms import ServeWeights
+from modeling.serve_forms import AdapterSet
 from serving.slot_table import NoFreeSlot, SlotTable
 
 D = 4
@@ -18,9 +18,9 @@ def frozen():
     return {"lm.shared.weight": torch.zeros(8, D)}
 
 
-def prompt_set(value: float, length: int = 2) -> ServeWeights:
+def prompt_set(value: float, length: int = 2) -> AdapterSet:
     """A set whose prompt rows are all `value` (so each slot's content is recognisable)."""
-    return ServeWeights(prompt=torch.full((length, D), value))
+    return AdapterSet(prompt=torch.full((length, D), value))
 
 
 def make_table(capacity: int = 3, budget: int = 10_000, on_event=None) -> SlotTable:
@@ -36,9 +36,9 @@ def keys(table: SlotTable) -> list[tuple[str, int, str] | None]:
     return [None if info is None else info.key for info in table.snapshot()]
 
 
-def idle(table: SlotTable, name: str, weights: ServeWeights) -> int:
+def idle(table: SlotTable, name: str, adapter_set: AdapterSet) -> int:
     """Place `name` for one row that ends at once: the slot stays filled but unheld."""
-    slot = table.place(key(name), weights)
+    slot = table.place(key(name), adapter_set)
     table.leave(slot)
     return slot
 
