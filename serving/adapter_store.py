@@ -137,15 +137,15 @@ class AdapterStore:
                                                per_task)
             if not model.serveable:
                 raise ValueError("its recipe has a method that cannot be served as an adapter")
-            adapter_set = {task: model.materialize(task) for task in tasks}
-            for weights in adapter_set.values():
-                check_fits(weights, self.facts)
+            sets = {task: model.materialize(task) for task in tasks}
+            for adapter_set in sets.values():
+                check_fits(adapter_set, self.facts)
         except (ValueError, KeyError, TypeError) as exc:
             raise AdapterRejected(f"adapter {name}:{version} does not fit this backbone: "
                                   f"{exc}") from None
         # A tensor shared by every task (single / half-shared sharing) is held once.
-        nbytes = unique_nbytes(list(adapter_set.values()))
-        return HostAdapter(name, version, adapter_set, nbytes, verified.info.aliases)
+        nbytes = unique_nbytes(list(sets.values()))
+        return HostAdapter(name, version, sets, nbytes, verified.info.aliases)
 
     # --- residency ---------------------------------------------------------------------
     def evict_over_budget(self, keep: Collection[AdapterKey]) -> list[AdapterKey]:

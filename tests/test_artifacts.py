@@ -13,6 +13,7 @@ import torch
 from transformers import T5ForConditionalGeneration
 
 from adapters_registry import Registry, import_peft
+from adapters_registry.errors import InvalidArtifact
 from modeling.backbone import VLBackbone
 from modeling.bank import build_bank
 from modeling.config import preset
@@ -64,6 +65,23 @@ def test_artifact_from_another_backbone_is_refused_naming_both(tmp_path, backbon
     other = VLBackbone.from_config(preset("tiny"), seed=1)
     with pytest.raises(FingerprintMismatch, match=f"trained on backbone {backbone.fingerprint()}"):
         load_adapter_model(tmp_path / "run", other)
+
+
+@pytest.mark.parametrize("damage", ["tensor_bytes", "duplicate_manifest_key"])
+def test_an_altered_artifact_is_refused_before_any_tensor_is_built(tmp_path, backbone, damage):
+    write_artifact(tmp_path / "run", _trained(backbone), backbone, {})
+    if damage == "tensor_bytes":
+        path = tmp_path / "run" / "shared.safetensors"
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0xFF  # same size, other content: only the sha256 can tell
+        path.write_bytes(bytes(data))
+        expected = "sha256"
+    else:
+        path = tmp_path / "run" / "manifest.json"
+        path.write_text(path.read_text().replace("{", '{"tasks": {}, ', 1))
+        expected = "duplicate"
+    with pytest.raises(InvalidArtifact, match=expected):
+        load_adapter_model(tmp_path / "run", backbone, fingerprint=backbone.fingerprint())
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")

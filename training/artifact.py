@@ -6,13 +6,12 @@ configs over a backbone whose fingerprint must match the one the artifact was tr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from adapters_registry.artifact import write_manifest
+from adapters_registry.artifact import load_artifact, write_manifest
 from modeling.backbone import VLBackbone
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel
@@ -52,10 +51,11 @@ def load_adapter_model(artifact_dir: str | Path, backbone: VLBackbone,
     """Rebuild the train forms of an artifact over `backbone` and load its tensors.
 
     fingerprint: the backbone's fingerprint if already known (computing it reads every
-    weight); an artifact trained on another backbone raises FingerprintMismatch.
+    weight); an artifact trained on another backbone raises FingerprintMismatch, and a
+    malformed or altered one `adapters_registry.errors.InvalidArtifact`.
     """
     root = Path(artifact_dir)
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = load_artifact(root).manifest  # strict JSON, every file's size and sha256
     ours = fingerprint or backbone.fingerprint()
     theirs = manifest["base_model"]["fingerprint"]
     if theirs != ours:
