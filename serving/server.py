@@ -16,7 +16,6 @@ not parse answer INVALID_ARGUMENT on every method (`serving.decoding`). The CLIP
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from concurrent import futures
 
@@ -31,6 +30,7 @@ from serving.config import ServeConfig
 from serving.decoding import DecodeErrorInterceptor
 from serving.kserve import SERVICE as KSERVE
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
+from serving.signals import stop_requested
 from serving.stack import build_stack
 
 log = logging.getLogger("vladapter.serving")
@@ -138,14 +138,7 @@ class Server:
 def serve(config: ServeConfig) -> int:
     """Run until SIGTERM or SIGINT, then drain in-flight calls and return 0."""
     server = Server(config).start()
-    done = threading.Event()
-
-    def on_signal(signum, frame) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    done = stop_requested()
     print(f"adapter-serve: listening on port {server.port}", flush=True)
     done.wait()
     server.stop()

@@ -20,8 +20,6 @@ adapters, and `replica_cpus` / `replica_gpus` are what each replica reserves.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +30,7 @@ from serving.fleet.controller import FleetController
 from serving.fleet.proxy import SERVICER_FUNCTIONS
 from serving.fleet.replica import AdapterReplica
 from serving.fleet.state import FleetState, Served
+from serving.signals import stop_requested
 
 log = logging.getLogger("vladapter.fleet")
 
@@ -118,14 +117,7 @@ def serve_fleet(config: ServeConfig) -> int:
 
     app = application(config)  # a bad setting or --load reference fails before Ray starts
     start_ray(config)
-    done = threading.Event()
-
-    def on_signal(signum, frame) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    done = stop_requested()
     try:
         serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX)
         print(f"adapter-serve: {APP_NAME} on Ray Serve, gRPC proxy on port {config.port}",
