@@ -124,6 +124,17 @@ PRESETS: dict[str, BackboneConfig] = {
         lm_type="bart", lm=_bart(64, 2, 4, 128, _SMALL_VOCAB), feat_dim=64,
         vision=VisionConfig(), image_grid=2, max_frames=8, preset="tiny-bart",
     ),
+    # The papers' encoder semantics (visual_semantics "vlt5") at the tiny sizes: tests, demo.
+    "tiny-vl-t5": BackboneConfig(
+        lm_type="t5", lm=_t5(64, 2, 4, 128, _SMALL_VOCAB), feat_dim=64,
+        vision=VisionConfig(), image_grid=2, max_frames=8, preset="tiny-vl-t5",
+        visual_semantics="vlt5",
+    ),
+    "tiny-vl-bart": BackboneConfig(
+        lm_type="bart", lm=_bart(64, 2, 4, 128, _SMALL_VOCAB), feat_dim=64,
+        vision=VisionConfig(), image_grid=2, max_frames=8, preset="tiny-vl-bart",
+        visual_semantics="vlt5",
+    ),
     "small": BackboneConfig(
         lm_type="t5", lm=_t5(128, 3, 4, 512, _SMALL_VOCAB), feat_dim=128,
         vision=VisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=3,
