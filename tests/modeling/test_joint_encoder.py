@@ -5,6 +5,8 @@ of the shared embedding; and "plain" (saved backbones) unchanged."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from modeling_helpers import random_batch
@@ -141,3 +143,14 @@ def test_a_config_saved_before_the_switch_loads_plain_and_keeps_its_fingerprint(
 def test_an_unknown_semantics_is_refused():
     with pytest.raises(ValueError, match="visual_semantics"):
         BackboneConfig.from_dict({**preset("tiny").to_dict(), "visual_semantics": "vl-t5"})
+
+
+@pytest.mark.parametrize("name", ["tiny-vl-t5", "tiny-vl-bart"])
+def test_a_deep_copy_keeps_the_papers_semantics(name):
+    """Full fine-tuning trains a deep copy of the backbone: the copy's hooks read the copy's
+    token kinds, so it encodes as the original does (not as "plain")."""
+    backbone = VLBackbone.from_config(preset(name), seed=2)
+    twin = copy.deepcopy(backbone)
+    batch = random_batch(backbone, [3, 5], visual_tokens=4, seed=8)
+    with torch.no_grad():
+        assert torch.equal(twin.encode(batch)[0], backbone.encode(batch)[0])
