@@ -16,7 +16,7 @@ from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from modeling.backbone import VLBackbone
 from modeling.bank import build_bank
-from modeling.config import BackboneConfig, preset
+from modeling.config import PRESETS, BackboneConfig, preset
 from modeling.kernels import RowIndex
 from modeling.visual import object_order_ids
 
@@ -154,3 +154,16 @@ def test_a_deep_copy_keeps_the_papers_semantics(name):
     batch = random_batch(backbone, [3, 5], visual_tokens=4, seed=8)
     with torch.no_grad():
         assert torch.equal(twin.encode(batch)[0], backbone.encode(batch)[0])
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_the_papers_presets_have_the_papers_semantics_and_ours_stay_plain(name):
+    """vl-t5-* / vl-bart-* (and their tiny sizes) encode as the papers; built on meta."""
+    with torch.device("meta"):
+        backbone = VLBackbone(preset(name))
+    papers = name.startswith(("vl-", "tiny-vl-"))
+    assert backbone.config.visual_semantics == ("vlt5" if papers else "plain")
+    assert (backbone.joint_encoder is not None) == papers
+    assert backbone.visual.object_order == papers
+    rms = papers and backbone.config.lm_type == "t5"
+    assert isinstance(backbone.visual.feat_norm, T5LayerNorm) == rms
