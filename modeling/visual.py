@@ -69,11 +69,11 @@ class VisualProjection(nn.Module):
         if self.object_order:
             if token_embedding is None:
                 raise ValueError("object-order embedding needs the LM's token embedding")
-            objects = object_order_ids(image_order, self.image_order.num_embeddings)
             vocab = token_embedding.shape[0]
-            if objects.numel() and int(objects.max()) >= vocab:
-                raise ValueError(f"{int(objects.max()) + 1} visual tokens in one image; the "
+            if features.shape[1] > vocab:  # object ids < tokens per row (no device sync)
+                raise ValueError(f"{features.shape[1]} visual tokens in a row; the "
                                  f"object-order embedding has {vocab} rows")
+            objects = object_order_ids(image_order, self.image_order.num_embeddings)
             out = out + F.embedding(vocab - 1 - objects, token_embedding)
         return out
 
