@@ -18,7 +18,7 @@ from modeling.backbone import VLBackbone
 from modeling.bank import build_bank
 from modeling.config import PRESETS, BackboneConfig, preset
 from modeling.kernels import RowIndex
-from modeling.visual import object_order_ids
+from modeling.visual import VisualProjection, object_order_ids
 
 TOLERANCE = 1e-5
 LENGTHS = [5, 2, 7, 4, 3, 6, 1]
@@ -167,3 +167,10 @@ def test_the_papers_presets_have_the_papers_semantics_and_ours_stay_plain(name):
     assert backbone.visual.object_order == papers
     rms = papers and backbone.config.lm_type == "t5"
     assert isinstance(backbone.visual.feat_norm, T5LayerNorm) == rms
+
+
+def test_more_visual_tokens_than_object_order_rows_are_refused():
+    projection = VisualProjection(4, 8, object_order=True)
+    with pytest.raises(ValueError, match="4 visual tokens in a row"):
+        projection(torch.randn(1, 4, 4), torch.zeros(1, 4, dtype=torch.long),
+                   token_embedding=torch.randn(3, 8))
