@@ -54,7 +54,7 @@ from benchmarks.common import (
 )
 from modeling.backbone import VLBackbone, VLBatch
 from modeling.bank import AdapterBank, build_bank
-from modeling.config import preset
+from modeling.families import load_backbone
 from modeling.kernels import RowIndex
 from modeling.recipe import MethodEntry
 
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     check_clock(parser, args)
     pin_threads(args.threads)
     print(machine_line())
-    backbone = VLBackbone.from_config(preset(args.preset), seed=0).to(args.device)
+    backbone = load_backbone(args.preset).to(args.device)
     batch = random_batch(backbone, args.rows).to(args.device)
     counts = [int(n) for n in args.adapters.split(",")]
     print(f"preset {args.preset}, batch {args.rows} rows, device {args.device}; rows/s = "

@@ -49,7 +49,7 @@ from benchmarks.common import (
 )
 from modeling.backbone import VLBackbone
 from modeling.bank import build_bank
-from modeling.config import preset
+from modeling.families import load_backbone
 from modeling.kernels import RowIndex
 from modeling.peft_format import plain_lm
 from modeling.serve_forms import AdapterSet, LowRankDelta
@@ -99,7 +99,7 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int,
             clock: str = "wall") -> float:
     """Check equal logits, then time the four paths for one preset and adapter count;
     prints the result line and returns ours / backbone."""
-    backbone = VLBackbone.from_config(preset(name), seed=0)
+    backbone = load_backbone(name)
     model, serve = peft_with_adapters(backbone, count, rank, alpha=2.0 * rank)
     bare = plain_lm(backbone)
     rng, g = random.Random(1), torch.Generator().manual_seed(1)

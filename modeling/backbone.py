@@ -6,12 +6,17 @@ Encoder input per row (VL-T5 / VL-Adapter layout, visual tokens after the text):
 
 Rows are packed to the left and right-padded, so a row in a mixed batch sees exactly the
 positions it would see alone (T5's relative and BART's learned positions agree).
+
+`visual_semantics` "vlt5" (the `vl-t5-*` / `vl-bart-*` presets) is the papers' encoder:
+visual tokens carry no text positions, and get an object-order embedding
+(`modeling.joint_encoder`, `modeling.visual`); "plain" gives every token a position.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +38,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from modeling import hooks
 from modeling.bank import AdapterBank
 from modeling.config import BackboneConfig
+from modeling.joint_encoder import PROMPT, TEXT, VISUAL, JointEncoder
 from modeling.kernels import RowIndex, gathered_rows
 from modeling.tokenizer import tokenizer_digest
 from modeling.visual import VisualProjection, pool_grid, video_tokens
@@ -73,16 +79,18 @@ class VLBatch:
         return self.input_ids.shape[0]
 
 
-def pack_left(embeds: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pack_left(embeds: torch.Tensor, valid: torch.Tensor, kinds: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Move each row's valid tokens to the front, keeping their order.
 
-    embeds [b, n, d], valid [b, n] bool -> (packed [b, L, d], mask [b, L]), L = max valid.
+    embeds [b, n, d], valid [b, n] bool, kinds [b, n] long (`modeling.joint_encoder`) ->
+    (packed [b, L, d], mask [b, L], kinds [b, L]), L = max valid.
     """
     order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices
     longest = int(valid.sum(1).max())
     order = order[:, :longest]
     packed = torch.gather(embeds, 1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
-    return packed, torch.gather(valid, 1, order)
+    return packed, torch.gather(valid, 1, order), torch.gather(kinds, 1, order)
 
 
 class VLBackbone(nn.Module):
@@ -102,12 +110,17 @@ class VLBackbone(nn.Module):
         self.vision = vision
         if vision is None and config.vision is not None:
             self.vision = CLIPVisionModel(CLIPVisionConfig(**config.vision.to_hf_kwargs()))
+        papers = config.visual_semantics == "vlt5"
+        # VL-T5 normalises its visual projection with T5's RMS norm, VL-BART with LayerNorm.
+        rms_eps = float(config.lm.get("layer_norm_epsilon", 1e-6)) \
+            if papers and config.lm_type == "t5" else None
         self.visual = VisualProjection(config.feat_dim, config.d_model, config.box_dim,
-                                       config.n_images)
+                                       config.n_images, rms_eps=rms_eps, object_order=papers)
         self.lm = lm
         if lm is None:
             self.lm = T5ForConditionalGeneration(T5Config(**config.lm)) \
                 if config.lm_type == "t5" else BartForConditionalGeneration(BartConfig(**config.lm))
+        self.joint_encoder = JointEncoder(config.lm_type, self.lm) if papers else None
         self.adapter_context = hooks.install(self, config.lm_type, self.lm)
         self.requires_grad_(False)
         self.eval()
@@ -201,26 +214,35 @@ class VLBackbone(nn.Module):
         return self.frame_tokens(frames)
 
     # --- forward -----------------------------------------------------------------------
-    def encoder_inputs(self, batch: VLBatch, bank: AdapterBank | None,
-                       index: RowIndex | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (inputs_embeds [b, L, d], attention mask [b, L] bool), rows packed left."""
-        text = self.lm.get_input_embeddings()(batch.input_ids)
-        visual = self.visual(batch.visual, batch.image_order, batch.boxes).to(text.dtype)
+    def encoder_inputs(self, batch: VLBatch, bank: AdapterBank | None, index: RowIndex | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (inputs_embeds [b, L, d], attention mask [b, L] bool, token kinds [b, L]
+        long: PROMPT / TEXT / VISUAL), rows packed left."""
+        embedding = self.lm.get_input_embeddings()
+        text = embedding(batch.input_ids)
+        visual = self.visual(batch.visual, batch.image_order, batch.boxes,
+                             token_embedding=embedding.weight).to(text.dtype)
         pieces, valid = [text, visual], [batch.text_mask.bool(), batch.visual_mask.bool()]
+        kinds = [torch.full_like(batch.input_ids, TEXT),
+                 torch.full_like(batch.image_order, VISUAL)]
         if bank is not None and bank.prompt is not None:
             prompt = gathered_rows(bank.prompt, index).to(text.dtype)
             length = gathered_rows(bank.prompt_length, index)
             prompt_valid = torch.arange(prompt.shape[1], device=text.device) < length[:, None]
             pieces.insert(0, prompt)
             valid.insert(0, prompt_valid)
-        return pack_left(torch.cat(pieces, 1), torch.cat(valid, 1))
+            kinds.insert(0, torch.full(prompt_valid.shape, PROMPT, device=text.device))
+        return pack_left(torch.cat(pieces, 1), torch.cat(valid, 1), torch.cat(kinds, 1))
 
     def encode(self, batch: VLBatch, bank: AdapterBank | None = None,
                index: RowIndex | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (encoder hidden states [b, L, d], mask [b, L] bool)."""
         with self.adapter_context.use(bank, index, rows=batch.size):
-            embeds, mask = self.encoder_inputs(batch, bank, index)
-            hidden = self.lm.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
+            embeds, mask, kinds = self.encoder_inputs(batch, bank, index)
+            papers = nullcontext() if self.joint_encoder is None else \
+                self.joint_encoder.use(kinds)
+            with papers:
+                hidden = self.lm.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
         return hidden.last_hidden_state, mask
 
     def decode(self, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor,

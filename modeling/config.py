@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 LMType = Literal["t5", "bart"]
+# "vlt5": VL-T5 / VL-BART's joint encoder (`modeling.joint_encoder`): visual tokens carry no
+# text positions and get an object-order embedding; "plain": one sequence, positions on
+# every token (what backbones saved before the switch compute).
+VisualSemantics = Literal["vlt5", "plain"]
 
 # VL-T5 / VL-BART add `<extra_id_0..99>` and `<vis_extra_id_0..99>` to the vocabulary.
 VL_EXTRA_TOKENS = 200
@@ -48,6 +52,9 @@ class BackboneConfig:
         image_grid: side of the pooled grid per image (6 -> 36 tokens per image).
         max_frames: video frames are pooled or padded to this many tokens (VL-Adapter: 64).
         n_images: image-order embedding size (2: NLVR2 pairs).
+        visual_semantics: "vlt5" (the papers' encoder, `modeling.joint_encoder`) or
+            "plain". A config saved without the field is "plain", and "plain" is not
+            written, so saved backbones load, answer and fingerprint as before.
     """
 
     lm_type: LMType
@@ -59,6 +66,12 @@ class BackboneConfig:
     n_images: int = 2
     box_dim: int = 5
     preset: str | None = None
+    visual_semantics: VisualSemantics = "plain"
+
+    def __post_init__(self) -> None:
+        if self.visual_semantics not in ("vlt5", "plain"):
+            raise ValueError(f"visual_semantics must be 'vlt5' or 'plain', got "
+                             f"{self.visual_semantics!r}")
 
     @property
     def d_model(self) -> int:
@@ -67,6 +80,8 @@ class BackboneConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["vision"] = None if self.vision is None else asdict(self.vision)
+        if self.visual_semantics == "plain":
+            del out["visual_semantics"]  # configs and fingerprints from before the switch
         return out
 
     @classmethod
@@ -109,6 +124,17 @@ PRESETS: dict[str, BackboneConfig] = {
         lm_type="bart", lm=_bart(64, 2, 4, 128, _SMALL_VOCAB), feat_dim=64,
         vision=VisionConfig(), image_grid=2, max_frames=8, preset="tiny-bart",
     ),
+    # The papers' encoder semantics (visual_semantics "vlt5") at the tiny sizes: tests, demo.
+    "tiny-vl-t5": BackboneConfig(
+        lm_type="t5", lm=_t5(64, 2, 4, 128, _SMALL_VOCAB), feat_dim=64,
+        vision=VisionConfig(), image_grid=2, max_frames=8, preset="tiny-vl-t5",
+        visual_semantics="vlt5",
+    ),
+    "tiny-vl-bart": BackboneConfig(
+        lm_type="bart", lm=_bart(64, 2, 4, 128, _SMALL_VOCAB), feat_dim=64,
+        vision=VisionConfig(), image_grid=2, max_frames=8, preset="tiny-vl-bart",
+        visual_semantics="vlt5",
+    ),
     "small": BackboneConfig(
         lm_type="t5", lm=_t5(128, 3, 4, 512, _SMALL_VOCAB), feat_dim=128,
         vision=VisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=3,
@@ -118,11 +144,11 @@ PRESETS: dict[str, BackboneConfig] = {
     # The papers' sizes, with precomputed CLIP RN101 grid features (2048-d, 6x6 per image).
     "vl-t5-base": BackboneConfig(
         lm_type="t5", lm=_t5(768, 12, 12, 3072, 32100 + VL_EXTRA_TOKENS - 100),
-        feat_dim=2048, image_grid=6, preset="vl-t5-base",
+        feat_dim=2048, image_grid=6, preset="vl-t5-base", visual_semantics="vlt5",
     ),
     "vl-bart-base": BackboneConfig(
         lm_type="bart", lm=_bart(768, 6, 12, 3072, BART_BASE_VOCAB + VL_EXTRA_TOKENS),
-        feat_dim=2048, image_grid=6, preset="vl-bart-base",
+        feat_dim=2048, image_grid=6, preset="vl-bart-base", visual_semantics="vlt5",
     ),
 }
 

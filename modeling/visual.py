@@ -4,7 +4,14 @@ VL-Adapter (Sung et al., CVPR 2022, Sec. 3) feeds CLIP RN101 grid features (7x7x
 max-pooled to 6x6 = 36 tokens per image; video tasks feed one 512-d feature per frame,
 pooled or padded to 64 tokens. The projection follows VL-T5's `VisualEmbedding`:
 
-    token = LayerNorm(Linear(feat -> d)) + LayerNorm(Linear(box(5) -> d)) + order_emb[image]
+    token = Norm(Linear(feat -> d)) + Norm(Linear(box(5) -> d)) + image_emb[image]
+            (+ E[vocab - 1 - object])                           (object_order only)
+
+Norm is LayerNorm, or T5's RMS norm (no mean, no bias) for VL-T5. With `object_order`
+(VL-T5 / VL-BART), token j of image i also adds a row of the LM's shared token embedding
+E [vocab, d] counted from the end of the vocabulary: object j of every image reads row
+vocab - 1 - j, i.e. `<vis_extra_id_j>` of the VL-T5 tokenizer (VL-T5's
+`obj_order_embedding`, the same module as the LM's; NLVR2 restarts j at each image).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 
 class VisualProjection(nn.Module):
@@ -24,29 +32,65 @@ class VisualProjection(nn.Module):
         d_model: LM width.
         box_dim: box encoding width (x1, y1, x2, y2, area); zeros when there are no boxes.
         n_images: number of image-order embeddings (2 for NLVR2 pairs).
+        rms_eps: None: LayerNorms (VL-BART, ours); a float: T5's RMS norms with this
+            epsilon (VL-T5).
+        object_order: add the object-order rows of the shared token embedding (VL-T5 /
+            VL-BART); `forward` then needs `token_embedding`.
     """
 
-    def __init__(self, feat_dim: int, d_model: int, box_dim: int = 5, n_images: int = 2):
+    def __init__(self, feat_dim: int, d_model: int, box_dim: int = 5, n_images: int = 2,
+                 rms_eps: float | None = None, object_order: bool = False):
         super().__init__()
         self.feat_linear = nn.Linear(feat_dim, d_model)
-        self.feat_norm = nn.LayerNorm(d_model)
+        self.feat_norm = _norm(d_model, rms_eps)
         self.box_linear = nn.Linear(box_dim, d_model)
-        self.box_norm = nn.LayerNorm(d_model)
+        self.box_norm = _norm(d_model, rms_eps)
         self.image_order = nn.Embedding(n_images, d_model)
         self.box_dim = box_dim
+        self.object_order = object_order
 
     def forward(
         self,
         features: torch.Tensor,
         image_order: torch.Tensor,
         boxes: torch.Tensor | None = None,
+        token_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """features [b, n, feat_dim], image_order [b, n] int, boxes [b, n, 5] -> [b, n, d]."""
+        """features [b, n, feat_dim], image_order [b, n] int, boxes [b, n, 5] -> [b, n, d].
+
+        token_embedding: the LM's shared embedding weight [vocab, d] (object order only;
+        passed, not held, so it stays the LM's frozen tensor and not a projection one).
+        """
         if boxes is None:
             boxes = features.new_zeros(*features.shape[:2], self.box_dim)
         feat = self.feat_norm(self.feat_linear(features))
         box = self.box_norm(self.box_linear(boxes))
-        return feat + box + self.image_order(image_order)
+        out = feat + box + self.image_order(image_order)
+        if self.object_order:
+            if token_embedding is None:
+                raise ValueError("object-order embedding needs the LM's token embedding")
+            vocab = token_embedding.shape[0]
+            if features.shape[1] > vocab:  # object ids < tokens per row (no device sync)
+                raise ValueError(f"{features.shape[1]} visual tokens in a row; the "
+                                 f"object-order embedding has {vocab} rows")
+            objects = object_order_ids(image_order, self.image_order.num_embeddings)
+            out = out + F.embedding(vocab - 1 - objects, token_embedding)
+        return out
+
+
+def _norm(d_model: int, rms_eps: float | None) -> nn.Module:
+    return nn.LayerNorm(d_model) if rms_eps is None else T5LayerNorm(d_model, eps=rms_eps)
+
+
+def object_order_ids(image_order: torch.Tensor, n_images: int) -> torch.Tensor:
+    """Each visual token's index among the earlier tokens of its own image.
+
+    image_order [b, n] long -> [b, n] long; [0,0,0,1,1] -> [0,1,2,0,1] (VL-T5's NLVR2
+    `obj_order_ids`: arange per image). Padding tokens get ids too; they are masked.
+    """
+    one_hot = F.one_hot(image_order, n_images)  # [b, n, images]
+    before = one_hot.cumsum(1) - one_hot  # tokens of each image before this one
+    return before.gather(2, image_order.unsqueeze(-1)).squeeze(-1)
 
 
 def pool_grid(patch_tokens: torch.Tensor, grid: int) -> torch.Tensor:

@@ -42,3 +42,18 @@ def test_usage_error_is_one_line_naming_the_flag_and_exit_2(command, named):
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert named in result.stderr
     assert f"see {command[0]}" in result.stderr
+
+
+def test_params_takes_a_backbone_folder_as_well_as_a_preset(tmp_path):
+    from modeling.backbone import VLBackbone
+    from modeling.config import preset
+
+    VLBackbone.from_config(preset("tiny-bart")).save_pretrained(tmp_path / "bb")
+    counts = []
+    for backbone in ("tiny-bart", str(tmp_path / "bb")):
+        result = subprocess.run([str(BIN / "train-adapter"), "params", "--backbone", backbone,
+                                 "--tasks", "vqa", "--json"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        counts.append(result.stdout)
+    assert counts[0] == counts[1]

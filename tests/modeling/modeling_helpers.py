@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from modeling.backbone import VLBackbone, VLBatch
+
+FAMILIES = ("tiny", "tiny-bart")
+# The same sizes with the papers' encoder semantics (visual_semantics "vlt5").
+PAPER_FAMILIES = ("tiny-vl-t5", "tiny-vl-bart")
+# Runs a test using the `backbone` fixture on all four (the oracles: cheap enough).
+on_every_family = pytest.mark.parametrize("backbone", FAMILIES + PAPER_FAMILIES,
+                                          indirect=True)
 
 
 def random_batch(backbone: VLBackbone, text_lengths: list[int], visual_tokens: int = 4,

@@ -12,7 +12,12 @@ set (`AdapterSet`) and computes:
 - prefix tuning (study Eq. 3): per attention, keys/values [P_k ; K], [P_v ; V]; the prefix
   is visible to every query and carries no T5 relative-position bias;
 - prompt tuning (study Eq. 2): encoder input [p ; text ; visual];
-- overrides: a set's copies of LayerNorms, biases, the visual projection, the LM head.
+- overrides: a set's copies of LayerNorms, biases, the visual projection, the LM head;
+- the whole encoder of one row (`encoder`), with VL-T5 / VL-BART's semantics when the
+  backbone has them (j-min/VL-T5 `JointEncoder`): T5's relative bias between text (and
+  prompt) tokens only, zero for every pair with a visual token; BART's learned positions
+  on text tokens only (0, 1, ... from the first text token) and its embedding LayerNorm
+  on prompt and text only; each visual token adds E[vocab - 1 - j] (object j of its image).
 
 The frozen sublayers (attention, FFN, LayerNorm, the visual projection of VL-T5) are
 written out from the T5 / BART / VL-T5 definitions; only T5's relative-position buckets
@@ -49,6 +54,7 @@ class RowReference:
         config = backbone.lm.config
         self.heads = config.num_heads if self.lm_type == "t5" else config.encoder_attention_heads
         self.head_dim = config.d_kv if self.lm_type == "t5" else config.d_model // self.heads
+        self.papers = backbone.config.visual_semantics == "vlt5"
 
     # --- single modules ----------------------------------------------------------------
     def tensor(self, name: str) -> torch.Tensor | None:
@@ -122,24 +128,36 @@ class RowReference:
 
     # --- whole layers --------------------------------------------------------------------
     def layer(self, stack: str, i: int, x: torch.Tensor,
-              encoder: torch.Tensor | None = None) -> torch.Tensor:
-        """Layer `i` of `stack` on one row: x [n, d] (encoder [m, d] for the decoder)."""
+              encoder: torch.Tensor | None = None, positional: int | None = None
+              ) -> torch.Tensor:
+        """Layer `i` of `stack` on one row: x [n, d] (encoder [m, d] for the decoder).
+
+        positional: how many leading tokens of an encoder row are prompt or text (VL-T5
+        semantics: only they carry relative positions); None: all of them.
+        """
         if self.lm_type == "t5":
-            return self._t5_block(stack, i, x, encoder)
+            return self._t5_block(stack, i, x, encoder, positional)
         return self._bart_layer(stack, i, x, encoder)
 
-    def _t5_bias(self, stack: str, n: int, m: int) -> torch.Tensor:
+    def _t5_bias(self, stack: str, n: int, m: int, positional: int | None = None
+                 ) -> torch.Tensor:
+        """[heads, n, m]; with `positional` = p and VL-T5 semantics: compute_bias(p, p) in
+        the top-left corner and zeros elsewhere (VL-T5's `text_position_bias`)."""
         first = getattr(self.backbone.lm, stack).block[0].layer[0].SelfAttention
-        return first.compute_bias(n, m)[0]
+        if positional is None or not self.papers or stack != "encoder":
+            return first.compute_bias(n, m)[0]
+        bias = torch.zeros(self.heads, n, m)
+        bias[:, :positional, :positional] = first.compute_bias(positional, positional)[0]
+        return bias
 
-    def _t5_block(self, stack: str, i: int, x: torch.Tensor, encoder: torch.Tensor | None
-                  ) -> torch.Tensor:
+    def _t5_block(self, stack: str, i: int, x: torch.Tensor, encoder: torch.Tensor | None,
+                  positional: int | None = None) -> torch.Tensor:
         """Pre-LN: h = x + A(MHA(LN x)); h = h + A(MHA(LN h, enc)); h + A(FFN(LN h))."""
         pre, pos = f"lm.{stack}.block.{i}.layer", f"{stack}.{i}"
         decoder = stack == "decoder"
         normed = self.layer_norm(f"{pre}.0.layer_norm", x)
         attended = self.attention(f"{pre}.0.SelfAttention", f"{pos}.self_attn", normed, normed,
-                                  decoder, self._t5_bias(stack, len(x), len(x)))
+                                  decoder, self._t5_bias(stack, len(x), len(x), positional))
         h = x + self.adapter(f"{pos}.self_attn", normed, attended)
         if decoder:
             normed = self.layer_norm(f"{pre}.1.layer_norm", h)
@@ -173,14 +191,53 @@ class RowReference:
 
     # --- encoder input -----------------------------------------------------------------
     def visual(self, features: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        """VL-T5's projection, no boxes: LN(feat W^T + b) + LN(0 W^T + b) + order_emb[order]."""
+        """VL-T5's projection, no boxes: LN(feat W^T + b) + LN(0 W^T + b) + order_emb[order]
+        (+ E[vocab - 1 - j] for the j-th token of its image, VL-T5 semantics)."""
         boxes = features.new_zeros(features.shape[0], self.backbone.visual.box_dim)
         feat = self.layer_norm("visual.feat_norm", self.linear("visual.feat_linear", features))
         box = self.layer_norm("visual.box_norm", self.linear("visual.box_linear", boxes))
-        return feat + box + self.embedding("visual.image_order", order)
+        out = feat + box + self.embedding("visual.image_order", order)
+        if self.papers:
+            table = self.backbone.lm.get_input_embeddings().weight
+            seen: dict[int, int] = {}
+            for t, image in enumerate(order.tolist()):
+                j = seen.get(image, 0)
+                seen[image] = j + 1
+                out[t] = out[t] + table[table.shape[0] - 1 - j]
+        return out
 
     def encoder_input(self, text: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         """[prompt ; text ; visual] (study Eq. 2; VL-T5: visual tokens follow the text)."""
         prompt = self.weights.prompt
         pieces = [text, visual] if prompt is None else [prompt, text, visual]
         return torch.cat(pieces)
+
+    def encoder(self, text_ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """The encoder's output [n, d] for one row: text_ids [t] long, visual [v, d] (the
+        projected visual tokens), the set's prompt before the text."""
+        embedding = self.backbone.lm.get_input_embeddings()
+        text = embedding.weight[text_ids] * getattr(embedding, "embed_scale", 1.0)
+        prompt = self.weights.prompt if self.weights.prompt is not None else text[:0]
+        x = torch.cat([prompt, text, visual])
+        positional = len(prompt) + len(text)
+        if self.lm_type == "t5":
+            for i in range(self.backbone.lm.config.num_layers):
+                x = self._t5_block("encoder", i, x, None, positional)
+            return self.layer_norm("lm.encoder.final_layer_norm", x)
+        x = self._bart_embed(prompt, text, visual)
+        for i in range(self.backbone.lm.config.encoder_layers):
+            x = self._bart_layer("encoder", i, x, None)
+        return x
+
+    def _bart_embed(self, prompt: torch.Tensor, text: torch.Tensor, visual: torch.Tensor
+                    ) -> torch.Tensor:
+        """BART's encoder embedding: LN_emb(x + P[position + 2]); VL-BART: text positions
+        0.. from the first text token, prompt and visual tokens without one, visual tokens
+        not normalised."""
+        table = self.tensor("lm.model.encoder.embed_positions.weight")
+        norm = "lm.model.encoder.layernorm_embedding"
+        if not self.papers:
+            x = torch.cat([prompt, text, visual])
+            return self.layer_norm(norm, x + table[torch.arange(len(x)) + 2])
+        text = text + table[torch.arange(len(text)) + 2]
+        return torch.cat([self.layer_norm(norm, torch.cat([prompt, text])), visual])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from modeling_helpers import random_batch
+from modeling_helpers import on_every_family, random_batch
 from test_mixed_batch import ORACLE_SETTINGS, _materialize, _run_alone, _stack, adapter_mix
 
 from modeling import decode_rows
@@ -61,6 +61,7 @@ def _staggered(backbone, batch, stacked, slots, joins):
     return tokens, {row: torch.stack(values) for row, values in logits.items()}
 
 
+@on_every_family
 @settings(max_examples=8, **ORACLE_SETTINGS)
 @given(mix=adapter_mix(), data=st.data())
 def test_rows_joining_and_leaving_a_cached_decode_match_each_row_alone(backbone, mix, data):

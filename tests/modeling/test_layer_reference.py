@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from modeling_helpers import random_batch
+from modeling_helpers import on_every_family, random_batch
 from paper_reference import RowReference
 from torch import nn
 
@@ -164,15 +164,20 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> Non
     assert diff <= bound, f"{what}: max |diff| {diff:.3g} exceeds {bound:.3g}"
 
 
-def check_layers(backbone, trace: Trace, refs: list[RowReference]) -> None:
-    """Every encoder and decoder layer of every row, from its recorded input."""
+def check_layers(backbone, trace: Trace, refs: list[RowReference], lengths: list[int]
+                 ) -> None:
+    """Every encoder and decoder layer of every row, from its recorded input.
+
+    lengths: each row's text length (its prompt and text carry positions)."""
     encoder = trace.outputs[encoder_path(backbone)].last_hidden_state
     valid = trace.kwargs[encoder_path(backbone)]["attention_mask"].sum(1).tolist()
     for (stack, i), path in layer_paths(backbone).items():
         x, out = trace.first_input(path), trace.output(path)
         for row, ref in enumerate(refs):
             n = valid[row] if stack == "encoder" else x.shape[1]
-            expected = ref.layer(stack, i, x[row, :n], encoder[row, :valid[row]])
+            prompt = 0 if ref.weights.prompt is None else len(ref.weights.prompt)
+            expected = ref.layer(stack, i, x[row, :n], encoder[row, :valid[row]],
+                                 positional=prompt + lengths[row])
             assert_close(out[row, :n], expected, f"{path} row {row}")
 
 
@@ -181,7 +186,8 @@ def test_every_layer_of_a_mixed_batch_computes_the_papers_equations_per_row(
         backbone, serial, parallel):
     sets = reference_sets(backbone, serial, parallel)
     _, trace = run_traced(backbone, sets, SLOTS, TEXT_LENGTHS)
-    check_layers(backbone, trace, [RowReference(backbone, sets[slot]) for slot in SLOTS])
+    check_layers(backbone, trace, [RowReference(backbone, sets[slot]) for slot in SLOTS],
+                 TEXT_LENGTHS)
 
 
 @pytest.mark.parametrize("slot", range(6))
@@ -189,7 +195,7 @@ def test_each_set_alone_in_a_uniform_batch_computes_the_papers_equations(backbon
     """A uniform batch takes the kernels' dense path (one matmul, no gather)."""
     sets = reference_sets(backbone, "gelu", "tanh", seed=slot)
     _, trace = run_traced(backbone, [sets[slot]], [0, 0], [4, 6])
-    check_layers(backbone, trace, [RowReference(backbone, sets[slot])] * 2)
+    check_layers(backbone, trace, [RowReference(backbone, sets[slot])] * 2, [4, 6])
 
 
 def _ffn_outputs(backbone) -> dict[str, tuple[str, str]]:
@@ -217,6 +223,7 @@ def test_every_linear_and_layer_norm_computes_lora_biases_and_overrides_per_row(
             assert_close(out[row], expected, f"{path} row {row}")
 
 
+@on_every_family
 def test_encoder_input_is_each_rows_prompt_then_text_then_visual_tokens(backbone):
     sets = reference_sets(backbone, "relu", "silu")
     batch, trace = run_traced(backbone, sets, SLOTS, TEXT_LENGTHS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from modeling_helpers import alone, random_batch, randomize
+from modeling_helpers import alone, on_every_family, random_batch, randomize
 
 from modeling.bank import build_bank
 from modeling.generation import beam_search, greedy, score_candidates
@@ -84,6 +84,7 @@ def _run_alone(backbone, batch, row, serve, slot):
     return one, _stack(backbone, [serve[slot]]), RowIndex.of(torch.zeros(1, dtype=torch.long))
 
 
+@on_every_family
 @settings(max_examples=12, **ORACLE_SETTINGS)
 @given(mix=adapter_mix())
 def test_mixed_batch_logits_equal_each_row_alone(backbone, mix):
@@ -100,6 +101,7 @@ def test_mixed_batch_logits_equal_each_row_alone(backbone, mix):
             assert (mixed[row] - expected).abs().max() <= 1e-5
 
 
+@on_every_family
 @settings(max_examples=6, **ORACLE_SETTINGS)
 @given(mix=adapter_mix(), beams=st.sampled_from([1, 3]))
 def test_mixed_batch_generates_the_tokens_of_each_row_alone(backbone, mix, beams):
@@ -115,6 +117,7 @@ def test_mixed_batch_generates_the_tokens_of_each_row_alone(backbone, mix, beams
                                          num_beams=beams)[0]
 
 
+@on_every_family
 def test_adapters_change_the_output_so_the_oracle_can_fail(backbone):
     """Guard: the oracle above compares outputs that adapters really move."""
     serve = _materialize(backbone, [[MethodEntry("lora", {"rank": 4})],

@@ -10,7 +10,14 @@ from __future__ import annotations
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2_grpc
-from serving_helpers import RECIPES, Published, random_adapter, start_server, tiny_backbone
+from serving_helpers import (
+    RECIPES,
+    Published,
+    publish_recipes,
+    random_adapter,
+    start_server,
+    tiny_backbone,
+)
 from tritonclient.grpc import service_pb2_grpc
 
 from adapters_registry import Registry
@@ -29,19 +36,13 @@ def published(backbone, tmp_path_factory) -> Published:
     """A registry with alpha v1/v2 (adapter + LayerNorms), beta (LoRA + prompts), gamma
     (prefixes), and `alien` trained on another backbone (fingerprint mismatch)."""
     base = tmp_path_factory.mktemp("registry")
-    registry = Registry(str(base / "store"))
-    models = {}
-    for name, (recipe, tasks, seeds) in RECIPES.items():
-        for seed in seeds:
-            model = random_adapter(backbone, recipe, tasks, seed)
-            out = base / f"{name}-{seed}"
-            write_artifact(out, model, backbone, {"trainable": model.trainable_count()})
-            models[(name, registry.publish(out, name))] = model
+    published = publish_recipes(backbone, base)
+    registry = Registry(published.root)
     other = tiny_backbone(seed=1)
     alien = random_adapter(other, RECIPES["gamma"][0], ["vqa"], 41)
     write_artifact(base / "alien", alien, other, {})
     registry.publish(base / "alien", "alien")
-    return Published(str(base / "store"), models)
+    return published
 
 
 @pytest.fixture(scope="module")

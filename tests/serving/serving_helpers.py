@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from adapters_registry import Registry
 from modeling.backbone import VLBackbone
 from modeling.bank import build_bank
 from modeling.config import preset
@@ -28,6 +30,7 @@ from modeling.tokenizer import build_word_tokenizer
 from serving.config import ServeConfig
 from serving.protos import inference_pb2
 from serving.server import Server
+from training.artifact import write_artifact
 
 ALL_TASKS = list(TASKS)
 WORDS = ["what", "is", "the", "color", "shape", "red", "blue", "circle", "true", "false",
@@ -47,13 +50,14 @@ RECIPES = {
 }
 
 
-def tiny_backbone(seed: int = 0) -> VLBackbone:
-    """The tiny T5 preset with a word tokenizer filling its whole vocabulary.
+def tiny_backbone(seed: int = 0, name: str = "tiny") -> VLBackbone:
+    """The tiny T5 preset (or preset `name`) with a word tokenizer filling its whole
+    vocabulary.
 
     Filler words make every id decode to a word, so generated texts from random weights
     differ exactly when their ids do.
     """
-    config = preset("tiny")
+    config = preset(name)
     vocab = config.lm["vocab_size"]
     words = WORDS + [f"w{i}" for i in range(vocab)]
     words = list(dict.fromkeys(w.lower() for w in words))[: vocab - 3]
@@ -84,6 +88,20 @@ def png(seed: int, size: int = 32) -> bytes:
 class Published:
     root: str
     models: dict[tuple[str, int], AdapterModel]  # (name, version) -> the published model
+
+
+def publish_recipes(backbone: VLBackbone, base: Path) -> Published:
+    """A registry under `base` with alpha v1/v2 (adapter + LayerNorms), beta (LoRA +
+    prompts) and gamma (prefixes), random adapters of `backbone` (`RECIPES`)."""
+    registry = Registry(str(base / "store"))
+    models = {}
+    for name, (recipe, tasks, seeds) in RECIPES.items():
+        for seed in seeds:
+            model = random_adapter(backbone, recipe, tasks, seed)
+            out = base / f"{name}-{seed}"
+            write_artifact(out, model, backbone, {"trainable": model.trainable_count()})
+            models[(name, registry.publish(out, name))] = model
+    return Published(str(base / "store"), models)
 
 
 def start_server(backbone, published: Published, **settings) -> Server:
