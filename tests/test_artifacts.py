@@ -6,6 +6,7 @@ modeling rebuilds; a PEFT-saved LoRA imported by the registry gives PEFT's logit
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -64,6 +65,27 @@ def test_artifact_from_another_backbone_is_refused_naming_both(tmp_path, backbon
     other = VLBackbone.from_config(preset("tiny"), seed=1)
     with pytest.raises(FingerprintMismatch, match=f"trained on backbone {backbone.fingerprint()}"):
         load_adapter_model(tmp_path / "run", other)
+
+
+def test_hyperformer_manifest_states_its_layout_and_one_without_it_is_refused(tmp_path,
+                                                                           backbone):
+    """The manifest names the hypernetwork layout; an artifact written before the layout
+    field existed (its config lacks it) holds the earlier layout and is refused in one line
+    before its tensors are read, while the current layout loads back exactly."""
+    model = AdapterModel([MethodEntry("hyperformer", {"width": 4, "task_embedding_dim": 8,
+                                                      "layer_embedding_dim": 8})],
+                         BackboneFacts.of(backbone), TASKS)
+    manifest = write_artifact(tmp_path / "run", model, backbone, {})
+    assert manifest["methods"][0]["config"]["layout"] == "vl-adapter"
+    loaded = load_adapter_model(tmp_path / "run", backbone)
+    for a, b in zip(model.materialize("vqa").tensors(), loaded.materialize("vqa").tensors(),
+                    strict=True):
+        assert torch.equal(a, b)
+    del manifest["methods"][0]["config"]["layout"]
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="hyperformer layout 'per-position.*retrain") as err:
+        load_adapter_model(tmp_path / "run", backbone)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
