@@ -88,6 +88,19 @@ def test_hyperformer_manifest_states_its_layout_and_one_without_it_is_refused(tm
     assert "\n" not in str(err.value)
 
 
+def test_lora_biases_artifact_from_before_layer_norm_biases_loads_as_trained(tmp_path, backbone):
+    """An artifact trained when `biases` was LoRA's whole bias set (Linear biases only) lacks
+    `layer_norm_biases`: it loads with the tensors it holds, no LayerNorm bias asked for."""
+    recipe = [MethodEntry("lora", {"rank": 2}),
+              MethodEntry("trainable_tensors", {"biases": True}, "single", "tensors")]
+    model = AdapterModel(recipe, BackboneFacts.of(backbone), TASKS)
+    manifest = write_artifact(tmp_path / "run", model, backbone, {})
+    del manifest["methods"][1]["config"]["layer_norm_biases"]
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_adapter_model(tmp_path / "run", backbone)
+    assert loaded.split_state()[0].keys() == model.split_state()[0].keys()
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_peft_lora_imported_by_the_registry_gives_peft_logits(tmp_path, backbone):
     peft = pytest.importorskip("peft")
