@@ -50,7 +50,7 @@ class HyperformerConfig:
     placements: tuple[str, ...] = VL_ADAPTER_PLACEMENTS
     layout: str = LAYOUT
 
-    # What a manifest written before `layout` existed holds (see `fields_added_later`).
+    # What a manifest written before `layout` existed holds (see `base.manifest_config`).
     FIELDS_ADDED_LATER: ClassVar[dict[str, Any]] = {"layout": "per-position (before issue 13)"}
 
 
