@@ -51,7 +51,7 @@ class HyperformerConfig:
     layout: str = LAYOUT
 
     # What a manifest written before `layout` existed holds (see `base.manifest_config`).
-    FIELDS_ADDED_LATER: ClassVar[dict[str, Any]] = {"layout": "per-position (before issue 13)"}
+    FIELDS_ADDED_LATER: ClassVar[dict[str, Any]] = {"layout": "per-position"}
 
 
 class BottleneckGenerator(nn.Module):
