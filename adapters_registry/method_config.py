@@ -86,12 +86,12 @@ METHOD_FIELDS: dict[str, dict[str, Bound | str]] = {
                   "low_rank": "flag", "phm_rank": Bound()},
     "hyperformer": {"reduction_factor": REDUCTION, "width": WIDTH, "placements": "texts",
                     "task_embedding_dim": HIDDEN, "layer_embedding_dim": HIDDEN,
-                    "hidden_dim": HIDDEN, "projected_dim": HIDDEN},
+                    "hidden_dim": HIDDEN, "projected_dim": HIDDEN, "layout": "text"},
     "lora": {"rank": Bound(), "alpha": "number", "dropout": "probability", "targets": "texts"},
     "prefix_tuning": {"length": LENGTH, "hidden_dim": HIDDEN},
     "prompt_tuning": {"length": LENGTH, "hidden_dim": HIDDEN, "reparameterize": "flag"},
-    "trainable_tensors": {"layer_norms": "flag", "biases": "flag", "visual_projection": "flag",
-                          "lm_head": "flag"},
+    "trainable_tensors": {"layer_norms": "flag", "biases": "flag", "layer_norm_biases": "flag",
+                          "visual_projection": "flag", "lm_head": "flag"},
     "full_finetuning": {},
 }
 

@@ -2,7 +2,8 @@
 
 Adapter reduction factor 8; LoRA rank 128, alpha 32 on q and v; Compacter n = 2 without
 the low-rank factorisation; prompt length 40. LayerNorms are trained with adapters,
-Compacter and Hyperformer, biases with LoRA, and the visual projection always.
+Compacter and Hyperformer, biases (of the Linear layers and the LayerNorms) with LoRA, and
+the visual projection always.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from modeling.recipe import MethodEntry
 
 _NORMS_AND_PROJECTION = MethodEntry("trainable_tensors", {"layer_norms": True}, "single",
                                     "tensors")
-_BIASES_AND_PROJECTION = MethodEntry("trainable_tensors", {"biases": True}, "single", "tensors")
+# VL-Adapter's LoRA runs unfreeze every parameter named `bias`: Linear and LayerNorm biases.
+_BIASES_AND_PROJECTION = MethodEntry("trainable_tensors",
+                                     {"biases": True, "layer_norm_biases": True}, "single",
+                                     "tensors")
 _PROJECTION = MethodEntry("trainable_tensors", {}, "single", "tensors")
 _LORA = {"rank": 128, "alpha": 32, "targets": ["q", "v"]}
 _COMPACTER = {"phm_dim": 2, "low_rank": False}

@@ -14,7 +14,12 @@ import torch
 from torch import nn
 
 from modeling.methods import get_method
-from modeling.methods.base import BackboneFacts, config_from_dict, config_to_dict
+from modeling.methods.base import (
+    BackboneFacts,
+    config_from_dict,
+    config_to_dict,
+    manifest_config,
+)
 from modeling.methods.full_finetuning import FullFinetuning
 from modeling.serve_forms import AdapterSet
 
@@ -98,10 +103,13 @@ class AdapterModel(nn.Module):
 
         The modules are built on the meta device and take the stored tensors (as float32)
         once their names and shapes match, so a config asking for more than the artifact
-        holds is refused without allocating what it asks for.
+        holds is refused without allocating what it asks for. A config field the manifest
+        lacks takes the value of artifacts written before it existed (`manifest_config`).
         """
-        entries = [MethodEntry(m["method"], m.get("config", {}), m.get("sharing", "single"),
-                               m.get("id")) for m in methods]
+        entries = [MethodEntry(m["method"],
+                               manifest_config(get_method(m["method"]).config_cls,
+                                               m.get("config", {})),
+                               m.get("sharing", "single"), m.get("id")) for m in methods]
         with torch.device("meta"):
             model = cls(entries, facts, tasks)
         model.load_split_state(shared, per_task, assign=True)

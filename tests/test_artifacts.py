@@ -6,6 +6,7 @@ modeling rebuilds; a PEFT-saved LoRA imported by the registry gives PEFT's logit
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -82,6 +83,44 @@ def test_an_altered_artifact_is_refused_before_any_tensor_is_built(tmp_path, bac
         expected = "duplicate"
     with pytest.raises(InvalidArtifact, match=expected):
         load_adapter_model(tmp_path / "run", backbone, fingerprint=backbone.fingerprint())
+
+
+def test_hyperformer_manifest_states_its_layout_and_one_without_it_is_refused(tmp_path,
+                                                                           backbone):
+    """The manifest names the hypernetwork layout; an artifact written before the layout
+    field existed (its config lacks it) holds the earlier layout and is refused in one line
+    before its tensors are read, while the current layout loads back exactly."""
+    model = AdapterModel([MethodEntry("hyperformer", {"width": 4, "task_embedding_dim": 8,
+                                                      "layer_embedding_dim": 8})],
+                         BackboneFacts.of(backbone), TASKS)
+    manifest = write_artifact(tmp_path / "run", model, backbone, {})
+    assert manifest["methods"][0]["config"]["layout"] == "vl-adapter"
+    loaded = load_adapter_model(tmp_path / "run", backbone)
+    for a, b in zip(model.materialize("vqa").tensors(), loaded.materialize("vqa").tensors(),
+                    strict=True):
+        assert torch.equal(a, b)
+    del manifest["methods"][0]["config"]["layout"]
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="hyperformer layout 'per-position.*retrain") as err:
+        load_adapter_model(tmp_path / "run", backbone)
+    assert "\n" not in str(err.value)
+
+
+def test_lora_biases_artifact_from_before_layer_norm_biases_loads_as_trained(tmp_path):
+    """An artifact trained when `biases` was LoRA's whole bias set (Linear biases only) lacks
+    `layer_norm_biases`: on BART, which has LayerNorm biases, it loads with the tensors it
+    holds and no LayerNorm bias is asked for."""
+    bart = VLBackbone.from_config(preset("tiny-bart"), seed=0)
+    recipe = [MethodEntry("lora", {"rank": 2}),
+              MethodEntry("trainable_tensors", {"biases": True}, "single", "tensors")]
+    model = AdapterModel(recipe, BackboneFacts.of(bart), TASKS)
+    manifest = write_artifact(tmp_path / "run", model, bart, {})
+    del manifest["methods"][1]["config"]["layer_norm_biases"]
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_adapter_model(tmp_path / "run", bart)
+    names = {name for name, _ in loaded.named_parameters()}
+    assert names == {name for name, _ in model.named_parameters()}
+    assert not any("layer_norm__bias" in name for name in names)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")

@@ -75,12 +75,26 @@ def read_state(directory: Path) -> dict[str, Any]:
     return json.loads((directory / STATE_FILE).read_text())
 
 
+def _check_same_tensors(directory: Path, expected: set[str], saved: set[str]) -> None:
+    """Refuse, in one line, a checkpoint whose trainable tensors are not this model's: one
+    written by a build of a method whose parameterisation has changed since (the run's
+    settings alone cannot tell, e.g. the hyperformer preset before VL-Adapter's layout)."""
+    missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+    if missing or unexpected:
+        raise ValueError(f"{directory} does not hold this run's trainable tensors (missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]}): it was written by "
+                         "another method layout; use another output folder, or delete "
+                         f"{directory.parent} to start over")
+
+
 def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
     """Restore everything `save_checkpoint` wrote; returns the JSON state (step, extras)."""
     tensors = load_file(directory / TENSORS_FILE)
     state = json.loads((directory / STATE_FILE).read_text())
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    _check_same_tensors(directory, set(params),
+                        {k.split("/", 1)[1] for k in tensors if k.startswith("model/")})
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(tensors[f"model/{name}"])

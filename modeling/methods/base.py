@@ -128,5 +128,15 @@ def config_from_dict(config_cls: type, data: dict[str, Any] | None) -> Any:
     return config_cls(**data)
 
 
+def manifest_config(config_cls: type, data: dict[str, Any] | None) -> dict[str, Any]:
+    """A method config as an artifact's manifest states it, completed for `config_from_dict`.
+
+    Manifests are written from resolved configs and so state every field; a field one lacks
+    was added to the method after the artifact was written, and takes the value that
+    describes such artifacts (`config_cls.FIELDS_ADDED_LATER`), not today's default.
+    """
+    return {**getattr(config_cls, "FIELDS_ADDED_LATER", {}), **(data or {})}
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}

@@ -3,6 +3,12 @@
 VL-Adapter trains the LayerNorms with adapters, Compacter and Hyperformer, the biases with
 LoRA, and always the visual projection (Sung et al., Sec. 3.1); the empirical study also
 tunes the "final classifier" (the LM head). The frozen tensors are copied, never written.
+
+VL-Adapter's code unfreezes "the biases" with LoRA by name: every parameter whose name holds
+`bias`, which takes the LayerNorms' biases (not their weights) along with the Linear layers'.
+`biases` selects the Linear biases and `layer_norm_biases` the LayerNorm biases, so the LoRA
+presets take both, and an artifact trained before `layer_norm_biases` existed (which lacks
+the field, read as False) still loads as it was trained.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from modeling.tensor_names import param_key, site_of
 class TrainableTensorsConfig:
     layer_norms: bool = False
     biases: bool = False
+    layer_norm_biases: bool = False
     visual_projection: bool = True
     lm_head: bool = False
 
@@ -31,7 +38,9 @@ def selected_tensors(config: TrainableTensorsConfig, facts) -> list[str]:
     norms = tuple(facts.layer_norms)
     for name in facts.frozen:
         module = name.rsplit(".", 1)[0]
-        if config.layer_norms and module in norms and not name.startswith("visual."):
+        in_lm_norm = module in norms and not name.startswith("visual.")
+        if in_lm_norm and (config.layer_norms or
+                           (config.layer_norm_biases and name.endswith(".bias"))):
             names.add(name)
         if config.biases and name.startswith("lm.") and name.endswith(".bias") and \
                 module in facts.linear_shapes:

@@ -3,16 +3,22 @@ spares active and pinned versions, refusals) and the vision feature LRU."""
 
 from __future__ import annotations
 
+import json
 import threading
 
+import grpc
 import pytest
 import torch
+from serving_helpers import random_adapter
 
 from adapters_registry import FingerprintMismatch, NotFound, Registry
 from modeling.methods.base import BackboneFacts
-from serving.adapter_store import AdapterStore
+from modeling.recipe import MethodEntry
+from serving.adapter_store import AdapterRejected, AdapterStore
 from serving.limits import ImageInput
+from serving.requests import error_for
 from serving.vision_cache import VisionCache, visual_tokens
+from training.artifact import write_artifact
 
 
 def make_store(backbone, published, budget=1 << 30, loads=None) -> AdapterStore:
@@ -72,6 +78,30 @@ def test_refusals_surface_as_registry_errors(backbone, published):
     with pytest.raises(NotFound):
         store.resolve("nobody")
     assert store.resolve("alpha") == 2 and store.resolve("alpha", version=1) == 1
+    store.close()
+
+
+def test_hyperformer_from_before_vl_adapters_layout_is_refused_in_one_line(backbone, tmp_path):
+    """A hyperformer artifact written before manifests stated `layout` holds the earlier
+    hypernetwork: the store refuses it in one line naming the layout (FAILED_PRECONDITION
+    to a client), and the same artifact stating today's layout loads."""
+    recipe = [MethodEntry("hyperformer", {"width": 4, "task_embedding_dim": 8,
+                                          "layer_embedding_dim": 8})]
+    manifest = write_artifact(tmp_path / "hyper", random_adapter(backbone, recipe, ["vqa"], 51),
+                              backbone, {})
+    registry = Registry(str(tmp_path / "store"))
+    registry.publish(tmp_path / "hyper", "hyper")
+    del manifest["methods"][0]["config"]["layout"]
+    (tmp_path / "hyper" / "manifest.json").write_text(json.dumps(manifest))
+    registry.publish(tmp_path / "hyper", "hyper")
+    store = AdapterStore(registry, BackboneFacts.of(backbone), backbone.fingerprint(), 1 << 30)
+    assert list(store.fetch("hyper", 1).result(timeout=30).tasks) == ["vqa"]
+    with pytest.raises(AdapterRejected) as caught:
+        store.fetch("hyper", 2).result(timeout=30)
+    message = str(caught.value)
+    assert "hyperformer layout 'per-position" in message and "retrain" in message
+    assert "\n" not in message
+    assert error_for(caught.value).code == grpc.StatusCode.FAILED_PRECONDITION
     store.close()
 
 

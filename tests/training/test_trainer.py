@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from conftest import TASKS
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from training.cli import main
 from training.config import ConfigError, parse_config
@@ -48,6 +48,21 @@ def test_resuming_a_checkpoint_of_other_settings_is_refused_naming_them(world, t
     longer = Trainer(parse_config({**world["raw"], "steps": 8}), tmp_path, show_progress=False)
     longer.run()  # more steps is fine: the run is extended
     assert longer.step == 8
+
+
+def test_a_checkpoint_of_an_earlier_method_layout_is_refused_in_one_line(world, tmp_path):
+    """Same run settings, other trainable tensors (a method whose parameterisation changed
+    since, as the hyperformer preset did): resuming names the tensors, never a KeyError."""
+    Trainer(parse_config(world["raw"]), tmp_path, show_progress=False).run(stop_after=2)
+    path = tmp_path / "checkpoints" / "last" / "tensors.safetensors"
+    tensors = load_file(path)
+    name = next(k for k in tensors if k.startswith("model/"))
+    tensors[name + "_earlier_layout"] = tensors.pop(name)
+    save_file(tensors, path)
+    with pytest.raises(ValueError, match=r"does not hold this run's trainable tensors \(mis"
+                                         r"sing \['" + name.split("/", 1)[1]) as caught:
+        Trainer(parse_config(world["raw"]), tmp_path, show_progress=False).run()
+    assert "\n" not in str(caught.value) and "earlier_layout" in str(caught.value)
 
 
 def test_a_save_that_died_between_its_renames_leaves_a_checkpoint_to_resume(world, tmp_path):
