@@ -1,5 +1,5 @@
 """`train-adapter`: train adapters, check their data, pre-train the benchmark backbone,
-report parameters.
+build a backbone from Hugging Face folders, report parameters.
 
 Every user error ends with one line `train-adapter: error: ...` and exit code 2.
 """
@@ -21,6 +21,7 @@ from modeling.families import backbone_config
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS, method_preset
 from modeling.tasks import TASKS, VisualInput
+from training.backbone_cli import add_backbone_commands
 from training.config import RunConfig, TaskData, load_config
 
 IMAGE_TASKS = tuple(n for n, t in TASKS.items() if t.visual_input != VisualInput.VIDEO_FRAMES)
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--quiet", action="store_true")
     pre.set_defaults(run=pretrain_command)
+    add_backbone_commands(commands)
     return parser
 
 
