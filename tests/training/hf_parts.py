@@ -1,5 +1,5 @@
 """Tiny Hugging Face folders of a backbone's parts, saved as a user's checkpoints are:
-vision towers (CLIPModel, CLIPVisionModel, SiglipVisionModel) and language models (T5,
+vision towers (CLIPModel, CLIPVisionModel, SiglipModel, SiglipVisionModel) and language models (T5,
 FLAN-T5-style gated T5, BART) with a word tokenizer. Random weights from the configs;
 the loading code is the same as for a downloaded checkpoint.
 """
@@ -17,6 +17,8 @@ from transformers import (
     CLIPModel,
     CLIPVisionConfig,
     CLIPVisionModel,
+    SiglipConfig,
+    SiglipModel,
     SiglipVisionConfig,
     SiglipVisionModel,
     T5Config,
@@ -55,6 +57,9 @@ TOWERS = {
         vision_config=TOWER, projection_dim=16)),
     "clip_vision": lambda: CLIPVisionModel(CLIPVisionConfig(**TOWER)),
     "siglip_vision": lambda: SiglipVisionModel(SiglipVisionConfig(**TOWER)),
+    "siglip": lambda: SiglipModel(SiglipConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, vocab_size=99), vision_config=TOWER)),
 }
 
 
@@ -76,7 +81,7 @@ def vision_model(folder: Path, kind: str):
     """The Hugging Face model's own ViT of a saved tower folder (a CLIPModel's
     `vision_model`; a vision model is its ViT)."""
     loader = {"clip": CLIPModel, "clip_vision": CLIPVisionModel,
-              "siglip_vision": SiglipVisionModel}[kind]
+              "siglip_vision": SiglipVisionModel, "siglip": SiglipModel}[kind]
     model = loader.from_pretrained(folder)
     return getattr(model, "vision_model", model).eval()
 
