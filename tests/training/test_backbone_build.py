@@ -6,11 +6,13 @@ line naming the folder and what is wrong."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from hf_parts import TOWER, lm_model, save_lm, save_tower, vision_model
+from safetensors.torch import load_file, save_file
 
 from modeling.families import load_backbone
 from modeling.tokenizer import build_word_tokenizer
@@ -111,6 +113,17 @@ def _no_weights(parts: Path, tmp_path: Path) -> list[str]:
     return ["--features", "8", "--lm", str(only_config)]
 
 
+def _tensor_missing(parts: Path, tmp_path: Path) -> list[str]:
+    """A CLIP vision folder whose weights file lacks one tensor of the tower."""
+    folder = tmp_path / "clip-part"
+    shutil.copytree(parts / "clip_vision", folder)
+    weights = load_file(folder / "model.safetensors")
+    missing = next(name for name in sorted(weights) if "patch_embedding" in name)
+    save_file({k: v for k, v in weights.items() if k != missing},
+              folder / "model.safetensors", metadata={"format": "pt"})
+    return ["--vision", str(folder), "--lm", str(parts / "t5")]
+
+
 def _no_config(parts: Path, tmp_path: Path) -> list[str]:
     (tmp_path / "empty").mkdir()
     return ["--vision", str(tmp_path / "empty"), "--lm", str(parts / "t5")]
@@ -137,6 +150,8 @@ REFUSALS = {
                        "{tmp}/nowhere: no such folder (given as --lm)"),
     "no tokenizer files": (_no_tokenizer, "{tmp}/bare-t5: no tokenizer files"),
     "no weights": (_no_weights, "{tmp}/config-only: the t5 language model does not load"),
+    "a tensor missing": (_tensor_missing, "{tmp}/clip-part: no weights for 1 tensor(s) of the "
+                                          "clip vision tower (first: "),
     "grid larger than patches": (
         lambda p, t: ["--vision", str(p / "clip"), "--lm", str(p / "t5"), "--image-grid", "5"],
         "--image-grid 5 is larger than the tower's 4x4 patch grid"),
