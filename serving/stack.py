@@ -188,7 +188,8 @@ def build_stack(config: ServeConfig, backbone: VLBackbone | None = None,
     controlled = lifecycle if control is None else control(lifecycle)
     visual = backbone.config.vision
     checker = RequestChecker(config.limits, backbone.tokenizer,
-                             image_processor(visual.image_size) if visual else None,
+                             image_processor(visual.image_size, visual.tower) if visual
+                             else None,
                              backbone.config.feat_dim, visual is not None)
     inference = InferenceServicer(engine, controlled, checker)
     kserve_stats = ModelStats()

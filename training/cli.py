@@ -1,5 +1,6 @@
 """`train-adapter`: train adapters, check their data, pre-train the benchmark backbone,
-report parameters, build backbone folders (`training.backbone_cli`).
+build a backbone from Hugging Face folders or a VL-T5 / VL-BART release
+(`training.backbone_cli`), report parameters.
 
 Every user error ends with one line `train-adapter: error: ...` and exit code 2.
 """

@@ -23,10 +23,10 @@ from modeling.config import PRESETS, BackboneConfig, preset
 from modeling.families import vl
 from modeling.families.folders import model_type
 
-# Hugging Face config.json model_type -> the family module that loads such a folder.
-# Imported on first use, so a family's extra dependencies cost nothing to the others.
-FAMILIES: dict[str, str] = {
-}
+# Hugging Face config.json model_type -> the family module that loads such a folder, one
+# line per model_type (such as "florence2" -> "modeling.families.florence2"). Imported on
+# first use, so a family's extra dependencies cost nothing to the others.
+FAMILIES: dict[str, str] = {}
 
 PresetTokenizer = Callable[[BackboneConfig], PreTrainedTokenizerBase]
 
@@ -41,6 +41,9 @@ def family_of(folder: Path):
         family = import_module(FAMILIES[kind])
         if family.detect(folder):
             return family
+        name = FAMILIES[kind].rsplit(".", 1)[-1]
+        raise ValueError(f"{folder}: not a backbone folder: config.json model_type {kind!r} "
+                         f"is the {name} family's, but the folder lacks that family's files")
     known = ", ".join(sorted({name.rsplit(".", 1)[-1] for name in FAMILIES.values()})) \
         or "none registered"
     if kind is None:

@@ -69,6 +69,10 @@ def test_family_folder_goes_to_the_module_registered_for_its_model_type(tmp_path
     assert families.family_of(folder) is module
     assert isinstance(load_backbone(folder), VLBackbone)
     assert loaded == [folder]
+    module.detect = lambda path: False
+    with pytest.raises(ValueError, match="model_type 'toyfamily' is the toy_family_for_test "
+                                         "family's, but the folder lacks that family's files"):
+        load_backbone(folder)
 
 
 def _folder(tmp_path: Path, config: dict | None) -> Path:

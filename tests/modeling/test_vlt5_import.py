@@ -134,7 +134,7 @@ def test_backbone_build_writes_a_folder_that_loads_with_the_printed_fingerprint(
     printed = capsys.readouterr().out
     assert f"unmapped: 1 checkpoint key(s) not used: {STRAY[release.lm_type]}" in printed
     loaded = VLBackbone.from_pretrained(out)
-    assert f"fingerprint {loaded.fingerprint()}" in printed
+    assert f"fingerprint: {loaded.fingerprint()}" in printed
     assert loaded.config.visual_semantics == "vlt5"
     assert not list(out.rglob("*.bin")) and list(out.rglob("*.safetensors"))
 
