@@ -26,9 +26,10 @@ def torch_threads():
      "same tokens: True"),
     (slot_write, ["--preset", "tiny", "--slots", "3", "--repeats", "1"], "same values: True"),
     (mixed_adapters, ["--preset", "tiny-bart", "--methods", "forms", "--rows", "8", "--adapters",
-                      "4", "--repeats", "1"], "four forms / LoRA only"),
+                      "4", "--repeats", "1", "--out", "{tmp}"], "four forms / LoRA only"),
 ])
-def test_benchmark_runs_and_its_check_holds(module, argv, check, capsys):
+def test_benchmark_runs_and_its_check_holds(module, argv, check, capsys, tmp_path):
+    argv = [arg.format(tmp=tmp_path) for arg in argv]  # results go to tmp, not the repo
     assert module.main([*argv, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert check in out and "machine:" in out
