@@ -4,6 +4,11 @@ Encoder input per row (VL-T5 / VL-Adapter layout, visual tokens after the text):
 
     [ prompt vectors (prompt tuning, 0..L) | text tokens | visual tokens ]
 
+Florence-2 (`modeling.families.florence2`: DaViT + projector as the tower, an identity
+visual projection) places the image tokens first, as its processor does:
+
+    [ prompt vectors | visual tokens | text tokens ]
+
 Rows are packed to the left and right-padded, so a row in a mixed batch sees exactly the
 positions it would see alone (T5's relative and BART's learned positions agree).
 """
@@ -35,7 +40,7 @@ from modeling.bank import AdapterBank
 from modeling.config import BackboneConfig
 from modeling.kernels import RowIndex, gathered_rows
 from modeling.tokenizer import tokenizer_digest
-from modeling.visual import VisualProjection, pool_grid, video_tokens
+from modeling.visual import pool_grid, video_tokens, visual_module
 
 CONFIG_FILE = "vladapter_backbone.json"
 VISUAL_FILE = "visual_projection.safetensors"
@@ -102,8 +107,11 @@ class VLBackbone(nn.Module):
         self.vision = vision
         if vision is None and config.vision is not None:
             self.vision = CLIPVisionModel(CLIPVisionConfig(**config.vision.to_hf_kwargs()))
-        self.visual = VisualProjection(config.feat_dim, config.d_model, config.box_dim,
-                                       config.n_images)
+        if config.visual_position not in ("after_text", "before_text"):
+            raise ValueError("visual_position must be 'after_text' or 'before_text', got "
+                             f"{config.visual_position!r}")
+        self.visual = visual_module(config.visual, config.feat_dim, config.d_model,
+                                    config.box_dim, config.n_images)
         self.lm = lm
         if lm is None:
             self.lm = T5ForConditionalGeneration(T5Config(**config.lm)) \
@@ -203,10 +211,15 @@ class VLBackbone(nn.Module):
     # --- forward -----------------------------------------------------------------------
     def encoder_inputs(self, batch: VLBatch, bank: AdapterBank | None,
                        index: RowIndex | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (inputs_embeds [b, L, d], attention mask [b, L] bool), rows packed left."""
+        """-> (inputs_embeds [b, L, d], attention mask [b, L] bool), rows packed left:
+        [prompt | text | visual], or [prompt | visual | text] when the config places the
+        visual tokens before the text (Florence-2: image tokens, then `<s> text </s>`)."""
         text = self.lm.get_input_embeddings()(batch.input_ids)
         visual = self.visual(batch.visual, batch.image_order, batch.boxes).to(text.dtype)
         pieces, valid = [text, visual], [batch.text_mask.bool(), batch.visual_mask.bool()]
+        if self.config.visual_position == "before_text":
+            pieces.reverse()
+            valid.reverse()
         if bank is not None and bank.prompt is not None:
             prompt = gathered_rows(bank.prompt, index).to(text.dtype)
             length = gathered_rows(bank.prompt_length, index)

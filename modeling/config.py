@@ -12,6 +12,17 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 LMType = Literal["t5", "bart"]
+VisualKind = Literal["projection", "identity"]
+VisualPosition = Literal["after_text", "before_text"]
+
+# Switches added after backbones were saved: name -> the value that means "as before".
+_VISION_SWITCHES = {"tower": "clip", "settings": None}
+_BACKBONE_SWITCHES = {"visual": "projection", "visual_position": "after_text"}
+
+
+def _without_defaults(fields: dict[str, Any], switches: dict[str, Any]) -> dict[str, Any]:
+    """`fields` less the switches that hold their "as before" value."""
+    return {k: v for k, v in fields.items() if k not in switches or v != switches[k]}
 
 # VL-T5 / VL-BART add `<extra_id_0..99>` and `<vis_extra_id_0..99>` to the vocabulary.
 VL_EXTRA_TOKENS = 200
@@ -29,9 +40,22 @@ class VisionConfig:
     image_size: int = 32
     patch_size: int = 8
     num_channels: int = 3
+    # "clip": the fields above are a CLIPVisionConfig. Any other tower ("florence2": DaViT
+    # + projector) keeps its own Hugging Face config in `settings`; then hidden_size is the
+    # width of the tokens it outputs and image_size the side of the images it takes.
+    tower: str = "clip"
+    settings: dict[str, Any] | None = None
 
     def to_hf_kwargs(self) -> dict[str, Any]:
-        return asdict(self)
+        """CLIPVisionConfig keyword arguments (CLIP towers only)."""
+        if self.tower != "clip":
+            raise ValueError(f"a {self.tower} tower is not a CLIPVisionConfig")
+        return {k: v for k, v in asdict(self).items() if k not in _VISION_SWITCHES}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, the tower switches only when set (CLIP backbones saved before they
+        existed keep their config and fingerprint)."""
+        return _without_defaults(asdict(self), _VISION_SWITCHES)
 
 
 @dataclass(frozen=True)
@@ -48,6 +72,11 @@ class BackboneConfig:
         image_grid: side of the pooled grid per image (6 -> 36 tokens per image).
         max_frames: video frames are pooled or padded to this many tokens (VL-Adapter: 64).
         n_images: image-order embedding size (2: NLVR2 pairs).
+        visual: "projection" (VL-T5's visual embedding from feat_dim to d_model, trained)
+            or "identity" (the tower already outputs LM tokens: Florence-2's projector;
+            feat_dim == d_model).
+        visual_position: the visual tokens' place in the encoder input, "after_text"
+            (VL-T5 / VL-Adapter) or "before_text" (Florence-2).
     """
 
     lm_type: LMType
@@ -59,14 +88,18 @@ class BackboneConfig:
     n_images: int = 2
     box_dim: int = 5
     preset: str | None = None
+    visual: VisualKind = "projection"
+    visual_position: VisualPosition = "after_text"
 
     @property
     def d_model(self) -> int:
         return int(self.lm["d_model"])
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["vision"] = None if self.vision is None else asdict(self.vision)
+        """The fields; the family switches only when set, so a backbone saved before they
+        existed keeps its config and its fingerprint."""
+        out = _without_defaults(asdict(self), _BACKBONE_SWITCHES)
+        out["vision"] = None if self.vision is None else self.vision.to_dict()
         return out
 
     @classmethod

@@ -49,6 +49,29 @@ class VisualProjection(nn.Module):
         return feat + box + self.image_order(image_order)
 
 
+class IdentityVisual(nn.Module):
+    """The visual "projection" of a tower whose output already is LM tokens (Florence-2's
+    projector): features pass unchanged; no image-order or box embedding, no parameters."""
+
+    def forward(self, features: torch.Tensor, image_order: torch.Tensor,
+                boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """features [b, n, d_model] -> the same tensor (image_order, boxes unused)."""
+        return features
+
+
+def visual_module(kind: str, feat_dim: int, d_model: int, box_dim: int,
+                  n_images: int) -> nn.Module:
+    """The backbone's `visual` part for `BackboneConfig.visual` ("projection" | "identity")."""
+    if kind == "projection":
+        return VisualProjection(feat_dim, d_model, box_dim, n_images)
+    if kind != "identity":
+        raise ValueError(f"visual must be 'projection' or 'identity', got {kind!r}")
+    if feat_dim != d_model:
+        raise ValueError(f"an identity visual projection needs feat_dim == d_model, got "
+                         f"{feat_dim} and {d_model}")
+    return IdentityVisual()
+
+
 def pool_grid(patch_tokens: torch.Tensor, grid: int) -> torch.Tensor:
     """Max-pool a square patch grid to `grid x grid` tokens.
 
