@@ -18,9 +18,13 @@ WORDS = ["what", "is", "the", "color", "shape", "red", "blue", "circle", "true",
          *[w.strip(": ") for w in (s.prompt for s in TASKS.values())]]
 
 
-def tiny_folder(root: Path, seed: int = 0) -> Path:
-    """Write a tiny random `Florence2ForConditionalGeneration` with a BART word tokenizer."""
+def tiny_folder(root: Path, seed: int = 0, init_std: float = 0.02) -> Path:
+    """Write a tiny random `Florence2ForConditionalGeneration` with a BART word tokenizer.
+
+    init_std: the BART weights' std (0.3: a random model decodes varied tokens).
+    """
     config = florence2.sized_config("tiny")
+    config.text_config.init_std = init_std
     tokenizer = build_word_tokenizer(WORDS, "bart", config.text_config.vocab_size)
     return florence2.write_random(root, config, IMAGE_SIZE, tokenizer, seed=seed)
 

@@ -33,7 +33,8 @@ NO_EXTRAS = dict(do_sample=False, forced_bos_token_id=None, forced_eos_token_id=
 @pytest.fixture(scope="module", params=[0, 30, 39])
 def pair(request, tmp_path_factory):
     """(our backbone, the library's model) over one tiny random Florence-2 folder."""
-    folder = tiny_folder(tmp_path_factory.mktemp("florence2"), seed=request.param)
+    folder = tiny_folder(tmp_path_factory.mktemp("florence2"), seed=request.param,
+                         init_std=0.3)
     ours = florence2.load(folder)
     library = Florence2ForConditionalGeneration.from_pretrained(folder).eval()
     return ours, library
