@@ -1,8 +1,8 @@
 """Backbone configuration and the named presets.
 
 A backbone is a frozen VL encoder-decoder in the VL-T5 / VL-BART style: an optional CLIP
-vision tower (or precomputed features), the visual projection, and a T5 or BART seq2seq LM.
-Presets build it from configs with random weights; `VLBackbone.from_pretrained` loads
+or SigLIP vision tower (or precomputed features), the visual projection, and a T5 or BART
+seq2seq LM. Presets build it from configs with random weights; `modeling.families` loads
 user weights from a local directory.
 """
 
@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 LMType = Literal["t5", "bart"]
+# Vision towers a backbone holds: CLIP's ViT (a CLS token before the patches), SigLIP's
+# (patches only), and Florence-2's DaViT + projector (`modeling.families.florence2`).
+TowerType = Literal["clip", "siglip", "florence2"]
 VisualKind = Literal["projection", "identity"]
 VisualPosition = Literal["after_text", "before_text"]
 
@@ -31,7 +34,9 @@ BART_BASE_VOCAB = 50265
 
 @dataclass(frozen=True)
 class VisionConfig:
-    """CLIP vision tower settings (`transformers.CLIPVisionConfig` fields)."""
+    """Vision tower settings: `tower` names the class (CLIP or SigLIP ViT), the other
+    fields are its `transformers` config's (`CLIPVisionConfig` / `SiglipVisionConfig`);
+    Florence-2's tower keeps its own config in `settings`, the fields summarising it."""
 
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -40,21 +45,25 @@ class VisionConfig:
     image_size: int = 32
     patch_size: int = 8
     num_channels: int = 3
-    # "clip": the fields above are a CLIPVisionConfig. Any other tower ("florence2": DaViT
-    # + projector) keeps its own Hugging Face config in `settings`; then hidden_size is the
-    # width of the tokens it outputs and image_size the side of the images it takes.
-    tower: str = "clip"
+    tower: TowerType = "clip"
+    # A tower whose Hugging Face config is not the fields above (Florence-2: DaViT +
+    # projector) keeps it here; hidden_size is then the width of the tokens it outputs.
     settings: dict[str, Any] | None = None
 
+    @property
+    def has_cls(self) -> bool:
+        """Whether the tower's output starts with a CLS token (CLIP) before the patches."""
+        return self.tower == "clip"
+
     def to_hf_kwargs(self) -> dict[str, Any]:
-        """CLIPVisionConfig keyword arguments (CLIP towers only)."""
-        if self.tower != "clip":
-            raise ValueError(f"a {self.tower} tower is not a CLIPVisionConfig")
+        """`CLIPVisionConfig` / `SiglipVisionConfig` keyword arguments (ViT towers only)."""
+        if self.settings is not None:
+            raise ValueError(f"a {self.tower} tower keeps its own config in `settings`")
         return {k: v for k, v in asdict(self).items() if k not in _VISION_SWITCHES}
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields, the tower switches only when set (CLIP backbones saved before they
-        existed keep their config and fingerprint)."""
+        """As saved; a CLIP tower's dict has no `tower` key (nor `settings`), as before other
+        towers were added, so the fingerprints of existing backbones stay what they were."""
         return _without_defaults(asdict(self), _VISION_SWITCHES)
 
 
@@ -68,7 +77,7 @@ class BackboneConfig:
         feat_dim: width of one visual feature vector entering the projection
             (VL-Adapter: 2048 for CLIP RN101 grid features, 512 for video frame features;
             the CLIP hidden size when the tower is part of the backbone).
-        vision: the CLIP vision tower, or None when features are precomputed.
+        vision: the vision tower (CLIP or SigLIP), or None when features are precomputed.
         image_grid: side of the pooled grid per image (6 -> 36 tokens per image).
         max_frames: video frames are pooled or padded to this many tokens (VL-Adapter: 64).
         n_images: image-order embedding size (2: NLVR2 pairs).

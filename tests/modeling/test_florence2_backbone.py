@@ -13,7 +13,7 @@ from modeling_helpers import randomize
 
 from modeling.backbone import VLBackbone
 from modeling.config import BackboneConfig, preset
-from modeling.families import florence2
+from modeling.families import florence2, load_backbone
 from modeling.methods.base import BackboneFacts
 from modeling.presets import METHOD_PRESETS
 from modeling.recipe import AdapterModel, MethodEntry
@@ -97,6 +97,14 @@ def test_fingerprint_covers_the_family_switches(backbone):
     assert other.fingerprint() != backbone.fingerprint()
     bart = VLBackbone.from_config(preset("tiny-bart"))
     assert bart.fingerprint() != backbone.fingerprint()
+
+
+def test_load_backbone_takes_a_florence2_folder_with_its_tokenizer(tmp_path, backbone):
+    folder = tiny_folder(tmp_path)
+    loaded = load_backbone(folder)
+    assert isinstance(loaded, florence2.Florence2Backbone)
+    assert loaded.fingerprint() == backbone.fingerprint()  # same seed, same folder bytes
+    assert loaded.tokenizer("red circle")["input_ids"][-1] == loaded.eos_token_id
 
 
 def test_a_folder_that_is_not_florence2_is_refused_by_name(tmp_path):
