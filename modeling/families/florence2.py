@@ -163,6 +163,11 @@ def _image_size(folder: Path) -> int:
     return DEFAULT_IMAGE_SIZE
 
 
+def config(folder: Path) -> BackboneConfig:
+    """Our config of a Florence-2 folder from its config.json alone (no weights read)."""
+    return backbone_config(Florence2Config.from_pretrained(folder), _image_size(Path(folder)))
+
+
 def load(folder: Path) -> Florence2Backbone:
     """A Florence-2 folder (config.json, safetensors weights, tokenizer files) as a frozen
     backbone. A weight the model expects and the folder lacks is refused by name."""
