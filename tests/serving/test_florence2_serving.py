@@ -17,6 +17,7 @@ from modeling.tokenizer import build_word_tokenizer
 from serving.config import ServeConfig
 from serving.protos import inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 from serving.server import Server
+from serving.vision_backends import export_vision_onnx, make_vision_encoder
 from training.artifact import write_artifact
 
 # alpha: adapters + LayerNorms on every task; beta: LoRA + prompts; gamma: prefixes.
@@ -94,3 +95,12 @@ def test_an_adapter_trained_on_another_family_is_refused(channel):
         repository_pb2_grpc.RepositoryStub(channel).Load(request, timeout=30)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "base model" in caught.value.details()
+
+
+def test_onnx_and_non_torch_vision_backends_are_refused_for_the_florence2_tower(backbone,
+                                                                                tmp_path):
+    """Those paths compute a ViT's pooled grid, not DaViT + projector: refused, by name."""
+    with pytest.raises(ValueError, match="florence2 tower runs in torch only"):
+        export_vision_onnx(backbone, tmp_path / "vision.onnx")
+    with pytest.raises(ValueError, match="florence2 tower runs in torch only"):
+        make_vision_encoder("onnxruntime", backbone, onnx_path=tmp_path / "vision.onnx")
