@@ -201,6 +201,11 @@ class VLBackbone(nn.Module):
         return tower_grid(self.vision, pixel_values, self.config.image_grid,
                           self.config.vision.has_cls)
 
+    @property
+    def tokens_per_image(self) -> int:
+        """How many visual tokens `image_tokens` gives per image."""
+        return self.config.image_grid ** 2
+
     def frame_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames [n_frames, 3, H, W] of one video -> (tokens [max_frames, feat], valid)
         (`modeling.visual.video_tokens` of each frame's grid features)."""

@@ -14,6 +14,7 @@ from modeling_helpers import randomize
 from modeling.backbone import VLBackbone
 from modeling.config import BackboneConfig, preset
 from modeling.families import florence2, load_backbone
+from modeling.families.info import describe, info_lines
 from modeling.methods.base import BackboneFacts
 from modeling.presets import METHOD_PRESETS
 from modeling.recipe import AdapterModel, MethodEntry
@@ -105,6 +106,18 @@ def test_load_backbone_takes_a_florence2_folder_with_its_tokenizer(tmp_path, bac
     assert isinstance(loaded, florence2.Florence2Backbone)
     assert loaded.fingerprint() == backbone.fingerprint()  # same seed, same folder bytes
     assert loaded.tokenizer("red circle")["input_ids"][-1] == loaded.eos_token_id
+
+
+def test_backbone_info_describes_the_davit_tower_and_its_token_count(tmp_path, backbone):
+    info = describe(tiny_folder(tmp_path))
+    assert info["family"] == "florence2"
+    assert backbone.tokens_per_image == 65 == backbone.encode_images(
+        torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)).shape[1]
+    assert info_lines(info)[1] == ("vision       florence2 DaViT, depths [1], widths [16] + "
+                                   "projector to 32, 32px images; feat_dim 32, 65 tokens "
+                                   "per image")
+    base = florence2.from_config(florence2.sized_config("base"), device="meta", image_size=768)
+    assert base.tokens_per_image == 577  # Florence-2's processor: image_seq_length 577
 
 
 def test_a_folder_that_is_not_florence2_is_refused_by_name(tmp_path):
