@@ -45,6 +45,7 @@ FAMILY = "florence2"
 # Florence-2's processors resize every image to 768 x 768 (preprocessor_config.json).
 DEFAULT_IMAGE_SIZE = 768
 _LM_PREFIX = "model.language_model."
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
 class Florence2Vision(nn.Module):
@@ -184,6 +185,9 @@ def load(folder: Path) -> Florence2Backbone:
     if not detect(folder):
         raise ValueError(f"{folder} is not a Florence-2 folder (config.json with model_type "
                          f"'{FAMILY}')")
+    if not any((folder / name).is_file() for name in SAFETENSORS_FILES):
+        raise ValueError(f"{folder} has no {' or '.join(SAFETENSORS_FILES)}: Florence-2 "
+                         f"weights are read from safetensors only")
     model, info = Florence2ForConditionalGeneration.from_pretrained(
         folder, output_loading_info=True, use_safetensors=True)
     missing = [k for k in info["missing_keys"] if k != "lm_head.weight"]

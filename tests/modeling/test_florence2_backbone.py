@@ -136,3 +136,11 @@ def test_a_florence2_folder_missing_weights_is_refused_by_name(tmp_path):
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="image_projection"):
         florence2.load(folder)
+
+
+def test_a_florence2_folder_without_safetensors_weights_is_refused_in_one_line(tmp_path):
+    florence2.sized_config("tiny").save_pretrained(tmp_path)  # config.json, no weights
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickled")  # never unpickled
+    with pytest.raises(ValueError, match="has no model.safetensors or model.safetensors"
+                                         ".index.json: .* safetensors only"):
+        florence2.load(tmp_path)
