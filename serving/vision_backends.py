@@ -1,5 +1,6 @@
 """Where the frozen vision tower (CLIP or SigLIP) runs: torch eager, ONNX Runtime, or a
-Triton / KServe server.
+Triton / KServe server. Florence-2's tower (DaViT + projector) runs in torch eager only;
+the other paths refuse it (`require_vit_tower`).
 
 Every backend computes the same function as `VLBackbone.encode_images`:
 
