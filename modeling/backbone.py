@@ -5,6 +5,11 @@ Encoder input per row (VL-T5 / VL-Adapter layout, visual tokens after the text):
 
     [ prompt vectors (prompt tuning, 0..L) | text tokens | visual tokens ]
 
+Florence-2 (`modeling.families.florence2`: DaViT + projector as the tower, an identity
+visual projection) places the image tokens first, as its processor does:
+
+    [ prompt vectors | visual tokens | text tokens ]
+
 Rows are packed to the left and right-padded, so a row in a mixed batch sees exactly the
 positions it would see alone (T5's relative and BART's learned positions agree).
 
@@ -44,7 +49,7 @@ from modeling.config import BackboneConfig
 from modeling.joint_encoder import PROMPT, TEXT, VISUAL, JointEncoder
 from modeling.kernels import RowIndex, gathered_rows
 from modeling.tokenizer import tokenizer_digest
-from modeling.visual import VisualProjection, tower_grid, video_tokens
+from modeling.visual import tower_grid, video_tokens, visual_module
 
 CONFIG_FILE = "vladapter_backbone.json"
 VISUAL_FILE = "visual_projection.safetensors"
@@ -121,8 +126,9 @@ class VLBackbone(nn.Module):
         # VL-T5 normalises its visual projection with T5's RMS norm, VL-BART with LayerNorm.
         rms_eps = float(config.lm.get("layer_norm_epsilon", 1e-6)) \
             if papers and config.lm_type == "t5" else None
-        self.visual = VisualProjection(config.feat_dim, config.d_model, config.box_dim,
-                                       config.n_images, rms_eps=rms_eps, object_order=papers)
+        self.visual = visual_module(config.visual, config.feat_dim, config.d_model,
+                                    config.box_dim, config.n_images, rms_eps=rms_eps,
+                                    object_order=papers)
         self.lm = lm
         if lm is None:
             self.lm = T5ForConditionalGeneration(T5Config(**config.lm)) \
@@ -206,6 +212,11 @@ class VLBackbone(nn.Module):
         return tower_grid(self.vision, pixel_values, self.config.image_grid,
                           self.config.vision.has_cls)
 
+    @property
+    def tokens_per_image(self) -> int:
+        """How many visual tokens `image_tokens` gives per image."""
+        return self.config.image_grid ** 2
+
     def frame_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames [n_frames, 3, H, W] of one video -> (tokens [max_frames, feat], valid)
         (`modeling.visual.video_tokens` of each frame's grid features)."""
@@ -225,7 +236,9 @@ class VLBackbone(nn.Module):
     def encoder_inputs(self, batch: VLBatch, bank: AdapterBank | None, index: RowIndex | None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (inputs_embeds [b, L, d], attention mask [b, L] bool, token kinds [b, L]
-        long: PROMPT / TEXT / VISUAL), rows packed left."""
+        long: PROMPT / TEXT / VISUAL), rows packed left: [prompt | text | visual], or
+        [prompt | visual | text] when the config places the visual tokens before the text
+        (Florence-2: image tokens, then `<s> text </s>`)."""
         embedding = self.lm.get_input_embeddings()
         text = embedding(batch.input_ids)
         visual = self.visual(batch.visual, batch.image_order, batch.boxes,
@@ -233,6 +246,9 @@ class VLBackbone(nn.Module):
         pieces, valid = [text, visual], [batch.text_mask.bool(), batch.visual_mask.bool()]
         kinds = [torch.full_like(batch.input_ids, TEXT),
                  torch.full_like(batch.image_order, VISUAL)]
+        if self.config.visual_position == "before_text":
+            for part in (pieces, valid, kinds):
+                part.reverse()
         if bank is not None and bank.prompt is not None:
             prompt = gathered_rows(bank.prompt, index).to(text.dtype)
             length = gathered_rows(bank.prompt_length, index)

@@ -16,9 +16,22 @@ LMType = Literal["t5", "bart"]
 # text positions and get an object-order embedding; "plain": one sequence, positions on
 # every token (what backbones saved before the switch compute).
 VisualSemantics = Literal["vlt5", "plain"]
-# Vision towers a backbone holds: CLIP's ViT (a CLS token before the patches) and SigLIP's
-# (patches only).
-TowerType = Literal["clip", "siglip"]
+# Vision towers a backbone holds: CLIP's ViT (a CLS token before the patches), SigLIP's
+# (patches only), and Florence-2's DaViT + projector (`modeling.families.florence2`).
+TowerType = Literal["clip", "siglip", "florence2"]
+VisualKind = Literal["projection", "identity"]
+VisualPosition = Literal["after_text", "before_text"]
+
+# Switches added after backbones were saved: name -> the value that means "as before".
+_VISION_SWITCHES = {"tower": "clip", "settings": None}
+_BACKBONE_SWITCHES = {"visual": "projection", "visual_position": "after_text",
+                      "visual_semantics": "plain"}
+
+
+def _without_defaults(fields: dict[str, Any], switches: dict[str, Any]) -> dict[str, Any]:
+    """`fields` less the switches that hold their "as before" value."""
+    return {k: v for k, v in fields.items() if k not in switches or v != switches[k]}
+
 
 # VL-T5 / VL-BART add `<extra_id_0..99>` and `<vis_extra_id_0..99>` to the vocabulary.
 VL_EXTRA_TOKENS = 200
@@ -28,7 +41,8 @@ BART_BASE_VOCAB = 50265
 @dataclass(frozen=True)
 class VisionConfig:
     """Vision tower settings: `tower` names the class (CLIP or SigLIP ViT), the other
-    fields are its `transformers` config's (`CLIPVisionConfig` / `SiglipVisionConfig`)."""
+    fields are its `transformers` config's (`CLIPVisionConfig` / `SiglipVisionConfig`);
+    Florence-2's tower keeps its own config in `settings`, the fields summarising it."""
 
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -38,6 +52,9 @@ class VisionConfig:
     patch_size: int = 8
     num_channels: int = 3
     tower: TowerType = "clip"
+    # A tower whose Hugging Face config is not the fields above (Florence-2: DaViT +
+    # projector) keeps it here; hidden_size is then the width of the tokens it outputs.
+    settings: dict[str, Any] | None = None
 
     @property
     def has_cls(self) -> bool:
@@ -45,17 +62,15 @@ class VisionConfig:
         return self.tower == "clip"
 
     def to_hf_kwargs(self) -> dict[str, Any]:
-        out = asdict(self)
-        del out["tower"]
-        return out
+        """`CLIPVisionConfig` / `SiglipVisionConfig` keyword arguments (ViT towers only)."""
+        if self.settings is not None:
+            raise ValueError(f"a {self.tower} tower keeps its own config in `settings`")
+        return {k: v for k, v in asdict(self).items() if k not in _VISION_SWITCHES}
 
     def to_dict(self) -> dict[str, Any]:
-        """As saved; a CLIP tower's dict has no `tower` key, as before SigLIP was added, so
-        the fingerprints of existing backbones stay what they were."""
-        out = asdict(self)
-        if self.tower == "clip":
-            del out["tower"]
-        return out
+        """As saved; a CLIP tower's dict has no `tower` key (nor `settings`), as before other
+        towers were added, so the fingerprints of existing backbones stay what they were."""
+        return _without_defaults(asdict(self), _VISION_SWITCHES)
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,11 @@ class BackboneConfig:
         visual_semantics: "vlt5" (the papers' encoder, `modeling.joint_encoder`) or
             "plain". A config saved without the field is "plain", and "plain" is not
             written, so saved backbones load, answer and fingerprint as before.
+        visual: "projection" (VL-T5's visual embedding from feat_dim to d_model, trained)
+            or "identity" (the tower already outputs LM tokens: Florence-2's projector;
+            feat_dim == d_model).
+        visual_position: the visual tokens' place in the encoder input, "after_text"
+            (VL-T5 / VL-Adapter) or "before_text" (Florence-2).
     """
 
     lm_type: LMType
@@ -87,21 +107,26 @@ class BackboneConfig:
     box_dim: int = 5
     preset: str | None = None
     visual_semantics: VisualSemantics = "plain"
+    visual: VisualKind = "projection"
+    visual_position: VisualPosition = "after_text"
 
     def __post_init__(self) -> None:
-        if self.visual_semantics not in ("vlt5", "plain"):
-            raise ValueError(f"visual_semantics must be 'vlt5' or 'plain', got "
-                             f"{self.visual_semantics!r}")
+        for name, allowed in (("visual_semantics", ("vlt5", "plain")),
+                              ("visual", ("projection", "identity")),
+                              ("visual_position", ("after_text", "before_text"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, "
+                                 f"got {getattr(self, name)!r}")
 
     @property
     def d_model(self) -> int:
         return int(self.lm["d_model"])
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        """The fields; the family switches only when set, so a backbone saved before they
+        existed keeps its config and its fingerprint."""
+        out = _without_defaults(asdict(self), _BACKBONE_SWITCHES)
         out["vision"] = None if self.vision is None else self.vision.to_dict()
-        if self.visual_semantics == "plain":
-            del out["visual_semantics"]  # configs and fingerprints from before the switch
         return out
 
     @classmethod

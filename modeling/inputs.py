@@ -3,7 +3,8 @@
 Shared by training (data loaders) and serving (requests) so both feed the model the same
 way. Images go through the tower's own preprocessing at its resolution: CLIP's
 (`CLIPImageProcessorPil`: resize + centre crop + CLIP's mean / std) or SigLIP's
-(`SiglipImageProcessorPil`: resize to a square, mean / std 0.5).
+(`SiglipImageProcessorPil`: resize to a square, mean / std 0.5) or Florence-2's (resize to
+a square, ImageNet mean / std).
 """
 
 from __future__ import annotations
@@ -56,13 +57,18 @@ def check_features(features: torch.Tensor, feat_dim: int, what: str) -> torch.Te
 
 
 ImageProcessor = CLIPImageProcessorPil | SiglipImageProcessorPil
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def image_processor(image_size: int, tower: str = "clip") -> ImageProcessor:
-    """The preprocessing of a `tower` ("clip" / "siglip", `VisionConfig.tower`) at
-    `image_size` pixels (no download: built from arguments)."""
+    """The preprocessing of a `tower` ("clip" / "siglip" / "florence2",
+    `VisionConfig.tower`) at `image_size` pixels (no download: built from arguments)."""
     if tower == "siglip":
         return SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
+    if tower == "florence2":  # Florence-2's processor: square resize, ImageNet mean / std
+        return CLIPImageProcessorPil(size={"height": image_size, "width": image_size},
+                                     do_center_crop=False, image_mean=IMAGENET_MEAN,
+                                     image_std=IMAGENET_STD)
     return CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                  crop_size={"height": image_size, "width": image_size})
 

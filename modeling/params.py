@@ -1,7 +1,8 @@
 """Parameter report, counted as VL-Adapter counts it.
 
-percent = trainable / all parameters of the model that is trained. The CLIP tower is not
-counted when features are precomputed (the paper's setting). Trainable copies of backbone
+percent = trainable / all parameters of the model that is trained. The vision tower (CLIP,
+SigLIP, Florence-2's DaViT + projector) is not counted: frozen, and absent when features
+are precomputed (the paper's setting). Trainable copies of backbone
 tensors (LayerNorms, projection) replace their frozen originals once; further per-task
 copies add to the total. Built on the meta device: no memory, instant.
 """
@@ -41,8 +42,8 @@ def backbone_count(backbone: VLBackbone) -> int:
 
 def report(config: BackboneConfig, entries: list[MethodEntry], tasks: list[str]) -> ParameterReport:
     """Count on the meta device: trainable and total parameters of `entries` on `config`."""
-    with torch.device("meta"):
-        backbone = VLBackbone(config)
+    with torch.device("meta"):  # the tower is never counted: any family's LM and visual part
+        backbone = VLBackbone(config.with_features(config.feat_dim))
         model = AdapterModel(entries, BackboneFacts.of(backbone), tasks)
     base = backbone_count(backbone)
     if any(isinstance(m, FullFinetuning) for m in model.methods.values()):

@@ -93,6 +93,31 @@ def object_order_ids(image_order: torch.Tensor, n_images: int) -> torch.Tensor:
     return before.gather(2, image_order.unsqueeze(-1)).squeeze(-1)
 
 
+class IdentityVisual(nn.Module):
+    """The visual "projection" of a tower whose output already is LM tokens (Florence-2's
+    projector): features pass unchanged; no image-order or box embedding, no parameters."""
+
+    def forward(self, features: torch.Tensor, image_order: torch.Tensor,
+                boxes: torch.Tensor | None = None,
+                token_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """features [b, n, d_model] -> the same tensor (image_order, boxes and the token
+        embedding unused)."""
+        return features
+
+
+def visual_module(kind: str, feat_dim: int, d_model: int, box_dim: int, n_images: int,
+                  rms_eps: float | None = None, object_order: bool = False) -> nn.Module:
+    """The backbone's `visual` part for `BackboneConfig.visual` ("projection" | "identity");
+    rms_eps / object_order: the papers' projection (see `VisualProjection`)."""
+    if kind == "projection":
+        return VisualProjection(feat_dim, d_model, box_dim, n_images, rms_eps=rms_eps,
+                                object_order=object_order)
+    if feat_dim != d_model:
+        raise ValueError(f"an identity visual projection needs feat_dim == d_model, got "
+                         f"{feat_dim} and {d_model}")
+    return IdentityVisual()
+
+
 def pool_grid(patch_tokens: torch.Tensor, grid: int) -> torch.Tensor:
     """Max-pool a square patch grid to `grid x grid` tokens.
 

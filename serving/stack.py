@@ -36,7 +36,7 @@ from serving.lifecycle import AdapterLifecycle
 from serving.limits import RequestChecker
 from serving.servicer import InferenceServicer, RepositoryServicer
 from serving.slot_table import SlotTable
-from serving.vision_backends import VisionEncoder, make_vision_encoder
+from serving.vision_backends import VisionEncoder, make_vision_encoder, require_vit_tower
 from serving.vision_cache import VisionCache
 
 log = logging.getLogger("vladapter.serving")
@@ -94,6 +94,7 @@ def vision_parts(config: ServeConfig, backbone: VLBackbone
     log.info("vision backend: %s", encoder.name)
     if not config.serve_vision_model:
         return encoder, None
+    require_vit_tower(backbone, "--serve-vision-model")
     inputs, outputs = vision_specs(vision.image_size, backbone.config.image_grid ** 2,
                                    backbone.config.feat_dim)
     return encoder, VisionModel(config.serve_vision_model, encoder.name, inputs, outputs)

@@ -1,5 +1,6 @@
 """Where the frozen vision tower (CLIP or SigLIP) runs: torch eager, ONNX Runtime, or a
-Triton / KServe server.
+Triton / KServe server. Florence-2's tower (DaViT + projector) runs in torch eager only;
+the other paths refuse it (`require_vit_tower`).
 
 Every backend computes the same function as `VLBackbone.encode_images`:
 
@@ -54,6 +55,16 @@ def _require_tower(backbone: VLBackbone) -> nn.Module:
         raise ValueError("this backbone has no vision tower (it takes precomputed features); "
                          "there is nothing to run or export")
     return backbone.vision
+
+
+def require_vit_tower(backbone: VLBackbone, what: str) -> None:
+    """Refuse `what` (an export, a non-torch backend, the KServe vision model) for a tower
+    that is not a ViT pooled to a grid (Florence-2's DaViT + projector): those paths
+    compute `modeling.visual.tower_grid`, which is not that tower's function."""
+    vision = backbone.config.vision
+    if vision is not None and vision.tower not in ("clip", "siglip"):
+        raise ValueError(f"{what} is for CLIP / SigLIP towers; this backbone's "
+                         f"{vision.tower} tower runs in torch only (--vision-backend torch)")
 
 
 class TorchVisionEncoder:
@@ -112,6 +123,7 @@ def export_vision_onnx(backbone: VLBackbone, out_path: str | Path,
     size is fixed at `backbone.config.vision.image_size`. opset None: the exporter's default.
     """
     tower = _require_tower(backbone)
+    require_vit_tower(backbone, "the ONNX export")
     size = backbone.config.vision.image_size
     parameter = next(tower.parameters())
     module = VisionGrid(tower, backbone.config.image_grid,
@@ -238,6 +250,7 @@ def make_vision_encoder(kind: str, backbone: VLBackbone, *, onnx_path: str | Pat
     """The `--vision-backend` named `kind` ("torch", "onnxruntime" or "triton")."""
     if kind == "torch":
         return TorchVisionEncoder(backbone)
+    require_vit_tower(backbone, f"--vision-backend {kind}")
     if kind == "onnxruntime":
         if onnx_path is None:
             raise ValueError("--vision-backend onnxruntime needs an ONNX file (--onnx-path); "

@@ -26,7 +26,9 @@ from modeling.families.folders import model_type
 # Hugging Face config.json model_type -> the family module that loads such a folder, one
 # line per model_type (such as "florence2" -> "modeling.families.florence2"). Imported on
 # first use, so a family's extra dependencies cost nothing to the others.
-FAMILIES: dict[str, str] = {}
+FAMILIES: dict[str, str] = {
+    "florence2": "modeling.families.florence2",
+}
 
 PresetTokenizer = Callable[[BackboneConfig], PreTrainedTokenizerBase]
 
@@ -74,9 +76,17 @@ def load_backbone(spec: str | Path, seed: int = 0,
 
 
 def backbone_config(spec: str | Path) -> BackboneConfig:
-    """The architecture of `spec` (a preset's without building it; a folder's as loaded)."""
+    """The architecture of `spec`: a preset's without building it; a family folder's from
+    its config files alone when the family reads them (`config(folder)`, Florence-2: a
+    folder holding only config.json is enough), otherwise as loaded."""
     name = str(spec)
-    return preset(name) if name in PRESETS else load_backbone(spec).config
+    if name in PRESETS:
+        return preset(name)
+    folder = Path(spec)
+    family = family_of(folder) if folder.is_dir() else None
+    if family is not None and hasattr(family, "config"):
+        return family.config(folder)
+    return load_backbone(spec).config
 
 
 __all__ = ["FAMILIES", "backbone_config", "family_of", "load_backbone"]

@@ -23,6 +23,10 @@ def _vision(backbone: VLBackbone) -> dict[str, Any]:
     vision = backbone.config.vision
     if vision is None:
         return {"type": "features", "feat_dim": backbone.config.feat_dim}
+    if vision.settings is not None:  # Florence-2: DaViT stages + projector
+        return {"type": vision.tower, "stages": vision.settings["depths"],
+                "widths": vision.settings["embed_dim"], "hidden_size": vision.hidden_size,
+                "image_size": vision.image_size, "tokens": backbone.tokens_per_image}
     return {"type": vision.tower, "hidden_size": vision.hidden_size,
             "layers": vision.num_hidden_layers, "heads": vision.num_attention_heads,
             "image_size": vision.image_size, "patch_size": vision.patch_size}
@@ -73,15 +77,22 @@ def info_lines(info: dict[str, Any]) -> list[str]:
     """`describe`'s report as the lines `backbone info` prints."""
     vision, lm, tokenizer = info["vision"], info["lm"], info["tokenizer"]
     counts = info["parameters"]
-    seen = vision["type"] if vision["type"] == "features" else (
-        f"{vision['type']} ViT {vision['layers']} layers x {vision['hidden_size']}, "
-        f"{vision['heads']} heads, {vision['image_size']}px images, patch "
-        f"{vision['patch_size']}")
+    tokens = f"{info['image_grid']}x{info['image_grid']}"
+    if vision["type"] == "features":
+        seen = "features"
+    elif "stages" in vision:
+        seen = (f"{vision['type']} DaViT, depths {vision['stages']}, widths "
+                f"{vision['widths']} + projector to {vision['hidden_size']}, "
+                f"{vision['image_size']}px images")
+        tokens = str(vision["tokens"])
+    else:
+        seen = (f"{vision['type']} ViT {vision['layers']} layers x {vision['hidden_size']}, "
+                f"{vision['heads']} heads, {vision['image_size']}px images, patch "
+                f"{vision['patch_size']}")
     return [
         f"backbone     {info['backbone']} (family {info['family']}"
         + (f", preset {info['preset']})" if info["preset"] else ")"),
-        f"vision       {seen}; feat_dim {info['feat_dim']}, {info['image_grid']}x"
-        f"{info['image_grid']} tokens per image",
+        f"vision       {seen}; feat_dim {info['feat_dim']}, {tokens} tokens per image",
         f"lm           {lm['type']} d_model {lm['d_model']}, {lm['encoder_layers']}+"
         f"{lm['decoder_layers']} layers, {lm['heads']} heads, vocabulary {lm['vocab_size']}",
         "tokenizer    " + ("none" if tokenizer is None else

@@ -52,12 +52,21 @@ def selected_tensors(config: TrainableTensorsConfig, facts) -> list[str]:
     return sorted(names)
 
 
+def _projection_only_without_one(config: TrainableTensorsConfig, facts) -> bool:
+    """Whether `config` asks for the visual projection alone on a backbone that has none
+    (Florence-2's identity): the recipes' "always the visual projection" then trains
+    nothing, and the recipe still builds."""
+    asks_only_projection = config.visual_projection and not (
+        config.layer_norms or config.biases or config.lm_head)
+    return asks_only_projection and not any(n.startswith("visual.") for n in facts.frozen)
+
+
 class TrainableTensors(PeftMethod):
     groups = ("tensors",)
 
     def __init__(self, config: TrainableTensorsConfig, facts, tasks, sharing):
         self.names = selected_tensors(config, facts)
-        if not self.names:
+        if not self.names and not _projection_only_without_one(config, facts):
             raise ValueError(f"{config} selects no backbone tensor")
         super().__init__(config, facts, tasks, sharing)
 

@@ -7,10 +7,10 @@ import torch
 
 from modeling.backbone import VLBackbone, VLBatch
 
-FAMILIES = ("tiny", "tiny-bart")
+FAMILIES = ("tiny", "tiny-bart", "tiny-florence2")
 # The same sizes with the papers' encoder semantics (visual_semantics "vlt5").
 PAPER_FAMILIES = ("tiny-vl-t5", "tiny-vl-bart")
-# Runs a test using the `backbone` fixture on all four (the oracles: cheap enough).
+# Runs a test using the `backbone` fixture on all of them (the oracles: cheap enough).
 on_every_family = pytest.mark.parametrize("backbone", FAMILIES + PAPER_FAMILIES,
                                           indirect=True)
 

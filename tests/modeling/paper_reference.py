@@ -192,7 +192,10 @@ class RowReference:
     # --- encoder input -----------------------------------------------------------------
     def visual(self, features: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         """VL-T5's projection, no boxes: LN(feat W^T + b) + LN(0 W^T + b) + order_emb[order]
-        (+ E[vocab - 1 - j] for the j-th token of its image, VL-T5 semantics)."""
+        (+ E[vocab - 1 - j] for the j-th token of its image, VL-T5 semantics); Florence-2's
+        identity (its projector is part of the tower): the features as given."""
+        if self.backbone.config.visual == "identity":
+            return features
         boxes = features.new_zeros(features.shape[0], self.backbone.visual.box_dim)
         feat = self.layer_norm("visual.feat_norm", self.linear("visual.feat_linear", features))
         box = self.layer_norm("visual.box_norm", self.linear("visual.box_linear", boxes))
@@ -207,14 +210,17 @@ class RowReference:
         return out
 
     def encoder_input(self, text: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-        """[prompt ; text ; visual] (study Eq. 2; VL-T5: visual tokens follow the text)."""
+        """[prompt ; text ; visual] (study Eq. 2; VL-T5: visual tokens follow the text), or
+        [prompt ; visual ; text] on Florence-2 (its processor puts the image tokens first)."""
         prompt = self.weights.prompt
-        pieces = [text, visual] if prompt is None else [prompt, text, visual]
-        return torch.cat(pieces)
+        pieces = [visual, text] if self.backbone.config.visual_position == "before_text" \
+            else [text, visual]
+        return torch.cat(pieces if prompt is None else [prompt, *pieces])
 
     def encoder(self, text_ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         """The encoder's output [n, d] for one row: text_ids [t] long, visual [v, d] (the
-        projected visual tokens), the set's prompt before the text."""
+        projected visual tokens), the set's prompt before the text (the text-first layout:
+        T5 / BART, plain or the papers' semantics)."""
         embedding = self.backbone.lm.get_input_embeddings()
         text = embedding.weight[text_ids] * getattr(embedding, "embed_scale", 1.0)
         prompt = self.weights.prompt if self.weights.prompt is not None else text[:0]

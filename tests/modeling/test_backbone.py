@@ -37,10 +37,11 @@ def test_idle_hooks_leave_the_lm_identical_to_plain_hugging_face(backbone):
     plain = cls(backbone.lm.config)
     plain.load_state_dict(backbone.lm.state_dict())
     plain.eval()
-    ids = torch.randint(4, 500, (2, 7))
+    vocab = min(500, backbone.lm.config.vocab_size)
+    ids = torch.randint(4, vocab, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 5:] = 0
-    dec = torch.randint(4, 500, (2, 3))
+    dec = torch.randint(4, vocab, (2, 3))
     with torch.no_grad():
         ours = backbone.lm(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
         theirs = plain(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits

@@ -170,7 +170,8 @@ def test_candidate_scores_are_teacher_forced_log_likelihoods_per_row(backbone):
                                     [MethodEntry("prompt_tuning", {"length": 2,
                                                                    "hidden_dim": 8})]], 5)
     batch = random_batch(backbone, [4, 6, 3], seed=2, with_labels=False)
-    candidates = torch.randint(4, 100, (3, 5, 2))  # five one-token answers + a second token
+    vocab = min(100, backbone.lm.config.vocab_size)
+    candidates = torch.randint(4, vocab, (3, 5, 2))  # five one-token answers + a second token
     candidates[:, :, 1] = backbone.eos_token_id
     slots = [0, 1, 0]
     mixed = score_candidates(backbone, batch, candidates, _stack(backbone, serve),
