@@ -160,7 +160,8 @@ REFUSALS = {
         lambda p, t: ["--vision", str(p / "clip"), "--features", "8", "--lm", str(p / "t5")],
         "argument --features: not allowed with argument --vision"),
     "neither vision nor features": (lambda p, t: ["--lm", str(p / "t5")],
-                                    "one of the arguments --vision --features --from-vlt5 is required"),
+                                    "one of the arguments --vision --features --from-vlt5 "
+                                    "is required"),
     "features not positive": (lambda p, t: ["--features", "0", "--lm", str(p / "t5")],
                               "expected a positive integer, got '0'"),
 }
