@@ -47,7 +47,15 @@ class BackboneConfig:
         vision: the CLIP vision tower, or None when features are precomputed.
         image_grid: side of the pooled grid per image (6 -> 36 tokens per image).
         max_frames: video frames are pooled or padded to this many tokens (VL-Adapter: 64).
-        n_images: image-order embedding size (2: NLVR2 pairs).
+        n_images: image-order embedding size (2: NLVR2 pairs; at least `max_frames` with
+            `frame_order`, whose frame indices share the table).
+        frame_grid: 0 (VL-Adapter's layout) makes each video frame one token, the mean of
+            its pooled grid; k > 0 keeps k x k grid cells per frame (max-pooled from the
+            image grid), frame-major, so attention can compare where shapes are in
+            consecutive frames.
+        frame_order: tag each video token with its frame's index, so the projection adds a
+            learned frame-order embedding (the image-order table), as video-language models
+            add temporal positions; False tags every frame 0.
     """
 
     lm_type: LMType
@@ -59,14 +67,28 @@ class BackboneConfig:
     n_images: int = 2
     box_dim: int = 5
     preset: str | None = None
+    frame_grid: int = 0
+    frame_order: bool = False
+
+    def __post_init__(self) -> None:
+        if self.frame_grid < 0:
+            raise ValueError(f"frame_grid must be >= 0, got {self.frame_grid}")
+        if self.frame_order and self.n_images < self.max_frames:
+            raise ValueError(f"frame_order needs n_images >= max_frames ({self.max_frames}) "
+                             f"order embeddings, got n_images={self.n_images}")
 
     @property
     def d_model(self) -> int:
         return int(self.lm["d_model"])
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain fields; the video-layout fields only when set, so a backbone saved before
+        they existed keeps its config file and fingerprint."""
         out = asdict(self)
         out["vision"] = None if self.vision is None else asdict(self.vision)
+        for name, default in _LATER_FIELDS.items():
+            if out[name] == default:
+                del out[name]
         return out
 
     @classmethod
@@ -78,6 +100,10 @@ class BackboneConfig:
     def with_features(self, feat_dim: int) -> BackboneConfig:
         """The same LM fed precomputed `feat_dim`-wide features (no vision tower)."""
         return replace(self, vision=None, feat_dim=feat_dim)
+
+
+# Fields added after backbones were saved: absent from an old config means today's default.
+_LATER_FIELDS = {"frame_grid": 0, "frame_order": False}
 
 
 def _t5(d_model: int, layers: int, heads: int, d_ff: int, vocab: int, **extra: Any) -> dict:
@@ -113,7 +139,8 @@ PRESETS: dict[str, BackboneConfig] = {
         lm_type="t5", lm=_t5(128, 3, 4, 512, _SMALL_VOCAB), feat_dim=128,
         vision=VisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=3,
                             image_size=64, patch_size=8),
-        image_grid=4, max_frames=8, preset="small",
+        image_grid=4, max_frames=8, preset="small", frame_grid=2, frame_order=True,
+        n_images=8,
     ),
     # The papers' sizes, with precomputed CLIP RN101 grid features (2048-d, 6x6 per image).
     "vl-t5-base": BackboneConfig(

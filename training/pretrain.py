@@ -80,7 +80,7 @@ def visual_tokens(backbone: VLBackbone, cache: PixelCache, example: Example) -> 
     """Differentiable visual tokens of one example (the tower is being trained)."""
     if example.task in VIDEO_TASKS:
         tokens, valid = backbone.frame_tokens(cache.pixels(example.visual_ids[0], True))
-        return VisualTokens(tokens[valid], torch.zeros(int(valid.sum()), dtype=torch.long))
+        return VisualTokens.video(tokens[valid], backbone.config)
     per_image = [backbone.image_tokens(cache.pixels(v, False))[0] for v in example.visual_ids]
     return VisualTokens.concat(per_image)
 
