@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/table1")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--no-control", action="store_true",
+                        help="leave out the random-backbone control (run it in another call)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     backbone = VLBackbone.from_pretrained(args.backbone)
@@ -121,8 +123,9 @@ def main() -> None:
         for t in TASKS}, 0))
     typed_rows = {"majority answer": majority_by_type(train, test)}
     runs = [(name, backbone) for name in args.presets.split(",")]
-    runs.append(("single_adapter (random backbone)",
-                 VLBackbone.from_config(backbone.config, seed=123, tokenizer=backbone.tokenizer)))
+    if not args.no_control:
+        runs.append(("single_adapter (random backbone)", VLBackbone.from_config(
+            backbone.config, seed=123, tokenizer=backbone.tokenizer)))
     results = {}
     for name, model in runs:
         preset_name = name.split(" ")[0]
