@@ -4,6 +4,7 @@ direction (left / right / up / down / still) from the frozen video tokens of a *
 grid per frame, `BackboneConfig.frame_grid`).
 
     python -m benchmarks.motion_probe [--world runs/data/pretrain-world]
+    python -m benchmarks.motion_probe --backbone runs/backbone-small   # a pre-trained one
 
 Clips with one moving shape (or two moving the same way) only, so the label is the clip's;
 80% of them train the probe (Adam, 300 full-batch steps), 20% score it. If the probe
@@ -60,6 +61,7 @@ def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, classes: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", default="runs/data/probe-world")
+    parser.add_argument("--backbone", help="probe this saved backbone's frozen tokens instead")
     args = parser.parse_args()
     world, start = Path(args.world), time.time()
     if not (world / "world.json").is_file():
@@ -70,15 +72,18 @@ def main() -> None:
     layouts = {"one mean vector per frame (old)": replace(
         preset("small"), frame_grid=0, frame_order=False, n_images=2),
         "2x2 grid per frame (new)": preset("small")}
-    for name, config in layouts.items():
-        backbone = VLBackbone.from_config(config, seed=0)
+    backbones = {name: VLBackbone.from_config(config, seed=0)
+                 for name, config in layouts.items()}
+    if args.backbone:
+        backbones = {args.backbone: VLBackbone.from_pretrained(args.backbone)}
+    for name, backbone in backbones.items():
         with torch.no_grad():
             features = torch.stack([backbone.encode_frames(cache.pixels(c, True))[0].flatten()
                                     for c in clips])
         accuracy = probe_accuracy(features, labels, len(names))
         print(f"{name}: {features.shape[1]} features per clip, {len(clips)} clips, "
               f"held-out direction accuracy {accuracy:.1f}% (chance {100 / len(names):.0f}%)")
-    print(f"random small tower, seed 0; wall {time.time() - start:.0f}s")
+    print(f"{args.backbone or 'random small tower, seed 0'}; wall {time.time() - start:.0f}s")
 
 
 if __name__ == "__main__":
