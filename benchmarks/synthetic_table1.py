@@ -37,6 +37,8 @@ PRESETS = ["full_finetuning", "multiple_adapters", "half_shared_adapters", "sing
 # VL-Adapter's learning rates: 1e-4 for full fine-tuning, 1e-3 for the parameter-efficient
 # methods (shared/notes: the same pair trained stably on a synthetic world like this one).
 LR = {"full_finetuning": 1e-4}
+# Video multiple choice, split by question type (the asked shape's motion), as VQA is.
+TYPED_TASKS = ("tvqa", "how2qa")
 
 
 def majority(task: str, train, test) -> float:
@@ -49,10 +51,11 @@ def majority(task: str, train, test) -> float:
     return 100.0 * sum(top in e.targets[:1] for e in test) / len(test)
 
 
-def test_scores(trainer: Trainer, cache: Path) -> dict[str, float]:
+def test_scores(trainer: Trainer, cache: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """-> (headline metric per task, `<task> <type>` accuracy for the TYPED_TASKS)."""
     backbone = trainer.full.model if trainer.full is not None else trainer.backbone
     adapters = None if trainer.full is not None else trainer.model
-    scores = {}
+    scores, typed = {}, {}
     for task, data in sorted(trainer.config.tasks.items()):
         test = load_task_split(task, data, "test")
         features = features_for(trainer.backbone, task, data.visual, test, cache,
@@ -60,7 +63,30 @@ def test_scores(trainer: Trainer, cache: Path) -> dict[str, float]:
         metrics = evaluate_task(backbone, adapters, task, test, features,
                                 trainer.config.max_new_tokens, trainer.config.java_metrics)
         scores[task] = metrics[TASKS[task].metric]
-    return scores
+        if task in TYPED_TASKS:
+            typed.update({f"{task} {key.split('/')[1]}": value for key, value in
+                          metrics.items() if key.startswith("accuracy/")})
+    return scores, typed
+
+
+def majority_by_type(train, test) -> dict[str, float]:
+    """The majority answer's accuracy per `<task> <type>` of the TYPED_TASKS."""
+    out = {}
+    for task in TYPED_TASKS:
+        for kind in sorted({e.question_type for e in test[task]}):
+            subset = [e for e in test[task] if e.question_type == kind]
+            out[f"{task} {kind}"] = majority(task, train[task], subset)
+    return out
+
+
+def typed_table(rows: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown rows: method x `<task> <type>` accuracy (columns from the first row)."""
+    columns = list(next(iter(rows.values())))
+    lines = ["| method | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for name, typed in rows.items():
+        cells = " | ".join(f"{typed.get(c, float('nan')):.1f}" for c in columns)
+        lines.append(f"| {name} | {cells} |")
+    return lines
 
 
 def row(name: str, percent: float | None, scores: dict[str, float | None],
@@ -80,6 +106,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/table1")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--no-control", action="store_true",
+                        help="leave out the random-backbone control (run it in another call)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     backbone = load_backbone(args.backbone)
@@ -94,9 +122,11 @@ def main() -> None:
     lines.append(row("majority answer", None, {
         t: None if TASKS[t].is_captioning else majority(t, train[t], test[t])
         for t in TASKS}, 0))
+    typed_rows = {"majority answer": majority_by_type(train, test)}
     runs = [(name, backbone) for name in args.presets.split(",")]
-    runs.append(("single_adapter (random backbone)",
-                 VLBackbone.from_config(backbone.config, seed=123, tokenizer=backbone.tokenizer)))
+    if not args.no_control:
+        runs.append(("single_adapter (random backbone)", VLBackbone.from_config(
+            backbone.config, seed=123, tokenizer=backbone.tokenizer)))
     results = {}
     for name, model in runs:
         preset_name = name.split(" ")[0]
@@ -105,16 +135,18 @@ def main() -> None:
         trainer = Trainer(config, out / name.replace(" ", "_"), backbone=model,
                           show_progress=False)
         trainer.run()
-        scores = test_scores(trainer, out / "feature-cache")
+        scores, typed_rows[name] = test_scores(trainer, out / "feature-cache")
         percent = report(model.config, config.methods, sorted(config.tasks)).percent
         lines.append(row(name, percent, scores, time.time() - began))
-        results[name] = {"percent": percent, "scores": scores}
+        results[name] = {"percent": percent, "scores": scores, "by_type": typed_rows[name]}
         print(lines[-1], flush=True)
     (out / "table1.json").write_text(json.dumps(results, indent=2))
     print(f"\nmachine: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads; steps {args.steps}; "
           f"wall {time.time() - start:.0f}s")
     print("\n".join(lines))
+    print("\nVideo multiple choice per question type (the asked shape's motion):")
+    print("\n".join(typed_table(typed_rows)))
 
 
 if __name__ == "__main__":

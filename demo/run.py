@@ -1,7 +1,8 @@
 """`make demo` (`python -m demo`): the main job end to end on the bundled synthetic benchmark.
 
-1. Generate the synthetic world and pre-train the `small` backbone on a separate world
-   (cached in runs/ after the first run).
+1. Generate the synthetic world; take the pre-trained `small` backbone the repository
+   ships (assets/backbone-small, made by the command in its README), or, where it is
+   absent, pre-train one on a separate world (cached in runs/ after the first run).
 2. Train one shared adapter (VL-Adapter's `single_adapter`, text task prompts) on all
    eight tasks; print the test metrics against the majority answer.
 3. Publish the artifact to a local registry and serve it from a real gRPC server on
@@ -14,9 +15,12 @@ build`) replaces step 1's pre-training: the world is generated and steps 2-3 run
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from demo.serve import serve_and_ask
+from modeling.backbone import CONFIG_FILE
 from modeling.cli_parser import OneLineParser
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS
@@ -27,6 +31,34 @@ from training.synthetic_run import synthetic_config
 from training.trainer import Trainer
 
 RUNS = Path("runs")
+SHIPPED_BACKBONE = Path(__file__).resolve().parent.parent / "assets" / "backbone-small"
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Print how long the stage took (wall seconds)."""
+    start = time.time()
+    yield
+    print(f"-- {name}: {time.time() - start:.0f}s")
+
+
+def benchmark_backbone(pretrain_steps: int, given: Path | None = None) -> Path:
+    """The user's backbone folder when given (any family); else the shipped pre-trained
+    backbone when the repository has it (the main world is generated with the seed and
+    sizes it was pre-trained beside, so its tokenizer covers every word); else
+    `pretrain`'s, trained now or reused from runs/."""
+    settings = PretrainSettings(steps=pretrain_steps)
+    if given is not None:
+        print(f"== Generating the synthetic world; backbone {given} ==")
+        generate(RUNS / "data" / "world", seed=settings.seed, sizes=settings.sizes)
+        return given
+    if (SHIPPED_BACKBONE / CONFIG_FILE).is_file():
+        print(f"== Using the shipped pre-trained backbone {SHIPPED_BACKBONE} ==")
+        generate(RUNS / "data" / "world", seed=settings.seed, sizes=settings.sizes)
+        return SHIPPED_BACKBONE
+    print("== Pre-training the benchmark backbone (reused when runs/backbone-small exists) ==")
+    pretrain(RUNS / "backbone-small", RUNS / "data", settings)
+    return RUNS / "backbone-small"
 
 
 def print_parameter_table() -> None:
@@ -66,17 +98,13 @@ def main(argv: list[str] | None = None) -> None:
                              "instead of pre-training the small one")
     args = parser.parse_args(argv)
     start = time.time()
-    print_parameter_table()
-    backbone = args.backbone or RUNS / "backbone-small"
-    if args.backbone is None:
-        print("== Pre-training the benchmark backbone (reused when runs/backbone-small "
-              "exists) ==")
-        pretrain(backbone, RUNS / "data", PretrainSettings(steps=args.pretrain_steps))
-    else:
-        print(f"== Generating the synthetic world; backbone {backbone} ==")
-        generate(RUNS / "data" / "world", seed=PretrainSettings().seed,
-                 sizes=PretrainSettings().sizes)
-    trainer = train_adapter(args.steps, backbone)
-    serve_and_ask(trainer.out / "artifact", backbone, RUNS / "data" / "world")
+    with stage("parameter table"):
+        print_parameter_table()
+    with stage("world and backbone"):
+        backbone = benchmark_backbone(args.pretrain_steps, args.backbone)
+    with stage("adapter training"):
+        trainer = train_adapter(args.steps, backbone)
+    with stage("publish and serve"):
+        serve_and_ask(trainer.out / "artifact", backbone, RUNS / "data" / "world")
     print(f"demo finished in {time.time() - start:.0f}s")
 

@@ -218,9 +218,11 @@ class VLBackbone(nn.Module):
         return self.config.image_grid ** 2
 
     def frame_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames [n_frames, 3, H, W] of one video -> (tokens [max_frames, feat], valid)
-        (`modeling.visual.video_tokens` of each frame's grid features)."""
-        return video_tokens(self.image_tokens(frames), self.config.max_frames)
+        """frames [n_frames, 3, H, W] of one video -> (tokens [max_frames * cells, feat],
+        valid) (`modeling.visual.video_tokens` of each frame's grid features; cells per
+        frame: `modeling.visual.frame_cells(config.frame_grid)`)."""
+        return video_tokens(self.image_tokens(frames), self.config.max_frames,
+                            self.config.frame_grid)
 
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:

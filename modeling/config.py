@@ -25,7 +25,7 @@ VisualPosition = Literal["after_text", "before_text"]
 # Switches added after backbones were saved: name -> the value that means "as before".
 _VISION_SWITCHES = {"tower": "clip", "settings": None}
 _BACKBONE_SWITCHES = {"visual": "projection", "visual_position": "after_text",
-                      "visual_semantics": "plain"}
+                      "visual_semantics": "plain", "frame_grid": 0, "frame_order": False}
 
 
 def _without_defaults(fields: dict[str, Any], switches: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +86,15 @@ class BackboneConfig:
         vision: the vision tower (CLIP or SigLIP), or None when features are precomputed.
         image_grid: side of the pooled grid per image (6 -> 36 tokens per image).
         max_frames: video frames are pooled or padded to this many tokens (VL-Adapter: 64).
-        n_images: image-order embedding size (2: NLVR2 pairs).
+        n_images: image-order embedding size (2: NLVR2 pairs; at least `max_frames` with
+            `frame_order`, whose frame indices share the table).
+        frame_grid: 0 (VL-Adapter's layout) makes each video frame one token, the mean of
+            its pooled grid; k > 0 keeps k x k grid cells per frame (max-pooled from the
+            image grid), frame-major, so attention can compare where shapes are in
+            consecutive frames.
+        frame_order: tag each video token with its frame's index, so the projection adds a
+            learned frame-order embedding (the image-order table), as video-language models
+            add temporal positions; False tags every frame 0.
         visual_semantics: "vlt5" (the papers' encoder, `modeling.joint_encoder`) or
             "plain". A config saved without the field is "plain", and "plain" is not
             written, so saved backbones load, answer and fingerprint as before.
@@ -109,6 +117,8 @@ class BackboneConfig:
     visual_semantics: VisualSemantics = "plain"
     visual: VisualKind = "projection"
     visual_position: VisualPosition = "after_text"
+    frame_grid: int = 0
+    frame_order: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (("visual_semantics", ("vlt5", "plain")),
@@ -117,6 +127,11 @@ class BackboneConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, "
                                  f"got {getattr(self, name)!r}")
+        if self.frame_grid < 0:
+            raise ValueError(f"frame_grid must be >= 0, got {self.frame_grid}")
+        if self.frame_order and self.n_images < self.max_frames:
+            raise ValueError(f"frame_order needs n_images >= max_frames ({self.max_frames}) "
+                             f"order embeddings, got n_images={self.n_images}")
 
     @property
     def d_model(self) -> int:
@@ -138,6 +153,7 @@ class BackboneConfig:
     def with_features(self, feat_dim: int) -> BackboneConfig:
         """The same LM fed precomputed `feat_dim`-wide features (no vision tower)."""
         return replace(self, vision=None, feat_dim=feat_dim)
+
 
 
 def _t5(d_model: int, layers: int, heads: int, d_ff: int, vocab: int, **extra: Any) -> dict:
@@ -184,7 +200,8 @@ PRESETS: dict[str, BackboneConfig] = {
         lm_type="t5", lm=_t5(128, 3, 4, 512, _SMALL_VOCAB), feat_dim=128,
         vision=VisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=3,
                             image_size=64, patch_size=8),
-        image_grid=4, max_frames=8, preset="small",
+        image_grid=4, max_frames=8, preset="small", frame_grid=2, frame_order=True,
+        n_images=8,
     ),
     # The papers' sizes, with precomputed CLIP RN101 grid features (2048-d, 6x6 per image).
     "vl-t5-base": BackboneConfig(

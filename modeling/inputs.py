@@ -20,11 +20,14 @@ from transformers import (
 )
 
 from modeling.backbone import VLBatch
+from modeling.config import BackboneConfig
+from modeling.visual import frame_index
 
 
 @dataclass
 class VisualTokens:
-    """One example's visual tokens: features [n, feat_dim]; image_order [n] (0/1, NLVR2)."""
+    """One example's visual tokens: features [n, feat_dim]; image_order [n] (0/1: NLVR2's
+    images; a video's frame indices with `BackboneConfig.frame_order`)."""
 
     features: torch.Tensor
     image_order: torch.Tensor
@@ -34,6 +37,14 @@ class VisualTokens:
         """Tokens of several images [n_i, feat] in order, image i tagged with order id i."""
         order = [torch.full((t.shape[0],), i, dtype=torch.long) for i, t in enumerate(per_image)]
         return cls(torch.cat(per_image), torch.cat(order))
+
+    @classmethod
+    def video(cls, tokens: torch.Tensor, config: BackboneConfig) -> VisualTokens:
+        """A video's valid tokens [n, feat] (frame-major, `modeling.visual.video_tokens`):
+        tagged with their frame's index when `config.frame_order`, else all 0 (one image)."""
+        if config.frame_order:
+            return cls(tokens, frame_index(tokens.shape[0], config.frame_grid))
+        return cls(tokens, torch.zeros(tokens.shape[0], dtype=torch.long))
 
 
 def check_features(features: torch.Tensor, feat_dim: int, what: str) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 VL-Adapter (Sung et al., CVPR 2022, Sec. 3) feeds CLIP RN101 grid features (7x7x2048)
 max-pooled to 6x6 = 36 tokens per image; video tasks feed one 512-d feature per frame,
-pooled or padded to 64 tokens. The projection follows VL-T5's `VisualEmbedding`:
+pooled or padded to 64 tokens. A backbone may keep a small grid per frame instead
+(`BackboneConfig.frame_grid`) and tag tokens with their frame index so the order
+embedding carries time (`frame_order`). The projection follows VL-T5's `VisualEmbedding`:
 
     token = Norm(Linear(feat -> d)) + Norm(Linear(box(5) -> d)) + image_emb[image]
             (+ E[vocab - 1 - object])                           (object_order only)
@@ -31,7 +33,8 @@ class VisualProjection(nn.Module):
         feat_dim: width of an input feature.
         d_model: LM width.
         box_dim: box encoding width (x1, y1, x2, y2, area); zeros when there are no boxes.
-        n_images: number of image-order embeddings (2 for NLVR2 pairs).
+        n_images: number of image-order embeddings (2 for NLVR2 pairs; with frame order,
+            the video frames' indices share them).
         rms_eps: None: LayerNorms (VL-BART, ours); a float: T5's RMS norms with this
             epsilon (VL-T5).
         object_order: add the object-order rows of the shared token embedding (VL-T5 /
@@ -144,33 +147,55 @@ def tower_grid(tower: nn.Module, pixel_values: torch.Tensor, grid: int,
 
 
 def fit_frames(frames: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pool (uniform segments, mean) or zero-pad frame features to `max_frames` tokens.
+    """Pool (uniform segments, mean) or zero-pad frame features to `max_frames` frames.
 
-    frames [n_frames, dim] -> (tokens [max_frames, dim], valid [max_frames] bool).
+    frames [n_frames, *cell, dim] (no cell dims: one vector per frame) -> (tokens
+    [max_frames, *cell, dim], valid [max_frames] bool); each cell is pooled over time on
+    its own.
     """
-    n_frames, dim = frames.shape
+    n_frames = frames.shape[0]
     if n_frames == 0:
         raise ValueError("a video needs at least one frame")
     if n_frames > max_frames:
-        pooled = F.adaptive_avg_pool1d(frames.T.unsqueeze(0), max_frames)[0].T
-        return pooled, torch.ones(max_frames, dtype=torch.bool, device=frames.device)
-    padded = frames.new_zeros(max_frames, dim)
+        flat = frames.reshape(n_frames, -1)
+        pooled = F.adaptive_avg_pool1d(flat.T.unsqueeze(0), max_frames)[0].T
+        return (pooled.reshape(max_frames, *frames.shape[1:]),
+                torch.ones(max_frames, dtype=torch.bool, device=frames.device))
+    padded = frames.new_zeros(max_frames, *frames.shape[1:])
     padded[:n_frames] = frames
     valid = torch.zeros(max_frames, dtype=torch.bool, device=frames.device)
     valid[:n_frames] = True
     return padded, valid
 
 
-def video_tokens(frames: Sequence[torch.Tensor], max_frames: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One video as tokens: each frame's features averaged to one vector, then the frames
-    pooled or padded to `max_frames` (`fit_frames`). Training and serving both use this, so a
-    video is the same tokens whether the tower ran in a backbone call or behind the cache.
+def frame_cells(frame_grid: int) -> int:
+    """Tokens per video frame: 1 (the frame's mean vector) or frame_grid**2 grid cells."""
+    return max(frame_grid, 1) ** 2
 
-    frames: each frame's features [tokens_i, dim] (its pooled grid, or what a client sent;
-    a tensor [n_frames, tokens, dim] works too) -> (tokens [max_frames, dim], valid
-    [max_frames] bool).
+
+def video_tokens(frames: Sequence[torch.Tensor], max_frames: int, frame_grid: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One video as tokens. frame_grid 0: each frame's features averaged to one vector;
+    k > 0: each frame's grid max-pooled to k x k cells (`pool_grid`; a frame sent as one
+    vector fills every cell). The frames are then pooled or padded to `max_frames`
+    (`fit_frames`). Training and serving both use this, so a video is the same tokens
+    whether the tower ran in a backbone call or behind the cache.
+
+    frames: each frame's features [tokens_i, dim] (tokens_i a square: its pooled grid, or
+    what a client sent; a tensor [n_frames, tokens, dim] works too) -> (tokens
+    [max_frames * frame_cells, dim] frame-major, valid [max_frames * frame_cells] bool).
     """
     if len(frames) == 0:
         raise ValueError("a video needs at least one frame")
-    return fit_frames(torch.stack([frame.mean(dim=0) for frame in frames]), max_frames)
+    if frame_grid == 0:
+        return fit_frames(torch.stack([frame.mean(dim=0) for frame in frames]), max_frames)
+    cells = torch.stack([pool_grid(frame.unsqueeze(0), frame_grid)[0] for frame in frames])
+    tokens, valid = fit_frames(cells, max_frames)  # [max_frames, k*k, dim], [max_frames]
+    per_frame = cells.shape[1]
+    return tokens.reshape(-1, tokens.shape[-1]), valid.repeat_interleave(per_frame)
+
+
+def frame_index(n_tokens: int, frame_grid: int) -> torch.Tensor:
+    """Frame index of each of a video's first `n_tokens` tokens (frame-major, as
+    `video_tokens` lays them out) -> [n_tokens] long."""
+    return torch.arange(n_tokens) // frame_cells(frame_grid)

@@ -127,9 +127,13 @@ class RequestChecker:
     same settings, which are set once, here, before any request arrives.
     """
 
-    def __init__(self, limits: Limits, tokenizer, processor, feat_dim: int, has_vision: bool):
+    def __init__(self, limits: Limits, tokenizer, processor, feat_dim: int, has_vision: bool,
+                 frame_grid: int = 0):
+        """frame_grid: the backbone's `BackboneConfig.frame_grid` (0: frames are averaged,
+        any token count goes; k: a frame's features must be a square grid to pool)."""
         self.limits, self.tokenizer = limits, copy.deepcopy(tokenizer)
         self.processor, self.feat_dim, self.has_vision = processor, feat_dim, has_vision
+        self.frame_grid = frame_grid
         self._count_tokens("")  # fixes the truncation setting before threads share it
 
     def check_message(self, size: int) -> None:
@@ -161,11 +165,22 @@ class RequestChecker:
             if len(frames) > self.limits.max_frames:
                 raise InvalidInput(f"video has {len(frames)} frames; limit max_frames="
                                    f"{self.limits.max_frames}")
-            return [self.image(f, f"frame {i}") for i, f in enumerate(frames)]
+            return [self._frame(f, f"frame {i}") for i, f in enumerate(frames)]
         wanted = 2 if spec.visual_input is VisualInput.TWO_IMAGES else 1
         if len(images) != wanted:
             raise InvalidInput(f"task {spec.name} takes {wanted} image(s), got {len(images)}")
         return [self.image(img, f"image {i}") for i, img in enumerate(images)]
+
+    def _frame(self, source, what: str) -> ImageInput:
+        """One video frame; features must form a square grid when frames keep a grid."""
+        frame = self.image(source, what)
+        if self.frame_grid and frame.features is not None:
+            count = frame.features.shape[0]
+            if round(count ** 0.5) ** 2 != count:
+                raise InvalidInput(f"{what} has {count} feature tokens; this backbone keeps a "
+                                   f"{self.frame_grid}x{self.frame_grid} grid per frame: send "
+                                   f"a square grid of tokens (1, 4, 9, ...)")
+        return frame
 
     def choices(self, spec: TaskSpec, choices: list[str]) -> list[str]:
         if spec.kind is not TaskKind.MULTIPLE_CHOICE:

@@ -191,7 +191,8 @@ def build_stack(config: ServeConfig, backbone: VLBackbone | None = None,
     checker = RequestChecker(config.limits, backbone.tokenizer,
                              image_processor(visual.image_size, visual.tower) if visual
                              else None,
-                             backbone.config.feat_dim, visual is not None)
+                             backbone.config.feat_dim, visual is not None,
+                             backbone.config.frame_grid)
     inference = InferenceServicer(engine, controlled, checker)
     kserve_stats = ModelStats()
     kserve = KServeServicer(engine, controlled, inference, checker, kserve_stats,

@@ -107,9 +107,9 @@ def visual_tokens(backbone: VLBackbone, cache: VisionCache,
     for images, is_video in examples:
         per_image = [img.features if img.key is None else features[img.key] for img in images]
         if is_video:
-            tokens, valid = video_tokens(per_image, backbone.config.max_frames)
-            out.append(VisualTokens(tokens[valid], torch.zeros(int(valid.sum()),
-                                                               dtype=torch.long)))
+            tokens, valid = video_tokens(per_image, backbone.config.max_frames,
+                                         backbone.config.frame_grid)
+            out.append(VisualTokens.video(tokens[valid], backbone.config))
         else:
             out.append(VisualTokens.concat(per_image))
     return out

@@ -151,12 +151,18 @@ def data_check_command(args: argparse.Namespace) -> int:
     return 2 if problems else 0
 
 
+def pretrain_settings(args: argparse.Namespace):
+    """The `PretrainSettings` of a parsed `train-adapter pretrain` command line."""
+    from training.pretrain import PretrainSettings
+
+    return PretrainSettings(steps=args.steps, lr=args.lr, seed=args.seed)
+
+
 def pretrain_command(args: argparse.Namespace) -> int:
     """Pre-train the benchmark backbone on a separate synthetic world (cached)."""
-    from training.pretrain import PretrainSettings, pretrain
+    from training.pretrain import pretrain
 
-    settings = PretrainSettings(steps=args.steps, lr=args.lr, seed=args.seed)
-    pretrain(args.out, args.data, settings, show_progress=not args.quiet)
+    pretrain(args.out, args.data, pretrain_settings(args), show_progress=not args.quiet)
     print(f"backbone: {args.out}")
     return 0
 

@@ -1,11 +1,11 @@
 """Visual tokens of every example, computed once by the frozen vision tower and cached.
 
 Sources (`open_visual_source`): a folder of images (encoded by the backbone's CLIP tower),
-a folder of video frame folders (one pooled vector per frame, pooled or padded to
-`max_frames`), both also searched in sub-folders as the datasets' releases lay them out,
-or a feature store (.h5 / .safetensors / folder of .npz). Encoded features are kept on disk
-in one safetensors file per (backbone fingerprint, source folder), so each image is
-encoded once across runs.
+a folder of video frame folders (one pooled vector or a small grid per frame, pooled or
+padded to `max_frames`: `modeling.visual.video_tokens`), both also searched in
+sub-folders as the datasets' releases lay them out, or a feature store (.h5 /
+.safetensors / folder of .npz). Encoded features are kept on disk in one safetensors file
+per (backbone fingerprint, source folder), so each image is encoded once across runs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from modeling.backbone import VLBackbone
 from modeling.inputs import VisualTokens, check_features, image_processor, images_to_pixels
 from modeling.tasks import TASKS, VisualInput
-from modeling.visual import fit_frames
+from modeling.visual import video_tokens
 from training.data.example import Example
 from training.data.visual_stores import (
     FeatureStore,
@@ -78,7 +78,9 @@ class VisualFeatures:
     def _from_store(self, store: FeatureStore, vid: str) -> torch.Tensor:
         features = torch.from_numpy(store.get(vid)).float()
         if self.visual_input is VisualInput.VIDEO_FRAMES:
-            tokens, valid = fit_frames(features, self.backbone.config.max_frames)
+            config = self.backbone.config  # one vector per frame: [n_frames, 1, feat]
+            tokens, valid = video_tokens(features.unsqueeze(1), config.max_frames,
+                                         config.frame_grid)
             return tokens[valid]
         return features
 
@@ -101,6 +103,8 @@ class VisualFeatures:
         return tokens[valid].clone()
 
     def tokens(self, example: Example) -> VisualTokens:
+        if self.visual_input is VisualInput.VIDEO_FRAMES:
+            return VisualTokens.video(self.table[example.visual_ids[0]], self.backbone.config)
         return VisualTokens.concat([self.table[vid] for vid in example.visual_ids])
 
 

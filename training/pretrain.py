@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ from training.text import corpus_tokenizer
 PRETRAIN_TASKS = ("caption", "vqa", "gqa", "tvc")
 PRETRAIN_SEED = 1000
 VIDEO_TASKS = ("tvqa", "how2qa", "tvc", "yc2c")
+LOG_FILE = "pretrain_log.json"
 _MOTION = re.compile(r"\b(left|right|up|down|still)\b")
 
 
@@ -80,7 +82,7 @@ def visual_tokens(backbone: VLBackbone, cache: PixelCache, example: Example) -> 
     """Differentiable visual tokens of one example (the tower is being trained)."""
     if example.task in VIDEO_TASKS:
         tokens, valid = backbone.frame_tokens(cache.pixels(example.visual_ids[0], True))
-        return VisualTokens(tokens[valid], torch.zeros(int(valid.sum()), dtype=torch.long))
+        return VisualTokens.video(tokens[valid], backbone.config)
     per_image = [backbone.image_tokens(cache.pixels(v, False))[0] for v in example.visual_ids]
     return VisualTokens.concat(per_image)
 
@@ -95,13 +97,11 @@ def pretrain_step(backbone: VLBackbone, cache: PixelCache, rows: list[Example],
     return sequence_loss(backbone(batch), batch.labels)
 
 
-def pretrain(out_dir: str | Path, data_dir: str | Path,
-             settings: PretrainSettings = PretrainSettings(), show_progress: bool = True
-             ) -> VLBackbone:
-    """Pre-train (or reuse) the benchmark backbone in `out_dir`; `data_dir` gets both worlds."""
-    out, data = Path(out_dir), Path(data_dir)
-    if (out / "vladapter_backbone.json").is_file():
-        return VLBackbone.from_pretrained(out)
+def prepare(data: Path, settings: PretrainSettings
+            ) -> tuple[VLBackbone, PixelCache, list[Example]]:
+    """Both worlds written under `data`, the word tokenizer over them, and the seeded
+    random `small` backbone in train mode, with the pre-training world's pixels and
+    examples: everything a pre-training run starts from."""
     main_paths = generate(data / "world", seed=settings.seed, sizes=settings.sizes)
     generate(data / "pretrain-world", seed=PRETRAIN_SEED, sizes=settings.sizes)
     every = world_examples(data / "world", "train", main_paths)
@@ -112,14 +112,18 @@ def pretrain(out_dir: str | Path, data_dir: str | Path,
     backbone = VLBackbone.from_config(config, seed=settings.seed, tokenizer=tokenizer)
     backbone.requires_grad_(True)
     backbone.train()
-    cache = PixelCache(data / "pretrain-world", config.vision.image_size)
+    return backbone, PixelCache(data / "pretrain-world", config.vision.image_size), train
+
+
+def train_losses(backbone: VLBackbone, cache: PixelCache, train: list[Example],
+                 settings: PretrainSettings) -> Iterator[float]:
+    """Run the `settings.steps` optimizer steps (AdamW, 100 warm-up steps, linear decay),
+    yielding each step's loss; a caller may stop early (the schedule stays the full run's)."""
     optimizer = torch.optim.AdamW(backbone.parameters(), lr=settings.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / 100) * max(0.0, 1 - s / settings.steps))
     rng = np.random.default_rng(settings.seed)
-    start = time.time()
-    bar = tqdm(range(settings.steps), desc="pretrain", disable=not show_progress)
-    for step in bar:
+    for _ in range(settings.steps):
         rows = [train[i] for i in rng.choice(len(train), settings.batch_size, replace=False)]
         loss = pretrain_step(backbone, cache, rows, rng)
         optimizer.zero_grad()
@@ -127,14 +131,40 @@ def pretrain(out_dir: str | Path, data_dir: str | Path,
         torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        seconds = (time.time() - start) / (step + 1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", s_per_step=f"{seconds:.2f}")
+        yield loss.item()
+
+
+def pretrain(out_dir: str | Path, data_dir: str | Path,
+             settings: PretrainSettings = PretrainSettings(), show_progress: bool = True
+             ) -> VLBackbone:
+    """Pre-train (or reuse) the benchmark backbone in `out_dir`; `data_dir` gets both worlds."""
+    out, data = Path(out_dir), Path(data_dir)
+    if (out / "vladapter_backbone.json").is_file():
+        return VLBackbone.from_pretrained(out)
+    backbone, cache, train = prepare(data, settings)
+    start, losses = time.time(), []
+    steps = train_losses(backbone, cache, train, settings)
+    bar = tqdm(steps, total=settings.steps, desc="pretrain", disable=not show_progress)
+    for loss in bar:
+        losses.append(round(loss, 4))
+        seconds = (time.time() - start) / len(losses)
+        bar.set_postfix(loss=f"{loss:.3f}", s_per_step=f"{seconds:.2f}")
     backbone.requires_grad_(False)
     backbone.eval()
     backbone.save_pretrained(out)
+    write_log(out, settings, losses, time.time() - start)
     frozen = VLBackbone.from_pretrained(out)
     check_attributes(frozen, data / "pretrain-world", out)
     return frozen
+
+
+def write_log(out: Path, settings: PretrainSettings, losses: list[float],
+              seconds: float) -> None:
+    """`pretrain_log.json`: the settings, the loss of every step and the wall time, so a
+    shipped backbone can be checked against a short re-run (tests/training)."""
+    log = {"settings": asdict(settings),
+           "threads": torch.get_num_threads(), "seconds": round(seconds), "loss": losses}
+    (out / LOG_FILE).write_text(json.dumps(log, indent=1))
 
 
 def motion_accuracy(predictions: dict[str, str], examples: list[Example]) -> float:

@@ -94,6 +94,25 @@ def test_vqa_has_ten_answers_and_question_types(small_world: tuple[Path, dict]) 
     assert {e.question_type for e in _load("gqa", "train", out, paths)} == {"relation"}
 
 
+def test_video_questions_are_typed_by_the_asked_shapes_motion(
+        small_world: tuple[Path, dict]) -> None:
+    """TVQA's answer is the direction; How2QA asks the colour of the shape moving that way:
+    both split their results per direction (`accuracy/left` ...)."""
+    out, paths = small_world
+    tvqa = _load("tvqa", "train", out, paths)
+    assert all(e.question_type == e.choices[e.label] for e in tvqa)
+    how2qa = _load("how2qa", "train", out, paths)
+    directions = {"left", "right", "up", "down", "still"}
+    for example in how2qa:
+        assert example.question_type in directions
+        phrase = "stays still" if example.question_type == "still" else \
+            f"moves {example.question_type}"
+        assert phrase in example.text
+    predictions = {e.example_id: e.choices[e.label] for e in tvqa}
+    metrics = evaluate("tvqa", predictions, tvqa)
+    assert {f"accuracy/{e.question_type}" for e in tvqa} <= set(metrics)
+
+
 def test_images_and_frames_have_the_configured_geometry(small_world: tuple[Path, dict]) -> None:
     out, _ = small_world
     image = Image.open(next((out / "images").glob("*.png")))

@@ -289,8 +289,12 @@ def _write_video_tasks(
             subtitles.append({"vid_name": clip_name, "sub": timed})
             tvqa = video_tasks.tvqa_question(clip, rng)
             how2qa = video_tasks.how2qa_question(clip, rng)
-            rows["tvqa"].append(_video_qa_row(clip_name, clip_number, tvqa, config, "motion"))
-            rows["how2qa"].append(_video_qa_row(clip_name, clip_number, how2qa, config, "colour"))
+            # Question type: the asked shape's motion, so results split per direction.
+            rows["tvqa"].append(_video_qa_row(clip_name, clip_number, tvqa, config,
+                                              tvqa[1][tvqa[2]]))
+            asked = next(m for m in clip.movers if m.colour == how2qa[1][how2qa[2]])
+            rows["how2qa"].append(_video_qa_row(clip_name, clip_number, how2qa, config,
+                                                asked.direction))
             for task, descriptions in (
                 ("tvc", video_tasks.tvc_descriptions(clip)),
                 ("yc2c", video_tasks.yc2c_descriptions(clip)),
@@ -331,7 +335,7 @@ def _world_description(
         "relations": list(image_tasks.RELATIONS), "directions": list(DIRECTIONS),
         "question_types": {
             "vqa": ["colour", "shape", "count", "exist"], "gqa": ["relation"],
-            "tvqa": ["motion"], "how2qa": ["colour"],
+            "tvqa": list(DIRECTIONS), "how2qa": list(DIRECTIONS),  # the asked shape's motion
         },
         "caption_vocabulary": sorted(vocab.caption_words),
         "answer_vocabulary": sorted(vocab.answer_words),

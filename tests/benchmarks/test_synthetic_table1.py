@@ -1,0 +1,24 @@
+"""The bundled Table 1 splits the video multiple-choice columns per question type."""
+
+from __future__ import annotations
+
+from benchmarks import synthetic_table1
+from training.data.example import Example
+
+
+def _mc(task: str, i: int, label: int, kind: str) -> Example:
+    return Example(task, f"{task}{i}", ("v",), "q", choices=("a", "b"), label=label,
+                   question_type=kind)
+
+
+def test_majority_and_methods_are_split_per_question_type():
+    train = {t: [_mc(t, i, 0, "left") for i in range(3)] for t in ("tvqa", "how2qa")}
+    test = {t: [_mc(t, 0, 0, "left"), _mc(t, 1, 1, "up"), _mc(t, 2, 0, "up")]
+            for t in ("tvqa", "how2qa")}
+    majority = synthetic_table1.majority_by_type(train, test)
+    assert majority == {"tvqa left": 100.0, "tvqa up": 50.0,
+                        "how2qa left": 100.0, "how2qa up": 50.0}
+    lines = synthetic_table1.typed_table({"majority answer": majority,
+                                          "full_finetuning": {**majority, "tvqa up": 75.0}})
+    assert lines[0] == "| method | tvqa left | tvqa up | how2qa left | how2qa up |"
+    assert lines[3] == "| full_finetuning | 100.0 | 75.0 | 100.0 | 50.0 |"
