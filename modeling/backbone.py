@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +87,20 @@ def pack_left(embeds: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, 
     return packed, torch.gather(valid, 1, order)
 
 
+def with_prompt(embeds: torch.Tensor, valid: torch.Tensor, bank: AdapterBank | None,
+                index: RowIndex | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's prompt vectors (prompt tuning) before its input, rows packed left.
+
+    embeds [b, n, d], valid [b, n] bool -> (inputs [b, L, d], mask [b, L] bool).
+    """
+    if bank is not None and bank.prompt is not None:
+        prompt = gathered_rows(bank.prompt, index).to(embeds.dtype)
+        length = gathered_rows(bank.prompt_length, index)
+        prompt_valid = torch.arange(prompt.shape[1], device=embeds.device) < length[:, None]
+        embeds, valid = torch.cat([prompt, embeds], 1), torch.cat([prompt_valid, valid], 1)
+    return pack_left(embeds, valid)
+
+
 class VLBackbone(nn.Module):
     """The frozen backbone. Its parameters never require grad and are never written."""
 
@@ -108,7 +124,13 @@ class VLBackbone(nn.Module):
         if lm is None:
             self.lm = T5ForConditionalGeneration(T5Config(**config.lm)) \
                 if config.lm_type == "t5" else BartForConditionalGeneration(BartConfig(**config.lm))
-        self.adapter_context = hooks.install(self, config.lm_type, self.lm)
+        self._install_and_freeze()
+
+    def _install_and_freeze(self, route_attention=hooks.route_through_interface) -> None:
+        """Find the adapter sites (`hooks.install`) and freeze every weight: the last step
+        of building any family's backbone."""
+        self.adapter_context = hooks.install(self, self.config.lm_type, self.lm,
+                                             route_attention)
         self.requires_grad_(False)
         self.eval()
 
@@ -206,14 +228,9 @@ class VLBackbone(nn.Module):
         """-> (inputs_embeds [b, L, d], attention mask [b, L] bool), rows packed left."""
         text = self.lm.get_input_embeddings()(batch.input_ids)
         visual = self.visual(batch.visual, batch.image_order, batch.boxes).to(text.dtype)
-        pieces, valid = [text, visual], [batch.text_mask.bool(), batch.visual_mask.bool()]
-        if bank is not None and bank.prompt is not None:
-            prompt = gathered_rows(bank.prompt, index).to(text.dtype)
-            length = gathered_rows(bank.prompt_length, index)
-            prompt_valid = torch.arange(prompt.shape[1], device=text.device) < length[:, None]
-            pieces.insert(0, prompt)
-            valid.insert(0, prompt_valid)
-        return pack_left(torch.cat(pieces, 1), torch.cat(valid, 1))
+        return with_prompt(torch.cat([text, visual], 1),
+                           torch.cat([batch.text_mask.bool(), batch.visual_mask.bool()], 1),
+                           bank, index)
 
     def encode(self, batch: VLBatch, bank: AdapterBank | None = None,
                index: RowIndex | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,6 +264,37 @@ class VLBackbone(nn.Module):
         hidden, mask = self.encode(batch, bank, index)
         return self.decode(hidden, mask, labels=batch.labels, bank=bank,
                            index=index).logits
+
+    @contextmanager
+    def row_positions(self, positions: torch.Tensor) -> Iterator[None]:
+        """During one cached decoder step: the new token of row i sits at decoder position
+        positions[i] [b], not at the left-padded cache length (`modeling.decode_rows`).
+
+        Learned positions (`decoder_positions`) are handed per row by a hook; T5 needs
+        nothing, its relative bias is exact under left padding.
+        """
+        table = self.decoder_positions()
+        if table is None:
+            yield
+            return
+        embed, offset = table
+
+        def per_row(module, args, output: torch.Tensor) -> torch.Tensor:  # output [1, 1, d]
+            return module.weight[positions + offset].unsqueeze(1).to(output.dtype)
+
+        handle = embed.register_forward_hook(per_row)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def decoder_positions(self) -> tuple[nn.Embedding, int] | None:
+        """The decoder's learned position table and the row of position 0 (BART: 2), or
+        None when positions are relative (T5)."""
+        if self.config.lm_type != "bart":
+            return None
+        embed = self.lm.model.decoder.embed_positions
+        return embed, embed.offset
 
     @property
     def eos_token_id(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-LMType = Literal["t5", "bart"]
+LMType = Literal["t5", "bart", "bert"]
 
 # VL-T5 / VL-BART add `<extra_id_0..99>` and `<vis_extra_id_0..99>` to the vocabulary.
 VL_EXTRA_TOKENS = 200
@@ -39,8 +39,9 @@ class BackboneConfig:
     """Everything needed to rebuild a backbone's architecture.
 
     Args:
-        lm_type: "t5" or "bart".
-        lm: keyword arguments of `T5Config` / `BartConfig`.
+        lm_type: "t5" or "bart"; "bert" for BLIP (`modeling.families.blip`).
+        lm: keyword arguments of `T5Config` / `BartConfig` (BLIP: its `BlipConfig` as a
+            dict, with `d_model` added: the text width).
         feat_dim: width of one visual feature vector entering the projection
             (VL-Adapter: 2048 for CLIP RN101 grid features, 512 for video frame features;
             the CLIP hidden size when the tower is part of the backbone).

@@ -20,7 +20,7 @@ from torch import nn
 from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
 from modeling.serve_forms import AdapterSet, LowRankDelta
-from modeling.sites import TARGET_ALIASES
+from modeling.sites import TARGET_ALIASES, is_target
 from modeling.tensor_names import param_key, site_of
 
 
@@ -36,7 +36,7 @@ def lora_sites(facts, targets: tuple[str, ...]) -> list[str]:
                          f"expected some of {sorted(aliases)} or {sorted(aliases.values())}"
                          " or Linear layers of the LM ('lm.<module path>')")
     return [name for name in facts.linear_shapes if name.startswith("lm.") and
-            (name in exact or name.rsplit(".", 1)[-1] in wanted)]
+            (name in exact or any(is_target(name, alias) for alias in wanted))]
 
 
 def check_lora_rank(rank: int, site: str, shape: tuple[int, int]) -> None:

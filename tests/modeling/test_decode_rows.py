@@ -100,13 +100,13 @@ def test_bart_rows_of_different_lengths_need_their_own_positions():
         both = decode_rows.concat(old, new)
         ids = torch.cat([step_logits.argmax(-1), new_logits.argmax(-1)])
         right = both.step(backbone, ids, None, None)[1]
-        original = decode_rows._row_positions
-        decode_rows._row_positions = lambda backbone, positions: original(
-            backbone, torch.full_like(positions, int(positions.max())))
+        original = backbone.row_positions
+        backbone.row_positions = lambda positions: original(
+            torch.full_like(positions, int(positions.max())))
         try:
             both = decode_rows.concat(old, new)
             wrong = both.step(backbone, ids, None, None)[1]
         finally:
-            decode_rows._row_positions = original
+            del backbone.row_positions
     assert (right - wrong).abs().max() > 1e-3
 
