@@ -304,6 +304,10 @@ class VLBackbone(nn.Module):
     def decoder_start_token_id(self) -> int:
         return int(self.lm.config.decoder_start_token_id)
 
+    def finetuned_parts(self) -> list[nn.Module]:
+        """What full fine-tuning trains: the LM and the visual projection (not the tower)."""
+        return [self.lm, self.visual]
+
     def frozen_tensors(self) -> dict[str, torch.Tensor]:
         """Every backbone tensor by name (what overrides and LoRA shapes are checked against)."""
         return dict(self.named_parameters(remove_duplicate=False))  # tied LM head included

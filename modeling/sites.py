@@ -45,6 +45,11 @@ ATTENTION_SHAPE: dict[str, Callable[[object], tuple[int, int]]] = {
 }
 
 
+# The LM head (hidden -> vocabulary logits; the study's "final classifier") per family.
+LM_HEAD = {"t5": "lm.lm_head", "bart": "lm.lm_head",
+           "bert": "lm.text_decoder.cls.predictions.decoder"}
+
+
 @dataclass(frozen=True)
 class BlockPosition:
     """A sublayer: its input is read at `input_module`, its output at `output_module`.

@@ -248,6 +248,10 @@ class BlipBackbone(VLBackbone):
         ids[:, 1:] = labels[:, :-1]
         return ids.masked_fill(ids == -100, int(self.lm.config.pad_token_id))
 
+    def finetuned_parts(self) -> list[nn.Module]:
+        """Full fine-tuning trains the text encoder and decoder; the ViT stays frozen."""
+        return [self.lm]
+
     def decoder_positions(self) -> tuple[nn.Embedding, int]:
         return self.lm.text_decoder.bert.embeddings.position_embeddings, 0
 
@@ -273,8 +277,7 @@ def route_bert_attention(lm: BlipText) -> None:
                 attentions.append(cross)
             for attention in attentions:
                 if hasattr(attention, "vladapter_context"):
-                    attention.forward = partial(_attention_forward, attention,
-                                                attention.forward)
+                    attention.forward = partial(_attention_forward, attention)
 
 
 def _mask_encoder_padding(module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
@@ -312,7 +315,7 @@ def _keys_values(module: BlipTextSelfAttention, hidden: torch.Tensor,
     return key, value
 
 
-def _attention_forward(module: BlipTextSelfAttention, own_forward, hidden_states: torch.Tensor,
+def _attention_forward(module: BlipTextSelfAttention, hidden_states: torch.Tensor,
                        attention_mask: torch.Tensor | None = None,
                        encoder_hidden_states: torch.Tensor | None = None,
                        encoder_attention_mask: torch.Tensor | None = None, cache: Any = None,
@@ -321,10 +324,10 @@ def _attention_forward(module: BlipTextSelfAttention, own_forward, hidden_states
     None). Without a prefix at this site the module's own forward runs, unchanged."""
     ctx = module.vladapter_context
     if ctx.weights is None or module.vladapter_site not in ctx.weights.prefix:
-        return own_forward(hidden_states, attention_mask=attention_mask,
-                           encoder_hidden_states=encoder_hidden_states,
-                           encoder_attention_mask=encoder_attention_mask, cache=cache,
-                           **kwargs)
+        return BlipTextSelfAttention.forward(  # the class's, not a bound copy: deepcopy-safe
+            module, hidden_states, attention_mask=attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, cache=cache, **kwargs)
     mask = encoder_attention_mask if encoder_hidden_states is not None else attention_mask
     if mask is not None:
         mask = mask == 0  # BLIP's masks are additive (0 where attended, a large negative)
