@@ -21,7 +21,7 @@ from benchmarks.common import add_machine_options, interleaved, machine_line, me
 from benchmarks.mixed_adapters import bank_of, random_batch
 from modeling import decode_rows
 from modeling.backbone import VLBackbone
-from modeling.config import preset
+from modeling.families import load_backbone
 from modeling.kernels import RowIndex
 
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pin_threads(args.threads)
     print(machine_line())
-    backbone = VLBackbone.from_config(preset(args.preset), seed=0).to(args.device).eval()
+    backbone = load_backbone(args.preset).to(args.device).eval()
     batch = random_batch(backbone, args.rows).to(args.device)
     bank = bank_of(backbone, args.method, 4)
     index = RowIndex.of(torch.arange(args.rows, device=args.device) % 4)

@@ -1,6 +1,7 @@
 """Benchmark 1: a batch mixing N adapters against the same batch on one adapter.
 
-    python -m benchmarks.mixed_adapters [--preset tiny] [--methods lora,adapter,forms]
+    python -m benchmarks.mixed_adapters [--preset tiny | --backbone FOLDER]
+                                        [--methods lora,adapter,forms]
                                         [--rows 512] [--adapters 1,8,64,512] [--repeats 7]
                                         [--baseline GIT_REF] [--clock wall|cpu]
 
@@ -20,7 +21,9 @@ many more text tokens there, so both encoders see the same padded length.
 
 Prints rows/s (median of `repeats`), the ratios mixed / uniform and mixed / backbone
 (forms: four forms / LoRA only), the machine, and writes
-`benchmarks/results/mixed_adapters_<preset>_<device>.png` (throughput vs N) and `.json`.
+`benchmarks/results/mixed_adapters_<preset or folder name>_<device>.png` (throughput vs N)
+and `.json`. `--backbone FOLDER` runs on a backbone folder of any family
+(`modeling.families.load_backbone`).
 With `--baseline GIT_REF` the lora and adapter rows are first measured by this script as
 of GIT_REF (a subprocess, same options) and the ratios are printed before and after.
 `--clock cpu` times each call by the CPU time of the thread running torch, in both
@@ -54,7 +57,7 @@ from benchmarks.common import (
 )
 from modeling.backbone import VLBackbone, VLBatch
 from modeling.bank import AdapterBank, build_bank
-from modeling.config import preset
+from modeling.families import load_backbone
 from modeling.kernels import RowIndex
 from modeling.recipe import MethodEntry
 
@@ -188,7 +191,8 @@ def baseline(args: argparse.Namespace) -> str:
     """This benchmark's output as of `args.baseline` (its lora / adapter lines printed)."""
     methods = [m for m in args.methods.split(",") if m in RECIPES]
     output = run_at_ref(args.baseline, "mixed_adapters", [
-        "--preset", args.preset, "--methods", ",".join(methods), "--rows", str(args.rows),
+        "--preset", args.backbone or args.preset, "--methods", ",".join(methods),
+        "--rows", str(args.rows),
         "--adapters", args.adapters, "--repeats", str(args.repeats),
         "--threads", str(args.threads), "--device", args.device], args.clock)
     for line in output.splitlines():
@@ -200,6 +204,7 @@ def baseline(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--backbone", help="a backbone folder (any family) instead of --preset")
     parser.add_argument("--methods", default="lora,adapter,forms")
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--adapters", default="1,8,64,512")
@@ -212,10 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     check_clock(parser, args)
     pin_threads(args.threads)
     print(machine_line())
-    backbone = VLBackbone.from_config(preset(args.preset), seed=0).to(args.device)
+    backbone = load_backbone(args.backbone or args.preset).to(args.device)
+    name = Path(args.backbone).name if args.backbone else args.preset
     batch = random_batch(backbone, args.rows).to(args.device)
     counts = [int(n) for n in args.adapters.split(",")]
-    print(f"preset {args.preset}, batch {args.rows} rows, device {args.device}; rows/s = "
+    shown = f"backbone {args.backbone}" if args.backbone else f"preset {args.preset}"
+    print(f"{shown}, batch {args.rows} rows, device {args.device}; rows/s = "
           f"median of {args.repeats} interleaved forwards (encoder + decoder, 4 labels), "
           f"{args.clock} clock")
     before = baseline(args) if args.baseline else ""
@@ -229,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                                args.baseline)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"mixed_adapters_{args.preset}_{args.device}"
-    plot(results, f"{args.preset}, {args.rows} rows, {args.device}", out / f"{stem}.png")
+    stem = f"mixed_adapters_{name}_{args.device}"
+    plot(results, f"{name}, {args.rows} rows, {args.device}", out / f"{stem}.png")
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     print(machine_line())
     return 0

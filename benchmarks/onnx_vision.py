@@ -27,8 +27,7 @@ import onnxruntime
 import torch
 
 from benchmarks.common import machine_line
-from modeling.backbone import VLBackbone
-from modeling.config import preset
+from modeling.families import load_backbone
 from serving.vision_backends import OnnxVisionEncoder, TorchVisionEncoder, export_vision_onnx
 
 
@@ -41,7 +40,7 @@ def timed_ms(encode: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tenso
 
 def bench_preset(name: str, batch: int, warmup: int, repeats: int, workdir: Path) -> None:
     """Export `name`'s tower, time torch eager and onnxruntime on one batch, print a line."""
-    backbone = VLBackbone.from_config(preset(name), seed=0)
+    backbone = load_backbone(name)
     size = backbone.config.vision.image_size
     pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     path = export_vision_onnx(backbone, workdir / f"{name}.onnx")

@@ -1,10 +1,12 @@
 """Benchmark 2: our mixed batch against what users run today, same model, same requests.
 
-    python -m benchmarks.peft_baselines [--presets small,tiny-bart] [--adapters 8,64]
+    python -m benchmarks.peft_baselines [--presets small,tiny-bart | --backbone FOLDER]
+                                        [--adapters 8,64]
                                         [--rows 64] [--rank 8] [--repeats 5]
                                         [--baseline GIT_REF] [--clock wall|cpu]
 
-On the plain Hugging Face T5 / BART LM of a backbone preset (text only), N LoRA adapters
+On the plain Hugging Face T5 / BART LM of a backbone preset, or of a backbone folder of any
+family (`--backbone`, through `modeling.families.load_backbone`; text only), N LoRA adapters
 (rank r on q and v of every attention, random A and B) serve one batch of `rows` requests,
 row i on a seeded random adapter. Four ways to compute the batch's logits, interleaved:
 
@@ -49,7 +51,7 @@ from benchmarks.common import (
 )
 from modeling.backbone import VLBackbone
 from modeling.bank import build_bank
-from modeling.config import preset
+from modeling.families import load_backbone
 from modeling.kernels import RowIndex
 from modeling.peft_format import plain_lm
 from modeling.serve_forms import AdapterSet, LowRankDelta
@@ -99,7 +101,7 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int,
             clock: str = "wall") -> float:
     """Check equal logits, then time the four paths for one preset and adapter count;
     prints the result line and returns ours / backbone."""
-    backbone = VLBackbone.from_config(preset(name), seed=0)
+    backbone = load_backbone(name)
     model, serve = peft_with_adapters(backbone, count, rank, alpha=2.0 * rank)
     bare = plain_lm(backbone)
     rng, g = random.Random(1), torch.Generator().manual_seed(1)
@@ -142,6 +144,7 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="small,tiny-bart")
+    parser.add_argument("--backbone", help="a backbone folder (any family) instead of --presets")
     parser.add_argument("--adapters", default="8,64")
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--rank", type=int, default=8)
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
           "clock")
     before: dict[tuple[str, ...], float] = {}
     after: dict[tuple[str, ...], float] = {}
-    for name in args.presets.split(","):
+    for name in [args.backbone] if args.backbone else args.presets.split(","):
         if args.baseline:
             output = run_at_ref(args.baseline, "peft_baselines", [
                 "--presets", name, "--adapters", args.adapters, "--rows", str(args.rows),

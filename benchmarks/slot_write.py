@@ -25,7 +25,7 @@ from benchmarks.common import (
 )
 from modeling.backbone import VLBackbone
 from modeling.bank import build_bank, write_slot
-from modeling.config import preset
+from modeling.families import load_backbone
 from modeling.presets import method_preset
 
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pin_threads(args.threads)
     print(machine_line())
-    backbone = VLBackbone.from_config(preset(args.preset), seed=0).to(args.device)
+    backbone = load_backbone(args.preset).to(args.device)
     one = random_adapter(backbone, method_preset("single_adapter"), ["vqa"], 0)
     nbytes = sum(t.numel() * t.element_size() for t in one.materialize("vqa").tensors())
     print(f"preset {args.preset}, single_adapter sets of {nbytes / 2**20:.2f} MiB, device "

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from modeling.backbone import VLBackbone
+from modeling.families import load_backbone
 from modeling.params import report
 from modeling.presets import method_preset
 from modeling.tasks import TASKS, TaskKind
@@ -81,7 +82,7 @@ def main() -> None:
     parser.add_argument("--presets", default=",".join(PRESETS))
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    backbone = VLBackbone.from_pretrained(args.backbone)
+    backbone = load_backbone(args.backbone)
     out, start = Path(args.out), time.time()
     header = ("| method | % params | " + " | ".join(f"{t} {TASKS[t].metric}" for t in TASKS)
               + " | mean acc | train s |")

@@ -27,8 +27,7 @@ import torch
 
 from benchmarks.common import add_machine_options, machine_line, pin_threads, rss_bytes
 from benchmarks.mixed_adapters import random_batch
-from modeling.backbone import VLBackbone
-from modeling.config import preset
+from modeling.families import load_backbone
 from modeling.methods.base import BackboneFacts
 from modeling.presets import method_preset
 from modeling.recipe import AdapterModel
@@ -40,7 +39,7 @@ MIB = 1024 * 1024
 def worker(mode: str, args: argparse.Namespace) -> dict:
     """Build, train `steps` steps, return timings (ms) and memory (bytes) as a dict."""
     device = torch.device(args.device)
-    backbone = VLBackbone.from_config(preset(args.backbone), seed=0).to(device)
+    backbone = load_backbone(args.backbone).to(device)
     batch = random_batch(backbone, args.batch, labels=8).to(device)
     if device.type == "cuda":
         torch.cuda.synchronize()

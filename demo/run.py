@@ -6,6 +6,9 @@
    eight tasks; print the test metrics against the majority answer.
 3. Publish the artifact to a local registry and serve it from a real gRPC server on
    localhost: one request per task, question / answer / ground truth printed.
+
+`--backbone FOLDER` (a backbone folder of any family, e.g. from `train-adapter backbone
+build`) replaces step 1's pre-training: the world is generated and steps 2-3 run on it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from modeling.params import report
 from modeling.presets import METHOD_PRESETS
 from modeling.tasks import TASKS
 from training.pretrain import PretrainSettings, pretrain
+from training.synthetic import generate
 from training.synthetic_run import synthetic_config
 from training.trainer import Trainer
 
@@ -38,8 +42,8 @@ def print_parameter_table() -> None:
 DEMO_PRESET = "single_adapter_task_prompts"
 
 
-def train_adapter(steps: int) -> Trainer:
-    config = synthetic_config(RUNS / "data" / "world", RUNS / "backbone-small", DEMO_PRESET,
+def train_adapter(steps: int, backbone: Path) -> Trainer:
+    config = synthetic_config(RUNS / "data" / "world", backbone, DEMO_PRESET,
                               steps, lr=1e-3, eval_every=0, log_every=25,
                               java_metrics=False, eval_examples=60)
     print(f"== Training one shared adapter with task prompts ({DEMO_PRESET}) on "
@@ -57,12 +61,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="python -m demo", description=__doc__.splitlines()[0])
     parser.add_argument("--pretrain-steps", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--backbone", type=Path,
+                        help="a backbone folder of any family (`train-adapter backbone build`) "
+                             "instead of pre-training the small one")
     args = parser.parse_args(argv)
     start = time.time()
     print_parameter_table()
-    print("== Pre-training the benchmark backbone (reused when runs/backbone-small exists) ==")
-    pretrain(RUNS / "backbone-small", RUNS / "data", PretrainSettings(steps=args.pretrain_steps))
-    trainer = train_adapter(args.steps)
-    serve_and_ask(trainer.out / "artifact", RUNS / "backbone-small", RUNS / "data" / "world")
+    backbone = args.backbone or RUNS / "backbone-small"
+    if args.backbone is None:
+        print("== Pre-training the benchmark backbone (reused when runs/backbone-small "
+              "exists) ==")
+        pretrain(backbone, RUNS / "data", PretrainSettings(steps=args.pretrain_steps))
+    else:
+        print(f"== Generating the synthetic world; backbone {backbone} ==")
+        generate(RUNS / "data" / "world", seed=PretrainSettings().seed,
+                 sizes=PretrainSettings().sizes)
+    trainer = train_adapter(args.steps, backbone)
+    serve_and_ask(trainer.out / "artifact", backbone, RUNS / "data" / "world")
     print(f"demo finished in {time.time() - start:.0f}s")
 

@@ -12,6 +12,7 @@ _HOMES = {
     "RowIndex": "modeling.kernels", "AdapterSet": "modeling.serve_forms",
     "AdapterBank": "modeling.bank", "build_bank": "modeling.bank",
     "VLBackbone": "modeling.backbone", "VLBatch": "modeling.backbone",
+    "load_backbone": "modeling.families",
 }
 
 

@@ -1,4 +1,5 @@
-"""The frozen VL encoder-decoder: CLIP tower (optional) -> visual projection -> T5 / BART.
+"""The frozen VL encoder-decoder: CLIP / SigLIP tower (optional) -> visual projection ->
+T5 / BART.
 
 Encoder input per row (VL-T5 / VL-Adapter layout, visual tokens after the text):
 
@@ -27,6 +28,8 @@ from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
     PreTrainedTokenizerBase,
+    SiglipVisionConfig,
+    SiglipVisionModel,
     T5Config,
     T5ForConditionalGeneration,
 )
@@ -37,10 +40,13 @@ from modeling.bank import AdapterBank
 from modeling.config import BackboneConfig
 from modeling.kernels import RowIndex, gathered_rows
 from modeling.tokenizer import tokenizer_digest
-from modeling.visual import VisualProjection, pool_grid, video_tokens
+from modeling.visual import VisualProjection, tower_grid, video_tokens
 
 CONFIG_FILE = "vladapter_backbone.json"
 VISUAL_FILE = "visual_projection.safetensors"
+# VisionConfig.tower -> (its Hugging Face config class, model class).
+VISION_TOWERS = {"clip": (CLIPVisionConfig, CLIPVisionModel),
+                 "siglip": (SiglipVisionConfig, SiglipVisionModel)}
 
 
 @dataclass
@@ -117,7 +123,8 @@ class VLBackbone(nn.Module):
         self.config = config
         self.vision = vision
         if vision is None and config.vision is not None:
-            self.vision = CLIPVisionModel(CLIPVisionConfig(**config.vision.to_hf_kwargs()))
+            config_cls, model_cls = VISION_TOWERS[config.vision.tower]
+            self.vision = model_cls(config_cls(**config.vision.to_hf_kwargs()))
         self.visual = VisualProjection(config.feat_dim, config.d_model, config.box_dim,
                                        config.n_images)
         self.lm = lm
@@ -150,7 +157,8 @@ class VLBackbone(nn.Module):
         """Load a backbone saved by `save_pretrained` (or assembled by hand).
 
         Layout: `vladapter_backbone.json` (our config), `lm/` (Hugging Face T5 or BART),
-        `vision/` (Hugging Face CLIPVisionModel, optional), `visual_projection.safetensors`,
+        `vision/` (Hugging Face CLIPVisionModel or SiglipVisionModel, as the config's
+        `vision.tower` says; optional), `visual_projection.safetensors`,
         `tokenizer/` (any Hugging Face tokenizer, optional).
         """
         root = Path(path)
@@ -163,7 +171,7 @@ class VLBackbone(nn.Module):
         lm = lm_cls.from_pretrained(root / "lm")
         vision = None
         if config.vision is not None:
-            vision = CLIPVisionModel.from_pretrained(root / "vision")
+            vision = VISION_TOWERS[config.vision.tower][1].from_pretrained(root / "vision")
         tokenizer = None
         if (root / "tokenizer").is_dir():
             tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
@@ -201,11 +209,11 @@ class VLBackbone(nn.Module):
     # --- visual inputs -----------------------------------------------------------------
     def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [n, 3, H, W] -> grid features [n, image_grid**2, feat_dim]
-        (differentiable: pre-training trains the tower)."""
+        (`modeling.visual.tower_grid`; differentiable: pre-training trains the tower)."""
         if self.vision is None:
             raise ValueError("this backbone has no vision tower: pass precomputed features")
-        hidden = self.vision(pixel_values=pixel_values).last_hidden_state  # [n, 1+p, h]
-        return pool_grid(hidden[:, 1:], self.config.image_grid)
+        return tower_grid(self.vision, pixel_values, self.config.image_grid,
+                          self.config.vision.has_cls)
 
     def frame_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames [n_frames, 3, H, W] of one video -> (tokens [max_frames, feat], valid)

@@ -1,8 +1,8 @@
 """Backbone configuration and the named presets.
 
 A backbone is a frozen VL encoder-decoder in the VL-T5 / VL-BART style: an optional CLIP
-vision tower (or precomputed features), the visual projection, and a T5 or BART seq2seq LM.
-Presets build it from configs with random weights; `VLBackbone.from_pretrained` loads
+or SigLIP vision tower (or precomputed features), the visual projection, and a T5 or BART
+seq2seq LM. Presets build it from configs with random weights; `modeling.families` loads
 user weights from a local directory.
 """
 
@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 LMType = Literal["t5", "bart", "bert"]
+# Vision towers a backbone holds: CLIP's ViT (a CLS token before the patches) and SigLIP's
+# (patches only).
+TowerType = Literal["clip", "siglip"]
 
 # VL-T5 / VL-BART add `<extra_id_0..99>` and `<vis_extra_id_0..99>` to the vocabulary.
 VL_EXTRA_TOKENS = 200
@@ -20,7 +23,8 @@ BART_BASE_VOCAB = 50265
 
 @dataclass(frozen=True)
 class VisionConfig:
-    """CLIP vision tower settings (`transformers.CLIPVisionConfig` fields)."""
+    """Vision tower settings: `tower` names the class (CLIP or SigLIP ViT), the other
+    fields are its `transformers` config's (`CLIPVisionConfig` / `SiglipVisionConfig`)."""
 
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -29,9 +33,25 @@ class VisionConfig:
     image_size: int = 32
     patch_size: int = 8
     num_channels: int = 3
+    tower: TowerType = "clip"
+
+    @property
+    def has_cls(self) -> bool:
+        """Whether the tower's output starts with a CLS token (CLIP) before the patches."""
+        return self.tower == "clip"
 
     def to_hf_kwargs(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["tower"]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """As saved; a CLIP tower's dict has no `tower` key, as before SigLIP was added, so
+        the fingerprints of existing backbones stay what they were."""
+        out = asdict(self)
+        if self.tower == "clip":
+            del out["tower"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -45,7 +65,7 @@ class BackboneConfig:
         feat_dim: width of one visual feature vector entering the projection
             (VL-Adapter: 2048 for CLIP RN101 grid features, 512 for video frame features;
             the CLIP hidden size when the tower is part of the backbone).
-        vision: the CLIP vision tower, or None when features are precomputed.
+        vision: the vision tower (CLIP or SigLIP), or None when features are precomputed.
         image_grid: side of the pooled grid per image (6 -> 36 tokens per image).
         max_frames: video frames are pooled or padded to this many tokens (VL-Adapter: 64).
         n_images: image-order embedding size (2: NLVR2 pairs).
@@ -67,7 +87,7 @@ class BackboneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["vision"] = None if self.vision is None else asdict(self.vision)
+        out["vision"] = None if self.vision is None else self.vision.to_dict()
         return out
 
     @classmethod

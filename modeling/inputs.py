@@ -1,8 +1,9 @@
 """From raw inputs to a `VLBatch`: image preprocessing, tokenisation, padding.
 
 Shared by training (data loaders) and serving (requests) so both feed the model the same
-way. Images go through CLIP's own preprocessing (`CLIPImageProcessorPil`: resize + centre
-crop + normalise) at the tower's resolution.
+way. Images go through the tower's own preprocessing at its resolution: CLIP's
+(`CLIPImageProcessorPil`: resize + centre crop + CLIP's mean / std) or SigLIP's
+(`SiglipImageProcessorPil`: resize to a square, mean / std 0.5).
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessorPil, PreTrainedTokenizerBase
+from transformers import (
+    CLIPImageProcessorPil,
+    PreTrainedTokenizerBase,
+    SiglipImageProcessorPil,
+)
 
 from modeling.backbone import VLBatch
 
@@ -50,13 +55,19 @@ def check_features(features: torch.Tensor, feat_dim: int, what: str) -> torch.Te
     return features
 
 
-def image_processor(image_size: int) -> CLIPImageProcessorPil:
-    """CLIP preprocessing at `image_size` pixels (no download: built from arguments)."""
+ImageProcessor = CLIPImageProcessorPil | SiglipImageProcessorPil
+
+
+def image_processor(image_size: int, tower: str = "clip") -> ImageProcessor:
+    """The preprocessing of a `tower` ("clip" / "siglip", `VisionConfig.tower`) at
+    `image_size` pixels (no download: built from arguments)."""
+    if tower == "siglip":
+        return SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
     return CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                              crop_size={"height": image_size, "width": image_size})
+                                 crop_size={"height": image_size, "width": image_size})
 
 
-def images_to_pixels(images: list[Image.Image], processor: CLIPImageProcessorPil) -> torch.Tensor:
+def images_to_pixels(images: list[Image.Image], processor: ImageProcessor) -> torch.Tensor:
     """PIL images -> pixel_values [n, 3, H, W] float32."""
     rgb = [image.convert("RGB") for image in images]
     return processor(images=rgb, return_tensors="pt")["pixel_values"]

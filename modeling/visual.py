@@ -63,6 +63,17 @@ def pool_grid(patch_tokens: torch.Tensor, grid: int) -> torch.Tensor:
     return pooled.flatten(2).transpose(1, 2)
 
 
+def tower_grid(tower: nn.Module, pixel_values: torch.Tensor, grid: int,
+               has_cls: bool) -> torch.Tensor:
+    """A ViT tower's patch tokens max-pooled to a grid (CLIP's CLS token dropped; SigLIP
+    has none).
+
+    pixel_values [n, 3, H, W] -> [n, grid*grid, hidden].
+    """
+    hidden = tower(pixel_values=pixel_values).last_hidden_state  # [n, (1 +) patches, hidden]
+    return pool_grid(hidden[:, 1:] if has_cls else hidden, grid)
+
+
 def fit_frames(frames: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pool (uniform segments, mean) or zero-pad frame features to `max_frames` tokens.
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modeling.cli_parser import OneLineParser
@@ -38,12 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_backbone(spec: str, seed: int = 0) -> VLBackbone:
     """A backbone folder, or a preset name (random weights, seeded); no tokenizer needed."""
-    from modeling.backbone import VLBackbone
-    from modeling.config import preset
+    from modeling.families import load_backbone as load_any_backbone
 
-    if Path(spec).is_dir():
-        return VLBackbone.from_pretrained(spec)
-    return VLBackbone.from_config(preset(spec), seed=seed)
+    return load_any_backbone(spec, seed=seed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from adapters_registry import Registry
 from modeling.backbone import VLBackbone
-from modeling.config import preset
+from modeling.families import load_backbone as load_any_backbone
 from modeling.inputs import image_processor
 from modeling.methods.base import BackboneFacts
 from modeling.tasks import TASKS
@@ -68,16 +67,15 @@ def device_and_dtype(config: ServeConfig) -> tuple[torch.device, torch.dtype]:
 
 
 def load_backbone(config: ServeConfig) -> VLBackbone:
-    """A backbone folder (with its tokenizer) or a preset name (random weights, seeded)."""
-    if Path(config.backbone).is_dir():
-        backbone = VLBackbone.from_pretrained(config.backbone)
-        if backbone.tokenizer is None:
-            raise ValueError(f"backbone {config.backbone} has no tokenizer/ folder")
-        return backbone
-    settings = preset(config.backbone)
-    tokenizer = build_word_tokenizer(PRESET_WORDS, settings.lm_type,
-                                     settings.lm.get("vocab_size"))
-    return VLBackbone.from_config(settings, seed=config.seed, tokenizer=tokenizer)
+    """A backbone folder of any family (with its tokenizer) or a preset name (random
+    weights, seeded, with a word tokenizer over PRESET_WORDS)."""
+    backbone = load_any_backbone(
+        config.backbone, seed=config.seed,
+        preset_tokenizer=lambda settings: build_word_tokenizer(
+            PRESET_WORDS, settings.lm_type, settings.lm.get("vocab_size")))
+    if backbone.tokenizer is None:
+        raise ValueError(f"backbone {config.backbone} has no tokenizer/ folder")
+    return backbone
 
 
 def vision_parts(config: ServeConfig, backbone: VLBackbone
@@ -190,7 +188,8 @@ def build_stack(config: ServeConfig, backbone: VLBackbone | None = None,
     controlled = lifecycle if control is None else control(lifecycle)
     visual = backbone.config.vision
     checker = RequestChecker(config.limits, backbone.tokenizer,
-                             image_processor(visual.image_size) if visual else None,
+                             image_processor(visual.image_size, visual.tower) if visual
+                             else None,
                              backbone.config.feat_dim, visual is not None)
     inference = InferenceServicer(engine, controlled, checker)
     kserve_stats = ModelStats()

@@ -3,7 +3,8 @@
 Every backend computes the same function as `VLBackbone.encode_images`:
 
     pixel_values [n, 3, H, W] float32  ->  features [n, image_grid**2, feat_dim] float32
-    (CLIP last_hidden_state, CLS dropped, max-pooled to the grid by `pool_grid`)
+    (the tower's last_hidden_state, CLIP's CLS dropped, max-pooled to the grid by
+    `modeling.visual.tower_grid`)
 
 `export_vision_onnx` writes that whole function (tower + CLS drop + pooling) to one ONNX
 file with a dynamic batch axis; input "PIXELS", output "FEATURES" (Triton's names too).
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from modeling.backbone import VLBackbone
-from modeling.visual import pool_grid
+from modeling.visual import tower_grid
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +70,18 @@ class TorchVisionEncoder:
 
 
 class VisionGrid(nn.Module):
-    """The exported function: tower -> drop CLS -> max-pool to `grid x grid` tokens."""
+    """The exported function: `modeling.visual.tower_grid` (tower -> drop CLS, if any ->
+    max-pool to `grid x grid` tokens)."""
 
-    def __init__(self, tower: nn.Module, grid: int):
+    def __init__(self, tower: nn.Module, grid: int, has_cls: bool):
         super().__init__()
         self.tower = tower
         self.grid = grid
+        self.has_cls = has_cls
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[n, 3, H, W] -> [n, grid*grid, feat_dim]."""
-        hidden = self.tower(pixel_values=pixel_values).last_hidden_state  # [n, 1+p, h]
-        return pool_grid(hidden[:, 1:], self.grid)
+        return tower_grid(self.tower, pixel_values, self.grid, self.has_cls)
 
 
 @contextmanager
@@ -111,7 +113,8 @@ def export_vision_onnx(backbone: VLBackbone, out_path: str | Path,
     tower = _require_tower(backbone)
     size = backbone.config.vision.image_size
     parameter = next(tower.parameters())
-    module = VisionGrid(tower, backbone.config.image_grid).eval()
+    module = VisionGrid(tower, backbone.config.image_grid,
+                        backbone.config.vision.has_cls).eval()
     # Batch 2 in the example: torch.export specialises sizes 0 and 1.
     example = torch.zeros(2, 3, size, size, dtype=parameter.dtype, device=parameter.device)
     out = Path(out_path)

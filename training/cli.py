@@ -1,5 +1,5 @@
 """`train-adapter`: train adapters, check their data, pre-train the benchmark backbone,
-report parameters.
+build a backbone from Hugging Face folders, report parameters.
 
 Every user error ends with one line `train-adapter: error: ...` and exit code 2.
 """
@@ -16,10 +16,12 @@ from pathlib import Path
 from transformers.utils import logging as hf_logging
 
 from modeling.cli_parser import OneLineParser
-from modeling.config import VIDEO_FEAT_DIM, preset
+from modeling.config import VIDEO_FEAT_DIM
+from modeling.families import backbone_config
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS, method_preset
 from modeling.tasks import TASKS, VisualInput
+from training.backbone_cli import add_backbone_commands
 from training.config import RunConfig, TaskData, load_config
 
 IMAGE_TASKS = tuple(n for n, t in TASKS.items() if t.visual_input != VisualInput.VIDEO_FRAMES)
@@ -38,8 +40,9 @@ def _tasks(text: str) -> list[str]:
 
 
 def params_command(args: argparse.Namespace) -> int:
-    """Trainable / total / percent, as VL-Adapter counts them (CLIP not counted)."""
-    config = preset(args.backbone)
+    """Trainable / total / percent, as VL-Adapter counts them (CLIP not counted), for a
+    preset or a backbone folder."""
+    config = backbone_config(args.backbone)
     video = [t for t in args.tasks if t in VIDEO_TASKS]
     if video and len(video) != len(args.tasks):
         raise ValueError(
@@ -167,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument(
         "--backbone",
         default="vl-bart-base",
-        help="backbone preset (tiny, tiny-bart, small, vl-t5-base, vl-bart-base)",
+        help="backbone folder, or preset (tiny, tiny-bart, small, vl-t5-base, vl-bart-base)",
     )
     params.add_argument(
         "--preset",
@@ -212,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--quiet", action="store_true")
     pre.set_defaults(run=pretrain_command)
+    add_backbone_commands(commands)
     return parser
 
 

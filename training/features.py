@@ -83,7 +83,8 @@ class VisualFeatures:
         return features
 
     def _encode_images(self, folder: ImageFolder, ids: list[str]) -> None:
-        processor = image_processor(self.backbone.config.vision.image_size)
+        processor = image_processor(self.backbone.config.vision.image_size,
+                                    self.backbone.config.vision.tower)
         for start in range(0, len(ids), ENCODE_CHUNK):
             chunk = ids[start:start + ENCODE_CHUNK]
             images = [load_image(folder.image_path(vid)) for vid in chunk]
@@ -93,7 +94,8 @@ class VisualFeatures:
                 self.table[vid] = tokens.clone()
 
     def _encode_video(self, frame_paths: list[Path]) -> torch.Tensor:
-        processor = image_processor(self.backbone.config.vision.image_size)
+        processor = image_processor(self.backbone.config.vision.image_size,
+                                    self.backbone.config.vision.tower)
         pixels = images_to_pixels([load_image(p) for p in frame_paths], processor)
         tokens, valid = self.backbone.encode_frames(pixels)
         return tokens[valid].clone()

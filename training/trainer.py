@@ -20,8 +20,9 @@ import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from modeling import families
 from modeling.backbone import VLBackbone
-from modeling.config import PRESETS, preset
+from modeling.config import PRESETS, BackboneConfig
 from modeling.methods.base import BackboneFacts
 from modeling.methods.full_finetuning import FullFinetuning
 from modeling.params import report
@@ -49,22 +50,24 @@ def load_splits(config: RunConfig) -> Splits:
 
 
 def load_backbone(spec: str, splits: Splits) -> VLBackbone:
-    """A backbone folder, or a preset name: random weights (seed 0, as `adapter-serve`) and
-    a word tokenizer over every word of the run's train and val examples, as
-    `train-adapter pretrain` builds one (smoke runs; the run saves it as OUT/backbone)."""
-    if spec in PRESETS:
-        settings = preset(spec)
+    """A backbone folder of any family (`modeling.families.load_backbone`), or a preset
+    name: random weights (seed 0, as `adapter-serve`) and a word tokenizer over every word
+    of the run's train and val examples, as `train-adapter pretrain` builds one (smoke
+    runs; the run saves it as OUT/backbone)."""
+    def run_tokenizer(settings: BackboneConfig):
         examples = [e for train, val in splits.values() for e in train + val]
         try:
-            tokenizer = corpus_tokenizer(examples, settings.lm_type, settings.lm["vocab_size"])
+            return corpus_tokenizer(examples, settings.lm_type, settings.lm["vocab_size"])
         except ValueError as err:
             raise ConfigError(f"backbone: preset {spec!r} builds its tokenizer from the run's "
                               f"words, and {err}: train from a backbone folder") from None
-        return VLBackbone.from_config(settings, tokenizer=tokenizer)
-    if not Path(spec).is_dir():
-        raise ConfigError(f"backbone: {spec!r} is neither a folder nor a preset "
-                          f"({', '.join(PRESETS)})")
-    return VLBackbone.from_pretrained(spec)
+
+    try:
+        return families.load_backbone(spec, preset_tokenizer=run_tokenizer)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"backbone: {err}") from None
 
 
 def lr_lambda(config: RunConfig):

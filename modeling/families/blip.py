@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import (
-    AutoTokenizer,
     BlipConfig,
     BlipForConditionalGeneration,
     BlipForQuestionAnswering,
@@ -47,6 +46,7 @@ from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention
 from modeling.backbone import VLBackbone, VLBatch, pack_left, with_prompt
 from modeling.bank import AdapterBank
 from modeling.config import BackboneConfig, VisionConfig
+from modeling.families.folders import TOKENIZER_FILES, first_line, load_tokenizer, model_type
 from modeling.hooks import prefix_attention
 from modeling.kernels import RowIndex
 
@@ -55,7 +55,6 @@ ARCHITECTURES = {
     "BlipForQuestionAnswering": (BlipForQuestionAnswering, "vqa"),
     "BlipForConditionalGeneration": (BlipForConditionalGeneration, "caption"),
 }
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
 # Model sizes for random weights (tests, demo, the parameter report). "base" is BLIP-base:
@@ -98,16 +97,15 @@ def random_model(mode: str, size: str = "tiny", seed: int = 0, device: str = "cp
 
 def detect(folder: Path) -> bool:
     """Whether `folder` holds a Hugging Face BLIP model (config.json, model_type "blip")."""
-    config = Path(folder) / "config.json"
     try:
-        return json.loads(config.read_text()).get("model_type") == "blip"
-    except (OSError, ValueError, AttributeError):
+        return model_type(folder) == "blip"
+    except ValueError:  # an unreadable config.json is no BLIP folder
         return False
 
 
 def load(folder: Path) -> BlipBackbone:
     """The BLIP VQA or captioning model saved in `folder` (weights, and its tokenizer when
-    the folder has one) as a frozen backbone."""
+    the folder has one) as a frozen backbone; a ValueError of one line otherwise."""
     folder = Path(folder)
     data = json.loads((folder / "config.json").read_text())
     architecture = (data.get("architectures") or [None])[0]
@@ -115,10 +113,14 @@ def load(folder: Path) -> BlipBackbone:
         raise ValueError(f"{folder}: BLIP architecture {architecture!r} is not a "
                          f"vision-language generator; expected one of {sorted(ARCHITECTURES)}")
     model_cls, _ = ARCHITECTURES[architecture]
+    try:
+        model = model_cls.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{folder}: BLIP weights do not load: {first_line(err)}") from None
     tokenizer = None
     if any((folder / name).is_file() for name in TOKENIZER_FILES):
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    return BlipBackbone(model_cls.from_pretrained(folder), tokenizer)
+        tokenizer = load_tokenizer(folder, model.config.text_config.vocab_size)
+    return BlipBackbone(model, tokenizer)
 
 
 def backbone_config(config: BlipConfig) -> BackboneConfig:

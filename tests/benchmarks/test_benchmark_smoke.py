@@ -52,3 +52,22 @@ def test_a_baseline_at_an_unknown_commit_is_one_line_on_stderr_and_status_2(caps
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("--baseline no-such-commit: git archive")
+
+
+def test_the_adapter_benchmarks_take_a_backbone_folder(tmp_path, capsys):
+    from benchmarks import peft_baselines
+    from modeling.backbone import VLBackbone
+    from modeling.config import preset
+
+    folder = tmp_path / "my-backbone"
+    VLBackbone.from_config(preset("tiny-bart"), seed=4).save_pretrained(folder)
+    assert peft_baselines.main(["--backbone", str(folder), "--adapters", "2", "--rows", "4",
+                                "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"{re.escape(str(folder))}\s+N=\s*2 rows 4: .* ours/backbone", out)
+    assert mixed_adapters.main(["--backbone", str(folder), "--methods", "lora", "--rows", "4",
+                                "--adapters", "2", "--repeats", "1", "--device", "cpu",
+                                "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"backbone {folder}, batch 4 rows" in out
+    assert (tmp_path / "mixed_adapters_my-backbone_cpu.json").is_file()

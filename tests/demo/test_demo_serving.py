@@ -28,3 +28,29 @@ def test_trained_artifact_is_served_for_every_task(tmp_path, capsys):
     for task in TASKS:
         assert f"[{task}]" in out
     assert "exact answers:" in out
+
+
+def test_demo_trains_and_serves_a_given_backbone_folder_instead_of_pretraining(monkeypatch,
+                                                                              tmp_path):
+    from types import SimpleNamespace
+
+    from demo import run
+
+    calls: dict[str, object] = {}
+    monkeypatch.setattr(run, "RUNS", tmp_path)
+    monkeypatch.setattr(run, "pretrain", lambda *args, **kw: calls.setdefault("pretrain", args))
+    monkeypatch.setattr(run, "generate", lambda out, **kw: calls.setdefault("generate", out))
+
+    def train(steps, backbone):
+        calls["train"] = backbone
+        return SimpleNamespace(out=tmp_path / "run")
+
+    monkeypatch.setattr(run, "train_adapter", train)
+    monkeypatch.setattr(run, "serve_and_ask",
+                        lambda artifact, backbone, world: calls.setdefault("serve", backbone))
+    run.main(["--backbone", str(tmp_path / "mine"), "--steps", "1"])
+    assert "pretrain" not in calls
+    assert calls["generate"] == tmp_path / "data" / "world"
+    assert calls["train"] == calls["serve"] == tmp_path / "mine"
+    run.main(["--steps", "1"])
+    assert calls["pretrain"][0] == tmp_path / "backbone-small"

@@ -51,6 +51,12 @@ def _broken_image(world: dict, tmp_path: Path) -> dict:
     return _one_task(world, "nlvr2", visual=str(images))
 
 
+def _backbone_is_a_language_model_folder(world: dict, tmp_path: Path) -> dict:
+    """`backbone:` names a Hugging Face T5 folder: one part, not a backbone."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    return {**_one_task(world, "vqa"), "backbone": str(tmp_path)}
+
+
 # case -> (config maker, what the one line must say)
 CASES = {
     "subtitles folder without .srt": (_subtitles_folder_without_srt,
@@ -59,6 +65,9 @@ CASES = {
     "features wider than feat_dim": (_features_too_wide, "has feat_dim 100; this backbone "
                                                          "takes 64"),
     "image file is not an image": (_broken_image, "not a readable image"),
+    "backbone is a T5 folder": (_backbone_is_a_language_model_folder,
+                                "not a backbone folder: a 't5' folder is one part of a "
+                                "backbone; build one with `train-adapter backbone build"),
 }
 
 
