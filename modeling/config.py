@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 LMType = Literal["t5", "bart", "bert"]
-# Vision towers a backbone holds: CLIP's ViT (a CLS token before the patches) and SigLIP's
-# (patches only).
-TowerType = Literal["clip", "siglip"]
+# Vision towers a backbone holds: CLIP's ViT (a CLS token before the patches), SigLIP's
+# (patches only) and BLIP's ViT (`modeling.families.blip`: all its tokens are features).
+TowerType = Literal["clip", "siglip", "blip"]
 
 # VL-T5 / VL-BART add `<extra_id_0..99>` and `<vis_extra_id_0..99>` to the vocabulary.
 VL_EXTRA_TOKENS = 200

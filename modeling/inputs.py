@@ -2,8 +2,9 @@
 
 Shared by training (data loaders) and serving (requests) so both feed the model the same
 way. Images go through the tower's own preprocessing at its resolution: CLIP's
-(`CLIPImageProcessorPil`: resize + centre crop + CLIP's mean / std) or SigLIP's
-(`SiglipImageProcessorPil`: resize to a square, mean / std 0.5).
+(`CLIPImageProcessorPil`: resize + centre crop + CLIP's mean / std), SigLIP's
+(`SiglipImageProcessorPil`: resize to a square, mean / std 0.5) or BLIP's
+(`BlipImageProcessorPil`: bicubic resize to a square, CLIP's mean / std).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 from transformers import (
+    BlipImageProcessorPil,
     CLIPImageProcessorPil,
     PreTrainedTokenizerBase,
     SiglipImageProcessorPil,
@@ -59,10 +61,12 @@ ImageProcessor = CLIPImageProcessorPil | SiglipImageProcessorPil
 
 
 def image_processor(image_size: int, tower: str = "clip") -> ImageProcessor:
-    """The preprocessing of a `tower` ("clip" / "siglip", `VisionConfig.tower`) at
+    """The preprocessing of a `tower` ("clip" / "siglip" / "blip", `VisionConfig.tower`) at
     `image_size` pixels (no download: built from arguments)."""
     if tower == "siglip":
         return SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
+    if tower == "blip":
+        return BlipImageProcessorPil(size={"height": image_size, "width": image_size})
     return CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                  crop_size={"height": image_size, "width": image_size})
 

@@ -14,6 +14,7 @@ import torch
 
 from modeling.backbone import VLBackbone
 from modeling.config import BackboneConfig
+from modeling.families import from_config
 from modeling.methods.base import BackboneFacts
 from modeling.methods.full_finetuning import FullFinetuning
 from modeling.methods.trainable_tensors import TrainableTensors
@@ -41,8 +42,8 @@ def backbone_count(backbone: VLBackbone) -> int:
 
 def report(config: BackboneConfig, entries: list[MethodEntry], tasks: list[str]) -> ParameterReport:
     """Count on the meta device: trainable and total parameters of `entries` on `config`."""
+    backbone = from_config(config, device="meta")
     with torch.device("meta"):
-        backbone = VLBackbone(config)
         model = AdapterModel(entries, BackboneFacts.of(backbone), tasks)
     base = backbone_count(backbone)
     if any(isinstance(m, FullFinetuning) for m in model.methods.values()):

@@ -123,19 +123,30 @@ def load(folder: Path) -> BlipBackbone:
     return BlipBackbone(model, tokenizer)
 
 
-def backbone_config(config: BlipConfig) -> BackboneConfig:
-    """Our config of a BLIP model: lm_type "bert", the BLIP config as `lm` (plus d_model,
-    the text width), feat_dim the ViT width (the image states are the features)."""
+def backbone_config(config: BlipConfig, architecture: str) -> BackboneConfig:
+    """Our config of a BLIP model (`architecture`: its class name): lm_type "bert", the
+    BLIP config as `lm` (plus d_model, the text width, and the architecture), feat_dim the
+    ViT width (the image states are the features)."""
     text, vision = config.text_config, config.vision_config
-    lm = {k: v for k, v in config.to_dict().items() if k != "transformers_version"}
+    lm = _architecture_fields(config.to_dict())
     lm["d_model"] = text.hidden_size
+    lm["architectures"] = [architecture]
     tower = VisionConfig(hidden_size=vision.hidden_size,
                          intermediate_size=vision.intermediate_size,
                          num_hidden_layers=vision.num_hidden_layers,
                          num_attention_heads=vision.num_attention_heads,
-                         image_size=vision.image_size, patch_size=vision.patch_size)
+                         image_size=vision.image_size, patch_size=vision.patch_size,
+                         tower="blip")
     return BackboneConfig(lm_type="bert", lm=lm, feat_dim=vision.hidden_size, vision=tower,
                           image_grid=vision.image_size // vision.patch_size)
+
+
+def _architecture_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without what says where and by which version it was loaded (keys
+    `_name_or_path`, `transformers_version`, ...): the same weights copied to another folder
+    keep their fingerprint."""
+    return {k: _architecture_fields(v) if isinstance(v, dict) else v
+            for k, v in data.items() if not str(k).startswith("_") and k != "transformers_version"}
 
 
 class BlipText(nn.Module):
@@ -166,7 +177,7 @@ class BlipBackbone(VLBackbone):
         nn.Module.__init__(self)  # VLBackbone.__init__ builds T5 / BART: not ours
         self.hf_config = model.config
         self.tokenizer = tokenizer
-        self.config = backbone_config(model.config)
+        self.config = backbone_config(model.config, type(model).__name__)
         self.vision = model.vision_model
         self.lm = BlipText(model.text_decoder, getattr(model, "text_encoder", None))
         self._install_and_freeze(route_bert_attention)
@@ -179,6 +190,19 @@ class BlipBackbone(VLBackbone):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> BlipBackbone:
         return load(Path(path))
+
+    @classmethod
+    def from_config(cls, config: BackboneConfig, seed: int = 0,
+                    device: str | torch.device = "cpu",
+                    tokenizer: PreTrainedTokenizerBase | None = None) -> BlipBackbone:
+        """Random weights from our config of a BLIP model (seeded); device "meta" builds
+        without memory (the parameter report)."""
+        fields = {k: v for k, v in config.lm.items() if k != "d_model"}
+        model_cls, _ = ARCHITECTURES[fields["architectures"][0]]
+        with torch.device(device):
+            if str(device) != "meta":
+                torch.manual_seed(seed)
+            return cls(model_cls(BlipConfig.from_dict(fields)).eval(), tokenizer)
 
     def save_pretrained(self, path: str | Path) -> None:
         """The Hugging Face folder this backbone loads from (weights, config, tokenizer)."""
@@ -264,6 +288,9 @@ class BlipBackbone(VLBackbone):
     @property
     def decoder_start_token_id(self) -> int:
         return int(self.lm.config.bos_token_id)  # [DEC]
+
+
+BACKBONE_CLASS = BlipBackbone  # what `modeling.families.from_config` builds
 
 
 # --- attention -----------------------------------------------------------------------

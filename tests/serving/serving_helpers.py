@@ -121,7 +121,7 @@ def request_for(task: str, adapter: str = "alpha", seed: int = 0, version: int |
 def direct(backbone: VLBackbone, model: AdapterModel, message) -> tuple[str, list[float]]:
     """The answer of the modeling API alone (no server): (text, candidate log-probs)."""
     spec = TASKS[message.task]
-    processor = image_processor(backbone.config.vision.image_size)
+    processor = image_processor(backbone.config.vision.image_size, backbone.config.vision.tower)
     frames = message.video.frames if spec.visual_input is VisualInput.VIDEO_FRAMES \
         else message.images
     pixels = images_to_pixels([Image.open(io.BytesIO(f.encoded)) for f in frames], processor)
