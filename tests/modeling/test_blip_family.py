@@ -62,3 +62,31 @@ def test_parameter_report_counts_blip_without_its_vit(tmp_path):
     assert counted.total == text + counted.trainable
     with torch.device("meta"):
         assert report(backbone.config, [MethodEntry("full_finetuning")], ["vqa"]).percent == 100
+
+
+def test_backbone_info_reads_blips_sizes_from_its_site_table(tmp_path):
+    from modeling.families.info import describe
+
+    lm = describe(blip_folder(tmp_path, "caption"))["lm"]
+    assert (lm["type"], lm["encoder_layers"], lm["decoder_layers"], lm["heads"]) == \
+        ("bert", 0, 2, 4)  # captioning: no text encoder
+
+
+def test_readme_table_is_the_parameter_report_of_blip_base_sizes():
+    """The README's BLIP-base rows are what `report` prints for those sizes (meta device)."""
+    from pathlib import Path
+
+    from modeling.families.blip import random_model
+    from modeling.presets import method_preset
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = [line.split("|")[1:-1] for line in readme.splitlines()
+            if line.startswith(("| VQA |", "| captioning |"))]
+    assert len(rows) == 12
+    configs = {mode: BlipBackbone(random_model(mode, "base", device="meta")).config
+               for mode in ("vqa", "caption")}
+    for model, preset, trainable, total, percent in rows:
+        mode = "vqa" if model.strip() == "VQA" else "caption"
+        counted = report(configs[mode], method_preset(preset.split("`")[1]), [mode])
+        assert (f"{counted.trainable:,}", f"{counted.total:,}", f"{counted.percent:.2f}%") == \
+            (trainable.strip(), total.strip(), percent.strip()), preset
