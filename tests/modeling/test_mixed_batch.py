@@ -73,10 +73,14 @@ def adapter_mix(draw):
 
 
 def _materialize(backbone, sets, seed):
+    """Each set's serve form; its initial weights drawn from `seed` (not from whatever
+    the tests before left in the global generator), so an example is the same in any run."""
     facts = BackboneFacts.of(backbone)
     serve = []
     for i, entries in enumerate(sets):
-        model = AdapterModel(entries, facts, ["task"])
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + i)
+            model = AdapterModel(entries, facts, ["task"])
         randomize(model, seed + i)
         serve.append(model.materialize("task"))
     return serve
