@@ -36,6 +36,12 @@ class VisionConfig:
     tower: TowerType = "clip"
 
     @property
+    def pools_grid(self) -> bool:
+        """Whether the features are the tower's patch grid max-pooled (CLIP, SigLIP) or
+        every state it outputs, class token included (BLIP)."""
+        return self.tower != "blip"
+
+    @property
     def has_cls(self) -> bool:
         """Whether the tower's output starts with a CLS token (CLIP) before the patches."""
         return self.tower == "clip"
@@ -80,6 +86,13 @@ class BackboneConfig:
     n_images: int = 2
     box_dim: int = 5
     preset: str | None = None
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Visual tokens one image becomes: the pooled grid, or a BLIP ViT's 1 + patches."""
+        if self.vision is not None and not self.vision.pools_grid:
+            return (self.vision.image_size // self.vision.patch_size) ** 2 + 1
+        return self.image_grid ** 2
 
     @property
     def d_model(self) -> int:

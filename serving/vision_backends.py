@@ -111,6 +111,10 @@ def export_vision_onnx(backbone: VLBackbone, out_path: str | Path,
     size is fixed at `backbone.config.vision.image_size`. opset None: the exporter's default.
     """
     tower = _require_tower(backbone)
+    if not backbone.config.vision.pools_grid:
+        raise ValueError(f"the ONNX export pools a CLIP / SigLIP patch grid; a "
+                         f"{backbone.config.vision.tower} tower runs in torch "
+                         "(--vision-backend torch)")
     size = backbone.config.vision.image_size
     parameter = next(tower.parameters())
     module = VisionGrid(tower, backbone.config.image_grid,
