@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from serving_helpers import Published, direct, random_adapter, request_for, start_server
+from serving_helpers import (
+    Published,
+    direct,
+    random_adapter,
+    request_for,
+    start_server,
+    tiny_backbone,
+)
 
 from adapters_registry import Registry
 from modeling.families import blip
 from modeling.recipe import MethodEntry
 from modeling.tokenizer import SPECIALS, build_word_tokenizer
-from serving.protos import inference_pb2_grpc
+from serving.protos import inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 from training.artifact import write_artifact
 
 # name -> recipe: serial adapters + LayerNorm copies, LoRA + prompts, prefixes, parallel.
@@ -43,6 +50,9 @@ def blip_served(request, tmp_path_factory):
         adapter = random_adapter(backbone, recipe, TASKS_OF[mode], seed)
         write_artifact(root / name, adapter, backbone, {"trainable": adapter.trainable_count()})
         models[(name, registry.publish(root / name, name))] = adapter
+    t5 = tiny_backbone()  # an adapter of another family, for the refusal below
+    write_artifact(root / "t5", random_adapter(t5, RECIPES["delta"], ["caption"], 9), t5, {})
+    registry.publish(root / "t5", "t5-adapter")
     published = Published(str(root / "store"), models)
     server = start_server(backbone, published, max_queue_delay_ms=20.0)
     server.adapters.load("delta")
@@ -75,3 +85,17 @@ def test_blip_adapters_answer_differently_so_the_comparison_can_fail(blip_served
     message = request_for(task, "alpha", seed=1, max_new_tokens=5)
     texts = {direct(backbone, published.models[(name, 1)], message)[0] for name in RECIPES}
     assert len(texts) > 1
+
+
+def test_an_adapter_of_another_family_is_refused_naming_both_fingerprints(blip_served):
+    import grpc
+
+    _, backbone, _, server = blip_served
+    request = repository_pb2.LoadRequest()
+    request.adapter.name = "t5-adapter"
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            repository_pb2_grpc.RepositoryStub(channel).Load(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert backbone.fingerprint() in caught.value.details()
+    assert tiny_backbone().fingerprint() in caught.value.details()
