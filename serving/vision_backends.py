@@ -1,4 +1,5 @@
-"""Where the frozen CLIP tower runs: torch eager, ONNX Runtime, or a Triton / KServe server.
+"""Where the frozen vision tower (CLIP or SigLIP) runs: torch eager, ONNX Runtime, or a
+Triton / KServe server.
 
 Every backend computes the same function as `VLBackbone.encode_images`:
 

@@ -26,15 +26,25 @@ from modeling.tensor_names import param_key, site_of
 
 def lora_sites(facts, targets: tuple[str, ...]) -> list[str]:
     """Paths of the LM's Linear layers named by `targets`: a canonical or family name picks
-    that layer in every block, a site name (`lm.<module path>`) picks one layer."""
+    that layer in every block, a site name (`lm.<module path>`) picks one layer.
+
+    A name must match a Linear this LM has: a gated FFN (FLAN-T5: `wi_0`, `wi_1`) has no
+    `wi`, so `ffn_in` is refused there rather than silently adapting nothing.
+    """
     aliases = TARGET_ALIASES[facts.lm_type]
     exact = {t for t in targets if t.startswith("lm.")}
     wanted = {aliases.get(t, t) for t in targets if t not in exact}
-    unknown = (wanted - set(aliases.values())) | (exact - set(facts.linear_shapes))
+    # Layer names found in the blocks (the LM head only by its site name, as before).
+    present = {name.rsplit(".", 1)[-1] for name in facts.linear_shapes
+               if name.startswith("lm.")} - {"lm_head"}
+    unknown = {t for t in targets if (t in exact and t not in facts.linear_shapes)
+               or (t not in exact and aliases.get(t, t) not in present)}
     if unknown:
-        raise ValueError(f"unknown LoRA target(s) {sorted(unknown)[:3]} for {facts.lm_type}; "
-                         f"expected some of {sorted(aliases)} or {sorted(aliases.values())}"
-                         " or Linear layers of the LM ('lm.<module path>')")
+        names = sorted(a for a, leaf in aliases.items() if leaf in present)
+        raise ValueError(f"unknown LoRA target(s) {sorted(unknown)[:3]} for this "
+                         f"{facts.lm_type} LM; expected some of {names} or "
+                         f"{sorted(present)} or Linear layers of the LM "
+                         "('lm.<module path>')")
     return [name for name in facts.linear_shapes if name.startswith("lm.") and
             (name in exact or any(is_target(name, alias) for alias in wanted))]
 

@@ -113,3 +113,21 @@ def test_lora_rank_is_bounded_by_one_check_for_configs_and_serve_forms(facts, ra
 def test_a_fitting_adapter_passes_the_check(facts):
     model = AdapterModel(method_preset("single_adapter"), facts, ["vqa"])
     check_fits(model.materialize("vqa"), facts)
+
+
+def test_lora_on_a_gated_ffn_takes_its_own_layers_and_refuses_the_absent_wi():
+    """FLAN-T5's FFN has wi_0 / wi_1 and no wi: `ffn_in` must not silently adapt nothing."""
+    from modeling.backbone import VLBackbone
+    from modeling.methods.lora import lora_sites
+
+    tiny = preset("tiny")
+    gated = dataclasses.replace(tiny, lm={**tiny.lm, "feed_forward_proj": "gated-gelu"})
+    facts = BackboneFacts.of(VLBackbone.from_config(gated, device="meta"))
+    with pytest.raises(ValueError, match=r"unknown LoRA target\(s\) \['ffn_in'\] for this t5 "
+                                         r"LM; expected some of \['ffn_out', 'k', 'o', 'q', 'v'\] "
+                                         r"or \['k', 'o', 'q', 'v', 'wi_0', 'wi_1', 'wo'\]"):
+        AdapterModel([MethodEntry("lora", {"targets": ["q", "ffn_in"]})], facts, ["vqa"])
+    sites = lora_sites(facts, ("wi_0", "wi_1"))
+    layers = tiny.lm["num_layers"] + tiny.lm["num_decoder_layers"]
+    assert len(sites) == 2 * layers
+    assert {site.rsplit(".", 1)[-1] for site in sites} == {"wi_0", "wi_1"}

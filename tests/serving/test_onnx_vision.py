@@ -157,3 +157,19 @@ def test_triton_request(tiny, monkeypatch):
     assert features.dtype == torch.float32 and features.shape == (3, 4, 8)
     expected = pixels.float().reshape(3, -1).sum(1)
     torch.testing.assert_close(features[:, 0, 0], expected, atol=1e-3, rtol=0)
+
+
+def test_a_siglip_tower_exports_without_dropping_a_token(tmp_path):
+    from dataclasses import replace
+
+    from modeling.config import VisionConfig
+
+    config = replace(preset("tiny"), vision=VisionConfig(tower="siglip"), image_grid=4)
+    siglip = VLBackbone.from_config(config, seed=5)
+    exported = export_vision_onnx(siglip, tmp_path / "siglip_vision.onnx")
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = TorchVisionEncoder(siglip).encode(pixels)
+    # grid 4 over SigLIP's 4x4 patches (no CLS): the features are the patches themselves.
+    assert torch.equal(expected, siglip.vision(pixel_values=pixels).last_hidden_state)
+    torch.testing.assert_close(OnnxVisionEncoder(exported).encode(pixels), expected,
+                               atol=1e-4, rtol=0)
