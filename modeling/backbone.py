@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,18 +91,37 @@ class VLBatch:
         return self.input_ids.shape[0]
 
 
-def pack_left(embeds: torch.Tensor, valid: torch.Tensor, kinds: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pack_left(embeds: torch.Tensor, valid: torch.Tensor, kinds: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Move each row's valid tokens to the front, keeping their order.
 
-    embeds [b, n, d], valid [b, n] bool, kinds [b, n] long (`modeling.joint_encoder`) ->
-    (packed [b, L, d], mask [b, L], kinds [b, L]), L = max valid.
+    embeds [b, n, d], valid [b, n] bool, kinds [b, n] long (`modeling.joint_encoder`) or
+    None -> (packed [b, L, d], mask [b, L], kinds [b, L] or None), L = max valid.
     """
     order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices
     longest = int(valid.sum(1).max())
     order = order[:, :longest]
     packed = torch.gather(embeds, 1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
-    return packed, torch.gather(valid, 1, order), torch.gather(kinds, 1, order)
+    return (packed, torch.gather(valid, 1, order),
+            None if kinds is None else torch.gather(kinds, 1, order))
+
+
+def with_prompt(embeds: torch.Tensor, valid: torch.Tensor, kinds: torch.Tensor,
+                bank: AdapterBank | None, index: RowIndex | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's prompt vectors (prompt tuning) before its input, rows packed left.
+
+    embeds [b, n, d], valid [b, n] bool, kinds [b, n] long -> (inputs [b, L, d], mask
+    [b, L] bool, kinds [b, L] long: PROMPT for the prompt vectors).
+    """
+    if bank is not None and bank.prompt is not None:
+        prompt = gathered_rows(bank.prompt, index).to(embeds.dtype)
+        length = gathered_rows(bank.prompt_length, index)
+        prompt_valid = torch.arange(prompt.shape[1], device=embeds.device) < length[:, None]
+        embeds, valid = torch.cat([prompt, embeds], 1), torch.cat([prompt_valid, valid], 1)
+        kinds = torch.cat([torch.full(prompt_valid.shape, PROMPT, device=embeds.device),
+                           kinds], 1)
+    return pack_left(embeds, valid, kinds)
 
 
 class VLBackbone(nn.Module):
@@ -134,7 +154,13 @@ class VLBackbone(nn.Module):
             self.lm = T5ForConditionalGeneration(T5Config(**config.lm)) \
                 if config.lm_type == "t5" else BartForConditionalGeneration(BartConfig(**config.lm))
         self.joint_encoder = JointEncoder(config.lm_type, self.lm) if papers else None
-        self.adapter_context = hooks.install(self, config.lm_type, self.lm)
+        self._install_and_freeze()
+
+    def _install_and_freeze(self, route_attention=hooks.route_through_interface) -> None:
+        """Find the adapter sites (`hooks.install`) and freeze every weight: the last step
+        of building any family's backbone."""
+        self.adapter_context = hooks.install(self, self.config.lm_type, self.lm,
+                                             route_attention)
         self.requires_grad_(False)
         self.eval()
 
@@ -251,14 +277,8 @@ class VLBackbone(nn.Module):
         if self.config.visual_position == "before_text":
             for part in (pieces, valid, kinds):
                 part.reverse()
-        if bank is not None and bank.prompt is not None:
-            prompt = gathered_rows(bank.prompt, index).to(text.dtype)
-            length = gathered_rows(bank.prompt_length, index)
-            prompt_valid = torch.arange(prompt.shape[1], device=text.device) < length[:, None]
-            pieces.insert(0, prompt)
-            valid.insert(0, prompt_valid)
-            kinds.insert(0, torch.full(prompt_valid.shape, PROMPT, device=text.device))
-        return pack_left(torch.cat(pieces, 1), torch.cat(valid, 1), torch.cat(kinds, 1))
+        return with_prompt(torch.cat(pieces, 1), torch.cat(valid, 1), torch.cat(kinds, 1),
+                           bank, index)
 
     def encode(self, batch: VLBatch, bank: AdapterBank | None = None,
                index: RowIndex | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,6 +316,37 @@ class VLBackbone(nn.Module):
         return self.decode(hidden, mask, labels=batch.labels, bank=bank,
                            index=index).logits
 
+    @contextmanager
+    def row_positions(self, positions: torch.Tensor) -> Iterator[None]:
+        """During one cached decoder step: the new token of row i sits at decoder position
+        positions[i] [b], not at the left-padded cache length (`modeling.decode_rows`).
+
+        Learned positions (`decoder_positions`) are handed per row by a hook; T5 needs
+        nothing, its relative bias is exact under left padding.
+        """
+        table = self.decoder_positions()
+        if table is None:
+            yield
+            return
+        embed, offset = table
+
+        def per_row(module, args, output: torch.Tensor) -> torch.Tensor:  # output [1, 1, d]
+            return module.weight[positions + offset].unsqueeze(1).to(output.dtype)
+
+        handle = embed.register_forward_hook(per_row)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def decoder_positions(self) -> tuple[nn.Embedding, int] | None:
+        """The decoder's learned position table and the row of position 0 (BART: 2), or
+        None when positions are relative (T5)."""
+        if self.config.lm_type != "bart":
+            return None
+        embed = self.lm.model.decoder.embed_positions
+        return embed, embed.offset
+
     @property
     def eos_token_id(self) -> int:
         return int(self.lm.config.eos_token_id)
@@ -303,6 +354,10 @@ class VLBackbone(nn.Module):
     @property
     def decoder_start_token_id(self) -> int:
         return int(self.lm.config.decoder_start_token_id)
+
+    def finetuned_parts(self) -> list[nn.Module]:
+        """What full fine-tuning trains: the LM and the visual projection (not the tower)."""
+        return [self.lm, self.visual]
 
     def frozen_tensors(self) -> dict[str, torch.Tensor]:
         """Every backbone tensor by name (what overrides and LoRA shapes are checked against)."""

@@ -11,14 +11,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-LMType = Literal["t5", "bart"]
+LMType = Literal["t5", "bart", "bert"]
 # "vlt5": VL-T5 / VL-BART's joint encoder (`modeling.joint_encoder`): visual tokens carry no
 # text positions and get an object-order embedding; "plain": one sequence, positions on
 # every token (what backbones saved before the switch compute).
 VisualSemantics = Literal["vlt5", "plain"]
 # Vision towers a backbone holds: CLIP's ViT (a CLS token before the patches), SigLIP's
-# (patches only), and Florence-2's DaViT + projector (`modeling.families.florence2`).
-TowerType = Literal["clip", "siglip", "florence2"]
+# (patches only), Florence-2's DaViT + projector (`modeling.families.florence2`) and BLIP's
+# ViT (`modeling.families.blip`: all its tokens are features).
+TowerType = Literal["clip", "siglip", "florence2", "blip"]
 VisualKind = Literal["projection", "identity"]
 VisualPosition = Literal["after_text", "before_text"]
 
@@ -57,6 +58,12 @@ class VisionConfig:
     settings: dict[str, Any] | None = None
 
     @property
+    def pools_grid(self) -> bool:
+        """Whether the features are the tower's patch grid max-pooled (CLIP, SigLIP) or
+        every state it outputs, class token included (BLIP)."""
+        return self.tower != "blip"
+
+    @property
     def has_cls(self) -> bool:
         """Whether the tower's output starts with a CLS token (CLIP) before the patches."""
         return self.tower == "clip"
@@ -78,8 +85,9 @@ class BackboneConfig:
     """Everything needed to rebuild a backbone's architecture.
 
     Args:
-        lm_type: "t5" or "bart".
-        lm: keyword arguments of `T5Config` / `BartConfig`.
+        lm_type: "t5" or "bart"; "bert" for BLIP (`modeling.families.blip`).
+        lm: keyword arguments of `T5Config` / `BartConfig` (BLIP: its `BlipConfig` as a
+            dict, with `d_model` added: the text width).
         feat_dim: width of one visual feature vector entering the projection
             (VL-Adapter: 2048 for CLIP RN101 grid features, 512 for video frame features;
             the CLIP hidden size when the tower is part of the backbone).
@@ -132,6 +140,13 @@ class BackboneConfig:
         if self.frame_order and self.n_images < self.max_frames:
             raise ValueError(f"frame_order needs n_images >= max_frames ({self.max_frames}) "
                              f"order embeddings, got n_images={self.n_images}")
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Visual tokens one image becomes: the pooled grid, or a BLIP ViT's 1 + patches."""
+        if self.vision is not None and not self.vision.pools_grid:
+            return (self.vision.image_size // self.vision.patch_size) ** 2 + 1
+        return self.image_grid ** 2
 
     @property
     def d_model(self) -> int:

@@ -9,8 +9,9 @@ row (no prefix recomputation):
 - self-attention keys/values [b, heads, L, head_dim] are LEFT-padded to the longest row
   and masked. T5's relative position bias depends only on (key index - query index), and
   left padding keeps every real key at its true distance from the new token, so the bias
-  is exact; BART's learned absolute positions would be read from the padded length, so a
-  hook hands each row its own position for the step (`_row_positions`).
+  is exact; BART's and BERT's learned absolute positions would be read from the padded
+  length, so the backbone hands each row its own position for the step
+  (`VLBackbone.row_positions`).
 - cross-attention keys/values [b, heads, E, head_dim] are computed once, at a row's first
   step (`start`), and right-padded to the longest encoder sequence, masked by the encoder
   mask like the encoder states themselves.
@@ -22,8 +23,6 @@ against each row alone and against recomputing the whole prefix).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -75,7 +74,7 @@ class DecodeRows:
         positions = self.self_mask.sum(1)  # real tokens each row has seen
         mask = torch.cat([self.self_mask, self.self_mask.new_ones(self.size, 1)], dim=1)
         cache = _cache(self.self_kv, self.cross_kv)
-        with _row_positions(backbone, positions):
+        with backbone.row_positions(positions):
             out = backbone.decode(self.encoder_hidden, self.encoder_mask, ids[:, None],
                                   bank=bank, index=index, cache=cache,
                                   decoder_mask=mask)
@@ -167,24 +166,3 @@ def _last_true_column(mask: torch.Tensor) -> int:
     if not bool(any_true.any()):
         return -1
     return mask.shape[1] - 1 - int(any_true.flip(0).float().argmax())
-
-
-@contextmanager
-def _row_positions(backbone: VLBackbone, positions: torch.Tensor) -> Iterator[None]:
-    """BART: the new token of row i sits at position positions[i], not at the padded length.
-
-    (T5 needs nothing: its relative bias is exact under left padding.)
-    """
-    if backbone.config.lm_type != "bart":
-        yield
-        return
-    embed = backbone.lm.model.decoder.embed_positions
-
-    def per_row(module, args, output: torch.Tensor) -> torch.Tensor:  # output [1, 1, d]
-        return module.weight[positions + module.offset].unsqueeze(1).to(output.dtype)
-
-    handle = embed.register_forward_hook(per_row)
-    try:
-        yield
-    finally:
-        handle.remove()

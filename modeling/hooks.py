@@ -334,10 +334,20 @@ AttentionInterface.register(ATTENTION_IMPLEMENTATION, prefix_attention)
 AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
 
 
-def install(backbone: nn.Module, lm_type: str, lm: nn.Module) -> AdapterContext:
+def route_through_interface(lm: nn.Module) -> None:
+    """Attention of T5 / BART goes through `prefix_attention` (their attention interface)."""
+    lm.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+
+
+def install(backbone: nn.Module, lm_type: str, lm: nn.Module,
+            route_attention: Callable[[nn.Module], None] = route_through_interface
+            ) -> AdapterContext:
     """Find every adapter site of `backbone` once; returns the context the hooks read.
 
     A site's hooks are registered when a bank first uses it (`AdapterContext.use`).
+    route_attention(lm): makes the attention sites (tagged with `vladapter_context` and
+    `vladapter_site`) call `prefix_attention`; a family whose attention bypasses the
+    Hugging Face attention interface (BLIP's BERT) brings its own.
     """
     ctx = AdapterContext()
     for name, module in backbone.named_modules():
@@ -354,5 +364,5 @@ def install(backbone: nn.Module, lm_type: str, lm: nn.Module) -> AdapterContext:
     for name, attention in attention_sites(lm_type, lm).items():
         attention.vladapter_context = ctx
         attention.vladapter_site = name
-    lm.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+    route_attention(lm)
     return ctx

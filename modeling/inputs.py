@@ -2,9 +2,10 @@
 
 Shared by training (data loaders) and serving (requests) so both feed the model the same
 way. Images go through the tower's own preprocessing at its resolution: CLIP's
-(`CLIPImageProcessorPil`: resize + centre crop + CLIP's mean / std) or SigLIP's
-(`SiglipImageProcessorPil`: resize to a square, mean / std 0.5) or Florence-2's (resize to
-a square, ImageNet mean / std).
+(`CLIPImageProcessorPil`: resize + centre crop + CLIP's mean / std), SigLIP's
+(`SiglipImageProcessorPil`: resize to a square, mean / std 0.5), Florence-2's (resize to a
+square, ImageNet mean / std) or BLIP's (`BlipImageProcessorPil`: bicubic resize to a
+square, CLIP's mean / std).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 from transformers import (
+    BlipImageProcessorPil,
     CLIPImageProcessorPil,
     PreTrainedTokenizerBase,
     SiglipImageProcessorPil,
@@ -72,7 +74,7 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def image_processor(image_size: int, tower: str = "clip") -> ImageProcessor:
-    """The preprocessing of a `tower` ("clip" / "siglip" / "florence2",
+    """The preprocessing of a `tower` ("clip" / "siglip" / "florence2" / "blip",
     `VisionConfig.tower`) at `image_size` pixels (no download: built from arguments)."""
     if tower == "siglip":
         return SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
@@ -80,6 +82,8 @@ def image_processor(image_size: int, tower: str = "clip") -> ImageProcessor:
         return CLIPImageProcessorPil(size={"height": image_size, "width": image_size},
                                      do_center_crop=False, image_mean=IMAGENET_MEAN,
                                      image_std=IMAGENET_STD)
+    if tower == "blip":
+        return BlipImageProcessorPil(size={"height": image_size, "width": image_size})
     return CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                  crop_size={"height": image_size, "width": image_size})
 

@@ -15,6 +15,7 @@ import torch
 
 from modeling.backbone import VLBackbone
 from modeling.config import BackboneConfig
+from modeling.families import from_config
 from modeling.methods.base import BackboneFacts
 from modeling.methods.full_finetuning import FullFinetuning
 from modeling.methods.trainable_tensors import TrainableTensors
@@ -42,8 +43,11 @@ def backbone_count(backbone: VLBackbone) -> int:
 
 def report(config: BackboneConfig, entries: list[MethodEntry], tasks: list[str]) -> ParameterReport:
     """Count on the meta device: trainable and total parameters of `entries` on `config`."""
-    with torch.device("meta"):  # the tower is never counted: any family's LM and visual part
-        backbone = VLBackbone(config.with_features(config.feat_dim))
+    # The tower is never counted: T5 / BART backbones are built without it (any family's
+    # LM and visual part); a BLIP backbone is its own class.
+    spec = config if config.lm_type == "bert" else config.with_features(config.feat_dim)
+    backbone = from_config(spec, device="meta")
+    with torch.device("meta"):
         model = AdapterModel(entries, BackboneFacts.of(backbone), tasks)
     base = backbone_count(backbone)
     if any(isinstance(m, FullFinetuning) for m in model.methods.values()):

@@ -37,6 +37,13 @@ METHOD_PRESETS: dict[str, list[MethodEntry]] = {
     "single_adapter_task_prompts": [MethodEntry("adapter", {}, "single"),
                                     MethodEntry("prompt_tuning", {"length": 40}, "multiple"),
                                     _NORMS_AND_PROJECTION],
+    # The empirical study's five methods alone (any backbone, BLIP included: no projection),
+    # each at the middle of its size grid (`train-adapter sweep` runs the whole grid).
+    "study_prompt": [MethodEntry("prompt_tuning", {"length": 8}, "single")],
+    "study_prefix": [MethodEntry("prefix_tuning", {"length": 8}, "single")],
+    "study_lora": [MethodEntry("lora", {"rank": 8}, "single")],
+    "study_adapter": [MethodEntry("adapter", {"width": 64}, "single")],
+    "study_parallel_adapter": [MethodEntry("parallel_adapter", {"width": 64}, "single")],
 }
 
 

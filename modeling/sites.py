@@ -1,27 +1,53 @@
-"""Where adapters attach inside the LM: one table per model family (T5, BART).
+"""Where adapters attach inside the LM: one table per model family (T5, BART, BERT).
 
 Names are stable strings used by serve forms and artifacts:
 
 - linear sites: the module path inside the backbone,
   e.g. `lm.encoder.block.0.layer.0.SelfAttention.q`;
 - block positions: `encoder.{i}.self_attn`, `encoder.{i}.ffn`, `decoder.{i}.self_attn`,
-  `decoder.{i}.cross_attn`, `decoder.{i}.ffn` (VL-Adapter's adapter placements);
-- attention sites (prefix tuning): the three `*_attn` positions.
+  `decoder.{i}.cross_attn`, `decoder.{i}.ffn` (VL-Adapter's adapter placements); BERT's
+  text encoder (BLIP) also has `encoder.{i}.cross_attn` (the question attends the image);
+- attention sites (prefix tuning): the `*_attn` positions.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
-# Canonical LoRA target names -> the Linear's attribute name in each family.
+# Canonical LoRA target names -> the tail of the Linear's module path in each family (a
+# regular expression over whole path components: BERT names its output, FFN-in and FFN-out
+# Linears all `dense`, so the parent decides).
 TARGET_ALIASES = {
     "t5": {"q": "q", "k": "k", "v": "v", "o": "o", "ffn_in": "wi", "ffn_out": "wo"},
     "bart": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj",
              "ffn_in": "fc1", "ffn_out": "fc2"},
+    "bert": {"q": "query", "k": "key", "v": "value", "o": r"(cross)?attention\.output\.dense",
+             "ffn_in": r"intermediate\.dense", "ffn_out": r"\d+\.output\.dense"},
 }
+
+
+def is_target(path: str, alias: str) -> bool:
+    """Whether module `path` ends with the components matched by `alias` (a TARGET_ALIASES
+    value): `...SelfAttention.q` is a "q" target, `...attention.output.dense` BERT's "o"."""
+    return re.search(rf"(^|\.)(?:{alias})$", path) is not None
+
+
+# Per family: the LM config -> (attention heads, head width) of its attention layers.
+ATTENTION_SHAPE: dict[str, Callable[[object], tuple[int, int]]] = {
+    "t5": lambda c: (c.num_heads, c.d_kv),
+    "bart": lambda c: (c.encoder_attention_heads, c.d_model // c.encoder_attention_heads),
+    "bert": lambda c: (c.num_attention_heads, c.hidden_size // c.num_attention_heads),
+}
+
+
+# The LM head (hidden -> vocabulary logits; the study's "final classifier") per family.
+LM_HEAD = {"t5": "lm.lm_head", "bart": "lm.lm_head",
+           "bert": "lm.text_decoder.cls.predictions.decoder"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +63,9 @@ class BlockPosition:
     output_is_tuple: bool
     kind: str  # "self_attn" | "cross_attn" | "ffn"
     stack: str  # "encoder" | "decoder"
+    # The module computing softmax(q k^T) v, where prefixes join the keys and values (when
+    # it is not `output_module`: BERT projects its output in a separate Linear).
+    attention_module: nn.Module | None = None
 
 
 def _t5_positions(lm: nn.Module) -> dict[str, BlockPosition]:
@@ -70,15 +99,35 @@ def _bart_positions(lm: nn.Module) -> dict[str, BlockPosition]:
     return out
 
 
+def _bert_positions(lm: nn.Module) -> dict[str, BlockPosition]:
+    """BERT layers (BLIP's text encoder and decoder): each sublayer's contribution is its
+    output `dense` Linear, before the dropout, residual add and LayerNorm that follow it
+    (where Houlsby et al. place the adapter)."""
+    out: dict[str, BlockPosition] = {}
+    for stack_name, stack in lm.bert_stacks().items():
+        for i, layer in enumerate(stack.layer):
+            for kind, attn in (("self_attn", layer.attention),
+                               ("cross_attn", getattr(layer, "crossattention", None))):
+                if attn is not None:
+                    out[f"{stack_name}.{i}.{kind}"] = BlockPosition(
+                        attn, attn.output.dense, False, kind, stack_name, attn.self)
+            out[f"{stack_name}.{i}.ffn"] = BlockPosition(
+                layer.intermediate, layer.output.dense, False, "ffn", stack_name)
+    return out
+
+
+_POSITIONS = {"t5": _t5_positions, "bart": _bart_positions, "bert": _bert_positions}
+
+
 def block_positions(lm_type: str, lm: nn.Module) -> dict[str, BlockPosition]:
     """Every adapter position of the LM, in forward order per stack."""
-    return _t5_positions(lm) if lm_type == "t5" else _bart_positions(lm)
+    return _POSITIONS[lm_type](lm)
 
 
 def attention_sites(lm_type: str, lm: nn.Module) -> dict[str, nn.Module]:
     """Attention modules by position name (the prefix-tuning sites)."""
-    return {name: pos.output_module for name, pos in block_positions(lm_type, lm).items()
-            if pos.kind != "ffn"}
+    return {name: pos.attention_module or pos.output_module
+            for name, pos in block_positions(lm_type, lm).items() if pos.kind != "ffn"}
 
 
 # The norm modules whose weights (and bias) a set may override: BART's and the visual

@@ -4,7 +4,8 @@ digest of any tokenizer that goes into the backbone fingerprint.
 Built with Hugging Face `tokenizers` (WordLevel + whitespace/punctuation splitting) and
 wrapped as a `PreTrainedTokenizerFast`, so code paths are the same as for a T5 / BART
 tokenizer loaded from a backbone folder. Special tokens sit where each family expects
-them (T5: pad 0, eos 1, unk 2; BART: bos 0, pad 1, eos 2, unk 3).
+them (T5: pad 0, eos 1, unk 2; BART: bos 0, pad 1, eos 2, unk 3; BLIP's BERT: pad 0,
+[SEP] 1, unk 2, [DEC] 3).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 SPECIALS = {
     "t5": ["<pad>", "</s>", "<unk>"],
     "bart": ["<s>", "<pad>", "</s>", "<unk>"],
+    # BLIP's BERT: pad 0, [SEP] 1 (ends a text; decoding stops there), [DEC] 3 (start).
+    "bert": ["<pad>", "</s>", "<unk>", "<s>"],
 }
 
 
@@ -52,7 +55,7 @@ def build_word_tokenizer(words: Iterable[str], lm_type: str,
     core.pre_tokenizer = PRE_TOKENIZER
     core.post_processor = processors.TemplateProcessing(
         single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
-    extra = {"bos_token": "<s>"} if lm_type == "bart" else {}
+    extra = {"bos_token": "<s>"} if "<s>" in specials else {}
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>",
                                    unk_token="<unk>", **extra)
 

@@ -95,7 +95,7 @@ def vision_parts(config: ServeConfig, backbone: VLBackbone
     if not config.serve_vision_model:
         return encoder, None
     require_vit_tower(backbone, "--serve-vision-model")
-    inputs, outputs = vision_specs(vision.image_size, backbone.config.image_grid ** 2,
+    inputs, outputs = vision_specs(vision.image_size, backbone.config.tokens_per_image,
                                    backbone.config.feat_dim)
     return encoder, VisionModel(config.serve_vision_model, encoder.name, inputs, outputs)
 

@@ -59,8 +59,9 @@ def _require_tower(backbone: VLBackbone) -> nn.Module:
 
 def require_vit_tower(backbone: VLBackbone, what: str) -> None:
     """Refuse `what` (an export, a non-torch backend, the KServe vision model) for a tower
-    that is not a ViT pooled to a grid (Florence-2's DaViT + projector): those paths
-    compute `modeling.visual.tower_grid`, which is not that tower's function."""
+    that is not a ViT pooled to a grid (Florence-2's DaViT + projector, BLIP's ViT whose
+    every state is a feature): those paths compute `modeling.visual.tower_grid`, which is
+    not that tower's function."""
     vision = backbone.config.vision
     if vision is not None and vision.tower not in ("clip", "siglip"):
         raise ValueError(f"{what} is for CLIP / SigLIP towers; this backbone's "

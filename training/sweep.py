@@ -33,10 +33,13 @@ DEFAULT_SIZES = {"prompt_tuning": [2, 8, 32], "prefix_tuning": [2, 8, 32], "lora
 PROJECTION = MethodEntry("trainable_tensors", {}, "single", "tensors")
 
 
-def cell_methods(method: str, size: int) -> list[MethodEntry]:
+def cell_methods(method: str, size: int, projection: bool = True) -> list[MethodEntry]:
+    """One cell's recipe; projection: the backbone has a visual projection to train too
+    (BLIP feeds the ViT's states straight to its text encoder and decoder: none)."""
     if method not in SIZE_KNOBS:
         raise ValueError(f"sweep method {method!r}; expected one of {sorted(SIZE_KNOBS)}")
-    return [MethodEntry(method, {SIZE_KNOBS[method]: size}, "single"), PROJECTION]
+    return [MethodEntry(method, {SIZE_KNOBS[method]: size}, "single"),
+            *([PROJECTION] if projection else [])]
 
 
 def run_sweep(base: RunConfig, out_dir: str | Path, methods: list[str], ratios: list[float],
@@ -47,11 +50,12 @@ def run_sweep(base: RunConfig, out_dir: str | Path, methods: list[str], ratios: 
     backbone = load_backbone(base.backbone, load_splits(base))
     if base.backbone in PRESETS:  # built here, with a tokenizer of this data: keep it
         backbone.save_pretrained(out / "backbone")
+    has_projection = getattr(backbone, "visual", None) is not None
     rows = []
     for method in methods:
         for size in (sizes or DEFAULT_SIZES)[method]:
             for ratio in ratios:
-                entries = cell_methods(method, size)
+                entries = cell_methods(method, size, has_projection)
                 config = replace(base, methods=entries, data_ratio=ratio)
                 cell = out / f"{method}-{SIZE_KNOBS[method]}{size}-ratio{ratio:g}"
                 metrics = Trainer(config, cell, backbone=backbone, show_progress=False).run()

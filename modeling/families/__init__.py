@@ -28,9 +28,24 @@ from modeling.families.folders import model_type
 # first use, so a family's extra dependencies cost nothing to the others.
 FAMILIES: dict[str, str] = {
     "florence2": "modeling.families.florence2",
+    "blip": "modeling.families.blip",
 }
 
+# BackboneConfig.lm_type -> the family module whose backbone class builds from such a
+# config (`VLBackbone` for T5 / BART).
+CONFIG_FAMILIES: dict[str, str] = {"bert": "modeling.families.blip"}
+
 PresetTokenizer = Callable[[BackboneConfig], PreTrainedTokenizerBase]
+
+
+def from_config(config: BackboneConfig, seed: int = 0, device: str = "cpu",
+                tokenizer: PreTrainedTokenizerBase | None = None) -> VLBackbone:
+    """Random weights from any family's config (seeded); device "meta" builds without
+    memory (the parameter report counts on it)."""
+    cls = VLBackbone
+    if config.lm_type in CONFIG_FAMILIES:
+        cls = import_module(CONFIG_FAMILIES[config.lm_type]).BACKBONE_CLASS
+    return cls.from_config(config, seed=seed, device=device, tokenizer=tokenizer)
 
 
 def family_of(folder: Path):
@@ -89,4 +104,4 @@ def backbone_config(spec: str | Path) -> BackboneConfig:
     return load_backbone(spec).config
 
 
-__all__ = ["FAMILIES", "backbone_config", "family_of", "load_backbone"]
+__all__ = ["FAMILIES", "backbone_config", "family_of", "from_config", "load_backbone"]

@@ -3,20 +3,17 @@ sizes, tokenizer, parameter counts per part, and the fingerprint adapters are bo
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from modeling.backbone import VLBackbone
 from modeling.config import PRESETS, preset
 from modeling.families import family_of, load_backbone
+from modeling.sites import ATTENTION_SHAPE, block_positions
 
 # Parameter-name prefix of each part of a VLBackbone.
 PARTS = {"vision": "vision.", "visual_projection": "visual.", "lm": "lm."}
-
-
-def _first(config: Any, *names: str) -> int | None:
-    """The first of `names` that `config` has (T5 and BART name the same sizes apart)."""
-    return next((int(getattr(config, n)) for n in names if hasattr(config, n)), None)
 
 
 def _vision(backbone: VLBackbone) -> dict[str, Any]:
@@ -33,11 +30,14 @@ def _vision(backbone: VLBackbone) -> dict[str, Any]:
 
 
 def _lm(backbone: VLBackbone) -> dict[str, Any]:
-    config = backbone.lm.config
-    return {"type": backbone.config.lm_type, "d_model": backbone.config.d_model,
-            "encoder_layers": _first(config, "num_layers", "encoder_layers"),
-            "decoder_layers": _first(config, "num_decoder_layers", "decoder_layers"),
-            "heads": _first(config, "num_heads", "encoder_attention_heads"),
+    """The LM's sizes, read from the family's site tables (`modeling.sites`): layers per
+    stack (BLIP captioning has no encoder: 0), attention heads."""
+    config, lm_type = backbone.lm.config, backbone.config.lm_type
+    layers = Counter(name.split(".")[0] for name in block_positions(lm_type, backbone.lm)
+                     if name.endswith(".self_attn"))
+    return {"type": lm_type, "d_model": backbone.config.d_model,
+            "encoder_layers": layers["encoder"], "decoder_layers": layers["decoder"],
+            "heads": ATTENTION_SHAPE[lm_type](config)[0],
             "vocab_size": int(config.vocab_size)}
 
 

@@ -21,6 +21,7 @@ from modeling.methods.registry import register_method
 from modeling.serve_forms import AdapterSet, Bottleneck, check_activation
 from modeling.tensor_names import param_key, site_of
 
+STACKS = {"encoder", "decoder"}
 VL_ADAPTER_PLACEMENTS = ("encoder.self_attn", "encoder.ffn", "decoder.self_attn",
                          "decoder.cross_attn", "decoder.ffn")
 
@@ -46,14 +47,22 @@ def adapter_width(config, d_model: int) -> int:
 
 
 def selected_positions(facts, placements: tuple[str, ...]) -> list[str]:
-    """Block positions matching `<stack>.<kind>` placements, in forward order."""
+    """Block positions matching `<stack>.<kind>` placements, in forward order.
+
+    A placement in a stack the backbone lacks is skipped (BLIP's captioning model has no
+    text encoder, so the default placements adapt its decoder only); an unknown kind, an
+    unknown stack, or placements that select nothing are refused.
+    """
     known = {f"{name.split('.')[0]}.{kind}" for name, kind in facts.positions.items()}
-    unknown = sorted(set(placements) - known)
-    if unknown:
-        raise ValueError(f"unknown adapter placement(s) {unknown}; expected some of "
-                         f"{sorted(known)}")
-    return [name for name, kind in facts.positions.items()
-            if f"{name.split('.')[0]}.{kind}" in placements]
+    stacks = {name.split(".")[0] for name in facts.positions}
+    absent = {p for p in placements if p.split(".")[0] in STACKS - stacks}
+    unknown = sorted(set(placements) - known - absent)
+    selected = [name for name, kind in facts.positions.items()
+                if f"{name.split('.')[0]}.{kind}" in placements]
+    if unknown or not selected:
+        raise ValueError(f"unknown adapter placement(s) {unknown or sorted(placements)}; "
+                         f"expected some of {sorted(known)}")
+    return selected
 
 
 class BottleneckAdapter(PeftMethod):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from modeling.serve_forms import AdapterSet
-from modeling.sites import attention_sites, block_positions, layer_norm_names
+from modeling.sites import ATTENTION_SHAPE, attention_sites, block_positions, layer_norm_names
 
 if TYPE_CHECKING:
     from modeling.backbone import VLBackbone
@@ -44,9 +44,7 @@ class BackboneFacts:
     @classmethod
     def of(cls, backbone: VLBackbone) -> BackboneFacts:
         lm_type = backbone.config.lm_type
-        lm_config = backbone.lm.config
-        heads = lm_config.num_heads if lm_type == "t5" else lm_config.encoder_attention_heads
-        head_dim = lm_config.d_kv if lm_type == "t5" else lm_config.d_model // heads
+        heads, head_dim = ATTENTION_SHAPE[lm_type](backbone.lm.config)
         positions = block_positions(lm_type, backbone.lm)
         linears = {name: tuple(m.weight.shape) for name, m in backbone.named_modules()
                    if isinstance(m, nn.Linear) and not name.startswith("vision.")}

@@ -1,6 +1,7 @@
-"""Full fine-tuning, the baseline: a trainable copy of the whole LM and visual projection.
+"""Full fine-tuning, the baseline: a trainable copy of the whole LM and visual projection
+(`VLBackbone.finetuned_parts`; BLIP: its text encoder and decoder).
 
-The frozen backbone is copied, never written; the CLIP tower stays frozen, as in
+The frozen backbone is copied, never written; the vision tower stays frozen, as in
 VL-Adapter. A fully fine-tuned model has no small serve form: serve it as a backbone.
 """
 
@@ -30,8 +31,8 @@ class FullFinetuning(PeftMethod):
         self.model = None
         if backbone is not None:
             self.model = copy.deepcopy(backbone)
-            self.model.lm.requires_grad_(True)
-            self.model.visual.requires_grad_(True)
+            for part in self.model.finetuned_parts():
+                part.requires_grad_(True)
 
     def materialize(self, task: str) -> AdapterSet:
         raise ValueError("full fine-tuning produces a whole model, not an adapter: "

@@ -20,7 +20,7 @@ from torch import nn
 from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
 from modeling.serve_forms import AdapterSet, LowRankDelta
-from modeling.sites import TARGET_ALIASES
+from modeling.sites import LM_HEAD, TARGET_ALIASES, is_target
 from modeling.tensor_names import param_key, site_of
 
 
@@ -34,19 +34,24 @@ def lora_sites(facts, targets: tuple[str, ...]) -> list[str]:
     aliases = TARGET_ALIASES[facts.lm_type]
     exact = {t for t in targets if t.startswith("lm.")}
     wanted = {aliases.get(t, t) for t in targets if t not in exact}
-    # Layer names found in the blocks (the LM head only by its site name, as before).
-    present = {name.rsplit(".", 1)[-1] for name in facts.linear_shapes
-               if name.startswith("lm.")} - {"lm_head"}
+    # Linears of the blocks (the LM head only by its site name, as before).
+    blocks = [name for name in facts.linear_shapes if name.startswith("lm.")
+              and name != LM_HEAD[facts.lm_type]]
+    present = {name.rsplit(".", 1)[-1] for name in blocks}
+
+    def found(alias: str) -> bool:
+        return any(is_target(name, alias) for name in blocks)
+
     unknown = {t for t in targets if (t in exact and t not in facts.linear_shapes)
-               or (t not in exact and aliases.get(t, t) not in present)}
+               or (t not in exact and not found(aliases.get(t, t)))}
     if unknown:
-        names = sorted(a for a, leaf in aliases.items() if leaf in present)
+        names = sorted(a for a, alias in aliases.items() if found(alias))
         raise ValueError(f"unknown LoRA target(s) {sorted(unknown)[:3]} for this "
                          f"{facts.lm_type} LM; expected some of {names} or "
                          f"{sorted(present)} or Linear layers of the LM "
                          "('lm.<module path>')")
     return [name for name in facts.linear_shapes if name.startswith("lm.") and
-            (name in exact or name.rsplit(".", 1)[-1] in wanted)]
+            (name in exact or any(is_target(name, alias) for alias in wanted))]
 
 
 def check_lora_rank(rank: int, site: str, shape: tuple[int, int]) -> None:

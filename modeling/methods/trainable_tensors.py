@@ -20,6 +20,7 @@ from torch import nn
 from modeling.methods.base import PeftMethod
 from modeling.methods.registry import register_method
 from modeling.serve_forms import AdapterSet
+from modeling.sites import LM_HEAD
 from modeling.tensor_names import param_key, site_of
 
 
@@ -48,7 +49,7 @@ def selected_tensors(config: TrainableTensorsConfig, facts) -> list[str]:
         if config.visual_projection and name.startswith("visual."):
             names.add(name)
     if config.lm_head:
-        names.add("lm.lm_head.weight")
+        names.add(f"{LM_HEAD[facts.lm_type]}.weight")
     return sorted(names)
 
 

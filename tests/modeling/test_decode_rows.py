@@ -5,7 +5,9 @@ adapter mixes."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from blip_helpers import blip_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from modeling_helpers import on_every_family, random_batch
@@ -16,6 +18,12 @@ from modeling.generation import greedy
 from modeling.kernels import RowIndex
 
 MAX_TOKENS = 5
+
+
+@pytest.fixture
+def backbone(family_backbone):
+    """The oracle holds on every backbone family."""
+    return family_backbone
 
 
 def _staggered(backbone, batch, stacked, slots, joins):
@@ -84,13 +92,18 @@ def test_rows_joining_and_leaving_a_cached_decode_match_each_row_alone(backbone,
             assert (logits[row] - full).abs().max() <= 1e-5
 
 
-def test_bart_rows_of_different_lengths_need_their_own_positions():
-    """Guard: without per-row positions a padded BART row computes something else, so the
-    oracle above can fail."""
+@pytest.mark.parametrize("family", ["tiny-bart", "blip-vqa", "blip-caption"])
+def test_rows_of_different_lengths_need_their_own_learned_positions(family, tmp_path):
+    """Guard: without per-row positions a padded BART or BLIP row computes something else,
+    so the oracle above can fail."""
     from modeling.backbone import VLBackbone
     from modeling.config import preset
+    from modeling.families import blip
 
-    backbone = VLBackbone.from_config(preset("tiny-bart"), seed=0)
+    if family.startswith("blip-"):
+        backbone = blip.load(blip_folder(tmp_path, family.removeprefix("blip-")))
+    else:
+        backbone = VLBackbone.from_config(preset(family), seed=0)
     batch = random_batch(backbone, [4, 6], seed=3, with_labels=False)
     with torch.no_grad():
         hidden, mask = backbone.encode(batch)
@@ -101,13 +114,13 @@ def test_bart_rows_of_different_lengths_need_their_own_positions():
         both = decode_rows.concat(old, new)
         ids = torch.cat([step_logits.argmax(-1), new_logits.argmax(-1)])
         right = both.step(backbone, ids, None, None)[1]
-        original = decode_rows._row_positions
-        decode_rows._row_positions = lambda backbone, positions: original(
-            backbone, torch.full_like(positions, int(positions.max())))
+        original = backbone.row_positions
+        backbone.row_positions = lambda positions: original(
+            torch.full_like(positions, int(positions.max())))
         try:
             both = decode_rows.concat(old, new)
             wrong = both.step(backbone, ids, None, None)[1]
         finally:
-            decode_rows._row_positions = original
+            del backbone.row_positions
     assert (right - wrong).abs().max() > 1e-3
 

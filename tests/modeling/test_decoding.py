@@ -66,8 +66,10 @@ def _plan(data, rows: int) -> tuple[list[int], list[int], list[int], list[int | 
 
 @settings(max_examples=8, **ORACLE_SETTINGS)
 @given(mix=adapter_mix(), data=st.data())
-def test_rows_joining_and_dropped_at_different_steps_decode_as_each_row_alone(backbone, mix,
-                                                                              data):
+def test_rows_joining_and_dropped_at_different_steps_decode_as_each_row_alone(family_backbone,
+                                                                              mix, data):
+    """On every backbone family."""
+    backbone = family_backbone
     sets, slots, lengths, seed = mix
     joins, beams, limits, drops = _plan(data, len(slots))
     serve = _materialize(backbone, sets, seed)

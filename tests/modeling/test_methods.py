@@ -1,4 +1,5 @@
-"""Every method on both LM families: starts at the frozen model, trains, never writes it."""
+"""Every method on every backbone family (T5, BART, BLIP VQA and captioning): starts at
+the frozen model, trains, never writes it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from training.adapter_step import adapter_logits, sequence_loss
 TASKS = ["vqa", "gqa"]
 SMALL = {"hyperformer": {"task_embedding_dim": 8, "layer_embedding_dim": 8, "width": 4},
          "prompt_tuning": {"length": 3, "hidden_dim": 16},
-         "prefix_tuning": {"length": 3, "hidden_dim": 16}, "lora": {"rank": 4}}
+         "prefix_tuning": {"length": 3, "hidden_dim": 16}, "lora": {"rank": 4},
+         "trainable_tensors": {"layer_norms": True}}  # BLIP has no visual projection
 ZERO_START = ("adapter", "parallel_adapter", "compacter", "hyperformer", "lora")
 SERVEABLE = sorted(set(METHODS) - {"full_finetuning"})
 
@@ -37,7 +39,8 @@ def test_backbone_facts_hold_the_backbones_own_frozen_tensor_map(backbone, monke
 
 
 @pytest.mark.parametrize("method", ZERO_START)
-def test_zero_initialised_methods_start_equal_to_the_frozen_backbone(backbone, method):
+def test_zero_initialised_methods_start_equal_to_the_frozen_backbone(family_backbone, method):
+    backbone = family_backbone
     model = _model(backbone, method)
     batch = random_batch(backbone, [4, 6])
     with torch.no_grad():
@@ -46,7 +49,8 @@ def test_zero_initialised_methods_start_equal_to_the_frozen_backbone(backbone, m
 
 
 @pytest.mark.parametrize("method", SERVEABLE)
-def test_a_training_step_moves_only_the_adapter_never_the_backbone(backbone, method):
+def test_a_training_step_moves_only_the_adapter_never_the_backbone(family_backbone, method):
+    backbone = family_backbone
     # LayerNorms as well: a Florence-2 backbone has no visual projection to train
     model = _model(backbone, method, configs={**SMALL, "trainable_tensors": {"layer_norms": True}})
     randomize(model, seed=1)
@@ -89,11 +93,20 @@ def test_presets_build_and_round_trip_through_the_artifact_split(backbone, prese
         assert all(torch.equal(x, y) for x, y in zip(a.tensors(), b.tensors(), strict=True))
 
 
-def test_full_finetuning_trains_a_copy_and_has_no_serve_form(backbone):
+def test_full_finetuning_trains_a_copy_and_has_no_serve_form(family_backbone):
+    backbone = family_backbone
     model = AdapterModel([MethodEntry("full_finetuning")], BackboneFacts.of(backbone), TASKS,
                          backbone=backbone)
     copy = model.methods["full_finetuning"].model
     assert copy.lm is not backbone.lm and all(p.requires_grad for p in copy.lm.parameters())
+    assert not any(p.requires_grad for p in copy.vision.parameters())  # the tower stays
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    batch = random_batch(backbone, [5, 3])
+    optimizer = torch.optim.AdamW([p for p in copy.parameters() if p.requires_grad], lr=1e-2)
+    sequence_loss(copy(batch), batch.labels).backward()
+    optimizer.step()
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(before[k], v) for k, v in copy.state_dict().items())
     assert not model.serveable
     with pytest.raises(ValueError, match="whole model"):
         model.materialize("vqa")

@@ -1,11 +1,13 @@
 """The mixed-adapter oracle: every row of a mixed batch equals that row run alone.
 
 Property-based (hypothesis) over random mixes of methods, prompt / prefix lengths, text
-lengths and batch sizes, for logits and for generated tokens, on T5 and BART.
+lengths and batch sizes, for logits and for generated tokens, on every backbone family
+(T5, BART, BLIP VQA and captioning).
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,10 +19,19 @@ from modeling.kernels import RowIndex
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel, MethodEntry
 from modeling.serve_forms import AdapterSet, PrefixKV
+from modeling.sites import LM_HEAD
 
 # Derandomized so CI runs the same examples every time; the fixture is read-only.
 ORACLE_SETTINGS = dict(deadline=None, derandomize=True,
                        suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+
+@pytest.fixture
+def backbone(family_backbone):
+    """The oracle holds on every backbone family."""
+    return family_backbone
+
 
 # Each candidate adapter set combines up to one method per serve form.
 BOTTLENECKS = ("adapter", "parallel", "compacter", "hyperformer")
@@ -62,10 +73,14 @@ def adapter_mix(draw):
 
 
 def _materialize(backbone, sets, seed):
+    """Each set's serve form; its initial weights drawn from `seed` (not from whatever
+    the tests before left in the global generator), so an example is the same in any run."""
     facts = BackboneFacts.of(backbone)
     serve = []
     for i, entries in enumerate(sets):
-        model = AdapterModel(entries, facts, ["task"])
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + i)
+            model = AdapterModel(entries, facts, ["task"])
         randomize(model, seed + i)
         serve.append(model.materialize("task"))
     return serve
@@ -134,12 +149,13 @@ def _chatty_sets(backbone) -> list[AdapterSet]:
     """Two sets whose LM-head copies make a random tiny model say varied tokens and stop at
     different steps (the bare one repeats a token or stops at once), one with prefixes."""
     facts, gen = BackboneFacts.of(backbone), torch.Generator().manual_seed(0)
-    head = facts.frozen["lm.lm_head.weight"].detach()
+    head_name = f"{LM_HEAD[facts.lm_type]}.weight"
+    head = facts.frozen[head_name].detach()
     sets = []
     for _ in range(2):
         noise = torch.randn(head.shape, generator=gen)
         noise[backbone.eos_token_id] *= 3  # eos wins at some steps, for some rows
-        sets.append(AdapterSet(overrides={"lm.lm_head.weight": head + noise}))
+        sets.append(AdapterSet(overrides={head_name: head + noise}))
     shape = (facts.n_heads, 2, facts.head_dim)
     sets[0].prefix = {site: PrefixKV(torch.randn(shape, generator=gen),
                                      torch.randn(shape, generator=gen))
