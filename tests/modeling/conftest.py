@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 from blip_helpers import blip_folder
-from modeling_helpers import FAMILIES
+from modeling_helpers import BLIP_FAMILIES, FAMILIES
 
 from modeling.backbone import VLBackbone
 from modeling.config import preset
 from modeling.families import blip, florence2
 
-EVERY_FAMILY = (*FAMILIES, "blip-vqa", "blip-caption")
+EVERY_FAMILY = (*FAMILIES, *BLIP_FAMILIES)
 
 
 def _tiny(name: str, tmp_path_factory) -> VLBackbone:

@@ -10,9 +10,13 @@ from modeling.backbone import VLBackbone, VLBatch
 FAMILIES = ("tiny", "tiny-bart", "tiny-florence2")
 # The same sizes with the papers' encoder semantics (visual_semantics "vlt5").
 PAPER_FAMILIES = ("tiny-vl-t5", "tiny-vl-bart")
+# Other model classes (`modeling.families.blip`): VQA and captioning.
+BLIP_FAMILIES = ("blip-vqa", "blip-caption")
 # Runs a test using the `backbone` fixture on all of them (the oracles: cheap enough).
-on_every_family = pytest.mark.parametrize("backbone", FAMILIES + PAPER_FAMILIES,
+on_every_family = pytest.mark.parametrize("backbone", FAMILIES + PAPER_FAMILIES + BLIP_FAMILIES,
                                           indirect=True)
+# The same without BLIP: tests of the T5 / BART reference equations (`paper_reference`).
+on_t5_and_bart = pytest.mark.parametrize("backbone", FAMILIES + PAPER_FAMILIES, indirect=True)
 
 
 def random_batch(backbone: VLBackbone, text_lengths: list[int], visual_tokens: int = 4,

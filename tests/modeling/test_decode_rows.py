@@ -20,12 +20,6 @@ from modeling.kernels import RowIndex
 MAX_TOKENS = 5
 
 
-@pytest.fixture
-def backbone(family_backbone):
-    """The oracle holds on every backbone family."""
-    return family_backbone
-
-
 def _staggered(backbone, batch, stacked, slots, joins):
     """Decode with rows joining at step joins[row] and leaving at eos or MAX_TOKENS.
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from modeling_helpers import on_every_family, random_batch
+from modeling_helpers import on_t5_and_bart, random_batch
 from paper_reference import RowReference
 from torch import nn
 
@@ -223,7 +223,7 @@ def test_every_linear_and_layer_norm_computes_lora_biases_and_overrides_per_row(
             assert_close(out[row], expected, f"{path} row {row}")
 
 
-@on_every_family
+@on_t5_and_bart
 def test_encoder_input_is_each_rows_prompt_then_text_then_visual_tokens(backbone):
     sets = reference_sets(backbone, "relu", "silu")
     batch, trace = run_traced(backbone, sets, SLOTS, TEXT_LENGTHS)

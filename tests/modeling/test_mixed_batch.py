@@ -7,7 +7,6 @@ lengths and batch sizes, for logits and for generated tokens, on every backbone 
 
 from __future__ import annotations
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,13 +23,6 @@ from modeling.sites import LM_HEAD
 # Derandomized so CI runs the same examples every time; the fixture is read-only.
 ORACLE_SETTINGS = dict(deadline=None, derandomize=True,
                        suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-
-@pytest.fixture
-def backbone(family_backbone):
-    """The oracle holds on every backbone family."""
-    return family_backbone
 
 
 # Each candidate adapter set combines up to one method per serve form.
