@@ -18,21 +18,12 @@ import tempfile
 from pathlib import Path
 
 from modeling.backbone import VLBackbone
+from modeling.cli_parser import positive_int
 from modeling.families import vl
 from modeling.families.info import describe, info_lines
 
 # Unused checkpoint keys listed by name on the report line; the rest are counted.
 _LISTED_KEYS = 5
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def build_command(args: argparse.Namespace) -> int:
@@ -103,7 +94,7 @@ def add_backbone_commands(commands: argparse._SubParsersAction) -> None:
     side = build.add_mutually_exclusive_group(required=True)
     side.add_argument("--vision", help="folder of a CLIPModel, CLIPVisionModel, SiglipModel "
                                        "or SiglipVisionModel")
-    side.add_argument("--features", type=_positive,
+    side.add_argument("--features", type=positive_int,
                       help="width of precomputed features instead (VL-Adapter's CLIP RN101 "
                            "grid: 2048)")
     side.add_argument("--from-vlt5", dest="from_vlt5", metavar="FILE.pth",
@@ -114,10 +105,10 @@ def add_backbone_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--out", required=True, help="the backbone folder to write (new)")
     build.add_argument("--tokenizer", help="tokenizer folder (default: the --lm folder)")
     build.add_argument("--seed", type=int, default=0, help="seed of the visual projection")
-    build.add_argument("--image-grid", type=_positive,
+    build.add_argument("--image-grid", type=positive_int,
                        help="pooled tokens per image side (default 6, VL-Adapter's 36 tokens; "
                             "at most the tower's patch grid)")
-    build.add_argument("--max-frames", type=_positive, default=vl.DEFAULT_MAX_FRAMES,
+    build.add_argument("--max-frames", type=positive_int, default=vl.DEFAULT_MAX_FRAMES,
                        help="video frames are pooled or padded to this many tokens")
     build.set_defaults(run=build_command)
     info = sub.add_parser("info", help="family, parts, tokenizer, parameters, fingerprint")

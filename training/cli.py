@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-from modeling.cli_parser import OneLineParser
+from modeling.cli_parser import OneLineParser, positive_int
 from modeling.config import VIDEO_FEAT_DIM
 from modeling.families import backbone_config
 from modeling.params import report
@@ -83,16 +83,6 @@ def train_command(args: argparse.Namespace) -> int:
         print(f"backbone: {Path(args.out) / 'backbone'} (preset {config.backbone} with this "
               "run's tokenizer: serve the artifact over it)")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _numbers(text: str, kind=float) -> list:
@@ -193,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train adapters from a YAML run config")
     train.add_argument("--config", required=True, help="run config (YAML)")
     train.add_argument("--out", required=True, help="output folder (resumes if it holds a run)")
-    train.add_argument("--steps", type=_positive_int, help="override the config's steps")
+    train.add_argument("--steps", type=positive_int, help="override the config's steps")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=train_command)
     sweep = commands.add_parser("sweep", help="data ratio x parameter size grid, CSV + plots")
@@ -205,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--ratios", type=_numbers, default=[0.1, 0.4, 1.0])
     sweep.add_argument("--sizes", type=lambda t: _numbers(t, int),
                        help="one size grid for every method (default: per method)")
-    sweep.add_argument("--steps", type=_positive_int, help="override the config's steps")
+    sweep.add_argument("--steps", type=positive_int, help="override the config's steps")
     sweep.set_defaults(run=sweep_command)
     data = commands.add_parser("data", help="inspect a run config's data")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -217,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre = commands.add_parser("pretrain", help="pre-train the synthetic benchmark's backbone")
     pre.add_argument("--out", default="runs/backbone-small", help="backbone folder (reused)")
     pre.add_argument("--data", default="runs/data", help="where the synthetic worlds go")
-    pre.add_argument("--steps", type=_positive_int, default=1000)
+    pre.add_argument("--steps", type=positive_int, default=1000)
     pre.add_argument("--lr", type=float, default=5e-4)
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--quiet", action="store_true")
