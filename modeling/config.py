@@ -59,9 +59,10 @@ class VisionConfig:
 
     @property
     def pools_grid(self) -> bool:
-        """Whether the features are the tower's patch grid max-pooled (CLIP, SigLIP) or
-        every state it outputs, class token included (BLIP)."""
-        return self.tower != "blip"
+        """Whether the features are the tower's patch grid max-pooled (CLIP, SigLIP:
+        `modeling.visual.tower_grid`), or the tower's own output (BLIP's every state, class
+        token included; Florence-2's projector tokens)."""
+        return self.tower in ("clip", "siglip")
 
     @property
     def has_cls(self) -> bool:
@@ -144,7 +145,7 @@ class BackboneConfig:
     @property
     def tokens_per_image(self) -> int:
         """Visual tokens one image becomes: the pooled grid, or a BLIP ViT's 1 + patches."""
-        if self.vision is not None and not self.vision.pools_grid:
+        if self.vision is not None and self.vision.tower == "blip":
             return (self.vision.image_size // self.vision.patch_size) ** 2 + 1
         return self.image_grid ** 2
 

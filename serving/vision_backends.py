@@ -63,7 +63,7 @@ def require_vit_tower(backbone: VLBackbone, what: str) -> None:
     every state is a feature): those paths compute `modeling.visual.tower_grid`, which is
     not that tower's function."""
     vision = backbone.config.vision
-    if vision is not None and vision.tower not in ("clip", "siglip"):
+    if vision is not None and not vision.pools_grid:
         raise ValueError(f"{what} is for CLIP / SigLIP towers; this backbone's "
                          f"{vision.tower} tower runs in torch only (--vision-backend torch)")
 
