@@ -12,6 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2_grpc
 from serving_helpers import (
     RECIPES,
+    VISION_MODEL,
     Published,
     publish_recipes,
     random_adapter,
@@ -48,6 +49,14 @@ def published(backbone, tmp_path_factory) -> Published:
 @pytest.fixture(scope="module")
 def server(backbone, published):
     running = start_server(backbone, published, max_queue_delay_ms=20.0)
+    yield running
+    running.stop(grace=5)
+
+
+@pytest.fixture(scope="module")
+def vision_server(backbone, published):
+    """A server that also hosts the tower as the KServe model `VISION_MODEL`."""
+    running = start_server(backbone, published, serve_vision_model=VISION_MODEL)
     yield running
     running.stop(grace=5)
 

@@ -49,6 +49,9 @@ RECIPES = {
               ["vqa", "gqa", "tvc", "how2qa", "yc2c"], (31,)),
 }
 
+# The KServe model name test servers host their vision tower as (`--serve-vision-model`).
+VISION_MODEL = "clip_vision"
+
 
 def tiny_backbone(seed: int = 0, name: str = "tiny") -> VLBackbone:
     """The tiny T5 preset (or preset `name`) with a word tokenizer filling its whole

@@ -11,20 +11,18 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as triton
-from serving_helpers import start_server
+from serving_helpers import VISION_MODEL
 
 from serving.lifecycle import AdapterLifecycle
 from serving.protos import repository_pb2, repository_pb2_grpc
 from serving.vision_backends import TorchVisionEncoder
 
-VISION = "clip_vision"
+VISION = VISION_MODEL
 
 
 @pytest.fixture(scope="module")
-def server(backbone, published):
-    running = start_server(backbone, published, serve_vision_model=VISION)
-    yield running
-    running.stop(grace=5)
+def server(vision_server):
+    return vision_server
 
 
 def _recording(monkeypatch, cls, name: str) -> list[str]:

@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from serving_helpers import request_for, start_server, tiny_backbone
+from serving_helpers import VISION_MODEL, request_for, start_server, tiny_backbone
 
 from modeling.tasks import TASKS
 from serving.cli import main as adapter_serve
 from serving.protos import inference_pb2_grpc
 from serving.vision_backends import OnnxVisionEncoder, TritonVisionEncoder
 
-VISION = "clip_vision"
+VISION = VISION_MODEL
 
 
 @pytest.fixture(scope="module")
-def local(backbone, published):
-    running = start_server(backbone, published, serve_vision_model=VISION)
-    yield running
-    running.stop(grace=5)
+def local(vision_server):
+    return vision_server
 
 
 @pytest.fixture(scope="module")
