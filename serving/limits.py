@@ -166,7 +166,7 @@ class RequestChecker:
                 raise InvalidInput(f"video has {len(frames)} frames; limit max_frames="
                                    f"{self.limits.max_frames}")
             return [self._frame(f, f"frame {i}") for i, f in enumerate(frames)]
-        wanted = 2 if spec.visual_input is VisualInput.TWO_IMAGES else 1
+        wanted = spec.n_visual_ids
         if len(images) != wanted:
             raise InvalidInput(f"task {spec.name} takes {wanted} image(s), got {len(images)}")
         return [self.image(img, f"image {i}") for i, img in enumerate(images)]

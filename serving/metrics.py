@@ -28,7 +28,6 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
     start_http_server,
 )
 
@@ -120,10 +119,6 @@ class ServerMetrics:
     def error(self, code_name: str) -> None:
         """Count one failed call by its gRPC status code name (e.g. `NOT_FOUND`)."""
         self._errors.labels(code=code_name).inc()
-
-    def render(self) -> str:
-        """The Prometheus text exposition of every metric in this registry."""
-        return generate_latest(self.registry).decode("utf-8")
 
     def start_http(self, port: int, addr: str = "0.0.0.0") -> int:
         """Serve `/metrics` over HTTP on `addr:port` (0: a free port); returns the bound port."""

@@ -11,9 +11,10 @@ import os
 
 import pytest
 import torch
+from artifact_helpers import load_adapter_model
 from transformers import T5ForConditionalGeneration
 
-from adapters_registry import Registry, import_peft
+from adapters_registry import FingerprintMismatch, Registry, import_peft
 from adapters_registry.errors import InvalidArtifact
 from modeling.backbone import VLBackbone
 from modeling.bank import build_bank
@@ -21,7 +22,7 @@ from modeling.config import preset
 from modeling.kernels import RowIndex
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel, MethodEntry
-from training.artifact import FingerprintMismatch, load_adapter_model, write_artifact
+from training.artifact import write_artifact
 
 TASKS = ["vqa", "caption"]
 RECIPE = [MethodEntry("adapter", {"reduction_factor": 8}, "half_shared"),

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from prometheus_client import generate_latest
 
 from adapters_registry import Registry
 from modeling.backbone import VLBackbone
@@ -28,6 +29,7 @@ from modeling.recipe import AdapterModel, MethodEntry
 from modeling.tasks import TASKS, TaskKind, VisualInput
 from modeling.tokenizer import build_word_tokenizer
 from serving.config import ServeConfig
+from serving.metrics import ServerMetrics
 from serving.protos import inference_pb2
 from serving.server import Server
 from training.artifact import write_artifact
@@ -175,3 +177,8 @@ def direct(backbone: VLBackbone, model: AdapterModel, message) -> tuple[str, lis
     else:
         out = greedy(backbone, batch, bank, index, message.generation.max_new_tokens)
     return tokenizer.decode(out[0], skip_special_tokens=True).strip(), []
+
+
+def metrics_text(metrics: ServerMetrics) -> str:
+    """The Prometheus text exposition of every metric of `metrics`, as a scrape reads it."""
+    return generate_latest(metrics.registry).decode("utf-8")

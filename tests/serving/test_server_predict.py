@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from grpc_health.v1 import health_pb2
-from serving_helpers import direct, request_for
+from serving_helpers import direct, metrics_text, request_for
 
 from modeling.tasks import TASKS
 
@@ -98,7 +98,7 @@ def test_metrics_count_batches_cache_events_and_errors(server, inference):
     inference.Predict(request_for("vqa", "alpha", seed=10), timeout=30)
     with pytest.raises(grpc.RpcError):
         inference.Predict(request_for("vqa", "nobody"), timeout=30)
-    text = server.metrics.render()
+    text = metrics_text(server.metrics)
     assert 'vladapter_cache_events_total{event="hit",tier="device"}' in text
     assert 'vladapter_errors_total{code="NOT_FOUND"} 1.0' in text
     count = [line for line in text.splitlines() if line.startswith("vladapter_batch_size_count")]
