@@ -78,10 +78,8 @@ def train_command(args: argparse.Namespace) -> int:
     for task, metrics in sorted(results.items()):
         shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if "/" not in k)
         print(f"{task}: {shown}")
-    print(f"artifact: {Path(args.out) / 'artifact'}")
-    if trainer.built_from_preset:
-        print(f"backbone: {Path(args.out) / 'backbone'} (preset {config.backbone} with this "
-              "run's tokenizer: serve the artifact over it)")
+    for label, (path, what) in trainer.outputs().items():
+        print(f"{label}: {path} ({what})")
     return 0
 
 

@@ -260,16 +260,33 @@ class Trainer:
         self.sampler.load_state(state["sampler"])
         return True
 
-    def write_artifact(self, metrics: dict) -> None:
-        """OUT/artifact, and OUT/backbone when the backbone was built here from a preset
-        (its tokenizer comes from this run's data: serve with `--backbone OUT/backbone`)."""
-        if self.rank != 0 or not self.model.serveable:
+    def write_outputs(self, metrics: dict) -> None:
+        """What the run leaves for a user (`outputs`): OUT/artifact, and OUT/backbone when
+        the backbone was built here from a preset (its tokenizer comes from this run's data:
+        serve with `--backbone OUT/backbone`). Full fine-tuning has no adapter to write: its
+        tuned model is OUT/backbone, a backbone folder of the same family (safetensors)."""
+        if self.rank != 0:
+            return
+        if self.full is not None:
+            self.full.model.save_pretrained(self.out / "backbone")
             return
         counted = report(self.backbone.config, self.config.methods, sorted(self.tasks))
         write_artifact(self.out / "artifact", self.model, self.backbone,
                        counted.to_dict(), metrics)
         if self.built_from_preset:
             self.backbone.save_pretrained(self.out / "backbone")
+
+    def outputs(self) -> dict[str, tuple[Path, str]]:
+        """What `write_outputs` writes: {"artifact" | "backbone": (path, what it is)}."""
+        backbone = self.out / "backbone"
+        if self.full is not None:
+            return {"backbone": (backbone, f"fully fine-tuned {self.config.backbone}: no "
+                                           "adapter; use it as --backbone")}
+        written = {"artifact": (self.out / "artifact", "the adapters")}
+        if self.built_from_preset:
+            written["backbone"] = (backbone, f"preset {self.config.backbone} with this run's "
+                                             "tokenizer: serve the artifact over it")
+        return written
 
     def log(self, record: dict) -> None:
         """One JSONL line, and the numbers as TensorBoard scalars (train/* and eval/*)."""
@@ -315,7 +332,7 @@ class Trainer:
         if not self.eval_interval or self.step % self.eval_interval:
             results = self._eval_and_keep_best()
         self.save("last")
-        self.write_artifact(results)
+        self.write_outputs(results)
         return results
 
     def _eval_and_keep_best(self) -> dict[str, dict[str, float]]:

@@ -80,6 +80,20 @@ class Florence2Backbone(VLBackbone):
             raise ValueError("this backbone has no vision tower: pass precomputed features")
         return self.vision(pixel_values)
 
+    def save_pretrained(self, path: str | Path) -> None:
+        """The Hugging Face Florence-2 folder `load` reads back (the inverse of `split`):
+        config.json, model.safetensors, preprocessor_config.json and the tokenizer."""
+        folder = Path(path)
+        with torch.device("meta"):  # every part is replaced by ours below
+            model = Florence2ForConditionalGeneration(self.hf_config)
+        model.model.vision_tower = self.vision.tower
+        model.model.multi_modal_projector = self.vision.projector
+        model.model.language_model, model.lm_head = self.lm.model, self.lm.lm_head
+        model.save_pretrained(folder)
+        _write_image_size(folder, self.config.vision.image_size)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(folder)
+
 
 def detect(folder: Path) -> bool:
     """Whether `folder` holds a Hugging Face Florence-2 model (config.json model_type)."""
@@ -157,7 +171,16 @@ def split(model: Florence2ForConditionalGeneration, image_size: int,
                          f"{missing[:5]}, unexpected {unexpected[:5]}")
     lm.tie_weights()
     vision = Florence2Vision(model.model.vision_tower, model.model.multi_modal_projector)
-    return Florence2Backbone(config, lm=lm.eval(), vision=vision.eval(), tokenizer=tokenizer)
+    backbone = Florence2Backbone(config, lm=lm.eval(), vision=vision.eval(), tokenizer=tokenizer)
+    backbone.hf_config = model.config  # what `save_pretrained` writes back (image_token_id)
+    return backbone
+
+
+def _write_image_size(folder: Path, image_size: int) -> None:
+    """preprocessor_config.json: the image side `_image_size` reads back."""
+    size = {"height": image_size, "width": image_size}
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "CLIPImageProcessor", "size": size, "crop_size": size}))
 
 
 def _image_size(folder: Path) -> int:
@@ -244,9 +267,7 @@ def write_random(folder: Path, config: Florence2Config, image_size: int,
     folder = Path(folder)
     torch.manual_seed(seed)
     Florence2ForConditionalGeneration(config).save_pretrained(folder)
-    size = {"height": image_size, "width": image_size}
-    (folder / "preprocessor_config.json").write_text(json.dumps(
-        {"image_processor_type": "CLIPImageProcessor", "size": size, "crop_size": size}))
+    _write_image_size(folder, image_size)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     return folder

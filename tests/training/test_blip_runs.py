@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import check_tuned_backbone_written
 
 from adapters_registry import Registry
 from modeling.families import blip, load_backbone
@@ -21,6 +22,7 @@ from training.cli import main
 from training.config import load_task_split, parse_config
 from training.data.visual_stores import ImageFolder
 from training.text import corpus_words
+from training.trainer import Trainer
 
 STUDY_METHODS = ["prompt_tuning", "prefix_tuning", "lora", "adapter", "parallel_adapter"]
 
@@ -73,13 +75,17 @@ def test_blip_folder_trains_and_serves_its_tasks(world, tmp_path, mode, tasks):
         assert reply.adapter_name == "blip" and reply.adapter_version == 1, task
 
 
-def test_blip_full_finetuning_runs_the_baseline(world, tmp_path):
+def test_blip_full_finetuning_runs_the_baseline_and_writes_the_tuned_model(world, tmp_path):
     folder = _blip_folder(world, "caption", tmp_path)
-    _run(world, tmp_path, folder, ["caption"], steps=1,
-         methods=[{"method": "full_finetuning"}])
+    raw = {**world["raw"], "backbone": str(folder), "steps": 1,
+           "methods": [{"method": "full_finetuning"}],
+           "tasks": {"caption": world["raw"]["tasks"]["caption"]}}
+    trainer = Trainer(parse_config(raw), tmp_path / "run", show_progress=False)
+    trainer.run()
     records = [json.loads(line) for line in
                (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert "caption" in records[-1]["eval"]
+    check_tuned_backbone_written(tmp_path / "run", trainer.full.model, trainer.backbone)
 
 
 def test_sweep_runs_the_studys_five_methods_on_blip(world, tmp_path):

@@ -4,9 +4,11 @@ is evaluated (generation and candidate scoring through the Florence-2 backbone).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 import yaml
+from conftest import check_tuned_backbone_written
 from transformers import Florence2ForConditionalGeneration
 
 from modeling.families import florence2, load_backbone
@@ -15,9 +17,20 @@ from training.cli import main
 from training.config import load_task_split, parse_config
 from training.synthetic_run import synthetic_tasks
 from training.text import corpus_tokenizer
+from training.trainer import Trainer
 
 # One task of each kind: open QA, binary, captioning, multiple choice, video captioning.
 KINDS = ("vqa", "nlvr2", "caption", "tvqa", "tvc")
+
+
+def _florence2_folder(raw: dict, folder: Path) -> Path:
+    """A tiny random Florence-2 folder with a word tokenizer over the run's words."""
+    examples = [e for task, data in parse_config({**raw, "backbone": "tiny"}).tasks.items()
+                for e in load_task_split(task, data, "train") + load_task_split(task, data, "val")]
+    config = florence2.sized_config("tiny")
+    config.text_config.vocab_size = 1024  # the synthetic world's words
+    tokenizer = corpus_tokenizer(examples, "bart", 1024)
+    return florence2.write_random(folder, config, 32, tokenizer)
 
 
 def test_every_task_kind_trains_and_evaluates_on_a_florence2_folder(world, tmp_path):
@@ -28,12 +41,7 @@ def test_every_task_kind_trains_and_evaluates_on_a_florence2_folder(world, tmp_p
            "methods": [{"method": "lora", "config": {"rank": 4}},
                        {"method": "prompt_tuning", "config": {"length": 2, "hidden_dim": 8},
                         "sharing": "multiple"}]}
-    examples = [e for task, data in parse_config({**raw, "backbone": "tiny"}).tasks.items()
-                for e in load_task_split(task, data, "train") + load_task_split(task, data, "val")]
-    config = florence2.sized_config("tiny")
-    config.text_config.vocab_size = 1024  # the synthetic world's words
-    tokenizer = corpus_tokenizer(examples, "bart", 1024)
-    florence2.write_random(tmp_path / "florence2", config, 32, tokenizer)
+    _florence2_folder(raw, tmp_path / "florence2")
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
     assert main(["train", "--config", str(tmp_path / "run.yaml"), "--out",
                  str(tmp_path / "run"), "--quiet"]) == 0
@@ -42,6 +50,16 @@ def test_every_task_kind_trains_and_evaluates_on_a_florence2_folder(world, tmp_p
         load_backbone(tmp_path / "florence2").fingerprint()
     assert set(manifest["tasks"]) == set(KINDS)
     assert set(manifest["metrics"]) == set(KINDS)  # each evaluated after training
+
+
+def test_full_finetuning_on_a_florence2_folder_writes_the_tuned_model(world, tmp_path):
+    raw = {**world["raw"], "steps": 1, "backbone": str(tmp_path / "florence2"),
+           "methods": [{"method": "full_finetuning"}],
+           "tasks": synthetic_tasks(world["root"] / "data", ["vqa"], batch_size=4)}
+    _florence2_folder(raw, tmp_path / "florence2")
+    trainer = Trainer(parse_config(raw), tmp_path / "run", show_progress=False)
+    trainer.run()
+    check_tuned_backbone_written(tmp_path / "run", trainer.full.model, trainer.backbone)
 
 
 def test_params_reports_florence2_base_from_its_config_json_alone(tmp_path, capsys):

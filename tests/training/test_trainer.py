@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TASKS
+from conftest import TASKS, check_tuned_backbone_written
 from safetensors.torch import load_file, save_file
 
+from modeling import families
 from training.cli import main
 from training.config import ConfigError, parse_config
 from training.trainer import Trainer
@@ -119,6 +120,31 @@ def test_artifact_holds_only_trainable_tensors_and_a_full_manifest(world, tmp_pa
     assert any((tmp_path / "tensorboard").iterdir())
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps[:3] == [2, 4, 6]
+
+
+def test_full_finetuning_writes_the_tuned_model_as_a_backbone_folder(world, tmp_path):
+    raw = {**world["raw"], "steps": 1, "methods": [{"method": "full_finetuning"}],
+           "tasks": {"vqa": world["raw"]["tasks"]["vqa"]}}
+    trainer = Trainer(parse_config(raw), tmp_path, show_progress=False)
+    trainer.run()
+    check_tuned_backbone_written(tmp_path, trainer.full.model, trainer.backbone)
+    assert list(trainer.outputs()) == ["backbone"]
+
+
+def test_cli_names_what_a_full_finetuning_run_on_a_preset_wrote(world, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**world["raw"], "backbone": "tiny", "steps": 1,
+                                      "methods": [{"method": "full_finetuning"}],
+                                      "tasks": {"vqa": world["raw"]["tasks"]["vqa"]}}))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "out"),
+                 "--quiet"]) == 0
+    written = [line for line in capsys.readouterr().out.splitlines()
+               if line.startswith(("artifact:", "backbone:"))]
+    assert written == [f"backbone: {tmp_path / 'out' / 'backbone'} (fully fine-tuned tiny: "
+                       "no adapter; use it as --backbone)"]
+    tuned = families.load_backbone(tmp_path / "out" / "backbone")
+    assert tuned.tokenizer is not None  # the run's tokenizer travels with it
+    assert not (tmp_path / "out" / "artifact").exists()
 
 
 def test_cli_trains_from_yaml_and_refuses_a_bad_config_in_one_line(world, tmp_path, capsys):
