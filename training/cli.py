@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -114,17 +115,18 @@ def _check_task(task: str, data: TaskData) -> int:
     shown = [f"{task}: visual: {reason}"] if reason is not None else []
     problems = len(shown)
     train_answers = None
-    for split in ("train", "val", "test"):
-        if getattr(data, split) is None:
-            continue
-        read = partial(read_task_split, task, data, split, one_per_caption=False)
-        check = check_split(task, split, read, source, train_answers,
-                            with_subtitles=data.subtitles is not None)
-        if split == "train":
-            train_answers = check.answers
-        print(check.summary())
-        shown += [f"{task}/{split}: {problem}" for problem in check.first_problems()]
-        problems += len(check.problems)
+    with source if source is not None else nullcontext():
+        for split in ("train", "val", "test"):
+            if getattr(data, split) is None:
+                continue
+            read = partial(read_task_split, task, data, split, one_per_caption=False)
+            check = check_split(task, split, read, source, train_answers,
+                                with_subtitles=data.subtitles is not None)
+            if split == "train":
+                train_answers = check.answers
+            print(check.summary())
+            shown += [f"{task}/{split}: {problem}" for problem in check.first_problems()]
+            problems += len(check.problems)
     for problem in shown:
         print(f"train-adapter: error: {problem}", file=sys.stderr)
     return problems

@@ -65,15 +65,16 @@ class VisualFeatures:
     def _fill(self, missing: list[str]) -> None:
         if not missing:
             return
-        source = open_visual_source(self.source, self.visual_input is VisualInput.VIDEO_FRAMES)
-        if isinstance(source, ImageFolder):
-            self._encode_images(source, missing)
-        elif isinstance(source, VideoFrameFolder):
-            for vid in missing:
-                self.table[vid] = self._encode_video(source.frame_paths(vid))
-        else:
-            for vid in missing:
-                self.table[vid] = self._from_store(source, vid)
+        with open_visual_source(self.source,
+                                self.visual_input is VisualInput.VIDEO_FRAMES) as source:
+            if isinstance(source, ImageFolder):
+                self._encode_images(source, missing)
+            elif isinstance(source, VideoFrameFolder):
+                for vid in missing:
+                    self.table[vid] = self._encode_video(source.frame_paths(vid))
+            else:
+                for vid in missing:
+                    self.table[vid] = self._from_store(source, vid)
 
     def _from_store(self, store: FeatureStore, vid: str) -> torch.Tensor:
         features = torch.from_numpy(store.get(vid)).float()

@@ -121,6 +121,41 @@ def test_features_the_backbone_cannot_take_are_refused_naming_id_and_source(
     assert not (tmp_path / "cache").exists()  # nothing refused is cached
 
 
+def _rewrite_h5(path: Path, features: dict[str, np.ndarray]) -> None:
+    """Write `path` anew; HDF5 refuses (OSError) while this process holds it open."""
+    with h5py.File(path, "w") as f:
+        for visual_id, array in features.items():
+            f[f"{visual_id}/features"] = array
+
+
+def test_leaving_with_closes_an_h5_store_so_its_file_can_be_rewritten(tmp_path: Path) -> None:
+    path = _write_h5(tmp_path / "f.h5")
+    with open_feature_store(path) as store:
+        assert store.get("img_a").shape == (36, 8)
+        with pytest.raises(OSError):
+            _rewrite_h5(path, FEATURES)  # the check can fail: open files are refused
+    _rewrite_h5(path, {"img_c": FEATURES["img_a"]})
+    with open_feature_store(path) as store:
+        assert "img_c" in store and "img_a" not in store
+
+
+def test_a_failed_feature_read_leaves_the_h5_file_free_to_fix(tmp_path: Path) -> None:
+    """The error of a missing id is kept (as a notebook or a test keeps it), and its
+    traceback holds the reader's frames: the file is closed all the same, so it can be
+    fixed in place and read again in the same process."""
+    path = tmp_path / "f.h5"
+    _rewrite_h5(path, {"img_a": np.ones((4, 64), np.float32)})
+    backbone = VLBackbone.from_config(preset("tiny"))  # feat_dim 64
+    example = Example("nlvr2", "1", ("img_a", "img_b"), "nlvr: s", ("true",))
+    with pytest.raises(MissingVisualError, match="'img_b'") as kept:
+        features_for(backbone, "nlvr2", path, [example], None, None)
+    assert kept.tb is not None
+    _rewrite_h5(path, {"img_a": np.ones((4, 64), np.float32),
+                       "img_b": np.zeros((4, 64), np.float32)})
+    fixed = features_for(backbone, "nlvr2", path, [example], None, None)
+    assert fixed.table["img_b"].shape == (4, 64)
+
+
 def test_image_and_frame_folders(tmp_path: Path) -> None:
     images = tmp_path / "images"
     images.mkdir()

@@ -12,6 +12,10 @@ Two kinds of source:
   n_frames x 512 per video). Backends: HDF5 (``{id}/features``, the VL-T5 layout), a folder
   of ``{id}.npz`` files (key ``features``) and one ``.safetensors`` file (one tensor per id).
 
+Every source is a context manager: leaving ``with open_visual_source(...) as source`` (or
+``source.close()``) closes the file a store keeps open (HDF5, safetensors), so the file
+can be rewritten or removed afterwards even while an exception from inside is kept.
+
 Nothing is unpickled: ``.npz`` files are read with ``allow_pickle=False``. A file that its
 reader cannot read (an image Pillow does not know, a broken HDF5, safetensors or npz file)
 is a ``ValueError`` naming the file.
@@ -44,6 +48,19 @@ class MissingVisualError(LookupError):
         super().__init__(f"{what} {visual_id!r} not found in {store_path}{below}")
 
 
+class ClosingSource:
+    """What every visual source shares: ``with source:`` closes it on the way out."""
+
+    def close(self) -> None:
+        """Release the files this source keeps open (none unless a store overrides it)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 @runtime_checkable
 class FeatureStore(Protocol):
     """Precomputed visual features by image id or video name."""
@@ -56,6 +73,8 @@ class FeatureStore(Protocol):
 
     def __contains__(self, visual_id: object) -> bool: ...
 
+    def close(self) -> None: ...
+
 
 def _checked_features(array: np.ndarray, visual_id: str, store_path: Path) -> np.ndarray:
     """``array`` as float32 ``[n_tokens, feat_dim]``, or ``ValueError`` naming id and store."""
@@ -67,7 +86,7 @@ def _checked_features(array: np.ndarray, visual_id: str, store_path: Path) -> np
     return array.astype(np.float32, copy=False)
 
 
-class H5FeatureStore:
+class H5FeatureStore(ClosingSource):
     """An HDF5 file with one dataset ``{id}/features`` per image or video (VL-T5 layout)."""
 
     def __init__(self, path: Path) -> None:
@@ -84,11 +103,11 @@ class H5FeatureStore:
         return _checked_features(self._file[f"{visual_id}/features"][()], visual_id, self.path)
 
     def close(self) -> None:
-        """Close the HDF5 file."""
+        """Close the HDF5 file (HDF5 refuses to rewrite a file this process holds open)."""
         self._file.close()
 
 
-class NpzFolderStore:
+class NpzFolderStore(ClosingSource):
     """A folder with one ``{id}.npz`` per image or video, holding the array ``features``."""
 
     def __init__(self, path: Path) -> None:
@@ -113,7 +132,7 @@ class NpzFolderStore:
             raise ValueError(f"{file_path}: not a readable .npz file ({error})") from None
 
 
-class SafetensorsFeatureStore:
+class SafetensorsFeatureStore(ClosingSource):
     """One ``.safetensors`` file with one tensor per image id or video name."""
 
     def __init__(self, path: Path) -> None:
@@ -129,6 +148,10 @@ class SafetensorsFeatureStore:
         if visual_id not in self:
             raise MissingVisualError(visual_id, self.path, "features of")
         return _checked_features(self._file.get_tensor(visual_id), visual_id, self.path)
+
+    def close(self) -> None:
+        """Drop the file handle (and its memory map)."""
+        self._file = None
 
 
 def open_feature_store(path: Path) -> FeatureStore:
@@ -214,7 +237,7 @@ class _SubfolderIndex:
         return paths[0] if paths else None
 
 
-class ImageFolder:
+class ImageFolder(ClosingSource):
     """Image files named by image id (``{id}.jpg``/``.jpeg``/``.png``) in one folder or in
     its sub-folders, up to ``SUBFOLDER_DEPTH`` levels down (COCO's ``val2014/``, NLVR2's
     ``train/41/``): an id must name one file."""
@@ -250,7 +273,7 @@ class ImageFolder:
         return found
 
 
-class VideoFrameFolder:
+class VideoFrameFolder(ClosingSource):
     """One folder per video name, holding its frames as images sorted by file name: in this
     folder or below it, up to ``SUBFOLDER_DEPTH`` levels down (TVQA's
     ``frames_hq/<show>_frames/<clip>/``): a name must name one folder."""
