@@ -5,7 +5,9 @@ a folder of video frame folders (one pooled vector or a small grid per frame, po
 padded to `max_frames`: `modeling.visual.video_tokens`), both also searched in
 sub-folders as the datasets' releases lay them out, or a feature store (.h5 /
 .safetensors / folder of .npz). Encoded features are kept on disk in one safetensors file
-per (backbone fingerprint, source folder), so each image is encoded once across runs.
+per (backbone fingerprint, source folder), so each image is encoded once across runs; the
+file's metadata keeps each id's `stamp` (its files' sizes and modification times), so an
+image rewritten under the same name is encoded again, never served stale.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from modeling.backbone import VLBackbone
 from modeling.inputs import VisualTokens, check_features, image_processor, images_to_pixels
@@ -26,6 +29,7 @@ from training.data.visual_stores import (
     FeatureStore,
     ImageFolder,
     VideoFrameFolder,
+    VisualSource,
     load_image,
     open_visual_source,
 )
@@ -46,35 +50,42 @@ class VisualFeatures:
             key = hashlib.sha256(f"{fingerprint}|{self.source.resolve()}".encode()).hexdigest()
             self.cache_file = Path(cache_dir) / f"features-{key[:24]}.safetensors"
         self.table: dict[str, torch.Tensor] = {}
+        self.stamps: dict[str, str] = {}  # id -> its files' stamp when its tokens were made
         if self.cache_file is not None and self.cache_file.is_file():
-            self.table = load_file(self.cache_file)
+            with safe_open(self.cache_file, framework="pt") as cached:
+                self.table = {vid: cached.get_tensor(vid) for vid in cached.keys()}
+                self.stamps = dict(cached.metadata() or {})  # caches before stamps: none
 
     def prepare(self, visual_ids: Iterable[str]) -> None:
-        """Encode every id not in the table yet (in chunks), check every id's features fit
-        the backbone (cached ones too: a cache may predate the check), save the cache."""
-        wanted = set(visual_ids)
-        missing = sorted(wanted - set(self.table))
-        self._fill(missing)
-        for vid in sorted(wanted):
-            check_features(self.table[vid], self.backbone.config.feat_dim,
-                           f"features of {vid!r} from {self.source}")
-        if missing and self.cache_file is not None:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in self.table.items()}, self.cache_file)
-
-    def _fill(self, missing: list[str]) -> None:
-        if not missing:
-            return
+        """Encode every id not in the table yet, or whose files changed since (in chunks),
+        check every id's features fit the backbone (cached ones too: a cache may predate
+        the check), save the cache."""
+        wanted = sorted(set(visual_ids))
         with open_visual_source(self.source,
                                 self.visual_input is VisualInput.VIDEO_FRAMES) as source:
-            if isinstance(source, ImageFolder):
-                self._encode_images(source, missing)
-            elif isinstance(source, VideoFrameFolder):
-                for vid in missing:
-                    self.table[vid] = self._encode_video(source.frame_paths(vid))
-            else:
-                for vid in missing:
-                    self.table[vid] = self._from_store(source, vid)
+            stamps = {vid: source.stamp(vid) for vid in wanted} \
+                if self.cache_file is not None else {}
+            stale = [vid for vid in wanted
+                     if vid not in self.table or self.stamps.get(vid) != stamps.get(vid)]
+            self._fill(source, stale)
+        for vid in wanted:
+            check_features(self.table[vid], self.backbone.config.feat_dim,
+                           f"features of {vid!r} from {self.source}")
+        self.stamps.update(stamps)
+        if stale and self.cache_file is not None:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in self.table.items()}, self.cache_file,
+                      metadata={vid: self.stamps.get(vid, "") for vid in self.table})
+
+    def _fill(self, source: VisualSource, stale: list[str]) -> None:
+        if isinstance(source, ImageFolder):
+            self._encode_images(source, stale)
+        elif isinstance(source, VideoFrameFolder):
+            for vid in stale:
+                self.table[vid] = self._encode_video(source.frame_paths(vid))
+        else:
+            for vid in stale:
+                self.table[vid] = self._from_store(source, vid)
 
     def _from_store(self, store: FeatureStore, vid: str) -> torch.Tensor:
         features = torch.from_numpy(store.get(vid)).float()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -154,6 +156,44 @@ def test_a_failed_feature_read_leaves_the_h5_file_free_to_fix(tmp_path: Path) ->
                        "img_b": np.zeros((4, 64), np.float32)})
     fixed = features_for(backbone, "nlvr2", path, [example], None, None)
     assert fixed.table["img_b"].shape == (4, 64)
+
+
+def _save_png(path: Path, seed: int) -> None:
+    """A 16x16 noise image, stored uncompressed: every seed gives a file of the same size."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, compress_level=0)
+
+
+@pytest.mark.parametrize("rewrite", ["other size", "same size, later mtime"])
+def test_an_image_rewritten_under_its_name_is_encoded_again(tmp_path: Path, monkeypatch,
+                                                            rewrite: str) -> None:
+    backbone = VLBackbone.from_config(preset("tiny"))  # has a CLIP tower
+    images = tmp_path / "images"
+    images.mkdir()
+    path = images / "img_a.png"
+    _save_png(path, seed=0)
+    example = Example("vqa", "1", ("img_a",), "vqa: q", ("yes",))
+
+    def cached():
+        return features_for(backbone, "vqa", images, [example], tmp_path / "cache", "fp")
+
+    first = cached().table["img_a"]
+    encode = backbone.encode_images
+    monkeypatch.setattr(backbone, "encode_images", None)  # unchanged: read from the cache
+    assert torch.equal(cached().table["img_a"], first)
+    monkeypatch.setattr(backbone, "encode_images", encode)
+    before = path.stat()
+    if rewrite == "other size":
+        Image.open(path).crop((0, 0, 8, 16)).save(path, compress_level=0)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # only the size tells
+        assert path.stat().st_size != before.st_size
+    else:
+        _save_png(path, seed=1)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+        assert path.stat().st_size == before.st_size
+    fresh = features_for(backbone, "vqa", images, [example], None, None).table["img_a"]
+    assert not torch.equal(fresh, first)
+    assert torch.equal(cached().table["img_a"], fresh)
 
 
 def test_image_and_frame_folders(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ is a ``ValueError`` naming the file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -48,8 +49,27 @@ class MissingVisualError(LookupError):
         super().__init__(f"{what} {visual_id!r} not found in {store_path}{below}")
 
 
-class ClosingSource:
-    """What every visual source shares: ``with source:`` closes it on the way out."""
+def files_stamp(paths: Iterable[Path]) -> str:
+    """A short digest of each file's name, size and modification time (ns): it changes when
+    one of the files is rewritten, without reading them."""
+    digest = hashlib.sha256()
+    for path in paths:
+        status = path.stat()
+        digest.update(f"{path.name}|{status.st_size}|{status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+class SourceBase:
+    """What every visual source shares: ``with source:`` closes it on the way out, and
+    ``stamp(id)`` tells whether the files of an id changed since a cache read them."""
+
+    def files_of(self, visual_id: str) -> list[Path]:
+        """The files ``visual_id`` is read from; ``MissingVisualError`` when it has none."""
+        raise NotImplementedError
+
+    def stamp(self, visual_id: str) -> str:
+        """``files_stamp`` of ``files_of(visual_id)``."""
+        return files_stamp(self.files_of(visual_id))
 
     def close(self) -> None:
         """Release the files this source keeps open (none unless a store overrides it)."""
@@ -75,6 +95,8 @@ class FeatureStore(Protocol):
 
     def close(self) -> None: ...
 
+    def stamp(self, visual_id: str) -> str: ...
+
 
 def _checked_features(array: np.ndarray, visual_id: str, store_path: Path) -> np.ndarray:
     """``array`` as float32 ``[n_tokens, feat_dim]``, or ``ValueError`` naming id and store."""
@@ -86,7 +108,7 @@ def _checked_features(array: np.ndarray, visual_id: str, store_path: Path) -> np
     return array.astype(np.float32, copy=False)
 
 
-class H5FeatureStore(ClosingSource):
+class H5FeatureStore(SourceBase):
     """An HDF5 file with one dataset ``{id}/features`` per image or video (VL-T5 layout)."""
 
     def __init__(self, path: Path) -> None:
@@ -102,12 +124,16 @@ class H5FeatureStore(ClosingSource):
             raise MissingVisualError(visual_id, self.path, "features of")
         return _checked_features(self._file[f"{visual_id}/features"][()], visual_id, self.path)
 
+    def files_of(self, visual_id: str) -> list[Path]:
+        """The one file (rewriting it may change any id's features)."""
+        return [self.path]
+
     def close(self) -> None:
         """Close the HDF5 file (HDF5 refuses to rewrite a file this process holds open)."""
         self._file.close()
 
 
-class NpzFolderStore(ClosingSource):
+class NpzFolderStore(SourceBase):
     """A folder with one ``{id}.npz`` per image or video, holding the array ``features``."""
 
     def __init__(self, path: Path) -> None:
@@ -131,8 +157,14 @@ class NpzFolderStore(ClosingSource):
         except (OSError, zipfile.BadZipFile) as error:
             raise ValueError(f"{file_path}: not a readable .npz file ({error})") from None
 
+    def files_of(self, visual_id: str) -> list[Path]:
+        """``{id}.npz``."""
+        if visual_id not in self:
+            raise MissingVisualError(visual_id, self.path, "features file of")
+        return [self.path / f"{visual_id}.npz"]
 
-class SafetensorsFeatureStore(ClosingSource):
+
+class SafetensorsFeatureStore(SourceBase):
     """One ``.safetensors`` file with one tensor per image id or video name."""
 
     def __init__(self, path: Path) -> None:
@@ -148,6 +180,10 @@ class SafetensorsFeatureStore(ClosingSource):
         if visual_id not in self:
             raise MissingVisualError(visual_id, self.path, "features of")
         return _checked_features(self._file.get_tensor(visual_id), visual_id, self.path)
+
+    def files_of(self, visual_id: str) -> list[Path]:
+        """The one file (rewriting it may change any id's features)."""
+        return [self.path]
 
     def close(self) -> None:
         """Drop the file handle (and its memory map)."""
@@ -237,7 +273,7 @@ class _SubfolderIndex:
         return paths[0] if paths else None
 
 
-class ImageFolder(ClosingSource):
+class ImageFolder(SourceBase):
     """Image files named by image id (``{id}.jpg``/``.jpeg``/``.png``) in one folder or in
     its sub-folders, up to ``SUBFOLDER_DEPTH`` levels down (COCO's ``val2014/``, NLVR2's
     ``train/41/``): an id must name one file."""
@@ -272,8 +308,12 @@ class ImageFolder(ClosingSource):
                                      searched_below=True)
         return found
 
+    def files_of(self, visual_id: str) -> list[Path]:
+        """The image file."""
+        return [self.image_path(visual_id)]
 
-class VideoFrameFolder(ClosingSource):
+
+class VideoFrameFolder(SourceBase):
     """One folder per video name, holding its frames as images sorted by file name: in this
     folder or below it, up to ``SUBFOLDER_DEPTH`` levels down (TVQA's
     ``frames_hq/<show>_frames/<clip>/``): a name must name one folder."""
@@ -304,6 +344,10 @@ class VideoFrameFolder(ClosingSource):
             raise MissingVisualError(vid_name, self.path, "video frame folder",
                                      searched_below=True)
         return frames
+
+    def files_of(self, visual_id: str) -> list[Path]:
+        """Every frame (a frame added or removed changes the stamp too)."""
+        return self.frame_paths(visual_id)
 
 
 VisualSource = FeatureStore | ImageFolder | VideoFrameFolder
