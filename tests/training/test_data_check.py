@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from data_layouts import GQA_QUESTIONS, OFFICIAL, write_json, write_karpathy, write_vqav2
+from data_layouts import (
+    GQA_QUESTIONS,
+    OFFICIAL,
+    write_json,
+    write_karpathy,
+    write_vqav2,
+    write_youcook2,
+)
 from safetensors.numpy import save_file
 
 from training.cli import main
@@ -52,6 +59,27 @@ def test_every_official_layout_passes_with_its_format_and_visuals_found(tmp_path
         "yc2c/val: 1 record (format youcook2, detected); frame folders: 1 found, 0 missing",
         "data check: everything found",
     ]
+
+
+def test_official_youcook2_test_split_reads_empty_with_a_note_not_a_problem(tmp_path,
+                                                                            capsys):
+    yc2c = write_youcook2(tmp_path)
+    code, out, err = _check(_config(tmp_path, {"yc2c": {**yc2c, "test": yc2c["train"]}}),
+                            capsys)
+    assert (code, err) == (0, [])
+    assert out[2] == (
+        "yc2c/test: 0 records (format youcook2, detected); frame folders: 0 found, 0 missing; "
+        "note: the official YouCook2 annotations (youcookii_annotations_trainval.json) hold "
+        "no test split: its test annotations were never released; evaluate on val")
+    assert out[3] == "data check: everything found"
+
+
+def test_an_empty_split_of_another_format_is_still_a_problem(tmp_path, capsys):
+    gqa = OFFICIAL["gqa"](tmp_path)
+    empty = write_json(tmp_path / "empty.json", {})
+    code, _, err = _check(_config(tmp_path, {"gqa": {**gqa, "val": str(empty)}}), capsys)
+    assert code == 2 and err == ["train-adapter: error: gqa/val: no records for split 'val' "
+                                 "in this file"]
 
 
 def test_missing_images_and_frames_are_one_line_each_and_exit_2(tmp_path, capsys):

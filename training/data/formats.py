@@ -10,8 +10,8 @@ which one detection saw.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.data.example import Example
@@ -53,6 +53,8 @@ class DataFormat:
         shapes: the top-level structures detection accepts for it.
         read: the reader, document -> examples.
         top_key: a key the top-level JSON object must have (detection).
+        withheld: split -> why the release holds none of it (YouCook2's official file has
+            no test annotations): an empty read of that split is expected, not a problem.
     """
 
     name: str
@@ -60,6 +62,7 @@ class DataFormat:
     shapes: tuple[Shape, ...]
     read: Reader
     top_key: str | None = None
+    withheld: Mapping[str, str] = field(default_factory=dict)
 
     def matches(self, document: Document) -> bool:
         """Whether ``document``'s top-level structure is this format's."""
@@ -78,12 +81,15 @@ class SplitData:
         data_format: the format it was read as.
         detected: the format detection saw (``None``: none of the task's formats).
         configured: whether ``data_format`` came from the config rather than detection.
+        withheld: why the split read empty when its format's release withholds it
+            (``DataFormat.withheld``); ``None`` otherwise.
     """
 
     examples: list[Example]
     data_format: str
     detected: str | None
     configured: bool
+    withheld: str | None = None
 
     @property
     def how(self) -> str:

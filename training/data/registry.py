@@ -77,7 +77,9 @@ def read_split(task: str, path: str | Path, options: LoadOptions | None = None) 
         if error.path != document.path or error.data_format is not None:
             raise  # a side file (annotations, subtitles) says its own format
         raise error.in_format(format_note(task, chosen, detected, configured)) from None
-    return SplitData(examples, chosen.name, detected.name if detected else None, configured)
+    withheld = None if examples else chosen.withheld.get(options.split or "")
+    return SplitData(examples, chosen.name, detected.name if detected else None, configured,
+                     withheld)
 
 
 def load_split(

@@ -29,6 +29,9 @@ from training.data.subtitles import load_subtitles
 
 CLIP_ID_FIELDS = ("clip_id", "id")
 YOUCOOK2_SUBSETS = {"train": "training", "val": "validation", "test": "testing"}
+YOUCOOK2_NO_TEST = ("the official YouCook2 annotations (youcookii_annotations_trainval.json) "
+                    "hold no test split: its test annotations were never released; "
+                    "evaluate on val")
 _JSON_LINES = (Shape.LINES, Shape.OBJECT)
 
 
@@ -144,7 +147,7 @@ VIDEO_TEXT_FORMATS: dict[str, tuple[DataFormat, ...]] = {
     "yc2c": (
         DataFormat("youcook2", "official YouCook2 {database: {video_id: {subset, annotations: "
                    "[{id, segment, sentence}]}}}", (Shape.OBJECT,), _read_youcook2,
-                   top_key="database"),
+                   top_key="database", withheld={"test": YOUCOOK2_NO_TEST}),
         _captions_format("yc2c"),
     ),
 }
