@@ -1,8 +1,9 @@
 """Every public function and method of our packages is used by our own code, not only by
 the tests: a helper that only tests call lives in tests/ (issue 11.5).
 
-"Used" means its name is referenced (a name, an attribute, an import, or a string such as a
-`pyproject.toml` entry point) somewhere in the code that ships: the packages, benchmarks,
+"Used" means its name is referenced (a name, an attribute, an import, a string that is a
+name or a dotted path such as a `pyproject.toml` entry point; prose in docstrings does not
+count) somewhere in the code that ships: the packages, benchmarks,
 examples and deploy files. A method that a framework calls because it overrides a base
 class of the framework (a gRPC servicer's RPCs, an interceptor, `nn.Module.forward`) is
 used by that framework. The checker itself is shown to catch a test-only function.
@@ -40,7 +41,8 @@ def referenced_names(files: list[Path], extra_text: str = "") -> Counter:
                 counts[node.attr] += 1
             elif isinstance(node, ast.alias):
                 counts[node.name.rsplit(".", 1)[-1]] += 1
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and re.fullmatch(r"[\w.:]+", node.value):  # getattr, "module:function"
                 counts.update(re.findall(r"\w+", node.value))
     return counts
 
@@ -113,4 +115,5 @@ def test_the_checker_catches_a_function_only_tests_call(tmp_path):
     tests = tmp_path / "tests"
     tests.mkdir()
     (tests / "test_sizes.py").write_text("from modeling.sizes import only_tests_call_me\n")
+    (package / "notes.py").write_text('"""only_tests_call_me is named here, in prose."""\n')
     assert used_only_by_tests(tmp_path, ("modeling",)) == ["modeling.sizes.only_tests_call_me"]
