@@ -73,14 +73,15 @@ BACKBONE_LINE = LINE + r"mixed/backbone (?P<ratio>[\d.]+)"
 
 
 def random_batch(backbone: VLBackbone, rows: int, text: int = 12, labels: int = 4) -> VLBatch:
-    """Random ids and features shaped like a one-image request (seeded)."""
+    """Random ids and features shaped like a one-image request of any family (seeded):
+    visual [rows, backbone.tokens_per_image, feat_dim] (Florence-2: its image tokens;
+    BLIP: every ViT state), as `encode_images` gives them."""
     g = torch.Generator().manual_seed(0)
-    config = backbone.config
-    vocab, tokens = backbone.lm.config.vocab_size, config.image_grid ** 2
+    vocab, tokens = backbone.lm.config.vocab_size, backbone.tokens_per_image
     return VLBatch(
         input_ids=torch.randint(3, vocab, (rows, text), generator=g),
         text_mask=torch.ones(rows, text, dtype=torch.bool),
-        visual=torch.randn(rows, tokens, config.feat_dim, generator=g),
+        visual=torch.randn(rows, tokens, backbone.config.feat_dim, generator=g),
         visual_mask=torch.ones(rows, tokens, dtype=torch.bool),
         image_order=torch.zeros(rows, tokens, dtype=torch.long),
         labels=torch.randint(3, vocab, (rows, labels), generator=g))
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     batch = random_batch(backbone, args.rows).to(args.device)
     counts = [int(n) for n in args.adapters.split(",")]
     shown = f"backbone {args.backbone}" if args.backbone else f"preset {args.preset}"
-    print(f"{shown}, batch {args.rows} rows, device {args.device}; rows/s = "
+    print(f"{shown}, batch {args.rows} rows ({batch.input_ids.shape[1]} text + "
+          f"{batch.visual.shape[1]} visual tokens), device {args.device}; rows/s = "
           f"median of {args.repeats} interleaved forwards (encoder + decoder, 4 labels), "
           f"{args.clock} clock")
     before = baseline(args) if args.baseline else ""
