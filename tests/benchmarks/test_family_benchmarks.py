@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import mixed_adapters, peft_baselines
-from modeling.families import blip, florence2
+from benchmarks import florence2_base, mixed_adapters, peft_baselines
+from modeling.families import blip, florence2, load_backbone
 
 # family -> (writes a tiny folder under a root, visual tokens one image becomes there)
 FOLDERS = {
@@ -66,3 +66,16 @@ def test_mixed_adapters_sends_one_image_of_the_familys_tokens(family_folder, tmp
     assert f"batch 8 rows (12 text + {tokens} visual tokens)" in out
     assert re.search(r"lora +N= +4 .* mixed/backbone \d+\.\d\d", out)
     assert re.search(r"four forms / LoRA only \d+\.\d\d", out)
+
+
+def test_the_florence2_helper_writes_a_folder_the_benchmarks_load_and_keeps_a_full_one(
+        tmp_path, capsys):
+    out = tmp_path / "florence2"
+    assert florence2_base.main(["--out", str(out), "--size", "tiny"]) == 0
+    backbone = load_backbone(out)
+    assert isinstance(backbone, florence2.Florence2Backbone) and backbone.tokens_per_image == 65
+    written = sorted(path.name for path in out.iterdir())
+    capsys.readouterr()  # transformers' progress bars of the first write
+    assert florence2_base.main(["--out", str(out), "--size", "tiny"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert sorted(path.name for path in out.iterdir()) == written
