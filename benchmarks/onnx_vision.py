@@ -5,11 +5,12 @@
 
 For each preset (random weights, seed 0) or backbone folder of any family (CLIP / SigLIP,
 Florence-2, BLIP; `--presets` takes folders too): one random batch of pixels
-[batch, 3, H, W], the tower exported with `export_vision_onnx`, then the same batch encoded
-by torch eager and by onnxruntime (warm-up first, then `repeats` timed calls each,
-interleaved so both see the same machine state). Prints median and fastest milliseconds per batch, images per second,
-the speed ratio (onnxruntime speed / torch eager speed; > 1: onnxruntime is faster), the
-largest feature difference, and the machine. Both get the same intra-op thread count (--threads).
+[batch, 3, H, W], the tower exported with `export_vision_onnx`, then the same batch
+encoded by torch eager and by onnxruntime (warm-up first, then `repeats` timed calls
+each, interleaved so both see the same machine state). Prints median and fastest
+milliseconds per batch, images per second, the speed ratio (onnxruntime speed / torch
+eager speed; > 1: onnxruntime is faster), the largest feature difference, and the
+machine. Both get the same intra-op thread count (--threads).
 On a machine shared with other processes, compare against --threads 1: torch's OpenMP
 barriers stall when a core is taken away, which can dominate the eager numbers.
 """
