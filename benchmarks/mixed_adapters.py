@@ -52,6 +52,7 @@ from benchmarks.common import (
     pin_threads,
     print_before_after,
     random_adapter,
+    random_batch,
     ratios_in,
     run_at_ref,
 )
@@ -70,21 +71,6 @@ FORMS = "forms"
 LINE = r"(?P<method>lora|adapter)\s+N=\s*(?P<n>\d+)\s+mixed .*"
 UNIFORM_LINE = LINE + r"mixed/uniform (?P<ratio>[\d.]+)"
 BACKBONE_LINE = LINE + r"mixed/backbone (?P<ratio>[\d.]+)"
-
-
-def random_batch(backbone: VLBackbone, rows: int, text: int = 12, labels: int = 4) -> VLBatch:
-    """Random ids and features shaped like a one-image request of any family (seeded):
-    visual [rows, backbone.tokens_per_image, feat_dim] (Florence-2: its image tokens;
-    BLIP: every ViT state), as `encode_images` gives them."""
-    g = torch.Generator().manual_seed(0)
-    vocab, tokens = backbone.lm.config.vocab_size, backbone.tokens_per_image
-    return VLBatch(
-        input_ids=torch.randint(3, vocab, (rows, text), generator=g),
-        text_mask=torch.ones(rows, text, dtype=torch.bool),
-        visual=torch.randn(rows, tokens, backbone.config.feat_dim, generator=g),
-        visual_mask=torch.ones(rows, tokens, dtype=torch.bool),
-        image_order=torch.zeros(rows, tokens, dtype=torch.long),
-        labels=torch.randint(3, vocab, (rows, labels), generator=g))
 
 
 def bank_of(backbone: VLBackbone, method: str, slots: int) -> AdapterBank:

@@ -53,6 +53,7 @@ from benchmarks.common import (
     median_ms,
     pin_threads,
     print_before_after,
+    random_batch,
     ratios_in,
     run_at_ref,
 )
@@ -98,21 +99,6 @@ def peft_with_adapters(plain: VLBackbone, count: int, rank: int, alpha: float
     return model.eval(), serve
 
 
-def random_batch(backbone: VLBackbone, rows: int, visual_tokens: int) -> VLBatch:
-    """Seeded random requests: `TEXT_TOKENS` text ids, `visual_tokens` feature vectors
-    [rows, visual_tokens, feat_dim] (as the vision cache hands them over) and
-    `LABEL_TOKENS` teacher-forced labels."""
-    g = torch.Generator().manual_seed(1)
-    vocab, feat_dim = backbone.lm.config.vocab_size, backbone.config.feat_dim
-    return VLBatch(
-        input_ids=torch.randint(3, vocab, (rows, TEXT_TOKENS), generator=g),
-        text_mask=torch.ones(rows, TEXT_TOKENS, dtype=torch.bool),
-        visual=torch.randn(rows, visual_tokens, feat_dim, generator=g),
-        visual_mask=torch.ones(rows, visual_tokens, dtype=torch.bool),
-        image_order=torch.zeros(rows, visual_tokens, dtype=torch.long),
-        labels=torch.randint(3, vocab, (rows, LABEL_TOKENS), generator=g))
-
-
 def swap_per_batch(model: nn.Module, batch: VLBatch, names: list[str]) -> torch.Tensor:
     """Group rows by adapter, set_adapter, run each sub-batch, reassemble the logits."""
     out = None
@@ -136,7 +122,7 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int,
     """
     backbone, bare = load_backbone(name), load_backbone(name)
     model, serve = peft_with_adapters(load_backbone(name), count, rank, alpha=2.0 * rank)
-    batch = random_batch(backbone, rows, visual_tokens)
+    batch = random_batch(backbone, rows, TEXT_TOKENS, LABEL_TOKENS, visual_tokens, seed=1)
     rng = random.Random(1)
     slots = [rng.randrange(count) for _ in range(rows)]
     names = [f"a{s}" for s in slots]
