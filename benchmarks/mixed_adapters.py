@@ -5,8 +5,9 @@
                                         [--rows 512] [--adapters 1,8,64,512] [--repeats 7]
                                         [--baseline GIT_REF] [--clock wall|cpu]
 
-One batch of `rows` examples (random text ids, visual features and 4 label tokens); the
-bank holds N random adapter sets of one method (stacked, as the server's slot table does).
+One batch of `rows` examples (12 random text ids, one image's visual features as the
+family encodes it, `tokens_per_image` of them, and 4 label tokens); the bank holds N
+random adapter sets of one method (stacked, as the server's slot table does).
 Three forwards of the same batch (encoder + teacher-forced decoder), interleaved:
 
 - mixed:    row i uses slot i % N (N distinct adapters in the batch; gathered kernels),
