@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from adapters_registry import Registry
-from modeling.backbone import VLBackbone
+from modeling.backbone import VLBackbone, VLBatch
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel, MethodEntry
 from modeling.tasks import TASKS
@@ -202,6 +202,24 @@ def percentile(values: list[float], q: float) -> float:
 def serving_backbone(name: str, seed: int = 0) -> VLBackbone:
     """The backbone `adapter-serve --backbone NAME` builds (same weights, same tokenizer)."""
     return load_backbone(ServeConfig(backbone=name, seed=seed))
+
+
+def random_batch(backbone: VLBackbone, rows: int, text: int = 12, labels: int = 4,
+                 visual: int | None = None, seed: int = 0) -> VLBatch:
+    """Seeded random requests for any family: `text` ids, `visual` feature vectors
+    [rows, visual, feat_dim] as `encode_images` hands them over (None: one image,
+    `backbone.tokens_per_image`: Florence-2's image tokens, BLIP's every ViT state) and
+    `labels` teacher-forced label ids."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = backbone.lm.config.vocab_size
+    tokens = backbone.tokens_per_image if visual is None else visual
+    return VLBatch(
+        input_ids=torch.randint(3, vocab, (rows, text), generator=g),
+        text_mask=torch.ones(rows, text, dtype=torch.bool),
+        visual=torch.randn(rows, tokens, backbone.config.feat_dim, generator=g),
+        visual_mask=torch.ones(rows, tokens, dtype=torch.bool),
+        image_order=torch.zeros(rows, tokens, dtype=torch.long),
+        labels=torch.randint(3, vocab, (rows, labels), generator=g))
 
 
 def random_adapter(backbone: VLBackbone, recipe: list[MethodEntry], tasks: list[str],

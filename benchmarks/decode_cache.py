@@ -17,8 +17,15 @@ import argparse
 
 import torch
 
-from benchmarks.common import add_machine_options, interleaved, machine_line, median_ms, pin_threads
-from benchmarks.mixed_adapters import bank_of, random_batch
+from benchmarks.common import (
+    add_machine_options,
+    interleaved,
+    machine_line,
+    median_ms,
+    pin_threads,
+    random_batch,
+)
+from benchmarks.mixed_adapters import bank_of
 from modeling import decode_rows
 from modeling.backbone import VLBackbone
 from modeling.families import load_backbone

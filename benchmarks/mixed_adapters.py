@@ -5,8 +5,9 @@
                                         [--rows 512] [--adapters 1,8,64,512] [--repeats 7]
                                         [--baseline GIT_REF] [--clock wall|cpu]
 
-One batch of `rows` examples (random text ids, visual features and 4 label tokens); the
-bank holds N random adapter sets of one method (stacked, as the server's slot table does).
+One batch of `rows` examples (12 random text ids, one image's visual features as the
+family encodes it, `tokens_per_image` of them, and 4 label tokens); the bank holds N
+random adapter sets of one method (stacked, as the server's slot table does).
 Three forwards of the same batch (encoder + teacher-forced decoder), interleaved:
 
 - mixed:    row i uses slot i % N (N distinct adapters in the batch; gathered kernels),
@@ -52,6 +53,7 @@ from benchmarks.common import (
     pin_threads,
     print_before_after,
     random_adapter,
+    random_batch,
     ratios_in,
     run_at_ref,
 )
@@ -70,20 +72,6 @@ FORMS = "forms"
 LINE = r"(?P<method>lora|adapter)\s+N=\s*(?P<n>\d+)\s+mixed .*"
 UNIFORM_LINE = LINE + r"mixed/uniform (?P<ratio>[\d.]+)"
 BACKBONE_LINE = LINE + r"mixed/backbone (?P<ratio>[\d.]+)"
-
-
-def random_batch(backbone: VLBackbone, rows: int, text: int = 12, labels: int = 4) -> VLBatch:
-    """Random ids and features shaped like a one-image request (seeded)."""
-    g = torch.Generator().manual_seed(0)
-    config = backbone.config
-    vocab, tokens = backbone.lm.config.vocab_size, config.image_grid ** 2
-    return VLBatch(
-        input_ids=torch.randint(3, vocab, (rows, text), generator=g),
-        text_mask=torch.ones(rows, text, dtype=torch.bool),
-        visual=torch.randn(rows, tokens, config.feat_dim, generator=g),
-        visual_mask=torch.ones(rows, tokens, dtype=torch.bool),
-        image_order=torch.zeros(rows, tokens, dtype=torch.long),
-        labels=torch.randint(3, vocab, (rows, labels), generator=g))
 
 
 def bank_of(backbone: VLBackbone, method: str, slots: int) -> AdapterBank:
@@ -222,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     batch = random_batch(backbone, args.rows).to(args.device)
     counts = [int(n) for n in args.adapters.split(",")]
     shown = f"backbone {args.backbone}" if args.backbone else f"preset {args.preset}"
-    print(f"{shown}, batch {args.rows} rows, device {args.device}; rows/s = "
+    print(f"{shown}, batch {args.rows} rows ({batch.input_ids.shape[1]} text + "
+          f"{batch.visual.shape[1]} visual tokens), device {args.device}; rows/s = "
           f"median of {args.repeats} interleaved forwards (encoder + decoder, 4 labels), "
           f"{args.clock} clock")
     before = baseline(args) if args.baseline else ""

@@ -1,14 +1,16 @@
-"""ONNX Runtime against torch eager for the frozen CLIP tower, measured in one run.
+"""ONNX Runtime against torch eager for the frozen vision tower, measured in one run.
 
     python benchmarks/onnx_vision.py [--presets small,tiny] [--batch 32] [--repeats 30]
                                      [--warmup 3] [--threads N]
 
-For each preset: random weights (seed 0), one random batch of pixels [batch, 3, H, W], the
-tower exported with `export_vision_onnx`, then the same batch encoded by torch eager and
-by onnxruntime (warm-up first, then `repeats` timed calls each, interleaved so both see the
-same machine state). Prints median and fastest milliseconds per batch, images per second,
-the speed ratio (onnxruntime speed / torch eager speed; > 1: onnxruntime is faster), the
-largest feature difference, and the machine. Both get the same intra-op thread count (--threads).
+For each preset (random weights, seed 0) or backbone folder of any family (CLIP / SigLIP,
+Florence-2, BLIP; `--presets` takes folders too): one random batch of pixels
+[batch, 3, H, W], the tower exported with `export_vision_onnx`, then the same batch
+encoded by torch eager and by onnxruntime (warm-up first, then `repeats` timed calls
+each, interleaved so both see the same machine state). Prints median and fastest
+milliseconds per batch, images per second, the speed ratio (onnxruntime speed / torch
+eager speed; > 1: onnxruntime is faster), the largest feature difference, and the
+machine. Both get the same intra-op thread count (--threads).
 On a machine shared with other processes, compare against --threads 1: torch's OpenMP
 barriers stall when a core is taken away, which can dominate the eager numbers.
 """
@@ -56,7 +58,7 @@ def bench_preset(name: str, batch: int, warmup: int, repeats: int, workdir: Path
         times["onnxruntime"].append(timed_ms(ort.encode, pixels))
     torch_ms, ort_ms = statistics.median(times["torch"]), statistics.median(times["onnxruntime"])
     torch_best, ort_best = min(times["torch"]), min(times["onnxruntime"])
-    print(f"{name:6s} image {size}px tokens {backbone.config.image_grid ** 2} batch {batch}, "
+    print(f"{name:6s} image {size}px tokens {backbone.tokens_per_image} batch {batch}, "
           f"max |diff| {difference:.1e}\n"
           f"  torch eager  median {torch_ms:8.2f} ms ({batch / torch_ms * 1000:6.0f} img/s)"
           f"  min {torch_best:8.2f} ms\n"

@@ -1,29 +1,36 @@
 """Benchmark 2: our mixed batch against what users run today, same model, same requests.
 
     python -m benchmarks.peft_baselines [--presets small,tiny-bart | --backbone FOLDER]
-                                        [--adapters 8,64]
-                                        [--rows 64] [--rank 8] [--repeats 5]
+                                        [--adapters 8,64] [--rows 64] [--rank 8]
+                                        [--visual-tokens 16] [--repeats 5]
                                         [--baseline GIT_REF] [--clock wall|cpu]
 
-On the plain Hugging Face T5 / BART LM of a backbone preset, or of a backbone folder of any
-family (`--backbone`, through `modeling.families.load_backbone`; text only), N LoRA adapters
-(rank r on q and v of every attention, random A and B) serve one batch of `rows` requests,
-row i on a seeded random adapter. Four ways to compute the batch's logits, interleaved:
+On a backbone preset, or a backbone folder of any family (`--backbone`, through
+`modeling.families.load_backbone`: VL-T5 / VL-BART, Florence-2, BLIP), N LoRA adapters
+(rank r on q and v of every attention of the LM, `lora_sites`; random A and B) serve one
+batch of `rows` requests, row i on a seeded random adapter. Each request: 16 text tokens,
+`--visual-tokens` random visual feature vectors (what the vision cache hands the
+backbone; fewer than a real image's, e.g. Florence-2-base's 577, to keep CPU runs short)
+and 4 teacher-forced label tokens. Four ways to compute the batch's logits, all through
+the backbone's own `forward(batch, bank, index)` (encoder inputs, encoder, decoder: the
+interface every family implements), interleaved:
 
-- ours:        the stacked bank, one forward (`backbone.adapter_context.use(bank, index, rows=)`
-               around the hooked LM; LoRA deltas gathered per row),
-- peft_mixed:  HF PEFT's own mixed batch, `peft_model(..., adapter_names=[...])`,
+- ours:        the stacked bank, one forward (`backbone(batch, bank, index)`; LoRA deltas
+               gathered per row),
+- peft_mixed:  HF PEFT's own mixed batch: a copy of the backbone wrapped by
+               `get_peft_model`, `peft_model(batch, adapter_names=[...])`,
 - swap:        swap per batch: group rows by adapter, `peft_model.set_adapter(name)` and
                run each sub-batch (what a PEFT user does without mixed batches),
-- backbone:    the LM with no adapter (the ceiling).
+- backbone:    a third copy with no adapter (the ceiling).
 
 Before timing, the three adapter paths must give the same logits (max |diff| / max |logit|
-<= 1e-5, printed).
+<= 1e-5, printed) and differ from the bare backbone's (the adapters act).
 Prints rows/s, the ratios ours / peft_mixed, ours / swap and ours / backbone, and the
 machine. With `--baseline GIT_REF` each preset is first run by this script as of GIT_REF
 (a subprocess, same options), then by this code, and ours / backbone is printed before
-and after. `--clock cpu` times each call by the CPU time of the thread running torch,
-in both processes: steadier than the wall clock on a machine other jobs share.
+and after (code older than `--visual-tokens` times text-only requests). `--clock cpu`
+times each call by the CPU time of the thread running torch, in both processes: steadier
+than the wall clock on a machine other jobs share.
 """
 
 from __future__ import annotations
@@ -46,28 +53,36 @@ from benchmarks.common import (
     median_ms,
     pin_threads,
     print_before_after,
+    random_batch,
     ratios_in,
     run_at_ref,
 )
-from modeling.backbone import VLBackbone
+from modeling.backbone import VLBackbone, VLBatch
 from modeling.bank import build_bank
+from modeling.cli_parser import positive_int
 from modeling.families import load_backbone
 from modeling.kernels import RowIndex
-from modeling.peft_format import plain_lm
+from modeling.methods.base import BackboneFacts
+from modeling.methods.lora import lora_sites
 from modeling.serve_forms import AdapterSet, LowRankDelta
 
-LEAVES = {"t5": ["q", "v"], "bart": ["q_proj", "v_proj"]}
 # A result line: "<preset> N=<count> rows ...: ... ours/backbone <ratio> | ..."
 RESULT_LINE = r"(?P<preset>\S+)\s+N=\s*(?P<n>\d+) rows.* ours/backbone (?P<ratio>[\d.]+)"
+TEXT_TOKENS, LABEL_TOKENS = 16, 4
 
 
-def peft_with_adapters(backbone: VLBackbone, count: int, rank: int, alpha: float
+def peft_with_adapters(plain: VLBackbone, count: int, rank: int, alpha: float
                        ) -> tuple[nn.Module, list[AdapterSet]]:
-    """A PeftModel with adapters a0..a{count-1} (random A, B) and our serve form of each."""
-    leaves = LEAVES[backbone.config.lm_type]
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=leaves,
-                        task_type="SEQ_2_SEQ_LM")
-    model = get_peft_model(plain_lm(backbone), config, adapter_name="a0")
+    """PEFT's LoRA adapters a0..a{count-1} (random A, B) injected into `plain` (a backbone
+    copy no bank has touched), and our serve form of each.
+
+    The targets are our LoRA sites for q and v (`lora_sites`: every attention of any
+    family's LM), so PEFT and the bank adapt the same Linears; PEFT wraps the backbone
+    itself, so its paths run the same `forward` as ours.
+    """
+    sites = lora_sites(BackboneFacts.of(plain), ("q", "v"))
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=sites)
+    model = get_peft_model(plain, config, adapter_name="a0")
     for i in range(1, count):
         model.add_adapter(f"a{i}", config)
     g = torch.Generator().manual_seed(0)
@@ -80,17 +95,17 @@ def peft_with_adapters(backbone: VLBackbone, count: int, rank: int, alpha: float
                 a, b = module.lora_A[f"a{i}"].weight, module.lora_B[f"a{i}"].weight
                 a.copy_(torch.randn(a.shape, generator=g) * 0.1)
                 b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-                serve[i].lora[f"lm.{path}"] = LowRankDelta(a.clone(), b.clone(), alpha / rank)
+                serve[i].lora[path] = LowRankDelta(a.clone(), b.clone(), alpha / rank)
     return model.eval(), serve
 
 
-def swap_per_batch(model: nn.Module, inputs: dict, names: list[str]) -> torch.Tensor:
+def swap_per_batch(model: nn.Module, batch: VLBatch, names: list[str]) -> torch.Tensor:
     """Group rows by adapter, set_adapter, run each sub-batch, reassemble the logits."""
     out = None
     for name in sorted(set(names)):
         rows = torch.tensor([i for i, n in enumerate(names) if n == name])
         model.set_adapter(name)
-        logits = model(**{k: v[rows] for k, v in inputs.items()}).logits
+        logits = model(batch.select(rows))
         if out is None:
             out = logits.new_empty(len(names), *logits.shape[1:])
         out[rows] = logits
@@ -98,46 +113,44 @@ def swap_per_batch(model: nn.Module, inputs: dict, names: list[str]) -> torch.Te
 
 
 def compare(name: str, count: int, rows: int, rank: int, repeats: int,
-            clock: str = "wall") -> float:
-    """Check equal logits, then time the four paths for one preset and adapter count;
-    prints the result line and returns ours / backbone."""
-    backbone = load_backbone(name)
-    model, serve = peft_with_adapters(backbone, count, rank, alpha=2.0 * rank)
-    bare = plain_lm(backbone)
-    rng, g = random.Random(1), torch.Generator().manual_seed(1)
-    vocab = backbone.lm.config.vocab_size
-    inputs = {"input_ids": torch.randint(3, vocab, (rows, 16), generator=g),
-              "attention_mask": torch.ones(rows, 16, dtype=torch.long),
-              "decoder_input_ids": torch.randint(3, vocab, (rows, 4), generator=g)}
+            clock: str = "wall", visual_tokens: int = 16) -> float:
+    """Check equal logits, then time the four paths for one backbone and adapter count;
+    prints the result line and returns ours / backbone.
+
+    Three copies of the backbone (`load_backbone` each): ours (hooks read the bank), one
+    PEFT wraps, and the bare one, which no bank or PEFT layer ever touches.
+    """
+    backbone, bare = load_backbone(name), load_backbone(name)
+    model, serve = peft_with_adapters(load_backbone(name), count, rank, alpha=2.0 * rank)
+    batch = random_batch(backbone, rows, TEXT_TOKENS, LABEL_TOKENS, visual_tokens, seed=1)
+    rng = random.Random(1)
     slots = [rng.randrange(count) for _ in range(rows)]
     names = [f"a{s}" for s in slots]
     bank = build_bank(serve, backbone.frozen_tensors(), backbone.config.d_model,
-                         next(backbone.parameters()))
+                      next(backbone.parameters()))
     index = RowIndex.of(torch.tensor(slots))
-
-    def ours() -> torch.Tensor:
-        with backbone.adapter_context.use(bank, index, rows=rows):
-            return backbone.lm(**inputs).logits
-
-    paths = {"ours": ours,
-             "peft_mixed": lambda: model(**inputs, adapter_names=names).logits,
-             "swap": lambda: swap_per_batch(model, inputs, names),
-             "backbone": lambda: bare(**inputs).logits}
+    paths = {"ours": lambda: backbone(batch, bank, index),
+             "peft_mixed": lambda: model(batch, adapter_names=names),
+             "swap": lambda: swap_per_batch(model, batch, names),
+             "backbone": lambda: bare(batch)}
     with torch.no_grad():
-        reference = ours()
+        reference = paths["ours"]()
         scale = reference.abs().max().item()
         diffs = {k: (paths[k]() - reference).abs().max().item() / scale
-                 for k in ("peft_mixed", "swap")}
+                 for k in ("peft_mixed", "swap", "backbone")}
         times = interleaved(paths, repeats=repeats, warmup=1, clock=clock)
-    if max(diffs.values()) > 1e-5:
+    if max(diffs["peft_mixed"], diffs["swap"]) > 1e-5:
         raise AssertionError(f"logits differ from ours: {diffs}")
+    if diffs["backbone"] < 1e-3:  # else equal logits would not show the adapters applied
+        raise AssertionError(f"the adapters leave the logits as they are: {diffs}")
     speed = {k: rows / (median_ms(t) / 1000) for k, t in times.items()}
     print(f"{name:9s} N={count:3d} rows {rows}: " +
           "  ".join(f"{k} {v:7.0f}" for k, v in speed.items()) +
           f" rows/s | ours/peft_mixed {speed['ours'] / speed['peft_mixed']:.2f}  ours/swap "
           f"{speed['ours'] / speed['swap']:.2f}  ours/backbone "
           f"{speed['ours'] / speed['backbone']:.2f} | max |diff| / max |logit|: peft_mixed "
-          f"{diffs['peft_mixed']:.1e} swap {diffs['swap']:.1e}", flush=True)
+          f"{diffs['peft_mixed']:.1e} swap {diffs['swap']:.1e} (backbone {diffs['backbone']:.1e})",
+          flush=True)
     return speed["ours"] / speed["backbone"]
 
 
@@ -148,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapters", default="8,64")
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--visual-tokens", type=positive_int, default=16,
+                        help="random visual feature vectors per request (default 16)")
     parser.add_argument("--repeats", type=int, default=5)
     add_machine_options(parser, device=False)
     add_baseline_option(parser)
@@ -157,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     pin_threads(args.threads)
     print(machine_line())
     print(f"LoRA rank {args.rank} on q, v; rows/s = median of {args.repeats} interleaved "
-          f"forwards (16 source tokens, 4 decoder tokens, teacher-forced logits), {args.clock} "
-          "clock")
+          f"forwards ({TEXT_TOKENS} text + {args.visual_tokens} visual tokens, {LABEL_TOKENS} "
+          f"decoder tokens, teacher-forced logits), {args.clock} clock")
     before: dict[tuple[str, ...], float] = {}
     after: dict[tuple[str, ...], float] = {}
     for name in [args.backbone] if args.backbone else args.presets.split(","):
@@ -172,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                           if re.match(RESULT_LINE, line)), end="", flush=True)
         for count in (int(n) for n in args.adapters.split(",")):
             after[(name, str(count))] = compare(name, count, args.rows, args.rank, args.repeats,
-                                                args.clock)
+                                                args.clock, args.visual_tokens)
     if args.baseline:
         print_before_after("ours / backbone", before, after, args.baseline)
     print(machine_line())

@@ -25,8 +25,13 @@ import time
 
 import torch
 
-from benchmarks.common import add_machine_options, machine_line, pin_threads, rss_bytes
-from benchmarks.mixed_adapters import random_batch
+from benchmarks.common import (
+    add_machine_options,
+    machine_line,
+    pin_threads,
+    random_batch,
+    rss_bytes,
+)
 from modeling.families import load_backbone
 from modeling.methods.base import BackboneFacts
 from modeling.presets import method_preset

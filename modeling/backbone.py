@@ -240,8 +240,9 @@ class VLBackbone(nn.Module):
 
     @property
     def tokens_per_image(self) -> int:
-        """How many visual tokens `image_tokens` gives per image."""
-        return self.config.image_grid ** 2
+        """How many visual tokens `image_tokens` gives per image (`BackboneConfig`'s count:
+        the pooled grid, or a BLIP ViT's 1 + patches)."""
+        return self.config.tokens_per_image
 
     def frame_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames [n_frames, 3, H, W] of one video -> (tokens [max_frames * cells, feat],

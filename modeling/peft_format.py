@@ -39,7 +39,8 @@ from modeling.serve_forms import AdapterSet, LowRankDelta
 
 def plain_lm(backbone: nn.Module) -> nn.Module:
     """A separate Hugging Face LM with the backbone LM's weights and none of our hooks: the
-    model PEFT's own code wraps (interop tests and the PEFT baseline benchmark)."""
+    model PEFT's own code wraps (interop tests; the PEFT baseline benchmark wraps a
+    whole backbone copy instead)."""
     config = backbone.lm.config.__class__.from_dict(backbone.lm.config.to_dict())
     config._attn_implementation = "sdpa"
     lm = type(backbone.lm)(config)

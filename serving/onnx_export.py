@@ -1,11 +1,13 @@
-"""`adapter-serve export-onnx`: write the backbone's CLIP tower to one ONNX file.
+"""`adapter-serve export-onnx`: write the backbone's vision tower to one ONNX file.
 
     adapter-serve export-onnx --backbone PATH|PRESET --out clip_vision.onnx [--opset N]
     python -m serving.onnx_export --backbone tiny --out clip_vision.onnx
 
-The file computes pixels [batch, 3, H, W] -> grid features [batch, grid*grid, feat_dim]
-(input "PIXELS", output "FEATURES", dynamic batch), the same as `encode_images`; serve it
-with `--vision-backend onnxruntime --onnx-path FILE` or from a Triton model repository.
+The file computes pixels [batch, 3, H, W] -> features [batch, tokens_per_image, feat_dim]
+(input "PIXELS", output "FEATURES", dynamic batch), the same as `encode_images`, for every
+family: CLIP / SigLIP (tower, CLS dropped, max-pooled to the grid), Florence-2 (DaViT +
+projector: its image tokens), BLIP (every ViT state). Serve it with `--vision-backend
+onnxruntime --onnx-path FILE` or from a Triton model repository.
 Exit codes: 0 written and checked, 2 a bad backbone or output path (one line on stderr).
 """
 
@@ -25,9 +27,10 @@ if TYPE_CHECKING:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="adapter-serve export-onnx",
-        description="Export the frozen CLIP vision tower (plus grid pooling) to ONNX.")
+        description="Export the frozen vision tower (what encode_images computes) to ONNX.")
     parser.add_argument("--backbone", required=True,
-                        help="a backbone folder (save_pretrained layout) or a preset name")
+                        help="a backbone folder of any family (built, Florence-2, BLIP) or a "
+                             "preset name")
     parser.add_argument("--out", required=True, help="the .onnx file to write")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of a preset backbone's random weights (as adapter-serve)")
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     vision = backbone.config.vision
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): PIXELS [batch, 3, "
           f"{vision.image_size}, {vision.image_size}] -> FEATURES [batch, "
-          f"{backbone.config.image_grid ** 2}, {backbone.config.feat_dim}]")
+          f"{backbone.tokens_per_image}, {backbone.config.feat_dim}]")
     return 0
 
 

@@ -1,16 +1,19 @@
-"""Where the frozen vision tower (CLIP or SigLIP) runs: torch eager, ONNX Runtime, or a
-Triton / KServe server. Florence-2's tower (DaViT + projector) runs in torch eager only;
-the other paths refuse it (`require_vit_tower`).
+"""Where the frozen vision tower runs: torch eager, ONNX Runtime, or a Triton / KServe
+server, for every family's tower (CLIP, SigLIP, Florence-2's DaViT + projector, BLIP's ViT).
 
-Every backend computes the same function as `VLBackbone.encode_images`:
+Every backend computes the same function as `VLBackbone.encode_images` (the backbone's
+`image_tokens`):
 
-    pixel_values [n, 3, H, W] float32  ->  features [n, image_grid**2, feat_dim] float32
-    (the tower's last_hidden_state, CLIP's CLS dropped, max-pooled to the grid by
-    `modeling.visual.tower_grid`)
+    pixel_values [n, 3, H, W] float32  ->  features [n, tokens_per_image, feat_dim] float32
+    (CLIP / SigLIP: the tower's last_hidden_state, CLIP's CLS dropped, max-pooled to the
+    grid by `modeling.visual.tower_grid`; Florence-2: the projector's image tokens; BLIP:
+    every ViT state, class token included)
 
-`export_vision_onnx` writes that whole function (tower + CLS drop + pooling) to one ONNX
-file with a dynamic batch axis; input "PIXELS", output "FEATURES" (Triton's names too).
+`export_vision_onnx` writes that whole function to one ONNX file with a dynamic batch
+axis; input "PIXELS", output "FEATURES" (Triton's names too).
 `make_vision_encoder("torch" | "onnxruntime" | "triton", backbone, ...)` picks one.
+Hosting the tower as a KServe model (`--serve-vision-model`) is for CLIP / SigLIP only
+(`require_vit_tower`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import torch
 from torch import nn
 
 from modeling.backbone import VLBackbone
-from modeling.visual import tower_grid
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,13 @@ CPU_PROVIDER = "CPUExecutionProvider"
 
 @runtime_checkable
 class VisionEncoder(Protocol):
-    """Anything that turns pixels into grid features, like `VLBackbone.encode_images`."""
+    """Anything that turns pixels into visual features, like `VLBackbone.encode_images`."""
 
     name: str
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values [n, 3, H, W] float -> features [n, grid*grid, feat_dim] float32."""
+        """pixel_values [n, 3, H, W] float -> features [n, tokens_per_image, feat_dim]
+        float32."""
         ...
 
 
@@ -58,14 +61,12 @@ def _require_tower(backbone: VLBackbone) -> nn.Module:
 
 
 def require_vit_tower(backbone: VLBackbone, what: str) -> None:
-    """Refuse `what` (an export, a non-torch backend, the KServe vision model) for a tower
-    that is not a ViT pooled to a grid (Florence-2's DaViT + projector, BLIP's ViT whose
-    every state is a feature): those paths compute `modeling.visual.tower_grid`, which is
-    not that tower's function."""
+    """Refuse `what` (the KServe vision model) for a tower that is not a ViT pooled to a
+    grid (Florence-2's DaViT + projector, BLIP's ViT whose every state is a feature)."""
     vision = backbone.config.vision
     if vision is not None and not vision.pools_grid:
-        raise ValueError(f"{what} is for CLIP / SigLIP towers; this backbone's "
-                         f"{vision.tower} tower runs in torch only (--vision-backend torch)")
+        raise ValueError(f"{what} is for CLIP / SigLIP towers, not this backbone's "
+                         f"{vision.tower} tower")
 
 
 class TorchVisionEncoder:
@@ -78,23 +79,23 @@ class TorchVisionEncoder:
         self.backbone = backbone
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[n, 3, H, W] -> [n, grid*grid, feat_dim] on the backbone's device."""
+        """[n, 3, H, W] -> [n, tokens_per_image, feat_dim] on the backbone's device."""
         return self.backbone.encode_images(pixel_values)
 
 
-class VisionGrid(nn.Module):
-    """The exported function: `modeling.visual.tower_grid` (tower -> drop CLS, if any ->
-    max-pool to `grid x grid` tokens)."""
+class ImageTokens(nn.Module):
+    """The exported function: the backbone's own `image_tokens` (CLIP / SigLIP: tower ->
+    drop CLS, if any -> max-pool to the grid; Florence-2: DaViT + projector; BLIP: every
+    ViT state). Only the tower is a submodule: the LM's weights stay out of the file."""
 
-    def __init__(self, tower: nn.Module, grid: int, has_cls: bool):
+    def __init__(self, backbone: VLBackbone):
         super().__init__()
-        self.tower = tower
-        self.grid = grid
-        self.has_cls = has_cls
+        self.tower = _require_tower(backbone)
+        self._image_tokens = backbone.image_tokens  # a bound method, not a submodule
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[n, 3, H, W] -> [n, grid*grid, feat_dim]."""
-        return tower_grid(self.tower, pixel_values, self.grid, self.has_cls)
+        """[n, 3, H, W] -> [n, tokens_per_image, feat_dim]."""
+        return self._image_tokens(pixel_values)
 
 
 @contextmanager
@@ -118,17 +119,15 @@ def _quiet_exporter_logs() -> Iterator[None]:
 
 def export_vision_onnx(backbone: VLBackbone, out_path: str | Path,
                        opset: int | None = None) -> Path:
-    """Export the tower + pooling to `out_path` (one file, weights inside) and check it.
+    """Export the backbone's `image_tokens` (`ImageTokens`: the tower, plus pooling where
+    the family pools) to `out_path` (one file, the tower's weights inside) and check it.
 
     Uses torch's dynamo exporter (needs onnxscript); the batch axis is dynamic, the image
     size is fixed at `backbone.config.vision.image_size`. opset None: the exporter's default.
     """
-    tower = _require_tower(backbone)
-    require_vit_tower(backbone, "the ONNX export")
+    module = ImageTokens(backbone).eval()
     size = backbone.config.vision.image_size
-    parameter = next(tower.parameters())
-    module = VisionGrid(tower, backbone.config.image_grid,
-                        backbone.config.vision.has_cls).eval()
+    parameter = next(module.tower.parameters())
     # Batch 2 in the example: torch.export specialises sizes 0 and 1.
     example = torch.zeros(2, 3, size, size, dtype=parameter.dtype, device=parameter.device)
     out = Path(out_path)
@@ -142,7 +141,7 @@ def export_vision_onnx(backbone: VLBackbone, out_path: str | Path,
 
     onnx.checker.check_model(str(out))
     log.info("exported the vision tower to %s (image %dpx, %d tokens)", out, size,
-             backbone.config.image_grid ** 2)
+             backbone.tokens_per_image)
     return out
 
 
@@ -194,7 +193,7 @@ class OnnxVisionEncoder:
                  path, self.providers, requested, torch.cuda.is_available())
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[n, 3, H, W] -> [n, grid*grid, feat_dim] float32 on the input's device."""
+        """[n, 3, H, W] -> [n, tokens_per_image, feat_dim] float32 on the input's device."""
         pixels = pixel_values.detach().to("cpu", torch.float32).contiguous().numpy()
         features = self.session.run(None, {self.input_name: pixels})[0]
         return torch.from_numpy(features).to(pixel_values.device)
@@ -251,7 +250,6 @@ def make_vision_encoder(kind: str, backbone: VLBackbone, *, onnx_path: str | Pat
     """The `--vision-backend` named `kind` ("torch", "onnxruntime" or "triton")."""
     if kind == "torch":
         return TorchVisionEncoder(backbone)
-    require_vit_tower(backbone, f"--vision-backend {kind}")
     if kind == "onnxruntime":
         if onnx_path is None:
             raise ValueError("--vision-backend onnxruntime needs an ONNX file (--onnx-path); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+import torch
 from serving_helpers import WORDS, Published, direct, random_adapter, request_for
 
 from adapters_registry import Registry
@@ -17,7 +18,7 @@ from modeling.tokenizer import build_word_tokenizer
 from serving.config import ServeConfig
 from serving.protos import inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 from serving.server import Server
-from serving.vision_backends import export_vision_onnx, make_vision_encoder
+from serving.vision_backends import export_vision_onnx, make_vision_encoder, require_vit_tower
 from training.artifact import write_artifact
 
 # alpha: adapters + LayerNorms on every task; beta: LoRA + prompts; gamma: prefixes.
@@ -97,10 +98,14 @@ def test_an_adapter_trained_on_another_family_is_refused(channel):
     assert "base model" in caught.value.details()
 
 
-def test_onnx_and_non_torch_vision_backends_are_refused_for_the_florence2_tower(backbone,
-                                                                                tmp_path):
-    """Those paths compute a ViT's pooled grid, not DaViT + projector: refused, by name."""
-    with pytest.raises(ValueError, match="florence2 tower runs in torch only"):
-        export_vision_onnx(backbone, tmp_path / "vision.onnx")
-    with pytest.raises(ValueError, match="florence2 tower runs in torch only"):
-        make_vision_encoder("onnxruntime", backbone, onnx_path=tmp_path / "vision.onnx")
+def test_the_florence2_tower_serves_from_onnx_and_only_the_kserve_vision_model_is_refused(
+        backbone, tmp_path):
+    """The ONNX file computes DaViT + projector (`encode_images`); hosting the tower as a
+    KServe model is for CLIP / SigLIP towers and says so by name."""
+    path = export_vision_onnx(backbone, tmp_path / "vision.onnx")
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    encoder = make_vision_encoder("onnxruntime", backbone, onnx_path=path)
+    torch.testing.assert_close(encoder.encode(pixels), backbone.encode_images(pixels),
+                               atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="not this backbone's florence2 tower"):
+        require_vit_tower(backbone, "--serve-vision-model")
