@@ -37,17 +37,6 @@ from modeling.peft_policy import (
 from modeling.serve_forms import AdapterSet, LowRankDelta
 
 
-def plain_lm(backbone: nn.Module) -> nn.Module:
-    """A separate Hugging Face LM with the backbone LM's weights and none of our hooks: the
-    model PEFT's own code wraps (interop tests; the PEFT baseline benchmark wraps a
-    whole backbone copy instead)."""
-    config = backbone.lm.config.__class__.from_dict(backbone.lm.config.to_dict())
-    config._attn_implementation = "sdpa"
-    lm = type(backbone.lm)(config)
-    lm.load_state_dict(backbone.lm.state_dict())
-    return lm.eval()
-
-
 def _lm_linears(backbone: nn.Module) -> dict[str, nn.Linear]:
     """The backbone LM's Linear layers by our site name (`lm.` + module path)."""
     return {f"lm.{name}": m for name, m in backbone.lm.named_modules()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, PromptTuningConfig, get_peft_model
+from peft_helpers import plain_lm
 from safetensors.torch import load_file, save_file
 
 from adapters_registry import InvalidArtifact, Registry
@@ -25,7 +26,6 @@ from modeling.config import preset
 from modeling.kernels import RowIndex
 from modeling.methods.base import BackboneFacts
 from modeling.peft_format import import_peft as modeling_import
-from modeling.peft_format import plain_lm
 from modeling.serve_forms import AdapterSet
 from serving.adapter_store import AdapterRejected, AdapterStore
 

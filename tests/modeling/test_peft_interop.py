@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
+from peft_helpers import plain_lm
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -16,7 +17,7 @@ from modeling.backbone import VLBackbone, VLBatch
 from modeling.bank import build_bank
 from modeling.config import preset
 from modeling.kernels import RowIndex
-from modeling.peft_format import export_peft, import_peft, plain_lm
+from modeling.peft_format import export_peft, import_peft
 from modeling.serve_forms import AdapterSet, Bottleneck, LowRankDelta
 
 TOL = 1e-5
