@@ -83,6 +83,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                                                      message.generation.num_beams)
         except InvalidInput as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if self.adapters.on_demand:  # here, on this thread: the engine never waits on it
+            version = self.adapters.load_on_demand(name, version)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         request = Request(spec, name, version, source, images, choices, max_new, beams,
