@@ -9,9 +9,11 @@ and KServe v2 `inference.GRPCInferenceService` with the single server's servicer
         1. a bearer token where `--token-file` asks for one (serving.security)
         2. request bytes that did not parse (serving.fleet.proxy) answer INVALID_ARGUMENT
         3. Predict, PredictStream, ModelInfer: the adapter goes through Ray Serve's
-           multiplexed loader (`serve.multiplexed`, at most `device_slots` per replica):
-           the store's fetch (registry -> host memory, verified); Ray Serve then routes
-           requests that carry this reference as `multiplexed_model_id` to this replica
+           multiplexed loader (`serve.multiplexed`, `multiplexed_models` ids per
+           replica): the store's fetch (registry -> host memory, verified), or with
+           `--load-on-demand` the lifecycle's `load_on_demand` (this replica alone loads
+           and serves it); Ray Serve then routes requests that carry this reference as
+           `multiplexed_model_id` to this replica
         4. the servicer method runs on a worker thread with a `ProxyContext`; its status
            codes and messages reach the client unchanged
 
@@ -104,6 +106,24 @@ def _reference(request: Any) -> str:
     return ""
 
 
+def multiplexed_models(config: ServeConfig) -> int:
+    """How many adapter references Ray Serve's multiplexed table of one replica holds
+    (`max_num_models_per_replica`; -1: no bound): what the replica keeps where a miss is
+    dear. With `--load-on-demand` that is the host tier (`--host-adapters`; unbounded
+    without it), so Ray Serve routes a reference to the replica that still holds it in
+    host memory; otherwise every loaded adapter is in every replica's host memory and the
+    device slots are what differ.
+
+    When Ray Serve's table is full it drops its least recently used reference (and calls
+    the loaded object's `__del__`, which ours lacks): it stops preferring this replica for
+    it. The host tier, an LRU of the same size over the same requests, drops that adapter
+    by itself about then, and never one a request still holds, so nothing is unloaded on
+    Ray Serve's word."""
+    if config.load_on_demand:
+        return config.host_adapters or -1
+    return config.device_slots
+
+
 def cache_counts(metrics: Any) -> dict[str, dict[str, float]]:
     """{tier: {event: count}} of the stack's cache counters (serving.metrics)."""
     if metrics is None:
@@ -135,7 +155,8 @@ class AdapterReplica:
         async def fetch(reference: str) -> tuple[str, int]:  # a function: Ray keeps its
             return await self._fetch_adapter(reference)        # cache on it, not on a method
 
-        self._warm = serve.multiplexed(max_num_models_per_replica=config.device_slots)(fetch)
+        self._warm = serve.multiplexed(
+            max_num_models_per_replica=multiplexed_models(config))(fetch)
         self.stack.engine.start()
         import ray
 
@@ -179,20 +200,31 @@ class AdapterReplica:
         return version
 
     def stats(self) -> dict[str, Any]:
-        """What this replica reports with each poll: answered calls per method, caches."""
+        """What this replica reports with each poll: answered calls per method, caches,
+        adapters loaded on demand."""
         with self._lock:
             answered = dict(self._answered)
-        return {"answered": answered, "cache": cache_counts(self.stack.metrics)}
+        metrics = self.stack.metrics
+        loads = 0.0 if metrics is None else metrics.registry.get_sample_value(
+            "vladapter_adapter_on_demand_loads_total") or 0.0
+        return {"answered": answered, "cache": cache_counts(metrics), "on_demand_loads": loads}
 
     async def _fetch_adapter(self, reference: str) -> tuple[str, int]:
-        """Ray Serve's multiplexed loader: the store's fetch of the referenced version."""
+        """Ray Serve's multiplexed loader: the store's fetch of the referenced version, or
+        (`--load-on-demand`) its load on this replica."""
         name, version, alias = parse_adapter_spec(reference)
         adapters = self.stack.adapters
+        loop = asyncio.get_running_loop()
+        if adapters.on_demand:
+            if alias:
+                version = adapters.resolve(name, alias=alias)
+            number = await loop.run_in_executor(self._pool, adapters.load_on_demand, name,
+                                                version)
+            return (name, number)
         if version is None:
             version = adapters.resolve(name, alias=alias) if alias else \
                 adapters.active_version(name)
-        entry = await asyncio.get_running_loop().run_in_executor(
-            self._pool, adapters.prepare, name, version)
+        entry = await loop.run_in_executor(self._pool, adapters.prepare, name, version)
         return entry.key
 
     async def _admit(self, path: str, request: Any, context: ProxyContext) -> None:
@@ -205,11 +237,12 @@ class AdapterReplica:
             await self._warm_adapter(_reference(request))
 
     async def _warm_adapter(self, reference: str) -> None:
-        """The multiplexed loader for a loaded adapter; what goes wrong here the servicer
-        answers next, with the single server's checks and codes."""
+        """The multiplexed loader for a loaded adapter (any adapter, on demand); what goes
+        wrong here the servicer answers next, with the single server's checks and codes."""
         try:
             name, _, _ = parse_adapter_spec(reference)
-            if self.stack.adapters.active_version(name) is not None:
+            adapters = self.stack.adapters
+            if adapters.on_demand or adapters.active_version(name) is not None:
                 await self._warm(reference)
         except (RequestError, ValueError):
             pass
