@@ -5,10 +5,11 @@ replicas, in one run.
     python -m benchmarks.fleet [--backbone tiny] [--adapters 1000] [--alpha 1.0]
                                [--replicas 2] [--device-slots 32] [--requests 1500]
                                [--clients 16] [--rounds 2]
+                               [--load-on-demand --host-adapters 128]
 
 Publishes `adapters` LoRA adapters (r8 on q and v, VQA) to a temporary registry, starts a
 local Ray cluster and the fleet (serving.fleet: `replicas` AdapterReplicas, each with
-`device_slots` device slots, far fewer than adapters; every adapter in service) and sends
+`device_slots` device slots, far fewer than adapters) and sends
 the same request sequence (adapters drawn with probability proportional to rank**-alpha,
 seeded) through Ray Serve's gRPC proxy from `clients` closed-loop threads, in two modes:
 
@@ -18,10 +19,17 @@ seeded) through Ray Serve's gRPC proxy from `clients` closed-loop threads, in tw
     affinity   `multiplexed_model_id` = the adapter: Ray Serve prefers a replica that
                holds it (what `Client` / `adapter-client` send)
 
+Adapters in service: by default every one, loaded at start (`--load`): each replica holds
+all of them in host memory and only device slots differ. With `--load-on-demand` none is
+loaded at start: a replica loads an adapter when a request needs it (registry -> host ->
+device, verified) and holds at most `--host-adapters` in host memory (LRU), as LoRAX and
+vLLM's LoRA do; Ray Serve's multiplexed table then follows the host tier.
+
 The modes alternate (`rounds` of each, after a warm-up of each), so both see the same
 machine. Per mode: device-slot hit rate and bank writes per request (from the replicas'
-cache counters, reported to the fleet controller), req/s, p50 / p99 latency, and the ratio
-affinity / oblivious. The client threads share the machine with the replicas.
+cache counters, reported to the fleet controller), registry loads per request (on demand),
+req/s, p50 / p99 latency, and the ratio affinity / oblivious. The client threads share
+the machine with the replicas.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import grpc
 
 from adapters_registry import Registry
 from benchmarks.common import machine_line, percentile, random_adapter, serving_backbone
+from modeling.cli_parser import positive_int
 from modeling.recipe import MethodEntry
 from serving.client import multiplexed_id, predict_request
 from serving.config import ServeConfig
@@ -130,12 +139,14 @@ def run_phase(target: str, requests: list, clients: int, routed: bool) -> dict:
 
 
 def device_counts(fleet_snapshot: dict) -> dict[str, float]:
-    """Device-tier events and answered Predicts, summed over the fleet's replicas."""
-    total = {"hit": 0.0, "miss": 0.0, "restack": 0.0, "answered": 0.0}
+    """Device-tier events, adapters loaded on demand and answered Predicts, summed over
+    the fleet's replicas."""
+    total = {"hit": 0.0, "miss": 0.0, "restack": 0.0, "loads": 0.0, "answered": 0.0}
     for report in fleet_snapshot["replicas"].values():
         device = report["stats"].get("cache", {}).get("device", {})
         for event in ("hit", "miss", "restack"):
             total[event] += device.get(event, 0.0)
+        total["loads"] += report["stats"].get("on_demand_loads", 0.0)
         total["answered"] += report["stats"].get("answered", {}).get("Predict", 0)
     return total
 
@@ -156,18 +167,23 @@ def summarize(mode: str, phases: list[dict], deltas: list[dict]) -> dict:
             "rps": len(latencies) / sum(p["wall"] for p in phases),
             "p50": 1000 * percentile(latencies, 50), "p99": 1000 * percentile(latencies, 99),
             "hit_rate": hits / max(hits + misses, 1.0),
-            "writes": (misses + sum(d["restack"] for d in deltas)) / answered}
+            "writes": (misses + sum(d["restack"] for d in deltas)) / answered,
+            "loads": sum(d["loads"] for d in deltas) / answered}
 
 
 def start_fleet(args: argparse.Namespace, registry_root: str, names: list[str]) -> ServeConfig:
-    """A local Ray cluster and the fleet with every adapter in service."""
+    """A local Ray cluster and the fleet: every adapter in service, or (on demand) none
+    loaded and a bounded host tier."""
     import ray
     from ray import serve
 
     from serving.fleet.app import APP_NAME, ROUTE_PREFIX, application, start_ray
 
     port = _free_port()
-    config = ServeConfig(registry=registry_root, backbone=args.backbone, load=tuple(names),
+    config = ServeConfig(registry=registry_root, backbone=args.backbone,
+                         load=() if args.load_on_demand else tuple(names),
+                         load_on_demand=args.load_on_demand,
+                         host_adapters=args.host_adapters if args.load_on_demand else None,
                          port=port, http_port=_free_port(), ray=True, replicas=args.replicas,
                          replica_cpus=args.replica_cpus, device_slots=args.device_slots,
                          max_batch=args.max_batch, max_queue=64, fleet_sync_s=600.0)
@@ -186,18 +202,22 @@ def _free_port() -> int:
 
 
 def print_results(results: list[dict], args: argparse.Namespace) -> None:
+    host = f"on demand, {args.host_adapters} host adapters" if args.load_on_demand \
+        else "all loaded at start"
     print(f"\n{args.replicas} replicas x {args.device_slots} device slots, {args.adapters} "
-          f"adapters (alpha {args.alpha}), {args.clients} clients, backbone {args.backbone}, "
-          f"{args.rounds} x {args.requests} requests per mode")
-    print("| routing | requests | failed | device hit rate | bank writes / request | req/s "
-          "| p50 ms | p99 ms |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"adapters ({host}; alpha {args.alpha}), {args.clients} clients, backbone "
+          f"{args.backbone}, {args.rounds} x {args.requests} requests per mode")
+    print("| routing | requests | failed | device hit rate | bank writes / request | "
+          "registry loads / request | req/s | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['mode']} | {r['requests']} | {r['failures']} | {r['hit_rate']:.3f} | "
-              f"{r['writes']:.3f} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} |")
+              f"{r['writes']:.3f} | {r['loads']:.3f} | {r['rps']:.1f} | {r['p50']:.0f} | "
+              f"{r['p99']:.0f} |")
     oblivious, affinity = results
     print(f"affinity / oblivious: hit rate {affinity['hit_rate'] / oblivious['hit_rate']:.2f}x, "
           f"bank writes per request {affinity['writes'] / max(oblivious['writes'], 1e-9):.2f}x, "
+          f"registry loads per request {affinity['loads'] / max(oblivious['loads'], 1e-9):.2f}x, "
           f"req/s {affinity['rps'] / oblivious['rps']:.2f}x, "
           f"p50 {affinity['p50'] / oblivious['p50']:.2f}x, "
           f"p99 {affinity['p99'] / oblivious['p99']:.2f}x")
@@ -237,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--load-on-demand", action="store_true",
+                        help="load nothing at start: replicas load adapters on demand")
+    parser.add_argument("--host-adapters", type=positive_int, default=128,
+                        help="with --load-on-demand: adapters each replica's host tier holds")
     args = parser.parse_args(argv)
     import ray
     from ray import serve
