@@ -1,17 +1,20 @@
 """Benchmark 10: a fleet on Ray Serve. Adapter-affinity routing (Ray Serve's multiplexed
-model id, as `serving.client` sends it) against adapter-oblivious routing across the same
-replicas, in one run.
+model id, as `serving.client` sends it) against adapter-oblivious routing, each over a
+fleet of the same settings, in one run.
 
     python -m benchmarks.fleet [--backbone tiny] [--adapters 1000] [--alpha 1.0]
                                [--replicas 2] [--device-slots 32] [--requests 1500]
-                               [--clients 16] [--rounds 2]
+                               [--clients 16] [--rounds 2] [--rank 8] [--all-tasks]
                                [--load-on-demand --host-adapters 128]
 
-Publishes `adapters` LoRA adapters (r8 on q and v, VQA) to a temporary registry, starts a
-local Ray cluster and the fleet (serving.fleet: `replicas` AdapterReplicas, each with
+Publishes `adapters` LoRA adapters (`rank` on q and v, VQA, or one per task for every task
+with `--all-tasks`) to a temporary registry, starts a local Ray cluster and the fleets
+(serving.fleet: `replicas` AdapterReplicas each, each replica with
 `device_slots` device slots, far fewer than adapters) and sends
 the same request sequence (adapters drawn with probability proportional to rank**-alpha,
-seeded) through Ray Serve's gRPC proxy from `clients` closed-loop threads, in two modes:
+seeded) through Ray Serve's gRPC proxy from `clients` closed-loop threads, in two modes,
+each to a fleet of its own (two Ray Serve applications with the same settings in one
+cluster), so one mode's routing never fills the other's caches or multiplexed tables:
 
     oblivious  no multiplexed id: Ray Serve's default routing (power of two choices on
                queue length), which does not know adapters -- round-robin's equal, as far
@@ -35,6 +38,7 @@ the machine with the replicas.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import queue
 import random
@@ -49,23 +53,29 @@ from adapters_registry import Registry
 from benchmarks.common import machine_line, percentile, random_adapter, serving_backbone
 from modeling.cli_parser import positive_int
 from modeling.recipe import MethodEntry
+from modeling.tasks import TASKS
 from serving.client import multiplexed_id, predict_request
 from serving.config import ServeConfig
 from serving.protos import inference_pb2_grpc
 from training.artifact import write_artifact
 
-RECIPE = [MethodEntry("lora", {"rank": 8, "alpha": 16}, "single")]
 DISTINCT = 8  # distinct weight sets, published under every name in turn (publishing is I/O)
 MODES = ("oblivious", "affinity")
 
 
-def publish_adapters(root: Path, backbone_name: str, count: int) -> list[str]:
-    """`count` adapter names in a new registry under `root`, LoRA r8 for VQA."""
+def publish_adapters(root: Path, backbone_name: str, count: int, rank: int = 8,
+                     all_tasks: bool = False) -> list[str]:
+    """`count` adapter names in a new registry under `root`: LoRA of `rank` on q and v for
+    VQA, or (`all_tasks`) one LoRA per task for all eight tasks, as VL-Adapter's
+    multi-task artifacts ("multiple" sharing: the artifact, and a load, grow with tasks)."""
     backbone = serving_backbone(backbone_name)
     registry = Registry(str(root / "store"))
+    recipe = [MethodEntry("lora", {"rank": rank, "alpha": 16},
+                          "multiple" if all_tasks else "single")]
+    tasks = list(TASKS) if all_tasks else ["vqa"]
     artifacts = []
     for seed in range(DISTINCT):
-        model = random_adapter(backbone, RECIPE, ["vqa"], seed=seed)
+        model = random_adapter(backbone, recipe, tasks, seed=seed)
         out = root / f"artifact-{seed}"
         write_artifact(out, model, backbone, {"trainable": model.trainable_count()})
         artifacts.append(out)
@@ -100,8 +110,14 @@ def _png(seed: int, size: int = 32) -> bytes:
     return out.getvalue()
 
 
-def run_phase(target: str, requests: list, clients: int, routed: bool) -> dict:
-    """Send `requests` from `clients` threads; latencies (s), wall time, failures."""
+def app_name(mode: str) -> str:
+    """The Ray Serve application (one fleet) that serves a routing mode."""
+    return f"vladapter-{mode}"
+
+
+def run_phase(target: str, requests: list, clients: int, mode: str) -> dict:
+    """Send `requests` from `clients` threads to the fleet of `mode` (affinity: with the
+    multiplexed id); latencies (s), wall time, failures."""
     pending: queue.SimpleQueue = queue.SimpleQueue()
     for request in requests:
         pending.put(request)
@@ -117,8 +133,9 @@ def run_phase(target: str, requests: list, clients: int, routed: bool) -> dict:
                     request = pending.get_nowait()
                 except queue.Empty:
                     return
-                metadata = (("multiplexed_model_id", multiplexed_id(request.adapter)),) \
-                    if routed else ()
+                metadata = (("application", app_name(mode)),) + (
+                    (("multiplexed_model_id", multiplexed_id(request.adapter)),)
+                    if mode == "affinity" else ())
                 start = time.perf_counter()
                 try:
                     stub.Predict(request, metadata=metadata, timeout=120)
@@ -171,13 +188,14 @@ def summarize(mode: str, phases: list[dict], deltas: list[dict]) -> dict:
             "loads": sum(d["loads"] for d in deltas) / answered}
 
 
-def start_fleet(args: argparse.Namespace, registry_root: str, names: list[str]) -> ServeConfig:
-    """A local Ray cluster and the fleet: every adapter in service, or (on demand) none
-    loaded and a bounded host tier."""
+def start_fleets(args: argparse.Namespace, registry_root: str, names: list[str]
+                 ) -> ServeConfig:
+    """A local Ray cluster and one fleet per mode: every adapter in service, or (on
+    demand) none loaded and a bounded host tier."""
     import ray
     from ray import serve
 
-    from serving.fleet.app import APP_NAME, ROUTE_PREFIX, application, start_ray
+    from serving.fleet.app import application, start_ray
 
     port = _free_port()
     config = ServeConfig(registry=registry_root, backbone=args.backbone,
@@ -187,9 +205,11 @@ def start_fleet(args: argparse.Namespace, registry_root: str, names: list[str]) 
                          port=port, http_port=_free_port(), ray=True, replicas=args.replicas,
                          replica_cpus=args.replica_cpus, device_slots=args.device_slots,
                          max_batch=args.max_batch, max_queue=64, fleet_sync_s=600.0)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    cpus = max(os.cpu_count() or 1, math.ceil(len(MODES) * args.replicas * args.replica_cpus))
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     start_ray(config)
-    serve.run(application(config), name=APP_NAME, route_prefix=ROUTE_PREFIX)
+    for mode in MODES:
+        serve.run(application(config), name=app_name(mode), route_prefix=f"/{app_name(mode)}")
     return config
 
 
@@ -204,9 +224,10 @@ def _free_port() -> int:
 def print_results(results: list[dict], args: argparse.Namespace) -> None:
     host = f"on demand, {args.host_adapters} host adapters" if args.load_on_demand \
         else "all loaded at start"
-    print(f"\n{args.replicas} replicas x {args.device_slots} device slots, {args.adapters} "
-          f"adapters ({host}; alpha {args.alpha}), {args.clients} clients, backbone "
-          f"{args.backbone}, {args.rounds} x {args.requests} requests per mode")
+    host += f"; LoRA r{args.rank} for {'all 8 tasks' if args.all_tasks else 'VQA'}"
+    print(f"\n{args.replicas} replicas (a fleet per mode) x {args.device_slots} device slots, "
+          f"{args.adapters} adapters ({host}; alpha {args.alpha}), {args.clients} clients, "
+          f"backbone {args.backbone}, {args.rounds} x {args.requests} requests per mode")
     print("| routing | requests | failed | device hit rate | bank writes / request | "
           "registry loads / request | req/s | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -227,18 +248,19 @@ def measure(args: argparse.Namespace, target: str, requests: list) -> list[dict]
     """Warm-up of each mode, then `rounds` alternating phases of each; per-mode summary."""
     from ray import serve
 
-    from serving.fleet.app import APP_NAME, CONTROLLER
+    from serving.fleet.app import CONTROLLER
 
-    handle = serve.get_deployment_handle(CONTROLLER, app_name=APP_NAME)
+    handles = {mode: serve.get_deployment_handle(CONTROLLER, app_name=app_name(mode))
+               for mode in MODES}
     for mode in MODES:
-        run_phase(target, requests[: len(requests) // 4], args.clients, mode == "affinity")
+        run_phase(target, requests[: len(requests) // 4], args.clients, mode)
     phases: dict[str, list[dict]] = {mode: [] for mode in MODES}
     deltas: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for _ in range(args.rounds):
         for mode in MODES:
-            before = device_counts(snapshot(handle))
-            phases[mode].append(run_phase(target, requests, args.clients, mode == "affinity"))
-            after = device_counts(snapshot(handle))
+            before = device_counts(snapshot(handles[mode]))
+            phases[mode].append(run_phase(target, requests, args.clients, mode))
+            after = device_counts(snapshot(handles[mode]))
             deltas[mode].append({k: after[k] - before[k] for k in after})
             print(f"{mode}: {len(phases[mode][-1]['latencies'])} answered in "
                   f"{phases[mode][-1]['wall']:.1f}s, device {deltas[mode][-1]}", flush=True)
@@ -257,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rank", type=positive_int, default=8, help="LoRA rank (q and v)")
+    parser.add_argument("--all-tasks", action="store_true",
+                        help="artifacts carry a LoRA per task for all eight tasks (requests "
+                             "stay VQA): a load reads and materializes eight")
     parser.add_argument("--load-on-demand", action="store_true",
                         help="load nothing at start: replicas load adapters on demand")
     parser.add_argument("--host-adapters", type=positive_int, default=128,
@@ -268,9 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line())
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as workdir:
         start = time.perf_counter()
-        names = publish_adapters(Path(workdir), args.backbone, args.adapters)
-        config = start_fleet(args, str(Path(workdir) / "store"), names)
-        print(f"published {len(names)} adapters and started the fleet in "
+        names = publish_adapters(Path(workdir), args.backbone, args.adapters, args.rank,
+                                 args.all_tasks)
+        config = start_fleets(args, str(Path(workdir) / "store"), names)
+        print(f"published {len(names)} adapters and started the fleets in "
               f"{time.perf_counter() - start:.0f}s", flush=True)
         try:
             results = measure(args, f"127.0.0.1:{config.port}",
