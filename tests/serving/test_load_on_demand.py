@@ -181,3 +181,19 @@ def test_a_slow_on_demand_load_does_not_hold_up_other_adapters(on_demand):
             finally:
                 gate.set()
             assert slow.result().adapter_name == "gamma"
+
+
+def test_host_adapters_bounds_the_servers_host_tier(backbone, on_demand_registry):
+    server = start(backbone, on_demand_registry, load_on_demand=True, host_adapters=1)
+    channel, inference, _ = stubs(server)
+    try:
+        with channel:
+            for name in ("alpha", "beta", "alpha"):
+                assert inference.Predict(request_for("vqa", name), timeout=60).adapter_name \
+                    == name
+        assert server.adapters.active() == {"alpha": 2}  # beta left; alpha came back
+        evictions = server.metrics.registry.get_sample_value(
+            "vladapter_cache_events_total", {"tier": "host", "event": "eviction"})
+        assert evictions == 2 and on_demand_loads(server) == 3
+    finally:
+        server.stop(grace=5)
