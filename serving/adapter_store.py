@@ -176,6 +176,16 @@ class AdapterStore:
             log.info("host cache evicted %s:%d", *gone)
         return evicted
 
+    def evict(self, key: AdapterKey) -> bool:
+        """Drop `key` from host memory now (the caller knows nothing needs it); whether it
+        was there."""
+        with self._lock:
+            gone = self._entries.pop(key, None) is not None
+        if gone:
+            self._on_event("eviction")
+            log.info("host cache evicted %s:%d", *key)
+        return gone
+
     def restore(self, entry: HostAdapter) -> None:
         """Put `entry` back if the LRU dropped it since it was fetched (a version going
         into service), as the most recently used."""

@@ -173,6 +173,15 @@ class AdapterLifecycle:
             log.info("loaded adapter %s:%d on demand", name, number)
         return number if version is None else version
 
+    def release_on_demand(self, name: str, version: int) -> bool:
+        """Requests for `name` stop coming here (Ray Serve's multiplexed table dropped it,
+        serving.fleet.replica): a version a request loaded on demand that no request and no
+        pin holds leaves host memory and the name is no longer loaded; whether it left."""
+        left = self._run(lambda: self._release_idle((name, version)))
+        if left:
+            log.info("released adapter %s:%d (loaded on demand)", name, version)
+        return left
+
     def unload(self, name: str) -> int:
         """Take a name out of service; returns the version that was active. It retires."""
         version = self._run(lambda: self._deactivate(name))
@@ -267,6 +276,17 @@ class AdapterLifecycle:
             return active, False
         self._activate(entry, by_request=True)
         return entry.version, True
+
+    def _release_idle(self, key: AdapterKey) -> bool:
+        self._check_writer()
+        name, version = key
+        with self._lock:
+            idle = name in self._by_request and self._active.get(name) == version \
+                and key not in self._pinned and self._in_flight[key] == 0
+        if idle:
+            self.store.evict(key)
+            self._deactivate(name)
+        return idle
 
     def _deactivate(self, name: str) -> int | None:
         self._check_writer()

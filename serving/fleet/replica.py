@@ -31,12 +31,14 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
 from ray import serve
 from tritonclient.grpc import service_pb2
 
+from serving.adapter_store import AdapterKey
 from serving.client import multiplexed_id, parse_adapter_spec
 from serving.config import ServeConfig
 from serving.decoding import refuse
@@ -114,14 +116,28 @@ def multiplexed_models(config: ServeConfig) -> int:
     host memory; otherwise every loaded adapter is in every replica's host memory and the
     device slots are what differ.
 
-    When Ray Serve's table is full it drops its least recently used reference (and calls
-    the loaded object's `__del__`, which ours lacks): it stops preferring this replica for
-    it. The host tier, an LRU of the same size over the same requests, drops that adapter
-    by itself about then, and never one a request still holds, so nothing is unloaded on
-    Ray Serve's word."""
+    When Ray Serve's table is full it drops its least recently used reference, calls the
+    loaded object's `__del__` and stops preferring this replica for it: on demand that
+    object is `routed_adapter`'s, so the adapter leaves host memory too unless a request
+    or a pin holds it (then the host LRU takes it later), and host memory holds what Ray
+    Serve routes here."""
     if config.load_on_demand:
         return config.host_adapters or -1
     return config.device_slots
+
+
+def routed_adapter(key: AdapterKey, release: Callable[[str, int], Any]) -> SimpleNamespace:
+    """What Ray Serve's multiplexed table holds for an adapter loaded on demand: its key,
+    and a `__del__` that Ray Serve calls when it drops the reference (release(name,
+    version): `AdapterLifecycle.release_on_demand`). An instance attribute, so Ray Serve
+    alone calls it (Python's finalizer looks at the class); it never raises, as Ray Serve
+    unloads right before a load that an exception would fail."""
+    def drop() -> None:
+        try:
+            release(*key)
+        except Exception:  # a stopping engine: the host tier is going anyway
+            log.exception("releasing %s:%d failed", *key)
+    return SimpleNamespace(key=key, __del__=drop)
 
 
 def cache_counts(metrics: Any) -> dict[str, dict[str, float]]:
@@ -152,8 +168,8 @@ class AdapterReplica:
                                         thread_name_prefix="replica")
         self._auth = token_check(config)
 
-        async def fetch(reference: str) -> tuple[str, int]:  # a function: Ray keeps its
-            return await self._fetch_adapter(reference)        # cache on it, not on a method
+        async def fetch(reference: str) -> Any:  # a function: Ray keeps its cache on
+            return await self._fetch_adapter(reference)  # it, not on a method
 
         self._warm = serve.multiplexed(
             max_num_models_per_replica=multiplexed_models(config))(fetch)
@@ -209,7 +225,7 @@ class AdapterReplica:
             "vladapter_adapter_on_demand_loads_total") or 0.0
         return {"answered": answered, "cache": cache_counts(metrics), "on_demand_loads": loads}
 
-    async def _fetch_adapter(self, reference: str) -> tuple[str, int]:
+    async def _fetch_adapter(self, reference: str) -> AdapterKey | SimpleNamespace:
         """Ray Serve's multiplexed loader: the store's fetch of the referenced version, or
         (`--load-on-demand`) its load on this replica."""
         name, version, alias = parse_adapter_spec(reference)
@@ -220,7 +236,7 @@ class AdapterReplica:
                 version = adapters.resolve(name, alias=alias)
             number = await loop.run_in_executor(self._pool, adapters.load_on_demand, name,
                                                 version)
-            return (name, number)
+            return routed_adapter((name, number), adapters.release_on_demand)
         if version is None:
             version = adapters.resolve(name, alias=alias) if alias else \
                 adapters.active_version(name)

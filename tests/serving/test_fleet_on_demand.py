@@ -9,6 +9,7 @@ One local cluster for the module (as test_fleet_ray.py, ~30 s on two cores).
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import Counter
 
@@ -23,7 +24,7 @@ from test_fleet_ray import Fleet, _free_port, _predict
 
 from serving.config import ServeConfig
 from serving.fleet.app import APP_NAME, ROUTE_PREFIX, application, start_ray
-from serving.fleet.replica import multiplexed_models
+from serving.fleet.replica import multiplexed_models, routed_adapter
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 
 
@@ -104,3 +105,18 @@ def test_a_fleet_change_leaves_what_a_replica_loaded_on_demand(fleet, channel):
     answer, replica = _predict(stub, request_for("vqa", "beta", seed=5))
     assert (answer.adapter_name, replica) == ("beta", loader)
     assert on_demand_loads(fleet) == before  # beta stayed loaded: no second load
+
+
+def test_ray_serves_unload_of_a_routed_adapter_releases_it_once():
+    released: list[tuple[str, int]] = []
+    routed = routed_adapter(("beta", 1), lambda *key: released.append(key))
+    assert routed.key == ("beta", 1) and hasattr(routed, "__del__")
+    routed.__del__()  # what Ray Serve's multiplexed table calls when it drops the id
+    assert released == [("beta", 1)]
+    del routed
+    gc.collect()  # Python's finalizer does not call it again
+    assert released == [("beta", 1)]
+
+    def refuse(*key):
+        raise RuntimeError("the engine stopped")
+    routed_adapter(("beta", 1), refuse).__del__()  # never raises into Ray Serve's load

@@ -81,3 +81,21 @@ def test_a_load_makes_a_name_loaded_on_demand_stay_in_host_memory(backbone, publ
     assert adapters.loaded_by_load() == {"beta": 1}
     adapters.load_on_demand("gamma")
     assert adapters.active() == {"beta": 1, "gamma": 1} and ("beta", 1) in in_host(adapters)
+
+
+def test_release_on_demand_drops_only_an_idle_version_a_request_loaded(backbone, published):
+    adapters = on_demand_lifecycle(backbone, published, host_adapters=4)
+    adapters.load("alpha")  # put in service by Load: not the router's to drop
+    adapters.load_on_demand("beta")
+    adapters.load_on_demand("gamma")
+    adapters.pin("gamma")
+    running = admit(adapters, request("beta", version=1))
+    assert not adapters.release_on_demand("alpha", 2)
+    assert not adapters.release_on_demand("beta", 1)  # a request runs on it
+    assert not adapters.release_on_demand("gamma", 1)  # pinned
+    assert in_host(adapters) == {("alpha", 2), ("beta", 1), ("gamma", 1)}
+    adapters.release(running)
+    assert adapters.release_on_demand("beta", 1)
+    assert in_host(adapters) == {("alpha", 2), ("gamma", 1)}
+    assert adapters.active() == {"alpha": 2, "gamma": 1}
+    assert ("beta", 1) not in on_device(adapters) and adapters.events.count("eviction") == 1
