@@ -5,10 +5,12 @@ checked), rebuilt from its train forms and materialised per task into `AdapterSe
 (float32, CPU) on a small thread pool, off the request path. Concurrent callers asking
 for a version that is still loading share one future and wait on it.
 
-Host memory is bounded by a byte budget with LRU eviction over the versions the caller
-does not name as kept (`evict_over_budget(keep)`): the store is a cache and knows nothing
-of active versions or pins; `serving.lifecycle.AdapterLifecycle` owns those and names the
-active, pinned and in-use versions as kept. Evicting a version that a running request
+Host memory is bounded by a byte budget and, optionally, a count of versions
+(`max_adapters`, `adapter-serve --host-adapters`), with LRU eviction over the versions the
+caller does not name as kept (`evict_over_budget(keep)`): the store is a cache and knows
+nothing of active versions or pins; `serving.lifecycle.AdapterLifecycle` owns those and
+names the pinned and in-use versions as kept (and the active ones, except those it loaded
+on demand). Evicting a version that a running request
 still uses would be safe anyway: the request holds its own reference and the device copy
 lives in the slot table.
 """
@@ -65,10 +67,15 @@ class AdapterStore:
     """Registry -> host memory, with an LRU byte budget and background loading."""
 
     def __init__(self, registry: Registry, facts: BackboneFacts, fingerprint: str,
-                 budget_bytes: int, loader_threads: int = 2, on_event=None, on_load=None):
-        """on_event(event): "hit" / "miss" / "eviction"; on_load(seconds): a load finished."""
+                 budget_bytes: int, loader_threads: int = 2, on_event=None, on_load=None,
+                 max_adapters: int | None = None):
+        """on_event(event): "hit" / "miss" / "eviction"; on_load(seconds): a load finished;
+        max_adapters: the most versions held (None: the byte budget alone bounds them)."""
+        if max_adapters is not None and max_adapters < 1:
+            raise ValueError(f"--host-adapters (host_adapters) must be at least 1, got "
+                             f"{max_adapters}")
         self.registry, self.facts, self.fingerprint = registry, facts, fingerprint
-        self.budget_bytes = budget_bytes
+        self.budget_bytes, self.max_adapters = budget_bytes, max_adapters
         self._entries: OrderedDict[AdapterKey, HostAdapter] = OrderedDict()
         self._loading: dict[AdapterKey, Future] = {}
         self._lock = threading.Lock()
@@ -112,11 +119,13 @@ class AdapterStore:
         start = time.perf_counter()
         try:
             entry = self._read(name, version)
-        finally:
+        except BaseException:
             with self._lock:
-                self._loading.pop(key, None)
-        with self._lock:
+                self._loading.pop(key, None)  # nothing cached: the next fetch reads again
+            raise
+        with self._lock:  # one step, so a concurrent fetch sees it loading or resident
             self._entries[key] = entry
+            self._loading.pop(key, None)
         seconds = time.perf_counter() - start
         self._on_load(seconds)
         log.info("loaded adapter %s:%d (%d bytes, tasks %s) in %.3fs", name, version,
@@ -149,13 +158,14 @@ class AdapterStore:
 
     # --- residency ---------------------------------------------------------------------
     def evict_over_budget(self, keep: Collection[AdapterKey]) -> list[AdapterKey]:
-        """Drop least recently used versions not in `keep` until within the byte budget;
-        returns the dropped ones."""
+        """Drop least recently used versions not in `keep` until within the byte budget
+        and `max_adapters`; returns the dropped ones."""
         with self._lock:
+            most = len(self._entries) if self.max_adapters is None else self.max_adapters
             evicted = []
             used = sum(e.nbytes for e in self._entries.values())
             for key in list(self._entries):
-                if used <= self.budget_bytes:
+                if used <= self.budget_bytes and len(self._entries) <= most:
                     break
                 if key in keep:
                     continue
@@ -166,11 +176,22 @@ class AdapterStore:
             log.info("host cache evicted %s:%d", *gone)
         return evicted
 
+    def evict(self, key: AdapterKey) -> bool:
+        """Drop `key` from host memory now (the caller knows nothing needs it); whether it
+        was there."""
+        with self._lock:
+            gone = self._entries.pop(key, None) is not None
+        if gone:
+            self._on_event("eviction")
+            log.info("host cache evicted %s:%d", *key)
+        return gone
+
     def restore(self, entry: HostAdapter) -> None:
         """Put `entry` back if the LRU dropped it since it was fetched (a version going
-        into service)."""
+        into service), as the most recently used."""
         with self._lock:
             self._entries.setdefault(entry.key, entry)
+            self._entries.move_to_end(entry.key)
 
     def entry(self, key: AdapterKey) -> HostAdapter | None:
         with self._lock:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from modeling.cli_parser import positive_int
 from serving.limits import TEXT_BYTES_PER_TOKEN, Limits
 
 MIB = 1024 * 1024
@@ -41,6 +42,8 @@ class ServeConfig:
     max_queue: int = 64
     max_queue_delay_ms: float = 5.0
     host_cache_bytes: int = 1024 * MIB
+    host_adapters: int | None = None  # most adapter versions in host memory (None: bytes only)
+    load_on_demand: bool = False  # a Predict for an adapter not loaded loads it
     cache_bytes: int = 512 * MIB  # accelerator tier
     device_slots: int = 16
     vision_cache_entries: int = 1024
@@ -138,6 +141,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-queue-delay-ms", type=float, default=suppress,
         help="how long an idle batcher waits to fill a batch (default 5)")
     add("--host-cache-bytes", type=int, default=suppress, help="host tier budget")
+    add("--host-adapters", type=positive_int, default=suppress, metavar="N",
+        help="host tier: at most N adapter versions (least recently used, unpinned, idle "
+             "ones leave first; default: --host-cache-bytes alone)")
+    add("--load-on-demand", action="store_true", default=suppress,
+        help="a Predict (both protocols) for an adapter that is not loaded but is in the "
+             "registry loads it (latest version, unless it names one) instead of NOT_FOUND; "
+             "such adapters leave host memory when the host tier is full")
     add("--cache-bytes", type=int, default=suppress, help="accelerator tier budget")
     add("--device-slots", type=int, default=suppress, help="adapter sets on the accelerator")
     add("--vision-cache-entries", type=int, default=suppress, help="image features kept")

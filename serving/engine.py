@@ -74,18 +74,21 @@ class Engine:
     def __init__(self, backbone: VLBackbone, store: AdapterStore, slot_table: SlotTable,
                  vision: VisionCache, max_batch: int = 8, max_queue: int = 64,
                  max_queue_delay_ms: float = 5.0, max_text_tokens: int = 512, metrics=None,
-                 vision_encoder: VisionEncoder | None = None):
-        """vision_encoder: pixels -> features (None: the backbone's tower in torch eager).
+                 vision_encoder: VisionEncoder | None = None, load_on_demand: bool = False):
+        """vision_encoder: pixels -> features (None: the backbone's tower in torch eager);
+        load_on_demand: a request for an adapter that is not loaded loads it
+        (`AdapterLifecycle.load_on_demand`, on the request's thread).
 
         max_queue: requests accepted and not yet running, at most; more: RESOURCE_EXHAUSTED.
         """
         self.backbone, self.slot_table, self.vision = backbone, slot_table, vision
-        self.adapters = AdapterLifecycle(store, slot_table, self.call)
+        self.metrics = metrics or NoMetrics()
+        self.adapters = AdapterLifecycle(store, slot_table, self.call, load_on_demand,
+                                         self.metrics.on_demand_load)
         self.vision_encoder = vision_encoder
         self.tokenizer = backbone.tokenizer
         self.max_batch, self.max_queue_delay = max_batch, max_queue_delay_ms / 1000.0
         self.max_queue, self.max_text_tokens = max_queue, max_text_tokens
-        self.metrics = metrics or NoMetrics()
         self.stats: Counter[str] = Counter()
         self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()  # None: wake up
         # Accepted and not yet running (queued, loading, ready): submit adds under the lock,

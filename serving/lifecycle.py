@@ -20,6 +20,15 @@ hot-swap or an unload drops it. The host LRU keeps active, pinned and referenced
 (`AdapterStore.evict_over_budget`); the device LRU never evicts a slot a batch row holds
 nor a pinned version's (`SlotTable.place`).
 
+On demand (`adapter-serve --load-on-demand`): a request for a name that is not loaded
+loads it (`load_on_demand`, on the request's gRPC thread: `prepare`, the same fetch and
+checks as `load`, then the engine thread puts it in service unless a Load or another
+request did first). Such a version is a cache entry: when the host tier is full
+(`--host-adapters`, `--host-cache-bytes`) it leaves host memory like any unpinned version
+no request holds, and its name is no longer loaded (the next request loads it again).
+Versions put in service by `load` stay in host memory; a Load of a name loaded on demand
+makes it one of them.
+
 Every change runs on the engine thread: gRPC threads queue it through `run` (the engine's
 `call`) and wait for its result, so the slot table, the store's residency and this state
 have one writer. Before the engine thread starts (and after it ends) `call` runs the
@@ -82,10 +91,16 @@ class AdapterLifecycle:
     """The owner of active versions, pins, references and retirement over one adapter
     store (host tier) and one slot table (device tier)."""
 
-    def __init__(self, store: AdapterStore, slot_table: SlotTable, run: Runner = run_here):
-        """run(change): runs `change()` on the engine thread and returns its result."""
+    def __init__(self, store: AdapterStore, slot_table: SlotTable, run: Runner = run_here,
+                 on_demand: bool = False, on_demand_load: Callable[[], None] | None = None):
+        """run(change): runs `change()` on the engine thread and returns its result;
+        on_demand: a request for a name that is not loaded loads it (`load_on_demand`);
+        on_demand_load(): called when a request put a name in service (metrics)."""
         self.store, self.slot_table, self._run = store, slot_table, run
+        self.on_demand = on_demand
+        self._on_demand_load = on_demand_load or (lambda: None)
         self._active: dict[str, int] = {}
+        self._by_request: set[str] = set()  # active names a request loaded (on demand)
         self._pinned: set[AdapterKey] = set()
         self._in_flight: Counter[AdapterKey] = Counter()
         self._retiring: set[AdapterKey] = set()  # out of service, requests still running
@@ -134,6 +149,39 @@ class AdapterLifecycle:
             log.info("hot-swap %s: version %d -> %d", name, previous, number)
         return number
 
+    def load_on_demand(self, name: str, version: int | None = None) -> int:
+        """The version a request for `name` (and `version`, None: the active one) runs on,
+        loading the name first when it is not loaded: resolve `version` (None: the
+        registry's latest), fetch and verify it as `load` does, and put it in service
+        unless a Load or another request did meanwhile. Concurrent calls for one version
+        share its fetch. Called on the request's thread; the engine thread only switches
+        the active version. NOT_FOUND names the field, DATA_LOSS leaves nothing cached."""
+        active = self.active_version(name)
+        if active is not None:
+            return active if version is None else version
+        try:
+            entry = self.prepare(name, version)
+        except RequestError as error:
+            if error.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            field = "adapter.name" if version is None else "adapter.name / adapter.version"
+            raise RequestError(error.code, f"{field}: adapter {name!r} cannot be loaded on "
+                                           f"demand: {error.message}") from None
+        number, added = self._run(lambda: self._adopt(entry))
+        if added:
+            self._on_demand_load()
+            log.info("loaded adapter %s:%d on demand", name, number)
+        return number if version is None else version
+
+    def release_on_demand(self, name: str, version: int) -> bool:
+        """Requests for `name` stop coming here (Ray Serve's multiplexed table dropped it,
+        serving.fleet.replica): a version a request loaded on demand that no request and no
+        pin holds leaves host memory and the name is no longer loaded; whether it left."""
+        left = self._run(lambda: self._release_idle((name, version)))
+        if left:
+            log.info("released adapter %s:%d (loaded on demand)", name, version)
+        return left
+
     def unload(self, name: str) -> int:
         """Take a name out of service; returns the version that was active. It retires."""
         version = self._run(lambda: self._deactivate(name))
@@ -159,6 +207,12 @@ class AdapterLifecycle:
         """Every loaded name and its active version."""
         with self._lock:
             return dict(self._active)
+
+    def loaded_by_load(self) -> dict[str, int]:
+        """The loaded names that `load` put in service (not a request, on demand) and
+        their active versions: what a fleet's record names (serving.fleet.adapters)."""
+        with self._lock:
+            return {n: v for n, v in self._active.items() if n not in self._by_request}
 
     def state(self, name: str, version: int, aliases: Iterable[str] = (),
               tasks: Iterable[str] = (), problem: str = "") -> VersionState:
@@ -195,25 +249,50 @@ class AdapterLifecycle:
                            i.problem) for i in infos if not i.yanked]
 
     # --- changes (engine thread) ---------------------------------------------------------
-    def _activate(self, entry: HostAdapter) -> int | None:
-        """Make `entry` the active version of its name; returns the one it replaced."""
+    def _activate(self, entry: HostAdapter, by_request: bool = False) -> int | None:
+        """Make `entry` the active version of its name (`by_request`: on demand); returns
+        the one it replaced."""
         self._check_writer()
         self.store.restore(entry)  # back in host memory, if the LRU dropped it meanwhile
         with self._lock:
             previous = self._active.get(entry.name)
             self._active[entry.name] = entry.version
+            (self._by_request.add if by_request else self._by_request.discard)(entry.name)
             self._retiring.discard(entry.key)
             if previous is not None and previous != entry.version:
                 self._pinned.discard((entry.name, previous))
         if previous is not None and previous != entry.version:
             self._retire((entry.name, previous))
-        self._evict_host()
+        self._evict_host(entry.key)
         return previous
+
+    def _adopt(self, entry: HostAdapter) -> tuple[int, bool]:
+        """Serve `entry`, loaded on demand, unless its name serves already (a Load or
+        another request came first): (the active version, whether this put it in service)."""
+        self._check_writer()
+        with self._lock:
+            active = self._active.get(entry.name)
+        if active is not None:
+            return active, False
+        self._activate(entry, by_request=True)
+        return entry.version, True
+
+    def _release_idle(self, key: AdapterKey) -> bool:
+        self._check_writer()
+        name, version = key
+        with self._lock:
+            idle = name in self._by_request and self._active.get(name) == version \
+                and key not in self._pinned and self._in_flight[key] == 0
+        if idle:
+            self.store.evict(key)
+            self._deactivate(name)
+        return idle
 
     def _deactivate(self, name: str) -> int | None:
         self._check_writer()
         with self._lock:
             version = self._active.pop(name, None)
+            self._by_request.discard(name)
             if version is not None:
                 self._pinned.discard((name, version))
         if version is not None:
@@ -242,21 +321,29 @@ class AdapterLifecycle:
         if freed:
             log.info("freed adapter %s:%d from device slots %s", *key, freed)
 
-    def _evict_host(self) -> None:
-        """Host LRU over the byte budget, keeping active, pinned and referenced versions."""
+    def _evict_host(self, fresh: AdapterKey | None = None) -> None:
+        """Host LRU over its budgets, keeping pinned and referenced versions, those `load`
+        put in service and `fresh` (just put in service: its request is on its way); a
+        name loaded on demand whose version leaves is unloaded."""
         with self._lock:
-            keep = {*self._active.items(), *self._pinned, *self._in_flight}
-        self.store.evict_over_budget(keep)
+            keep = {*self._pinned, *self._in_flight, fresh,
+                    *((n, v) for n, v in self._active.items() if n not in self._by_request)}
+        for name, version in self.store.evict_over_budget(keep):
+            if name in self._by_request and self._active.get(name) == version:
+                self._deactivate(name)
+                log.info("adapter %s:%d (loaded on demand) left host memory", name, version)
 
     # --- a request's way through (engine thread) -----------------------------------------
     def bind(self, request: Request) -> None:
         """Fix the request's version (the one it asks for, else the active one), take a
         reference on it and start its fetch into `request.loading`. A name that is not
-        loaded is RequestError NOT_FOUND, even with a version."""
+        loaded is RequestError NOT_FOUND, even with a version, unless names load on
+        demand and the request names its version (`load_on_demand` fixed it: the name
+        may have left host memory since, and its fetch loads it again)."""
         self._check_writer()
         with self._lock:
             active = self._active.get(request.adapter_name)
-            if active is None:
+            if active is None and not (self.on_demand and request.requested_version):
                 raise not_loaded(request.adapter_name)
             version = active if request.requested_version is None \
                 else request.requested_version

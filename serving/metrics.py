@@ -11,8 +11,12 @@ never clash over metric names. Exposed names (all prefixed `vladapter_`):
     vladapter_cache_events_total{tier, event}           counter    tier: registry, host,
                                                                    device; event: hit, miss,
                                                                    eviction, restack (device:
-                                                                   the whole bank rebuilt)
+                                                                   the whole bank rebuilt;
+                                                                   host eviction: a version
+                                                                   left host memory)
     vladapter_adapter_load_seconds                      histogram  registry -> usable
+    vladapter_adapter_on_demand_loads_total             counter    names a request put in
+                                                                   service (--load-on-demand)
     vladapter_errors_total{code}                        counter    gRPC status code name
 """
 
@@ -88,6 +92,10 @@ class ServerMetrics:
         self._adapter_load = Histogram(
             "vladapter_adapter_load_seconds", "Seconds to load an adapter from the registry.",
             buckets=LOAD_BUCKETS, registry=self.registry)
+        self._on_demand_loads = Counter(
+            "vladapter_adapter_on_demand_loads",
+            "Adapters a request loaded and put in service because they were not loaded.",
+            registry=self.registry)
         self._errors = Counter("vladapter_errors", "Failed calls by gRPC status code name.",
                                ["code"], registry=self.registry)
 
@@ -115,6 +123,10 @@ class ServerMetrics:
     def adapter_load(self, seconds: float) -> None:
         """Record the time one adapter took to load."""
         self._adapter_load.observe(seconds)
+
+    def on_demand_load(self) -> None:
+        """Count one adapter a request loaded on demand (`--load-on-demand`)."""
+        self._on_demand_loads.inc()
 
     def error(self, code_name: str) -> None:
         """Count one failed call by its gRPC status code name (e.g. `NOT_FOUND`)."""

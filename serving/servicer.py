@@ -5,7 +5,8 @@ They translate between protos and the engine (requests) or the adapter lifecycle
 status code
 (`serving.requests.error_for`; the table is in proto/vladapter/v1/inference.proto):
 INVALID_ARGUMENT (a missing or malformed field, a limit, a corrupt image, version 0; the
-message names the field or limit), NOT_FOUND (unknown task, adapter, version or alias),
+message names the field or limit), NOT_FOUND (unknown task, adapter, version or alias; an
+adapter that is not loaded, unless the server loads adapters on demand),
 FAILED_PRECONDITION (fingerprint mismatch, a stored artifact this server refuses),
 DATA_LOSS (stored bytes that fail their sha256), RESOURCE_EXHAUSTED (queue full),
 DEADLINE_EXCEEDED, UNAVAILABLE (shutting down). Validation happens on the calling
@@ -60,7 +61,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         """Validate a PredictRequest into an engine Request (raises RequestError).
 
         Also the path of KServe v2 `ModelInfer` (serving.kserve), so both protocols share
-        the same checks, limits and batcher.
+        the same checks, limits and batcher. With `--load-on-demand` an adapter that is not
+        loaded is loaded here, after the checks (`AdapterLifecycle.load_on_demand`), and
+        the request carries the version it will run on.
         """
         try:
             self.checker.check_message(message.ByteSize())
@@ -83,6 +86,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                                                      message.generation.num_beams)
         except InvalidInput as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if self.adapters.on_demand:  # here, on this thread: the engine never waits on it
+            version = self.adapters.load_on_demand(name, version)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         request = Request(spec, name, version, source, images, choices, max_new, beams,

@@ -158,7 +158,7 @@ def _tiers(config: ServeConfig, backbone: VLBackbone, metrics, registry: Registr
     on_load = None if metrics is None else metrics.adapter_load
     store = AdapterStore(registry, BackboneFacts.of(backbone), fingerprint,
                          config.host_cache_bytes, on_event=_event(metrics, "host"),
-                         on_load=on_load)
+                         on_load=on_load, max_adapters=config.host_adapters)
     parameter = next(backbone.parameters())
     like = torch.zeros((), device=parameter.device, dtype=parameter.dtype)
     slot_table = SlotTable(config.device_slots, config.cache_bytes, backbone.frozen_tensors(),
@@ -184,7 +184,7 @@ def build_stack(config: ServeConfig, backbone: VLBackbone | None = None,
     vision_encoder, vision_model = vision_parts(config, backbone)
     engine = Engine(backbone, store, slot_table, vision, config.max_batch, config.max_queue,
                     config.max_queue_delay_ms, config.limits.max_text_tokens, metrics,
-                    vision_encoder)
+                    vision_encoder, config.load_on_demand)
     lifecycle = engine.adapters  # the one owner of what serves (lifecycle.py)
     controlled = lifecycle if control is None else control(lifecycle)
     visual = backbone.config.vision

@@ -59,6 +59,15 @@ class FleetAdapters:
             raise not_loaded(name)
         return version
 
+    @property
+    def on_demand(self) -> bool:
+        return self.local.on_demand
+
+    def load_on_demand(self, name: str, version: int | None = None) -> int:
+        """This replica alone loads what a request needs (`--load-on-demand`): Ray Serve's
+        multiplexed routing sends the name's next requests here; the record is untouched."""
+        return self.local.load_on_demand(name, version)
+
     def resolve(self, name: str, version: int | None = None, alias: str | None = None) -> int:
         return self.local.resolve(name, version, alias)
 
@@ -77,10 +86,11 @@ class FleetAdapters:
 
 def converge(adapters: AdapterLifecycle, record: FleetState) -> list[str]:
     """Make `adapters` serve `record`: unload names it lacks, load the versions it names
-    (each swap as on one server) and set their pins. Returns what could not be done, one
+    (each swap as on one server) and set their pins. Names this replica loaded on demand
+    are its own cache, not the record's: they stay. Returns what could not be done, one
     message per adapter ([]: `adapters` serves the record)."""
     problems = []
-    active = adapters.active()
+    active = adapters.loaded_by_load()
     for name in sorted(active.keys() - record.adapters.keys()):
         adapters.unload(name)
     for name, served in sorted(record.adapters.items()):

@@ -14,7 +14,8 @@ Replica settings come from the adapter-serve ones: `max_ongoing_requests` is the
 own bound (max_batch running + max_queue waiting; Ray Serve queues the rest and its
 autoscaler scales on them), `graceful_shutdown_timeout_s` is `grace_s` (a replica scaled
 down answers the calls it holds first), the multiplexed cache holds `device_slots`
-adapters, and `replica_cpus` / `replica_gpus` are what each replica reserves.
+adapters (`--host-adapters` with `--load-on-demand`: serving.fleet.replica.
+multiplexed_models), and `replica_cpus` / `replica_gpus` are what each replica reserves.
 """
 
 from __future__ import annotations

@@ -9,9 +9,11 @@ and KServe v2 `inference.GRPCInferenceService` with the single server's servicer
         1. a bearer token where `--token-file` asks for one (serving.security)
         2. request bytes that did not parse (serving.fleet.proxy) answer INVALID_ARGUMENT
         3. Predict, PredictStream, ModelInfer: the adapter goes through Ray Serve's
-           multiplexed loader (`serve.multiplexed`, at most `device_slots` per replica):
-           the store's fetch (registry -> host memory, verified); Ray Serve then routes
-           requests that carry this reference as `multiplexed_model_id` to this replica
+           multiplexed loader (`serve.multiplexed`, `multiplexed_models` ids per
+           replica): the store's fetch (registry -> host memory, verified), or with
+           `--load-on-demand` the lifecycle's `load_on_demand` (this replica alone loads
+           and serves it); Ray Serve then routes requests that carry this reference as
+           `multiplexed_model_id` to this replica
         4. the servicer method runs on a worker thread with a `ProxyContext`; its status
            codes and messages reach the client unchanged
 
@@ -29,12 +31,14 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
 from ray import serve
 from tritonclient.grpc import service_pb2
 
+from serving.adapter_store import AdapterKey
 from serving.client import multiplexed_id, parse_adapter_spec
 from serving.config import ServeConfig
 from serving.decoding import refuse
@@ -104,6 +108,38 @@ def _reference(request: Any) -> str:
     return ""
 
 
+def multiplexed_models(config: ServeConfig) -> int:
+    """How many adapter references Ray Serve's multiplexed table of one replica holds
+    (`max_num_models_per_replica`; -1: no bound): what the replica keeps where a miss is
+    dear. With `--load-on-demand` that is the host tier (`--host-adapters`; unbounded
+    without it), so Ray Serve routes a reference to the replica that still holds it in
+    host memory; otherwise every loaded adapter is in every replica's host memory and the
+    device slots are what differ.
+
+    When Ray Serve's table is full it drops its least recently used reference, calls the
+    loaded object's `__del__` and stops preferring this replica for it: on demand that
+    object is `routed_adapter`'s, so the adapter leaves host memory too unless a request
+    or a pin holds it (then the host LRU takes it later), and host memory holds what Ray
+    Serve routes here."""
+    if config.load_on_demand:
+        return config.host_adapters or -1
+    return config.device_slots
+
+
+def routed_adapter(key: AdapterKey, release: Callable[[str, int], Any]) -> SimpleNamespace:
+    """What Ray Serve's multiplexed table holds for an adapter loaded on demand: its key,
+    and a `__del__` that Ray Serve calls when it drops the reference (release(name,
+    version): `AdapterLifecycle.release_on_demand`). An instance attribute, so Ray Serve
+    alone calls it (Python's finalizer looks at the class); it never raises, as Ray Serve
+    unloads right before a load that an exception would fail."""
+    def drop() -> None:
+        try:
+            release(*key)
+        except Exception:  # a stopping engine: the host tier is going anyway
+            log.exception("releasing %s:%d failed", *key)
+    return SimpleNamespace(key=key, __del__=drop)
+
+
 def cache_counts(metrics: Any) -> dict[str, dict[str, float]]:
     """{tier: {event: count}} of the stack's cache counters (serving.metrics)."""
     if metrics is None:
@@ -132,10 +168,11 @@ class AdapterReplica:
                                         thread_name_prefix="replica")
         self._auth = token_check(config)
 
-        async def fetch(reference: str) -> tuple[str, int]:  # a function: Ray keeps its
-            return await self._fetch_adapter(reference)        # cache on it, not on a method
+        async def fetch(reference: str) -> Any:  # a function: Ray keeps its cache on
+            return await self._fetch_adapter(reference)  # it, not on a method
 
-        self._warm = serve.multiplexed(max_num_models_per_replica=config.device_slots)(fetch)
+        self._warm = serve.multiplexed(
+            max_num_models_per_replica=multiplexed_models(config))(fetch)
         self.stack.engine.start()
         import ray
 
@@ -179,20 +216,31 @@ class AdapterReplica:
         return version
 
     def stats(self) -> dict[str, Any]:
-        """What this replica reports with each poll: answered calls per method, caches."""
+        """What this replica reports with each poll: answered calls per method, caches,
+        adapters loaded on demand."""
         with self._lock:
             answered = dict(self._answered)
-        return {"answered": answered, "cache": cache_counts(self.stack.metrics)}
+        metrics = self.stack.metrics
+        loads = 0.0 if metrics is None else metrics.registry.get_sample_value(
+            "vladapter_adapter_on_demand_loads_total") or 0.0
+        return {"answered": answered, "cache": cache_counts(metrics), "on_demand_loads": loads}
 
-    async def _fetch_adapter(self, reference: str) -> tuple[str, int]:
-        """Ray Serve's multiplexed loader: the store's fetch of the referenced version."""
+    async def _fetch_adapter(self, reference: str) -> AdapterKey | SimpleNamespace:
+        """Ray Serve's multiplexed loader: the store's fetch of the referenced version, or
+        (`--load-on-demand`) its load on this replica."""
         name, version, alias = parse_adapter_spec(reference)
         adapters = self.stack.adapters
+        loop = asyncio.get_running_loop()
+        if adapters.on_demand:
+            if alias:
+                version = adapters.resolve(name, alias=alias)
+            number = await loop.run_in_executor(self._pool, adapters.load_on_demand, name,
+                                                version)
+            return routed_adapter((name, number), adapters.release_on_demand)
         if version is None:
             version = adapters.resolve(name, alias=alias) if alias else \
                 adapters.active_version(name)
-        entry = await asyncio.get_running_loop().run_in_executor(
-            self._pool, adapters.prepare, name, version)
+        entry = await loop.run_in_executor(self._pool, adapters.prepare, name, version)
         return entry.key
 
     async def _admit(self, path: str, request: Any, context: ProxyContext) -> None:
@@ -205,11 +253,12 @@ class AdapterReplica:
             await self._warm_adapter(_reference(request))
 
     async def _warm_adapter(self, reference: str) -> None:
-        """The multiplexed loader for a loaded adapter; what goes wrong here the servicer
-        answers next, with the single server's checks and codes."""
+        """The multiplexed loader for a loaded adapter (any adapter, on demand); what goes
+        wrong here the servicer answers next, with the single server's checks and codes."""
         try:
             name, _, _ = parse_adapter_spec(reference)
-            if self.stack.adapters.active_version(name) is not None:
+            adapters = self.stack.adapters
+            if adapters.on_demand or adapters.active_version(name) is not None:
                 await self._warm(reference)
         except (RequestError, ValueError):
             pass

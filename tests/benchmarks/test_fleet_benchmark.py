@@ -1,5 +1,6 @@
 """The fleet benchmark's arithmetic (the run itself needs a Ray cluster: benchmarks/README):
-power-law workload, fleet-wide device counters, hit rate and bank writes per request."""
+power-law workload, fleet-wide device counters, hit rate, bank writes and registry loads
+(on demand) per request."""
 
 from __future__ import annotations
 
@@ -23,16 +24,19 @@ def test_workload_draws_adapters_by_power_law():
 
 
 def test_device_counts_sum_replicas_and_summary_ratios():
-    def report(hit, miss, restack, answered):
+    def report(hit, miss, restack, answered, loads):
         return {"stats": {"answered": {"Predict": answered, "Load": 3},
                           "cache": {"device": {"hit": hit, "miss": miss, "restack": restack,
-                                               "eviction": 9.0}}}}
-    snapshot = {"replicas": {"a": report(30.0, 10.0, 1.0, 40), "b": report(5.0, 15.0, 0.0, 20)}}
+                                               "eviction": 9.0}},
+                          "on_demand_loads": loads}}
+    snapshot = {"replicas": {"a": report(30.0, 10.0, 1.0, 40, 6.0),
+                             "b": report(5.0, 15.0, 0.0, 20, 3.0)}}
     assert device_counts(snapshot) == {"hit": 35.0, "miss": 25.0, "restack": 1.0,
-                                       "answered": 60.0}
+                                       "loads": 9.0, "answered": 60.0}
     phases = [{"latencies": [0.1, 0.2, 0.3], "wall": 1.5, "failures": []}]
     summary = summarize("affinity", phases, [device_counts(snapshot)])
     assert summary["hit_rate"] == pytest.approx(35 / 60)
     assert summary["writes"] == pytest.approx(26 / 60)  # slot writes + whole-bank restacks
+    assert summary["loads"] == pytest.approx(9 / 60)  # registry -> host, on demand
     assert (summary["requests"], summary["rps"]) == (3, pytest.approx(2.0))
     assert summary["p50"] == pytest.approx(200.0)

@@ -75,3 +75,24 @@ def test_export_onnx_subcommand_is_delegated(capsys):
     with pytest.raises(SystemExit):
         main(["export-onnx", "--help"])
     assert "adapter-serve export-onnx" in capsys.readouterr().out
+
+
+def test_on_demand_flags_and_yaml(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("load_on_demand: true\nhost_adapters: 64\n")
+    args = build_parser().parse_args(["--config", str(path), "--host-adapters", "128"])
+    del args.log_level
+    config = from_args(args)
+    assert (config.load_on_demand, config.host_adapters) == (True, 128)
+    args = build_parser().parse_args(["--load-on-demand"])
+    del args.log_level
+    assert from_args(args).load_on_demand and ServeConfig().load_on_demand is False
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_host_adapters_below_one_exits_two_naming_the_flag(value, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["--host-adapters", value])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "--host-adapters" in err and "positive integer" in err and err.count("\n") == 1

@@ -34,7 +34,8 @@ class InferenceStub:
     frames, text tokens, new tokens, beams, choices), request bytes
     that do not parse (e.g. a string field that is not UTF-8)
     NOT_FOUND            an unknown task, adapter, version or alias; a task the adapter
-    lacks; an adapter that is not loaded
+    lacks; an adapter that is not loaded (a server started with
+    --load-on-demand loads one that is in the registry instead)
     FAILED_PRECONDITION  the stored artifact is refused: trained on another backbone, does
     not fit it, or fails the artifact reader's format or size checks
     DATA_LOSS            stored bytes differ from their sha256
@@ -75,7 +76,8 @@ class InferenceServicer:
     frames, text tokens, new tokens, beams, choices), request bytes
     that do not parse (e.g. a string field that is not UTF-8)
     NOT_FOUND            an unknown task, adapter, version or alias; a task the adapter
-    lacks; an adapter that is not loaded
+    lacks; an adapter that is not loaded (a server started with
+    --load-on-demand loads one that is in the registry instead)
     FAILED_PRECONDITION  the stored artifact is refused: trained on another backbone, does
     not fit it, or fails the artifact reader's format or size checks
     DATA_LOSS            stored bytes differ from their sha256
@@ -131,7 +133,8 @@ class Inference:
     frames, text tokens, new tokens, beams, choices), request bytes
     that do not parse (e.g. a string field that is not UTF-8)
     NOT_FOUND            an unknown task, adapter, version or alias; a task the adapter
-    lacks; an adapter that is not loaded
+    lacks; an adapter that is not loaded (a server started with
+    --load-on-demand loads one that is in the registry instead)
     FAILED_PRECONDITION  the stored artifact is refused: trained on another backbone, does
     not fit it, or fails the artifact reader's format or size checks
     DATA_LOSS            stored bytes differ from their sha256

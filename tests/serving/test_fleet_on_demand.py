@@ -1,0 +1,122 @@
+"""A 2-replica fleet that loads adapters on demand (`adapter-serve --ray --load-on-demand
+--host-adapters N`), through Ray Serve's gRPC proxy: nothing is loaded at start; a routed
+request loads its adapter on one replica, which keeps its later requests; a fleet-wide
+change does not unload what a replica loaded on demand; Ray Serve's multiplexed table
+follows the host tier.
+
+One local cluster for the module (as test_fleet_ray.py, ~30 s on two cores).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import Counter
+
+import grpc
+import pytest
+import ray
+import tritonclient.grpc as triton
+from kserve_helpers import infer
+from ray import serve
+from serving_helpers import request_for
+from test_fleet_ray import Fleet, _free_port, _predict
+
+from serving.config import ServeConfig
+from serving.fleet.app import APP_NAME, ROUTE_PREFIX, application, start_ray
+from serving.fleet.replica import multiplexed_models, routed_adapter
+from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+def fleet(backbone, published, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fleet-on-demand-backbone")
+    backbone.save_pretrained(folder)
+    config = ServeConfig(registry=published.root, backbone=str(folder), load=(),
+                         load_on_demand=True, host_adapters=3, port=_free_port(),
+                         http_port=_free_port(), ray=True, replicas=2, replica_cpus=0.25,
+                         max_queue_delay_ms=5.0, device_slots=2, grace_s=10.0,
+                         fleet_sync_s=30.0)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        start_ray(config)
+        serve.run(application(config), name=APP_NAME, route_prefix=ROUTE_PREFIX)
+        running = Fleet(config, f"127.0.0.1:{config.port}")
+        running.wait_replicas(2)
+        yield running
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def channel(fleet):
+    with grpc.insecure_channel(fleet.target) as chan:
+        yield chan
+
+
+def on_demand_loads(fleet: Fleet) -> dict[str, float]:
+    """Adapters each replica loaded on demand, once every replica has reported since now."""
+    time.sleep(2.5)  # replicas report with each poll (<= 1 s)
+    return {replica: report["stats"]["on_demand_loads"]
+            for replica, report in fleet.wait_replicas(2)["replicas"].items()}
+
+
+def test_multiplexed_table_follows_the_host_tier_on_demand():
+    assert multiplexed_models(ServeConfig(load_on_demand=True, host_adapters=128,
+                                          device_slots=32)) == 128
+    assert multiplexed_models(ServeConfig(load_on_demand=True, device_slots=32)) == -1
+    assert multiplexed_models(ServeConfig(host_adapters=128, device_slots=32)) == 32
+
+
+def test_one_replica_loads_an_adapter_on_demand_and_keeps_its_requests(fleet, channel):
+    stub = inference_pb2_grpc.InferenceStub(channel)
+    first, loader = _predict(stub, request_for("vqa", "beta"))
+    assert (first.adapter_name, first.adapter_version) == ("beta", 1)
+    time.sleep(1.0)  # replicas report their multiplexed ids every 0.1 s
+    landed = Counter(_predict(stub, request_for("vqa", "beta", seed=seed))[1]
+                     for seed in range(8))
+    assert landed == Counter({loader: 8})
+    loads = on_demand_loads(fleet)
+    assert loads[loader] == 1 and sum(loads.values()) == 1, loads
+    with pytest.raises(grpc.RpcError) as caught:
+        _predict(stub, request_for("vqa", "nobody"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "adapter.name" in caught.value.details()
+
+
+def test_kserve_model_infer_loads_on_demand_through_the_proxy(fleet):
+    client = triton.InferenceServerClient(fleet.target)
+    try:
+        _, _, version = infer(client, request_for("vqa", "gamma"),
+                              headers={"multiplexed_model_id": "gamma"})
+    finally:
+        client.close()
+    assert version == "1"
+
+
+def test_a_fleet_change_leaves_what_a_replica_loaded_on_demand(fleet, channel):
+    stub = inference_pb2_grpc.InferenceStub(channel)
+    _, loader = _predict(stub, request_for("vqa", "beta"))
+    before = on_demand_loads(fleet)
+    repository = repository_pb2_grpc.RepositoryStub(channel)
+    repository.Load(repository_pb2.LoadRequest(adapter=inference_pb2.AdapterRef(name="alpha")),
+                    timeout=60)  # a new record: every replica converges to it
+    answer, replica = _predict(stub, request_for("vqa", "beta", seed=5))
+    assert (answer.adapter_name, replica) == ("beta", loader)
+    assert on_demand_loads(fleet) == before  # beta stayed loaded: no second load
+
+
+def test_ray_serves_unload_of_a_routed_adapter_releases_it_once():
+    released: list[tuple[str, int]] = []
+    routed = routed_adapter(("beta", 1), lambda *key: released.append(key))
+    assert routed.key == ("beta", 1) and hasattr(routed, "__del__")
+    routed.__del__()  # what Ray Serve's multiplexed table calls when it drops the id
+    assert released == [("beta", 1)]
+    del routed
+    gc.collect()  # Python's finalizer does not call it again
+    assert released == [("beta", 1)]
+
+    def refuse(*key):
+        raise RuntimeError("the engine stopped")
+    routed_adapter(("beta", 1), refuse).__del__()  # never raises into Ray Serve's load
