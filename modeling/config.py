@@ -143,6 +143,16 @@ class BackboneConfig:
                              f"order embeddings, got n_images={self.n_images}")
 
     @property
+    def family(self) -> str:
+        """The backbone family (a module of `modeling.families`): "blip" (a BERT LM),
+        "florence2" (visual tokens before the text: Florence-2's layout, kept when the tower
+        is left out for precomputed features) or "vl" (VL-T5 / VL-BART). Task prompts are
+        chosen per family (`modeling.tasks.FAMILY_PROMPTS`)."""
+        if self.lm_type == "bert":
+            return "blip"
+        return "florence2" if self.visual_position == "before_text" else "vl"
+
+    @property
     def tokens_per_image(self) -> int:
         """Visual tokens one image becomes: the pooled grid, or a BLIP ViT's 1 + patches."""
         if self.vision is not None and self.vision.tower == "blip":

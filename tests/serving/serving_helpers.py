@@ -152,7 +152,8 @@ def direct(backbone: VLBackbone, model: AdapterModel, message) -> tuple[str, lis
         visual = VisualTokens(tokens[valid], torch.zeros(int(valid.sum()), dtype=torch.long))
     else:
         visual = VisualTokens.concat(list(backbone.encode_images(pixels)))
-    source = spec.source_text(message.text, tuple(message.choices), message.video.subtitles)
+    source = spec.source_text(message.text, tuple(message.choices), message.video.subtitles,
+                              backbone.config.family)
     tokenizer = backbone.tokenizer
     batch = make_batch(tokenizer, [source], [visual])
     bank = build_bank([model.materialize(message.task)], backbone.frozen_tensors(),
