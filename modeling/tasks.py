@@ -39,6 +39,15 @@ FAMILY_PROMPTS: dict[str, dict[str, str]] = {
     },
 }
 
+# Per backbone family, text the decoder reads after its start token before it answers
+# (a decoder prompt): the answer is its continuation, and the loss and the returned text
+# cover the continuation only. BLIP captions this way: BlipForConditionalGeneration's
+# `generate(pixel_values, input_ids=prefix)` continues "a picture of" (the BLIP paper's
+# captioning prompt, the one its captioning checkpoints were fine-tuned with).
+DECODER_PROMPTS: dict[str, dict[str, str]] = {
+    "blip": {"caption": "a picture of"},
+}
+
 
 class TaskKind(StrEnum):
     """What a task asks the decoder to produce."""
@@ -86,6 +95,11 @@ class TaskSpec:
         """The prompt on a backbone of ``family`` (``BackboneConfig.family``): the family's
         override in ``FAMILY_PROMPTS`` when it has one for this task, else ``prompt``."""
         return FAMILY_PROMPTS.get(family, {}).get(self.name, self.prompt)
+
+    def decoder_prompt_for(self, family: str = DEFAULT_FAMILY) -> str:
+        """The decoder prompt on a backbone of ``family`` (``DECODER_PROMPTS``); "" (the
+        decoder starts from its start token alone) for most tasks and families."""
+        return DECODER_PROMPTS.get(family, {}).get(self.name, "")
 
     def format_source(self, body: str, family: str = DEFAULT_FAMILY) -> str:
         """The encoder text: the family's prompt followed by ``body``, trailing spaces

@@ -155,7 +155,8 @@ class Trainer:
         share = rows[self.rank::self.world]
         # A rank with no row still runs one (weighted 0), so every rank runs the same steps.
         batch, weights = training_batch(self.backbone.tokenizer, share or rows[:1],
-                                        self.tasks[task].features, self.config.seed, step)
+                                        self.tasks[task].features, self.config.seed, step,
+                                        self.backbone.config.family)
         weights = weights if share else [0.0]
         device = self.config.device
         batch = batch.to(device)
@@ -166,7 +167,7 @@ class Trainer:
                 logits = self.full.model(batch)
             else:
                 logits = adapter_logits(self.backbone, self.model, batch, [task] * batch.size)
-        loss = sequence_loss(logits, batch.labels, torch.tensor(weights, device=device))
+        loss = sequence_loss(logits, batch.answer_labels, torch.tensor(weights, device=device))
         return loss, self._share_of_batch(sum(weights))
 
     def _share_of_batch(self, weight: float) -> float:
