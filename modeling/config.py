@@ -153,6 +153,14 @@ class BackboneConfig:
         return "florence2" if self.visual_position == "before_text" else "vl"
 
     @property
+    def reads_text(self) -> bool:
+        """Whether the model reads an input's text (prompt, question, subtitles): False
+        for a BLIP captioning model, which has no text encoder (its decoder prompt is the
+        only text it sees), so tasks that ask a question cannot be done on it."""
+        architectures = self.lm.get("architectures") or [None]
+        return architectures[0] != "BlipForConditionalGeneration"
+
+    @property
     def tokens_per_image(self) -> int:
         """Visual tokens one image becomes: the pooled grid, or a BLIP ViT's 1 + patches."""
         if self.vision is not None and self.vision.tower == "blip":

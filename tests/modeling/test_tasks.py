@@ -86,3 +86,17 @@ def test_backbone_family_of_each_config_names_its_modeling_families_module():
     vqa = blip.random_model("vqa", "tiny", device="meta")
     assert blip.backbone_config(vqa.config, "BlipForQuestionAnswering").family == "blip"
     assert preset("tiny").family == preset("tiny-bart").family == "vl"
+
+
+@pytest.mark.parametrize("mode", ["vqa", "caption"])
+def test_only_a_blip_captioning_model_reads_no_text_and_its_config_json_says_so(tmp_path,
+                                                                                mode):
+    from blip_helpers import blip_folder
+
+    from modeling.config import preset
+    from modeling.families import backbone_config, blip
+
+    folder = blip_folder(tmp_path, mode)
+    assert backbone_config(folder) == blip.load(folder).config  # config.json alone
+    assert backbone_config(folder).reads_text == (mode == "vqa")
+    assert preset("tiny").reads_text and preset("tiny-bart").reads_text
