@@ -43,7 +43,8 @@ FAMILY_PROMPTS: dict[str, dict[str, str]] = {
 # (a decoder prompt): the answer is its continuation, and the loss and the returned text
 # cover the continuation only. BLIP captions this way: BlipForConditionalGeneration's
 # `generate(pixel_values, input_ids=prefix)` continues "a picture of" (the BLIP paper's
-# captioning prompt, the one its captioning checkpoints were fine-tuned with).
+# captioning prompt, the one its captioning checkpoints were fine-tuned with). Generative
+# tasks only: candidate scoring (`modeling.generation.score_candidates`) reads no prompt.
 DECODER_PROMPTS: dict[str, dict[str, str]] = {
     "blip": {"caption": "a picture of"},
 }
