@@ -9,7 +9,9 @@
    localhost: one request per task, question / answer / ground truth printed.
 
 `--backbone FOLDER` (a backbone folder of any family, e.g. from `train-adapter backbone
-build`) replaces step 1's pre-training: the world is generated and steps 2-3 run on it.
+build`) replaces step 1's pre-training: the world is generated and steps 2-3 run on it. On
+a model that reads no text (a BLIP captioning folder) only the captioning tasks run, and
+one line names the tasks left out.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from demo.serve import serve_and_ask
+from modeling import families
 from modeling.backbone import CONFIG_FILE
 from modeling.cli_parser import OneLineParser
 from modeling.params import report
@@ -27,7 +30,7 @@ from modeling.presets import METHOD_PRESETS
 from modeling.tasks import TASKS
 from training.pretrain import PretrainSettings, pretrain
 from training.synthetic import generate
-from training.synthetic_run import synthetic_config
+from training.synthetic_run import synthetic_config, synthetic_tasks
 from training.trainer import Trainer
 
 RUNS = Path("runs")
@@ -74,10 +77,24 @@ def print_parameter_table() -> None:
 DEMO_PRESET = "single_adapter_task_prompts"
 
 
+def demo_tasks(backbone: Path) -> list[str]:
+    """The tasks `backbone` can do: all eight, or the captioning ones on a model that reads
+    no text (`BackboneConfig.reads_text`), the others named in one line."""
+    if families.backbone_config(backbone).reads_text:
+        return list(TASKS)
+    kept = [name for name, spec in TASKS.items() if spec.is_captioning]
+    left = [name for name in TASKS if name not in kept]
+    print(f"== {backbone} reads no text (a captioning model): {', '.join(left)} left out, "
+          f"their answers need the question; running {', '.join(kept)} ==")
+    return kept
+
+
 def train_adapter(steps: int, backbone: Path) -> Trainer:
-    config = synthetic_config(RUNS / "data" / "world", backbone, DEMO_PRESET,
+    world = RUNS / "data" / "world"
+    config = synthetic_config(world, backbone, DEMO_PRESET,
                               steps, lr=1e-3, eval_every=0, log_every=25,
-                              java_metrics=False, eval_examples=60)
+                              java_metrics=False, eval_examples=60,
+                              tasks=synthetic_tasks(world, demo_tasks(backbone)))
     print(f"== Training one shared adapter with task prompts ({DEMO_PRESET}) on "
           f"{len(config.tasks)} tasks, {steps} steps ==")
     trainer = Trainer(config, RUNS / "demo-shared-adapter")

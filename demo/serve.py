@@ -7,6 +7,7 @@ answer is printed beside the ground truth.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -55,7 +56,9 @@ def truth(example: Example) -> str:
 
 
 def serve_and_ask(artifact: Path, backbone: Path, world: Path) -> None:
-    """Publish `artifact`, start a server over `backbone`, answer one test example per task."""
+    """Publish `artifact`, start a server over `backbone`, answer one test example of each
+    task the artifact has."""
+    order = list(TASKS).index
     with tempfile.TemporaryDirectory() as registry_root:
         version = Registry(registry_root).publish(artifact, ADAPTER)
         config = ServeConfig(registry=registry_root, backbone=str(backbone), host="127.0.0.1",
@@ -65,13 +68,14 @@ def serve_and_ask(artifact: Path, backbone: Path, world: Path) -> None:
         try:
             with Client(f"127.0.0.1:{server.port}") as client:
                 right = 0
-                for task, entry in synthetic_tasks(world).items():
+                tasks = json.loads((artifact / "manifest.json").read_text())["tasks"]
+                for task, entry in synthetic_tasks(world, sorted(tasks, key=order)).items():
                     example = load_task_split(task, TaskData(**entry), "test")[0]
                     answer = ask(client, task, example, world)
                     ok = answer == truth(example) or answer in example.targets
                     right += ok
                     print(f"  [{task}] {example.source_text[:70]}")
                     print(f"      answer: {answer!r}   truth: {truth(example)!r}")
-                print(f"  exact answers: {right}/{len(TASKS)}")
+                print(f"  exact answers: {right}/{len(tasks)}")
         finally:
             server.stop(grace=5)

@@ -66,6 +66,10 @@ class VLBatch:
     input_ids [b, t] long, text_mask [b, t] bool; visual [b, v, feat_dim] float,
     visual_mask [b, v] bool, image_order [b, v] long (0/1: which image of an NLVR2 pair),
     boxes [b, v, 5] or None; labels [b, y] long with -100 at padding, or None.
+    decoder_prompt [b, p] long: each row's decoder prompt ids (`TaskSpec.decoder_prompt_for`,
+    read after the start token), -100 after a row's own; None when no row has one. With
+    labels, row i's labels begin with its prompt (the decoder reads it teacher-forced) and
+    `answer_labels` leaves it out of the loss.
     """
 
     input_ids: torch.Tensor
@@ -75,6 +79,23 @@ class VLBatch:
     image_order: torch.Tensor
     boxes: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    decoder_prompt: torch.Tensor | None = None
+
+    def decoder_prompts(self) -> list[list[int]]:
+        """Per row its decoder prompt ids (empty lists without one)."""
+        if self.decoder_prompt is None:
+            return [[] for _ in range(self.size)]
+        return [[t for t in row if t != -100] for row in self.decoder_prompt.tolist()]
+
+    @property
+    def answer_labels(self) -> torch.Tensor | None:
+        """labels [b, y] with each row's decoder prompt positions set to -100: the tokens
+        a loss is taken on (the answer and its eos)."""
+        if self.labels is None or self.decoder_prompt is None:
+            return self.labels
+        length = (self.decoder_prompt != -100).sum(1, keepdim=True)  # [b, 1]
+        position = torch.arange(self.labels.shape[1], device=self.labels.device)
+        return self.labels.masked_fill(position[None, :] < length, -100)
 
     def to(self, device: torch.device | str) -> VLBatch:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)

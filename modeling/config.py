@@ -143,6 +143,24 @@ class BackboneConfig:
                              f"order embeddings, got n_images={self.n_images}")
 
     @property
+    def family(self) -> str:
+        """The backbone family (a module of `modeling.families`): "blip" (a BERT LM),
+        "florence2" (visual tokens before the text: Florence-2's layout, kept when the tower
+        is left out for precomputed features) or "vl" (VL-T5 / VL-BART). Task prompts are
+        chosen per family (`modeling.tasks.FAMILY_PROMPTS`)."""
+        if self.lm_type == "bert":
+            return "blip"
+        return "florence2" if self.visual_position == "before_text" else "vl"
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the model reads an input's text (prompt, question, subtitles): False
+        for a BLIP captioning model, which has no text encoder (its decoder prompt is the
+        only text it sees), so tasks that ask a question cannot be done on it."""
+        architectures = self.lm.get("architectures") or [None]
+        return architectures[0] != "BlipForConditionalGeneration"
+
+    @property
     def tokens_per_image(self) -> int:
         """Visual tokens one image becomes: the pooled grid, or a BLIP ViT's 1 + patches."""
         if self.vision is not None and self.vision.tower == "blip":

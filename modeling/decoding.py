@@ -112,6 +112,9 @@ class DecodeRow:
     live beam. stream: called with each piece of settled text while a greedy row decodes
     (None: no streaming; a beam row's text is only known at its end). owner: the caller's
     handle (the engine's request). started: `time.perf_counter()` at creation, for timings.
+    prompt: decoder prompt ids (`VLBatch.decoder_prompts`), fed one per step after the
+    start token before any token is chosen; they are not part of tokens, text, scores or
+    max_new_tokens (transformers' `generate` with a decoder prompt counts the same way).
 
     Filled by `DecodeBatch`: tokens (greedy: generated so far; once finished: the result,
     eos excluded), text (the final text, once finished), streamed (the pieces sent so far).
@@ -124,10 +127,13 @@ class DecodeRow:
     stream: Callable[[str], None] | None = None
     owner: Any = None
     started: float = field(default_factory=time.perf_counter)
+    prompt: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     streamed: str = ""
     beams: BeamRow | None = field(default=None, init=False)
+    fed: int = field(default=0, init=False)  # prompt tokens scheduled so far
+    feeding: bool = field(default=False, init=False)  # the next token is prompt[fed - 1]
 
     @property
     def width(self) -> int:
@@ -136,7 +142,16 @@ class DecodeRow:
 
     def next_tokens(self) -> list[int]:
         """The token each of its cache rows feeds to the decoder next."""
+        if self.feeding:
+            return [self.prompt[self.fed - 1]] * self.width
         return [self.tokens[-1]] if self.beams is None else self.beams.next_tokens()
+
+    def feed_prompt(self) -> bool:
+        """Schedule the next prompt token instead of choosing one; False once the whole
+        prompt has been read (the logits are then the answer's)."""
+        self.feeding = self.fed < len(self.prompt)
+        self.fed += self.feeding
+        return self.feeding
 
 
 class DecodeBatch:
@@ -231,7 +246,9 @@ class DecodeBatch:
         best = logits.argmax(-1).tolist()  # one device sync for every greedy row
         for row in rows:
             width = row.width
-            if row.beams is None:
+            if row.feed_prompt():  # still reading its prompt: these logits choose nothing
+                sources = list(range(width))
+            elif row.beams is None:
                 sources = [0] if self._advance_greedy(row, best[offset]) else []
             else:
                 sources = row.beams.advance(logits[offset:offset + width].float()

@@ -35,7 +35,8 @@ def beam_search(backbone: VLBackbone, batch: VLBatch, bank: AdapterBank | None =
     """
     hidden, mask = backbone.encode(batch, bank, index)
     slots = [None] * batch.size if index is None else list(index.host_slots)
-    rows = [DecodeRow(slot, max_new_tokens, num_beams, length_penalty) for slot in slots]
+    rows = [DecodeRow(slot, max_new_tokens, num_beams, length_penalty, prompt=prompt)
+            for slot, prompt in zip(slots, batch.decoder_prompts(), strict=True)]
     decoding = DecodeBatch(backbone)
     decoding.join(rows, hidden, mask, bank)
     while decoding:

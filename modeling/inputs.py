@@ -113,10 +113,18 @@ def candidate_ids(tokenizer: PreTrainedTokenizerBase, labels: list[list[str]]) -
 
 def make_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str],
                visuals: list[VisualTokens], targets: list[str] | None = None,
-               max_text_tokens: int = 512, max_target_tokens: int = 64) -> VLBatch:
-    """Tokenise and pad one batch; targets become labels with -100 at padding."""
-    if len(texts) != len(visuals) or (targets is not None and len(targets) != len(texts)):
-        raise ValueError("texts, visuals and targets must have one entry per example")
+               max_text_tokens: int = 512, max_target_tokens: int = 64,
+               decoder_prompts: list[str] | None = None) -> VLBatch:
+    """Tokenise and pad one batch; targets become labels with -100 at padding.
+
+    decoder_prompts: per row the text its decoder reads before answering
+    (`TaskSpec.decoder_prompt_for`; "" for none): tokenised without special tokens into
+    `VLBatch.decoder_prompt`, and put before the row's target in its labels.
+    """
+    if any(len(column) != len(texts) for column in (visuals, targets or texts,
+                                                    decoder_prompts or texts)):
+        raise ValueError("texts, visuals, targets and decoder prompts must have one entry "
+                         "per example")
     text = tokenizer(texts, padding=True, truncation=True, max_length=max_text_tokens,
                      return_tensors="pt")
     longest = max(v.features.shape[0] for v in visuals)
@@ -129,11 +137,29 @@ def make_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str],
         visual[row, :count] = tokens.features
         visual_mask[row, :count] = True
         image_order[row, :count] = tokens.image_order
+    prompts = _decoder_prompts(tokenizer, decoder_prompts)
     labels = None
     if targets is not None:
-        encoded = tokenizer(targets, padding=True, truncation=True,
-                            max_length=max_target_tokens, return_tensors="pt")
-        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+        encoded = tokenizer(targets, truncation=True, max_length=max_target_tokens)
+        labels = _padded([p + t for p, t in zip(prompts or [[]] * len(targets),
+                                                encoded["input_ids"], strict=True)])
     return VLBatch(input_ids=text["input_ids"], text_mask=text["attention_mask"].bool(),
                    visual=visual, visual_mask=visual_mask, image_order=image_order,
-                   labels=labels)
+                   labels=labels, decoder_prompt=None if prompts is None else _padded(prompts))
+
+
+def _decoder_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str] | None
+                     ) -> list[list[int]] | None:
+    """Each prompt's ids without special tokens (the decoder's start token precedes them,
+    no end follows); None when no row has a prompt."""
+    if not prompts or not any(prompts):
+        return None
+    return [tokenizer(p, add_special_tokens=False)["input_ids"] if p else [] for p in prompts]
+
+
+def _padded(rows: list[list[int]]) -> torch.Tensor:
+    """Id lists -> [b, longest] long, -100 after each row's own ids."""
+    out = torch.full((len(rows), max(1, max(map(len, rows)))), -100, dtype=torch.long)
+    for index, row in enumerate(rows):
+        out[index, :len(row)] = torch.tensor(row, dtype=torch.long)
+    return out

@@ -2,7 +2,8 @@
 
 The prompts are VL-Adapter's (Sung et al., CVPR 2022, public code): the model input is
 ``prompt + question`` (or the prompt alone for image captioning), and the visual tokens
-follow the text.
+follow the text. A backbone family fine-tuned with prompts of its own (Florence-2) replaces
+some of them: ``FAMILY_PROMPTS``, read by ``TaskSpec.prompt_for``.
 
 The one task definition of the project: training, serving and the registry's PEFT import
 all read it, so it lives below them. Plain Python (no torch, nothing else of ours): the
@@ -14,6 +15,39 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+
+# The family of VL-T5 / VL-BART backbones (`modeling.families.vl`): VL-Adapter's prompts.
+DEFAULT_FAMILY = "vl"
+
+# Per backbone family (`BackboneConfig.family`), the prompts that replace a task's own on
+# that family's backbones. Training and serving read them through `TaskSpec.prompt_for`
+# alone, so an adapter is served with the prompt it was trained with.
+FAMILY_PROMPTS: dict[str, dict[str, str]] = {
+    "florence2": {
+        # Florence-2 captions on its task token `<CAPTION>`, which Florence2Processor
+        # (`task_prompts_without_inputs`) expands to this sentence before tokenising: the
+        # text a Florence-2 checkpoint was trained to caption from.
+        "caption": "What does the image describe?",
+        # Florence-2 has no question-answering task token. Its processor passes any text
+        # that is not one of its tokens through unchanged, and the common fine-tuning
+        # recipe for questions (Hugging Face's Florence-2 DocVQA fine-tune: "<DocVQA>" +
+        # question) prefixes a new tag in the task-token style. We do the same: the tag
+        # keeps VQA and GQA apart under one shared adapter (VL-Adapter's reason for
+        # prompts), and a client that uses Florence2Processor builds the same string.
+        "vqa": "<VQA>",
+        "gqa": "<GQA>",
+    },
+}
+
+# Per backbone family, text the decoder reads after its start token before it answers
+# (a decoder prompt): the answer is its continuation, and the loss and the returned text
+# cover the continuation only. BLIP captions this way: BlipForConditionalGeneration's
+# `generate(pixel_values, input_ids=prefix)` continues "a picture of" (the BLIP paper's
+# captioning prompt, the one its captioning checkpoints were fine-tuned with). Generative
+# tasks only: candidate scoring (`modeling.generation.score_candidates`) reads no prompt.
+DECODER_PROMPTS: dict[str, dict[str, str]] = {
+    "blip": {"caption": "a picture of"},
+}
 
 
 class TaskKind(StrEnum):
@@ -58,9 +92,21 @@ class TaskSpec:
         """How many entries ``Example.visual_ids`` holds: 1 image, 2 images or 1 video."""
         return 2 if self.visual_input is VisualInput.TWO_IMAGES else 1
 
-    def format_source(self, body: str) -> str:
-        """The encoder text: the prompt followed by ``body``, trailing spaces removed."""
-        return f"{self.prompt}{body}".rstrip()
+    def prompt_for(self, family: str = DEFAULT_FAMILY) -> str:
+        """The prompt on a backbone of ``family`` (``BackboneConfig.family``): the family's
+        override in ``FAMILY_PROMPTS`` when it has one for this task, else ``prompt``."""
+        return FAMILY_PROMPTS.get(family, {}).get(self.name, self.prompt)
+
+    def decoder_prompt_for(self, family: str = DEFAULT_FAMILY) -> str:
+        """The decoder prompt on a backbone of ``family`` (``DECODER_PROMPTS``); "" (the
+        decoder starts from its start token alone) for most tasks and families."""
+        return DECODER_PROMPTS.get(family, {}).get(self.name, "")
+
+    def format_source(self, body: str, family: str = DEFAULT_FAMILY) -> str:
+        """The encoder text: the family's prompt followed by ``body``, trailing spaces
+        removed. The one place a prompt meets its text (training's readers and the server's
+        requests both come here)."""
+        return f"{self.prompt_for(family)}{body}".rstrip()
 
     @property
     def is_scored(self) -> bool:
@@ -93,8 +139,9 @@ class TaskSpec:
         raise ValueError(f"task {self.name!r} generates its answer; it has no candidates")
 
     def source_text(self, text: str = "", choices: tuple[str, ...] = (),
-                    subtitles: str = "") -> str:
-        """The encoder text of one example, as VL-Adapter formats each task.
+                    subtitles: str = "", family: str = DEFAULT_FAMILY) -> str:
+        """The encoder text of one example on a backbone of ``family``, as VL-Adapter
+        formats each task.
 
         Image tasks: prompt + question / statement (captioning: the prompt alone). Video QA:
         ``[Subs] ... [Q] ... [Choices] a0: ... a1: ...``; video captioning: ``[Subs] ...``.
@@ -103,10 +150,11 @@ class TaskSpec:
         if self.kind is TaskKind.MULTIPLE_CHOICE:
             options = " ".join(f"a{index}: {choice}" for index, choice in enumerate(choices))
             body = f"[Q] {text.strip()} [Choices] {options}"
-            return self.format_source(f"[Subs] {subtitles} {body}" if subtitles else body)
+            return self.format_source(f"[Subs] {subtitles} {body}" if subtitles else body,
+                                      family)
         if self.kind is TaskKind.VIDEO_CAPTIONING:
-            return self.format_source(f"[Subs] {subtitles}" if subtitles else "")
-        return self.format_source(text)
+            return self.format_source(f"[Subs] {subtitles}" if subtitles else "", family)
+        return self.format_source(text, family)
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -134,7 +182,8 @@ def get_task(name: str) -> TaskSpec:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
 
 
-def task_prompt(name: str) -> str:
-    """The prompt an artifact records for task ``name``: the spec's for the eight tasks
-    (NLVR2's is ``"nlvr: "``), ``"<name>: "`` for any other task, VL-Adapter's pattern."""
-    return TASKS[name].prompt if name in TASKS else f"{name}: "
+def task_prompt(name: str, family: str = DEFAULT_FAMILY) -> str:
+    """The prompt an artifact records for task ``name`` on a backbone of ``family``: the
+    spec's for the eight tasks (NLVR2's is ``"nlvr: "``; ``TaskSpec.prompt_for``),
+    ``"<name>: "`` for any other task, VL-Adapter's pattern."""
+    return TASKS[name].prompt_for(family) if name in TASKS else f"{name}: "

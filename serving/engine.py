@@ -332,8 +332,10 @@ class Engine:
 
     def _batch(self, requests: list[Request], visuals: list[VisualTokens]
                ) -> tuple[VLBatch, RowIndex]:
+        family = self.backbone.config.family  # decoder prompts as training reads them
         batch = make_batch(self.tokenizer, [r.source_text for r in requests], visuals,
-                           max_text_tokens=self.max_text_tokens)
+                           max_text_tokens=self.max_text_tokens,
+                           decoder_prompts=[r.task.decoder_prompt_for(family) for r in requests])
         batch = batch.to(self.device)
         batch.visual = batch.visual.to(self.dtype)
         return batch, RowIndex.of([r.slot for r in requests], device=self.device)
@@ -364,10 +366,11 @@ class Engine:
         hidden, mask = self.backbone.encode(batch, bank, index)
         elapsed = (time.perf_counter() - start) * 1000
         rows = []
-        for request in requests:
+        for request, prompt in zip(requests, batch.decoder_prompts(), strict=True):
             request.timings["encode_ms"] = elapsed
             rows.append(DecodeRow(request.slot, request.max_new_tokens, request.num_beams,
-                                  stream=self._streamer(request), owner=request))
+                                  stream=self._streamer(request), owner=request,
+                                  prompt=prompt))
         self._answer_decoded(self._decoding.join(rows, hidden, mask, bank))
 
     @torch.no_grad()

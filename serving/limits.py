@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from modeling.inputs import check_features
-from modeling.tasks import TaskKind, TaskSpec, VisualInput
+from modeling.tasks import DEFAULT_FAMILY, TaskKind, TaskSpec, VisualInput
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 # A generous bound on the UTF-8 bytes one token of text covers (English BPE averages about
@@ -128,12 +128,13 @@ class RequestChecker:
     """
 
     def __init__(self, limits: Limits, tokenizer, processor, feat_dim: int, has_vision: bool,
-                 frame_grid: int = 0):
+                 frame_grid: int = 0, family: str = DEFAULT_FAMILY):
         """frame_grid: the backbone's `BackboneConfig.frame_grid` (0: frames are averaged,
-        any token count goes; k: a frame's features must be a square grid to pool)."""
+        any token count goes; k: a frame's features must be a square grid to pool).
+        family: its `BackboneConfig.family`, whose task prompts requests get (training's)."""
         self.limits, self.tokenizer = limits, copy.deepcopy(tokenizer)
         self.processor, self.feat_dim, self.has_vision = processor, feat_dim, has_vision
-        self.frame_grid = frame_grid
+        self.frame_grid, self.family = frame_grid, family
         self._count_tokens("")  # fixes the truncation setting before threads share it
 
     def check_message(self, size: int) -> None:
@@ -200,7 +201,7 @@ class RequestChecker:
                   **{f"choices[{i}]": choice for i, choice in enumerate(choices)}}
         for name, value in fields.items():
             self._check_bytes(name, value)
-        source = spec.source_text(text, tuple(choices), subtitles)
+        source = spec.source_text(text, tuple(choices), subtitles, self.family)
         limit = self.limits.max_text_tokens
         if self._count_tokens(source) > limit:
             raise InvalidInput(f"text (with the task prompt, choices and subtitles) is more "

@@ -33,7 +33,8 @@ def write_artifact(out_dir: str | Path, model: AdapterModel, backbone: VLBackbon
         "base_model": {"fingerprint": backbone.fingerprint(), "lm_type": backbone.config.lm_type,
                        "preset": backbone.config.preset},
         "methods": [entry.to_dict() for entry in model.resolved],
-        "tasks": {task: {"prompt": task_prompt(task)} for task in model.task_names},
+        "tasks": {task: {"prompt": task_prompt(task, backbone.config.family)}
+                  for task in model.task_names},
         "parameters": parameters,
         "metrics": metrics or {},
     }

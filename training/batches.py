@@ -12,7 +12,7 @@ import numpy as np
 
 from modeling.backbone import VLBatch
 from modeling.inputs import make_batch
-from modeling.tasks import TASKS, TaskKind
+from modeling.tasks import DEFAULT_FAMILY, TASKS, TaskKind
 from training.data.example import Example
 from training.data.image_text import sample_vqa_target
 from training.features import VisualFeatures
@@ -85,10 +85,14 @@ class MultiTaskSampler:
 
 
 def training_batch(tokenizer, examples: list[Example], features: VisualFeatures, seed: int,
-                   step: int) -> tuple[VLBatch, list[float]]:
-    """Tokenised batch with sampled targets; returns (batch, per-row loss weights)."""
+                   step: int, family: str = DEFAULT_FAMILY) -> tuple[VLBatch, list[float]]:
+    """Tokenised batch with sampled targets, decoder prompts of a backbone of `family`
+    (`VLBatch.answer_labels` is what the loss reads); returns (batch, per-row loss
+    weights)."""
     rng = np.random.default_rng([seed, step, 11])
     targets, weights = zip(*(training_target(e, rng) for e in examples), strict=True)
     batch = make_batch(tokenizer, [e.source_text for e in examples],
-                       [features.tokens(e) for e in examples], list(targets))
+                       [features.tokens(e) for e in examples], list(targets),
+                       decoder_prompts=[TASKS[e.task].decoder_prompt_for(family)
+                                        for e in examples])
     return batch, list(weights)

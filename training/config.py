@@ -32,7 +32,7 @@ from adapters_registry.method_config import PUBLISH_SIZES, method_config_problem
 from modeling.config import PRESETS
 from modeling.presets import method_preset
 from modeling.recipe import MethodEntry
-from modeling.tasks import TASKS
+from modeling.tasks import DEFAULT_FAMILY, TASKS
 from training.data.example import Example
 from training.data.formats import LoadOptions, SplitData
 from training.data.registry import format_names, read_split
@@ -256,17 +256,21 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def read_task_split(task: str, data: TaskData, split: str,
-                    one_per_caption: bool | None = None) -> SplitData:
+                    one_per_caption: bool | None = None,
+                    family: str = DEFAULT_FAMILY) -> SplitData:
     """One split (`train`, `val`, `test`) of a configured task, with the format it was read
-    as (see `training.data.read_split` for the errors)."""
+    as (see `training.data.read_split` for the errors), prompted for a backbone of `family`
+    (`BackboneConfig.family`)."""
     annotations = data.annotations.replace("{split}", split) if data.annotations else None
     options = LoadOptions(split=split, data_format=data.format,
                           vqa_annotations_path=Path(annotations) if annotations else None,
                           subtitles_path=Path(data.subtitles) if data.subtitles else None,
-                          one_per_caption=one_per_caption)
+                          one_per_caption=one_per_caption, family=family)
     return read_split(task, getattr(data, split), options)
 
 
-def load_task_split(task: str, data: TaskData, split: str) -> list[Example]:
-    """The examples of one split (`train`, `val`, `test`) of a configured task."""
-    return read_task_split(task, data, split).examples
+def load_task_split(task: str, data: TaskData, split: str,
+                    family: str = DEFAULT_FAMILY) -> list[Example]:
+    """The examples of one split (`train`, `val`, `test`) of a configured task, prompted
+    for a backbone of `family`."""
+    return read_task_split(task, data, split, family=family).examples

@@ -22,12 +22,12 @@ from tqdm import tqdm
 
 from modeling import families
 from modeling.backbone import VLBackbone
-from modeling.config import PRESETS, BackboneConfig
+from modeling.config import PRESETS, BackboneConfig, preset
 from modeling.methods.base import BackboneFacts
 from modeling.methods.full_finetuning import FullFinetuning
 from modeling.params import report
 from modeling.recipe import AdapterModel
-from modeling.tasks import TASKS
+from modeling.tasks import DEFAULT_FAMILY, TASKS
 from training.adapter_step import adapter_logits, sequence_loss
 from training.artifact import write_artifact
 from training.batches import MultiTaskSampler, TaskStream, training_batch
@@ -42,10 +42,11 @@ from training.text import corpus_tokenizer
 Splits = dict[str, tuple[list[Example], list[Example]]]
 
 
-def load_splits(config: RunConfig) -> Splits:
-    """task -> (its whole train split, its val split or []), as the run config names them."""
-    return {task: (load_task_split(task, data, "train"),
-                   load_task_split(task, data, "val") if data.val else [])
+def load_splits(config: RunConfig, family: str = DEFAULT_FAMILY) -> Splits:
+    """task -> (its whole train split, its val split or []), as the run config names them,
+    prompted for a backbone of `family` (`BackboneConfig.family`)."""
+    return {task: (load_task_split(task, data, "train", family),
+                   load_task_split(task, data, "val", family) if data.val else [])
             for task, data in config.tasks.items()}
 
 
@@ -99,10 +100,14 @@ class Trainer:
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.show_progress = show_progress and self.rank == 0
         torch.manual_seed(config.seed)
-        splits = load_splits(config)
         # A backbone built here from a preset is saved with the artifact: it exists nowhere else.
         self.built_from_preset = backbone is None and config.backbone in PRESETS
-        self.backbone = backbone or load_backbone(config.backbone, splits)
+        if self.built_from_preset:  # its tokenizer is built from the run's words
+            splits = load_splits(config, preset(config.backbone).family)
+            self.backbone = load_backbone(config.backbone, splits)
+        else:  # the family's task prompts go into the examples' text
+            self.backbone = backbone or load_backbone(config.backbone, {})
+            splits = load_splits(config, self.backbone.config.family)
         if self.backbone.tokenizer is None:
             raise ConfigError(f"backbone: {config.backbone} has no tokenizer/ folder: train "
                               "from a backbone folder with one (train-adapter pretrain writes "
@@ -150,7 +155,8 @@ class Trainer:
         share = rows[self.rank::self.world]
         # A rank with no row still runs one (weighted 0), so every rank runs the same steps.
         batch, weights = training_batch(self.backbone.tokenizer, share or rows[:1],
-                                        self.tasks[task].features, self.config.seed, step)
+                                        self.tasks[task].features, self.config.seed, step,
+                                        self.backbone.config.family)
         weights = weights if share else [0.0]
         device = self.config.device
         batch = batch.to(device)
@@ -161,7 +167,7 @@ class Trainer:
                 logits = self.full.model(batch)
             else:
                 logits = adapter_logits(self.backbone, self.model, batch, [task] * batch.size)
-        loss = sequence_loss(logits, batch.labels, torch.tensor(weights, device=device))
+        loss = sequence_loss(logits, batch.answer_labels, torch.tensor(weights, device=device))
         return loss, self._share_of_batch(sum(weights))
 
     def _share_of_batch(self, weight: float) -> float:

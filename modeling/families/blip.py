@@ -108,12 +108,7 @@ def load(folder: Path) -> BlipBackbone:
     """The BLIP VQA or captioning model saved in `folder` (weights, and its tokenizer when
     the folder has one) as a frozen backbone; a ValueError of one line otherwise."""
     folder = Path(folder)
-    data = json.loads((folder / "config.json").read_text())
-    architecture = (data.get("architectures") or [None])[0]
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"{folder}: BLIP architecture {architecture!r} is not a "
-                         f"vision-language generator; expected one of {sorted(ARCHITECTURES)}")
-    model_cls, _ = ARCHITECTURES[architecture]
+    model_cls, _ = ARCHITECTURES[_architecture(folder)]
     try:
         model = model_cls.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as err:
@@ -122,6 +117,27 @@ def load(folder: Path) -> BlipBackbone:
     if any((folder / name).is_file() for name in TOKENIZER_FILES):
         tokenizer = load_tokenizer(folder, model.config.text_config.vocab_size)
     return BlipBackbone(model, tokenizer)
+
+
+def _architecture(folder: Path) -> str:
+    """The folder's BLIP class name (config.json `architectures`); a ValueError of one line
+    when it is no BLIP generator."""
+    data = json.loads((folder / "config.json").read_text())
+    architecture = (data.get("architectures") or [None])[0]
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"{folder}: BLIP architecture {architecture!r} is not a "
+                         f"vision-language generator; expected one of {sorted(ARCHITECTURES)}")
+    return architecture
+
+
+def config(folder: Path) -> BackboneConfig:
+    """Our config of a BLIP folder from its config.json alone (no weights read)."""
+    folder = Path(folder)
+    architecture = _architecture(folder)
+    settings = BlipConfig.from_pretrained(folder, local_files_only=True)
+    for part in (settings, settings.text_config, settings.vision_config):
+        part.dtype = torch.float32  # what `load` reading the weights in float32 records
+    return backbone_config(settings, architecture)
 
 
 def backbone_config(config: BlipConfig, architecture: str) -> BackboneConfig:

@@ -10,7 +10,7 @@ from blip_helpers import blip_batch, blip_folder
 from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering
 
 from modeling.families import blip
-from modeling.generation import greedy
+from modeling.generation import beam_search, greedy
 
 HF_CLASS = {"vqa": BlipForQuestionAnswering, "caption": BlipForConditionalGeneration}
 # Every setting that changes greedy decoding, set explicitly (a model's generation config
@@ -76,3 +76,28 @@ def test_blip_teacher_forced_logits_match_library(pair):
             expected = hf(pixel_values=pixels, input_ids=decoder_ids).logits
     assert ours.shape == expected.shape
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_blip_caption_continues_its_decoder_prompt_as_library_generate(tmp_path, num_beams):
+    """BlipForConditionalGeneration.generate(pixel_values, input_ids=prefix) reads
+    [DEC] + prefix and continues it; ours, given the prefix as the batch's decoder prompt,
+    returns that continuation (the prefix left out), token for token."""
+    folder = blip_folder(tmp_path, "caption", seed=5)
+    backbone, hf = blip.load(folder), BlipForConditionalGeneration.from_pretrained(folder).eval()
+    pixels, _ = _inputs(backbone)
+    prompt = [7, 11, 5]  # "a picture of" in some vocabulary
+    ids = torch.tensor([[backbone.decoder_start_token_id, *prompt, backbone.eos_token_id]] * 3)
+    settings = {**GREEDY, "num_beams": num_beams, "early_stopping": True}
+    with torch.no_grad():
+        out = hf.generate(pixel_values=pixels, input_ids=ids, **settings)
+    assert out[:, 1:1 + len(prompt)].tolist() == [prompt] * 3  # the library continues it
+    expected = _library_tokens(out[:, len(prompt):], backbone.eos_token_id)
+    batch = blip_batch(backbone, pixels, ids)
+    batch.decoder_prompt = torch.tensor([prompt] * 3)
+    ours = beam_search(backbone, batch, max_new_tokens=8, num_beams=num_beams)
+    assert ours == expected
+    assert len({tuple(row) for row in ours}) > 1  # outputs depend on the image
+    without = beam_search(backbone, blip_batch(backbone, pixels, ids), max_new_tokens=8,
+                          num_beams=num_beams)
+    assert without != ours  # the prompt changed what follows

@@ -40,3 +40,63 @@ def test_task_prompt_is_the_spec_prompt_or_the_name_and_a_colon():
     assert {task: task_prompt(task) for task in TASKS} == {
         task: spec.prompt for task, spec in TASKS.items()}
     assert task_prompt("refcoco") == "refcoco: "
+
+
+def _florence2_processor():
+    """transformers' Florence2Processor over a tiny word tokenizer (its prompt table is
+    what this checks; the tokenizer only has to carry the image token)."""
+    from transformers import CLIPImageProcessorPil, Florence2Processor
+
+    from modeling.tokenizer import build_word_tokenizer
+    tokenizer = build_word_tokenizer(["what"], "bart", 64)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.image_token, tokenizer.image_token_id = "<image>", tokenizer.convert_tokens_to_ids(
+        "<image>")
+    images = CLIPImageProcessorPil()
+    images.image_seq_length = 1
+    return Florence2Processor(images, tokenizer)
+
+
+def test_florence2_prompts_are_what_florence2_processor_builds_from_its_task_tokens():
+    """Captioning: the processor's expansion of `<CAPTION>`; VQA: a tagged question, which
+    the processor passes through unchanged (a client using it sends the same text)."""
+    processor = _florence2_processor()
+    caption = TASKS["caption"].source_text(family="florence2")
+    assert processor._construct_prompts(["<CAPTION>"]) == [caption]
+    question = TASKS["vqa"].source_text("what is left of the cube?", family="florence2")
+    assert processor._construct_prompts([question]) == [question]
+    assert question == "<VQA>what is left of the cube?"
+    assert TASKS["gqa"].source_text("what?", family="florence2") == "<GQA>what?"
+    assert task_prompt("caption", "florence2") == caption
+
+
+def test_vl_and_blip_families_keep_vl_adapter_prompts():
+    for family in ("vl", "blip"):
+        for name, spec in TASKS.items():
+            assert spec.prompt_for(family) == spec.prompt == task_prompt(name, family)
+    assert TASKS["vqa"].source_text("what?") == "vqa: what?"
+
+
+def test_backbone_family_of_each_config_names_its_modeling_families_module():
+    from modeling.config import preset
+    from modeling.families import blip, florence2
+
+    config = florence2.backbone_config(florence2.sized_config("tiny"), 32)
+    assert config.family == config.with_features(32).family == "florence2"
+    vqa = blip.random_model("vqa", "tiny", device="meta")
+    assert blip.backbone_config(vqa.config, "BlipForQuestionAnswering").family == "blip"
+    assert preset("tiny").family == preset("tiny-bart").family == "vl"
+
+
+@pytest.mark.parametrize("mode", ["vqa", "caption"])
+def test_only_a_blip_captioning_model_reads_no_text_and_its_config_json_says_so(tmp_path,
+                                                                                mode):
+    from blip_helpers import blip_folder
+
+    from modeling.config import preset
+    from modeling.families import backbone_config, blip
+
+    folder = blip_folder(tmp_path, mode)
+    assert backbone_config(folder) == blip.load(folder).config  # config.json alone
+    assert backbone_config(folder).reads_text == (mode == "vqa")
+    assert preset("tiny").reads_text and preset("tiny-bart").reads_text

@@ -154,9 +154,11 @@ def direct(backbone: VLBackbone, model: AdapterModel, message) -> tuple[str, lis
         visual = VisualTokens(tokens[valid], torch.zeros(int(valid.sum()), dtype=torch.long))
     else:
         visual = VisualTokens.concat(list(backbone.encode_images(pixels)))
-    source = spec.source_text(message.text, tuple(message.choices), message.video.subtitles)
+    source = spec.source_text(message.text, tuple(message.choices), message.video.subtitles,
+                              backbone.config.family)
     tokenizer = backbone.tokenizer
-    batch = make_batch(tokenizer, [source], [visual])
+    batch = make_batch(tokenizer, [source], [visual],
+                       decoder_prompts=[spec.decoder_prompt_for(backbone.config.family)])
     bank = build_bank([model.materialize(message.task)], backbone.frozen_tensors(),
                             backbone.config.d_model, torch.zeros(()))
     index = RowIndex.of(torch.zeros(1, dtype=torch.long))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modeling.tasks import DEFAULT_FAMILY
 from training.data.example import Example
 from training.data.records import Document, Shape
 
@@ -31,6 +32,8 @@ class LoadOptions:
             or a JSONL file).
         one_per_caption: caption tasks yield one example per reference (training); ``None``
             means: for COCO when ``split == "train"``, never for video captions.
+        family: the backbone family the examples are for (``BackboneConfig.family``): its
+            task prompts start each ``source_text`` (``modeling.tasks.FAMILY_PROMPTS``).
     """
 
     split: str | None = None
@@ -38,6 +41,7 @@ class LoadOptions:
     vqa_annotations_path: Path | None = None
     subtitles_path: Path | None = None
     one_per_caption: bool | None = None
+    family: str = DEFAULT_FAMILY
 
 
 Reader = Callable[[Document, LoadOptions], list[Example]]

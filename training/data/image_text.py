@@ -86,16 +86,19 @@ def _scored_targets(label: dict[str, float]) -> tuple[tuple[str, ...], tuple[flo
 
 
 def _question(task: str, question_id: str, image_id: str, text: str, label: dict[str, float],
-              answers: tuple[str, ...] = (), question_type: str | None = None) -> Example:
-    """One open question (VQA / GQA) with its label ``{answer: score}`` as targets."""
+              family: str, answers: tuple[str, ...] = (),
+              question_type: str | None = None) -> Example:
+    """One open question (VQA / GQA) with its label ``{answer: score}`` as targets, its
+    encoder text prompted for a backbone of ``family``."""
     targets, weights = _scored_targets(label)
     return Example(task=task, example_id=question_id, visual_ids=(image_id,),
-                   source_text=get_task(task).format_source(text), text=text, targets=targets,
+                   source_text=get_task(task).format_source(text, family), text=text,
+                   targets=targets,
                    target_weights=weights, answers=answers, question_type=question_type)
 
 
 def _read_vl_t5_questions(document: Document, task: str,
-                          annotations: dict[str, VqaAnnotation]) -> list[Example]:
+                          annotations: dict[str, VqaAnnotation], family: str) -> list[Example]:
     """VL-T5 VQA / GQA records; ``label`` may be absent (unlabelled test split)."""
     examples = []
     for question_id, record in identified_records(document.items(), "question_id"):
@@ -103,14 +106,15 @@ def _read_vl_t5_questions(document: Document, task: str,
         annotation = annotations.get(question_id)
         question_type = record.text("question_type") if record.has("question_type") else None
         examples.append(_question(task, question_id, record.identifier("img_id"),
-                                  record.text("sent"), label,
+                                  record.text("sent"), label, family,
                                   annotation.answers if annotation else (), question_type))
     return examples
 
 
 def _read_vqa_vl_t5(document: Document, options: LoadOptions) -> list[Example]:
     path = options.vqa_annotations_path
-    return _read_vl_t5_questions(document, "vqa", load_vqa_annotations(path) if path else {})
+    return _read_vl_t5_questions(document, "vqa", load_vqa_annotations(path) if path else {},
+                                 options.family)
 
 
 def _read_vqav2(document: Document, options: LoadOptions) -> list[Example]:
@@ -129,7 +133,7 @@ def _read_vqav2(document: Document, options: LoadOptions) -> list[Example]:
                 record.fail("question_id", f"a question with an entry in {path}", question_id)
         examples.append(_question(
             "vqa", question_id, image, record.text("question"),
-            vqa_label(annotation.answers) if annotation else {},
+            vqa_label(annotation.answers) if annotation else {}, options.family,
             annotation.answers if annotation else (),
             annotation.question_type if annotation else None))
     return examples
@@ -145,20 +149,22 @@ def _read_gqa_balanced(document: Document, options: LoadOptions) -> list[Example
         question_type = types.text("structural") if types and types.has("structural") else None
         examples.append(_question("gqa", question_id, record.identifier("imageId"),
                                   record.text("question"), {answer: 1.0} if answer else {},
-                                  question_type=question_type))
+                                  options.family, question_type=question_type))
     return examples
 
 
-def _pair(identifier: str, image_ids: tuple[str, str], sentence: str, label: int) -> Example:
-    """One NLVR2 statement about an image pair; target ``"true"`` (label 1) or ``"false"``."""
+def _pair(identifier: str, image_ids: tuple[str, str], sentence: str, label: int,
+          family: str) -> Example:
+    """One NLVR2 statement about an image pair; target ``"true"`` (label 1) or ``"false"``;
+    its encoder text prompted for a backbone of ``family``."""
     return Example(task="nlvr2", example_id=identifier, visual_ids=image_ids,
-                   source_text=get_task("nlvr2").format_source(sentence), text=sentence,
+                   source_text=get_task("nlvr2").format_source(sentence, family), text=sentence,
                    targets=("true" if label == 1 else "false",), label=label)
 
 
 def _read_nlvr2_vl_t5(document: Document, options: LoadOptions) -> list[Example]:
     return [_pair(identifier, (record.identifier("img0"), record.identifier("img1")),
-                  record.text("sent"), record.integer("label", allowed=range(2)))
+                  record.text("sent"), record.integer("label", allowed=range(2)), options.family)
             for identifier, record in identified_records(document.items(), "identifier")]
 
 
@@ -172,7 +178,7 @@ def _read_nlvr2(document: Document, options: LoadOptions) -> list[Example]:
                         "'dev-850-0-0' (its images: '<split>-<set>-<pair>-img0/1')", identifier)
         label = record.one_of("label", ("True", "False")) == "True"
         examples.append(_pair(identifier, (f"{pair}-img0", f"{pair}-img1"),
-                              record.text("sentence"), int(label)))
+                              record.text("sentence"), int(label), options.family))
     return examples
 
 
@@ -194,7 +200,8 @@ def _read_karpathy(document: Document, options: LoadOptions) -> list[Example]:
         references = tuple(sentence.text("raw").strip() for sentence in record.objects("sentences"))
         examples += caption_examples(coco_id, references, expand, task="caption",
                                      visual_ids=(image_id,),
-                                     source_text=get_task("caption").format_source(""))
+                                     source_text=get_task("caption").format_source(
+                                         "", options.family))
     return examples
 
 
@@ -210,7 +217,8 @@ IMAGE_TEXT_FORMATS: dict[str, tuple[DataFormat, ...]] = {
         DataFormat("gqa", "official GQA questions {question_id: {imageId, question, answer?}}",
                    (Shape.OBJECT,), _read_gqa_balanced),
         DataFormat("vl-t5", _VL_T5_QUESTIONS, (Shape.LIST,),
-                   lambda document, options: _read_vl_t5_questions(document, "gqa", {})),
+                   lambda document, options: _read_vl_t5_questions(document, "gqa", {},
+                                                                         options.family)),
     ),
     "nlvr2": (
         DataFormat("nlvr2", "official NLVR2 JSON lines {identifier, sentence, label: "

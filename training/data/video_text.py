@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from modeling.tasks import TaskKind, get_task
+from modeling.tasks import DEFAULT_FAMILY, TaskKind, get_task
 from training.data.example import Example, caption_examples
 from training.data.formats import DataFormat, LoadOptions
 from training.data.records import Document, Record, Shape, identified_records
@@ -54,9 +54,11 @@ def _video_task(task: str, kind: TaskKind) -> None:
         raise ValueError(f"task {task!r} is not a {kind.value} video task")
 
 
-def read_video_qa(document: Document, task: str, subtitles: Mapping[str, str]) -> list[Example]:
+def read_video_qa(document: Document, task: str, subtitles: Mapping[str, str],
+                  family: str = DEFAULT_FAMILY) -> list[Example]:
     """TVQA / How2QA multiple-choice questions; ``answer_idx`` may be absent (test split);
-    ``[Subs]`` is left out of the text of a video without subtitles."""
+    ``[Subs]`` is left out of the text of a video without subtitles; the prompt is the one
+    of a backbone of ``family``."""
     _video_task(task, TaskKind.MULTIPLE_CHOICE)
     spec = get_task(task)
     examples = []
@@ -71,7 +73,7 @@ def read_video_qa(document: Document, task: str, subtitles: Mapping[str, str]) -
                 task=task,
                 example_id=question_id,
                 visual_ids=(vid_name,),
-                source_text=spec.source_text(record.text("q"), choices, subtitle_text),
+                source_text=spec.source_text(record.text("q"), choices, subtitle_text, family),
                 text=record.text("q"),
                 subtitles=subtitle_text,
                 targets=(f"a{label}",) if label is not None else (),
@@ -92,7 +94,8 @@ def _clip_examples(task: str, clip_id: str, vid_name: str, references: tuple[str
     subtitle_text = subtitles.get(vid_name, "")
     return caption_examples(clip_id, references, bool(options.one_per_caption), task=task,
                             visual_ids=(vid_name,), subtitles=subtitle_text,
-                            source_text=get_task(task).source_text(subtitles=subtitle_text),
+                            source_text=get_task(task).source_text(subtitles=subtitle_text,
+                                                                   family=options.family),
                             time_span=time_span)
 
 
@@ -130,7 +133,7 @@ def _read_youcook2(document: Document, options: LoadOptions) -> list[Example]:
 
 def _qa_format(task: str, name: str, summary: str) -> DataFormat:
     return DataFormat(name, summary, _JSON_LINES, lambda document, options: read_video_qa(
-        document, task, _subtitles(options)))
+        document, task, _subtitles(options), options.family))
 
 
 def _captions_format(task: str) -> DataFormat:

@@ -1,0 +1,48 @@
+"""BLIP captioning trains on the continuation of its decoder prompt ("a picture of"):
+the decoder reads the prompt teacher-forced, and the loss covers the caption alone."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from modeling.families import blip
+from modeling.tokenizer import build_word_tokenizer
+from training.adapter_step import adapter_logits
+from training.batches import training_batch
+from training.config import load_task_split, parse_config
+from training.text import corpus_words
+from training.trainer import Trainer
+
+
+def test_blip_caption_loss_is_taken_on_the_continuation_of_the_prompt_only(world, tmp_path):
+    raw = {**world["raw"], "backbone": str(tmp_path / "blip"), "steps": 1,
+           "tasks": {"caption": world["raw"]["tasks"]["caption"]},
+           "methods": [{"method": "lora", "config": {"rank": 4}}]}
+    examples = load_task_split("caption", parse_config(raw).tasks["caption"], "train")
+    model = blip.random_model("caption", "tiny", seed=0)
+    model.save_pretrained(tmp_path / "blip")
+    tokenizer = build_word_tokenizer(corpus_words(examples) | {"a", "picture", "of"}, "bert",
+                                     model.config.text_config.vocab_size)
+    tokenizer.save_pretrained(tmp_path / "blip")
+    trainer = Trainer(parse_config(raw), tmp_path / "run", show_progress=False)
+    trainer.model.eval()
+    rows = trainer.tasks["caption"].train[:3]
+
+    loss, _ = trainer._loss("caption", rows, step=0)
+
+    batch, _ = training_batch(tokenizer, rows, trainer.tasks["caption"].features,
+                              trainer.config.seed, 0, family="blip")
+    prompt = tokenizer("a picture of", add_special_tokens=False)["input_ids"]
+    assert len(prompt) == 3 and tokenizer.unk_token_id not in prompt
+    assert batch.labels[:, :3].tolist() == [prompt] * 3  # the decoder reads the prompt
+    with torch.no_grad():
+        logits = adapter_logits(trainer.backbone, trainer.model, batch, ["caption"] * 3)
+    caption_logits, captions = logits[:, 3:], batch.labels[:, 3:]
+    per_row = [F.cross_entropy(caption_logits[r][captions[r] != -100],
+                               captions[r][captions[r] != -100]) for r in range(3)]
+    torch.testing.assert_close(loss.detach(), torch.stack(per_row).mean())
+    with_prompt = F.cross_entropy(logits.transpose(1, 2), batch.labels, ignore_index=-100,
+                                  reduction="none")
+    assert not torch.allclose(loss.detach(), (with_prompt.sum(1) / (batch.labels != -100)
+                                              .sum(1)).mean())  # the prompt is not scored
