@@ -70,7 +70,7 @@ def main() -> None:
     cache = PixelCache(world, preset("small").vision.image_size)
     torch.manual_seed(0)
     layouts = {"one mean vector per frame (old)": replace(
-        preset("small"), frame_grid=0, frame_order=False, n_images=2),
+        preset("small"), frame_grid=0, frame_order=False, cell_order=False, n_images=2),
         "2x2 grid per frame (new)": preset("small")}
     backbones = {name: VLBackbone.from_config(config, seed=0)
                  for name, config in layouts.items()}

@@ -24,7 +24,7 @@ from pathlib import Path
 from demo.serve import serve_and_ask
 from modeling import families
 from modeling.backbone import CONFIG_FILE
-from modeling.cli_parser import OneLineParser
+from modeling.cli_parser import OneLineParser, positive_int
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS
 from modeling.tasks import TASKS
@@ -45,12 +45,13 @@ def stage(name: str) -> Iterator[None]:
     print(f"-- {name}: {time.time() - start:.0f}s")
 
 
-def benchmark_backbone(pretrain_steps: int, given: Path | None = None) -> Path:
+def benchmark_backbone(pretrain_steps: int | None, given: Path | None = None) -> Path:
     """The user's backbone folder when given (any family); else the shipped pre-trained
     backbone when the repository has it (the main world is generated with the seed and
     sizes it was pre-trained beside, so its tokenizer covers every word); else
-    `pretrain`'s, trained now or reused from runs/."""
-    settings = PretrainSettings(steps=pretrain_steps)
+    `pretrain`'s, trained now or reused from runs/ (`pretrain_steps` None: the default)."""
+    settings = PretrainSettings() if pretrain_steps is None else \
+        PretrainSettings(steps=pretrain_steps)
     if given is not None:
         print(f"== Generating the synthetic world; backbone {given} ==")
         generate(RUNS / "data" / "world", seed=settings.seed, sizes=settings.sizes)
@@ -108,7 +109,8 @@ def train_adapter(steps: int, backbone: Path) -> Trainer:
 
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="python -m demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--pretrain-steps", type=int, default=1000)
+    parser.add_argument("--pretrain-steps", type=positive_int,
+                        help="when no backbone is shipped (default: PretrainSettings)")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--backbone", type=Path,
                         help="a backbone folder of any family (`train-adapter backbone build`) "

@@ -26,7 +26,8 @@ VisualPosition = Literal["after_text", "before_text"]
 # Switches added after backbones were saved: name -> the value that means "as before".
 _VISION_SWITCHES = {"tower": "clip", "settings": None}
 _BACKBONE_SWITCHES = {"visual": "projection", "visual_position": "after_text",
-                      "visual_semantics": "plain", "frame_grid": 0, "frame_order": False}
+                      "visual_semantics": "plain", "frame_grid": 0, "frame_order": False,
+                      "cell_order": False}
 
 
 def _without_defaults(fields: dict[str, Any], switches: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +105,11 @@ class BackboneConfig:
         frame_order: tag each video token with its frame's index, so the projection adds a
             learned frame-order embedding (the image-order table), as video-language models
             add temporal positions; False tags every frame 0.
+        cell_order: with `frame_order` and a `frame_grid`, tag each video token with its
+            own index, frame * cells + cell, so the order embedding says where a cell is
+            as well as when: visual tokens carry no text positions, so without it the cells
+            of a frame are an unordered set to the LM, which then cannot tell a shape moving
+            left from one moving right (n_images >= max_frames * cells).
         visual_semantics: "vlt5" (the papers' encoder, `modeling.joint_encoder`) or
             "plain". A config saved without the field is "plain", and "plain" is not
             written, so saved backbones load, answer and fingerprint as before.
@@ -128,6 +134,7 @@ class BackboneConfig:
     visual_position: VisualPosition = "after_text"
     frame_grid: int = 0
     frame_order: bool = False
+    cell_order: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (("visual_semantics", ("vlt5", "plain")),
@@ -141,6 +148,12 @@ class BackboneConfig:
         if self.frame_order and self.n_images < self.max_frames:
             raise ValueError(f"frame_order needs n_images >= max_frames ({self.max_frames}) "
                              f"order embeddings, got n_images={self.n_images}")
+        if self.cell_order and not (self.frame_order and self.frame_grid > 0):
+            raise ValueError("cell_order needs frame_order and a frame_grid > 0")
+        if self.cell_order and self.n_images < self.max_frames * self.frame_grid ** 2:
+            raise ValueError(f"cell_order needs n_images >= max_frames * frame_grid**2 "
+                             f"({self.max_frames * self.frame_grid ** 2}) order embeddings, "
+                             f"got n_images={self.n_images}")
 
     @property
     def family(self) -> str:
@@ -235,7 +248,7 @@ PRESETS: dict[str, BackboneConfig] = {
         vision=VisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=3,
                             image_size=64, patch_size=8),
         image_grid=4, max_frames=8, preset="small", frame_grid=2, frame_order=True,
-        n_images=8,
+        cell_order=True, n_images=32,
     ),
     # The papers' sizes, with precomputed CLIP RN101 grid features (2048-d, 6x6 per image).
     "vl-t5-base": BackboneConfig(

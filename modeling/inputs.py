@@ -43,7 +43,10 @@ class VisualTokens:
     @classmethod
     def video(cls, tokens: torch.Tensor, config: BackboneConfig) -> VisualTokens:
         """A video's valid tokens [n, feat] (frame-major, `modeling.visual.video_tokens`):
-        tagged with their frame's index when `config.frame_order`, else all 0 (one image)."""
+        tagged with their frame's index when `config.frame_order` (with `cell_order`: each
+        token its own index, frame * cells + cell), else all 0 (one image)."""
+        if config.cell_order:
+            return cls(tokens, torch.arange(tokens.shape[0]))
         if config.frame_order:
             return cls(tokens, frame_index(tokens.shape[0], config.frame_grid))
         return cls(tokens, torch.zeros(tokens.shape[0], dtype=torch.long))

@@ -142,17 +142,22 @@ def data_check_command(args: argparse.Namespace) -> int:
 
 
 def pretrain_settings(args: argparse.Namespace):
-    """The `PretrainSettings` of a parsed `train-adapter pretrain` command line."""
+    """The `PretrainSettings` of a parsed `train-adapter pretrain` command line: its
+    defaults where an option is not given."""
     from training.pretrain import PretrainSettings
 
-    return PretrainSettings(steps=args.steps, lr=args.lr, seed=args.seed)
+    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+             "seed": args.seed}
+    return PretrainSettings(**{name: value for name, value in given.items() if value is not None})
 
 
 def pretrain_command(args: argparse.Namespace) -> int:
     """Pre-train the benchmark backbone on a separate synthetic world (cached)."""
-    from training.pretrain import pretrain
+    from training.pretrain import pretrain, pretrain_command_line
 
-    pretrain(args.out, args.data, pretrain_settings(args), show_progress=not args.quiet)
+    settings = pretrain_settings(args)
+    pretrain(args.out, args.data, settings, show_progress=not args.quiet,
+             command=pretrain_command_line(args.out, args.data, settings))
     print(f"backbone: {args.out}")
     return 0
 
@@ -207,9 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre = commands.add_parser("pretrain", help="pre-train the synthetic benchmark's backbone")
     pre.add_argument("--out", default="runs/backbone-small", help="backbone folder (reused)")
     pre.add_argument("--data", default="runs/data", help="where the synthetic worlds go")
-    pre.add_argument("--steps", type=positive_int, default=1000)
-    pre.add_argument("--lr", type=float, default=5e-4)
-    pre.add_argument("--seed", type=int, default=0)
+    defaults = "default: training.pretrain.PretrainSettings"
+    pre.add_argument("--steps", type=positive_int, help=defaults)
+    pre.add_argument("--batch-size", type=positive_int, help=defaults)
+    pre.add_argument("--lr", type=float, help=defaults)
+    pre.add_argument("--seed", type=int, help=defaults)
     pre.add_argument("--quiet", action="store_true")
     pre.set_defaults(run=pretrain_command)
     add_backbone_commands(commands)

@@ -13,7 +13,6 @@ The result is a backbone folder (weights + word tokenizer) reused while it exist
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from training.features import features_for
 from training.metrics import evaluate
 from training.synthetic import generate
 from training.synthetic.generate import SplitSizes
+from training.synthetic.video_tasks import MOTION_WORD, motion_question, shape_motions
 from training.synthetic_run import synthetic_tasks
 from training.text import corpus_tokenizer
 
@@ -43,16 +43,34 @@ PRETRAIN_TASKS = ("caption", "vqa", "gqa", "tvc")
 PRETRAIN_SEED = 1000
 VIDEO_TASKS = ("tvqa", "how2qa", "tvc", "yc2c")
 LOG_FILE = "pretrain_log.json"
-_MOTION = re.compile(r"\b(left|right|up|down|still)\b")
+MOTION_QUESTIONS = "motion"
 
 
 @dataclass(frozen=True)
 class PretrainSettings:
+    """Everything a pre-training run depends on; the one place for its defaults (the CLI
+    and the demo read them from here), written to `pretrain_log.json`.
+
+    mix: (group, weight) pairs; each batch row is drawn from a group with probability
+    weight / sum, then uniformly within it. The groups are `PRETRAIN_TASKS` and
+    `MOTION_QUESTIONS` (open questions about each clip's shapes' motion). Sampling by
+    example count instead gave video ~10% of the rows, and the LM never learned to name
+    motion (README, "The bundled benchmark").
+    """
+
     steps: int = 1500
     batch_size: int = 48
     lr: float = 5e-4
     seed: int = 0
     sizes: SplitSizes = SplitSizes(600, 100, 100)
+    mix: tuple[tuple[str, float], ...] = (
+        ("caption", 1.0), ("vqa", 1.0), ("gqa", 1.0), ("tvc", 2.0), (MOTION_QUESTIONS, 2.0))
+
+    @classmethod
+    def from_json(cls, fields: dict) -> PretrainSettings:
+        """The settings `write_log` recorded (`asdict` turned the tuples into lists)."""
+        return cls(**{**fields, "sizes": SplitSizes(**fields["sizes"]),
+                      "mix": tuple((name, float(w)) for name, w in fields["mix"])})
 
 
 def world_examples(root: Path, split: str, tasks) -> list[Example]:
@@ -78,6 +96,43 @@ class PixelCache:
         return self.table[visual_id]
 
 
+def motion_questions(captions: list[Example]) -> list[Example]:
+    """One open question per shape of each captioned clip, answered by one word:
+    ``"tvc: how does the red circle move ?"`` -> ``"left"``; read from the per-shape
+    reference captions, so they carry no information the captions do not."""
+    questions: dict[tuple[str, str], Example] = {}
+    for caption in captions:
+        clip = caption.visual_ids[0]
+        for reference in caption.targets:
+            for name, direction in shape_motions(reference):
+                question = motion_question(name)
+                questions.setdefault((clip, name), Example(
+                    "tvc", f"{clip}/{name}", (clip,), f"tvc: {question}",
+                    targets=(direction,), text=question))
+    return list(questions.values())
+
+
+def training_groups(train: list[Example]) -> dict[str, list[Example]]:
+    """The pre-training world's train examples by `PretrainSettings.mix` group."""
+    groups = {task: [e for e in train if e.task == task] for task in PRETRAIN_TASKS}
+    groups[MOTION_QUESTIONS] = motion_questions(groups["tvc"])
+    return groups
+
+
+def sample_rows(groups: dict[str, list[Example]], settings: PretrainSettings,
+                rng: np.random.Generator) -> list[Example]:
+    """One batch: `settings.batch_size` rows, per group a multinomial share of the mix,
+    distinct examples within a group where it has enough."""
+    weights = np.array([weight for _, weight in settings.mix])
+    counts = rng.multinomial(settings.batch_size, weights / weights.sum())
+    rows = []
+    for (name, _), count in zip(settings.mix, counts.tolist(), strict=True):
+        group = groups[name]
+        picked = rng.choice(len(group), count, replace=count > len(group))
+        rows += [group[i] for i in picked.tolist()]
+    return rows
+
+
 def visual_tokens(backbone: VLBackbone, cache: PixelCache, example: Example) -> VisualTokens:
     """Differentiable visual tokens of one example (the tower is being trained)."""
     if example.task in VIDEO_TASKS:
@@ -98,16 +153,17 @@ def pretrain_step(backbone: VLBackbone, cache: PixelCache, rows: list[Example],
 
 
 def prepare(data: Path, settings: PretrainSettings
-            ) -> tuple[VLBackbone, PixelCache, list[Example]]:
+            ) -> tuple[VLBackbone, PixelCache, dict[str, list[Example]]]:
     """Both worlds written under `data`, the word tokenizer over them, and the seeded
     random `small` backbone in train mode, with the pre-training world's pixels and
-    examples: everything a pre-training run starts from."""
+    examples by mix group: everything a pre-training run starts from."""
     main_paths = generate(data / "world", seed=settings.seed, sizes=settings.sizes)
     generate(data / "pretrain-world", seed=PRETRAIN_SEED, sizes=settings.sizes)
     every = world_examples(data / "world", "train", main_paths)
-    train = world_examples(data / "pretrain-world", "train", PRETRAIN_TASKS)
+    train = training_groups(world_examples(data / "pretrain-world", "train", PRETRAIN_TASKS))
     config = preset("small")
-    tokenizer = corpus_tokenizer(every + train, config.lm_type, config.lm["vocab_size"])
+    corpus = every + [e for group in train.values() for e in group]
+    tokenizer = corpus_tokenizer(corpus, config.lm_type, config.lm["vocab_size"])
     torch.manual_seed(settings.seed)
     backbone = VLBackbone.from_config(config, seed=settings.seed, tokenizer=tokenizer)
     backbone.requires_grad_(True)
@@ -115,7 +171,7 @@ def prepare(data: Path, settings: PretrainSettings
     return backbone, PixelCache(data / "pretrain-world", config.vision.image_size), train
 
 
-def train_losses(backbone: VLBackbone, cache: PixelCache, train: list[Example],
+def train_losses(backbone: VLBackbone, cache: PixelCache, train: dict[str, list[Example]],
                  settings: PretrainSettings) -> Iterator[float]:
     """Run the `settings.steps` optimizer steps (AdamW, 100 warm-up steps, linear decay),
     yielding each step's loss; a caller may stop early (the schedule stays the full run's)."""
@@ -124,8 +180,7 @@ def train_losses(backbone: VLBackbone, cache: PixelCache, train: list[Example],
         optimizer, lambda s: min(1.0, (s + 1) / 100) * max(0.0, 1 - s / settings.steps))
     rng = np.random.default_rng(settings.seed)
     for _ in range(settings.steps):
-        rows = [train[i] for i in rng.choice(len(train), settings.batch_size, replace=False)]
-        loss = pretrain_step(backbone, cache, rows, rng)
+        loss = pretrain_step(backbone, cache, sample_rows(train, settings, rng), rng)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
@@ -134,10 +189,18 @@ def train_losses(backbone: VLBackbone, cache: PixelCache, train: list[Example],
         yield loss.item()
 
 
+def pretrain_command_line(out: str | Path, data: str | Path, settings: PretrainSettings) -> str:
+    """The `train-adapter pretrain` command that reproduces `settings` (the mix and the
+    world sizes are `PretrainSettings`' defaults: the log records them)."""
+    return (f"train-adapter pretrain --out {out} --data {data} --steps {settings.steps} "
+            f"--batch-size {settings.batch_size} --lr {settings.lr} --seed {settings.seed}")
+
+
 def pretrain(out_dir: str | Path, data_dir: str | Path,
-             settings: PretrainSettings = PretrainSettings(), show_progress: bool = True
-             ) -> VLBackbone:
-    """Pre-train (or reuse) the benchmark backbone in `out_dir`; `data_dir` gets both worlds."""
+             settings: PretrainSettings = PretrainSettings(), show_progress: bool = True,
+             command: str | None = None) -> VLBackbone:
+    """Pre-train (or reuse) the benchmark backbone in `out_dir`; `data_dir` gets both worlds.
+    `command`: the command line that started the run, recorded in the log."""
     out, data = Path(out_dir), Path(data_dir)
     if (out / "vladapter_backbone.json").is_file():
         return VLBackbone.from_pretrained(out)
@@ -152,17 +215,18 @@ def pretrain(out_dir: str | Path, data_dir: str | Path,
     backbone.requires_grad_(False)
     backbone.eval()
     backbone.save_pretrained(out)
-    write_log(out, settings, losses, time.time() - start)
+    write_log(out, settings, losses, time.time() - start, backbone.fingerprint(), command)
     frozen = VLBackbone.from_pretrained(out)
     check_attributes(frozen, data / "pretrain-world", out)
     return frozen
 
 
-def write_log(out: Path, settings: PretrainSettings, losses: list[float],
-              seconds: float) -> None:
-    """`pretrain_log.json`: the settings, the loss of every step and the wall time, so a
-    shipped backbone can be checked against a short re-run (tests/training)."""
-    log = {"settings": asdict(settings),
+def write_log(out: Path, settings: PretrainSettings, losses: list[float], seconds: float,
+              fingerprint: str, command: str | None) -> None:
+    """`pretrain_log.json`: the settings (and the command line) the run started from, the
+    saved backbone's fingerprint, the loss of every step and the wall time, so a shipped
+    backbone can be checked against a short re-run (tests/training/test_shipped_backbone)."""
+    log = {"command": command, "settings": asdict(settings), "fingerprint": fingerprint,
            "threads": torch.get_num_threads(), "seconds": round(seconds), "loss": losses}
     (out / LOG_FILE).write_text(json.dumps(log, indent=1))
 
@@ -172,10 +236,10 @@ def motion_accuracy(predictions: dict[str, str], examples: list[Example]) -> flo
     matches the reference's: can the frozen frame features tell how shapes move?"""
     right = counted = 0
     for example in examples:
-        wanted = _MOTION.findall(example.targets[0])
+        wanted = MOTION_WORD.findall(example.targets[0])
         if not wanted:
             continue
-        said = _MOTION.findall(predictions.get(example.example_id, ""))
+        said = MOTION_WORD.findall(predictions.get(example.example_id, ""))
         counted += 1
         right += bool(said) and said[0] == wanted[0]
     return 100.0 * right / max(counted, 1)

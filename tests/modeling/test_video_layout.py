@@ -102,3 +102,16 @@ def test_frame_order_needs_an_order_embedding_per_frame():
         replace(preset("tiny"), frame_order=True)
     with pytest.raises(ValueError, match="frame_grid"):
         replace(preset("tiny"), frame_grid=-1)
+
+
+def test_cell_order_tells_the_cells_of_a_frame_apart():
+    # Visual tokens carry no text positions: without cell_order a frame's cells are a set,
+    # so a shape in the left cell and the same shape in the right cell look alike.
+    celled = replace(TEMPORAL, frame_grid=2, cell_order=True, n_images=32)
+    assert VisualTokens.video(torch.ones(8, 64), celled).image_order.tolist() == list(range(8))
+    assert preset("small").cell_order
+    with pytest.raises(ValueError, match="n_images >= max_frames \\* frame_grid"):
+        replace(celled, n_images=8)
+    with pytest.raises(ValueError, match="cell_order needs frame_order"):
+        replace(preset("tiny"), cell_order=True)
+    assert "cell_order" not in json.dumps(preset("tiny").to_dict())  # saved ones load as before

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import json
 
-from training.cli import main
-from training.pretrain import PretrainSettings, pretrain
+import numpy as np
+
+from training.cli import build_parser, main, pretrain_settings
+from training.data import Example
+from training.pretrain import (
+    MOTION_QUESTIONS,
+    PretrainSettings,
+    motion_questions,
+    pretrain,
+    sample_rows,
+)
 from training.synthetic.generate import SplitSizes
 
 
@@ -21,6 +30,9 @@ def test_pretrain_writes_a_reusable_backbone_with_an_attribute_report(tmp_path):
     assert {"vqa", "gqa", "tvc"} <= set(report) and "accuracy/colour" in report["vqa"]
     assert 0.0 <= report["tvc"]["motion"] <= 100.0
     fingerprint = backbone.fingerprint()
+    log = json.loads((tmp_path / "backbone" / "pretrain_log.json").read_text())
+    assert log["fingerprint"] == fingerprint and len(log["loss"]) == 2
+    assert PretrainSettings.from_json(log["settings"]) == settings
     again = pretrain(tmp_path / "backbone", tmp_path / "data", settings, show_progress=False)
     assert again.fingerprint() == fingerprint  # cached, not retrained
 
@@ -34,6 +46,26 @@ def test_pretrain_cli_prints_the_backbone_folder(tmp_path, capsys, monkeypatch):
     assert main(["pretrain", "--out", str(tmp_path / "b"), "--data", str(tmp_path / "d"),
                  "--steps", "1", "--quiet"]) == 0
     assert f"backbone: {tmp_path / 'b'}" in capsys.readouterr().out
+    log = json.loads((tmp_path / "b" / "pretrain_log.json").read_text())
+    assert log["command"] == (f"train-adapter pretrain --out {tmp_path / 'b'} --data "
+                              f"{tmp_path / 'd'} --steps 1 --batch-size 4 --lr 0.0005 --seed 0")
+
+
+def test_pretrain_cli_and_demo_take_their_defaults_from_pretrain_settings(tmp_path,
+                                                                         monkeypatch):
+    import demo.run as demo_run
+
+    args = build_parser().parse_args(["pretrain"])
+    assert pretrain_settings(args) == PretrainSettings()
+    given = build_parser().parse_args(["pretrain", "--steps", "7", "--batch-size", "3"])
+    assert pretrain_settings(given) == PretrainSettings(steps=7, batch_size=3)
+    seen = []
+    monkeypatch.setattr(demo_run, "SHIPPED_BACKBONE", tmp_path / "absent")
+    monkeypatch.setattr(demo_run, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(demo_run, "pretrain",
+                        lambda out, data, settings: seen.append(settings))
+    demo_run.benchmark_backbone(None)
+    assert seen == [PretrainSettings()]
 
 
 def test_motion_accuracy_compares_the_first_motion_word():
@@ -46,3 +78,39 @@ def test_motion_accuracy_compares_the_first_motion_word():
     predictions = {"0": "the red circle moves left", "1": "a blue square moves right",
                    "2": "anything", "3": "the square moves up"}
     assert motion_accuracy(predictions, examples) == 200 / 3  # example 2 names no motion
+
+
+def _clip_caption(clip: str, *references: str) -> Example:
+    return Example("tvc", f"{clip}#0", (clip,), "tvc: [Subs] look", targets=references)
+
+
+def test_motion_questions_ask_how_each_shape_of_a_clip_moves():
+    captions = [
+        _clip_caption("v1", "the red circle moves left and the blue square stays still",
+                      "a red circle moves left while a blue square stays still"),
+        _clip_caption("v1", "a red circle moves left while a blue square stays still"),
+        _clip_caption("v2", "the green triangle moves up")]
+    asked = {(q.visual_ids, q.source_text): q.targets for q in motion_questions(captions)}
+    assert asked == {
+        (("v1",), "tvc: how does the red circle move ?"): ("left",),
+        (("v1",), "tvc: how does the blue square move ?"): ("still",),
+        (("v2",), "tvc: how does the green triangle move ?"): ("up",)}
+
+
+def _groups() -> dict[str, list[Example]]:
+    return {name: [Example(name, f"{name}{i}", ("v",), name, targets=("x",))
+                   for i in range(size)]
+            for name, size in (("caption", 50), ("tvc", 50), (MOTION_QUESTIONS, 3))}
+
+
+def test_a_batch_draws_rows_by_mix_weight_not_by_example_count():
+    settings = PretrainSettings(batch_size=40, mix=(("caption", 0.0), ("tvc", 1.0),
+                                                    (MOTION_QUESTIONS, 1.0)))
+    rng = np.random.default_rng(0)
+    batches = [sample_rows(_groups(), settings, rng) for _ in range(20)]
+    assert all(len(rows) == 40 for rows in batches)
+    drawn = [row.task for rows in batches for row in rows]
+    # The 3 motion questions get half the rows, the 50 captions (weight 0) none.
+    assert "caption" not in drawn and drawn.count(MOTION_QUESTIONS) > 300
+    tvc_ids = [row.example_id for row in batches[0] if row.task == "tvc"]
+    assert len(set(tvc_ids)) == len(tvc_ids)  # distinct where the group has enough

@@ -7,12 +7,17 @@ YouCook2-style ones read as instructions. Subtitles name the shapes but never th
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from training.synthetic.world import COLOURS, DIRECTIONS, Clip, Mover, pick
 
 TVQA_OPTIONS = tuple(DIRECTIONS)
 HOW2QA_OPTIONS = tuple(COLOURS)
+MOTION_WORD = re.compile(r"\b(left|right|up|down|still)\b")
+# One clause of `tvc_descriptions`' per-shape sentence: "the red circle moves left".
+_SHAPE_MOTION = re.compile(r"\bthe (\w+ \w+) (?:moves (left|right|up|down)|stays (still))\b")
 
 
 def motion_phrase(mover: Mover) -> str:
@@ -63,3 +68,16 @@ def yc2c_descriptions(clip: Clip) -> list[str]:
         for mover in clip.movers
     ]
     return [" then ".join(steps)]
+
+
+def shape_motions(description: str) -> list[tuple[str, str]]:
+    """``[(shape name, direction), ...]`` read back from a per-shape TVC description, e.g.
+    ``"the red circle moves left and the blue square stays still"`` ->
+    ``[("red circle", "left"), ("blue square", "still")]``."""
+    return [(name, moving or still) for name, moving, still in _SHAPE_MOTION.findall(description)]
+
+
+def motion_question(name: str) -> str:
+    """The open question whose answer is one direction word, e.g. ``"how does the red
+    circle move ?"`` -> ``"left"`` (VL-T5's open-ended QA, about motion)."""
+    return f"how does the {name} move ?"
