@@ -97,7 +97,7 @@ def test_florence2_training_batches_and_served_requests_share_one_prompted_text(
 def test_florence2_artifact_records_the_prompts_it_was_trained_with(florence_run, tmp_path):
     trainer, _, _ = florence_run
     trainer.out = tmp_path
-    trainer.write_artifact({})
+    trainer.write_outputs({})
     manifest = json.loads((tmp_path / "artifact" / "manifest.json").read_text())
     assert manifest["tasks"] == {"caption": {"prompt": FLORENCE2_CAPTION},
                                  "vqa": {"prompt": "<VQA>"}}

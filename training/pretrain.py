@@ -66,12 +66,6 @@ class PretrainSettings:
     mix: tuple[tuple[str, float], ...] = (
         ("caption", 1.0), ("vqa", 1.0), ("gqa", 1.0), ("tvc", 2.0), (MOTION_QUESTIONS, 2.0))
 
-    @classmethod
-    def from_json(cls, fields: dict) -> PretrainSettings:
-        """The settings `write_log` recorded (`asdict` turned the tuples into lists)."""
-        return cls(**{**fields, "sizes": SplitSizes(**fields["sizes"]),
-                      "mix": tuple((name, float(w)) for name, w in fields["mix"])})
-
 
 def world_examples(root: Path, split: str, tasks) -> list[Example]:
     """The `split` examples of `tasks` in a world written by `generate`."""

@@ -38,6 +38,8 @@ def test_demo_trains_and_serves_a_given_backbone_folder_instead_of_pretraining(m
 
     calls: dict[str, object] = {}
     monkeypatch.setattr(run, "RUNS", tmp_path)
+    # the checkout may ship a backbone; this test is about the one pre-trained in RUNS
+    monkeypatch.setattr(run, "SHIPPED_BACKBONE", tmp_path / "absent")
     monkeypatch.setattr(run, "pretrain", lambda *args, **kw: calls.setdefault("pretrain", args))
     monkeypatch.setattr(run, "generate", lambda out, **kw: calls.setdefault("generate", out))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from pretrain_helpers import logged_settings
 
 from training.cli import build_parser, main, pretrain_settings
 from training.data import Example
@@ -32,7 +33,7 @@ def test_pretrain_writes_a_reusable_backbone_with_an_attribute_report(tmp_path):
     fingerprint = backbone.fingerprint()
     log = json.loads((tmp_path / "backbone" / "pretrain_log.json").read_text())
     assert log["fingerprint"] == fingerprint and len(log["loss"]) == 2
-    assert PretrainSettings.from_json(log["settings"]) == settings
+    assert logged_settings(log["settings"]) == settings
     again = pretrain(tmp_path / "backbone", tmp_path / "data", settings, show_progress=False)
     assert again.fingerprint() == fingerprint  # cached, not retrained
 
