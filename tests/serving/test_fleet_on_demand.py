@@ -15,15 +15,12 @@ from collections import Counter
 
 import grpc
 import pytest
-import ray
 import tritonclient.grpc as triton
 from kserve_helpers import infer
-from ray import serve
 from serving_helpers import request_for
-from test_fleet_ray import Fleet, _free_port, _predict
+from test_fleet_ray import Fleet, _free_port, _predict, running_fleet
 
 from serving.config import ServeConfig
-from serving.fleet.app import APP_NAME, ROUTE_PREFIX, application, start_ray
 from serving.fleet.replica import multiplexed_models, routed_adapter
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 
@@ -37,16 +34,8 @@ def fleet(backbone, published, tmp_path_factory):
                          http_port=_free_port(), ray=True, replicas=2, replica_cpus=0.25,
                          max_queue_delay_ms=5.0, device_slots=2, grace_s=10.0,
                          fleet_sync_s=30.0)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        start_ray(config)
-        serve.run(application(config), name=APP_NAME, route_prefix=ROUTE_PREFIX)
-        running = Fleet(config, f"127.0.0.1:{config.port}")
-        running.wait_replicas(2)
+    with running_fleet(config) as running:
         yield running
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import grpc
@@ -84,15 +86,9 @@ class Fleet:
             time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
-def fleet(backbone, published, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fleet-backbone")
-    backbone.save_pretrained(folder)  # replicas load the very backbone the adapters fit
-    config = ServeConfig(registry=published.root, backbone=str(folder),
-                         load=("alpha", "beta", "gamma"), port=_free_port(),
-                         http_port=_free_port(), ray=True, replicas=2, replica_cpus=0.25,
-                         max_queue_delay_ms=5.0, device_slots=4, grace_s=10.0,
-                         fleet_sync_s=30.0, metrics_port=_free_port(2))
+@contextmanager
+def running_fleet(config: ServeConfig) -> Iterator[Fleet]:
+    """A local Ray cluster serving `config`'s fleet of 2 replicas, settled; shut down after."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         start_ray(config)
@@ -103,6 +99,19 @@ def fleet(backbone, published, tmp_path_factory):
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fleet(backbone, published, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fleet-backbone")
+    backbone.save_pretrained(folder)  # replicas load the very backbone the adapters fit
+    config = ServeConfig(registry=published.root, backbone=str(folder),
+                         load=("alpha", "beta", "gamma"), port=_free_port(),
+                         http_port=_free_port(), ray=True, replicas=2, replica_cpus=0.25,
+                         max_queue_delay_ms=5.0, device_slots=4, grace_s=10.0,
+                         fleet_sync_s=30.0, metrics_port=_free_port(2))
+    with running_fleet(config) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
