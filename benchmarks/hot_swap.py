@@ -57,8 +57,8 @@ def probe_image(backbone, seed: int = 0) -> bytes | np.ndarray:
     """A PNG for a backbone with a vision tower, else precomputed features."""
     rng = np.random.default_rng(seed)
     if backbone.config.vision is None:
-        tokens = backbone.config.image_grid ** 2
-        return rng.standard_normal((tokens, backbone.config.feat_dim)).astype(np.float32)
+        return rng.standard_normal((backbone.tokens_per_image, backbone.config.feat_dim)
+                                   ).astype(np.float32)
     out = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(out, format="PNG")
     return out.getvalue()
