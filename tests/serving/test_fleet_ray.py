@@ -46,6 +46,7 @@ from serving.fleet.replica import REPLICA_KEY
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 
 SWAPS = int(os.environ.get("VLADAPTER_FLEET_SWAPS", "40"))
+MATCHING_TIMEOUT = "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S"
 
 
 def _free_port(count: int = 1) -> int:
@@ -88,7 +89,15 @@ class Fleet:
 
 @contextmanager
 def running_fleet(config: ServeConfig) -> Iterator[Fleet]:
-    """A local Ray cluster serving `config`'s fleet of 2 replicas, settled; shut down after."""
+    """A local Ray cluster serving `config`'s fleet of 2 replicas, settled; shut down after.
+
+    Ray Serve's router sends a request for an adapter that no replica has reported yet to
+    any replica once that wait (1-2 s by default) runs out; on a loaded machine a replica's
+    report can take longer, and the adapter is then loaded twice. The cluster's processes
+    inherit a longer wait (os.environ before ray.init), so routing does not depend on the
+    machine's speed; the first request for a new adapter does not wait either way."""
+    saved = os.environ.get(MATCHING_TIMEOUT)
+    os.environ[MATCHING_TIMEOUT] = "20"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         start_ray(config)
@@ -99,6 +108,10 @@ def running_fleet(config: ServeConfig) -> Iterator[Fleet]:
     finally:
         serve.shutdown()
         ray.shutdown()
+        if saved is None:
+            os.environ.pop(MATCHING_TIMEOUT)
+        else:
+            os.environ[MATCHING_TIMEOUT] = saved
 
 
 @pytest.fixture(scope="module")
@@ -163,10 +176,8 @@ def test_an_adapters_requests_land_on_a_replica_that_holds_it(fleet, channel):
     without it Ray Serve spreads the same requests over both (so the check can fail)."""
     stub = inference_pb2_grpc.InferenceStub(channel)
     names = ("alpha", "beta", "gamma")
-    for name in names:  # first requests: Ray Serve learns which replica holds each
-        for seed in range(2):
-            _predict(stub, request_for("vqa", name, seed=seed))
-    time.sleep(1.0)  # replicas report their multiplexed ids every 0.1 s
+    for name in names:  # a first request each: one replica loads it and reports it
+        _predict(stub, request_for("vqa", name, seed=0))
     landed = {name: Counter(_predict(stub, request_for("vqa", name, seed=seed))[1]
                             for seed in range(10)) for name in names}
     assert all(len(replicas) == 1 for replicas in landed.values()), landed
