@@ -27,7 +27,10 @@ request did first). Such a version is a cache entry: when the host tier is full
 (`--host-adapters`, `--host-cache-bytes`) it leaves host memory like any unpinned version
 no request holds, and its name is no longer loaded (the next request loads it again).
 Versions put in service by `load` stay in host memory; a Load of a name loaded on demand
-makes it one of them.
+makes it one of them. A request waits for such a load until its deadline at most (the
+load goes on for the others). A routing table that sends ids here (Ray Serve's multiplexed
+ids, serving.fleet) holds a route per id (`route_on_demand`); dropping an id
+(`release_on_demand`) releases the version once no id routes to it.
 
 Every change runs on the engine thread: gRPC threads queue it through `run` (the engine's
 `call`) and wait for its result, so the slot table, the store's residency and this state
@@ -105,6 +108,7 @@ class AdapterLifecycle:
         self._by_request: set[str] = set()  # active names a request loaded (on demand)
         self._pinned: set[AdapterKey] = set()
         self._in_flight: Counter[AdapterKey] = Counter()
+        self._routes: Counter[AdapterKey] = Counter()  # routing-table ids per version
         self._retiring: set[AdapterKey] = set()  # out of service, requests still running
         self._lock = threading.Lock()  # for readers: only the writer changes the state
         self._writer: int | None = None  # the engine thread's ident while it runs
@@ -206,10 +210,20 @@ class AdapterLifecycle:
         return self.state(name, info.version, info.aliases,
                           tuple(info.manifest.get("tasks", ())))
 
+    def route_on_demand(self, name: str, version: int | None = None) -> int:
+        """`load_on_demand` for one id of a routing table (Ray Serve's multiplexed ids,
+        serving.fleet.replica), which holds a route on the version it returns until
+        `release_on_demand`. Ids naming one version (`alpha`, `alpha:2`, `alpha@prod`)
+        hold a route each."""
+        number = self.load_on_demand(name, version)
+        self._run(lambda: self._hold_route((name, number)))
+        return number
+
     def release_on_demand(self, name: str, version: int) -> bool:
-        """Requests for `name` stop coming here (Ray Serve's multiplexed table dropped it,
-        serving.fleet.replica): a version a request loaded on demand that no request and no
-        pin holds leaves host memory and the name is no longer loaded; whether it left."""
+        """Requests for `name` stop coming here by one route (Ray Serve's multiplexed table
+        dropped an id, serving.fleet.replica): once no route holds it, a version a request
+        loaded on demand that no request and no pin holds leaves host memory and the name
+        is no longer loaded; whether it left."""
         left = self._run(lambda: self._release_idle((name, version)))
         if left:
             log.info("released adapter %s:%d (loaded on demand)", name, version)
@@ -310,10 +324,20 @@ class AdapterLifecycle:
         self._activate(entry, by_request=True)
         return entry.version, True
 
+    def _hold_route(self, key: AdapterKey) -> None:
+        self._check_writer()
+        with self._lock:
+            self._routes[key] += 1
+
     def _release_idle(self, key: AdapterKey) -> bool:
+        """Drop one route on `key` (if any holds it); with none left, release it if idle."""
         self._check_writer()
         name, version = key
         with self._lock:
+            if self._routes[key] > 1:
+                self._routes[key] -= 1
+                return False
+            self._routes.pop(key, None)
             idle = name in self._by_request and self._active.get(name) == version \
                 and key not in self._pinned and self._in_flight[key] == 0
         if idle:

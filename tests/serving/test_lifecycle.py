@@ -208,3 +208,18 @@ def test_an_on_demand_wait_ends_at_its_deadline_and_the_shared_load_goes_on(back
         gate.set()
     assert adapters.load_on_demand("gamma") == 1  # the same fetch, not a second read
     assert reads == ["gamma:1"] and adapters.active() == {"gamma": 1}
+
+
+def test_a_version_routed_by_two_ids_leaves_only_when_both_are_released(backbone, published):
+    adapters = make_lifecycle(backbone, published)
+    adapters.on_demand = True
+    assert adapters.route_on_demand("alpha") == 2  # id `alpha`: the latest
+    assert adapters.route_on_demand("alpha", 2) == 2  # id `alpha:2`: the same version
+    assert adapters.route_on_demand("beta") == 1
+    assert not adapters.release_on_demand("alpha", 2)  # `alpha:2` still routes here
+    assert adapters.active() == {"alpha": 2, "beta": 1}
+    assert adapters.store.entry(("alpha", 2)) is not None
+    assert adapters.release_on_demand("alpha", 2)  # the last id: it leaves
+    assert adapters.active() == {"beta": 1} and adapters.store.entry(("alpha", 2)) is None
+    assert adapters.release_on_demand("beta", 1)
+    assert adapters.active() == {}
