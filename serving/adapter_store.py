@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from safetensors.torch import load as load_safetensors
 
-from adapters_registry import Registry
+from adapters_registry import Registry, VersionInfo
 from modeling.fit import check_fits
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel
@@ -90,9 +90,15 @@ class AdapterStore:
         version None: the alias (default `latest`); 0 is no version (InvalidName), it never
         means the latest one.
         """
+        return self.record(name, version, alias).version
+
+    def record(self, name: str, version: int | None = None,
+               alias: str | None = None) -> VersionInfo:
+        """The registry's record of a version or an alias (as `resolve`): one small read,
+        no weights."""
         if version is not None:
-            return self.registry.resolve(f"{name}:{version}").version
-        return self.registry.resolve(f"{name}@{alias or 'latest'}").version
+            return self.registry.resolve(f"{name}:{version}")
+        return self.registry.resolve(f"{name}@{alias or 'latest'}")
 
     def fetch(self, name: str, version: int) -> Future:
         """A future of the HostAdapter; loads it in the background unless resident."""

@@ -55,7 +55,15 @@ from modeling.tasks import VisualInput
 from serving.adapter_store import AdapterStore
 from serving.commands import Commands
 from serving.lifecycle import AdapterLifecycle
-from serving.requests import NoMetrics, Prediction, Request, RequestError, error_for
+from serving.requests import (
+    NoMetrics,
+    Prediction,
+    Request,
+    RequestError,
+    deadline_exceeded,
+    error_for,
+    time_left,
+)
 from serving.slot_table import NoFreeSlot, SlotTable
 from serving.vision_backends import TorchVisionEncoder, VisionEncoder
 from serving.vision_cache import VisionCache, encode_pixels, visual_tokens
@@ -235,10 +243,9 @@ class Engine:
 
         def dead(request: Request) -> RequestError | None:
             # The deadline first: gRPC also cancels a call whose deadline passed.
-            if request.deadline is not None and now > request.deadline:
+            if time_left(request.deadline, now) == 0.0:
                 self.stats["deadline_exceeded"] += 1
-                return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    "the deadline passed before the answer was ready")
+                return deadline_exceeded("the answer was ready")
             if request.cancelled.is_set():
                 self.stats["cancelled"] += 1
                 return RequestError(grpc.StatusCode.CANCELLED, "the call was cancelled")

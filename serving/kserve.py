@@ -50,7 +50,7 @@ from serving.kserve_tensors import (
     stream_flag,
     wanted_outputs,
 )
-from serving.lifecycle import AdapterLifecycle
+from serving.lifecycle import AdapterLifecycle, VersionState
 from serving.limits import InvalidInput, RequestChecker
 from serving.requests import VERSION, parse_integer
 from serving.servicer import InferenceServicer
@@ -129,6 +129,27 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                f"loaded version is {active})")
         return active
 
+    def _servable(self, name: str, version: str) -> tuple[str, VersionState | None]:
+        """(version string, its state; None: the vision model) of the version a ModelInfer
+        for (name, version) would run on, loading nothing: a loaded model's, or with
+        `--load-on-demand` one the registry holds (`AdapterLifecycle.servable`: what the
+        ModelInfer would load). NOT_FOUND as `_loaded_version` for anything else."""
+        if self._is_vision(name):
+            return self._loaded_version(name, version), None
+        if not self.adapters.on_demand:
+            active = self._loaded_version(name, version)
+            return active, self.adapters.state(name, int(active))
+        try:
+            number = parse_integer(version, "version", VERSION) if version else None
+        except InvalidInput as exc:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        try:
+            state = self.adapters.servable(name, number)
+        except RequestError as error:
+            raise RequestError(error.code, f"model {name!r} cannot be loaded on demand: "
+                                           f"{error.message}") from None
+        return str(state.version), state
+
     def _specs(self, name: str) -> tuple[str, tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         if self._is_vision(name):
             return VISION_PLATFORM, self.vision.inputs, self.vision.outputs
@@ -146,15 +167,18 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                                   extensions=list(EXTENSIONS))
 
     def ModelReady(self, request, context):
+        """Ready: a ModelInfer for this model and version would be served (Open Inference
+        Protocol: "ready for inferencing"), with `--load-on-demand` also a version that
+        it would load first; nothing loads here."""
         try:
-            self._loaded_version(request.name, request.version)
+            self._servable(request.name, request.version)
         except RequestError:
             return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=self.ready.is_set())
 
     def ModelMetadata(self, request, context):
         try:
-            version = self._loaded_version(request.name, request.version)
+            version, _ = self._servable(request.name, request.version)
         except RequestError as error:
             context.abort(error.code, error.message)
         platform, inputs, outputs = self._specs(request.name)
@@ -162,14 +186,13 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ModelConfig(self, request, context):
         try:
-            version = self._loaded_version(request.name, request.version)
+            version, state = self._servable(request.name, request.version)
         except RequestError as error:
             context.abort(error.code, error.message)
         platform, inputs, outputs = self._specs(request.name)
-        if self._is_vision(request.name):
+        if state is None:
             parameters = {"vision_backend": self.vision.backend}
         else:
-            state = self.adapters.state(request.name, int(version))
             parameters = {"tasks": ",".join(state.tasks), "aliases": ",".join(state.aliases)}
         return service_pb2.ModelConfigResponse(config=model_config(
             request.name, int(version), platform, inputs, outputs, self.queue_delay_ms,

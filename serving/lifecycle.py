@@ -27,7 +27,10 @@ request did first). Such a version is a cache entry: when the host tier is full
 (`--host-adapters`, `--host-cache-bytes`) it leaves host memory like any unpinned version
 no request holds, and its name is no longer loaded (the next request loads it again).
 Versions put in service by `load` stay in host memory; a Load of a name loaded on demand
-makes it one of them.
+makes it one of them. A request waits for such a load until its deadline at most (the
+load goes on for the others). A routing table that sends ids here (Ray Serve's multiplexed
+ids, serving.fleet) holds a route per id (`route_on_demand`); dropping an id
+(`release_on_demand`) releases the version once no id routes to it.
 
 Every change runs on the engine thread: gRPC threads queue it through `run` (the engine's
 `call`) and wait for its result, so the slot table, the store's residency and this state
@@ -41,13 +44,15 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
 
+from adapters_registry import check_fingerprint
 from serving.adapter_store import AdapterKey, AdapterStore, HostAdapter
-from serving.requests import Request, RequestError, error_for
+from serving.requests import Request, RequestError, deadline_exceeded, error_for, time_left
 from serving.slot_table import SlotTable
 
 log = logging.getLogger("vladapter.serving")
@@ -103,6 +108,7 @@ class AdapterLifecycle:
         self._by_request: set[str] = set()  # active names a request loaded (on demand)
         self._pinned: set[AdapterKey] = set()
         self._in_flight: Counter[AdapterKey] = Counter()
+        self._routes: Counter[AdapterKey] = Counter()  # routing-table ids per version
         self._retiring: set[AdapterKey] = set()  # out of service, requests still running
         self._lock = threading.Lock()  # for readers: only the writer changes the state
         self._writer: int | None = None  # the engine thread's ident while it runs
@@ -125,15 +131,23 @@ class AdapterLifecycle:
         except Exception as exc:
             raise error_for(exc) from None
 
-    def prepare(self, name: str, version: int | None = None,
-                alias: str | None = None) -> HostAdapter:
+    def prepare(self, name: str, version: int | None = None, alias: str | None = None,
+                deadline: float | None = None) -> HostAdapter:
         """Resolve a version (version and alias None: the registry's latest) and fetch it
         into host memory, verified against this backbone, without serving it: every
         refusal `load` would give, and nothing changes (a fleet checks a Load on one
-        replica before every replica serves it, serving.fleet)."""
+        replica before every replica serves it, serving.fleet).
+
+        deadline: time.monotonic() seconds the caller waits until (None: no limit), then
+        RequestError DEADLINE_EXCEEDED naming the version; the fetch, shared with every
+        other caller of that version, goes on and its result stays in host memory."""
         number = self.resolve(name, version, alias)
+        fetching = self.store.fetch(name, number)
+        if not wait_for([fetching], time_left(deadline)).done:
+            raise deadline_exceeded(f"adapter {name}:{number} was in host memory (it goes "
+                                    "on loading for later requests)")
         try:
-            return self.store.fetch(name, number).result()
+            return fetching.result()
         except Exception as exc:
             raise error_for(exc) from None
 
@@ -149,18 +163,21 @@ class AdapterLifecycle:
             log.info("hot-swap %s: version %d -> %d", name, previous, number)
         return number
 
-    def load_on_demand(self, name: str, version: int | None = None) -> int:
+    def load_on_demand(self, name: str, version: int | None = None,
+                       deadline: float | None = None) -> int:
         """The version a request for `name` (and `version`, None: the active one) runs on,
         loading the name first when it is not loaded: resolve `version` (None: the
         registry's latest), fetch and verify it as `load` does, and put it in service
         unless a Load or another request did meanwhile. Concurrent calls for one version
         share its fetch. Called on the request's thread; the engine thread only switches
-        the active version. NOT_FOUND names the field, DATA_LOSS leaves nothing cached."""
+        the active version. NOT_FOUND names the field, DATA_LOSS leaves nothing cached;
+        deadline (the request's, time.monotonic() seconds): the wait for the fetch ends
+        DEADLINE_EXCEEDED then (`prepare`), the fetch goes on for the other waiters."""
         active = self.active_version(name)
         if active is not None:
             return active if version is None else version
         try:
-            entry = self.prepare(name, version)
+            entry = self.prepare(name, version, deadline=deadline)
         except RequestError as error:
             if error.code != grpc.StatusCode.NOT_FOUND:
                 raise
@@ -173,10 +190,40 @@ class AdapterLifecycle:
             log.info("loaded adapter %s:%d on demand", name, number)
         return number if version is None else version
 
+    def servable(self, name: str, version: int | None = None) -> VersionState:
+        """The state of the version a request for `name` (and `version`, None: the active
+        one) would run on, without loading anything: the loaded version, or on demand
+        the one `load_on_demand` would load (a registry record read: the registry's
+        latest, or `version`; refused as the load would refuse a missing, yanked or other
+        backbone's version). RequestError NOT_FOUND: not loaded and not loadable;
+        FAILED_PRECONDITION: trained for another backbone."""
+        active = self.active_version(name)
+        if active is not None and version in (None, active):
+            return self.state(name, active)
+        if not self.on_demand:
+            raise not_loaded(name)
+        try:
+            info = self.store.record(name, version)
+            check_fingerprint(info, self.store.fingerprint)
+        except Exception as exc:
+            raise error_for(exc) from None
+        return self.state(name, info.version, info.aliases,
+                          tuple(info.manifest.get("tasks", ())))
+
+    def route_on_demand(self, name: str, version: int | None = None) -> int:
+        """`load_on_demand` for one id of a routing table (Ray Serve's multiplexed ids,
+        serving.fleet.replica), which holds a route on the version it returns until
+        `release_on_demand`. Ids naming one version (`alpha`, `alpha:2`, `alpha@prod`)
+        hold a route each."""
+        number = self.load_on_demand(name, version)
+        self._run(lambda: self._hold_route((name, number)))
+        return number
+
     def release_on_demand(self, name: str, version: int) -> bool:
-        """Requests for `name` stop coming here (Ray Serve's multiplexed table dropped it,
-        serving.fleet.replica): a version a request loaded on demand that no request and no
-        pin holds leaves host memory and the name is no longer loaded; whether it left."""
+        """Requests for `name` stop coming here by one route (Ray Serve's multiplexed table
+        dropped an id, serving.fleet.replica): once no route holds it, a version a request
+        loaded on demand that no request and no pin holds leaves host memory and the name
+        is no longer loaded; whether it left."""
         left = self._run(lambda: self._release_idle((name, version)))
         if left:
             log.info("released adapter %s:%d (loaded on demand)", name, version)
@@ -277,10 +324,20 @@ class AdapterLifecycle:
         self._activate(entry, by_request=True)
         return entry.version, True
 
+    def _hold_route(self, key: AdapterKey) -> None:
+        self._check_writer()
+        with self._lock:
+            self._routes[key] += 1
+
     def _release_idle(self, key: AdapterKey) -> bool:
+        """Drop one route on `key` (if any holds it); with none left, release it if idle."""
         self._check_writer()
         name, version = key
         with self._lock:
+            if self._routes[key] > 1:
+                self._routes[key] -= 1
+                return False
+            self._routes.pop(key, None)
             idle = name in self._by_request and self._active.get(name) == version \
                 and key not in self._pinned and self._in_flight[key] == 0
         if idle:

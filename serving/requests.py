@@ -54,6 +54,20 @@ def error_for(exc: BaseException) -> RequestError:
     return RequestError(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
+def time_left(deadline: float | None, now: float | None = None) -> float | None:
+    """Seconds until `deadline` (time.monotonic() seconds; now: that clock's reading, None:
+    read it), 0.0 once it passed; None: no deadline."""
+    if deadline is None:
+        return None
+    return max(0.0, deadline - (time.monotonic() if now is None else now))
+
+
+def deadline_exceeded(before: str) -> RequestError:
+    """A request whose client deadline passed before `before` (the engine answers a
+    waiting one with it; so does an on-demand load's wait, serving.lifecycle)."""
+    return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, f"the deadline passed before {before}")
+
+
 def parse_integer(value: object, what: str, bounds: tuple[int, int]) -> int:
     """An int, or a string of ASCII digits with an optional sign, within `bounds`
     (inclusive); anything else is InvalidInput naming `what`.

@@ -63,7 +63,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         Also the path of KServe v2 `ModelInfer` (serving.kserve), so both protocols share
         the same checks, limits and batcher. With `--load-on-demand` an adapter that is not
         loaded is loaded here, after the checks (`AdapterLifecycle.load_on_demand`), and
-        the request carries the version it will run on.
+        the request carries the version it will run on; its wait for the load ends at the
+        client's deadline (DEADLINE_EXCEEDED naming the adapter; the load goes on).
         """
         try:
             self.checker.check_message(message.ByteSize())
@@ -86,10 +87,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                                                      message.generation.num_beams)
         except InvalidInput as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        if self.adapters.on_demand:  # here, on this thread: the engine never waits on it
-            version = self.adapters.load_on_demand(name, version)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
+        if self.adapters.on_demand:  # here, on this thread: the engine never waits on it
+            version = self.adapters.load_on_demand(name, version, deadline)
         request = Request(spec, name, version, source, images, choices, max_new, beams,
                           deadline, message.request_id, stream)
         context.add_callback(request.cancel)

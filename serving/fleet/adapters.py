@@ -35,8 +35,8 @@ Publish = Callable[[Change], int | None]
 
 class FleetAdapters:
     """What the servicers of a fleet replica change adapters through (`AdapterLifecycle`'s
-    servicer-facing methods: resolve, load, unload, pin, active_version, active, state,
-    index), built by `serving.stack.build_stack(control=...)`."""
+    servicer-facing methods: resolve, load, unload, pin, load_on_demand, servable,
+    active_version, active, state, index), built by `serving.stack.build_stack(control=...)`."""
 
     def __init__(self, local: AdapterLifecycle, publish: Publish):
         self.local, self._publish = local, publish
@@ -63,10 +63,14 @@ class FleetAdapters:
     def on_demand(self) -> bool:
         return self.local.on_demand
 
-    def load_on_demand(self, name: str, version: int | None = None) -> int:
+    def load_on_demand(self, name: str, version: int | None = None,
+                       deadline: float | None = None) -> int:
         """This replica alone loads what a request needs (`--load-on-demand`): Ray Serve's
         multiplexed routing sends the name's next requests here; the record is untouched."""
-        return self.local.load_on_demand(name, version)
+        return self.local.load_on_demand(name, version, deadline)
+
+    def servable(self, name: str, version: int | None = None) -> VersionState:
+        return self.local.servable(name, version)
 
     def resolve(self, name: str, version: int | None = None, alias: str | None = None) -> int:
         return self.local.resolve(name, version, alias)

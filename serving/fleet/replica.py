@@ -120,7 +120,9 @@ def multiplexed_models(config: ServeConfig) -> int:
     loaded object's `__del__` and stops preferring this replica for it: on demand that
     object is `routed_adapter`'s, so the adapter leaves host memory too unless a request
     or a pin holds it (then the host LRU takes it later), and host memory holds what Ray
-    Serve routes here."""
+    Serve routes here. Ids naming one version (`alpha`, `alpha:2`) are two entries of
+    the table: the version leaves when the table drops the last of them
+    (`AdapterLifecycle.route_on_demand` counts them)."""
     if config.load_on_demand:
         return config.host_adapters or -1
     return config.device_slots
@@ -129,9 +131,10 @@ def multiplexed_models(config: ServeConfig) -> int:
 def routed_adapter(key: AdapterKey, release: Callable[[str, int], Any]) -> SimpleNamespace:
     """What Ray Serve's multiplexed table holds for an adapter loaded on demand: its key,
     and a `__del__` that Ray Serve calls when it drops the reference (release(name,
-    version): `AdapterLifecycle.release_on_demand`). An instance attribute, so Ray Serve
-    alone calls it (Python's finalizer looks at the class); it never raises, as Ray Serve
-    unloads right before a load that an exception would fail."""
+    version): `AdapterLifecycle.release_on_demand`, which gives up the route this id took
+    by `route_on_demand`: another id of the version keeps it). An instance attribute, so
+    Ray Serve alone calls it (Python's finalizer looks at the class); it never raises, as
+    Ray Serve unloads right before a load that an exception would fail."""
     def drop() -> None:
         try:
             release(*key)
@@ -234,7 +237,7 @@ class AdapterReplica:
         if adapters.on_demand:
             if alias:
                 version = adapters.resolve(name, alias=alias)
-            number = await loop.run_in_executor(self._pool, adapters.load_on_demand, name,
+            number = await loop.run_in_executor(self._pool, adapters.route_on_demand, name,
                                                 version)
             return routed_adapter((name, number), adapters.release_on_demand)
         if version is None:

@@ -9,9 +9,12 @@ One local cluster for the module (as test_fleet_ray.py, ~30 s on two cores).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -21,8 +24,9 @@ from serving_helpers import request_for
 from test_fleet_ray import Fleet, _free_port, _predict, running_fleet
 
 from serving.config import ServeConfig
-from serving.fleet.replica import multiplexed_models, routed_adapter
+from serving.fleet.replica import AdapterReplica, multiplexed_models, routed_adapter
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
+from serving.stack import build_stack
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +60,26 @@ def test_multiplexed_table_follows_the_host_tier_on_demand():
                                           device_slots=32)) == 128
     assert multiplexed_models(ServeConfig(load_on_demand=True, device_slots=32)) == -1
     assert multiplexed_models(ServeConfig(host_adapters=128, device_slots=32)) == 32
+
+
+def test_ray_serve_dropping_one_of_two_ids_of_a_version_keeps_it(backbone, published):
+    """`alpha` and `alpha:2` are two ids of Ray Serve's table for one version: `__del__` of
+    one (Ray Serve calls it when the table drops the id) keeps the host copy the other
+    still routes to. Without Ray: the replica's multiplexed loader over a stack."""
+    stack = build_stack(ServeConfig(registry=published.root, load_on_demand=True), backbone)
+    with ThreadPoolExecutor(1) as pool:
+        replica = SimpleNamespace(stack=stack, _pool=pool)
+        try:
+            loaded = {reference: asyncio.run(AdapterReplica._fetch_adapter(replica, reference))
+                      for reference in ("alpha", "alpha:2")}
+            assert {model.key for model in loaded.values()} == {("alpha", 2)}
+            loaded["alpha"].__del__()
+            assert stack.adapters.active() == {"alpha": 2}
+            assert stack.store.entry(("alpha", 2)) is not None
+            loaded["alpha:2"].__del__()  # the last id: it leaves
+            assert stack.adapters.active() == {} and stack.store.entry(("alpha", 2)) is None
+        finally:
+            stack.store.close()
 
 
 def test_one_replica_loads_an_adapter_on_demand_and_keeps_its_requests(fleet, channel):

@@ -9,6 +9,7 @@ controller handle.
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import grpc
@@ -241,3 +242,17 @@ def test_a_replica_asks_for_tokens_where_the_single_server_does(tmp_path):
     with pytest.raises(CallEnded):
         strict("/inference.GRPCInferenceService/ModelInfer", ProxyContext(FakeRayContext()))
     assert token_check(ServeConfig()) is None
+
+
+def test_fleet_adapters_answer_the_on_demand_calls_of_the_servicers(lifecycle):
+    """KServe's ModelReady (`servable`) and a request's deadline-bounded load reach the
+    replica's own lifecycle; the record is untouched."""
+    published: list[Change] = []
+    adapters = FleetAdapters(lifecycle, published.append)
+    lifecycle.on_demand = True
+    assert adapters.servable("gamma").version == 1 and lifecycle.active() == {}
+    with pytest.raises(RequestError) as error:
+        adapters.servable("alien")
+    assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert adapters.load_on_demand("gamma", None, time.monotonic() + 60) == 1
+    assert lifecycle.active() == {"gamma": 1} and published == []

@@ -6,6 +6,7 @@ registry, a real store and slot table."""
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import pytest
@@ -181,3 +182,44 @@ def test_only_the_claiming_thread_changes_the_lifecycle(backbone, published):
             change()
     adapters.claim(None)
     assert adapters.active() == {"alpha": 2} and not adapters.state("alpha", 2).pinned
+
+
+def test_an_on_demand_wait_ends_at_its_deadline_and_the_shared_load_goes_on(backbone,
+                                                                           published):
+    adapters = make_lifecycle(backbone, published)
+    adapters.on_demand = True
+    gate, reads = threading.Event(), []
+    registry = adapters.store.registry
+    read_files = registry.read_files
+
+    def held(ref, **kwargs):  # a slow registry: the read waits for the gate
+        reads.append(ref)
+        assert gate.wait(30)
+        return read_files(ref, **kwargs)
+
+    registry.read_files = held
+    try:
+        with pytest.raises(RequestError) as caught:
+            adapters.load_on_demand("gamma", deadline=time.monotonic() + 0.05)
+        assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "adapter gamma:1" in caught.value.message
+        assert adapters.store.loading(("gamma", 1)) and adapters.active() == {}
+    finally:
+        gate.set()
+    assert adapters.load_on_demand("gamma") == 1  # the same fetch, not a second read
+    assert reads == ["gamma:1"] and adapters.active() == {"gamma": 1}
+
+
+def test_a_version_routed_by_two_ids_leaves_only_when_both_are_released(backbone, published):
+    adapters = make_lifecycle(backbone, published)
+    adapters.on_demand = True
+    assert adapters.route_on_demand("alpha") == 2  # id `alpha`: the latest
+    assert adapters.route_on_demand("alpha", 2) == 2  # id `alpha:2`: the same version
+    assert adapters.route_on_demand("beta") == 1
+    assert not adapters.release_on_demand("alpha", 2)  # `alpha:2` still routes here
+    assert adapters.active() == {"alpha": 2, "beta": 1}
+    assert adapters.store.entry(("alpha", 2)) is not None
+    assert adapters.release_on_demand("alpha", 2)  # the last id: it leaves
+    assert adapters.active() == {"beta": 1} and adapters.store.entry(("alpha", 2)) is None
+    assert adapters.release_on_demand("beta", 1)
+    assert adapters.active() == {}

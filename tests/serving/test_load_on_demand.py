@@ -5,7 +5,8 @@ field, a corrupted artifact DATA_LOSS with nothing cached; concurrent requests l
 a slow load does not hold up other adapters' requests. Without the flag the server answers
 NOT_FOUND as before.
 
-A registry of its own (module scope): the `broken` artifact's blob is corrupted on disk.
+A registry of its own (module scope): the `broken` artifact's blob is corrupted on disk,
+`foreign` was trained on another backbone.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import grpc
 import pytest
 import tritonclient.grpc as triton
 from kserve_helpers import infer
-from serving_helpers import RECIPES, publish_recipes, random_adapter, request_for
+from serving_helpers import RECIPES, publish_recipes, random_adapter, request_for, tiny_backbone
 
 from adapters_registry import Registry
 from serving.config import ServeConfig
@@ -43,6 +44,10 @@ def on_demand_registry(backbone, tmp_path_factory) -> str:
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0x01
     blob.write_bytes(bytes(data))
+    foreign = tiny_backbone(seed=1)  # other weights: another fingerprint
+    write_artifact(base / "foreign", random_adapter(foreign, RECIPES["gamma"][0], ["vqa"], 78),
+                   foreign, {})
+    registry.publish(base / "foreign", "foreign")
     return published.root
 
 
@@ -197,3 +202,58 @@ def test_host_adapters_bounds_the_servers_host_tier(backbone, on_demand_registry
         assert evictions == 2 and on_demand_loads(server) == 3
     finally:
         server.stop(grace=5)
+
+
+def test_kserve_model_ready_reports_what_model_infer_would_load_without_loading(on_demand):
+    reads = count_reads(on_demand, "gamma")
+    client = triton.InferenceServerClient(f"127.0.0.1:{on_demand.port}")
+    try:
+        assert client.is_model_ready("gamma") and client.is_model_ready("alpha", "1")
+        assert client.get_model_metadata("alpha", as_json=True)["versions"] == ["2"]
+        assert client.get_model_metadata("alpha", "1", as_json=True)["versions"] == ["1"]
+        config = client.get_model_config("gamma", as_json=True)["config"]
+        assert config["parameters"]["tasks"]["string_value"] == "gqa,how2qa,tvc,vqa,yc2c"
+        for name, version in (("nobody", ""), ("alpha", "9"), ("foreign", ""), ("alpha", "x")):
+            assert not client.is_model_ready(name, version)
+        with pytest.raises(triton.InferenceServerException) as caught:
+            client.get_model_metadata("nobody")
+        assert caught.value.status() == "StatusCode.NOT_FOUND"
+        assert "'nobody'" in caught.value.message()
+        with pytest.raises(triton.InferenceServerException) as caught:
+            client.get_model_metadata("foreign")
+        assert caught.value.status() == "StatusCode.FAILED_PRECONDITION"
+        assert reads == [] and on_demand.adapters.active() == {}  # nothing loaded
+        _, _, version = infer(client, request_for("vqa", "gamma"))
+        assert version == "1" and client.is_model_ready("gamma", "1")
+    finally:
+        client.close()
+    assert reads == ["gamma:1"] and on_demand_loads(on_demand) == 1
+
+
+def errors(server: Server, code: str) -> float:
+    return server.metrics.registry.get_sample_value("vladapter_errors_total",
+                                                    {"code": code}) or 0.0
+
+
+def test_a_deadline_that_passes_during_an_on_demand_load_ends_only_that_wait(on_demand):
+    gate = threading.Event()
+    reads = count_reads(on_demand, "beta", gate)  # beta's registry read waits for the gate
+    channel, inference, _ = stubs(on_demand)
+    with channel, ThreadPoolExecutor(1) as pool:
+        patient = pool.submit(inference.Predict, request_for("vqa", "beta"), timeout=120)
+        try:
+            with pytest.raises(grpc.RpcError) as caught:
+                inference.Predict(request_for("vqa", "beta", seed=1), timeout=2.0)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # The server ended the impatient call while the load is still held at the gate.
+            for _ in range(300):
+                if errors(on_demand, "DEADLINE_EXCEEDED") == 1:
+                    break
+                threading.Event().wait(0.1)
+            assert errors(on_demand, "DEADLINE_EXCEEDED") == 1 and not patient.done()
+        finally:
+            gate.set()
+        answer = patient.result()
+    assert (answer.adapter_name, answer.adapter_version) == ("beta", 1)
+    assert reads == ["beta:1"] and on_demand_loads(on_demand) == 1  # one load, shared
+    assert on_demand.store.entry(("beta", 1)) is not None
