@@ -148,6 +148,9 @@ def test_two_shape_clips_captions_form_their_own_mix_group():
 def test_the_pretraining_world_has_pretrain_videos_clips_and_the_main_world_sizes(tmp_path):
     settings = PretrainSettings(sizes=SplitSizes(4, 2, 2), pretrain_videos=SplitSizes(7, 2, 2))
     _, _, train = prepare(tmp_path, settings)
-    assert len(train["tvc"]) == 7 and len(train["caption"]) == 4
-    world = json.loads((tmp_path / "world" / "world.json").read_text())
-    assert world["sizes"]["videos"]["train"] == 4
+    assert len(train["tvc"]) == 7
+    sizes = {name: json.loads((tmp_path / name / "world.json").read_text())["sizes"]
+             for name in ("world", "pretrain-world")}
+    assert sizes["pretrain-world"]["videos"]["train"] == 7
+    assert sizes["pretrain-world"]["images"]["train"] == 4
+    assert sizes["world"]["videos"]["train"] == 4
