@@ -7,9 +7,6 @@ from training.synthetic.generate import SplitSizes
 
 
 def logged_settings(fields: dict) -> PretrainSettings:
-    """The settings `write_log` recorded (`asdict` turned the tuples into lists). Logs
-    written before `pretrain_videos` existed generated both worlds with `sizes`."""
-    return PretrainSettings(**{
-        **fields, "sizes": SplitSizes(**fields["sizes"]),
-        "pretrain_videos": SplitSizes(**fields.get("pretrain_videos", fields["sizes"])),
-        "mix": tuple((name, float(w)) for name, w in fields["mix"])})
+    """The settings `write_log` recorded (`asdict` turned the tuples into lists)."""
+    return PretrainSettings(**{**fields, "sizes": SplitSizes(**fields["sizes"]),
+                               "mix": tuple((name, float(w)) for name, w in fields["mix"])})

@@ -31,7 +31,7 @@ from training.config import TaskData, load_task_split
 from training.data.example import Example
 from training.data.visual_stores import ImageFolder, VideoFrameFolder, load_image
 from training.evaluation import predict
-from training.features import features_for
+from training.features import VisualFeatures, features_for
 from training.metrics import evaluate
 from training.synthetic import generate
 from training.synthetic.generate import SplitSizes
@@ -44,7 +44,6 @@ PRETRAIN_SEED = 1000
 VIDEO_TASKS = ("tvqa", "how2qa", "tvc", "yc2c")
 LOG_FILE = "pretrain_log.json"
 MOTION_QUESTIONS = "motion"
-TWO_SHAPE_CAPTIONS = "tvc/two-shapes"
 
 
 @dataclass(frozen=True)
@@ -52,16 +51,11 @@ class PretrainSettings:
     """Everything a pre-training run depends on; the one place for its defaults (the CLI
     and the demo read them from here), written to `pretrain_log.json`.
 
-    sizes: scenes per split of both worlds; pretrain_videos: clips per split of the
-    pre-training world, more than `sizes`: with 264 two-shape training clips the LM
-    learned their captions by heart (44% of their shapes' motions right on train, 16% on
-    val) while it answered the per-shape motion questions on the same val clips (95%).
     mix: (group, weight) pairs; each batch row is drawn from a group with probability
-    weight / sum, then uniformly within it. The groups are `PRETRAIN_TASKS`,
-    `MOTION_QUESTIONS` (open questions about each clip's shapes' motion) and
-    `TWO_SHAPE_CAPTIONS` (the video captions of two-shape clips, the ones the captioner
-    got wrong). Sampling by example count instead gave video ~10% of the rows, and the LM
-    never learned to name motion (README, "The bundled benchmark").
+    weight / sum, then uniformly within it. The groups are `PRETRAIN_TASKS` and
+    `MOTION_QUESTIONS` (open questions about each clip's shapes' motion). Sampling by
+    example count instead gave video ~10% of the rows, and the LM never learned to name
+    motion (README, "The bundled benchmark").
     """
 
     steps: int = 1500
@@ -69,10 +63,8 @@ class PretrainSettings:
     lr: float = 5e-4
     seed: int = 0
     sizes: SplitSizes = SplitSizes(600, 100, 100)
-    pretrain_videos: SplitSizes = SplitSizes(2400, 100, 100)
     mix: tuple[tuple[str, float], ...] = (
-        ("caption", 1.0), ("vqa", 1.0), ("gqa", 1.0), ("tvc", 2.0), (TWO_SHAPE_CAPTIONS, 2.0),
-        (MOTION_QUESTIONS, 1.0))
+        ("caption", 1.0), ("vqa", 1.0), ("gqa", 1.0), ("tvc", 2.0), (MOTION_QUESTIONS, 2.0))
 
 
 def world_examples(root: Path, split: str, tasks) -> list[Example]:
@@ -115,12 +107,9 @@ def motion_questions(captions: list[Example]) -> list[Example]:
 
 
 def training_groups(train: list[Example]) -> dict[str, list[Example]]:
-    """The pre-training world's train examples by `PretrainSettings.mix` group (a group
-    may hold examples of another: the two-shape captions are also `tvc` examples)."""
+    """The pre-training world's train examples by `PretrainSettings.mix` group."""
     groups = {task: [e for e in train if e.task == task] for task in PRETRAIN_TASKS}
     groups[MOTION_QUESTIONS] = motion_questions(groups["tvc"])
-    groups[TWO_SHAPE_CAPTIONS] = [e for e in groups["tvc"]
-                                  if len(shape_motions(e.targets[0])) == 2]
     return groups
 
 
@@ -163,8 +152,7 @@ def prepare(data: Path, settings: PretrainSettings
     random `small` backbone in train mode, with the pre-training world's pixels and
     examples by mix group: everything a pre-training run starts from."""
     main_paths = generate(data / "world", seed=settings.seed, sizes=settings.sizes)
-    generate(data / "pretrain-world", seed=PRETRAIN_SEED, sizes={
-        "images": settings.sizes, "nlvr2": settings.sizes, "videos": settings.pretrain_videos})
+    generate(data / "pretrain-world", seed=PRETRAIN_SEED, sizes=settings.sizes)
     every = world_examples(data / "world", "train", main_paths)
     train = training_groups(world_examples(data / "pretrain-world", "train", PRETRAIN_TASKS))
     config = preset("small")
@@ -255,7 +243,7 @@ def motion_accuracy(predictions: dict[str, str], examples: list[Example]) -> flo
 
 
 def motion_answer_accuracy(backbone: VLBackbone, captions: list[Example],
-                           features) -> float:
+                           features: VisualFeatures) -> float:
     """Percent of `motion_questions` about the captioned clips answered with the right
     direction word: the same motion, asked of one named shape instead of described."""
     questions = motion_questions(captions)

@@ -11,14 +11,11 @@ from training.cli import build_parser, main, pretrain_settings
 from training.data import Example
 from training.pretrain import (
     MOTION_QUESTIONS,
-    TWO_SHAPE_CAPTIONS,
     PretrainSettings,
     motion_accuracy,
     motion_questions,
-    prepare,
     pretrain,
     sample_rows,
-    training_groups,
 )
 from training.synthetic import video_tasks
 from training.synthetic.generate import SplitSizes
@@ -135,22 +132,3 @@ def test_a_batch_draws_rows_by_mix_weight_not_by_example_count():
     tvc_ids = [row.example_id for row in batches[0] if row.task == "tvc"]
     assert len(set(tvc_ids)) == len(tvc_ids)  # distinct where the group has enough
 
-
-def test_two_shape_clips_captions_form_their_own_mix_group():
-    captions = [
-        _clip_caption("v1", "the red circle moves left and the blue square stays still"),
-        _clip_caption("v2", "the green triangle moves up")]
-    groups = training_groups(captions)
-    assert [e.visual_ids for e in groups[TWO_SHAPE_CAPTIONS]] == [("v1",)]
-    assert groups["tvc"] == captions and len(groups[MOTION_QUESTIONS]) == 3
-
-
-def test_the_pretraining_world_has_pretrain_videos_clips_and_the_main_world_sizes(tmp_path):
-    settings = PretrainSettings(sizes=SplitSizes(4, 2, 2), pretrain_videos=SplitSizes(7, 2, 2))
-    _, _, train = prepare(tmp_path, settings)
-    assert len(train["tvc"]) == 7
-    sizes = {name: json.loads((tmp_path / name / "world.json").read_text())["sizes"]
-             for name in ("world", "pretrain-world")}
-    assert sizes["pretrain-world"]["videos"]["train"] == 7
-    assert sizes["pretrain-world"]["images"]["train"] == 4
-    assert sizes["world"]["videos"]["train"] == 4
