@@ -31,11 +31,11 @@ from training.config import TaskData, load_task_split
 from training.data.example import Example
 from training.data.visual_stores import ImageFolder, VideoFrameFolder, load_image
 from training.evaluation import predict
-from training.features import features_for
+from training.features import VisualFeatures, features_for
 from training.metrics import evaluate
 from training.synthetic import generate
 from training.synthetic.generate import SplitSizes
-from training.synthetic.video_tasks import MOTION_WORD, motion_question, shape_motions
+from training.synthetic.video_tasks import motion_question, shape_motions
 from training.synthetic_run import synthetic_tasks
 from training.text import corpus_tokenizer
 
@@ -226,23 +226,37 @@ def write_log(out: Path, settings: PretrainSettings, losses: list[float], second
 
 
 def motion_accuracy(predictions: dict[str, str], examples: list[Example]) -> float:
-    """Percent of video captions whose first motion word (left, right, up, down, still)
-    matches the reference's: can the frozen frame features tell how shapes move?"""
+    """Percent of the shapes of the video captions' first references whose motion the
+    predicted caption states for that shape: can the frozen frame features tell how each
+    shape moves? The caption may name the shapes in any order and in either TVC grammar
+    (`shape_motions` reads both); a motion said of another shape, or of a shape the clip
+    does not hold, is no help. Chance: 20."""
     right = counted = 0
     for example in examples:
-        wanted = MOTION_WORD.findall(example.targets[0])
-        if not wanted:
-            continue
-        said = MOTION_WORD.findall(predictions.get(example.example_id, ""))
-        counted += 1
-        right += bool(said) and said[0] == wanted[0]
+        said: dict[str, str] = {}
+        for name, direction in shape_motions(predictions.get(example.example_id, "")):
+            said.setdefault(name, direction)  # the first thing the caption says of it
+        wanted = shape_motions(example.targets[0])
+        counted += len(wanted)
+        right += sum(said.get(name) == direction for name, direction in wanted)
     return 100.0 * right / max(counted, 1)
+
+
+def motion_answer_accuracy(backbone: VLBackbone, captions: list[Example],
+                           features: VisualFeatures) -> float:
+    """Percent of `motion_questions` about the captioned clips answered with the right
+    direction word: the same motion, asked of one named shape instead of described."""
+    questions = motion_questions(captions)
+    answers = predict(backbone, None, "tvc", questions, features)
+    right = sum(answers[q.example_id].strip() == q.targets[0] for q in questions)
+    return 100.0 * right / max(len(questions), 1)
 
 
 def check_attributes(backbone: VLBackbone, root: Path, out: Path) -> dict:
     """Per question type accuracy of the pre-trained backbone on its own world's val split
     (the note's advice: know what the frozen model can see before comparing methods), and
-    for video captions whether it names the right motion (chance: 20)."""
+    for video captions whether they give each shape its motion, and whether it answers
+    how each shape moves when asked (chance: 20 for both)."""
     report = {}
     for task, folder in (("vqa", "images"), ("gqa", "images"), ("tvc", "videos")):
         val = world_examples(root, "val", [task])
@@ -252,7 +266,8 @@ def check_attributes(backbone: VLBackbone, root: Path, out: Path) -> dict:
         report[task] = evaluate(task, predictions, val, use_java=False)
         if task == "tvc":
             report[task] = {"CIDEr": report[task]["CIDEr"],
-                            "motion": motion_accuracy(predictions, val)}
+                            "motion": motion_accuracy(predictions, val),
+                            "motion/question": motion_answer_accuracy(backbone, val, features)}
     (out / "pretrain_report.json").write_text(json.dumps(report, indent=2))
     for task, metrics in report.items():
         shown = ", ".join(f"{k.split('/')[-1]} {v:.1f}" for k, v in metrics.items())

@@ -12,11 +12,15 @@ from training.data import Example
 from training.pretrain import (
     MOTION_QUESTIONS,
     PretrainSettings,
+    motion_accuracy,
     motion_questions,
     pretrain,
     sample_rows,
 )
+from training.synthetic import video_tasks
 from training.synthetic.generate import SplitSizes
+from training.synthetic.video_tasks import shape_motions
+from training.synthetic.world import Clip, Mover
 
 
 def test_pretrain_writes_a_reusable_backbone_with_an_attribute_report(tmp_path):
@@ -30,6 +34,7 @@ def test_pretrain_writes_a_reusable_backbone_with_an_attribute_report(tmp_path):
     report = json.loads((tmp_path / "backbone" / "pretrain_report.json").read_text())
     assert {"vqa", "gqa", "tvc"} <= set(report) and "accuracy/colour" in report["vqa"]
     assert 0.0 <= report["tvc"]["motion"] <= 100.0
+    assert 0.0 <= report["tvc"]["motion/question"] <= 100.0
     fingerprint = backbone.fingerprint()
     log = json.loads((tmp_path / "backbone" / "pretrain_log.json").read_text())
     assert log["fingerprint"] == fingerprint and len(log["loss"]) == 2
@@ -69,16 +74,27 @@ def test_pretrain_cli_and_demo_take_their_defaults_from_pretrain_settings(tmp_pa
     assert seen == [PretrainSettings()]
 
 
-def test_motion_accuracy_compares_the_first_motion_word():
-    from training.data import Example
-    from training.pretrain import motion_accuracy
+def test_motion_accuracy_gives_each_shape_its_own_motion_in_any_order_and_grammar():
+    references = ["the red circle moves left and the blue square stays still",
+                  "the green triangle moves up",
+                  "the red square moves down and the yellow circle moves right",
+                  "the blue circle moves left", "two shapes"]
+    examples = [Example("tvc", str(i), ("v",), "tvc:", targets=(reference,))
+                for i, reference in enumerate(references)]
+    predictions = {
+        "0": "a blue square stays still while a red circle moves left",  # 2 of 2: other order
+        "1": "the green circle moves up",  # 0 of 1: the right motion of a shape not there
+        "2": "the yellow circle moves right and the red square moves up",  # 1 of 2
+        "3": "the blue circle moves left and the blue circle moves up"}  # 1: the first said
+    # 4 of the 6 shapes; a reference naming no shape counts nothing.
+    assert motion_accuracy(predictions, examples) == 400 / 6
 
-    examples = [Example("tvc", str(i), ("v",), "tvc:", targets=(target,)) for i, target in
-                enumerate(["the red circle moves left", "a blue square stays still",
-                           "two shapes", "the red square moves up and a circle moves left"])]
-    predictions = {"0": "the red circle moves left", "1": "a blue square moves right",
-                   "2": "anything", "3": "the square moves up"}
-    assert motion_accuracy(predictions, examples) == 200 / 3  # example 2 names no motion
+
+def test_shape_motions_reads_both_tvc_grammars():
+    clip = Clip((Mover("red", "circle", (10, 10), "left"),
+                 Mover("blue", "square", (40, 40), "still")))
+    for description in video_tasks.tvc_descriptions(clip):
+        assert shape_motions(description) == [("red circle", "left"), ("blue square", "still")]
 
 
 def _clip_caption(clip: str, *references: str) -> Example:
@@ -115,3 +131,4 @@ def test_a_batch_draws_rows_by_mix_weight_not_by_example_count():
     assert "caption" not in drawn and drawn.count(MOTION_QUESTIONS) > 300
     tvc_ids = [row.example_id for row in batches[0] if row.task == "tvc"]
     assert len(set(tvc_ids)) == len(tvc_ids)  # distinct where the group has enough
+

@@ -15,9 +15,10 @@ from training.synthetic.world import COLOURS, DIRECTIONS, Clip, Mover, pick
 
 TVQA_OPTIONS = tuple(DIRECTIONS)
 HOW2QA_OPTIONS = tuple(COLOURS)
-MOTION_WORD = re.compile(r"\b(left|right|up|down|still)\b")
-# One clause of `tvc_descriptions`' per-shape sentence: "the red circle moves left".
-_SHAPE_MOTION = re.compile(r"\bthe (\w+ \w+) (?:moves (left|right|up|down)|stays (still))\b")
+# One clause of either `tvc_descriptions` sentence: "the red circle moves left" (per
+# shape) or "a red circle moves left" (all shapes in one sentence).
+_SHAPE_MOTION = re.compile(
+    r"\b(?:the|a) (\w+ \w+) (?:moves (left|right|up|down)|stays (still))\b")
 
 
 def motion_phrase(mover: Mover) -> str:
@@ -71,9 +72,10 @@ def yc2c_descriptions(clip: Clip) -> list[str]:
 
 
 def shape_motions(description: str) -> list[tuple[str, str]]:
-    """``[(shape name, direction), ...]`` read back from a per-shape TVC description, e.g.
-    ``"the red circle moves left and the blue square stays still"`` ->
-    ``[("red circle", "left"), ("blue square", "still")]``."""
+    """``[(shape name, direction), ...]`` read back from a TVC description in either
+    grammar, in the order it names them, e.g. ``"the red circle moves left and the blue
+    square stays still"`` or ``"a red circle moves left while a blue square stays still"``
+    -> ``[("red circle", "left"), ("blue square", "still")]``."""
     return [(name, moving or still) for name, moving, still in _SHAPE_MOTION.findall(description)]
 
 
