@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import _fail
 from modeling.backbone import VLBackbone
 from modeling.families import load_backbone
 from modeling.params import report
@@ -39,6 +40,20 @@ PRESETS = ["full_finetuning", "multiple_adapters", "half_shared_adapters", "sing
 LR = {"full_finetuning": 1e-4}
 # Video multiple choice, split by question type (the asked shape's motion), as VQA is.
 TYPED_TASKS = ("tvqa", "how2qa")
+# The single adapter over the same architecture with random weights: what must be beaten.
+CONTROL = "single_adapter (random backbone)"
+
+
+def planned_runs(presets: str, control: bool) -> list[str]:
+    """The row names to train, in order: each preset of the comma-separated `presets`
+    (empty: none, so a call can run the control alone), then CONTROL when `control`.
+    Raises ValueError naming an unknown preset before anything trains."""
+    names = [name.strip() for name in presets.split(",") if name.strip()]
+    for name in names:
+        method_preset(name)
+    if not names and not control:
+        raise ValueError("--presets is empty and --no-control is set: nothing to run")
+    return names + [CONTROL] * control
 
 
 def majority(task: str, train, test) -> float:
@@ -105,10 +120,15 @@ def main() -> None:
     parser.add_argument("--world", default="runs/data/world")
     parser.add_argument("--out", default="runs/table1")
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--presets", default=",".join(PRESETS),
+                        help="comma-separated presets; empty (\"\") runs only the control")
     parser.add_argument("--no-control", action="store_true",
                         help="leave out the random-backbone control (run it in another call)")
     args = parser.parse_args()
+    try:
+        planned = planned_runs(args.presets, control=not args.no_control)
+    except ValueError as error:  # a CLI mistake: one line on stderr, exit 2
+        _fail(f"synthetic_table1: {error}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     backbone = load_backbone(args.backbone)
     out, start = Path(args.out), time.time()
@@ -123,10 +143,8 @@ def main() -> None:
         t: None if TASKS[t].is_captioning else majority(t, train[t], test[t])
         for t in TASKS}, 0))
     typed_rows = {"majority answer": majority_by_type(train, test)}
-    runs = [(name, backbone) for name in args.presets.split(",")]
-    if not args.no_control:
-        runs.append(("single_adapter (random backbone)", VLBackbone.from_config(
-            backbone.config, seed=123, tokenizer=backbone.tokenizer)))
+    runs = [(name, backbone if name != CONTROL else VLBackbone.from_config(
+        backbone.config, seed=123, tokenizer=backbone.tokenizer)) for name in planned]
     results = {}
     for name, model in runs:
         preset_name = name.split(" ")[0]
