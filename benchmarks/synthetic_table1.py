@@ -1,9 +1,10 @@
 """VL-Adapter's Table 1 on the bundled synthetic benchmark: method x task x % parameters.
 
-    python benchmarks/synthetic_table1.py --steps 600            # after `train-adapter pretrain`
+    python benchmarks/synthetic_table1.py --steps 300            # after `make demo`
 
-Every method trains on the eight tasks of the main synthetic world over the frozen,
-pre-trained `small` backbone and is scored on the test split. Beside the methods: the
+Every method trains on the eight tasks of the main synthetic world (`runs/data/world`, which
+`make demo` generates) over the frozen, pre-trained `small` backbone (by default the one the
+repository ships, `assets/backbone-small`) and is scored on the test split. Beside the methods: the
 majority answer (no model) and a random-backbone control (single adapter over the same
 architecture with random weights), so a number can be read against what it must beat.
 Full fine-tuning is the baseline, as in the paper. Prints the machine and wall time.
@@ -11,7 +12,6 @@ Full fine-tuning is the baseline, as in the paper. Prints the machine and wall t
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import _fail
+from demo.run import SHIPPED_BACKBONE
 from modeling.backbone import VLBackbone
+from modeling.cli_parser import OneLineParser, positive_int
 from modeling.families import load_backbone
 from modeling.params import report
 from modeling.presets import method_preset
@@ -115,11 +116,11 @@ def row(name: str, percent: float | None, scores: dict[str, float | None],
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="runs/backbone-small")
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default=str(SHIPPED_BACKBONE))
     parser.add_argument("--world", default="runs/data/world")
     parser.add_argument("--out", default="runs/table1")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=positive_int, default=600)
     parser.add_argument("--presets", default=",".join(PRESETS),
                         help="comma-separated presets; empty (\"\") runs only the control")
     parser.add_argument("--no-control", action="store_true",
@@ -127,8 +128,8 @@ def main() -> None:
     args = parser.parse_args()
     try:
         planned = planned_runs(args.presets, control=not args.no_control)
-    except ValueError as error:  # a CLI mistake: one line on stderr, exit 2
-        _fail(f"synthetic_table1: {error}")
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     backbone = load_backbone(args.backbone)
     out, start = Path(args.out), time.time()
