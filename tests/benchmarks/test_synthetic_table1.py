@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import synthetic_table1
+from training.config import TaskData
 from training.data.example import Example
 
 
@@ -48,3 +49,26 @@ def test_cli_refuses_an_unknown_preset_with_one_line_and_exit_2(monkeypatch, cap
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lora_xl" in err[0]
+
+
+def test_frozen_motion_counts_the_named_direction_per_true_direction(monkeypatch):
+    captions = [Example("tvc", "c1", ("clip1",), "tvc: x",
+                        targets=("the red circle moves left and the blue square stays still",)),
+                Example("tvc", "c2", ("clip2",), "tvc: y",
+                        targets=("the green triangle moves left",))]
+    said = {"clip1/red circle": "left", "clip1/blue square": "it moves up",
+            "clip2/green triangle": "right"}
+    asked = []
+
+    def fake_predict(backbone, adapters, task, questions, features):
+        asked.extend(q.source_text for q in questions)
+        return said
+
+    monkeypatch.setattr(synthetic_table1, "load_task_split", lambda task, data, split: captions)
+    monkeypatch.setattr(synthetic_table1, "features_for", lambda *args: None)
+    monkeypatch.setattr(synthetic_table1, "predict", fake_predict)
+    backbone = type("Frozen", (), {"fingerprint": lambda self: "sha256:0"})()
+    tvc = TaskData(train="tvc/train.jsonl", visual="videos")
+    motion = synthetic_table1.frozen_motion(backbone, tvc, None)
+    assert motion == {"left": 50.0, "still": 0.0, "all": 100.0 / 3}
+    assert "tvc: how does the blue square move ?" in asked
