@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks import synthetic_table1
+from training.config import TaskData
 from training.data.example import Example
 
 
@@ -22,3 +25,50 @@ def test_majority_and_methods_are_split_per_question_type():
                                           "full_finetuning": {**majority, "tvqa up": 75.0}})
     assert lines[0] == "| method | tvqa left | tvqa up | how2qa left | how2qa up |"
     assert lines[3] == "| full_finetuning | 100.0 | 75.0 | 100.0 | 50.0 |"
+
+
+def test_empty_presets_run_the_random_backbone_control_alone():
+    control = synthetic_table1.CONTROL
+    assert synthetic_table1.planned_runs("", control=True) == [control]
+    assert synthetic_table1.planned_runs("single_adapter,full_finetuning", control=True) == [
+        "single_adapter", "full_finetuning", control]
+    assert synthetic_table1.planned_runs("single_adapter", control=False) == ["single_adapter"]
+
+
+def test_unknown_preset_or_nothing_to_run_is_refused_before_training():
+    with pytest.raises(ValueError, match="singel_adapter"):
+        synthetic_table1.planned_runs("full_finetuning,singel_adapter", control=True)
+    with pytest.raises(ValueError, match="nothing to run"):
+        synthetic_table1.planned_runs("", control=False)
+
+
+def test_cli_refuses_an_unknown_preset_with_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["synthetic_table1.py", "--presets", "lora_xl"])
+    with pytest.raises(SystemExit) as exit_info:
+        synthetic_table1.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lora_xl" in err[0]
+
+
+def test_frozen_motion_counts_the_named_direction_per_true_direction(monkeypatch):
+    captions = [Example("tvc", "c1", ("clip1",), "tvc: x",
+                        targets=("the red circle moves left and the blue square stays still",)),
+                Example("tvc", "c2", ("clip2",), "tvc: y",
+                        targets=("the green triangle moves left",))]
+    said = {"clip1/red circle": "left", "clip1/blue square": "it moves up",
+            "clip2/green triangle": "right"}
+    asked = []
+
+    def fake_predict(backbone, adapters, task, questions, features):
+        asked.extend(q.source_text for q in questions)
+        return said
+
+    monkeypatch.setattr(synthetic_table1, "load_task_split", lambda task, data, split: captions)
+    monkeypatch.setattr(synthetic_table1, "features_for", lambda *args: None)
+    monkeypatch.setattr(synthetic_table1, "predict", fake_predict)
+    backbone = type("Frozen", (), {"fingerprint": lambda self: "sha256:0"})()
+    tvc = TaskData(train="tvc/train.jsonl", visual="videos")
+    motion = synthetic_table1.frozen_motion(backbone, tvc, None)
+    assert motion == {"left": 50.0, "still": 0.0, "all": 100.0 / 3}
+    assert "tvc: how does the blue square move ?" in asked
