@@ -9,8 +9,11 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from adapters_registry import import_peft
 from modeling.families import florence2, load_backbone
+from modeling.families.info import describe as backbone_info
 from modeling.tasks import TASKS, TaskSpec
 from serving.config import ServeConfig
 from serving.protos import inference_pb2
@@ -99,5 +102,23 @@ def test_florence2_artifact_records_the_prompts_it_was_trained_with(florence_run
     trainer.out = tmp_path
     trainer.write_outputs({})
     manifest = json.loads((tmp_path / "artifact" / "manifest.json").read_text())
+    assert manifest["tasks"] == {"caption": {"prompt": FLORENCE2_CAPTION},
+                                 "vqa": {"prompt": "<VQA>"}}
+
+
+def test_peft_import_for_a_florence2_backbone_records_the_prompts_training_does(
+        florence_run, tmp_path):
+    """`import-peft` given the family and fingerprint `backbone info` prints for a Florence-2
+    folder writes the prompts a run trained on that folder records."""
+    trainer, _, _ = florence_run
+    info = backbone_info(trainer.config.backbone)
+    peft = tmp_path / "peft"
+    peft.mkdir()
+    (peft / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "token_dim": 32,
+        "num_transformer_submodules": 1}))
+    save_file({"prompt_embeddings": torch.zeros(2, 32)}, peft / "adapter_model.safetensors")
+    manifest = import_peft(peft, tmp_path / "imported", info["fingerprint"],
+                           tasks=("caption", "vqa"), family=info["family"])
     assert manifest["tasks"] == {"caption": {"prompt": FLORENCE2_CAPTION},
                                  "vqa": {"prompt": "<VQA>"}}
