@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from modeling.tasks import TASKS, task_prompt
+from modeling.config import PRESETS, preset
+from modeling.families import blip, florence2
+from modeling.tasks import BACKBONE_FAMILIES, TASKS, task_prompt
 
 
 def test_scored_tasks_are_exactly_those_with_candidate_labels():
@@ -100,3 +102,12 @@ def test_only_a_blip_captioning_model_reads_no_text_and_its_config_json_says_so(
     assert backbone_config(folder) == blip.load(folder).config  # config.json alone
     assert backbone_config(folder).reads_text == (mode == "vqa")
     assert preset("tiny").reads_text and preset("tiny-bart").reads_text
+
+
+def test_backbone_families_name_every_family_a_backbone_config_reports():
+    """`import-peft --family` offers exactly the families backbones have."""
+    configs = [preset(name) for name in PRESETS]
+    configs.append(florence2.backbone_config(florence2.sized_config("tiny"), 32))
+    caption = blip.random_model("caption", "tiny", device="meta")
+    configs.append(blip.backbone_config(caption.config, "BlipForConditionalGeneration"))
+    assert {config.family for config in configs} == set(BACKBONE_FAMILIES)
