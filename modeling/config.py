@@ -35,6 +35,11 @@ def _without_defaults(fields: dict[str, Any], switches: dict[str, Any]) -> dict[
     return {k: v for k, v in fields.items() if k not in switches or v != switches[k]}
 
 
+# The most text tokens any example is read with: what batches were always cut to
+# (`modeling.inputs.make_batch`), T5's pre-training length; a family with fewer text
+# positions reads fewer (`BackboneConfig.max_text_tokens`).
+MAX_TEXT_TOKENS = 512
+
 # VL-T5 / VL-BART add `<extra_id_0..99>` and `<vis_extra_id_0..99>` to the vocabulary.
 VL_EXTRA_TOKENS = 200
 BART_BASE_VOCAB = 50265
@@ -172,6 +177,16 @@ class BackboneConfig:
         only text it sees), so tasks that ask a question cannot be done on it."""
         architectures = self.lm.get("architectures") or [None]
         return architectures[0] != "BlipForConditionalGeneration"
+
+    @property
+    def max_text_tokens(self) -> int:
+        """The most encoder text tokens (prompt and special tokens included) one example may
+        have: the LM's learned text positions (BART's `max_position_embeddings`, BLIP's
+        BERT text config's), at most `MAX_TEXT_TOKENS` (T5's relative positions have no
+        table to run past). Longer text would index past the position table."""
+        text = self.lm.get("text_config", self.lm) if self.lm_type == "bert" else self.lm
+        positions = text.get("max_position_embeddings")
+        return MAX_TEXT_TOKENS if positions is None else min(int(positions), MAX_TEXT_TOKENS)
 
     @property
     def tokens_per_image(self) -> int:
