@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from adapters_registry import import_peft
-from modeling.families import florence2, load_backbone
+from benchmarks.florence2_sizes import sized_config, write_random
+from modeling.families import load_backbone
 from modeling.families.info import describe as backbone_info
 from modeling.tasks import TASKS, TaskSpec
 from serving.config import ServeConfig
@@ -50,10 +51,10 @@ def florence_run(tmp_path_factory):
            "methods": [{"method": "lora", "config": {"rank": 2}}], "java_metrics": False}
     examples = [e for t, d in parse_config({**raw, "backbone": "tiny"}).tasks.items()
                 for e in load_task_split(t, d, "train")]
-    config = florence2.sized_config("tiny")
+    config = sized_config("tiny")
     config.text_config.vocab_size = 512
     tokenizer = corpus_tokenizer(examples, "bart", 512)
-    florence2.write_random(root / "florence2", config, 32, tokenizer)
+    write_random(root / "florence2", config, 32, tokenizer)
     backbone = load_backbone(root / "florence2")
     recorded: list[str] = []
     original = TaskSpec.format_source

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from benchmarks import synthetic_table1
+from benchmarks.florence2_sizes import sized_config
 from modeling.backbone import VLBackbone
 from modeling.config import preset
 from modeling.families import florence2
@@ -62,7 +63,7 @@ def _scored_sources(world: Path, backbone, monkeypatch) -> dict[str, str]:
 
 
 def test_table1_scores_a_florence2_backbone_on_its_own_task_prompts(world, monkeypatch):
-    backbone = florence2.from_config(florence2.sized_config("tiny"), image_size=32)
+    backbone = florence2.from_config(sized_config("tiny"), image_size=32)
     sources = _scored_sources(world, backbone, monkeypatch)
     assert sources["vqa"].startswith("<VQA>") and sources["gqa"].startswith("<GQA>")
     assert sources["caption"] == "What does the image describe?"

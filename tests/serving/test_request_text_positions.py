@@ -8,6 +8,7 @@ from __future__ import annotations
 import grpc
 import pytest
 import tritonclient.grpc as triton
+from family_helpers import blip_model
 from kserve_helpers import kserve_inputs, kserve_parameters
 from serving_helpers import random_adapter, request_for
 from tritonclient.utils import InferenceServerException
@@ -30,7 +31,7 @@ def blip_server(tmp_path_factory):
     """(backbone, running server with an adapter `alpha`) over a tiny BLIP VQA folder; the
     server's own max_text_tokens (256) is above the backbone's positions."""
     root = tmp_path_factory.mktemp("blip-positions")
-    model = blip.random_model("vqa", "tiny", seed=0)
+    model = blip_model("vqa", "tiny", seed=0)
     vocab = model.config.text_config.vocab_size
     words = ["what", "is", "the", "color", "vqa", *[f"w{i}" for i in range(vocab)]]
     model.save_pretrained(root / "model")
@@ -55,7 +56,7 @@ def _question(backbone, tokens: int) -> str:
 
 
 def test_tiny_blip_reads_its_position_tables_length():
-    model = blip.random_model("vqa", "tiny", device="meta")
+    model = blip_model("vqa", "tiny", device="meta")
     config = blip.backbone_config(model.config, "BlipForQuestionAnswering")
     assert config.max_text_tokens == POSITIONS == model.config.text_config.max_position_embeddings
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 from pretrain_helpers import logged_settings
 
+from benchmarks.florence2_sizes import sized_config
 from modeling.families import florence2
 from modeling.tasks import FAMILY_PROMPTS
 from training.cli import build_parser, main, pretrain_settings
@@ -104,7 +105,7 @@ def test_motion_questions_ask_how_each_shape_of_a_clip_moves():
 
 def _tiny_florence2_family() -> str:
     """The family of a tiny random Florence-2 backbone (shapes only)."""
-    return florence2.from_config(florence2.sized_config("tiny"), image_size=32).config.family
+    return florence2.from_config(sized_config("tiny"), image_size=32).config.family
 
 
 def test_pretraining_examples_carry_the_backbones_family_prompts(tmp_path):

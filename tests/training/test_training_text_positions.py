@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 import yaml
+from family_helpers import blip_model
 
-from modeling.families import blip, load_backbone
+from modeling.families import load_backbone
 from modeling.tokenizer import build_word_tokenizer
 from training.batches import training_batch
 from training.cli import main
@@ -40,7 +41,7 @@ def _blip_vqa_run(world: dict, tmp_path: Path) -> dict:
     raw = {**world["raw"], "backbone": str(tmp_path / "blip"), "steps": 1, "eval_every": 1,
            "tasks": {"vqa": vqa}, "methods": [{"method": "lora", "config": {"rank": 2}}]}
     examples = load_task_split("vqa", parse_config(raw).tasks["vqa"], "train")
-    model = blip.random_model("vqa", "tiny", seed=0)
+    model = blip_model("vqa", "tiny", seed=0)
     model.save_pretrained(tmp_path / "blip")
     build_word_tokenizer(corpus_words(examples), "bert", model.config.text_config.vocab_size
                          ).save_pretrained(tmp_path / "blip")
