@@ -64,15 +64,6 @@ class Florence2Vision(nn.Module):
 class Florence2Backbone(VLBackbone):
     """A `VLBackbone` over Florence-2: only the tower differs (no CLS, no grid pooling)."""
 
-    @property
-    def tokens_per_image(self) -> int:
-        """T: each DaViT stage's strided conv shrinks the side, then one temporal token."""
-        settings, side = self.config.vision.settings, self.config.vision.image_size
-        for kernel, stride, pad in zip(settings["patch_size"], settings["patch_stride"],
-                                       settings["patch_padding"], strict=True):
-            side = (side + 2 * pad - kernel) // stride + 1
-        return side * side + 1
-
     def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [n, 3, S, S] -> image tokens [n, T, d_model] (see Florence2Vision)."""
         if self.vision is None:
