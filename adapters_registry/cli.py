@@ -18,6 +18,7 @@ from adapters_registry.peft_import import import_peft
 from adapters_registry.store import ROOT_ENV, Registry
 from adapters_registry.versions import VersionInfo
 from modeling.cli_parser import OneLineParser
+from modeling.tasks import BACKBONE_FAMILIES, DEFAULT_FAMILY
 
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
@@ -97,6 +98,9 @@ def _add_maintenance_commands(commands: argparse._SubParsersAction) -> None:
     peft.add_argument("--out", required=True, help="artifact directory to create")
     peft.add_argument("--fingerprint", required=True, help="base-model fingerprint (sha256:...)")
     peft.add_argument("--task", action="append", help="task served (repeatable; default caption)")
+    peft.add_argument("--family", default=DEFAULT_FAMILY, choices=BACKBONE_FAMILIES,
+                      help="the backbone's family, whose task prompts the artifact records "
+                           f"(`train-adapter backbone info` prints it; default {DEFAULT_FAMILY})")
     peft.add_argument("--name", help="also publish the artifact under this name")
     peft.add_argument("--alias", help="with --name: alias of the published version")
 
@@ -161,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"removed sha256/{blob}")
     elif command == "import-peft":
         tasks = tuple(args.task or ("caption",))
-        import_peft(args.dir, args.out, args.fingerprint, tasks)
+        import_peft(args.dir, args.out, args.fingerprint, tasks, args.family)
         print(f"wrote {args.out}")
         if args.name:
             print(f"{args.name}:{registry.publish(args.out, args.name, alias=args.alias)}")

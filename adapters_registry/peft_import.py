@@ -16,8 +16,10 @@ LoRA method names its layers exactly (`targets: ["lm.<path>", ...]`), so a LoRA 
 layers only is served with no delta elsewhere; layers whose rank or scale differ
 (`rank_pattern`, `alpha_pattern`) form further methods `lora_2`, `lora_3`, ... A seq2seq
 prompt keeps its first ``n`` rows: the only ones PEFT prepends (to the encoder input).
-A PEFT folder has no base-model fingerprint; the caller supplies it. Each task's prompt
-is the one `modeling.tasks` defines (``nlvr: `` for nlvr2), as a trained artifact records.
+A PEFT folder has no base-model fingerprint nor backbone family; the caller supplies both
+(``train-adapter backbone info`` prints them), and the manifest records the family. Each
+task's prompt is the one `modeling.tasks` defines for that family (``nlvr: `` for nlvr2,
+Florence-2's ``<VQA>`` for vqa), as a trained artifact records.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from modeling.peft_policy import (
     peft_files,
     plan_peft,
 )
-from modeling.tasks import task_prompt
+from modeling.tasks import BACKBONE_FAMILIES, DEFAULT_FAMILY, task_prompt
 from modeling.tensor_names import param_key, shared_tensor_name
 
 Plan = tuple[list[dict[str, Any]], dict[str, TensorEntry]]
@@ -92,9 +94,12 @@ def _prompt_method(plan: PeftPlan, header: Header) -> Plan:
     return [method], keep
 
 
-def _check_inputs(folder: Path, fingerprint: str, tasks: tuple[str, ...]) -> None:
+def _check_inputs(fingerprint: str, family: str, tasks: tuple[str, ...]) -> None:
     if not FINGERPRINT_PATTERN.fullmatch(fingerprint):
         raise InvalidArtifact(f"fingerprint {fingerprint!r} must be 'sha256:<64 lower-case hex>'")
+    if family not in BACKBONE_FAMILIES:
+        raise InvalidArtifact(f"family {family!r} is not a backbone family; expected one of "
+                              f"{', '.join(BACKBONE_FAMILIES)}")
     if not tasks or len(set(tasks)) != len(tasks):
         raise InvalidArtifact(f"tasks must be distinct and at least one, got {list(tasks)}")
     for task in tasks:
@@ -114,17 +119,18 @@ def _plan(config: object, header: Header) -> Plan:
 
 
 def _manifest_fields(
-    config: dict[str, Any], plan: Plan, fingerprint: str, tasks: tuple[str, ...]
+    config: dict[str, Any], plan: Plan, fingerprint: str, family: str, tasks: tuple[str, ...]
 ) -> dict[str, Any]:
     methods, keep = plan
     return {
         "format_version": 1,
         "base_model": {
             "fingerprint": fingerprint,
+            "family": family,
             "peft_base_model": config.get("base_model_name_or_path"),
         },
         "methods": methods,
-        "tasks": {task: {"prompt": task_prompt(task)} for task in tasks},
+        "tasks": {task: {"prompt": task_prompt(task, family)} for task in tasks},
         "parameters": {"trainable": sum(target.numel for target in keep.values())},
         "metrics": {},
         "created_by": "adapter-registry import-peft",
@@ -136,15 +142,18 @@ def import_peft(
     out_dir: str | os.PathLike[str],
     fingerprint: str,
     tasks: tuple[str, ...] = ("caption",),
+    family: str = DEFAULT_FAMILY,
 ) -> dict[str, Any]:
     """Write the artifact of a PEFT folder to ``out_dir`` and return its manifest.
 
     ``out_dir`` must not exist; it appears complete or not at all. ``fingerprint`` names the
-    backbone the adapter belongs to; every task gets the same (shared) tensors. What is
-    accepted is `modeling.peft_policy.plan_peft`'s decision; a refusal is InvalidArtifact.
+    backbone the adapter belongs to and ``family`` that backbone's family
+    (`BackboneConfig.family`), whose task prompts the manifest records; every task gets the
+    same (shared) tensors. What is accepted is `modeling.peft_policy.plan_peft`'s decision;
+    a refusal is InvalidArtifact.
     """
     folder, out, tasks = Path(peft_dir), Path(out_dir), tuple(tasks)
-    _check_inputs(folder, fingerprint, tasks)
+    _check_inputs(fingerprint, family, tasks)
     try:
         config_file, weights = peft_files(folder)
     except PeftRefused as exc:
@@ -163,7 +172,7 @@ def import_peft(
                 write_tensors(destination, source, header, plan[1])
         for task in tasks:
             (temp / task_file(task)).write_bytes(encode_header([]))
-        manifest = write_manifest(temp, _manifest_fields(config, plan, fingerprint, tasks))
+        manifest = write_manifest(temp, _manifest_fields(config, plan, fingerprint, family, tasks))
         os.rename(temp, out)
     finally:
         shutil.rmtree(temp, ignore_errors=True)

@@ -4,10 +4,10 @@
     python -m benchmarks.peft_baselines --backbone DIR --clock cpu
 
 No weights can be downloaded here, and speed depends on the shapes, not the values: the
-folder is `Florence2ForConditionalGeneration` built from `florence2.sized_config("base")`
+folder is `Florence2ForConditionalGeneration` built from `florence2_sizes.sized_config("base")`
 (Florence-2-base's public config.json: DaViT widths 128/256/512/1024, depths 1/1/9/1,
 projector to 768; BART-base, 6 + 6 layers of 768, 51289 tokens) at 768 px, seeded random
-weights, saved as a fine-tuned checkpoint is (`florence2.write_random`: config.json,
+weights, saved as a fine-tuned checkpoint is (`florence2_sizes.write_random`: config.json,
 model.safetensors, preprocessor_config.json; about 0.9 GB for base). `--size tiny` writes
 the test size. Exit 2 with one line when DIR already holds files.
 """
@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         print(f"{parser.prog}: error: --out {out} already holds files", file=sys.stderr)
         return 2
-    from modeling.families import florence2  # torch after --help
+    from benchmarks.florence2_sizes import sized_config, write_random  # torch after --help
+    from modeling.families import florence2
 
-    config = florence2.sized_config(args.size)
-    florence2.write_random(out, config, IMAGE_SIZE[args.size], seed=args.seed)
+    write_random(out, sized_config(args.size), IMAGE_SIZE[args.size], seed=args.seed)
     backbone = florence2.config(out)
     print(f"wrote {out}: Florence-2 {args.size} ({IMAGE_SIZE[args.size]} px), BART "
           f"d_model {backbone.d_model}, {backbone.lm['encoder_layers']} + "

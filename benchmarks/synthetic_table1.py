@@ -28,10 +28,11 @@ from modeling.families import load_backbone
 from modeling.params import report
 from modeling.presets import method_preset
 from modeling.tasks import TASKS, TaskKind
-from training.config import TaskData
+from training.config import RunConfig, TaskData
+from training.data.example import Example
 from training.evaluation import evaluate_task, predict
 from training.features import features_for
-from training.pretrain import motion_accuracy, motion_questions
+from training.pretrain import answers_right, motion_questions
 from training.synthetic_run import synthetic_config
 from training.trainer import Trainer, load_task_split
 
@@ -69,13 +70,21 @@ def majority(task: str, train, test) -> float:
     return 100.0 * sum(top in e.targets[:1] for e in test) / len(test)
 
 
+def task_splits(config: RunConfig, split: str, family: str) -> dict[str, list[Example]]:
+    """The `split` examples of every task of `config`, prompted for a backbone of `family`
+    (`BackboneConfig.family`): the text its adapters train on."""
+    return {task: load_task_split(task, data, split, family)
+            for task, data in config.tasks.items()}
+
+
 def test_scores(trainer: Trainer, cache: Path) -> tuple[dict[str, float], dict[str, float]]:
     """-> (headline metric per task, `<task> <type>` accuracy for the TYPED_TASKS)."""
     backbone = trainer.full.model if trainer.full is not None else trainer.backbone
     adapters = None if trainer.full is not None else trainer.model
     scores, typed = {}, {}
+    tests = task_splits(trainer.config, "test", trainer.backbone.config.family)
     for task, data in sorted(trainer.config.tasks.items()):
-        test = load_task_split(task, data, "test")
+        test = tests[task]
         features = features_for(trainer.backbone, task, data.visual, test, cache,
                                 trainer.fingerprint)
         metrics = evaluate_task(backbone, adapters, task, test, features,
@@ -102,14 +111,15 @@ def frozen_motion(backbone: VLBackbone, tvc: TaskData, cache: Path) -> dict[str,
     clips' shapes whose motion it names when asked its pre-training question (``"tvc: how
     does the red circle move ?"``, no choices), per true direction and ``all``: what a
     method could reach on TVQA if it learned to go from the motion to the option label."""
-    questions = motion_questions(load_task_split("tvc", tvc, "test"))
+    family = backbone.config.family
+    questions = motion_questions(load_task_split("tvc", tvc, "test", family), family)
     features = features_for(backbone, "tvc", tvc.visual, questions, cache,
                             backbone.fingerprint())
     predictions = predict(backbone, None, "tvc", questions, features)
     directions = sorted({q.targets[0] for q in questions})
-    by_direction = {d: motion_accuracy(predictions, [q for q in questions if q.targets[0] == d])
+    by_direction = {d: answers_right(predictions, [q for q in questions if q.targets[0] == d])
                     for d in directions}
-    return {**by_direction, "all": motion_accuracy(predictions, questions)}
+    return {**by_direction, "all": answers_right(predictions, questions)}
 
 
 def typed_table(rows: dict[str, dict[str, float]]) -> list[str]:
@@ -155,8 +165,8 @@ def main() -> None:
     lines = [header, "|" + "---|" * (len(TASKS) + 4)]
     base = synthetic_config(args.world, args.backbone, "single_adapter", args.steps,
                             java_metrics=False, eval_every=0, log_every=50)
-    train = {t: load_task_split(t, d, "train") for t, d in base.tasks.items()}
-    test = {t: load_task_split(t, d, "test") for t, d in base.tasks.items()}
+    train = task_splits(base, "train", backbone.config.family)
+    test = task_splits(base, "test", backbone.config.family)
     lines.append(row("majority answer", None, {
         t: None if TASKS[t].is_captioning else majority(t, train[t], test[t])
         for t in TASKS}, 0))

@@ -262,7 +262,7 @@ class VLBackbone(nn.Module):
     @property
     def tokens_per_image(self) -> int:
         """How many visual tokens `image_tokens` gives per image (`BackboneConfig`'s count:
-        the pooled grid, or a BLIP ViT's 1 + patches)."""
+        the pooled grid, a BLIP ViT's 1 + patches, Florence-2's DaViT tokens)."""
         return self.config.tokens_per_image
 
     def frame_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,6 +35,11 @@ def _without_defaults(fields: dict[str, Any], switches: dict[str, Any]) -> dict[
     return {k: v for k, v in fields.items() if k not in switches or v != switches[k]}
 
 
+# The most text tokens any example is read with: what batches were always cut to
+# (`modeling.inputs.make_batch`), T5's pre-training length; a family with fewer text
+# positions reads fewer (`BackboneConfig.max_text_tokens`).
+MAX_TEXT_TOKENS = 512
+
 # VL-T5 / VL-BART add `<extra_id_0..99>` and `<vis_extra_id_0..99>` to the vocabulary.
 VL_EXTRA_TOKENS = 200
 BART_BASE_VOCAB = 50265
@@ -174,10 +179,32 @@ class BackboneConfig:
         return architectures[0] != "BlipForConditionalGeneration"
 
     @property
+    def max_text_tokens(self) -> int:
+        """The most encoder text tokens (prompt and special tokens included) one example may
+        have: the LM's learned positions (BLIP's BERT text config's `max_position_embeddings`;
+        BART's less one image's tokens, which take positions from the same table), at most
+        `MAX_TEXT_TOKENS` (T5's relative positions have no table to run past). Longer text
+        would index past the position table."""
+        text = self.lm.get("text_config", self.lm) if self.lm_type == "bert" else self.lm
+        positions = text.get("max_position_embeddings")
+        if positions is None:
+            return MAX_TEXT_TOKENS
+        shared = self.tokens_per_image if self.lm_type == "bart" else 0
+        return min(int(positions) - shared, MAX_TEXT_TOKENS)
+
+    @property
     def tokens_per_image(self) -> int:
-        """Visual tokens one image becomes: the pooled grid, or a BLIP ViT's 1 + patches."""
+        """Visual tokens one image becomes: the pooled grid, a BLIP ViT's 1 + patches, or
+        Florence-2's DaViT cells + 1 temporal token (each stage's strided conv shrinks the
+        side)."""
         if self.vision is not None and self.vision.tower == "blip":
             return (self.vision.image_size // self.vision.patch_size) ** 2 + 1
+        if self.vision is not None and self.vision.tower == "florence2":
+            settings, side = self.vision.settings, self.vision.image_size
+            for kernel, stride, pad in zip(settings["patch_size"], settings["patch_stride"],
+                                           settings["patch_padding"], strict=True):
+                side = (side + 2 * pad - kernel) // stride + 1
+            return side * side + 1
         return self.image_grid ** 2
 
     @property

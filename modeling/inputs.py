@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from modeling.backbone import VLBatch
-from modeling.config import BackboneConfig
+from modeling.config import MAX_TEXT_TOKENS, BackboneConfig
 from modeling.visual import frame_index
 
 
@@ -116,9 +116,12 @@ def candidate_ids(tokenizer: PreTrainedTokenizerBase, labels: list[list[str]]) -
 
 def make_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str],
                visuals: list[VisualTokens], targets: list[str] | None = None,
-               max_text_tokens: int = 512, max_target_tokens: int = 64,
+               max_text_tokens: int = MAX_TEXT_TOKENS, max_target_tokens: int = 64,
                decoder_prompts: list[str] | None = None) -> VLBatch:
     """Tokenise and pad one batch; targets become labels with -100 at padding.
+
+    max_text_tokens: each text is cut to this many tokens (the backbone's
+    `BackboneConfig.max_text_tokens`: more would index past its text positions).
 
     decoder_prompts: per row the text its decoder reads before answering
     (`TaskSpec.decoder_prompt_for`; "" for none): tokenised without special tokens into

@@ -18,6 +18,10 @@ from enum import StrEnum
 
 # The family of VL-T5 / VL-BART backbones (`modeling.families.vl`): VL-Adapter's prompts.
 DEFAULT_FAMILY = "vl"
+# Every value `BackboneConfig.family` takes (the modules of `modeling.families`, as
+# `train-adapter backbone info` prints them): what a caller without the backbone at hand
+# (the registry's `import-peft --family`) may name.
+BACKBONE_FAMILIES = (DEFAULT_FAMILY, "florence2", "blip")
 
 # Per backbone family (`BackboneConfig.family`), the prompts that replace a task's own on
 # that family's backbones. Training and serving read them through `TaskSpec.prompt_for`

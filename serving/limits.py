@@ -128,13 +128,22 @@ class RequestChecker:
     """
 
     def __init__(self, limits: Limits, tokenizer, processor, feat_dim: int, has_vision: bool,
-                 frame_grid: int = 0, family: str = DEFAULT_FAMILY):
+                 frame_grid: int = 0, family: str = DEFAULT_FAMILY,
+                 backbone_text_tokens: int | None = None):
         """frame_grid: the backbone's `BackboneConfig.frame_grid` (0: frames are averaged,
         any token count goes; k: a frame's features must be a square grid to pool).
-        family: its `BackboneConfig.family`, whose task prompts requests get (training's)."""
+        family: its `BackboneConfig.family`, whose task prompts requests get (training's).
+        backbone_text_tokens: its `BackboneConfig.max_text_tokens` (the text positions its
+        LM has); an encoded text gets the smaller of it and `limits.max_text_tokens`."""
         self.limits, self.tokenizer = limits, copy.deepcopy(tokenizer)
         self.processor, self.feat_dim, self.has_vision = processor, feat_dim, has_vision
         self.frame_grid, self.family = frame_grid, family
+        self.text_tokens, self._text_limit = limits.max_text_tokens, \
+            f"limit max_text_tokens={limits.max_text_tokens}"
+        if backbone_text_tokens is not None and backbone_text_tokens < self.text_tokens:
+            self.text_tokens, self._text_limit = backbone_text_tokens, (
+                f"the backbone reads at most {backbone_text_tokens} text tokens (its "
+                f"language model's text positions)")
         self._count_tokens("")  # fixes the truncation setting before threads share it
 
     def check_message(self, size: int) -> None:
@@ -202,10 +211,9 @@ class RequestChecker:
         for name, value in fields.items():
             self._check_bytes(name, value)
         source = spec.source_text(text, tuple(choices), subtitles, self.family)
-        limit = self.limits.max_text_tokens
-        if self._count_tokens(source) > limit:
+        if self._count_tokens(source) > self.text_tokens:
             raise InvalidInput(f"text (with the task prompt, choices and subtitles) is more "
-                               f"than {limit} tokens; limit max_text_tokens={limit}")
+                               f"than {self.text_tokens} tokens; {self._text_limit}")
         return source
 
     def _check_bytes(self, name: str, value: str) -> None:
@@ -215,9 +223,9 @@ class RequestChecker:
                                f"{limit} ({TEXT_BYTES_PER_TOKEN} x max_text_tokens)")
 
     def _count_tokens(self, source: str) -> int:
-        """Tokens of `source`, counted up to max_text_tokens + 1: the encoding is cut
+        """Tokens of `source`, counted up to the text limit + 1: the encoding is cut
         there, so an over-long text costs no more ids than the limit."""
-        limit = self.limits.max_text_tokens + 1
+        limit = self.text_tokens + 1
         return len(self.tokenizer(source, truncation=True, max_length=limit)["input_ids"])
 
     def generation(self, max_new_tokens: int, num_beams: int) -> tuple[int, int]:

@@ -192,7 +192,8 @@ def build_stack(config: ServeConfig, backbone: VLBackbone | None = None,
                              image_processor(visual.image_size, visual.tower) if visual
                              else None,
                              backbone.config.feat_dim, visual is not None,
-                             backbone.config.frame_grid, backbone.config.family)
+                             backbone.config.frame_grid, backbone.config.family,
+                             backbone.config.max_text_tokens)
     inference = InferenceServicer(engine, controlled, checker)
     kserve_stats = ModelStats()
     kserve = KServeServicer(engine, controlled, inference, checker, kserve_stats,

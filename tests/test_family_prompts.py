@@ -9,8 +9,12 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from modeling.families import florence2, load_backbone
+from adapters_registry import import_peft
+from benchmarks.florence2_sizes import sized_config, write_random
+from modeling.families import load_backbone
+from modeling.families.info import describe as backbone_info
 from modeling.tasks import TASKS, TaskSpec
 from serving.config import ServeConfig
 from serving.protos import inference_pb2
@@ -47,10 +51,10 @@ def florence_run(tmp_path_factory):
            "methods": [{"method": "lora", "config": {"rank": 2}}], "java_metrics": False}
     examples = [e for t, d in parse_config({**raw, "backbone": "tiny"}).tasks.items()
                 for e in load_task_split(t, d, "train")]
-    config = florence2.sized_config("tiny")
+    config = sized_config("tiny")
     config.text_config.vocab_size = 512
     tokenizer = corpus_tokenizer(examples, "bart", 512)
-    florence2.write_random(root / "florence2", config, 32, tokenizer)
+    write_random(root / "florence2", config, 32, tokenizer)
     backbone = load_backbone(root / "florence2")
     recorded: list[str] = []
     original = TaskSpec.format_source
@@ -99,5 +103,23 @@ def test_florence2_artifact_records_the_prompts_it_was_trained_with(florence_run
     trainer.out = tmp_path
     trainer.write_outputs({})
     manifest = json.loads((tmp_path / "artifact" / "manifest.json").read_text())
+    assert manifest["tasks"] == {"caption": {"prompt": FLORENCE2_CAPTION},
+                                 "vqa": {"prompt": "<VQA>"}}
+
+
+def test_peft_import_for_a_florence2_backbone_records_the_prompts_training_does(
+        florence_run, tmp_path):
+    """`import-peft` given the family and fingerprint `backbone info` prints for a Florence-2
+    folder writes the prompts a run trained on that folder records."""
+    trainer, _, _ = florence_run
+    info = backbone_info(trainer.config.backbone)
+    peft = tmp_path / "peft"
+    peft.mkdir()
+    (peft / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "token_dim": 32,
+        "num_transformer_submodules": 1}))
+    save_file({"prompt_embeddings": torch.zeros(2, 32)}, peft / "adapter_model.safetensors")
+    manifest = import_peft(peft, tmp_path / "imported", info["fingerprint"],
+                           tasks=("caption", "vqa"), family=info["family"])
     assert manifest["tasks"] == {"caption": {"prompt": FLORENCE2_CAPTION},
                                  "vqa": {"prompt": "<VQA>"}}

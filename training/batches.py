@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from modeling.backbone import VLBatch
+from modeling.config import MAX_TEXT_TOKENS
 from modeling.inputs import make_batch
 from modeling.tasks import DEFAULT_FAMILY, TASKS, TaskKind
 from training.data.example import Example
@@ -85,14 +86,16 @@ class MultiTaskSampler:
 
 
 def training_batch(tokenizer, examples: list[Example], features: VisualFeatures, seed: int,
-                   step: int, family: str = DEFAULT_FAMILY) -> tuple[VLBatch, list[float]]:
+                   step: int, family: str = DEFAULT_FAMILY,
+                   max_text_tokens: int = MAX_TEXT_TOKENS) -> tuple[VLBatch, list[float]]:
     """Tokenised batch with sampled targets, decoder prompts of a backbone of `family`
-    (`VLBatch.answer_labels` is what the loss reads); returns (batch, per-row loss
-    weights)."""
+    and texts cut at its `max_text_tokens` (`VLBatch.answer_labels` is what the loss
+    reads); returns (batch, per-row loss weights)."""
     rng = np.random.default_rng([seed, step, 11])
     targets, weights = zip(*(training_target(e, rng) for e in examples), strict=True)
     batch = make_batch(tokenizer, [e.source_text for e in examples],
                        [features.tokens(e) for e in examples], list(targets),
+                       max_text_tokens=max_text_tokens,
                        decoder_prompts=[TASKS[e.task].decoder_prompt_for(family)
                                         for e in examples])
     return batch, list(weights)

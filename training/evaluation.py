@@ -37,7 +37,8 @@ def predict(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
     for start in range(0, len(examples), EVAL_BATCH):
         chunk = examples[start:start + EVAL_BATCH]
         batch = make_batch(tokenizer, [e.source_text for e in chunk],
-                           [features.tokens(e) for e in chunk], decoder_prompts=[
+                           [features.tokens(e) for e in chunk],
+                           max_text_tokens=backbone.config.max_text_tokens, decoder_prompts=[
                                TASKS[task].decoder_prompt_for(backbone.config.family)] * len(chunk))
         index = None if bank is None else RowIndex.of(torch.zeros(len(chunk),
                                                                      dtype=torch.long))

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from modeling.backbone import VLBackbone
 from modeling.config import preset
 from modeling.inputs import VisualTokens, image_processor, images_to_pixels, make_batch
+from modeling.tasks import DEFAULT_FAMILY, get_task
 from training.adapter_step import sequence_loss
 from training.batches import training_target
 from training.config import TaskData, load_task_split
@@ -67,10 +68,13 @@ class PretrainSettings:
         ("caption", 1.0), ("vqa", 1.0), ("gqa", 1.0), ("tvc", 2.0), (MOTION_QUESTIONS, 2.0))
 
 
-def world_examples(root: Path, split: str, tasks) -> list[Example]:
-    """The `split` examples of `tasks` in a world written by `generate`."""
+def world_examples(root: Path, split: str, tasks, family: str = DEFAULT_FAMILY
+                   ) -> list[Example]:
+    """The `split` examples of `tasks` in a world written by `generate`, prompted for a
+    backbone of `family` (`BackboneConfig.family`)."""
     entries = synthetic_tasks(root, list(tasks))
-    return [e for t in tasks for e in load_task_split(t, TaskData(**entries[t]), split)]
+    return [e for t in tasks
+            for e in load_task_split(t, TaskData(**entries[t]), split, family)]
 
 
 class PixelCache:
@@ -90,10 +94,11 @@ class PixelCache:
         return self.table[visual_id]
 
 
-def motion_questions(captions: list[Example]) -> list[Example]:
+def motion_questions(captions: list[Example], family: str = DEFAULT_FAMILY) -> list[Example]:
     """One open question per shape of each captioned clip, answered by one word:
-    ``"tvc: how does the red circle move ?"`` -> ``"left"``; read from the per-shape
-    reference captions, so they carry no information the captions do not."""
+    ``"tvc: how does the red circle move ?"`` -> ``"left"`` (the tvc prompt of a backbone of
+    `family`); read from the per-shape reference captions, so they carry no information the
+    captions do not."""
     questions: dict[tuple[str, str], Example] = {}
     for caption in captions:
         clip = caption.visual_ids[0]
@@ -101,15 +106,18 @@ def motion_questions(captions: list[Example]) -> list[Example]:
             for name, direction in shape_motions(reference):
                 question = motion_question(name)
                 questions.setdefault((clip, name), Example(
-                    "tvc", f"{clip}/{name}", (clip,), f"tvc: {question}",
+                    "tvc", f"{clip}/{name}", (clip,),
+                    get_task("tvc").format_source(question, family),
                     targets=(direction,), text=question))
     return list(questions.values())
 
 
-def training_groups(train: list[Example]) -> dict[str, list[Example]]:
-    """The pre-training world's train examples by `PretrainSettings.mix` group."""
+def training_groups(train: list[Example], family: str = DEFAULT_FAMILY
+                    ) -> dict[str, list[Example]]:
+    """The pre-training world's train examples by `PretrainSettings.mix` group (motion
+    questions prompted for a backbone of `family`)."""
     groups = {task: [e for e in train if e.task == task] for task in PRETRAIN_TASKS}
-    groups[MOTION_QUESTIONS] = motion_questions(groups["tvc"])
+    groups[MOTION_QUESTIONS] = motion_questions(groups["tvc"], family)
     return groups
 
 
@@ -153,9 +161,10 @@ def prepare(data: Path, settings: PretrainSettings
     examples by mix group: everything a pre-training run starts from."""
     main_paths = generate(data / "world", seed=settings.seed, sizes=settings.sizes)
     generate(data / "pretrain-world", seed=PRETRAIN_SEED, sizes=settings.sizes)
-    every = world_examples(data / "world", "train", main_paths)
-    train = training_groups(world_examples(data / "pretrain-world", "train", PRETRAIN_TASKS))
     config = preset("small")
+    every = world_examples(data / "world", "train", main_paths, config.family)
+    train = training_groups(world_examples(data / "pretrain-world", "train", PRETRAIN_TASKS,
+                                           config.family), config.family)
     corpus = every + [e for group in train.values() for e in group]
     tokenizer = corpus_tokenizer(corpus, config.lm_type, config.lm["vocab_size"])
     torch.manual_seed(settings.seed)
@@ -242,14 +251,18 @@ def motion_accuracy(predictions: dict[str, str], examples: list[Example]) -> flo
     return 100.0 * right / max(counted, 1)
 
 
+def answers_right(answers: dict[str, str], questions: list[Example]) -> float:
+    """Percent of `motion_questions` whose answer is their direction word. Chance: 20."""
+    right = sum(answers.get(q.example_id, "").strip() == q.targets[0] for q in questions)
+    return 100.0 * right / max(len(questions), 1)
+
+
 def motion_answer_accuracy(backbone: VLBackbone, captions: list[Example],
                            features: VisualFeatures) -> float:
     """Percent of `motion_questions` about the captioned clips answered with the right
     direction word: the same motion, asked of one named shape instead of described."""
-    questions = motion_questions(captions)
-    answers = predict(backbone, None, "tvc", questions, features)
-    right = sum(answers[q.example_id].strip() == q.targets[0] for q in questions)
-    return 100.0 * right / max(len(questions), 1)
+    questions = motion_questions(captions, backbone.config.family)
+    return answers_right(predict(backbone, None, "tvc", questions, features), questions)
 
 
 def check_attributes(backbone: VLBackbone, root: Path, out: Path) -> dict:
@@ -259,7 +272,7 @@ def check_attributes(backbone: VLBackbone, root: Path, out: Path) -> dict:
     how each shape moves when asked (chance: 20 for both)."""
     report = {}
     for task, folder in (("vqa", "images"), ("gqa", "images"), ("tvc", "videos")):
-        val = world_examples(root, "val", [task])
+        val = world_examples(root, "val", [task], backbone.config.family)
         features = features_for(backbone, task, root / folder, val, out / "feature-cache",
                                 backbone.fingerprint())
         predictions = predict(backbone, None, task, val, features)

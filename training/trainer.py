@@ -156,7 +156,8 @@ class Trainer:
         # A rank with no row still runs one (weighted 0), so every rank runs the same steps.
         batch, weights = training_batch(self.backbone.tokenizer, share or rows[:1],
                                         self.tasks[task].features, self.config.seed, step,
-                                        self.backbone.config.family)
+                                        self.backbone.config.family,
+                                        self.backbone.config.max_text_tokens)
         weights = weights if share else [0.0]
         device = self.config.device
         batch = batch.to(device)

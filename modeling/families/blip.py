@@ -58,44 +58,6 @@ ARCHITECTURES = {
 }
 
 
-# Model sizes for random weights (tests, demo, the parameter report). "base" is BLIP-base:
-# BERT-base text encoder and decoder, ViT-B/16 at 384 px. Special ids: pad 0, [SEP] 1
-# (ends every text; decoding stops there), [DEC] 3 (the decoder's start), as the word
-# tokenizer of `modeling.tokenizer` places them; BLIP-base keeps BERT's ids.
-SIZES: dict[str, dict[str, dict[str, Any]]] = {
-    "tiny": {
-        "text": dict(vocab_size=512, hidden_size=32, intermediate_size=64,
-                     num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
-                     encoder_hidden_size=32, pad_token_id=0, sep_token_id=1, eos_token_id=1,
-                     bos_token_id=3),
-        "vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, image_size=32, patch_size=8),
-    },
-    "base": {
-        "text": dict(vocab_size=30524, hidden_size=768, intermediate_size=3072,
-                     num_hidden_layers=12, num_attention_heads=12, encoder_hidden_size=768,
-                     pad_token_id=0, sep_token_id=102, bos_token_id=30522),
-        "vision": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                       num_attention_heads=12, image_size=384, patch_size=16),
-    },
-}
-
-
-def random_model(mode: str, size: str = "tiny", seed: int = 0, device: str = "cpu"
-                 ) -> BlipForQuestionAnswering | BlipForConditionalGeneration:
-    """A BLIP model of `SIZES[size]` with seeded random weights; mode "vqa" or "caption"
-    (device "meta" builds without memory, for parameter counts)."""
-    models = {m: cls for cls, m in ARCHITECTURES.values()}
-    if mode not in models or size not in SIZES:
-        raise ValueError(f"BLIP mode must be one of {sorted(models)} and size one of "
-                         f"{sorted(SIZES)}, got {mode!r} / {size!r}")
-    config = BlipConfig(text_config=SIZES[size]["text"], vision_config=SIZES[size]["vision"])
-    with torch.device(device):
-        if device != "meta":
-            torch.manual_seed(seed)
-        return models[mode](config).eval()
-
-
 def detect(folder: Path) -> bool:
     """Whether `folder` holds a Hugging Face BLIP model (config.json, model_type "blip")."""
     try:

@@ -34,7 +34,6 @@ from transformers import (
     BartForConditionalGeneration,
     Florence2Config,
     Florence2ForConditionalGeneration,
-    Florence2VisionConfig,
     PreTrainedTokenizerBase,
 )
 
@@ -64,15 +63,6 @@ class Florence2Vision(nn.Module):
 
 class Florence2Backbone(VLBackbone):
     """A `VLBackbone` over Florence-2: only the tower differs (no CLS, no grid pooling)."""
-
-    @property
-    def tokens_per_image(self) -> int:
-        """T: each DaViT stage's strided conv shrinks the side, then one temporal token."""
-        settings, side = self.config.vision.settings, self.config.vision.image_size
-        for kernel, stride, pad in zip(settings["patch_size"], settings["patch_stride"],
-                                       settings["patch_padding"], strict=True):
-            side = (side + 2 * pad - kernel) // stride + 1
-        return side * side + 1
 
     def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [n, 3, S, S] -> image tokens [n, T, d_model] (see Florence2Vision)."""
@@ -231,43 +221,3 @@ def from_config(config: Florence2Config, device: str | torch.device = "meta",
             torch.manual_seed(seed)
         model = Florence2ForConditionalGeneration(config)
     return split(model.eval(), image_size)
-
-
-def sized_config(size: str) -> Florence2Config:
-    """A Florence-2 config by size: "base" (Florence-2-base's real dimensions: DaViT
-    128-1024 wide, depths 1/1/9/1, BART-base 6+6 layers of 768, 51289 tokens) or "tiny"
-    (one DaViT stage of 16 channels, BART 32 wide, 64 tokens: tests)."""
-    if size == "base":
-        vision = Florence2VisionConfig(projection_dim=768)
-        text = BartConfig(vocab_size=51289, d_model=768, encoder_layers=6, decoder_layers=6,
-                          encoder_attention_heads=12, decoder_attention_heads=12,
-                          encoder_ffn_dim=3072, decoder_ffn_dim=3072,
-                          max_position_embeddings=1024)
-        return Florence2Config(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                               image_token_id=51288)
-    if size != "tiny":
-        raise ValueError(f"unknown Florence-2 size {size!r}; expected 'base' or 'tiny'")
-    vision = Florence2VisionConfig(
-        depths=[1], patch_size=[7], patch_stride=[4], patch_padding=[3],
-        patch_prenorm=[False], embed_dim=[16], num_heads=[2], num_groups=[2], window_size=2,
-        projection_dim=32, max_position_embeddings=8, max_temporal_embeddings=4,
-        drop_path_rate=0.0)
-    text = BartConfig(vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=1,
-                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-                      decoder_ffn_dim=64, max_position_embeddings=256, scale_embedding=True)
-    return Florence2Config(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                           image_token_id=63)
-
-
-def write_random(folder: Path, config: Florence2Config, image_size: int,
-                 tokenizer: PreTrainedTokenizerBase | None = None, seed: int = 0) -> Path:
-    """A Hugging Face Florence-2 folder with random weights (seeded), as a fine-tuned
-    checkpoint is laid out: config.json, model.safetensors, generation_config.json,
-    preprocessor_config.json (the image side) and the tokenizer files."""
-    folder = Path(folder)
-    torch.manual_seed(seed)
-    Florence2ForConditionalGeneration(config).save_pretrained(folder)
-    _write_image_size(folder, image_size)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
-    return folder

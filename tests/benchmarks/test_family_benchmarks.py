@@ -11,18 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_helpers import blip_model
 
 from benchmarks import florence2_base, mixed_adapters, peft_baselines
-from modeling.families import blip, florence2, load_backbone
+from benchmarks.florence2_sizes import sized_config, write_random
+from modeling.families import florence2, load_backbone
 
 # family -> (writes a tiny folder under a root, visual tokens one image becomes there)
 FOLDERS = {
     # BLIP ViT 32 px / 8 px patches: 16 patch states + the class token.
-    "blip-vqa": (lambda root: _saved(blip.random_model("vqa", "tiny", seed=1), root), 17),
-    "blip-caption": (lambda root: _saved(blip.random_model("caption", "tiny", seed=2), root),
+    "blip-vqa": (lambda root: _saved(blip_model("vqa", "tiny", seed=1), root), 17),
+    "blip-caption": (lambda root: _saved(blip_model("caption", "tiny", seed=2), root),
                      17),
     # DaViT 32 px, one stride-4 stage: 8 x 8 spatial tokens + one temporal token.
-    "florence2": (lambda root: florence2.write_random(root, florence2.sized_config("tiny"), 32,
+    "florence2": (lambda root: write_random(root, sized_config("tiny"), 32,
                                                       seed=3), 65),
 }
 

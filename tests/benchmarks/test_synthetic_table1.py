@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
 from benchmarks import synthetic_table1
+from benchmarks.florence2_sizes import sized_config
+from modeling.backbone import VLBackbone
+from modeling.config import preset
+from modeling.families import florence2
+from modeling.tasks import TASKS
 from training.config import TaskData
 from training.data.example import Example
+from training.synthetic import generate
+from training.synthetic.generate import SplitSizes
+from training.synthetic_run import synthetic_config
 
 
 def _mc(task: str, i: int, label: int, kind: str) -> Example:
@@ -64,11 +75,55 @@ def test_frozen_motion_counts_the_named_direction_per_true_direction(monkeypatch
         asked.extend(q.source_text for q in questions)
         return said
 
-    monkeypatch.setattr(synthetic_table1, "load_task_split", lambda task, data, split: captions)
+    monkeypatch.setattr(synthetic_table1, "load_task_split",
+                        lambda task, data, split, family: captions)
     monkeypatch.setattr(synthetic_table1, "features_for", lambda *args: None)
     monkeypatch.setattr(synthetic_table1, "predict", fake_predict)
-    backbone = type("Frozen", (), {"fingerprint": lambda self: "sha256:0"})()
+    backbone = SimpleNamespace(fingerprint=lambda: "sha256:0",
+                               config=SimpleNamespace(family="vl"))
     tvc = TaskData(train="tvc/train.jsonl", visual="videos")
     motion = synthetic_table1.frozen_motion(backbone, tvc, None)
     assert motion == {"left": 50.0, "still": 0.0, "all": 100.0 / 3}
     assert "tvc: how does the blue square move ?" in asked
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("table1-world")
+    generate(root, seed=0, sizes=SplitSizes(3, 1, 2))
+    return root
+
+
+def _scored_sources(world: Path, backbone, monkeypatch) -> dict[str, str]:
+    """The encoder text of each task's first test example that `test_scores` evaluates on
+    `backbone` (evaluation itself stubbed: only the examples it is handed matter here)."""
+    handed: dict[str, str] = {}
+
+    def evaluate(model, adapters, task, examples, *args):
+        handed[task] = examples[0].source_text
+        return {TASKS[task].metric: 0.0}
+
+    monkeypatch.setattr(synthetic_table1, "features_for", lambda *args: None)
+    monkeypatch.setattr(synthetic_table1, "evaluate_task", evaluate)
+    config = synthetic_config(world, "tiny", "single_adapter", 1, java_metrics=False)
+    trainer = SimpleNamespace(full=None, backbone=backbone, model=None, config=config,
+                              fingerprint="")
+    synthetic_table1.test_scores(trainer, world / "cache")
+    return handed
+
+
+def test_table1_scores_a_florence2_backbone_on_its_own_task_prompts(world, monkeypatch):
+    backbone = florence2.from_config(sized_config("tiny"), image_size=32)
+    sources = _scored_sources(world, backbone, monkeypatch)
+    assert sources["vqa"].startswith("<VQA>") and sources["gqa"].startswith("<GQA>")
+    assert sources["caption"] == "What does the image describe?"
+
+
+def test_table1_scores_vl_t5_on_vl_adapters_prompts_as_before(world, monkeypatch):
+    backbone = VLBackbone.from_config(preset("tiny"), device="meta")
+    sources = _scored_sources(world, backbone, monkeypatch)
+    assert sources["vqa"].startswith("vqa: ") and sources["nlvr2"].startswith("nlvr: ")
+    assert sources["caption"] == "caption:"
+    split = synthetic_table1.task_splits(synthetic_config(world, "tiny", "single_adapter", 1),
+                                         "test", backbone.config.family)
+    assert split["vqa"][0].source_text == sources["vqa"]  # main's splits: the same text

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from family_helpers import BLIP_SIZES
 from transformers import BlipConfig
 
 from demo import run
@@ -24,7 +25,7 @@ def _blip_folder(root, mode: str, world) -> str:
     256 text positions: video questions fit) with a word tokenizer over the world."""
     base = synthetic_config(world, root / "unused", run.DEMO_PRESET, 1)
     words = corpus_words(e for t, d in base.tasks.items() for e in load_task_split(t, d, "train"))
-    tiny = blip.SIZES["tiny"]
+    tiny = BLIP_SIZES["tiny"]
     config = BlipConfig(text_config={**tiny["text"], "hidden_size": 64,
                                      "encoder_hidden_size": 64, "max_position_embeddings": 256},
                         vision_config={**tiny["vision"], "hidden_size": 64})

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from family_helpers import blip_model
 
 from modeling.backbone import VLBatch
-from modeling.families import blip
 
 
 def spread_weights(model: torch.nn.Module, seed: int) -> None:
@@ -29,7 +29,7 @@ def spread_weights(model: torch.nn.Module, seed: int) -> None:
 
 def blip_folder(root: Path, mode: str, seed: int = 0) -> Path:
     """A tiny BLIP `mode` ("vqa" / "caption") model saved as Hugging Face saves it."""
-    model = blip.random_model(mode, "tiny", seed)
+    model = blip_model(mode, "tiny", seed)
     spread_weights(model, seed)
     folder = root / f"blip-{mode}-{seed}"
     model.save_pretrained(folder)

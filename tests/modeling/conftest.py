@@ -11,6 +11,7 @@ import pytest
 from blip_helpers import blip_folder
 from modeling_helpers import BLIP_FAMILIES, FAMILIES
 
+from benchmarks.florence2_sizes import sized_config
 from modeling.backbone import VLBackbone
 from modeling.config import preset
 from modeling.families import blip, florence2
@@ -20,7 +21,7 @@ EVERY_FAMILY = (*FAMILIES, *BLIP_FAMILIES)
 
 def _tiny(name: str, tmp_path_factory) -> VLBackbone:
     if name == "tiny-florence2":
-        return florence2.from_config(florence2.sized_config("tiny"), device="cpu",
+        return florence2.from_config(sized_config("tiny"), device="cpu",
                                      image_size=32, seed=0)
     if name.startswith("blip-"):
         mode = name.removeprefix("blip-")

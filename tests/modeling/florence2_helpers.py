@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.florence2_sizes import sized_config, write_random
 from modeling.backbone import VLBatch
-from modeling.families import florence2
 from modeling.tasks import TASKS
 from modeling.tokenizer import build_word_tokenizer
 
@@ -23,10 +23,10 @@ def tiny_folder(root: Path, seed: int = 0, init_std: float = 0.02) -> Path:
 
     init_std: the BART weights' std (0.3: a random model decodes varied tokens).
     """
-    config = florence2.sized_config("tiny")
+    config = sized_config("tiny")
     config.text_config.init_std = init_std
     tokenizer = build_word_tokenizer(WORDS, "bart", config.text_config.vocab_size)
-    return florence2.write_random(root, config, IMAGE_SIZE, tokenizer, seed=seed)
+    return write_random(root, config, IMAGE_SIZE, tokenizer, seed=seed)
 
 
 def pixel_batch(backbone, texts: list[list[int]], seed: int = 0

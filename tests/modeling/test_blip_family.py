@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 from blip_helpers import blip_folder
+from family_helpers import BLIP_SIZES, blip_model
 from transformers import BlipConfig, BlipForImageTextRetrieval
 
 from modeling.families import from_config, load_backbone
-from modeling.families.blip import SIZES, BlipBackbone
+from modeling.families.blip import BlipBackbone
 from modeling.params import report
 from modeling.recipe import MethodEntry
 
@@ -31,7 +32,8 @@ def test_load_backbone_finds_a_blip_folder_and_save_pretrained_round_trips(mode,
 
 
 def test_a_blip_retrieval_folder_is_refused_in_one_line(tmp_path):
-    config = BlipConfig(text_config=SIZES["tiny"]["text"], vision_config=SIZES["tiny"]["vision"])
+    config = BlipConfig(text_config=BLIP_SIZES["tiny"]["text"],
+                        vision_config=BLIP_SIZES["tiny"]["vision"])
     BlipForImageTextRetrieval(config).save_pretrained(tmp_path / "itm")
     with pytest.raises(ValueError, match="BlipForImageTextRetrieval") as err:
         load_backbone(tmp_path / "itm")
@@ -76,14 +78,13 @@ def test_readme_table_is_the_parameter_report_of_blip_base_sizes():
     """The README's BLIP-base rows are what `report` prints for those sizes (meta device)."""
     from pathlib import Path
 
-    from modeling.families.blip import random_model
     from modeling.presets import method_preset
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     rows = [line.split("|")[1:-1] for line in readme.splitlines()
             if line.startswith(("| VQA |", "| captioning |"))]
     assert len(rows) == 12
-    configs = {mode: BlipBackbone(random_model(mode, "base", device="meta")).config
+    configs = {mode: BlipBackbone(blip_model(mode, "base", device="meta")).config
                for mode in ("vqa", "caption")}
     for model, preset, trainable, total, percent in rows:
         mode = "vqa" if model.strip() == "VQA" else "caption"

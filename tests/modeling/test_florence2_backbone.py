@@ -11,6 +11,7 @@ import torch
 from florence2_helpers import IMAGE_SIZE, pixel_batch, tiny_folder
 from modeling_helpers import randomize
 
+from benchmarks.florence2_sizes import sized_config
 from modeling.backbone import VLBackbone
 from modeling.config import BackboneConfig, preset
 from modeling.families import florence2, load_backbone
@@ -116,7 +117,7 @@ def test_backbone_info_describes_the_davit_tower_and_its_token_count(tmp_path, b
     assert info_lines(info)[1] == ("vision       florence2 DaViT, depths [1], widths [16] + "
                                    "projector to 32, 32px images; feat_dim 32, 65 tokens "
                                    "per image")
-    base = florence2.from_config(florence2.sized_config("base"), device="meta", image_size=768)
+    base = florence2.from_config(sized_config("base"), device="meta", image_size=768)
     assert base.tokens_per_image == 577  # Florence-2's processor: image_seq_length 577
 
 
@@ -139,7 +140,7 @@ def test_a_florence2_folder_missing_weights_is_refused_by_name(tmp_path):
 
 
 def test_a_florence2_folder_without_safetensors_weights_is_refused_in_one_line(tmp_path):
-    florence2.sized_config("tiny").save_pretrained(tmp_path)  # config.json, no weights
+    sized_config("tiny").save_pretrained(tmp_path)  # config.json, no weights
     (tmp_path / "pytorch_model.bin").write_bytes(b"pickled")  # never unpickled
     with pytest.raises(ValueError, match="has no model.safetensors or model.safetensors"
                                          ".index.json: .* safetensors only"):

@@ -4,8 +4,12 @@ answer gives, which tasks caption, and the prompt an artifact records."""
 from __future__ import annotations
 
 import pytest
+from family_helpers import blip_model
 
-from modeling.tasks import TASKS, task_prompt
+from benchmarks.florence2_sizes import sized_config
+from modeling.config import PRESETS, preset
+from modeling.families import blip, florence2
+from modeling.tasks import BACKBONE_FAMILIES, TASKS, task_prompt
 
 
 def test_scored_tasks_are_exactly_those_with_candidate_labels():
@@ -81,9 +85,9 @@ def test_backbone_family_of_each_config_names_its_modeling_families_module():
     from modeling.config import preset
     from modeling.families import blip, florence2
 
-    config = florence2.backbone_config(florence2.sized_config("tiny"), 32)
+    config = florence2.backbone_config(sized_config("tiny"), 32)
     assert config.family == config.with_features(32).family == "florence2"
-    vqa = blip.random_model("vqa", "tiny", device="meta")
+    vqa = blip_model("vqa", "tiny", device="meta")
     assert blip.backbone_config(vqa.config, "BlipForQuestionAnswering").family == "blip"
     assert preset("tiny").family == preset("tiny-bart").family == "vl"
 
@@ -100,3 +104,12 @@ def test_only_a_blip_captioning_model_reads_no_text_and_its_config_json_says_so(
     assert backbone_config(folder) == blip.load(folder).config  # config.json alone
     assert backbone_config(folder).reads_text == (mode == "vqa")
     assert preset("tiny").reads_text and preset("tiny-bart").reads_text
+
+
+def test_backbone_families_name_every_family_a_backbone_config_reports():
+    """`import-peft --family` offers exactly the families backbones have."""
+    configs = [preset(name) for name in PRESETS]
+    configs.append(florence2.backbone_config(sized_config("tiny"), 32))
+    caption = blip_model("caption", "tiny", device="meta")
+    configs.append(blip.backbone_config(caption.config, "BlipForConditionalGeneration"))
+    assert {config.family for config in configs} == set(BACKBONE_FAMILIES)

@@ -134,6 +134,38 @@ def test_imported_task_prompts_come_from_the_one_task_definition(
                                  "refcoco": {"prompt": "refcoco: "}}
 
 
+def test_import_for_a_florence2_backbone_records_its_prompts_and_family(tmp_path: Path) -> None:
+    """`--family florence2`: the manifest holds the prompts a Florence-2 run trains with (its
+    task tags), not VL-Adapter's; without it the VL-T5 / VL-BART prompts stay as they were."""
+    source = lora_folder(tmp_path / "peft")
+    argv = ["import-peft", str(source), "--fingerprint", FINGERPRINT, "--task", "vqa",
+            "--task", "caption", "--task", "nlvr2"]
+    assert main([*argv, "--out", str(tmp_path / "florence2"), "--family", "florence2"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "vl")]) == 0
+    florence2 = load_artifact(tmp_path / "florence2").manifest
+    assert florence2["tasks"] == {"vqa": {"prompt": "<VQA>"},
+                                  "caption": {"prompt": "What does the image describe?"},
+                                  "nlvr2": {"prompt": "nlvr: "}}
+    assert florence2["base_model"]["family"] == "florence2"
+    vl = load_artifact(tmp_path / "vl").manifest
+    assert vl["tasks"] == {"vqa": {"prompt": "vqa: "}, "caption": {"prompt": "caption: "},
+                           "nlvr2": {"prompt": "nlvr: "}}
+    assert vl["base_model"]["family"] == "vl"
+
+
+def test_import_refuses_an_unknown_family_naming_the_known_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = lora_folder(tmp_path / "peft")
+    with pytest.raises(InvalidArtifact, match="family 'llava' .* vl, florence2, blip"):
+        import_peft(source, tmp_path / "out", FINGERPRINT, family="llava")
+    assert not (tmp_path / "out").exists()
+    code = main(["import-peft", str(source), "--out", str(tmp_path / "out"),
+                 "--fingerprint", FINGERPRINT, "--family", "llava"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--family" in err and "llava" in err and "Traceback" not in err
+
+
 def test_registry_imports_no_torch() -> None:
     """The PEFT policy it shares with modeling is plain Python: the registry stays torch-free."""
     code = (

@@ -9,6 +9,7 @@ import io
 import grpc
 import pytest
 import torch
+from family_helpers import blip_model
 from PIL import Image
 from serving_helpers import request_for
 
@@ -33,7 +34,7 @@ def served(tmp_path_factory):
     tokenizer fills the vocabulary, serving an untrained LoRA (B = 0: the backbone's
     own output)."""
     root = tmp_path_factory.mktemp("blip-caption")
-    model = blip.random_model("caption", "tiny", seed=3)
+    model = blip_model("caption", "tiny", seed=3)
     with torch.no_grad():  # wider than BLIP's init, so captions depend on the image
         for param in model.text_decoder.parameters():
             param.mul_(8.0 if param.dim() >= 2 else 1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from family_helpers import blip_model
 from serving_helpers import (
     Published,
     direct,
@@ -38,7 +39,7 @@ def blip_served(request, tmp_path_factory):
     """(mode, backbone, published adapters, running server) over a tiny BLIP folder whose
     word tokenizer fills the vocabulary (every id decodes to a word)."""
     mode, root = request.param, tmp_path_factory.mktemp("blip")
-    model = blip.random_model(mode, "tiny", seed=0)
+    model = blip_model(mode, "tiny", seed=0)
     vocab = model.config.text_config.vocab_size
     words = ["what", "is", "the", "color", "vqa", "caption", *[f"w{i}" for i in range(vocab)]]
     model.save_pretrained(root / "model")

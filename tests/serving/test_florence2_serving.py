@@ -9,9 +9,10 @@ import torch
 from serving_helpers import WORDS, Published, direct, random_adapter, request_for
 
 from adapters_registry import Registry
+from benchmarks.florence2_sizes import sized_config, write_random
 from modeling.backbone import VLBackbone
 from modeling.config import preset
-from modeling.families import florence2, load_backbone
+from modeling.families import load_backbone
 from modeling.recipe import MethodEntry
 from modeling.tasks import TASKS
 from modeling.tokenizer import build_word_tokenizer
@@ -38,11 +39,11 @@ RECIPES = {
 def backbone(tmp_path_factory) -> VLBackbone:
     """A tiny random Florence-2 folder (word tokenizer over its whole vocabulary, so texts
     differ when ids do), loaded as `adapter-serve --backbone FOLDER` loads it."""
-    config = florence2.sized_config("tiny")
+    config = sized_config("tiny")
     vocab = config.text_config.vocab_size
     words = list(dict.fromkeys([w.lower() for w in WORDS] + [f"w{i}" for i in range(vocab)]))
     tokenizer = build_word_tokenizer(words[:vocab - 4], "bart", vocab)
-    folder = florence2.write_random(tmp_path_factory.mktemp("florence2"), config, 32,
+    folder = write_random(tmp_path_factory.mktemp("florence2"), config, 32,
                                     tokenizer, seed=0)
     return load_backbone(folder)
 

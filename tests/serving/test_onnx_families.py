@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_helpers import blip_model
 from transformers import Florence2VisionConfig
 
+from benchmarks.florence2_sizes import sized_config
 from modeling.families import blip, florence2
 from serving import onnx_export
 from serving.vision_backends import OnnxVisionEncoder, export_vision_onnx, make_vision_encoder
@@ -18,7 +20,7 @@ from serving.vision_backends import OnnxVisionEncoder, export_vision_onnx, make_
 def _two_stage_florence2() -> florence2.Florence2Backbone:
     """Two DaViT stages (a strided conv between them, pre-norm), windows of 3 over an 8 x 8
     map (padded windows): more of DaViT's code paths than the one-stage test size."""
-    config = florence2.sized_config("tiny")
+    config = sized_config("tiny")
     config.vision_config = Florence2VisionConfig(
         depths=[1, 1], patch_size=[7, 3], patch_stride=[4, 2], patch_padding=[3, 1],
         patch_prenorm=[False, True], embed_dim=[16, 24], num_heads=[2, 3], num_groups=[2, 3],
@@ -31,7 +33,7 @@ def _two_stage_florence2() -> florence2.Florence2Backbone:
 # one-stage test size runs a subset of the two-stage tower's code).
 BACKBONES = {
     "florence2-two-stages": _two_stage_florence2,
-    "blip-vqa": lambda: blip.BlipBackbone(blip.random_model("vqa", "tiny", seed=6)),
+    "blip-vqa": lambda: blip.BlipBackbone(blip_model("vqa", "tiny", seed=6)),
 }
 
 
@@ -55,7 +57,7 @@ def test_onnxruntime_equals_the_torch_tower_of_every_family(exported, batch):
 
 def test_export_onnx_writes_a_blip_folders_tower(tmp_path, capsys):
     folder = tmp_path / "blip"
-    blip.random_model("caption", "tiny", seed=7).save_pretrained(folder)
+    blip_model("caption", "tiny", seed=7).save_pretrained(folder)
     out = tmp_path / "blip_vision.onnx"
     assert onnx_export.main(["--backbone", str(folder), "--out", str(out)]) == 0
     assert "PIXELS [batch, 3, 32, 32] -> FEATURES [batch, 17, 32]" in capsys.readouterr().out

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from family_helpers import blip_model
 
-from modeling.families import blip
 from modeling.tokenizer import build_word_tokenizer
 from training.adapter_step import adapter_logits
 from training.batches import training_batch
@@ -20,7 +20,7 @@ def test_blip_caption_loss_is_taken_on_the_continuation_of_the_prompt_only(world
            "tasks": {"caption": world["raw"]["tasks"]["caption"]},
            "methods": [{"method": "lora", "config": {"rank": 4}}]}
     examples = load_task_split("caption", parse_config(raw).tasks["caption"], "train")
-    model = blip.random_model("caption", "tiny", seed=0)
+    model = blip_model("caption", "tiny", seed=0)
     model.save_pretrained(tmp_path / "blip")
     tokenizer = build_word_tokenizer(corpus_words(examples) | {"a", "picture", "of"}, "bert",
                                      model.config.text_config.vocab_size)

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import check_tuned_backbone_written
+from family_helpers import blip_model
 
 from adapters_registry import Registry
-from modeling.families import blip, load_backbone
+from modeling.families import load_backbone
 from modeling.tokenizer import build_word_tokenizer
 from serving.client import Client
 from serving.config import ServeConfig
@@ -33,7 +34,7 @@ def _blip_folder(world: dict, mode: str, root: Path) -> Path:
     examples = [e for t, d in parse_config(raw).tasks.items()
                 for e in load_task_split(t, d, "train") + load_task_split(t, d, "val")]
     folder = root / f"blip-{mode}"
-    model = blip.random_model(mode, "tiny", seed=0)
+    model = blip_model(mode, "tiny", seed=0)
     model.save_pretrained(folder)
     build_word_tokenizer(corpus_words(examples), "bert",
                          model.config.text_config.vocab_size).save_pretrained(folder)

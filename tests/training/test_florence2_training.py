@@ -11,7 +11,8 @@ import yaml
 from conftest import check_tuned_backbone_written
 from transformers import Florence2ForConditionalGeneration
 
-from modeling.families import florence2, load_backbone
+from benchmarks.florence2_sizes import sized_config, write_random
+from modeling.families import load_backbone
 from modeling.tasks import TASKS, TaskKind
 from training.cli import main
 from training.config import load_task_split, parse_config
@@ -27,10 +28,10 @@ def _florence2_folder(raw: dict, folder: Path) -> Path:
     """A tiny random Florence-2 folder with a word tokenizer over the run's words."""
     examples = [e for task, data in parse_config({**raw, "backbone": "tiny"}).tasks.items()
                 for e in load_task_split(task, data, "train") + load_task_split(task, data, "val")]
-    config = florence2.sized_config("tiny")
+    config = sized_config("tiny")
     config.text_config.vocab_size = 1024  # the synthetic world's words
     tokenizer = corpus_tokenizer(examples, "bart", 1024)
-    return florence2.write_random(folder, config, 32, tokenizer)
+    return write_random(folder, config, 32, tokenizer)
 
 
 def test_every_task_kind_trains_and_evaluates_on_a_florence2_folder(world, tmp_path):
@@ -65,7 +66,7 @@ def test_full_finetuning_on_a_florence2_folder_writes_the_tuned_model(world, tmp
 def test_params_reports_florence2_base_from_its_config_json_alone(tmp_path, capsys):
     """Florence-2-base's real dimensions, counted on the meta device (no weights exist):
     one shared adapter (d/8) after every sublayer plus the LayerNorms, over its BART."""
-    base = florence2.sized_config("base")
+    base = sized_config("base")
     base.save_pretrained(tmp_path)  # config.json only
     assert main(["params", "--backbone", str(tmp_path), "--preset", "single_adapter",
                  "--json"]) == 0

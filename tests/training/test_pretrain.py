@@ -7,6 +7,9 @@ import json
 import numpy as np
 from pretrain_helpers import logged_settings
 
+from benchmarks.florence2_sizes import sized_config
+from modeling.families import florence2
+from modeling.tasks import FAMILY_PROMPTS
 from training.cli import build_parser, main, pretrain_settings
 from training.data import Example
 from training.pretrain import (
@@ -16,8 +19,9 @@ from training.pretrain import (
     motion_questions,
     pretrain,
     sample_rows,
+    world_examples,
 )
-from training.synthetic import video_tasks
+from training.synthetic import generate, video_tasks
 from training.synthetic.generate import SplitSizes
 from training.synthetic.video_tasks import shape_motions
 from training.synthetic.world import Clip, Mover
@@ -112,6 +116,35 @@ def test_motion_questions_ask_how_each_shape_of_a_clip_moves():
         (("v1",), "tvc: how does the red circle move ?"): ("left",),
         (("v1",), "tvc: how does the blue square move ?"): ("still",),
         (("v2",), "tvc: how does the green triangle move ?"): ("up",)}
+
+
+def _tiny_florence2_family() -> str:
+    """The family of a tiny random Florence-2 backbone (shapes only)."""
+    return florence2.from_config(sized_config("tiny"), image_size=32).config.family
+
+
+def test_pretraining_examples_carry_the_backbones_family_prompts(tmp_path):
+    """Florence-2 reads its own task tags; a VL-T5 / VL-BART backbone keeps VL-Adapter's
+    prompts, the text the shipped backbone was pre-trained on."""
+    generate(tmp_path, seed=0, sizes=SplitSizes(3, 1, 1))
+    family = _tiny_florence2_family()
+    florence = {e.task: e for e in world_examples(tmp_path, "train", ("vqa", "caption"),
+                                                  family)}
+    plain = {e.task: e for e in world_examples(tmp_path, "train", ("vqa", "caption"))}
+    assert florence["vqa"].source_text == f"<VQA>{florence['vqa'].text}"
+    assert florence["caption"].source_text == "What does the image describe?"
+    assert plain["vqa"].source_text == f"vqa: {plain['vqa'].text}"
+    assert plain["caption"].source_text == "caption:"
+
+
+def test_motion_questions_take_the_backbones_tvc_prompt(monkeypatch):
+    family = _tiny_florence2_family()
+    monkeypatch.setitem(FAMILY_PROMPTS, family, {**FAMILY_PROMPTS[family], "tvc": "<MOTION>"})
+    captions = [_clip_caption("v1", "the red circle moves left")]
+    assert [q.source_text for q in motion_questions(captions, family)] == [
+        "<MOTION>how does the red circle move ?"]
+    assert [q.source_text for q in motion_questions(captions)] == [
+        "tvc: how does the red circle move ?"]
 
 
 def _groups() -> dict[str, list[Example]]:
