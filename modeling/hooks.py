@@ -328,23 +328,26 @@ def _batch_rows(t: torch.Tensor | None, rows: torch.Tensor, batch: int) -> torch
 
 
 def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
-                     value: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any):
+                     value: torch.Tensor, attention_mask: torch.Tensor | None, *,
+                     widen_every_row: bool = False, **kwargs: Any):
     """SDPA attention that prepends the active rows' key/value prefixes (prefix tuning).
 
     query [b, heads, q, head_dim], key / value [b, heads, k, head_dim] -> ([b, q, heads,
     head_dim], None). Only the rows whose slot has a prefix here (`PrefixBank.used_by`)
     attend over prefix + keys; the others attend over their own keys alone, which is what
     a zero-length (fully masked) prefix computes, without widening every row's keys, mask
-    and T5 bias to the longest prefix.
+    and T5 bias to the longest prefix. widen_every_row: widen every row's keys instead (a
+    family whose rows without a prefix run its own attention code when alone, BLIP's BERT,
+    keeps its rows within rounding of that code this way).
     """
     ctx: AdapterContext | None = getattr(module, "vladapter_context", None)
     prefix = None if ctx is None or ctx.weights is None else \
         ctx.weights.prefix.get(module.vladapter_site)
-    subset = None if prefix is None else ctx.index.subset(prefix.used_by)
+    subset = None if prefix is None or widen_every_row else ctx.index.subset(prefix.used_by)
     # Causal only where the module says so (BLIP's BERT attention does not), for the rows
     # without a prefix too: sdpa_attention_forward's default would be causal.
     kwargs = {"is_causal": getattr(module, "is_causal", False), **kwargs}
-    if prefix is not None and subset is None:  # every row has a prefix here
+    if prefix is not None and subset is None:  # every row has a prefix (or is widened)
         key, value, attention_mask, kwargs = _with_prefix(
             module, prefix, ctx.index, query, key, value, attention_mask, kwargs)
     out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
