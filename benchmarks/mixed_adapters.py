@@ -25,8 +25,8 @@ Prints rows/s (median of `repeats`), the ratios mixed / uniform and mixed / back
 `benchmarks/results/mixed_adapters_<preset or folder name>_<device>.png` (throughput vs N)
 and `.json`. `--backbone FOLDER` runs on a backbone folder of any family
 (`modeling.families.load_backbone`).
-With `--baseline GIT_REF` the lora and adapter rows are first measured by this script as
-of GIT_REF (a subprocess, same options) and the ratios are printed before and after.
+With `--baseline GIT_REF` the rows are first measured by this script as of GIT_REF (a
+subprocess, same options) and the ratios are printed before and after.
 `--clock cpu` times each call by the CPU time of the thread running torch, in both
 processes: steadier than the wall clock on a machine other jobs share.
 """
@@ -72,6 +72,8 @@ FORMS = "forms"
 LINE = r"(?P<method>lora|adapter)\s+N=\s*(?P<n>\d+)\s+mixed .*"
 UNIFORM_LINE = LINE + r"mixed/uniform (?P<ratio>[\d.]+)"
 BACKBONE_LINE = LINE + r"mixed/backbone (?P<ratio>[\d.]+)"
+# A forms result line: "forms N=<n>  four forms ...  four forms / LoRA only <r>"
+FORMS_LINE = r"(?P<method>forms)\s+N=\s*(?P<n>\d+)\s+four forms .*LoRA only (?P<ratio>[\d.]+)$"
 
 
 def bank_of(backbone: VLBackbone, method: str, slots: int) -> AdapterBank:
@@ -176,15 +178,15 @@ def run_method(backbone: VLBackbone, batch: VLBatch, method: str, counts: list[i
 
 
 def baseline(args: argparse.Namespace) -> str:
-    """This benchmark's output as of `args.baseline` (its lora / adapter lines printed)."""
-    methods = [m for m in args.methods.split(",") if m in RECIPES]
+    """This benchmark's output as of `args.baseline` (its result lines printed)."""
+    methods = [m for m in args.methods.split(",") if m in (*RECIPES, FORMS)]
     output = run_at_ref(args.baseline, "mixed_adapters", [
         "--preset", args.backbone or args.preset, "--methods", ",".join(methods),
         "--rows", str(args.rows),
         "--adapters", args.adapters, "--repeats", str(args.repeats),
         "--threads", str(args.threads), "--device", args.device], args.clock)
     for line in output.splitlines():
-        if re.match(LINE, line):
+        if re.match(LINE, line) or re.match(FORMS_LINE, line):
             print(f"  before | {line}", flush=True)
     return output
 
@@ -223,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
                      for m, by_n in results.items() if m != FORMS for n, r in by_n.items()}
             print_before_after(f"mixed / {baseline_name}", ratios_in(before, pattern), after,
                                args.baseline)
+        after = {(FORMS, str(n)): r["four_forms"] / r["lora_only"]
+                 for n, r in results.get(FORMS, {}).items()}
+        print_before_after("four forms / LoRA only", ratios_in(before, FORMS_LINE), after,
+                           args.baseline)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"mixed_adapters_{name}_{args.device}"

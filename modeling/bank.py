@@ -14,8 +14,8 @@ Each slot's scale (LoRA's alpha / r, a bottleneck's scale) is multiplied into it
 weights (`lora_b`; `up_weight` and `up_bias`) when the slot is stacked or written, so no
 forward pays a per-row scale; `scale` keeps the value for reference.
 
-Every LoRA site, bottleneck position and overridden module records `used_by`: the slots
-whose set has it. The hooks compute a site only for the rows of those slots (a batch
+Every LoRA site, bottleneck position, prefix site and overridden module records `used_by`:
+the slots whose set has it. The hooks compute a site only for the rows of those slots (a batch
 mixing serve forms pays each form on its own rows; a site no row's slot uses is
 skipped). Equal `used_by` sets of one bank are one object, so looking up a step's row
 subsets (`modeling.kernels.RowIndex.subset`) never compares sets element by element.
@@ -63,6 +63,12 @@ class PrefixBank:
     key: torch.Tensor  # [slots, heads, max_len, head_dim]
     value: torch.Tensor  # [slots, heads, max_len, head_dim]
     length: torch.Tensor  # [slots] long
+    # slots with a prefix here (others: length 0); None: those of `length` (read back once)
+    used_by: frozenset[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.used_by is None:
+            self.used_by = frozenset(j for j, n in enumerate(self.length.tolist()) if n > 0)
 
 
 @dataclass
@@ -190,7 +196,7 @@ def build_bank(
             [s.prefix[site].key if site in s.prefix else None for s in sets], template, 1)
         values, _ = _stack_sequences(
             [s.prefix[site].value if site in s.prefix else None for s in sets], template, 1)
-        bank.prefix[site] = PrefixBank(keys, values, length)
+        bank.prefix[site] = PrefixBank(keys, values, length, used_by=frozenset())
     for name in sorted({k for s in sets for k in s.overrides}):
         base = frozen[name].to(like)
         bank.overrides[name] = _stack_matrices(
@@ -205,6 +211,8 @@ def _record_used_by(bank: AdapterBank, sets: list[AdapterSet]) -> None:
         lora.used_by = frozenset(j for j, s in enumerate(sets) if site in s.lora)
     for pos, bottleneck in bank.bottleneck.items():
         bottleneck.used_by = frozenset(j for j, s in enumerate(sets) if pos in s.bottleneck)
+    for site, prefix in bank.prefix.items():
+        prefix.used_by = frozenset(j for j, s in enumerate(sets) if site in s.prefix)
     overridden = [{_module_of(name) for name in s.overrides} for s in sets]
     for module in {_module_of(name) for name in bank.overrides}:
         bank.override_used_by[module] = frozenset(
@@ -223,7 +231,7 @@ def _with_slot(used_by: frozenset[int], slot: int, used: bool) -> frozenset[int]
 def _share_used_by(bank: AdapterBank) -> None:
     """Make equal `used_by` sets of the bank one object (sites of one recipe share it)."""
     shared: dict[frozenset[int], frozenset[int]] = {}
-    for stack in (*bank.lora.values(), *bank.bottleneck.values()):
+    for stack in (*bank.lora.values(), *bank.bottleneck.values(), *bank.prefix.values()):
         stack.used_by = shared.setdefault(stack.used_by, stack.used_by)
     for module, used_by in bank.override_used_by.items():
         bank.override_used_by[module] = shared.setdefault(used_by, used_by)
@@ -251,6 +259,7 @@ def write_slot(bank: AdapterBank, slot: int, adapter_set: AdapterSet,
             _write_sequence(bank.prompt, bank.prompt_length, slot, adapter_set.prompt, 0)
         for site, prefix in bank.prefix.items():
             kv = adapter_set.prefix.get(site)
+            prefix.used_by = _with_slot(prefix.used_by, slot, kv is not None)
             _write_sequence(prefix.key, prefix.length, slot, None if kv is None else kv.key, 1)
             _write_sequence(prefix.value, prefix.length, slot,
                             None if kv is None else kv.value, 1)

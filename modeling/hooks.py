@@ -12,7 +12,9 @@ the Hugging Face model computes.
 The context holds the stacked weights and the slot of every row for the current call;
 under beam search the caller hands the decoder an index repeated per beam. A hook runs
 its site only on the rows whose slot uses it (`LoraBank.used_by`, ...): the other rows
-keep the frozen module's output, and a site no row uses costs nothing.
+keep the frozen module's output, and a site no row uses costs nothing. Prefix attention
+does the same (`PrefixBank.used_by`): only rows with a prefix at a site attend over the
+widened keys.
 """
 
 from __future__ import annotations
@@ -318,16 +320,51 @@ def _with_prefix(module: nn.Module, prefix: PrefixBank, index: RowIndex,
             mask, kwargs)
 
 
+def _batch_rows(t: torch.Tensor | None, rows: torch.Tensor, batch: int) -> torch.Tensor | None:
+    """Rows `rows` of t [batch, ...]; t itself when None or broadcast over the batch [1, ...]."""
+    if t is None or t.shape[0] != batch:
+        return t
+    return t.index_select(0, rows)
+
+
 def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
-                     value: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any):
-    """SDPA attention that prepends the active rows' key/value prefixes (prefix tuning)."""
+                     value: torch.Tensor, attention_mask: torch.Tensor | None, *,
+                     widen_every_row: bool = False, **kwargs: Any):
+    """SDPA attention that prepends the active rows' key/value prefixes (prefix tuning).
+
+    query [b, heads, q, head_dim], key / value [b, heads, k, head_dim] -> ([b, q, heads,
+    head_dim], None). Only the rows whose slot has a prefix here (`PrefixBank.used_by`)
+    attend over prefix + keys; the others attend over their own keys alone, which is what
+    a zero-length (fully masked) prefix computes, without widening every row's keys, mask
+    and T5 bias to the longest prefix. widen_every_row: widen every row's keys instead (a
+    family whose rows without a prefix run its own attention code when alone, BLIP's BERT,
+    keeps its rows within rounding of that code this way).
+    """
     ctx: AdapterContext | None = getattr(module, "vladapter_context", None)
-    if ctx is not None and ctx.weights is not None:
-        prefix = ctx.weights.prefix.get(module.vladapter_site)
-        if prefix is not None:
-            key, value, attention_mask, kwargs = _with_prefix(
-                module, prefix, ctx.index, query, key, value, attention_mask, kwargs)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    prefix = None if ctx is None or ctx.weights is None else \
+        ctx.weights.prefix.get(module.vladapter_site)
+    subset = None if prefix is None or widen_every_row else ctx.index.subset(prefix.used_by)
+    # Causal only where the module says so (BLIP's BERT attention does not), for the rows
+    # without a prefix too: sdpa_attention_forward's default would be causal.
+    kwargs = {"is_causal": getattr(module, "is_causal", False), **kwargs}
+    if prefix is not None and subset is None:  # every row has a prefix (or is widened)
+        key, value, attention_mask, kwargs = _with_prefix(
+            module, prefix, ctx.index, query, key, value, attention_mask, kwargs)
+    out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if subset is None or not len(subset.index):
+        return out, weights
+    rows, batch = subset.positions, query.shape[0]
+    bias = kwargs.get("position_bias")
+    if bias is not None:
+        kwargs = {**kwargs, "position_bias": _batch_rows(bias, rows, batch)}
+    query, key, value, attention_mask = (_batch_rows(t, rows, batch)
+                                         for t in (query, key, value, attention_mask))
+    key, value, attention_mask, kwargs = _with_prefix(
+        module, prefix, subset.index, query, key, value, attention_mask, kwargs)
+    part, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if torch.is_grad_enabled():  # `out` is sdpa's fresh output: written in place otherwise
+        return out.index_copy(0, rows, part), weights
+    return out.index_copy_(0, rows, part), weights
 
 
 AttentionInterface.register(ATTENTION_IMPLEMENTATION, prefix_attention)

@@ -346,5 +346,6 @@ def _attention_forward(module: BlipTextSelfAttention, hidden_states: torch.Tenso
     key, value = _keys_values(module, hidden_states, encoder_hidden_states, cache)
     out, _ = prefix_attention(module, query, key, value, mask,
                               dropout=module.dropout.p if module.training else 0.0,
-                              scaling=1 / math.sqrt(module.attention_head_size))
+                              scaling=1 / math.sqrt(module.attention_head_size),
+                              widen_every_row=True)
     return out.reshape(*hidden_states.shape[:-1], -1), None

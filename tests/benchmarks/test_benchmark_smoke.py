@@ -72,3 +72,20 @@ def test_the_adapter_benchmarks_take_a_backbone_folder(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"backbone {folder}, batch 4 rows" in out
     assert (tmp_path / "mixed_adapters_my-backbone_cpu.json").is_file()
+
+
+def test_the_four_forms_ratio_is_measured_on_the_older_commit_too(tmp_path, capsys):
+    argv = ["--preset", "tiny-bart", "--methods", "forms", "--rows", "8", "--adapters", "4",
+            "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
+    assert mixed_adapters.main([*argv, "--baseline", "HEAD", "--clock", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "  before | forms    N=   4" in out
+    assert "four forms / LoRA only: before (HEAD) -> after (this code)" in out
+    assert re.search(r"  forms 4 +\d\.\d\d -> +\d\.\d\d", out)
+
+
+def test_prefix_attention_benchmark_checks_both_paths_equal_and_prints_the_ratio(capsys):
+    from benchmarks import prefix_attention
+    assert prefix_attention.main(["--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("widened / apart") == len(prefix_attention.CASES) and "machine:" in out

@@ -5,9 +5,12 @@ times slower, `benchmarks/mixed_adapters.py`); writing a slot in place keeps it 
 from __future__ import annotations
 
 import torch
+from test_kernel_reference import _Attention
 
-from modeling.bank import build_bank, write_slot
-from modeling.serve_forms import AdapterSet, Bottleneck, LowRankDelta
+from modeling.bank import PrefixBank, build_bank, write_slot
+from modeling.hooks import AdapterContext, prefix_attention
+from modeling.kernels import RowIndex
+from modeling.serve_forms import AdapterSet, Bottleneck, LowRankDelta, PrefixKV
 
 D, OUT = 8, 6
 FROZEN = {"lin.weight": torch.zeros(OUT, D), "norm.weight": torch.ones(D)}
@@ -54,3 +57,39 @@ def test_each_site_records_the_slots_whose_set_uses_it_through_slot_writes():
     assert write_slot(bank, 0, lora_only, FROZEN) and write_slot(bank, 2, _set(4), FROZEN)
     assert lora.used_by == {0, 1, 2} and bottleneck.used_by == {2}
     assert bank.override_used_by == {"lin": {2}, "norm": {2}}
+
+
+HEADS, HEAD_DIM = 2, 4
+
+
+def _prefix_set(seed: int, length: int) -> AdapterSet:
+    gen = torch.Generator().manual_seed(seed)
+    return AdapterSet(prefix={"site": PrefixKV(torch.randn(HEADS, length, HEAD_DIM, generator=gen),
+                                               torch.randn(HEADS, length, HEAD_DIM,
+                                                           generator=gen))})
+
+
+def _attend(bank, slots: list[int]) -> torch.Tensor:
+    """Prefix attention of fixed queries / keys / values [rows, heads, 3, head_dim], row i
+    on slot slots[i] of `bank`."""
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(len(slots), HEADS, 3, HEAD_DIM, generator=gen) for _ in range(3))
+    ctx = AdapterContext()
+    with ctx.use(bank, RowIndex.of(slots), rows=len(slots)):
+        return prefix_attention(_Attention(ctx, causal=False), q, k, v, None)[0]
+
+
+def test_prefix_sites_record_their_slots_as_a_restack_would_through_slot_writes():
+    """The rows a prefix site attends with its prefix come from `used_by`: a slot write
+    that left it stale would drop a new prefix or keep an evicted one."""
+    sets = [_prefix_set(0, 2), AdapterSet(lora=_set(1).lora), AdapterSet()]
+    bank = build_bank(sets, FROZEN, D, torch.zeros(()))
+    assert bank.prefix["site"].used_by == {0}
+    sets[0], sets[2] = AdapterSet(lora=_set(2).lora), _prefix_set(3, 1)
+    assert write_slot(bank, 0, sets[0], FROZEN) and write_slot(bank, 2, sets[2], FROZEN)
+    fresh = build_bank(sets, FROZEN, D, torch.zeros(()))
+    prefix = bank.prefix["site"]
+    assert prefix.used_by == fresh.prefix["site"].used_by == {2}
+    assert PrefixBank(prefix.key, prefix.value, prefix.length).used_by == {2}  # from lengths
+    slots = [2, 0, 1, 2]
+    torch.testing.assert_close(_attend(bank, slots), _attend(fresh, slots), rtol=0, atol=1e-6)
