@@ -193,6 +193,16 @@ class BackboneConfig:
         return min(int(positions) - shared, MAX_TEXT_TOKENS)
 
     @property
+    def max_decoder_tokens(self) -> int | None:
+        """The most tokens one decoder row may hold (its decoder prompt and answer; the
+        start token takes none of them): the decoder's learned positions (BLIP's BERT text
+        config's `max_position_embeddings`; BART's, a table the decoder has to itself);
+        None for T5, whose relative positions have no table to run past."""
+        text = self.lm.get("text_config", self.lm) if self.lm_type == "bert" else self.lm
+        positions = text.get("max_position_embeddings")
+        return None if positions is None else int(positions)
+
+    @property
     def tokens_per_image(self) -> int:
         """Visual tokens one image becomes: the pooled grid, a BLIP ViT's 1 + patches, or
         Florence-2's DaViT cells + 1 temporal token (each stage's strided conv shrinks the

@@ -117,7 +117,8 @@ def candidate_ids(tokenizer: PreTrainedTokenizerBase, labels: list[list[str]]) -
 def make_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str],
                visuals: list[VisualTokens], targets: list[str] | None = None,
                max_text_tokens: int = MAX_TEXT_TOKENS, max_target_tokens: int = 64,
-               decoder_prompts: list[str] | None = None) -> VLBatch:
+               decoder_prompts: list[str] | None = None,
+               max_decoder_tokens: int | None = None) -> VLBatch:
     """Tokenise and pad one batch; targets become labels with -100 at padding.
 
     max_text_tokens: each text is cut to this many tokens (the backbone's
@@ -126,6 +127,9 @@ def make_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str],
     decoder_prompts: per row the text its decoder reads before answering
     (`TaskSpec.decoder_prompt_for`; "" for none): tokenised without special tokens into
     `VLBatch.decoder_prompt`, and put before the row's target in its labels.
+
+    max_decoder_tokens: the backbone's `BackboneConfig.max_decoder_tokens` (None: no
+    table): targets are cut so that the longest decoder prompt and its target fit in it.
     """
     if any(len(column) != len(texts) for column in (visuals, targets or texts,
                                                     decoder_prompts or texts)):
@@ -146,6 +150,9 @@ def make_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str],
     prompts = _decoder_prompts(tokenizer, decoder_prompts)
     labels = None
     if targets is not None:
+        if max_decoder_tokens is not None:
+            longest_prompt = max(map(len, prompts)) if prompts else 0
+            max_target_tokens = min(max_target_tokens, max_decoder_tokens - longest_prompt)
         encoded = tokenizer(targets, truncation=True, max_length=max_target_tokens)
         labels = _padded([p + t for p, t in zip(prompts or [[]] * len(targets),
                                                 encoded["input_ids"], strict=True)])
@@ -160,7 +167,12 @@ def _decoder_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str] | No
     no end follows); None when no row has a prompt."""
     if not prompts or not any(prompts):
         return None
-    return [tokenizer(p, add_special_tokens=False)["input_ids"] if p else [] for p in prompts]
+    return [decoder_prompt_ids(tokenizer, p) for p in prompts]
+
+
+def decoder_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """A decoder prompt's ids, without special tokens ("" -> [])."""
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
 
 
 def _padded(rows: list[list[int]]) -> torch.Tensor:

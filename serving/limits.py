@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modeling.inputs import check_features
-from modeling.tasks import DEFAULT_FAMILY, TaskKind, TaskSpec, VisualInput
+from modeling.inputs import check_features, decoder_prompt_ids
+from modeling.tasks import DEFAULT_FAMILY, TASKS, TaskKind, TaskSpec, VisualInput
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 # A generous bound on the UTF-8 bytes one token of text covers (English BPE averages about
@@ -129,12 +129,15 @@ class RequestChecker:
 
     def __init__(self, limits: Limits, tokenizer, processor, feat_dim: int, has_vision: bool,
                  frame_grid: int = 0, family: str = DEFAULT_FAMILY,
-                 backbone_text_tokens: int | None = None):
+                 backbone_text_tokens: int | None = None,
+                 backbone_decoder_tokens: int | None = None):
         """frame_grid: the backbone's `BackboneConfig.frame_grid` (0: frames are averaged,
         any token count goes; k: a frame's features must be a square grid to pool).
         family: its `BackboneConfig.family`, whose task prompts requests get (training's).
         backbone_text_tokens: its `BackboneConfig.max_text_tokens` (the text positions its
-        LM has); an encoded text gets the smaller of it and `limits.max_text_tokens`."""
+        LM has); an encoded text gets the smaller of it and `limits.max_text_tokens`.
+        backbone_decoder_tokens: its `BackboneConfig.max_decoder_tokens` (None: no table);
+        a task's new tokens get what its decoder prompt leaves of it."""
         self.limits, self.tokenizer = limits, copy.deepcopy(tokenizer)
         self.processor, self.feat_dim, self.has_vision = processor, feat_dim, has_vision
         self.frame_grid, self.family = frame_grid, family
@@ -144,6 +147,9 @@ class RequestChecker:
             self.text_tokens, self._text_limit = backbone_text_tokens, (
                 f"the backbone reads at most {backbone_text_tokens} text tokens (its "
                 f"language model's text positions)")
+        self.decoder_room = {} if backbone_decoder_tokens is None else {
+            name: backbone_decoder_tokens - len(decoder_prompt_ids(
+                self.tokenizer, task.decoder_prompt_for(family))) for name, task in TASKS.items()}
         self._count_tokens("")  # fixes the truncation setting before threads share it
 
     def check_message(self, size: int) -> None:
@@ -228,11 +234,19 @@ class RequestChecker:
         limit = self.text_tokens + 1
         return len(self.tokenizer(source, truncation=True, max_length=limit)["input_ids"])
 
-    def generation(self, max_new_tokens: int, num_beams: int) -> tuple[int, int]:
-        """-> (max_new_tokens, num_beams) with server defaults for zeros."""
+    def generation(self, max_new_tokens: int, num_beams: int, task: str
+                   ) -> tuple[int, int]:
+        """-> (max_new_tokens, num_beams) with server defaults for zeros; a `task` answer
+        must also fit in what the backbone's decoder positions leave after its prompt."""
         if max_new_tokens < 0 or max_new_tokens > self.limits.max_new_tokens:
             raise InvalidInput(f"max_new_tokens {max_new_tokens}; limit max_new_tokens="
                                f"{self.limits.max_new_tokens}")
+        room = self.decoder_room.get(task, self.limits.max_new_tokens)
+        if max_new_tokens > room:
+            raise InvalidInput(f"max_new_tokens {max_new_tokens}; the backbone's decoder "
+                               f"writes at most {room} new tokens for task {task!r} (its "
+                               f"decoder positions less the task's decoder prompt)")
         if num_beams < 0 or num_beams > self.limits.max_beams:
             raise InvalidInput(f"num_beams {num_beams}; limit max_beams={self.limits.max_beams}")
-        return max_new_tokens or self.limits.default_max_new_tokens, max(num_beams, 1)
+        return max_new_tokens or min(self.limits.default_max_new_tokens, room), \
+            max(num_beams, 1)

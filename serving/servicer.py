@@ -84,7 +84,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             source = self.checker.source_text(spec, message.text, choices,
                                               message.video.subtitles)
             max_new, beams = self.checker.generation(message.generation.max_new_tokens,
-                                                     message.generation.num_beams)
+                                                     message.generation.num_beams, message.task)
         except InvalidInput as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         remaining = context.time_remaining()

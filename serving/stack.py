@@ -193,7 +193,8 @@ def build_stack(config: ServeConfig, backbone: VLBackbone | None = None,
                              else None,
                              backbone.config.feat_dim, visual is not None,
                              backbone.config.frame_grid, backbone.config.family,
-                             backbone.config.max_text_tokens)
+                             backbone.config.max_text_tokens,
+                             backbone.config.max_decoder_tokens)
     inference = InferenceServicer(engine, controlled, checker)
     kserve_stats = ModelStats()
     kserve = KServeServicer(engine, controlled, inference, checker, kserve_stats,

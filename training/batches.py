@@ -87,15 +87,17 @@ class MultiTaskSampler:
 
 def training_batch(tokenizer, examples: list[Example], features: VisualFeatures, seed: int,
                    step: int, family: str = DEFAULT_FAMILY,
-                   max_text_tokens: int = MAX_TEXT_TOKENS) -> tuple[VLBatch, list[float]]:
-    """Tokenised batch with sampled targets, decoder prompts of a backbone of `family`
-    and texts cut at its `max_text_tokens` (`VLBatch.answer_labels` is what the loss
-    reads); returns (batch, per-row loss weights)."""
+                   max_text_tokens: int = MAX_TEXT_TOKENS,
+                   max_decoder_tokens: int | None = None) -> tuple[VLBatch, list[float]]:
+    """Tokenised batch with sampled targets, decoder prompts of a backbone of `family`,
+    texts cut at its `max_text_tokens` and targets at its `max_decoder_tokens`
+    (`VLBatch.answer_labels` is what the loss reads); returns (batch, per-row loss
+    weights)."""
     rng = np.random.default_rng([seed, step, 11])
     targets, weights = zip(*(training_target(e, rng) for e in examples), strict=True)
     batch = make_batch(tokenizer, [e.source_text for e in examples],
                        [features.tokens(e) for e in examples], list(targets),
-                       max_text_tokens=max_text_tokens,
+                       max_text_tokens=max_text_tokens, max_decoder_tokens=max_decoder_tokens,
                        decoder_prompts=[TASKS[e.task].decoder_prompt_for(family)
                                         for e in examples])
     return batch, list(weights)

@@ -19,6 +19,7 @@ from modeling.recipe import MethodEntry
 from modeling.tasks import TASKS
 from modeling.tokenizer import SPECIALS, build_word_tokenizer
 from serving.config import ServeConfig
+from serving.limits import Limits
 from serving.protos import inference_pb2_grpc
 from serving.server import Server
 from training.artifact import write_artifact
@@ -29,7 +30,8 @@ POSITIONS = 64  # the tiny BLIP text config's max_position_embeddings
 @pytest.fixture(scope="module")
 def blip_server(tmp_path_factory):
     """(backbone, running server with an adapter `alpha`) over a tiny BLIP VQA folder; the
-    server's own max_text_tokens (256) is above the backbone's positions."""
+    server's own max_text_tokens (256) and max_new_tokens (128) are above the backbone's
+    positions."""
     root = tmp_path_factory.mktemp("blip-positions")
     model = blip_model("vqa", "tiny", seed=0)
     vocab = model.config.text_config.vocab_size
@@ -42,7 +44,8 @@ def blip_server(tmp_path_factory):
     write_artifact(root / "alpha", adapter, backbone, {})
     Registry(str(root / "store")).publish(root / "alpha", "alpha")
     server = Server(ServeConfig(registry=str(root / "store"), host="127.0.0.1", port=0,
-                                load=("alpha",)), backbone=backbone).start()
+                                load=("alpha",), limits=Limits(max_new_tokens=2 * POSITIONS)),
+                    backbone=backbone).start()
     yield backbone, server
     server.stop(grace=5)
 
@@ -88,3 +91,26 @@ def test_kserve_infer_longer_than_the_backbones_positions_is_invalid_argument(bl
                          client_timeout=30)
     assert excinfo.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert f"more than {POSITIONS} tokens" in excinfo.value.message()
+
+
+def test_tiny_blip_reads_its_decoder_position_tables_length():
+    model = blip_model("vqa", "tiny", device="meta")
+    config = blip.backbone_config(model.config, "BlipForQuestionAnswering")
+    assert config.max_decoder_tokens == POSITIONS
+
+
+def test_more_new_tokens_than_the_decoders_positions_is_invalid_argument(blip_server):
+    """An answer may fill the decoder's positions (the engine decodes all of them, the
+    random model rarely ends early) but not run past them (was INTERNAL: an index error in
+    BLIP's text decoder)."""
+    backbone, server = blip_server
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        assert stub.Predict(request_for("vqa", "alpha", max_new_tokens=POSITIONS),
+                            timeout=60).adapter_name == "alpha"
+        with pytest.raises(grpc.RpcError) as excinfo:
+            stub.Predict(request_for("vqa", "alpha", max_new_tokens=POSITIONS + 1), timeout=60)
+    assert excinfo.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    message = excinfo.value.details()
+    assert message.startswith(f"max_new_tokens {POSITIONS + 1}")
+    assert f"at most {POSITIONS} new tokens for task 'vqa'" in message

@@ -3,6 +3,8 @@ the decoder reads the prompt teacher-forced, and the loss covers the caption alo
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from family_helpers import blip_model
@@ -46,3 +48,30 @@ def test_blip_caption_loss_is_taken_on_the_continuation_of_the_prompt_only(world
                                   reduction="none")
     assert not torch.allclose(loss.detach(), (with_prompt.sum(1) / (batch.labels != -100)
                                               .sum(1)).mean())  # the prompt is not scored
+
+
+def test_a_caption_longer_than_the_decoders_positions_is_cut_after_the_prompt(world, tmp_path):
+    """The decoder prompt ("a picture of", 3 tokens) and the caption share the decoder's
+    positions (`max_decoder_tokens`, 64 on the tiny BLIP): a 90-word caption is cut to
+    the 61 tokens left, where it failed with an index error in BLIP's text decoder."""
+    raw = {**world["raw"], "backbone": str(tmp_path / "blip"), "steps": 1,
+           "tasks": {"caption": world["raw"]["tasks"]["caption"]},
+           "methods": [{"method": "lora", "config": {"rank": 4}}]}
+    examples = load_task_split("caption", parse_config(raw).tasks["caption"], "train")
+    model = blip_model("caption", "tiny", seed=0)
+    model.save_pretrained(tmp_path / "blip")
+    build_word_tokenizer(corpus_words(examples) | {"a", "picture", "of"}, "bert",
+                         model.config.text_config.vocab_size).save_pretrained(tmp_path / "blip")
+    trainer = Trainer(parse_config(raw), tmp_path / "run", show_progress=False)
+    config = trainer.backbone.config
+    assert config.max_decoder_tokens == model.config.text_config.max_position_embeddings == 64
+    rows = [replace(row, targets=("a picture of " * 30,)) for row in
+            trainer.tasks["caption"].train[:2]]
+
+    loss, _ = trainer._loss("caption", rows, step=0)
+
+    assert loss.isfinite()
+    batch, _ = training_batch(trainer.backbone.tokenizer, rows, trainer.tasks["caption"].features,
+                              0, 0, config.family, config.max_text_tokens,
+                              config.max_decoder_tokens)
+    assert batch.labels.shape[1] == config.max_decoder_tokens
