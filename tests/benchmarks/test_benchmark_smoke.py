@@ -37,14 +37,17 @@ def test_benchmark_runs_and_its_check_holds(module, argv, check, capsys, tmp_pat
 
 def test_a_benchmark_runs_again_on_an_older_commit_and_prints_before_and_after(tmp_path,
                                                                             capsys):
-    """Both processes time by the thread's CPU time (the older one through a patched clock)."""
-    argv = ["--preset", "tiny", "--methods", "lora", "--rows", "2", "--adapters", "2",
-            "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
+    """Both processes time by the thread's CPU time (the older one through a patched clock);
+    both ratios, mixed / uniform (LoRA) and four forms / LoRA only, get a before and after."""
+    argv = ["--preset", "tiny-bart", "--methods", "lora,forms", "--rows", "8", "--adapters",
+            "4", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
     assert mixed_adapters.main([*argv, "--baseline", "HEAD", "--clock", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "  before | lora     N=   2" in out
+    assert "  before | lora     N=   4" in out and "  before | forms    N=   4" in out
     assert "mixed / uniform: before (HEAD) -> after (this code)" in out
-    assert re.search(r"  lora 2 +\d\.\d\d -> +\d\.\d\d", out)
+    assert re.search(r"  lora 4 +\d\.\d\d -> +\d\.\d\d", out)
+    assert "four forms / LoRA only: before (HEAD) -> after (this code)" in out
+    assert re.search(r"  forms 4 +\d\.\d\d -> +\d\.\d\d", out)
 
 
 def test_a_baseline_at_an_unknown_commit_is_one_line_on_stderr_and_status_2(capsys):
@@ -72,16 +75,6 @@ def test_the_adapter_benchmarks_take_a_backbone_folder(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"backbone {folder}, batch 4 rows" in out
     assert (tmp_path / "mixed_adapters_my-backbone_cpu.json").is_file()
-
-
-def test_the_four_forms_ratio_is_measured_on_the_older_commit_too(tmp_path, capsys):
-    argv = ["--preset", "tiny-bart", "--methods", "forms", "--rows", "8", "--adapters", "4",
-            "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
-    assert mixed_adapters.main([*argv, "--baseline", "HEAD", "--clock", "cpu"]) == 0
-    out = capsys.readouterr().out
-    assert "  before | forms    N=   4" in out
-    assert "four forms / LoRA only: before (HEAD) -> after (this code)" in out
-    assert re.search(r"  forms 4 +\d\.\d\d -> +\d\.\d\d", out)
 
 
 def test_prefix_attention_benchmark_checks_both_paths_equal_and_prints_the_ratio(capsys):

@@ -17,17 +17,23 @@ from training.text import corpus_words
 from training.trainer import Trainer
 
 
-def test_blip_caption_loss_is_taken_on_the_continuation_of_the_prompt_only(world, tmp_path):
+def _caption_trainer(world: dict, tmp_path) -> Trainer:
+    """A one-step LoRA captioning run over a tiny BLIP captioning folder whose word
+    tokenizer covers the world's captions and the decoder prompt."""
     raw = {**world["raw"], "backbone": str(tmp_path / "blip"), "steps": 1,
            "tasks": {"caption": world["raw"]["tasks"]["caption"]},
            "methods": [{"method": "lora", "config": {"rank": 4}}]}
     examples = load_task_split("caption", parse_config(raw).tasks["caption"], "train")
     model = blip_model("caption", "tiny", seed=0)
     model.save_pretrained(tmp_path / "blip")
-    tokenizer = build_word_tokenizer(corpus_words(examples) | {"a", "picture", "of"}, "bert",
-                                     model.config.text_config.vocab_size)
-    tokenizer.save_pretrained(tmp_path / "blip")
-    trainer = Trainer(parse_config(raw), tmp_path / "run", show_progress=False)
+    build_word_tokenizer(corpus_words(examples) | {"a", "picture", "of"}, "bert",
+                         model.config.text_config.vocab_size).save_pretrained(tmp_path / "blip")
+    return Trainer(parse_config(raw), tmp_path / "run", show_progress=False)
+
+
+def test_blip_caption_loss_is_taken_on_the_continuation_of_the_prompt_only(world, tmp_path):
+    trainer = _caption_trainer(world, tmp_path)
+    tokenizer = trainer.backbone.tokenizer
     trainer.model.eval()
     rows = trainer.tasks["caption"].train[:3]
 
@@ -54,17 +60,11 @@ def test_a_caption_longer_than_the_decoders_positions_is_cut_after_the_prompt(wo
     """The decoder prompt ("a picture of", 3 tokens) and the caption share the decoder's
     positions (`max_decoder_tokens`, 64 on the tiny BLIP): a 90-word caption is cut to
     the 61 tokens left, where it failed with an index error in BLIP's text decoder."""
-    raw = {**world["raw"], "backbone": str(tmp_path / "blip"), "steps": 1,
-           "tasks": {"caption": world["raw"]["tasks"]["caption"]},
-           "methods": [{"method": "lora", "config": {"rank": 4}}]}
-    examples = load_task_split("caption", parse_config(raw).tasks["caption"], "train")
-    model = blip_model("caption", "tiny", seed=0)
-    model.save_pretrained(tmp_path / "blip")
-    build_word_tokenizer(corpus_words(examples) | {"a", "picture", "of"}, "bert",
-                         model.config.text_config.vocab_size).save_pretrained(tmp_path / "blip")
-    trainer = Trainer(parse_config(raw), tmp_path / "run", show_progress=False)
+    trainer = _caption_trainer(world, tmp_path)
     config = trainer.backbone.config
-    assert config.max_decoder_tokens == model.config.text_config.max_position_embeddings == 64
+    assert config.max_decoder_tokens == blip_model("caption", "tiny", device="meta"
+                                                   ).config.text_config.max_position_embeddings
+    assert config.max_decoder_tokens == 64
     rows = [replace(row, targets=("a picture of " * 30,)) for row in
             trainer.tasks["caption"].train[:2]]
 
