@@ -41,7 +41,8 @@ class InferenceStub:
     DATA_LOSS            stored bytes differ from their sha256
     RESOURCE_EXHAUSTED   max_queue requests are accepted and not yet running, or every
     device slot holds an adapter in use (retry later)
-    DEADLINE_EXCEEDED    the call's deadline passed before its answer
+    DEADLINE_EXCEEDED    the call's deadline passed before its answer (also while it waits
+    for its adapter to load on demand: the load goes on)
     UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
     UNAVAILABLE          the server is shutting down; behind Ray Serve (adapter-serve
     --ray): the replica of the call stopped before answering, or
@@ -83,7 +84,8 @@ class InferenceServicer:
     DATA_LOSS            stored bytes differ from their sha256
     RESOURCE_EXHAUSTED   max_queue requests are accepted and not yet running, or every
     device slot holds an adapter in use (retry later)
-    DEADLINE_EXCEEDED    the call's deadline passed before its answer
+    DEADLINE_EXCEEDED    the call's deadline passed before its answer (also while it waits
+    for its adapter to load on demand: the load goes on)
     UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
     UNAVAILABLE          the server is shutting down; behind Ray Serve (adapter-serve
     --ray): the replica of the call stopped before answering, or
@@ -140,7 +142,8 @@ class Inference:
     DATA_LOSS            stored bytes differ from their sha256
     RESOURCE_EXHAUSTED   max_queue requests are accepted and not yet running, or every
     device slot holds an adapter in use (retry later)
-    DEADLINE_EXCEEDED    the call's deadline passed before its answer
+    DEADLINE_EXCEEDED    the call's deadline passed before its answer (also while it waits
+    for its adapter to load on demand: the load goes on)
     UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
     UNAVAILABLE          the server is shutting down; behind Ray Serve (adapter-serve
     --ray): the replica of the call stopped before answering, or
