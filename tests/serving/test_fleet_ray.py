@@ -46,7 +46,10 @@ from serving.fleet.replica import REPLICA_KEY
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 
 SWAPS = int(os.environ.get("VLADAPTER_FLEET_SWAPS", "40"))
-MATCHING_TIMEOUT = "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S"
+# Ray Serve's router settings the cluster's processes inherit (see running_fleet).
+ROUTER_ENV = {"RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S": "20",
+              "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "2",
+              "RAY_SERVE_MAX_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "10"}
 
 
 def _free_port(count: int = 1) -> int:
@@ -91,13 +94,14 @@ class Fleet:
 def running_fleet(config: ServeConfig) -> Iterator[Fleet]:
     """A local Ray cluster serving `config`'s fleet of 2 replicas, settled; shut down after.
 
-    Ray Serve's router sends a request for an adapter that no replica has reported yet to
-    any replica once that wait (1-2 s by default) runs out; on a loaded machine a replica's
-    report can take longer, and the adapter is then loaded twice. The cluster's processes
-    inherit a longer wait (os.environ before ray.init), so routing does not depend on the
-    machine's speed; the first request for a new adapter does not wait either way."""
-    saved = os.environ.get(MATCHING_TIMEOUT)
-    os.environ[MATCHING_TIMEOUT] = "20"
+    Ray Serve's router waits 1-2 s for a replica to report an adapter before sending its
+    request anywhere, and gives a replica 0.1 s to say how busy it is before trying the
+    replica with the fewest adapters; on a loaded machine either runs out, and the adapter
+    is loaded on both replicas. The cluster's processes inherit longer waits (os.environ
+    before ray.init, `ROUTER_ENV`), so routing does not depend on the machine's speed; the
+    first request for a new adapter does not wait either way."""
+    saved = {name: os.environ.get(name) for name in ROUTER_ENV}
+    os.environ.update(ROUTER_ENV)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         start_ray(config)
@@ -108,10 +112,11 @@ def running_fleet(config: ServeConfig) -> Iterator[Fleet]:
     finally:
         serve.shutdown()
         ray.shutdown()
-        if saved is None:
-            os.environ.pop(MATCHING_TIMEOUT)
-        else:
-            os.environ[MATCHING_TIMEOUT] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")
