@@ -185,12 +185,11 @@ class BackboneConfig:
         BART's less one image's tokens, which take positions from the same table), at most
         `MAX_TEXT_TOKENS` (T5's relative positions have no table to run past). Longer text
         would index past the position table."""
-        text = self.lm.get("text_config", self.lm) if self.lm_type == "bert" else self.lm
-        positions = text.get("max_position_embeddings")
+        positions = self._lm_positions
         if positions is None:
             return MAX_TEXT_TOKENS
         shared = self.tokens_per_image if self.lm_type == "bart" else 0
-        return min(int(positions) - shared, MAX_TEXT_TOKENS)
+        return min(positions - shared, MAX_TEXT_TOKENS)
 
     @property
     def max_decoder_tokens(self) -> int | None:
@@ -198,6 +197,12 @@ class BackboneConfig:
         start token takes none of them): the decoder's learned positions (BLIP's BERT text
         config's `max_position_embeddings`; BART's, a table the decoder has to itself);
         None for T5, whose relative positions have no table to run past."""
+        return self._lm_positions
+
+    @property
+    def _lm_positions(self) -> int | None:
+        """The LM's learned position table's length (BLIP: its BERT text config's); None
+        when it has none (T5)."""
         text = self.lm.get("text_config", self.lm) if self.lm_type == "bert" else self.lm
         positions = text.get("max_position_embeddings")
         return None if positions is None else int(positions)
