@@ -81,7 +81,7 @@ class Engine:
 
     def __init__(self, backbone: VLBackbone, store: AdapterStore, slot_table: SlotTable,
                  vision: VisionCache, max_batch: int = 8, max_queue: int = 64,
-                 max_queue_delay_ms: float = 5.0, max_text_tokens: int = 512, metrics=None,
+                 max_queue_delay_ms: float = 5.0, metrics=None,
                  vision_encoder: VisionEncoder | None = None, load_on_demand: bool = False):
         """vision_encoder: pixels -> features (None: the backbone's tower in torch eager);
         load_on_demand: a request for an adapter that is not loaded loads it
@@ -96,7 +96,7 @@ class Engine:
         self.vision_encoder = vision_encoder
         self.tokenizer = backbone.tokenizer
         self.max_batch, self.max_queue_delay = max_batch, max_queue_delay_ms / 1000.0
-        self.max_queue, self.max_text_tokens = max_queue, max_text_tokens
+        self.max_queue = max_queue
         self.stats: Counter[str] = Counter()
         self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()  # None: wake up
         # Accepted and not yet running (queued, loading, ready): submit adds under the lock,
@@ -341,7 +341,7 @@ class Engine:
                ) -> tuple[VLBatch, RowIndex]:
         family = self.backbone.config.family  # decoder prompts as training reads them
         batch = make_batch(self.tokenizer, [r.source_text for r in requests], visuals,
-                           max_text_tokens=self.max_text_tokens,
+                           max_text_tokens=self.backbone.config.max_text_tokens,
                            decoder_prompts=[r.task.decoder_prompt_for(family) for r in requests])
         batch = batch.to(self.device)
         batch.visual = batch.visual.to(self.dtype)

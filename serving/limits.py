@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modeling.config import BackboneConfig
 from modeling.inputs import check_features, decoder_prompt_ids
-from modeling.tasks import DEFAULT_FAMILY, TASKS, TaskKind, TaskSpec, VisualInput
+from modeling.tasks import TASKS, TaskKind, TaskSpec, VisualInput
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 # A generous bound on the UTF-8 bytes one token of text covers (English BPE averages about
@@ -127,29 +128,29 @@ class RequestChecker:
     same settings, which are set once, here, before any request arrives.
     """
 
-    def __init__(self, limits: Limits, tokenizer, processor, feat_dim: int, has_vision: bool,
-                 frame_grid: int = 0, family: str = DEFAULT_FAMILY,
-                 backbone_text_tokens: int | None = None,
-                 backbone_decoder_tokens: int | None = None):
-        """frame_grid: the backbone's `BackboneConfig.frame_grid` (0: frames are averaged,
-        any token count goes; k: a frame's features must be a square grid to pool).
-        family: its `BackboneConfig.family`, whose task prompts requests get (training's).
-        backbone_text_tokens: its `BackboneConfig.max_text_tokens` (the text positions its
-        LM has); an encoded text gets the smaller of it and `limits.max_text_tokens`.
-        backbone_decoder_tokens: its `BackboneConfig.max_decoder_tokens` (None: no table);
-        a task's new tokens get what its decoder prompt leaves of it."""
+    def __init__(self, limits: Limits, tokenizer, processor, backbone: BackboneConfig):
+        """backbone: the served backbone's config: its features' width (`feat_dim`),
+        whether it has a tower (else images must come as features), its `frame_grid` (0:
+        frames are averaged, any token count goes; k: a frame's features must be a square
+        grid to pool), its `family`, whose task prompts requests get (training's), its
+        `max_text_tokens` (an encoded text gets the smaller of it and
+        `limits.max_text_tokens`) and its `max_decoder_tokens` (a task's new tokens get
+        what its decoder prompt leaves of it)."""
         self.limits, self.tokenizer = limits, copy.deepcopy(tokenizer)
-        self.processor, self.feat_dim, self.has_vision = processor, feat_dim, has_vision
-        self.frame_grid, self.family = frame_grid, family
+        self.processor, self.feat_dim = processor, backbone.feat_dim
+        self.has_vision = backbone.vision is not None
+        self.frame_grid, self.family = backbone.frame_grid, backbone.family
         self.text_tokens, self._text_limit = limits.max_text_tokens, \
             f"limit max_text_tokens={limits.max_text_tokens}"
-        if backbone_text_tokens is not None and backbone_text_tokens < self.text_tokens:
-            self.text_tokens, self._text_limit = backbone_text_tokens, (
-                f"the backbone reads at most {backbone_text_tokens} text tokens (its "
+        if backbone.max_text_tokens < self.text_tokens:
+            self.text_tokens, self._text_limit = backbone.max_text_tokens, (
+                f"the backbone reads at most {backbone.max_text_tokens} text tokens (its "
                 f"language model's text positions)")
-        self.decoder_room = {} if backbone_decoder_tokens is None else {
-            name: backbone_decoder_tokens - len(decoder_prompt_ids(
-                self.tokenizer, task.decoder_prompt_for(family))) for name, task in TASKS.items()}
+        decoder_tokens = backbone.max_decoder_tokens
+        self.decoder_room = {} if decoder_tokens is None else {
+            name: decoder_tokens - len(decoder_prompt_ids(
+                self.tokenizer, task.decoder_prompt_for(self.family)))
+            for name, task in TASKS.items()}
         self._count_tokens("")  # fixes the truncation setting before threads share it
 
     def check_message(self, size: int) -> None:

@@ -183,18 +183,14 @@ def build_stack(config: ServeConfig, backbone: VLBackbone | None = None,
     vision = VisionCache(config.vision_cache_entries)
     vision_encoder, vision_model = vision_parts(config, backbone)
     engine = Engine(backbone, store, slot_table, vision, config.max_batch, config.max_queue,
-                    config.max_queue_delay_ms, config.limits.max_text_tokens, metrics,
+                    config.max_queue_delay_ms, metrics,
                     vision_encoder, config.load_on_demand)
     lifecycle = engine.adapters  # the one owner of what serves (lifecycle.py)
     controlled = lifecycle if control is None else control(lifecycle)
     visual = backbone.config.vision
     checker = RequestChecker(config.limits, backbone.tokenizer,
                              image_processor(visual.image_size, visual.tower) if visual
-                             else None,
-                             backbone.config.feat_dim, visual is not None,
-                             backbone.config.frame_grid, backbone.config.family,
-                             backbone.config.max_text_tokens,
-                             backbone.config.max_decoder_tokens)
+                             else None, backbone.config)
     inference = InferenceServicer(engine, controlled, checker)
     kserve_stats = ModelStats()
     kserve = KServeServicer(engine, controlled, inference, checker, kserve_stats,

@@ -98,7 +98,7 @@ def test_text_of_exactly_max_text_tokens_passes_and_one_more_is_refused(backbone
     """Tokens are counted with the encoding cut at max_text_tokens + 1: the boundary holds."""
     limit = 12
     checker = RequestChecker(Limits(max_text_tokens=limit), backbone.tokenizer, None,
-                             backbone.config.feat_dim, has_vision=False)
+                             backbone.config)
     spec = TASKS["vqa"]
 
     def tokens(text: str) -> int:

@@ -44,14 +44,14 @@ def _frame_features(tokens: int, feat_dim: int) -> inference_pb2.Image:
 
 def test_frame_features_that_are_no_square_grid_are_refused_naming_the_frame():
     tokenizer = build_word_tokenizer(["a"], "t5", 512)
-    checker = RequestChecker(Limits(), tokenizer, None, TEMPORAL.feat_dim,
-                             has_vision=False, frame_grid=TEMPORAL.frame_grid)
+    features = TEMPORAL.with_features(TEMPORAL.feat_dim)  # frames come as features
+    checker = RequestChecker(Limits(), tokenizer, None, features)
     video = inference_pb2.Video(frames=[_frame_features(4, 64), _frame_features(3, 64)])
     with pytest.raises(InvalidInput, match="frame 1 has 3 feature tokens.*2x2 grid"):
         checker.visual(TASKS["tvqa"], [], video)
     video = inference_pb2.Video(frames=[_frame_features(4, 64), _frame_features(1, 64)])
     assert len(checker.visual(TASKS["tvqa"], [], video)) == 2
-    averaged = RequestChecker(Limits(), tokenizer, None, TEMPORAL.feat_dim,
-                              has_vision=False)
+    averaged = RequestChecker(Limits(), tokenizer, None,
+                              replace(features, frame_grid=0, frame_order=False))
     video = inference_pb2.Video(frames=[_frame_features(3, 64)])
     assert len(averaged.visual(TASKS["tvqa"], [], video)) == 1  # frames averaged: any count
