@@ -15,15 +15,24 @@ from training.synthetic.world import COLOURS, DIRECTIONS, Clip, Mover, pick
 
 TVQA_OPTIONS = tuple(DIRECTIONS)
 HOW2QA_OPTIONS = tuple(COLOURS)
-# One clause of either `tvc_descriptions` sentence: "the red circle moves left" (per
-# shape) or "a red circle moves left" (all shapes in one sentence).
-_SHAPE_MOTION = re.compile(
-    r"\b(?:the|a) (\w+ \w+) (?:moves (left|right|up|down)|stays (still))\b")
+
+
+def direction_phrase(direction: str) -> str:
+    """``"moves left"`` ... or ``"stays still"``."""
+    return "stays still" if direction == "still" else f"moves {direction}"
 
 
 def motion_phrase(mover: Mover) -> str:
-    """``"moves left"`` ... or ``"stays still"``."""
-    return "stays still" if mover.direction == "still" else f"moves {mover.direction}"
+    """How `mover` moves, e.g. ``"moves left"`` (`direction_phrase`)."""
+    return direction_phrase(mover.direction)
+
+
+# Each direction's phrase, to read descriptions back (`shape_motions`).
+_DIRECTION_OF = {direction_phrase(d): d for d in DIRECTIONS}
+# One clause of either `tvc_descriptions` sentence: "the red circle moves left" (per
+# shape) or "a red circle moves left" (all shapes in one sentence).
+_SHAPE_MOTION = re.compile(
+    rf"\b(?:the|a) (\w+ \w+) ({'|'.join(map(re.escape, _DIRECTION_OF))})\b")
 
 
 def subtitle_lines(clip: Clip, rng: np.random.Generator) -> list[str]:
@@ -76,7 +85,7 @@ def shape_motions(description: str) -> list[tuple[str, str]]:
     grammar, in the order it names them, e.g. ``"the red circle moves left and the blue
     square stays still"`` or ``"a red circle moves left while a blue square stays still"``
     -> ``[("red circle", "left"), ("blue square", "still")]``."""
-    return [(name, moving or still) for name, moving, still in _SHAPE_MOTION.findall(description)]
+    return [(name, _DIRECTION_OF[phrase]) for name, phrase in _SHAPE_MOTION.findall(description)]
 
 
 def motion_question(name: str) -> str:
