@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from training_helpers import TASKS
 
-from modeling import families
 from modeling.backbone import VLBackbone
 from modeling.config import preset
 from training.config import load_task_split, parse_config
@@ -14,10 +12,6 @@ from training.synthetic import generate
 from training.synthetic.generate import SplitSizes
 from training.synthetic_run import synthetic_tasks
 from training.text import corpus_tokenizer
-
-TASKS = ("vqa", "nlvr2", "caption", "tvqa")
-# Files a model's weights can be saved as; a backbone folder of ours holds safetensors only.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +30,3 @@ def world(tmp_path_factory) -> dict:
                                       tokenizer=corpus_tokenizer(examples, "t5", 512))
     backbone.save_pretrained(root / "backbone")
     return {"root": root, "raw": raw}
-
-
-def check_tuned_backbone_written(out: Path, tuned, original) -> None:
-    """A full fine-tuning run's OUT/backbone: a backbone folder (safetensors weights only)
-    that loads as `--backbone` into exactly the tuned model, not the one it started from;
-    no adapter artifact beside it."""
-    folder = out / "backbone"
-    weights = {p.suffix for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES}
-    assert weights == {".safetensors"}
-    loaded = families.load_backbone(folder)
-    assert type(loaded) is type(tuned)
-    assert loaded.fingerprint() == tuned.fingerprint() != original.fingerprint()
-    assert not (out / "artifact").exists()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import check_tuned_backbone_written
 from family_helpers import blip_model
+from training_helpers import check_tuned_backbone_written
 
 from adapters_registry import Registry
 from modeling.families import load_backbone

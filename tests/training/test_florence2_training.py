@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from conftest import check_tuned_backbone_written
+from training_helpers import check_tuned_backbone_written
 from transformers import Florence2ForConditionalGeneration
 
 from benchmarks.florence2_sizes import sized_config, write_random

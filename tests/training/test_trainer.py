@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TASKS, check_tuned_backbone_written
 from safetensors.torch import load_file, save_file
+from training_helpers import TASKS, check_tuned_backbone_written
 
 from modeling import families
 from training.cli import main
