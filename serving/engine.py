@@ -341,7 +341,7 @@ class Engine:
                ) -> tuple[VLBatch, RowIndex]:
         family = self.backbone.config.family  # decoder prompts as training reads them
         batch = make_batch(self.tokenizer, [r.source_text for r in requests], visuals,
-                           max_text_tokens=self.backbone.config.max_text_tokens,
+                           text_budget=self.backbone.config.text_budget,
                            decoder_prompts=[r.task.decoder_prompt_for(family) for r in requests])
         batch = batch.to(self.device)
         batch.visual = batch.visual.to(self.dtype)

@@ -38,7 +38,7 @@ def predict(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
         chunk = examples[start:start + EVAL_BATCH]
         batch = make_batch(tokenizer, [e.source_text for e in chunk],
                            [features.tokens(e) for e in chunk],
-                           max_text_tokens=backbone.config.max_text_tokens, decoder_prompts=[
+                           text_budget=backbone.config.text_budget, decoder_prompts=[
                                TASKS[task].decoder_prompt_for(backbone.config.family)] * len(chunk))
         index = None if bank is None else RowIndex.of(torch.zeros(len(chunk),
                                                                      dtype=torch.long))

@@ -157,7 +157,7 @@ class Trainer:
         batch, weights = training_batch(self.backbone.tokenizer, share or rows[:1],
                                         self.tasks[task].features, self.config.seed, step,
                                         self.backbone.config.family,
-                                        self.backbone.config.max_text_tokens,
+                                        self.backbone.config.text_budget,
                                         self.backbone.config.max_decoder_tokens)
         weights = weights if share else [0.0]
         device = self.config.device
