@@ -205,6 +205,14 @@ class BackboneConfig:
         return self.text_budget()
 
     @property
+    def encoder_positions(self) -> int | None:
+        """The length of the learned position table the encoder's text reads (BART's
+        `max_position_embeddings`, BLIP's BERT text config's), which visual tokens and
+        prompt vectors share where `visual_positions` / `prompt_positions` say; None for
+        T5 (relative positions)."""
+        return self._lm_positions
+
+    @property
     def visual_positions(self) -> bool:
         """Whether visual tokens take positions from the text's learned position table:
         BART read as one sequence ("plain" semantics: Florence-2, whose image tokens are
@@ -227,7 +235,7 @@ class BackboneConfig:
         `MAX_TEXT_TOKENS` (T5's relative positions have no table to run past). Longer text
         would index past the position table. Below `MIN_TEXT_TOKENS`: the example cannot
         run (`check_task_fits`)."""
-        positions = self._lm_positions
+        positions = self.encoder_positions
         if positions is None:
             return MAX_TEXT_TOKENS
         taken = (visual_tokens if self.visual_positions else 0) + \
@@ -268,7 +276,7 @@ class BackboneConfig:
             taken.append(f"{prompt_vectors} prompt vectors")
         raise TaskDoesNotFit(
             f"task {task.name!r} cannot run on this backbone: {' + '.join(taken)} leave "
-            f"{max(room, 0)} of its {self._lm_positions} encoder positions for text (a text "
+            f"{max(room, 0)} of its {self.encoder_positions} encoder positions for text (a text "
             f"needs {MIN_TEXT_TOKENS})")
 
     @property
