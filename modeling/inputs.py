@@ -10,7 +10,7 @@ square, CLIP's mean / std).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +34,11 @@ class VisualTokens:
 
     features: torch.Tensor
     image_order: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        """How many visual tokens (the n of features [n, feat_dim])."""
+        return self.features.shape[0]
 
     @classmethod
     def concat(cls, per_image: list[torch.Tensor]) -> VisualTokens:
@@ -73,9 +78,10 @@ def check_features(features: torch.Tensor, feat_dim: int, what: str) -> torch.Te
     return features
 
 
-# How many text tokens a batch row keeps: one cut for every row, or per row the cut for its
-# visual-token count (`BackboneConfig.text_budget`: what its encoder positions leave).
-TextBudget = int | Callable[[int], int]
+# How many text tokens a batch row keeps: one cut for every row, each row's own, or per row
+# the cut for its visual-token count (`BackboneConfig.text_budget`: what its encoder
+# positions leave).
+TextBudget = int | Sequence[int] | Callable[[int], int]
 
 ImageProcessor = CLIPImageProcessorPil | SiglipImageProcessorPil
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -126,9 +132,10 @@ def make_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str],
                max_decoder_tokens: int | None = None) -> VLBatch:
     """Tokenise and pad one batch; targets become labels with -100 at padding.
 
-    text_budget: each text is cut to this many tokens, or with a callable (the backbone's
-    `BackboneConfig.text_budget`) to what it gives for the row's visual-token count: more
-    would index past the encoder's positions, which visual tokens share on some families.
+    text_budget: each text is cut to this many tokens (one int, or one per row), or with a
+    callable (the backbone's `BackboneConfig.text_budget`) to what it gives for the row's
+    visual-token count: more would index past the encoder's positions, which visual tokens
+    share on some families.
 
     decoder_prompts: per row the text its decoder reads before answering
     (`TaskSpec.decoder_prompt_for`; "" for none): tokenised without special tokens into
@@ -141,9 +148,12 @@ def make_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str],
                                                     decoder_prompts or texts)):
         raise ValueError("texts, visuals, targets and decoder prompts must have one entry "
                          "per example")
-    input_ids, text_mask = _texts(tokenizer, texts, [
-        text_budget(v.features.shape[0]) if callable(text_budget) else text_budget
-        for v in visuals])
+    if isinstance(text_budget, int):
+        cuts = [text_budget] * len(texts)
+    else:
+        cuts = [text_budget(v.count) for v in visuals] if callable(text_budget) \
+            else list(text_budget)
+    input_ids, text_mask = _texts(tokenizer, texts, cuts)
     longest = max(v.features.shape[0] for v in visuals)
     feat_dim = visuals[0].features.shape[1]
     visual = torch.zeros(len(visuals), longest, feat_dim)

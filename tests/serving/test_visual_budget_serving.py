@@ -31,12 +31,13 @@ from training.artifact import write_artifact
 POSITIONS, IMAGE_TOKENS = 256, 145  # the tiny config's BART table; 12 x 12 cells + 1 at 48 px
 TEXT_BUDGET = POSITIONS - IMAGE_TOKENS
 LORA = [MethodEntry("lora", {"rank": 2}, "single")]
+PROMPT = [MethodEntry("prompt_tuning", {"length": 3, "hidden_dim": 8}, "single")]
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """(backbone, server, registry root): a tiny Florence-2 at 48 px serving `alpha` (VQA);
-    `paired` (VQA and NLVR2) is published, not loaded."""
+    """(backbone, server): a tiny Florence-2 at 48 px serving `alpha` (LoRA) and `prompted`
+    (3 prompt vectors) for VQA; `paired` (VQA and NLVR2) is published, not loaded."""
     root = tmp_path_factory.mktemp("florence2-budget")
     config = sized_config("tiny")
     config.vision_config.max_position_embeddings = 12  # the tower's 2-D table: 12 x 12 cells
@@ -47,22 +48,23 @@ def served(tmp_path_factory):
     backbone = load_backbone(folder)
     assert backbone.tokens_per_image == IMAGE_TOKENS
     registry = Registry(str(root / "store"))
-    for name, tasks in (("alpha", ["vqa"]), ("paired", ["vqa", "nlvr2"])):
-        write_artifact(root / name, random_adapter(backbone, LORA, tasks, 0), backbone, {})
+    for name, recipe, tasks in (("alpha", LORA, ["vqa"]), ("prompted", PROMPT, ["vqa"]),
+                                ("paired", LORA, ["vqa", "nlvr2"])):
+        write_artifact(root / name, random_adapter(backbone, recipe, tasks, 0), backbone, {})
         registry.publish(root / name, name)
     server = Server(ServeConfig(registry=str(root / "store"), host="127.0.0.1", port=0,
-                                load=("alpha",)), backbone=backbone).start()
+                                load=("alpha", "prompted")), backbone=backbone).start()
     yield backbone, server
     server.stop(grace=5)
 
 
-def _vqa(backbone, tokens: int) -> inference_pb2.PredictRequest:
+def _vqa(backbone, tokens: int, adapter: str = "alpha") -> inference_pb2.PredictRequest:
     """A VQA request whose encoder text (prompt and special tokens included) is `tokens`
     tokens long, with one encoded image."""
     body = " ".join(["w1"] * tokens)
     extra = len(backbone.tokenizer(TASKS["vqa"].source_text(body, family="florence2"))[
         "input_ids"]) - tokens
-    message = request_for("vqa", "alpha", max_new_tokens=2)
+    message = request_for("vqa", adapter, max_new_tokens=2)
     message.text = " ".join(["w1"] * (tokens - extra))
     return message
 
@@ -95,6 +97,13 @@ def test_text_filling_what_the_image_leaves_is_answered_and_one_token_more_is_re
     refused = _kserve(server, _vqa(backbone, TEXT_BUDGET + 1))
     assert refused.status() == "StatusCode.INVALID_ARGUMENT"
     assert f"more than {TEXT_BUDGET} tokens" in refused.message()
+
+
+def test_prompt_vectors_take_their_positions_from_the_text_as_in_training(served):
+    """The checker lets text fill what the image leaves; the engine cuts it at what the
+    adapter's prompt vectors leave too, as training cut it (was INTERNAL: an index error)."""
+    backbone, server = served
+    assert _predict(server, _vqa(backbone, TEXT_BUDGET, "prompted")).adapter_name == "prompted"
 
 
 def _features_request(backbone, rows: int) -> inference_pb2.PredictRequest:
