@@ -96,3 +96,14 @@ def test_nlvr2_trains_with_text_cut_at_what_two_images_and_the_prompt_leave(worl
     assert loss.isfinite()
     assert trainer.prompt_vectors == {"nlvr2": 3}
     assert _train(raw, tmp_path) == 0  # steps, then evaluation over the same budget
+
+
+def test_data_check_names_a_task_the_backbone_cannot_run(world, tmp_path, capsys):
+    raw = _run(world, tmp_path, ["vqa", "nlvr2"], 48, [{"method": "lora"}])
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["data", "check", "--config", str(tmp_path / "run.yaml")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["train-adapter: error: nlvr2: task 'nlvr2' cannot run on this backbone: "
+                     "2 image(s) x 145 = 290 visual tokens leave 0 of its 256 encoder "
+                     "positions for text (a text needs 2)"]
