@@ -8,8 +8,11 @@ user weights from a local directory.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
+
+from modeling.tasks import TaskSpec, VisualInput
 
 LMType = Literal["t5", "bart", "bert"]
 # "vlt5": VL-T5 / VL-BART's joint encoder (`modeling.joint_encoder`): visual tokens carry no
@@ -39,6 +42,22 @@ def _without_defaults(fields: dict[str, Any], switches: dict[str, Any]) -> dict[
 # (`modeling.inputs.make_batch`), T5's pre-training length; a family with fewer text
 # positions reads fewer (`BackboneConfig.max_text_tokens`).
 MAX_TEXT_TOKENS = 512
+
+# The fewest text tokens an example is read with: the start and end tokens every tokenizer
+# here adds around a text (BART's <s> </s>, BERT's [CLS] [SEP]; T5's </s> alone). A task
+# whose visual tokens leave less of the encoder's positions cannot run (`TaskDoesNotFit`).
+MIN_TEXT_TOKENS = 2
+
+
+class TaskDoesNotFit(ValueError):
+    """A task whose visual tokens (and prompt vectors) leave a backbone's encoder positions
+    no room for text: FAILED_PRECONDITION in serving, one CLI line in training."""
+
+
+def frame_cells(frame_grid: int) -> int:
+    """Tokens per video frame: 1 (the frame's mean vector) or frame_grid**2 grid cells."""
+    return max(frame_grid, 1) ** 2
+
 
 # VL-T5 / VL-BART add `<extra_id_0..99>` and `<vis_extra_id_0..99>` to the vocabulary.
 VL_EXTRA_TOKENS = 200
@@ -180,16 +199,85 @@ class BackboneConfig:
 
     @property
     def max_text_tokens(self) -> int:
-        """The most encoder text tokens (prompt and special tokens included) one example may
-        have: the LM's learned positions (BLIP's BERT text config's `max_position_embeddings`;
-        BART's less one image's tokens, which take positions from the same table), at most
+        """The most encoder text tokens (prompt and special tokens included) any example may
+        have: `text_budget` of an example without visual tokens or prompt vectors. An
+        example's own budget is `text_budget` of its visual tokens."""
+        return self.text_budget()
+
+    @property
+    def encoder_positions(self) -> int | None:
+        """The length of the learned position table the encoder's text reads (BART's
+        `max_position_embeddings`, BLIP's BERT text config's), which visual tokens and
+        prompt vectors share where `visual_positions` / `prompt_positions` say; None for
+        T5 (relative positions)."""
+        return self._lm_positions
+
+    @property
+    def visual_positions(self) -> bool:
+        """Whether visual tokens take positions from the text's learned position table:
+        BART read as one sequence ("plain" semantics: Florence-2, whose image tokens are
+        `inputs_embeds` rows of the BART encoder, and `tiny-bart`). Not VL-BART ("vlt5":
+        the position embedding is added to text tokens only), not BLIP (its text encoder
+        cross-attends the image), not T5 (relative positions, no table)."""
+        return self.lm_type == "bart" and self.visual_semantics == "plain"
+
+    @property
+    def prompt_positions(self) -> bool:
+        """Whether prompt-tuning vectors take positions from that table: where visual tokens
+        do, and in BLIP's text encoder (they precede the question); VL-BART gives them none
+        (`modeling.joint_encoder`), nor BLIP captioning (they precede the image states)."""
+        return self.visual_positions or (self.lm_type == "bert" and self.reads_text)
+
+    def text_budget(self, visual_tokens: int = 0, prompt_vectors: int = 0) -> int:
+        """The most encoder text tokens (task prompt and special tokens included) one example
+        may have: the LM's learned encoder positions less those its `visual_tokens` and
+        `prompt_vectors` take (`visual_positions`, `prompt_positions`), at most
         `MAX_TEXT_TOKENS` (T5's relative positions have no table to run past). Longer text
-        would index past the position table."""
-        positions = self._lm_positions
+        would index past the position table. Below `MIN_TEXT_TOKENS`: the example cannot
+        run (`check_task_fits`)."""
+        positions = self.encoder_positions
         if positions is None:
             return MAX_TEXT_TOKENS
-        shared = self.tokens_per_image if self.lm_type == "bart" else 0
-        return min(positions - shared, MAX_TEXT_TOKENS)
+        taken = (visual_tokens if self.visual_positions else 0) + \
+            (prompt_vectors if self.prompt_positions else 0)
+        return min(positions - taken, MAX_TEXT_TOKENS)
+
+    def visual_tokens(self, visual_input: VisualInput, per_image: Sequence[int]) -> int:
+        """The visual tokens one example's images or frames become: images, their token
+        counts summed (`tokens_per_image` each from the tower, a feature array's rows); a
+        video, each frame `frame_cells` tokens, pooled to at most `max_frames` frames
+        (`modeling.visual.video_tokens`) whatever a frame held."""
+        if visual_input is VisualInput.VIDEO_FRAMES:
+            return min(len(per_image), self.max_frames) * frame_cells(self.frame_grid)
+        return sum(per_image)
+
+    def task_visual_tokens(self, task: TaskSpec) -> int:
+        """The visual tokens of `task`'s largest tower input: its images (NLVR2: two) of
+        `tokens_per_image` each, or a video of `max_frames` frames or more."""
+        count = self.max_frames if task.visual_input is VisualInput.VIDEO_FRAMES \
+            else task.n_visual_ids
+        return self.visual_tokens(task.visual_input, [self.tokens_per_image] * count)
+
+    def check_task_fits(self, task: TaskSpec, prompt_vectors: int = 0) -> None:
+        """Raise `TaskDoesNotFit`, with the arithmetic, when `task`'s largest input
+        (`task_visual_tokens`) and `prompt_vectors` prompt-tuning vectors leave fewer than
+        `MIN_TEXT_TOKENS` of the encoder's positions for text."""
+        visual = self.task_visual_tokens(task)
+        room = self.text_budget(visual, prompt_vectors)
+        if room >= MIN_TEXT_TOKENS:
+            return
+        taken = []
+        if self.visual_positions:
+            parts = f"{self.max_frames} frames x {frame_cells(self.frame_grid)}" \
+                if task.visual_input is VisualInput.VIDEO_FRAMES else \
+                f"{task.n_visual_ids} image(s) x {self.tokens_per_image}"
+            taken.append(f"{parts} = {visual} visual tokens")
+        if prompt_vectors and self.prompt_positions:
+            taken.append(f"{prompt_vectors} prompt vectors")
+        raise TaskDoesNotFit(
+            f"task {task.name!r} cannot run on this backbone: {' + '.join(taken)} leave "
+            f"{max(room, 0)} of its {self.encoder_positions} encoder positions for text (a text "
+            f"needs {MIN_TEXT_TOKENS})")
 
     @property
     def max_decoder_tokens(self) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from modeling.methods.base import BackboneFacts
 from modeling.methods.lora import check_lora_rank
 from modeling.serve_forms import AdapterSet
+from modeling.tasks import TASKS
 
 OVERRIDABLE_PREFIXES = ("visual.", "lm.")
 
@@ -70,9 +71,15 @@ def _check_overrides(adapter_set: AdapterSet, facts: BackboneFacts) -> None:
                              f"{_shape(facts.frozen[name])}")
 
 
-def check_fits(adapter_set: AdapterSet, facts: BackboneFacts) -> None:
-    """Raise ValueError naming the first serve-form tensor that does not fit `facts`."""
+def check_fits(adapter_set: AdapterSet, facts: BackboneFacts, task: str | None = None
+               ) -> None:
+    """Raise ValueError naming the first serve-form tensor that does not fit `facts`;
+    with `task` (the set's), also `TaskDoesNotFit` when the task's visual tokens and the
+    set's prompt vectors leave the backbone's encoder positions no room for text."""
     _check_lora(adapter_set, facts)
     _check_bottleneck(adapter_set, facts)
     _check_prompt_and_prefix(adapter_set, facts)
     _check_overrides(adapter_set, facts)
+    if task in TASKS and facts.config is not None:
+        prompt = adapter_set.prompt
+        facts.config.check_task_fits(TASKS[task], 0 if prompt is None else prompt.shape[0])

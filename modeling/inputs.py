@@ -10,6 +10,7 @@ square, CLIP's mean / std).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ from transformers import (
 )
 
 from modeling.backbone import VLBatch
-from modeling.config import MAX_TEXT_TOKENS, BackboneConfig
+from modeling.config import MAX_TEXT_TOKENS, MIN_TEXT_TOKENS, BackboneConfig
 from modeling.visual import frame_index
 
 
@@ -33,6 +34,11 @@ class VisualTokens:
 
     features: torch.Tensor
     image_order: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        """How many visual tokens (the n of features [n, feat_dim])."""
+        return self.features.shape[0]
 
     @classmethod
     def concat(cls, per_image: list[torch.Tensor]) -> VisualTokens:
@@ -71,6 +77,11 @@ def check_features(features: torch.Tensor, feat_dim: int, what: str) -> torch.Te
         raise ValueError(f"{what} holds NaN or infinite values")
     return features
 
+
+# How many text tokens a batch row keeps: one cut for every row, each row's own, or per row
+# the cut for its visual-token count (`BackboneConfig.text_budget`: what its encoder
+# positions leave).
+TextBudget = int | Sequence[int] | Callable[[int], int]
 
 ImageProcessor = CLIPImageProcessorPil | SiglipImageProcessorPil
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -116,13 +127,15 @@ def candidate_ids(tokenizer: PreTrainedTokenizerBase, labels: list[list[str]]) -
 
 def make_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str],
                visuals: list[VisualTokens], targets: list[str] | None = None,
-               max_text_tokens: int = MAX_TEXT_TOKENS, max_target_tokens: int = 64,
+               text_budget: TextBudget = MAX_TEXT_TOKENS, max_target_tokens: int = 64,
                decoder_prompts: list[str] | None = None,
                max_decoder_tokens: int | None = None) -> VLBatch:
     """Tokenise and pad one batch; targets become labels with -100 at padding.
 
-    max_text_tokens: each text is cut to this many tokens (the backbone's
-    `BackboneConfig.max_text_tokens`: more would index past its text positions).
+    text_budget: each text is cut to this many tokens (one int, or one per row), or with a
+    callable (the backbone's `BackboneConfig.text_budget`) to what it gives for the row's
+    visual-token count: more would index past the encoder's positions, which visual tokens
+    share on some families.
 
     decoder_prompts: per row the text its decoder reads before answering
     (`TaskSpec.decoder_prompt_for`; "" for none): tokenised without special tokens into
@@ -135,8 +148,12 @@ def make_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str],
                                                     decoder_prompts or texts)):
         raise ValueError("texts, visuals, targets and decoder prompts must have one entry "
                          "per example")
-    text = tokenizer(texts, padding=True, truncation=True, max_length=max_text_tokens,
-                     return_tensors="pt")
+    if isinstance(text_budget, int):
+        cuts = [text_budget] * len(texts)
+    else:
+        cuts = [text_budget(v.count) for v in visuals] if callable(text_budget) \
+            else list(text_budget)
+    input_ids, text_mask = _texts(tokenizer, texts, cuts)
     longest = max(v.features.shape[0] for v in visuals)
     feat_dim = visuals[0].features.shape[1]
     visual = torch.zeros(len(visuals), longest, feat_dim)
@@ -156,9 +173,32 @@ def make_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str],
         encoded = tokenizer(targets, truncation=True, max_length=max_target_tokens)
         labels = _padded([p + t for p, t in zip(prompts or [[]] * len(targets),
                                                 encoded["input_ids"], strict=True)])
-    return VLBatch(input_ids=text["input_ids"], text_mask=text["attention_mask"].bool(),
+    return VLBatch(input_ids=input_ids, text_mask=text_mask,
                    visual=visual, visual_mask=visual_mask, image_order=image_order,
                    labels=labels, decoder_prompt=None if prompts is None else _padded(prompts))
+
+
+def _texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], cuts: list[int]
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each text tokenized and cut at its own `cuts[i]` tokens (special tokens kept, as the
+    tokenizer truncates), right-padded -> (input_ids [b, t] long, mask [b, t] bool). One
+    tokenizer call per distinct cut (a batch has one or a few)."""
+    ids: list[list[int]] = [[] for _ in texts]
+    for cut in set(cuts):
+        if cut < MIN_TEXT_TOKENS:
+            raise ValueError(f"an example's visual tokens leave {cut} text tokens of the "
+                             f"encoder's positions; a text needs {MIN_TEXT_TOKENS}")
+        rows = [row for row, row_cut in enumerate(cuts) if row_cut == cut]
+        encoded = tokenizer([texts[row] for row in rows], truncation=True, max_length=cut)
+        for row, row_ids in zip(rows, encoded["input_ids"], strict=True):
+            ids[row] = row_ids
+    longest = max(map(len, ids))
+    input_ids = torch.full((len(texts), longest), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(texts), longest, dtype=torch.bool)
+    for row, row_ids in enumerate(ids):
+        input_ids[row, :len(row_ids)] = torch.tensor(row_ids, dtype=torch.long)
+        mask[row, :len(row_ids)] = True
+    return input_ids, mask
 
 
 def _decoder_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str] | None

@@ -18,8 +18,9 @@ compute_bias(n_text, n_text).
 
 BART (VL-BART, `share_vis_lang_layer_norm` off, its default): the learned position
 embedding P (offset 2) is added to the text tokens only, counted from the first text
-token; the embedding LayerNorm normalises prompt and text, not the visual tokens (their
-projection has its own norms):
+token (so only text is bounded by P's length: `BackboneConfig.text_budget`); the
+embedding LayerNorm normalises prompt and text, not the visual tokens (their projection
+has its own norms):
 
     text token k of the row:  h = LN_emb(e_k + P[k + 2])
     prompt vector p:          h = LN_emb(p)            (VL-Adapter: prompts get no position)
@@ -58,6 +59,16 @@ def _t5_text_only_bias(module: nn.Module, args: tuple, kwargs: dict) -> tuple | 
     return args, {**kwargs, "position_bias": bias * pairs.to(bias.dtype)}
 
 
+def _bart_lookup_shape_only(module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook of the BART encoder's position embedding: it reads its input
+    [b, L] for the shape alone and would look up positions 0..L-1, past its table when
+    visual tokens and text together outnumber it; `_bart_text_positions` computes the
+    output from the kinds, so the lookup is cut to one position."""
+    if getattr(module, _KINDS) is None:
+        return None
+    return (args[0][:, :1], *args[1:])
+
+
 def _bart_text_positions(module: nn.Module, args: tuple, output: torch.Tensor
                          ) -> torch.Tensor | None:
     """Forward hook of the BART encoder's position embedding: output [b, L, d] becomes
@@ -91,6 +102,7 @@ class JointEncoder:
             self.modules = [attention]
         elif lm_type == "bart":
             encoder = lm.model.encoder
+            encoder.embed_positions.register_forward_pre_hook(_bart_lookup_shape_only)
             encoder.embed_positions.register_forward_hook(_bart_text_positions)
             encoder.layernorm_embedding.register_forward_hook(_bart_norm_skips_visual)
             self.modules = [encoder.embed_positions, encoder.layernorm_embedding]

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
+from modeling.config import frame_cells
+
 
 class VisualProjection(nn.Module):
     """Project visual features into the LM's embedding space.
@@ -166,11 +168,6 @@ def fit_frames(frames: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, tor
     valid = torch.zeros(max_frames, dtype=torch.bool, device=frames.device)
     valid[:n_frames] = True
     return padded, valid
-
-
-def frame_cells(frame_grid: int) -> int:
-    """Tokens per video frame: 1 (the frame's mean vector) or frame_grid**2 grid cells."""
-    return max(frame_grid, 1) ** 2
 
 
 def video_tokens(frames: Sequence[torch.Tensor], max_frames: int, frame_grid: int = 0

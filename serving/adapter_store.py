@@ -153,8 +153,8 @@ class AdapterStore:
             if not model.serveable:
                 raise ValueError("its recipe has a method that cannot be served as an adapter")
             sets = {task: model.materialize(task) for task in tasks}
-            for adapter_set in sets.values():
-                check_fits(adapter_set, self.facts)
+            for task, adapter_set in sets.items():
+                check_fits(adapter_set, self.facts, task)
         except (ValueError, KeyError, TypeError) as exc:
             raise AdapterRejected(f"adapter {name}:{version} does not fit this backbone: "
                                   f"{exc}") from None

@@ -339,9 +339,15 @@ class Engine:
 
     def _batch(self, requests: list[Request], visuals: list[VisualTokens]
                ) -> tuple[VLBatch, RowIndex]:
-        family = self.backbone.config.family  # decoder prompts as training reads them
+        config = self.backbone.config
+        family = config.family  # decoder prompts as training reads them
+        # Each text is cut where training cut it: at what the row's visual tokens and its
+        # adapter's prompt vectors leave of the encoder's positions (the checker refused
+        # text past what the visual tokens alone leave).
+        budgets = [config.text_budget(visual.count, _prompt_vectors(request))
+                   for request, visual in zip(requests, visuals, strict=True)]
         batch = make_batch(self.tokenizer, [r.source_text for r in requests], visuals,
-                           max_text_tokens=self.backbone.config.max_text_tokens,
+                           text_budget=budgets,
                            decoder_prompts=[r.task.decoder_prompt_for(family) for r in requests])
         batch = batch.to(self.device)
         batch.visual = batch.visual.to(self.dtype)
@@ -437,3 +443,9 @@ class Engine:
         for row in self._running:
             self._finish(row.owner, error)
         self._decoding.drop(list(self._running))
+
+
+def _prompt_vectors(request: Request) -> int:
+    """The prompt-tuning vectors the request's adapter set puts before its encoder input."""
+    prompt = request.adapter.serve[request.task.name].prompt
+    return 0 if prompt is None else prompt.shape[0]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modeling.config import BackboneConfig
+from modeling.config import MIN_TEXT_TOKENS, BackboneConfig
 from modeling.inputs import check_features, decoder_prompt_ids
 from modeling.tasks import TASKS, TaskKind, TaskSpec, VisualInput
 
@@ -133,19 +133,15 @@ class RequestChecker:
         whether it has a tower (else images must come as features), its `frame_grid` (0:
         frames are averaged, any token count goes; k: a frame's features must be a square
         grid to pool), its `family`, whose task prompts requests get (training's), its
-        `max_text_tokens` (an encoded text gets the smaller of it and
-        `limits.max_text_tokens`) and its `max_decoder_tokens` (a task's new tokens get
-        what its decoder prompt leaves of it)."""
+        `text_budget` (an encoded text gets the smaller of what the request's visual tokens
+        leave of the encoder's positions and `limits.max_text_tokens`; a task whose images
+        leave none is refused: `BackboneConfig.check_task_fits`) and its
+        `max_decoder_tokens` (a task's new tokens get what its decoder prompt leaves of it)."""
         self.limits, self.tokenizer = limits, copy.deepcopy(tokenizer)
-        self.processor, self.feat_dim = processor, backbone.feat_dim
-        self.has_vision = backbone.vision is not None
+        self.processor, self.backbone = processor, backbone
+        self.feat_dim, self.has_vision = backbone.feat_dim, backbone.vision is not None
         self.frame_grid, self.family = backbone.frame_grid, backbone.family
-        self.text_tokens, self._text_limit = limits.max_text_tokens, \
-            f"limit max_text_tokens={limits.max_text_tokens}"
-        if backbone.max_text_tokens < self.text_tokens:
-            self.text_tokens, self._text_limit = backbone.max_text_tokens, (
-                f"the backbone reads at most {backbone.max_text_tokens} text tokens (its "
-                f"language model's text positions)")
+        self.text_tokens = min(limits.max_text_tokens, backbone.max_text_tokens)
         decoder_tokens = backbone.max_decoder_tokens
         self.decoder_room = {} if decoder_tokens is None else {
             name: decoder_tokens - len(decoder_prompt_ids(
@@ -174,7 +170,10 @@ class RequestChecker:
         return ImageInput(hashlib.sha256(source.encoded).hexdigest(), pixels=pixels)
 
     def visual(self, spec: TaskSpec, images, video) -> list[ImageInput]:
-        """The images (or frames) a task needs, in order; counts checked per task."""
+        """The images (or frames) a task needs, in order; counts checked per task, and
+        their visual tokens against the encoder's positions before any is decoded (a task
+        that never fits this backbone: `TaskDoesNotFit`, FAILED_PRECONDITION)."""
+        self.backbone.check_task_fits(spec)
         if spec.visual_input is VisualInput.VIDEO_FRAMES:
             frames = list(video.frames)
             if not frames:
@@ -182,11 +181,43 @@ class RequestChecker:
             if len(frames) > self.limits.max_frames:
                 raise InvalidInput(f"video has {len(frames)} frames; limit max_frames="
                                    f"{self.limits.max_frames}")
+            self._check_visual_room(spec, images, video)
             return [self._frame(f, f"frame {i}") for i, f in enumerate(frames)]
         wanted = spec.n_visual_ids
         if len(images) != wanted:
             raise InvalidInput(f"task {spec.name} takes {wanted} image(s), got {len(images)}")
+        self._check_visual_room(spec, images, video)
         return [self.image(img, f"image {i}") for i, img in enumerate(images)]
+
+    @staticmethod
+    def _sources(spec: TaskSpec, images, video) -> tuple[str, list]:
+        """(the request field, its proto `Image`s) a task reads: video.frames or images."""
+        if spec.visual_input is VisualInput.VIDEO_FRAMES:
+            return "video.frames", list(video.frames)
+        return "images", list(images)
+
+    def visual_tokens(self, spec: TaskSpec, images, video) -> int:
+        """The visual tokens a request's images (or video frames) become on this backbone
+        (`BackboneConfig.visual_tokens`), read from their sizes alone: an encoded image
+        `tokens_per_image`, features their declared `tokens`."""
+        per_image = [source.features.tokens if source.WhichOneof("source") == "features"
+                     else self.backbone.tokens_per_image
+                     for source in self._sources(spec, images, video)[1]]
+        return self.backbone.visual_tokens(spec.visual_input, per_image)
+
+    def _check_visual_room(self, spec: TaskSpec, images, video) -> None:
+        """Refuse images / frames / features whose visual tokens leave the encoder's
+        positions too little room for text (only where they share them: Florence-2)."""
+        tokens = self.visual_tokens(spec, images, video)
+        if self.backbone.text_budget(tokens) >= MIN_TEXT_TOKENS:
+            return
+        field, sources = self._sources(spec, images, video)
+        features = any(source.WhichOneof("source") == "features" for source in sources)
+        positions = self.backbone.encoder_positions
+        raise InvalidInput(f"{field}{' (features)' if features else ''} carry {tokens} visual "
+                           f"tokens; the backbone's {positions} encoder positions, which "
+                           f"visual tokens and text share, hold at most "
+                           f"{positions - MIN_TEXT_TOKENS} beside a text")
 
     def _frame(self, source, what: str) -> ImageInput:
         """One video frame; features must form a square grid when frames keep a grid."""
@@ -210,18 +241,33 @@ class RequestChecker:
         return list(choices)
 
     def source_text(self, spec: TaskSpec, text: str, choices: list[str],
-                    subtitles: str) -> str:
+                    subtitles: str, visual_tokens: int = 0) -> str:
         """The encoder text, exactly as training builds it; each field's length checked in
-        bytes before any tokenizing, then the whole in tokens."""
+        bytes before any tokenizing, then the whole in tokens against what the request's
+        `visual_tokens` (`visual_tokens`) leave of the encoder's positions."""
         fields = {"text": text, "subtitles": subtitles,
                   **{f"choices[{i}]": choice for i, choice in enumerate(choices)}}
         for name, value in fields.items():
             self._check_bytes(name, value)
         source = spec.source_text(text, tuple(choices), subtitles, self.family)
-        if self._count_tokens(source) > self.text_tokens:
+        limit, why = self._text_limit(visual_tokens)
+        if self._count_tokens(source) > limit:
             raise InvalidInput(f"text (with the task prompt, choices and subtitles) is more "
-                               f"than {self.text_tokens} tokens; {self._text_limit}")
+                               f"than {limit} tokens; {why}")
         return source
+
+    def _text_limit(self, visual_tokens: int) -> tuple[int, str]:
+        """(the most text tokens beside `visual_tokens`, the limit's name for a refusal)."""
+        budget = self.backbone.text_budget(visual_tokens)
+        if budget >= self.limits.max_text_tokens:
+            return self.limits.max_text_tokens, \
+                f"limit max_text_tokens={self.limits.max_text_tokens}"
+        if self.backbone.visual_positions:
+            return budget, (f"the backbone reads at most {budget} text tokens beside "
+                            f"{visual_tokens} visual tokens (they share its "
+                            f"{self.backbone.encoder_positions} encoder positions)")
+        return budget, (f"the backbone reads at most {budget} text tokens (its language "
+                        f"model's text positions)")
 
     def _check_bytes(self, name: str, value: str) -> None:
         limit = self.limits.max_text_bytes

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from adapters_registry import IntegrityError, InvalidName, NotFound, RegistryError
+from modeling.config import TaskDoesNotFit
 from modeling.tasks import TaskSpec
 from serving.adapter_store import AdapterRejected, HostAdapter
 from serving.limits import ImageInput, InvalidInput
@@ -37,8 +38,8 @@ def error_for(exc: BaseException) -> RequestError:
     NOT_FOUND: no such name, version or alias. INVALID_ARGUMENT: a malformed field.
     DATA_LOSS: stored bytes differ from their sha256. FAILED_PRECONDITION: the stored
     artifact exists but this server refuses it (another backbone, a shape that does not
-    fit, the artifact reader's format or size checks). Anything else is the server's own
-    fault: INTERNAL.
+    fit, the artifact reader's format or size checks) or a task this backbone cannot run
+    (`TaskDoesNotFit`). Anything else is the server's own fault: INTERNAL.
     """
     if isinstance(exc, RequestError):
         return exc
@@ -49,7 +50,7 @@ def error_for(exc: BaseException) -> RequestError:
     if isinstance(exc, IntegrityError):
         return RequestError(grpc.StatusCode.DATA_LOSS, str(exc))
     # FingerprintMismatch, InvalidArtifact, LimitExceeded: every other registry refusal.
-    if isinstance(exc, AdapterRejected | RegistryError):
+    if isinstance(exc, AdapterRejected | RegistryError | TaskDoesNotFit):
         return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     return RequestError(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 

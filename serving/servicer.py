@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from modeling.config import TaskDoesNotFit
 from modeling.tasks import TASKS
 from serving.engine import Engine, Prediction, Request, RequestError, error_for
 from serving.lifecycle import AdapterLifecycle, VersionState
@@ -81,12 +82,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             version = self._version(message.adapter)
             images = self.checker.visual(spec, message.images, message.video)
             choices = self.checker.choices(spec, list(message.choices))
-            source = self.checker.source_text(spec, message.text, choices,
-                                              message.video.subtitles)
+            source = self.checker.source_text(
+                spec, message.text, choices, message.video.subtitles,
+                self.checker.visual_tokens(spec, message.images, message.video))
             max_new, beams = self.checker.generation(message.generation.max_new_tokens,
                                                      message.generation.num_beams, message.task)
-        except InvalidInput as exc:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        except (InvalidInput, TaskDoesNotFit) as exc:
+            raise error_for(exc) from None
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         if self.adapters.on_demand:  # here, on this thread: the engine never waits on it

@@ -12,7 +12,7 @@ import numpy as np
 
 from modeling.backbone import VLBatch
 from modeling.config import MAX_TEXT_TOKENS
-from modeling.inputs import make_batch
+from modeling.inputs import TextBudget, make_batch
 from modeling.tasks import DEFAULT_FAMILY, TASKS, TaskKind
 from training.data.example import Example
 from training.data.image_text import sample_vqa_target
@@ -87,17 +87,18 @@ class MultiTaskSampler:
 
 def training_batch(tokenizer, examples: list[Example], features: VisualFeatures, seed: int,
                    step: int, family: str = DEFAULT_FAMILY,
-                   max_text_tokens: int = MAX_TEXT_TOKENS,
+                   text_budget: TextBudget = MAX_TEXT_TOKENS,
                    max_decoder_tokens: int | None = None) -> tuple[VLBatch, list[float]]:
     """Tokenised batch with sampled targets, decoder prompts of a backbone of `family`,
-    texts cut at its `max_text_tokens` and targets at its `max_decoder_tokens`
+    texts cut at its `text_budget` (`BackboneConfig.text_budget`: per row, what its visual
+    tokens leave of the encoder's positions) and targets at its `max_decoder_tokens`
     (`VLBatch.answer_labels` is what the loss reads); returns (batch, per-row loss
     weights)."""
     rng = np.random.default_rng([seed, step, 11])
     targets, weights = zip(*(training_target(e, rng) for e in examples), strict=True)
     batch = make_batch(tokenizer, [e.source_text for e in examples],
                        [features.tokens(e) for e in examples], list(targets),
-                       max_text_tokens=max_text_tokens, max_decoder_tokens=max_decoder_tokens,
+                       text_budget=text_budget, max_decoder_tokens=max_decoder_tokens,
                        decoder_prompts=[TASKS[e.task].decoder_prompt_for(family)
                                         for e in examples])
     return batch, list(weights)

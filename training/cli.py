@@ -18,7 +18,7 @@ from pathlib import Path
 from transformers.utils import logging as hf_logging
 
 from modeling.cli_parser import OneLineParser, positive_int
-from modeling.config import VIDEO_FEAT_DIM
+from modeling.config import VIDEO_FEAT_DIM, TaskDoesNotFit
 from modeling.families import backbone_config
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS, method_preset
@@ -132,11 +132,31 @@ def _check_task(task: str, data: TaskData) -> int:
     return problems
 
 
+def _unfit_tasks(config: RunConfig) -> int:
+    """Print a line per task the run's backbone cannot run (`BackboneConfig.check_task_fits`:
+    what `train` refuses first); the count. A backbone that cannot be read is `train`'s to
+    report (this check reads its config alone)."""
+    try:
+        backbone = backbone_config(config.backbone)
+    except (ValueError, OSError):
+        return 0
+    problems = 0
+    for task in config.tasks:
+        try:
+            backbone.check_task_fits(TASKS[task])
+        except TaskDoesNotFit as err:
+            print(f"train-adapter: error: {task}: {err}", file=sys.stderr)
+            problems += 1
+    return problems
+
+
 def data_check_command(args: argparse.Namespace) -> int:
     """Per task and split: records and format, visual ids found / missing, answer coverage;
-    each problem one line on stderr, exit 2 when there is one."""
+    then the tasks the backbone cannot run; each problem one line on stderr, exit 2 when
+    there is one."""
     config = load_config(args.config)
     problems = sum(_check_task(task, data) for task, data in config.tasks.items())
+    problems += _unfit_tasks(config)
     print(f"data check: {problems} problem(s)" if problems else "data check: everything found")
     return 2 if problems else 0
 

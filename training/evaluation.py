@@ -6,6 +6,8 @@ candidate label ("true"/"false", "a0".."a4") in one batched call, as the server 
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from modeling.backbone import VLBackbone
@@ -28,17 +30,21 @@ def predict(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
             ) -> dict[str, str]:
     """example id -> predicted text (the chosen label for scored tasks)."""
     tokenizer = backbone.tokenizer
-    bank = None
+    bank, prompt_vectors = None, 0
     if adapters is not None:
-        bank = build_bank([adapters.materialize(task)], backbone.frozen_tensors(),
+        adapter_set = adapters.materialize(task)
+        bank = build_bank([adapter_set], backbone.frozen_tensors(),
                                 backbone.config.d_model, next(backbone.lm.parameters()))
+        prompt_vectors = 0 if adapter_set.prompt is None else adapter_set.prompt.shape[0]
+    # Each text gets what its visual tokens and the prompt vectors leave of the positions.
+    text_budget = partial(backbone.config.text_budget, prompt_vectors=prompt_vectors)
     predictions = {}
     scored = TASKS[task].is_scored
     for start in range(0, len(examples), EVAL_BATCH):
         chunk = examples[start:start + EVAL_BATCH]
         batch = make_batch(tokenizer, [e.source_text for e in chunk],
                            [features.tokens(e) for e in chunk],
-                           max_text_tokens=backbone.config.max_text_tokens, decoder_prompts=[
+                           text_budget=text_budget, decoder_prompts=[
                                TASKS[task].decoder_prompt_for(backbone.config.family)] * len(chunk))
         index = None if bank is None else RowIndex.of(torch.zeros(len(chunk),
                                                                      dtype=torch.long))

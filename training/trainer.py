@@ -13,6 +13,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from modeling import families
 from modeling.backbone import VLBackbone
-from modeling.config import PRESETS, BackboneConfig, preset
+from modeling.config import PRESETS, BackboneConfig, TaskDoesNotFit, preset
 from modeling.methods.base import BackboneFacts
 from modeling.methods.full_finetuning import FullFinetuning
 from modeling.params import report
@@ -113,11 +114,14 @@ class Trainer:
                               "from a backbone folder with one (train-adapter pretrain writes "
                               "one) or a preset name")
         self.fingerprint = self.backbone.fingerprint()
+        self._check_tasks_fit(dict.fromkeys(config.tasks, 0))  # before any feature is read
         self.tasks = self._prepare_tasks(splits)
         self.model = AdapterModel(config.methods, BackboneFacts.of(self.backbone),
                                   sorted(self.tasks), backbone=self.backbone)
         self.full = next((m for m in self.model.methods.values()
                           if isinstance(m, FullFinetuning)), None)
+        self.prompt_vectors = self._prompt_vectors()
+        self._check_tasks_fit(self.prompt_vectors)
         self.optimizer = torch.optim.AdamW(self.trainable(), lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
@@ -148,6 +152,27 @@ class Trainer:
             tasks[task] = TaskState(train, val, features)
         return tasks
 
+    def _prompt_vectors(self) -> dict[str, int]:
+        """task -> the prompt-tuning vectors its adapter set puts before the encoder input
+        (0 without prompt tuning; full fine-tuning has none)."""
+        if self.full is not None:
+            return dict.fromkeys(self.tasks, 0)
+        with torch.no_grad():
+            prompts = {task: self.model.materialize(task).prompt for task in self.tasks}
+        return {task: 0 if p is None else p.shape[0] for task, p in prompts.items()}
+
+    def _check_tasks_fit(self, prompt_vectors: dict[str, int]) -> None:
+        """Refuse the run (ConfigError: one CLI line) when a task's largest input and its
+        `prompt_vectors` leave the backbone's encoder positions no room for text
+        (`BackboneConfig.check_task_fits`, what the server checks when it loads an adapter):
+        first with no prompt vectors, before any feature is computed, then with the
+        recipe's."""
+        for task, count in sorted(prompt_vectors.items()):
+            try:
+                self.backbone.config.check_task_fits(TASKS[task], count)
+            except TaskDoesNotFit as err:
+                raise ConfigError(f"tasks: {err}") from None
+
     # --- one step ------------------------------------------------------------------------
     def _loss(self, task: str, rows: list[Example], step: int) -> tuple[torch.Tensor, float]:
         """This rank's loss on its share of `rows`, and the factor that makes the mean of the
@@ -157,7 +182,8 @@ class Trainer:
         batch, weights = training_batch(self.backbone.tokenizer, share or rows[:1],
                                         self.tasks[task].features, self.config.seed, step,
                                         self.backbone.config.family,
-                                        self.backbone.config.max_text_tokens,
+                                        partial(self.backbone.config.text_budget,
+                                                prompt_vectors=self.prompt_vectors[task]),
                                         self.backbone.config.max_decoder_tokens)
         weights = weights if share else [0.0]
         device = self.config.device

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from modeling.config import BackboneConfig
 from modeling.serve_forms import AdapterSet
 from modeling.sites import ATTENTION_SHAPE, attention_sites, block_positions, layer_norm_names
 
@@ -40,6 +41,7 @@ class BackboneFacts:
     linear_shapes: dict[str, tuple[int, int]]  # module path -> (out, in)
     layer_norms: tuple[str, ...]
     frozen: dict[str, torch.Tensor]  # every backbone tensor by name (may be on meta)
+    config: BackboneConfig | None = None  # the tasks it can run (`modeling.fit.check_fits`)
 
     @classmethod
     def of(cls, backbone: VLBackbone) -> BackboneFacts:
@@ -53,7 +55,7 @@ class BackboneFacts:
             positions={name: pos.kind for name, pos in positions.items()},
             attention=tuple(attention_sites(lm_type, backbone.lm)),
             linear_shapes=linears, layer_norms=tuple(layer_norm_names(backbone)),
-            frozen=backbone.frozen_tensors(),
+            frozen=backbone.frozen_tensors(), config=backbone.config,
         )
 
 

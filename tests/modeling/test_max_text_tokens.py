@@ -1,7 +1,8 @@
-"""`BackboneConfig.max_text_tokens` is exactly the text a backbone can read: on a tiny
-BLIP (64 text positions) and a tiny Florence-2 (256 BART positions, 65 of them taken by
-the image tokens) a text of that many tokens runs and one token more indexes past the
-position table; VL-T5 / VL-BART keep the 512 every batch was always cut at."""
+"""`BackboneConfig.text_budget` of one image is exactly the text a backbone can read beside
+it: on a tiny BLIP (64 text positions) and a tiny Florence-2 (256 BART positions, 65 of
+them taken by the image tokens) a text of that many tokens runs and one token more indexes
+past the position table; VL-T5 / VL-BART keep the 512 every batch was always cut at
+(`tests/modeling/test_encoder_budget.py`: other visual-token counts)."""
 
 from __future__ import annotations
 
@@ -38,10 +39,10 @@ def _florence2_forward(backbone, tokens: int) -> None:
 @pytest.mark.parametrize(("build", "forward", "expected"), [
     (_blip, _blip_forward, 64), (_florence2, _florence2_forward, 256 - 65)])
 @torch.no_grad()
-def test_a_text_of_max_text_tokens_runs_and_one_more_does_not(tmp_path, build, forward,
-                                                              expected):
+def test_a_text_of_one_images_budget_runs_and_one_more_does_not(tmp_path, build, forward,
+                                                                expected):
     backbone = build(tmp_path)
-    limit = backbone.config.max_text_tokens
+    limit = backbone.config.text_budget(backbone.tokens_per_image)
     assert limit == expected
     forward(backbone, limit)
     with pytest.raises((IndexError, RuntimeError)):

@@ -31,13 +31,17 @@ class InferenceStub:
     INVALID_ARGUMENT     a missing or malformed field (empty task or adapter name, version
     <= 0, an image that is not JPEG / PNG / WebP, features of the wrong
     size), any limit (message bytes, image bytes / pixels / aspect,
-    frames, text tokens, new tokens, beams, choices), request bytes
-    that do not parse (e.g. a string field that is not UTF-8)
+    frames, text tokens, new tokens, beams, choices; visual tokens
+    and text beyond the encoder positions they share on Florence-2),
+    request bytes that do not parse (e.g. a string field that is not
+    UTF-8)
     NOT_FOUND            an unknown task, adapter, version or alias; a task the adapter
     lacks; an adapter that is not loaded (a server started with
     --load-on-demand loads one that is in the registry instead)
     FAILED_PRECONDITION  the stored artifact is refused: trained on another backbone, does
-    not fit it, or fails the artifact reader's format or size checks
+    not fit it, or fails the artifact reader's format or size checks;
+    a task the backbone cannot run (its images fill the encoder's
+    positions: NLVR2 on Florence-2-base)
     DATA_LOSS            stored bytes differ from their sha256
     RESOURCE_EXHAUSTED   max_queue requests are accepted and not yet running, or every
     device slot holds an adapter in use (retry later)
@@ -74,13 +78,17 @@ class InferenceServicer:
     INVALID_ARGUMENT     a missing or malformed field (empty task or adapter name, version
     <= 0, an image that is not JPEG / PNG / WebP, features of the wrong
     size), any limit (message bytes, image bytes / pixels / aspect,
-    frames, text tokens, new tokens, beams, choices), request bytes
-    that do not parse (e.g. a string field that is not UTF-8)
+    frames, text tokens, new tokens, beams, choices; visual tokens
+    and text beyond the encoder positions they share on Florence-2),
+    request bytes that do not parse (e.g. a string field that is not
+    UTF-8)
     NOT_FOUND            an unknown task, adapter, version or alias; a task the adapter
     lacks; an adapter that is not loaded (a server started with
     --load-on-demand loads one that is in the registry instead)
     FAILED_PRECONDITION  the stored artifact is refused: trained on another backbone, does
-    not fit it, or fails the artifact reader's format or size checks
+    not fit it, or fails the artifact reader's format or size checks;
+    a task the backbone cannot run (its images fill the encoder's
+    positions: NLVR2 on Florence-2-base)
     DATA_LOSS            stored bytes differ from their sha256
     RESOURCE_EXHAUSTED   max_queue requests are accepted and not yet running, or every
     device slot holds an adapter in use (retry later)
@@ -132,13 +140,17 @@ class Inference:
     INVALID_ARGUMENT     a missing or malformed field (empty task or adapter name, version
     <= 0, an image that is not JPEG / PNG / WebP, features of the wrong
     size), any limit (message bytes, image bytes / pixels / aspect,
-    frames, text tokens, new tokens, beams, choices), request bytes
-    that do not parse (e.g. a string field that is not UTF-8)
+    frames, text tokens, new tokens, beams, choices; visual tokens
+    and text beyond the encoder positions they share on Florence-2),
+    request bytes that do not parse (e.g. a string field that is not
+    UTF-8)
     NOT_FOUND            an unknown task, adapter, version or alias; a task the adapter
     lacks; an adapter that is not loaded (a server started with
     --load-on-demand loads one that is in the registry instead)
     FAILED_PRECONDITION  the stored artifact is refused: trained on another backbone, does
-    not fit it, or fails the artifact reader's format or size checks
+    not fit it, or fails the artifact reader's format or size checks;
+    a task the backbone cannot run (its images fill the encoder's
+    positions: NLVR2 on Florence-2-base)
     DATA_LOSS            stored bytes differ from their sha256
     RESOURCE_EXHAUSTED   max_queue requests are accepted and not yet running, or every
     device slot holds an adapter in use (retry later)
