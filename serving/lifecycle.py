@@ -27,8 +27,8 @@ request did first). Such a version is a cache entry: when the host tier is full
 (`--host-adapters`, `--host-cache-bytes`) it leaves host memory like any unpinned version
 no request holds, and its name is no longer loaded (the next request loads it again).
 Versions put in service by `load` stay in host memory; a Load of a name loaded on demand
-makes it one of them. A request waits for such a load until its deadline at most (the
-load goes on for the others). A routing table that sends ids here (Ray Serve's multiplexed
+makes it one of them. A request waits for such a load until its deadline at most, or
+until its client cancels (the load goes on for the others). A routing table that sends ids here (Ray Serve's multiplexed
 ids, serving.fleet) holds a route per id (`route_on_demand`); dropping an id
 (`release_on_demand`) releases the version once no id routes to it.
 
