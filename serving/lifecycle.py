@@ -28,9 +28,10 @@ request did first). Such a version is a cache entry: when the host tier is full
 no request holds, and its name is no longer loaded (the next request loads it again).
 Versions put in service by `load` stay in host memory; a Load of a name loaded on demand
 makes it one of them. A request waits for such a load until its deadline at most, or
-until its client cancels (the load goes on for the others). A routing table that sends ids here (Ray Serve's multiplexed
-ids, serving.fleet) holds a route per id (`route_on_demand`); dropping an id
-(`release_on_demand`) releases the version once no id routes to it.
+until its client cancels (the load goes on for the others). A routing table that sends
+ids here (Ray Serve's multiplexed ids, serving.fleet) holds a route per id
+(`route_on_demand`); dropping an id (`release_on_demand`) releases the version once no id
+routes to it.
 
 Every change runs on the engine thread: gRPC threads queue it through `run` (the engine's
 `call`) and wait for its result, so the slot table, the store's residency and this state
