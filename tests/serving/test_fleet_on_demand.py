@@ -104,11 +104,38 @@ def test_ray_serve_dropping_one_of_two_ids_of_a_version_keeps_it(backbone, publi
             stack.store.close()
 
 
-def test_a_replica_stops_waiting_for_a_load_at_the_clients_deadline(backbone, published):
+def _end_the_wait(loop: asyncio.AbstractEventLoop, replica: AdapterReplica, ending: str,
+                  reads: list[str]) -> None:
+    """Admit a Predict for `beta` on `replica` while beta's load is held, and end its wait:
+    by the client's deadline (its `vladapter-timeout-s` metadata), answered
+    DEADLINE_EXCEEDED naming the adapter, or by Ray Serve cancelling the call."""
+    ray_context = FakeRayContext([(TIMEOUT_KEY, "0.5")] if ending == "deadline" else [])
+    admit = loop.create_task(replica._admit("/vladapter.v1.Inference/Predict",
+                                            request_for("vqa", "beta"),
+                                            ProxyContext(ray_context)))
+    if ending == "deadline":
+        with pytest.raises(CallEnded):
+            loop.run_until_complete(asyncio.wait_for(admit, 30))
+        assert ray_context.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "adapter beta" in ray_context.details
+        return
+    for _ in range(300):  # the load started and is held
+        if reads:
+            break
+        loop.run_until_complete(asyncio.sleep(0.1))
+    admit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        loop.run_until_complete(admit)
+
+
+@pytest.mark.parametrize("ending", ["deadline", "cancelled"])
+def test_a_replica_stops_waiting_for_a_load_the_client_gave_up_on(backbone, published,
+                                                                    ending):
     """Ray Serve's multiplexed loader runs before the servicer: a request whose client's
-    deadline (its `vladapter-timeout-s` metadata) passes while the load is held answers
-    DEADLINE_EXCEEDED naming the adapter, and the load goes on and lands. Without Ray: the
-    replica's admission step over a stack, the multiplexed loader being its fetch."""
+    deadline passes, or whose call Ray Serve cancels, while its adapter's load is held
+    stops waiting, and the load goes on and lands in the replica's multiplexed table (one
+    registry read). Without Ray: the replica's admission step over a stack, the
+    multiplexed loader being its fetch."""
     stack = build_stack(ServeConfig(registry=published.root, load_on_demand=True), backbone)
     gate, reads = threading.Event(), []
     read_files = stack.store.registry.read_files
@@ -122,15 +149,9 @@ def test_a_replica_stops_waiting_for_a_load_at_the_clients_deadline(backbone, pu
     loop = asyncio.new_event_loop()
     with ThreadPoolExecutor(2) as pool:
         replica = bare_replica(stack, pool)
-        ray_context = FakeRayContext([(TIMEOUT_KEY, "0.5")])
-        admit = replica._admit("/vladapter.v1.Inference/Predict", request_for("vqa", "beta"),
-                               ProxyContext(ray_context))
         try:
-            with pytest.raises(CallEnded):
-                loop.run_until_complete(asyncio.wait_for(admit, 30))
-            assert ray_context.code == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert "adapter beta" in ray_context.details and reads == ["beta:1"]
-            assert stack.adapters.active() == {}  # still held at the gate
+            _end_the_wait(loop, replica, ending, reads)
+            assert reads == ["beta:1"] and stack.adapters.active() == {}  # still held
         finally:
             gate.set()
         while asyncio.all_tasks(loop):  # the shared load, which nobody waits for now
@@ -138,6 +159,7 @@ def test_a_replica_stops_waiting_for_a_load_at_the_clients_deadline(backbone, pu
         loop.close()
     try:
         assert stack.adapters.active() == {"beta": 1} and reads == ["beta:1"]
+        assert replica.stats()["multiplexed_ids"] == ["beta"]
     finally:
         stack.store.close()
 
