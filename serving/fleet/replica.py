@@ -9,13 +9,13 @@ and KServe v2 `inference.GRPCInferenceService` with the single server's servicer
         1. a bearer token where `--token-file` asks for one (serving.security)
         2. request bytes that did not parse (serving.fleet.proxy) answer INVALID_ARGUMENT
         3. Predict, PredictStream, ModelInfer: the adapter goes through Ray Serve's
-           multiplexed loader, waited for until the client's deadline (the
-           `vladapter-timeout-s` metadata `Client` sends: Ray Serve's proxy keeps gRPC's
-           own deadline to itself) (`serve.multiplexed`, `multiplexed_models` ids per
+           multiplexed loader (`serve.multiplexed`, `multiplexed_models` ids per
            replica): the store's fetch (registry -> host memory, verified), or with
            `--load-on-demand` the lifecycle's `load_on_demand` (this replica alone loads
            and serves it); Ray Serve then routes requests that carry this reference as
-           `multiplexed_model_id` to this replica
+           `multiplexed_model_id` to this replica. A call waits for it until the
+           client's deadline, which the `vladapter-timeout-s` metadata carries (`Client`
+           sends it: Ray Serve's proxy keeps gRPC's own deadline to itself)
         4. the servicer method runs on a worker thread with a `ProxyContext`; its status
            codes and messages reach the client unchanged
 
