@@ -12,7 +12,8 @@ an awaitable of it (`stream` gives an iterator, resp. an async iterator, of chun
 
 Against a fleet (`adapter-serve --ray`, Ray Serve's gRPC proxy) the same calls work: each
 Predict carries its adapter reference as the `multiplexed_model_id` metadata, which the
-proxy routes on, so an adapter's requests go to replicas that already hold it.
+proxy routes on, so an adapter's requests go to replicas that already hold it, and its
+timeout as `vladapter-timeout-s`, so a replica stops waiting for it when the client does.
 
 An image is encoded bytes (JPEG / PNG / WebP), a path to such a file, a PIL image (sent as
 PNG), precomputed features (float32 numpy array [tokens, feat_dim]) or an `Image` message.
@@ -50,6 +51,11 @@ def adapter_ref(name: str, *, version: int | None = None,
 # The gRPC metadata key Ray Serve's proxy routes on (serving.fleet): requests with the same
 # value go to a replica that already holds that adapter.
 MULTIPLEXED_MODEL_ID = "multiplexed_model_id"
+# The gRPC metadata key that carries a call's timeout past Ray Serve's proxy, which keeps
+# gRPC's own deadline to itself: the seconds the client gives the call, as decimal text.
+# A replica's deadline counts from the call's arrival (serving.fleet.replica.ProxyContext):
+# late by the proxy's routing time, never early, and no clock is shared across machines.
+TIMEOUT_KEY = "vladapter-timeout-s"
 
 
 def multiplexed_id(ref: inference_pb2.AdapterRef) -> str:
@@ -150,8 +156,9 @@ class _Methods:
         """Invoke one stub method with this client's deadline and token; `routing`: the
         request's adapter reference, sent as Ray Serve's multiplexed model id (a single
         server ignores it). Metadata must be printable ASCII: another reference goes
-        without it and gets the server's own answer about its name."""
-        metadata = self._metadata
+        without it and gets the server's own answer about its name. The timeout also goes
+        as `TIMEOUT_KEY` metadata, for a fleet's replicas (a single server reads gRPC's)."""
+        metadata = self._metadata + ((TIMEOUT_KEY, str(float(self._timeout))),)
         if routing and routing.isascii() and routing.isprintable():
             metadata += ((MULTIPLEXED_MODEL_ID, routing),)
         return method(request, timeout=self._timeout, metadata=metadata)

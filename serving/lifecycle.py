@@ -27,10 +27,11 @@ request did first). Such a version is a cache entry: when the host tier is full
 (`--host-adapters`, `--host-cache-bytes`) it leaves host memory like any unpinned version
 no request holds, and its name is no longer loaded (the next request loads it again).
 Versions put in service by `load` stay in host memory; a Load of a name loaded on demand
-makes it one of them. A request waits for such a load until its deadline at most (the
-load goes on for the others). A routing table that sends ids here (Ray Serve's multiplexed
-ids, serving.fleet) holds a route per id (`route_on_demand`); dropping an id
-(`release_on_demand`) releases the version once no id routes to it.
+makes it one of them. A request waits for such a load until its deadline at most, or
+until its client cancels (the load goes on for the others). A routing table that sends
+ids here (Ray Serve's multiplexed ids, serving.fleet) holds a route per id
+(`route_on_demand`); dropping an id (`release_on_demand`) releases the version once no id
+routes to it.
 
 Every change runs on the engine thread: gRPC threads queue it through `run` (the engine's
 `call`) and wait for its result, so the slot table, the store's residency and this state
@@ -44,7 +45,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import wait as wait_for
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -52,18 +53,43 @@ import grpc
 
 from adapters_registry import check_fingerprint
 from serving.adapter_store import AdapterKey, AdapterStore, HostAdapter
-from serving.requests import Request, RequestError, deadline_exceeded, error_for, time_left
+from serving.requests import (
+    Request,
+    RequestError,
+    call_cancelled,
+    deadline_exceeded,
+    error_for,
+    time_left,
+)
 from serving.slot_table import SlotTable
 
 log = logging.getLogger("vladapter.serving")
 
+# gRPC ends a call at its deadline by its own clock, which can run ms ahead of the deadline
+# a servicer computes from `time_remaining()` (3 ms seen): a call that ends this close to
+# its deadline ended by it (DEADLINE_EXCEEDED, not CANCELLED: the metrics' label).
+DEADLINE_SLACK_S = 0.1
 T = TypeVar("T")
 Runner = Callable[[Callable[[], T]], T]
+# on_end(callback): runs callback() once the caller's call ends (cancelled: the waits of a
+# still running call end only so); False: it had ended. grpc's ServicerContext.add_callback.
+OnEnd = Callable[[Callable[[], None]], bool]
 
 
 def run_here(change: Callable[[], T]) -> T:
     """A runner for a lifecycle without an engine: the caller is the only writer."""
     return change()
+
+
+def _wait(fetching: Future, deadline: float | None, on_end: OnEnd | None) -> bool:
+    """Wait until `fetching` is done, `deadline` (time.monotonic() seconds, None: none)
+    passes or the call of `on_end` ends; whether `fetching` is done."""
+    ended = threading.Event()  # the fetch or the call ended: whichever comes first wakes us
+    fetching.add_done_callback(lambda _: ended.set())
+    if on_end is not None and not on_end(ended.set):
+        ended.set()  # the call had ended before the wait
+    ended.wait(time_left(deadline))
+    return fetching.done()
 
 
 def not_loaded(name: str) -> RequestError:
@@ -132,20 +158,26 @@ class AdapterLifecycle:
             raise error_for(exc) from None
 
     def prepare(self, name: str, version: int | None = None, alias: str | None = None,
-                deadline: float | None = None) -> HostAdapter:
+                deadline: float | None = None, on_end: OnEnd | None = None) -> HostAdapter:
         """Resolve a version (version and alias None: the registry's latest) and fetch it
         into host memory, verified against this backbone, without serving it: every
         refusal `load` would give, and nothing changes (a fleet checks a Load on one
         replica before every replica serves it, serving.fleet).
 
         deadline: time.monotonic() seconds the caller waits until (None: no limit), then
-        RequestError DEADLINE_EXCEEDED naming the version; the fetch, shared with every
-        other caller of that version, goes on and its result stays in host memory."""
+        RequestError DEADLINE_EXCEEDED naming the version; on_end: the caller's call
+        (None: none), whose cancellation ends the wait CANCELLED. Either way the fetch,
+        shared with every other caller of that version, goes on and its result stays in
+        host memory."""
         number = self.resolve(name, version, alias)
         fetching = self.store.fetch(name, number)
-        if not wait_for([fetching], time_left(deadline)).done:
-            raise deadline_exceeded(f"adapter {name}:{number} was in host memory (it goes "
-                                    "on loading for later requests)")
+        if not _wait(fetching, deadline, on_end):
+            what = f"adapter {name}:{number} was in host memory (it goes on loading for " \
+                "later requests)"
+            # The deadline first: gRPC also ends a call whose deadline passed.
+            if deadline is not None and time_left(deadline) <= DEADLINE_SLACK_S:
+                raise deadline_exceeded(what)
+            raise call_cancelled(what)
         try:
             return fetching.result()
         except Exception as exc:
@@ -164,7 +196,7 @@ class AdapterLifecycle:
         return number
 
     def load_on_demand(self, name: str, version: int | None = None,
-                       deadline: float | None = None) -> int:
+                       deadline: float | None = None, on_end: OnEnd | None = None) -> int:
         """The version a request for `name` (and `version`, None: the active one) runs on,
         loading the name first when it is not loaded: resolve `version` (None: the
         registry's latest), fetch and verify it as `load` does, and put it in service
@@ -172,12 +204,13 @@ class AdapterLifecycle:
         share its fetch. Called on the request's thread; the engine thread only switches
         the active version. NOT_FOUND names the field, DATA_LOSS leaves nothing cached;
         deadline (the request's, time.monotonic() seconds): the wait for the fetch ends
-        DEADLINE_EXCEEDED then (`prepare`), the fetch goes on for the other waiters."""
+        DEADLINE_EXCEEDED then, and CANCELLED when the call ends before (on_end: its
+        `add_callback`, `prepare`); the fetch goes on for the other waiters."""
         active = self.active_version(name)
         if active is not None:
             return active if version is None else version
         try:
-            entry = self.prepare(name, version, deadline=deadline)
+            entry = self.prepare(name, version, deadline=deadline, on_end=on_end)
         except RequestError as error:
             if error.code != grpc.StatusCode.NOT_FOUND:
                 raise

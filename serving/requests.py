@@ -69,6 +69,12 @@ def deadline_exceeded(before: str) -> RequestError:
     return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, f"the deadline passed before {before}")
 
 
+def call_cancelled(before: str) -> RequestError:
+    """A request whose client cancelled the call before `before` (an on-demand load's wait
+    ends with it, serving.lifecycle)."""
+    return RequestError(grpc.StatusCode.CANCELLED, f"the call was cancelled before {before}")
+
+
 def parse_integer(value: object, what: str, bounds: tuple[int, int]) -> int:
     """An int, or a string of ASCII digits with an optional sign, within `bounds`
     (inclusive); anything else is InvalidInput naming `what`.

@@ -65,7 +65,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         the same checks, limits and batcher. With `--load-on-demand` an adapter that is not
         loaded is loaded here, after the checks (`AdapterLifecycle.load_on_demand`), and
         the request carries the version it will run on; its wait for the load ends at the
-        client's deadline (DEADLINE_EXCEEDED naming the adapter; the load goes on).
+        client's deadline (DEADLINE_EXCEEDED naming the adapter) or when the client cancels
+        (CANCELLED); the load goes on for the other requests.
         """
         try:
             self.checker.check_message(message.ByteSize())
@@ -92,7 +93,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         if self.adapters.on_demand:  # here, on this thread: the engine never waits on it
-            version = self.adapters.load_on_demand(name, version, deadline)
+            version = self.adapters.load_on_demand(name, version, deadline,
+                                                   context.add_callback)
         request = Request(spec, name, version, source, images, choices, max_new, beams,
                           deadline, message.request_id, stream)
         context.add_callback(request.cancel)

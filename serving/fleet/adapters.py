@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from serving.adapter_store import HostAdapter
 from serving.fleet.state import LOAD, PIN, UNLOAD, Change, FleetState
-from serving.lifecycle import AdapterLifecycle, VersionState, not_loaded
+from serving.lifecycle import AdapterLifecycle, OnEnd, VersionState, not_loaded
 from serving.requests import RequestError
 
 log = logging.getLogger("vladapter.fleet")
@@ -64,10 +64,10 @@ class FleetAdapters:
         return self.local.on_demand
 
     def load_on_demand(self, name: str, version: int | None = None,
-                       deadline: float | None = None) -> int:
+                       deadline: float | None = None, on_end: OnEnd | None = None) -> int:
         """This replica alone loads what a request needs (`--load-on-demand`): Ray Serve's
         multiplexed routing sends the name's next requests here; the record is untouched."""
-        return self.local.load_on_demand(name, version, deadline)
+        return self.local.load_on_demand(name, version, deadline, on_end)
 
     def servable(self, name: str, version: int | None = None) -> VersionState:
         return self.local.servable(name, version)

@@ -13,7 +13,9 @@ and KServe v2 `inference.GRPCInferenceService` with the single server's servicer
            replica): the store's fetch (registry -> host memory, verified), or with
            `--load-on-demand` the lifecycle's `load_on_demand` (this replica alone loads
            and serves it); Ray Serve then routes requests that carry this reference as
-           `multiplexed_model_id` to this replica
+           `multiplexed_model_id` to this replica. A call waits for it until the
+           client's deadline, which the `vladapter-timeout-s` metadata carries (`Client`
+           sends it: Ray Serve's proxy keeps gRPC's own deadline to itself)
         4. the servicer method runs on a worker thread with a `ProxyContext`; its status
            codes and messages reach the client unchanged
 
@@ -26,8 +28,11 @@ reports this replica's answered calls and cache counters to the controller.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +44,7 @@ from ray import serve
 from tritonclient.grpc import service_pb2
 
 from serving.adapter_store import AdapterKey
-from serving.client import multiplexed_id, parse_adapter_spec
+from serving.client import TIMEOUT_KEY, multiplexed_id, parse_adapter_spec
 from serving.config import ServeConfig
 from serving.decoding import refuse
 from serving.fleet.adapters import FleetAdapters
@@ -48,7 +53,7 @@ from serving.fleet.state import Change
 from serving.fleet.watcher import Watcher
 from serving.metrics import CACHE_EVENTS, TIERS
 from serving.protos import inference_pb2, repository_pb2
-from serving.requests import RequestError
+from serving.requests import RequestError, deadline_exceeded, time_left
 from serving.stack import build_stack
 
 log = logging.getLogger("vladapter.fleet")
@@ -73,16 +78,36 @@ class ProxyContext:
     def __init__(self, ray_context: Any):
         self._ray = ray_context
         self._callbacks: list[Callable[[], None]] = []
+        self._arrived = time.monotonic()  # the client's timeout counts from here
+        self._deadline: float | None = None  # time.monotonic() seconds; see take_deadline
 
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         self._ray.set_code(code)
         self._ray.set_details(details)
         raise CallEnded(details)
 
+    def take_deadline(self) -> None:
+        """Read the client's deadline from its `TIMEOUT_KEY` metadata (serving.client):
+        Ray Serve's proxy keeps gRPC's own deadline to itself. None there: no deadline
+        (as a single server's client without one); a value that is not a positive number
+        of seconds ends the call INVALID_ARGUMENT naming the key."""
+        value = dict(self.invocation_metadata()).get(TIMEOUT_KEY)
+        if value is None:
+            return
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds > 0):
+            shown = repr(value) if len(value) <= 40 else repr(value[:37] + "...")
+            self.abort(grpc.StatusCode.INVALID_ARGUMENT, f"metadata {TIMEOUT_KEY!r} must be "
+                       f"a positive number of seconds, got {shown}")
+        self._deadline = self._arrived + seconds
+
     def time_remaining(self) -> float | None:
-        """None: Ray Serve's proxy keeps the client's deadline (a call past it is
-        cancelled here, see `cancelled`) and does not pass it on."""
-        return None
+        """Seconds until the client's deadline (`take_deadline`; None: none). The proxy
+        also cancels a call whose client went away (see `cancelled`)."""
+        return time_left(self._deadline)
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
         self._callbacks.append(callback)
@@ -129,10 +154,11 @@ def multiplexed_models(config: ServeConfig) -> int:
 
 
 def routed_adapter(key: AdapterKey, release: Callable[[str, int], Any]) -> SimpleNamespace:
-    """What Ray Serve's multiplexed table holds for an adapter loaded on demand: its key,
-    and a `__del__` that Ray Serve calls when it drops the reference (release(name,
-    version): `AdapterLifecycle.release_on_demand`, which gives up the route this id took
-    by `route_on_demand`: another id of the version keeps it). An instance attribute, so
+    """What Ray Serve's multiplexed table holds for an adapter: its key, and a `__del__`
+    that Ray Serve calls when it drops the reference (release(name, version):
+    `AdapterReplica._dropped`, which on demand calls `AdapterLifecycle.release_on_demand`,
+    giving up the route this id took by `route_on_demand`: another id of the version keeps
+    it). An instance attribute, so
     Ray Serve alone calls it (Python's finalizer looks at the class); it never raises, as
     Ray Serve unloads right before a load that an exception would fail."""
     def drop() -> None:
@@ -165,6 +191,7 @@ class AdapterReplica:
         self.stack = build_stack(config, control=lambda local: FleetAdapters(local,
                                                                              self._publish))
         self._answered: Counter[str] = Counter()
+        self._held: set[str] = set()  # the ids in Ray Serve's multiplexed table here
         self._lock = threading.Lock()
         # Every accepted call may wait on a worker (Ray Serve admits max_ongoing_requests).
         self._pool = ThreadPoolExecutor(config.max_batch + config.max_queue + 4,
@@ -220,17 +247,20 @@ class AdapterReplica:
 
     def stats(self) -> dict[str, Any]:
         """What this replica reports with each poll: answered calls per method, caches,
-        adapters loaded on demand."""
+        adapters loaded on demand, the multiplexed ids it holds (those Ray Serve routes
+        here: a request's affinity is observable)."""
         with self._lock:
-            answered = dict(self._answered)
+            answered, held = dict(self._answered), sorted(self._held)
         metrics = self.stack.metrics
         loads = 0.0 if metrics is None else metrics.registry.get_sample_value(
             "vladapter_adapter_on_demand_loads_total") or 0.0
-        return {"answered": answered, "cache": cache_counts(metrics), "on_demand_loads": loads}
+        return {"answered": answered, "cache": cache_counts(metrics), "on_demand_loads": loads,
+                "multiplexed_ids": held}
 
-    async def _fetch_adapter(self, reference: str) -> AdapterKey | SimpleNamespace:
+    async def _fetch_adapter(self, reference: str) -> SimpleNamespace:
         """Ray Serve's multiplexed loader: the store's fetch of the referenced version, or
-        (`--load-on-demand`) its load on this replica."""
+        (`--load-on-demand`) its load on this replica; the id counts as held here (`stats`)
+        until Ray Serve drops it from its table (`routed_adapter`)."""
         name, version, alias = parse_adapter_spec(reference)
         adapters = self.stack.adapters
         loop = asyncio.get_running_loop()
@@ -239,30 +269,60 @@ class AdapterReplica:
                 version = adapters.resolve(name, alias=alias)
             number = await loop.run_in_executor(self._pool, adapters.route_on_demand, name,
                                                 version)
-            return routed_adapter((name, number), adapters.release_on_demand)
-        if version is None:
-            version = adapters.resolve(name, alias=alias) if alias else \
-                adapters.active_version(name)
-        entry = await loop.run_in_executor(self._pool, adapters.prepare, name, version)
-        return entry.key
+            key, release = (name, number), adapters.release_on_demand
+        else:
+            if version is None:
+                version = adapters.resolve(name, alias=alias) if alias else \
+                    adapters.active_version(name)
+            entry = await loop.run_in_executor(self._pool, adapters.prepare, name, version)
+            key, release = entry.key, None
+        with self._lock:
+            self._held.add(reference)
+        return routed_adapter(key, functools.partial(self._dropped, reference, release))
+
+    def _dropped(self, reference: str, release: Callable[[str, int], Any] | None, name: str,
+                 version: int) -> None:
+        """Ray Serve dropped `reference` from its table: not held here any more; on demand
+        the lifecycle gives up its route (release(name, version))."""
+        with self._lock:
+            self._held.discard(reference)
+        if release is not None:
+            release(name, version)
 
     async def _admit(self, path: str, request: Any, context: ProxyContext) -> None:
-        """Token, request bytes and the multiplexed loader, before the servicer runs (a
-        request that did not parse arrives as `serving.decoding.Undecodable`)."""
+        """Token, the client's deadline, request bytes and the multiplexed loader, before
+        the servicer runs (a request that did not parse arrives as
+        `serving.decoding.Undecodable`)."""
         if self._auth is not None:
             self._auth(path, context)
+        context.take_deadline()
         refuse(request, context)
         if path.rsplit("/", 1)[1] in ROUTED:
-            await self._warm_adapter(_reference(request))
+            await self._warm_adapter(_reference(request), context)
 
-    async def _warm_adapter(self, reference: str) -> None:
-        """The multiplexed loader for a loaded adapter (any adapter, on demand); what goes
-        wrong here the servicer answers next, with the single server's checks and codes."""
+    async def _warm_adapter(self, reference: str, context: ProxyContext) -> None:
+        """The multiplexed loader for a loaded adapter (any adapter, on demand), waited
+        for until the client's deadline (then DEADLINE_EXCEEDED naming the reference, as
+        the single server's wait for an on-demand load) or its cancellation: the load,
+        which Ray Serve shares with every request for the reference, goes on and lands in
+        Ray Serve's table. What goes wrong in the load the servicer answers next, with the
+        single server's checks and codes."""
         try:
             name, _, _ = parse_adapter_spec(reference)
-            adapters = self.stack.adapters
-            if adapters.on_demand or adapters.active_version(name) is not None:
-                await self._warm(reference)
+        except ValueError:
+            return
+        adapters = self.stack.adapters
+        if not (adapters.on_demand or adapters.active_version(name) is not None):
+            return
+        loading = asyncio.ensure_future(self._warm(reference))
+        loading.add_done_callback(_retrieved)
+        try:
+            await asyncio.wait_for(asyncio.shield(loading), context.time_remaining())
+        except TimeoutError:
+            error = deadline_exceeded(f"adapter {reference} was loaded on this replica (it "
+                                      "goes on loading for later requests)")
+            self.stack.engine.metrics.error(error.code.name)
+            context.abort(error.code, error.message)
         except (RequestError, ValueError):
             pass
 
@@ -294,6 +354,13 @@ class AdapterReplica:
         if self.stack.metrics is not None:
             self.stack.metrics.stop_http()
         self._pool.shutdown(wait=False)
+
+
+def _retrieved(loading: asyncio.Future) -> None:
+    """Take a shared load's outcome, so asyncio does not log a failure that the servicer
+    answers (or a load whose waiters all gave up) as never retrieved."""
+    if not loading.cancelled():
+        loading.exception()
 
 
 def token_check(config: ServeConfig) -> Callable[[str, ProxyContext], None] | None:

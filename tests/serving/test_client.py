@@ -18,6 +18,7 @@ import pytest
 from PIL import Image as PILImage
 
 from serving.client import (
+    TIMEOUT_KEY,
     AsyncClient,
     Client,
     multiplexed_id,
@@ -38,11 +39,13 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, object, str]] = []
         self.routing: list[str | None] = []  # each call's multiplexed_model_id (Ray Serve)
+        self.timeouts: list[str | None] = []  # each call's TIMEOUT_KEY (a fleet's replicas)
 
     def record(self, method: str, request: object, context: grpc.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata())
         self.calls.append((method, request, metadata.get("authorization", "")))
         self.routing.append(metadata.get("multiplexed_model_id"))
+        self.timeouts.append(metadata.get(TIMEOUT_KEY))
         name = getattr(getattr(request, "adapter", None), "name", getattr(request, "name", ""))
         if name == "missing":
             context.abort(grpc.StatusCode.NOT_FOUND,
@@ -231,6 +234,23 @@ def test_predict_calls_carry_the_adapter_reference_as_ray_serves_multiplexed_id(
         name, version, alias = parse_adapter_spec(spec)
         assert multiplexed_id(predict_request("vqa", name, version=version,
                                               alias=alias).adapter) == spec
+
+
+def test_every_call_carries_the_clients_timeout_for_a_fleets_replicas(fake_server):
+    """Ray Serve's proxy keeps gRPC's deadline to itself: every call of both clients also
+    sends its timeout as metadata, which a replica reads (serving.fleet.replica)."""
+    target, recorder = fake_server
+    with Client(target, timeout=7.5) as client:
+        client.vqa(b"raw", "what?", "vqa-lora")
+        list(client.stream(predict_request("caption", "cap", images=[b"raw"])))
+        client.status()
+    assert recorder.timeouts[-3:] == ["7.5"] * 3
+
+    async def run() -> None:
+        async with AsyncClient(target, timeout=12) as client:
+            await client.nlvr2(b"a", b"b", "left", "nl")
+    asyncio.run(run())
+    assert recorder.timeouts[-1] == "12.0"
 
 
 def test_request_building_refuses_bad_input():

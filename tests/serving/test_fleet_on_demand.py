@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -22,9 +22,17 @@ import tritonclient.grpc as triton
 from kserve_helpers import infer
 from serving_helpers import request_for
 from test_fleet_ray import Fleet, _free_port, _predict, running_fleet
+from test_fleet_record import FakeRayContext
 
+from serving.client import TIMEOUT_KEY
 from serving.config import ServeConfig
-from serving.fleet.replica import AdapterReplica, multiplexed_models, routed_adapter
+from serving.fleet.replica import (
+    AdapterReplica,
+    CallEnded,
+    ProxyContext,
+    multiplexed_models,
+    routed_adapter,
+)
 from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 from serving.stack import build_stack
 
@@ -62,24 +70,98 @@ def test_multiplexed_table_follows_the_host_tier_on_demand():
     assert multiplexed_models(ServeConfig(host_adapters=128, device_slots=32)) == 32
 
 
+def bare_replica(stack, pool: ThreadPoolExecutor) -> AdapterReplica:
+    """An AdapterReplica without Ray: its parts by hand over `stack`, the multiplexed
+    loader being its own fetch (Ray Serve's table and routing left out)."""
+    replica = AdapterReplica.__new__(AdapterReplica)
+    replica.stack, replica._pool, replica._auth = stack, pool, None
+    replica._lock, replica._held, replica._answered = threading.Lock(), set(), Counter()
+    replica._warm = replica._fetch_adapter
+    return replica
+
+
 def test_ray_serve_dropping_one_of_two_ids_of_a_version_keeps_it(backbone, published):
     """`alpha` and `alpha:2` are two ids of Ray Serve's table for one version: `__del__` of
     one (Ray Serve calls it when the table drops the id) keeps the host copy the other
-    still routes to. Without Ray: the replica's multiplexed loader over a stack."""
+    still routes to; the replica reports the ids it holds. Without Ray: the replica's
+    multiplexed loader over a stack."""
     stack = build_stack(ServeConfig(registry=published.root, load_on_demand=True), backbone)
     with ThreadPoolExecutor(1) as pool:
-        replica = SimpleNamespace(stack=stack, _pool=pool)
+        replica = bare_replica(stack, pool)
         try:
-            loaded = {reference: asyncio.run(AdapterReplica._fetch_adapter(replica, reference))
+            loaded = {reference: asyncio.run(replica._fetch_adapter(reference))
                       for reference in ("alpha", "alpha:2")}
             assert {model.key for model in loaded.values()} == {("alpha", 2)}
+            assert replica.stats()["multiplexed_ids"] == ["alpha", "alpha:2"]
             loaded["alpha"].__del__()
+            assert replica.stats()["multiplexed_ids"] == ["alpha:2"]
             assert stack.adapters.active() == {"alpha": 2}
             assert stack.store.entry(("alpha", 2)) is not None
             loaded["alpha:2"].__del__()  # the last id: it leaves
             assert stack.adapters.active() == {} and stack.store.entry(("alpha", 2)) is None
+            assert replica.stats()["multiplexed_ids"] == []
         finally:
             stack.store.close()
+
+
+def _end_the_wait(loop: asyncio.AbstractEventLoop, replica: AdapterReplica, ending: str,
+                  reads: list[str]) -> None:
+    """Admit a Predict for `beta` on `replica` while beta's load is held, and end its wait:
+    by the client's deadline (its `vladapter-timeout-s` metadata), answered
+    DEADLINE_EXCEEDED naming the adapter, or by Ray Serve cancelling the call."""
+    ray_context = FakeRayContext([(TIMEOUT_KEY, "0.5")] if ending == "deadline" else [])
+    admit = loop.create_task(replica._admit("/vladapter.v1.Inference/Predict",
+                                            request_for("vqa", "beta"),
+                                            ProxyContext(ray_context)))
+    if ending == "deadline":
+        with pytest.raises(CallEnded):
+            loop.run_until_complete(asyncio.wait_for(admit, 30))
+        assert ray_context.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "adapter beta" in ray_context.details
+        return
+    for _ in range(300):  # the load started and is held
+        if reads:
+            break
+        loop.run_until_complete(asyncio.sleep(0.1))
+    admit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        loop.run_until_complete(admit)
+
+
+@pytest.mark.parametrize("ending", ["deadline", "cancelled"])
+def test_a_replica_stops_waiting_for_a_load_the_client_gave_up_on(backbone, published,
+                                                                    ending):
+    """Ray Serve's multiplexed loader runs before the servicer: a request whose client's
+    deadline passes, or whose call Ray Serve cancels, while its adapter's load is held
+    stops waiting, and the load goes on and lands in the replica's multiplexed table (one
+    registry read). Without Ray: the replica's admission step over a stack, the
+    multiplexed loader being its fetch."""
+    stack = build_stack(ServeConfig(registry=published.root, load_on_demand=True), backbone)
+    gate, reads = threading.Event(), []
+    read_files = stack.store.registry.read_files
+
+    def held(ref, **kwargs):  # beta's registry read waits for the gate
+        reads.append(ref)
+        assert gate.wait(60)
+        return read_files(ref, **kwargs)
+
+    stack.store.registry.read_files = held
+    loop = asyncio.new_event_loop()
+    with ThreadPoolExecutor(2) as pool:
+        replica = bare_replica(stack, pool)
+        try:
+            _end_the_wait(loop, replica, ending, reads)
+            assert reads == ["beta:1"] and stack.adapters.active() == {}  # still held
+        finally:
+            gate.set()
+        while asyncio.all_tasks(loop):  # the shared load, which nobody waits for now
+            loop.run_until_complete(asyncio.sleep(0.05))
+        loop.close()
+    try:
+        assert stack.adapters.active() == {"beta": 1} and reads == ["beta:1"]
+        assert replica.stats()["multiplexed_ids"] == ["beta"]
+    finally:
+        stack.store.close()
 
 
 def test_one_replica_loads_an_adapter_on_demand_and_keeps_its_requests(fleet, channel):

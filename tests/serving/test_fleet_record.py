@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
+from serving.client import TIMEOUT_KEY
 from serving.config import ServeConfig
 from serving.fleet.adapters import FleetAdapters, converge
 from serving.fleet.controller import FleetController
@@ -242,6 +243,23 @@ def test_a_replica_asks_for_tokens_where_the_single_server_does(tmp_path):
     with pytest.raises(CallEnded):
         strict("/inference.GRPCInferenceService/ModelInfer", ProxyContext(FakeRayContext()))
     assert token_check(ServeConfig()) is None
+
+
+def test_a_replica_takes_the_clients_deadline_from_its_timeout_metadata():
+    """Ray Serve's proxy keeps gRPC's deadline to itself: `Client` sends its timeout as
+    `vladapter-timeout-s`, which a replica's context turns into `time_remaining`."""
+    context = ProxyContext(FakeRayContext([(TIMEOUT_KEY, "7.5")]))
+    context.take_deadline()
+    assert 0.0 < context.time_remaining() <= 7.5
+    untimed = ProxyContext(FakeRayContext())
+    untimed.take_deadline()
+    assert untimed.time_remaining() is None  # no metadata: no deadline, as before
+    for value in ("soon", "0", "-3", "nan", "inf", "1e400"):
+        ray_context = FakeRayContext([(TIMEOUT_KEY, value)])
+        with pytest.raises(CallEnded):
+            ProxyContext(ray_context).take_deadline()
+        assert ray_context.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert TIMEOUT_KEY in ray_context.details and repr(value) in ray_context.details
 
 
 def test_fleet_adapters_answer_the_on_demand_calls_of_the_servicers(lifecycle):

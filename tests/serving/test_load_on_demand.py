@@ -257,3 +257,30 @@ def test_a_deadline_that_passes_during_an_on_demand_load_ends_only_that_wait(on_
     assert (answer.adapter_name, answer.adapter_version) == ("beta", 1)
     assert reads == ["beta:1"] and on_demand_loads(on_demand) == 1  # one load, shared
     assert on_demand.store.entry(("beta", 1)) is not None
+
+
+def test_a_call_cancelled_during_an_on_demand_load_ends_only_that_wait(on_demand):
+    gate = threading.Event()
+    reads = count_reads(on_demand, "beta", gate)  # beta's registry read waits for the gate
+    channel, inference, _ = stubs(on_demand)
+    with channel, ThreadPoolExecutor(1) as pool:
+        cancelled = inference.Predict.future(request_for("vqa", "beta", seed=1), timeout=120)
+        try:
+            for _ in range(300):  # its server thread started the load and waits on it
+                if reads:
+                    break
+                threading.Event().wait(0.1)
+            patient = pool.submit(inference.Predict, request_for("vqa", "beta"), timeout=120)
+            assert reads == ["beta:1"] and cancelled.cancel()
+            # The server thread of the cancelled call returned while the load is held.
+            for _ in range(300):
+                if errors(on_demand, "CANCELLED") == 1:
+                    break
+                threading.Event().wait(0.1)
+            assert errors(on_demand, "CANCELLED") == 1 and not patient.done()
+        finally:
+            gate.set()
+        answer = patient.result()
+    assert (answer.adapter_name, answer.adapter_version) == ("beta", 1)
+    assert reads == ["beta:1"] and on_demand_loads(on_demand) == 1  # one load, shared
+    assert on_demand.store.entry(("beta", 1)) is not None

@@ -46,7 +46,11 @@ class InferenceStub:
     RESOURCE_EXHAUSTED   max_queue requests are accepted and not yet running, or every
     device slot holds an adapter in use (retry later)
     DEADLINE_EXCEEDED    the call's deadline passed before its answer (also while it waits
-    for its adapter to load on demand: the load goes on)
+    for its adapter to load on demand: the load goes on); behind Ray
+    Serve's proxy a replica knows the deadline from the metadata
+    `vladapter-timeout-s` (the call's timeout in seconds; the Python
+    client sends it; a value that is not a positive number is
+    INVALID_ARGUMENT)
     UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
     UNAVAILABLE          the server is shutting down; behind Ray Serve (adapter-serve
     --ray): the replica of the call stopped before answering, or
@@ -93,7 +97,11 @@ class InferenceServicer:
     RESOURCE_EXHAUSTED   max_queue requests are accepted and not yet running, or every
     device slot holds an adapter in use (retry later)
     DEADLINE_EXCEEDED    the call's deadline passed before its answer (also while it waits
-    for its adapter to load on demand: the load goes on)
+    for its adapter to load on demand: the load goes on); behind Ray
+    Serve's proxy a replica knows the deadline from the metadata
+    `vladapter-timeout-s` (the call's timeout in seconds; the Python
+    client sends it; a value that is not a positive number is
+    INVALID_ARGUMENT)
     UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
     UNAVAILABLE          the server is shutting down; behind Ray Serve (adapter-serve
     --ray): the replica of the call stopped before answering, or
@@ -155,7 +163,11 @@ class Inference:
     RESOURCE_EXHAUSTED   max_queue requests are accepted and not yet running, or every
     device slot holds an adapter in use (retry later)
     DEADLINE_EXCEEDED    the call's deadline passed before its answer (also while it waits
-    for its adapter to load on demand: the load goes on)
+    for its adapter to load on demand: the load goes on); behind Ray
+    Serve's proxy a replica knows the deadline from the metadata
+    `vladapter-timeout-s` (the call's timeout in seconds; the Python
+    client sends it; a value that is not a positive number is
+    INVALID_ARGUMENT)
     UNAUTHENTICATED      a protected call without a valid bearer token (--token-file)
     UNAVAILABLE          the server is shutting down; behind Ray Serve (adapter-serve
     --ray): the replica of the call stopped before answering, or
