@@ -1,8 +1,16 @@
 """VL-Adapter's Table 1 on the bundled synthetic benchmark: method x task x % parameters.
 
     python benchmarks/synthetic_table1.py --steps 300            # after `make demo`
+    python benchmarks/synthetic_table1.py --tasks video --video-train 5000 --steps 3000
 
-Every method trains on the eight tasks of the main synthetic world (`runs/data/world`, which
+Every method trains on the eight tasks together by default; `--tasks video` trains on the four
+video tasks only (TVQA, How2QA, TVC, YC2C), as VL-Adapter's video table does, and `--tasks
+image` on the other four. `--video-train N` gives the video tasks N training clips: the script
+generates (once) `<world>-video-train-N`, the standard world (`PretrainSettings`' seed and
+sizes, as `make demo` writes it) with N - 600 more video train clips drawn after the others,
+so its val and test clips are the standard world's.
+
+Each method trains on the tasks of the main synthetic world (`runs/data/world`, which
 `make demo` generates) over the frozen, pre-trained `small` backbone (by default the one the
 repository ships, `assets/backbone-small`) and is scored on the test split. Beside the methods: the
 majority answer (no model) and a random-backbone control (single adapter over the same
@@ -12,6 +20,7 @@ Full fine-tuning is the baseline, as in the paper. Prints the machine and wall t
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import time
@@ -27,13 +36,14 @@ from modeling.cli_parser import OneLineParser, positive_int
 from modeling.families import load_backbone
 from modeling.params import report
 from modeling.presets import method_preset
-from modeling.tasks import TASKS, TaskKind
+from modeling.tasks import TASKS, TaskKind, VisualInput
 from training.config import RunConfig, TaskData
 from training.data.example import Example
 from training.evaluation import evaluate_task, predict
 from training.features import features_for
-from training.pretrain import answers_right, motion_questions
-from training.synthetic_run import synthetic_config
+from training.pretrain import PretrainSettings, answers_right, motion_questions
+from training.synthetic import DEFAULT_SIZES, generate
+from training.synthetic_run import synthetic_config, synthetic_tasks
 from training.trainer import Trainer, load_task_split
 
 PRESETS = ["full_finetuning", "multiple_adapters", "half_shared_adapters", "single_adapter",
@@ -46,6 +56,42 @@ LR = {"full_finetuning": 1e-4}
 TYPED_TASKS = ("tvqa", "how2qa")
 # The single adapter over the same architecture with random weights: what must be beaten.
 CONTROL = "single_adapter (random backbone)"
+# `--tasks`: which tasks train together (VL-Adapter reports image and video tasks apart).
+TASK_SETS = {
+    "all": list(TASKS),
+    "image": [t for t in TASKS if TASKS[t].visual_input is not VisualInput.VIDEO_FRAMES],
+    "video": [t for t in TASKS if TASKS[t].visual_input is VisualInput.VIDEO_FRAMES],
+}
+
+
+def check_video_train(task_set: str, video_train: int | None) -> None:
+    """Raise ValueError naming `--video-train` when the TASK_SETS entry `task_set` has no
+    video task, or when `video_train` is below the standard world's train clips (the extra
+    clips only add to them)."""
+    if video_train is None:
+        return
+    if not set(TASK_SETS[task_set]) & set(TASK_SETS["video"]):
+        raise ValueError(f"--video-train: --tasks {task_set} has no video task")
+    standard = PretrainSettings().sizes.train
+    if video_train < standard:
+        raise ValueError(f"--video-train: expected at least the standard world's {standard} "
+                         f"train clips, got {video_train}")
+
+
+def video_world(world: Path, video_train: int | None) -> Path:
+    """The world to train on: `world` itself, or for `video_train` clips the standard world
+    (`PretrainSettings`' seed and sizes) with the video train split grown to `video_train`,
+    generated under `<world>-video-train-<N>` unless already there (`check_video_train`
+    first)."""
+    if video_train is None:
+        return world
+    standard = PretrainSettings()
+    out = world.parent / f"{world.name}-video-train-{video_train}"
+    if not (out / "world.json").is_file():
+        sizes = dict.fromkeys(DEFAULT_SIZES, standard.sizes)
+        sizes["videos"] = replace(standard.sizes, extra_train=video_train - standard.sizes.train)
+        generate(out, seed=standard.seed, sizes=sizes)
+    return out
 
 
 def planned_runs(presets: str, control: bool) -> list[str]:
@@ -99,7 +145,7 @@ def test_scores(trainer: Trainer, cache: Path) -> tuple[dict[str, float], dict[s
 def majority_by_type(train, test) -> dict[str, float]:
     """The majority answer's accuracy per `<task> <type>` of the TYPED_TASKS."""
     out = {}
-    for task in TYPED_TASKS:
+    for task in (t for t in TYPED_TASKS if t in test):
         for kind in sorted({e.question_type for e in test[task]}):
             subset = [e for e in test[task] if e.question_type == kind]
             out[f"{task} {kind}"] = majority(task, train[task], subset)
@@ -132,17 +178,20 @@ def typed_table(rows: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
-def row(name: str, percent: float | None, scores: dict[str, float | None],
-        seconds: float) -> str:
-    """One table row; `mean` averages the accuracy tasks only (CIDEr is on another scale)."""
-    cells = " | ".join("-" if scores[t] is None else f"{scores[t]:.1f}" for t in TASKS)
-    accuracy = [scores[t] for t in TASKS if TASKS[t].metric == "accuracy"]
+def row(name: str, percent: float | None, scores: dict[str, float | None], seconds: float,
+        tasks: list[str]) -> str:
+    """One table row over `tasks`; `mean` averages their accuracy tasks only (CIDEr is on
+    another scale)."""
+    cells = " | ".join("-" if scores[t] is None else f"{scores[t]:.1f}" for t in tasks)
+    accuracy = [scores[t] for t in tasks if TASKS[t].metric == "accuracy"]
     mean = sum(accuracy) / len(accuracy)
     shown = "-" if percent is None else f"{percent:.2f}"
     return f"| {name} | {shown} | {cells} | {mean:.1f} | {seconds:.0f} |"
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; an unknown preset or task set, or nothing to run, exits 2 with one
+    line. `args.planned` holds `planned_runs`' row names."""
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default=str(SHIPPED_BACKBONE))
     parser.add_argument("--world", default="runs/data/world")
@@ -152,52 +201,95 @@ def main() -> None:
                         help="comma-separated presets; empty (\"\") runs only the control")
     parser.add_argument("--no-control", action="store_true",
                         help="leave out the random-backbone control (run it in another call)")
-    args = parser.parse_args()
+    parser.add_argument("--tasks", choices=list(TASK_SETS), default="all",
+                        help="train these tasks together: all eight, or the image or video ones")
+    parser.add_argument("--video-train", type=positive_int,
+                        help="video train clips (the standard world has 600): trains on the "
+                        "standard world with more video train clips, same val and test")
+    args = parser.parse_args(argv)
     try:
-        planned = planned_runs(args.presets, control=not args.no_control)
+        args.planned = planned_runs(args.presets, control=not args.no_control)
+        check_video_train(args.tasks, args.video_train)
     except ValueError as error:
         parser.error(str(error))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    backbone = load_backbone(args.backbone)
-    out, start = Path(args.out), time.time()
-    header = ("| method | % params | " + " | ".join(f"{t} {TASKS[t].metric}" for t in TASKS)
-              + " | mean acc | train s |")
-    lines = [header, "|" + "---|" * (len(TASKS) + 4)]
-    base = synthetic_config(args.world, args.backbone, "single_adapter", args.steps,
-                            java_metrics=False, eval_every=0, log_every=50)
+    return args
+
+
+def base_config(world: Path, backbone: str, steps: int, tasks: list[str]) -> RunConfig:
+    """The run config every row starts from: `tasks` of `world` trained together, scored
+    once at the end (each row swaps in its methods and learning rate)."""
+    return synthetic_config(world, backbone, "single_adapter", steps,
+                            tasks=synthetic_tasks(world, tasks), java_metrics=False,
+                            eval_every=0, log_every=50)
+
+
+def baseline_rows(base: RunConfig, backbone: VLBackbone, tasks: list[str]
+                  ) -> tuple[str, dict[str, float]]:
+    """-> (the majority answer's table row, its accuracy per `<task> <type>`)."""
     train = task_splits(base, "train", backbone.config.family)
     test = task_splits(base, "test", backbone.config.family)
-    lines.append(row("majority answer", None, {
-        t: None if TASKS[t].is_captioning else majority(t, train[t], test[t])
-        for t in TASKS}, 0))
-    typed_rows = {"majority answer": majority_by_type(train, test)}
-    motion = frozen_motion(backbone, base.tasks["tvc"], out / "feature-cache")
-    runs = [(name, backbone if name != CONTROL else VLBackbone.from_config(
-        backbone.config, seed=123, tokenizer=backbone.tokenizer)) for name in planned]
+    scores = {t: None if TASKS[t].is_captioning else majority(t, train[t], test[t])
+              for t in tasks}
+    return row("majority answer", None, scores, 0, tasks), majority_by_type(train, test)
+
+
+def train_and_score(name: str, model: VLBackbone, base: RunConfig, out: Path
+                    ) -> tuple[float, dict[str, float], dict[str, float], float]:
+    """Train row `name` (a preset, or CONTROL) over `model`; -> (% params, test score per
+    task, `<task> <type>` accuracy, seconds)."""
+    preset_name = name.split(" ")[0]
+    config = replace(base, methods=method_preset(preset_name), lr=LR.get(preset_name, 1e-3))
+    began = time.time()
+    trainer = Trainer(config, out / name.replace(" ", "_"), backbone=model, show_progress=False)
+    trainer.run()
+    scores, typed = test_scores(trainer, out / "feature-cache")
+    percent = report(model.config, config.methods, sorted(config.tasks)).percent
+    return percent, scores, typed, time.time() - began
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train every planned row, print the table, the per-type table and the motion line."""
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    backbone = load_backbone(args.backbone)
+    out, start, tasks = Path(args.out), time.time(), TASK_SETS[args.tasks]
+    world = video_world(Path(args.world), args.video_train)
+    header = ("| method | % params | " + " | ".join(f"{t} {TASKS[t].metric}" for t in tasks)
+              + " | mean acc | train s |")
+    lines = [header, "|" + "---|" * (len(tasks) + 4)]
+    base = base_config(world, args.backbone, args.steps, tasks)
+    majority_row, majority_typed = baseline_rows(base, backbone, tasks)
+    lines.append(majority_row)
+    typed_rows = {"majority answer": majority_typed}
+    motion = frozen_motion(backbone, base.tasks["tvc"], out / "feature-cache") \
+        if "tvc" in tasks else {}
     results = {}
-    for name, model in runs:
-        preset_name = name.split(" ")[0]
-        config = replace(base, methods=method_preset(preset_name), lr=LR.get(preset_name, 1e-3))
-        began = time.time()
-        trainer = Trainer(config, out / name.replace(" ", "_"), backbone=model,
-                          show_progress=False)
-        trainer.run()
-        scores, typed_rows[name] = test_scores(trainer, out / "feature-cache")
-        percent = report(model.config, config.methods, sorted(config.tasks)).percent
-        lines.append(row(name, percent, scores, time.time() - began))
+    for name in args.planned:
+        model = backbone if name != CONTROL else VLBackbone.from_config(
+            backbone.config, seed=123, tokenizer=backbone.tokenizer)
+        percent, scores, typed_rows[name], seconds = train_and_score(name, model, base, out)
+        lines.append(row(name, percent, scores, seconds, tasks))
         results[name] = {"percent": percent, "scores": scores, "by_type": typed_rows[name]}
         print(lines[-1], flush=True)
     results["frozen backbone, open motion question"] = {"by_direction": motion}
-    (out / "table1.json").write_text(json.dumps(results, indent=2))
+    (out / f"table1{'' if args.tasks == 'all' else '_' + args.tasks}.json").write_text(
+        json.dumps(results, indent=2))
     print(f"\nmachine: {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads; steps {args.steps}; "
-          f"wall {time.time() - start:.0f}s")
+          f"{torch.get_num_threads()} threads; tasks {args.tasks}; world {world}; "
+          f"steps {args.steps}; wall {time.time() - start:.0f}s")
     print("\n".join(lines))
-    print("\nVideo multiple choice per question type (the asked shape's motion):")
-    print("\n".join(typed_table(typed_rows)))
-    print("\nThe frozen backbone asked its pre-training motion question (no choices), test "
-          "clips' shapes, % right per direction: " + ", ".join(
-              f"{d} {v:.1f}" for d, v in motion.items()))
+    print_by_type(typed_rows, motion)
+
+
+def print_by_type(typed_rows: dict[str, dict[str, float]], motion: dict[str, float]) -> None:
+    """The per-question-type table and the frozen backbone's motion line, when there are."""
+    if any(typed_rows.values()):
+        print("\nVideo multiple choice per question type (the asked shape's motion):")
+        print("\n".join(typed_table(typed_rows)))
+    if motion:
+        print("\nThe frozen backbone asked its pre-training motion question (no choices), "
+              "test clips' shapes, % right per direction: " + ", ".join(
+                  f"{d} {v:.1f}" for d, v in motion.items()))
 
 
 if __name__ == "__main__":

@@ -127,3 +127,48 @@ def test_table1_scores_vl_t5_on_vl_adapters_prompts_as_before(world, monkeypatch
     split = synthetic_table1.task_splits(synthetic_config(world, "tiny", "single_adapter", 1),
                                          "test", backbone.config.family)
     assert split["vqa"][0].source_text == sources["vqa"]  # main's splits: the same text
+
+
+def test_video_task_set_trains_the_four_video_tasks_together(world):
+    assert synthetic_table1.TASK_SETS["video"] == ["tvqa", "how2qa", "tvc", "yc2c"]
+    assert synthetic_table1.TASK_SETS["image"] == ["vqa", "gqa", "nlvr2", "caption"]
+    config = synthetic_table1.base_config(world, "tiny", 5, synthetic_table1.TASK_SETS["video"])
+    assert list(config.tasks) == ["tvqa", "how2qa", "tvc", "yc2c"] and config.steps == 5
+
+
+def test_video_rows_show_only_the_video_columns_and_average_their_accuracy():
+    video = synthetic_table1.TASK_SETS["video"]
+    scores = {"tvqa": 40.0, "how2qa": 60.0, "tvc": 300.0, "yc2c": 100.0}
+    line = synthetic_table1.row("single_adapter", 3.39, scores, 12.4, video)
+    assert line == "| single_adapter | 3.39 | 40.0 | 60.0 | 300.0 | 100.0 | 50.0 | 12 |"
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--tasks", "audio"], "--tasks"),
+    (["--tasks", "image", "--video-train", "5000"], "--video-train"),
+    (["--tasks", "video", "--video-train", "100"], "--video-train"),
+])
+def test_cli_refuses_a_bad_task_set_or_video_train_with_one_line_and_exit_2(
+        monkeypatch, capsys, args, named):
+    with pytest.raises(SystemExit) as exit_info:
+        synthetic_table1.parse_args(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0]
+
+
+def test_video_train_world_is_the_standard_world_with_more_video_train_clips(
+        tmp_path, monkeypatch):
+    standard = SimpleNamespace(seed=0, sizes=SplitSizes(3, 1, 2))
+    monkeypatch.setattr(synthetic_table1, "PretrainSettings", lambda: standard)
+    monkeypatch.setattr(synthetic_table1, "DEFAULT_SIZES", {
+        source: standard.sizes for source in ("images", "nlvr2", "videos")})
+    generate(tmp_path / "world", seed=0, sizes=standard.sizes)
+    grown = synthetic_table1.video_world(tmp_path / "world", 7)
+    assert grown == tmp_path / "world-video-train-7"
+    for task in synthetic_table1.TASK_SETS["video"]:
+        assert len((grown / task / "train.jsonl").read_text().splitlines()) == 7
+        for split in ("val", "test"):
+            assert (grown / task / f"{split}.jsonl").read_bytes() == \
+                (tmp_path / "world" / task / f"{split}.jsonl").read_bytes()
+    assert synthetic_table1.video_world(tmp_path / "world", None) == tmp_path / "world"

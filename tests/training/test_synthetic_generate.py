@@ -189,3 +189,50 @@ def test_module_main_writes_world(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert (tmp_path / "world.json").is_file()
     assert "tvqa" in capsys.readouterr().out
     assert json.loads((tmp_path / "world.json").read_text())["sizes"]["videos"]["train"] == 2
+
+
+VIDEO_TASKS = ("tvqa", "how2qa", "tvc", "yc2c")
+NO_STILLS = {"images": SplitSizes(0, 0, 0), "nlvr2": SplitSizes(0, 0, 0)}
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_extra_video_train_clips_keep_every_clip_and_row_of_the_world_without_them(
+    tmp_path: Path,
+) -> None:
+    """A larger video train split (the benchmark's) keeps the standard world's val and test
+    clips byte for byte, and its train clips as the first ones; ids stay unique."""
+    standard = generate(tmp_path / "a", seed=3, sizes={**NO_STILLS, "videos": SplitSizes(5, 2, 2)})
+    larger = generate(tmp_path / "b", seed=3,
+                      sizes={**NO_STILLS, "videos": SplitSizes(5, 2, 2, extra_train=6)})
+    for task in VIDEO_TASKS:
+        for split in ("val", "test"):
+            assert larger[task][split].read_bytes() == standard[task][split].read_bytes()
+        train = _rows(larger[task]["train"])
+        assert len(train) == 11 and train[:5] == _rows(standard[task]["train"])
+    assert _digest(tmp_path / "a" / "videos").items() <= _digest(tmp_path / "b" / "videos").items()
+    assert len(list((tmp_path / "b" / "videos").iterdir())) == 15
+    qids = [row["qid"] for split in ("train", "val", "test")
+            for row in _rows(larger["tvqa"][split])]
+    assert len(set(qids)) == len(qids) == 15
+    subtitles = _rows(subtitles_path(tmp_path / "b"))
+    assert _rows(subtitles_path(tmp_path / "a")) == subtitles[:9] and len(subtitles) == 15
+    extra_clips = {row["vid_name"] for row in _rows(larger["tvqa"]["train"])[5:]}
+    assert extra_clips == {f"clip_train_{index:05d}" for index in range(5, 11)}
+
+
+def test_extra_train_is_refused_for_image_sources(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"sizes\['images'\].extra_train"):
+        generate(tmp_path, sizes={"images": SplitSizes(2, 1, 1, extra_train=3)})
+    with pytest.raises(ValueError, match=">= 0"):
+        SplitSizes(train=1, val=1, test=1, extra_train=-1)
+
+
+def test_module_main_adds_extra_video_train_clips(tmp_path: Path) -> None:
+    args = ["--train", "2", "--val", "1", "--test", "1", "--extra-video-train", "3"]
+    assert main([str(tmp_path), *args]) == 0
+    assert len(_rows(tmp_path / "tvqa" / "train.jsonl")) == 5
+    assert len(json.loads((tmp_path / "vqa" / "train.json").read_text())) == 3 * 2
+    assert main([str(tmp_path / "bad"), "--extra-video-train", "-1"]) == 1

@@ -1,9 +1,11 @@
-"""``python -m training.synthetic OUT_DIR [--seed N] [--train N --val N --test N]``."""
+"""``python -m training.synthetic OUT_DIR [--seed N] [--train N --val N --test N]
+[--extra-video-train N]``."""
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 
 from modeling.cli_parser import OneLineParser
 from training.synthetic.generate import DEFAULT_SIZES, SplitSizes, generate
@@ -19,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--val", type=int, help="scenes per source in val")
     parser.add_argument("--test", type=int, help="scenes per source in test")
+    parser.add_argument("--extra-video-train", type=int, default=0,
+                        help="more train clips for the video tasks, drawn after the others: "
+                        "every clip of the world without them stays as it is")
     args = parser.parse_args(argv)
     default = DEFAULT_SIZES["images"]
     started = time.perf_counter()
@@ -29,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
             test=default.test if args.test is None else args.test,
         )
         uses_defaults = all(value is None for value in (args.train, args.val, args.test))
-        paths = generate(args.out_dir, seed=args.seed, sizes=None if uses_defaults else sizes)
+        per_source = dict(DEFAULT_SIZES) if uses_defaults else dict.fromkeys(DEFAULT_SIZES, sizes)
+        per_source["videos"] = replace(per_source["videos"], extra_train=args.extra_video_train)
+        paths = generate(args.out_dir, seed=args.seed, sizes=per_source)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -12,7 +12,8 @@ Layout under ``out_dir``::
     subtitles.jsonl                 subtitles of every clip
 
 Each source (``images``, ``nlvr2``, ``videos``) draws from its own generator seeded by
-``(seed, source index)``, so the output is a function of the seed and the sizes only.
+``(seed, source index)``, so the output is a function of the seed and the sizes only; the
+videos' extra train clips (``SplitSizes.extra_train``) draw from ``(seed, source index, 1)``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from training.synthetic.world import (
     COLOURS,
     DIRECTIONS,
     SHAPES,
+    Clip,
     Scene,
     WorldConfig,
     render_clip,
@@ -48,22 +50,30 @@ RESTVAL_EVERY = 5
 NLVR2_TRIES = 20
 SUBTITLES_FILE = "subtitles.jsonl"
 WORLD_FILE = "world.json"
+# Third seed word of the extra train clips' stream ([seed, source index] seeds a source's own).
+EXTRA_TRAIN_STREAM = 1
 
 
 @dataclass(frozen=True)
 class SplitSizes:
-    """Scenes per split: images, NLVR2 image pairs or videos."""
+    """Scenes per split: images, NLVR2 image pairs or videos.
+
+    ``extra_train`` scenes (videos only) join the train split after the others, drawn after
+    val and test from their own random stream: a world with them keeps every scene, row and
+    id of the world without them (same val and test, same first ``train`` train scenes).
+    """
 
     train: int
     val: int
     test: int
+    extra_train: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.train, self.val, self.test) < 0:
+        if min(self.train, self.val, self.test, self.extra_train) < 0:
             raise ValueError(f"split sizes must be >= 0, got {self}")
 
     def items(self) -> list[tuple[str, int]]:
-        """``[("train", n), ("val", n), ("test", n)]``."""
+        """``[("train", n), ("val", n), ("test", n)]``, without ``extra_train``."""
         return [(split, getattr(self, split)) for split in SPLITS]
 
 
@@ -265,43 +275,66 @@ def _caption_row(
     }  # fmt: skip
 
 
+def _video_segments(
+    sizes: SplitSizes, rng: np.random.Generator, extra_rng: np.random.Generator
+) -> list[tuple[str, int, int, np.random.Generator]]:
+    """``(split, first clip index, clips, stream)`` in drawing order: train, val and test
+    from the videos' stream, then ``extra_train`` more train clips from their own, so the
+    extra clips change nothing drawn before them."""
+    segments = [(split, 0, n_clips, rng) for split, n_clips in sizes.items()]
+    return segments + [("train", sizes.train, sizes.extra_train, extra_rng)]
+
+
+def _write_clip(
+    out: Path, clip_name: str, rng: np.random.Generator, config: WorldConfig
+) -> tuple[Clip, dict]:
+    """Draw and render one clip; -> (clip, its subtitles row)."""
+    clip = sample_clip(rng, config)
+    (out / "videos" / clip_name).mkdir(parents=True, exist_ok=True)
+    for frame_index, frame in enumerate(render_clip(clip, rng, config)):
+        frame.save(out / "videos" / clip_name / f"frame_{frame_index:03d}.png")
+    lines = video_tasks.subtitle_lines(clip, rng)
+    timed = [{"text": text, "start": 2.0 * k, "end": 2.0 * k + 2.0} for k, text in enumerate(lines)]
+    return clip, {"vid_name": clip_name, "sub": timed}
+
+
 def _write_video_tasks(
-    out: Path, rng: np.random.Generator, sizes: SplitSizes, config: WorldConfig, vocab: _Vocabulary
+    out: Path,
+    rngs: tuple[np.random.Generator, np.random.Generator],
+    sizes: SplitSizes,
+    config: WorldConfig,
+    vocab: _Vocabulary,
 ) -> dict[str, dict[str, Path]]:
-    """Clips shared by TVQA, How2QA, TVC and YouCook2 captions, and one subtitles file."""
+    """Clips shared by TVQA, How2QA, TVC and YouCook2 captions, and one subtitles file;
+    `rngs`: the videos' stream and the extra train clips' stream (`_video_segments`)."""
     subtitles: list[dict] = []
-    paths: dict[str, dict[str, Path]] = {task: {} for task in ("tvqa", "how2qa", "tvc", "yc2c")}
+    tasks = ("tvqa", "how2qa", "tvc", "yc2c")
+    rows: dict[str, dict[str, list[dict]]] = {split: {t: [] for t in tasks} for split in SPLITS}
     clip_number = 0
-    for split, n_clips in sizes.items():
-        rows: dict[str, list[dict]] = {task: [] for task in paths}
-        for index in range(n_clips):
+    for split, first, n_clips, rng in _video_segments(sizes, *rngs):
+        for index in range(first, first + n_clips):
             clip_number += 1
-            clip = sample_clip(rng, config)
             clip_name = f"clip_{split}_{index:05d}"
-            (out / "videos" / clip_name).mkdir(parents=True, exist_ok=True)
-            for frame_index, frame in enumerate(render_clip(clip, rng, config)):
-                frame.save(out / "videos" / clip_name / f"frame_{frame_index:03d}.png")
-            lines = video_tasks.subtitle_lines(clip, rng)
-            timed = [
-                {"text": text, "start": 2.0 * k, "end": 2.0 * k + 2.0}
-                for k, text in enumerate(lines)
-            ]
-            subtitles.append({"vid_name": clip_name, "sub": timed})
+            clip, subtitle_row = _write_clip(out, clip_name, rng, config)
+            subtitles.append(subtitle_row)
             tvqa = video_tasks.tvqa_question(clip, rng)
             how2qa = video_tasks.how2qa_question(clip, rng)
             # Question type: the asked shape's motion, so results split per direction.
-            rows["tvqa"].append(_video_qa_row(clip_name, clip_number, tvqa, config,
-                                              tvqa[1][tvqa[2]]))
+            rows[split]["tvqa"].append(_video_qa_row(clip_name, clip_number, tvqa, config,
+                                                     tvqa[1][tvqa[2]]))
             asked = next(m for m in clip.movers if m.colour == how2qa[1][how2qa[2]])
-            rows["how2qa"].append(_video_qa_row(clip_name, clip_number, how2qa, config,
-                                                asked.direction))
+            rows[split]["how2qa"].append(_video_qa_row(clip_name, clip_number, how2qa, config,
+                                                       asked.direction))
             for task, descriptions in (
                 ("tvc", video_tasks.tvc_descriptions(clip)),
                 ("yc2c", video_tasks.yc2c_descriptions(clip)),
             ):
-                rows[task].append(_caption_row(clip_name, clip_number, descriptions, config))
+                rows[split][task].append(_caption_row(clip_name, clip_number, descriptions,
+                                                      config))
                 vocab.add_captions(split, descriptions)
-        for task, task_rows in rows.items():
+    paths: dict[str, dict[str, Path]] = {task: {} for task in tasks}
+    for split, split_rows in rows.items():
+        for task, task_rows in split_rows.items():
             paths[task][split] = out / task / f"{split}.jsonl"
             _write_jsonl(paths[task][split], task_rows)
     _write_jsonl(subtitles_path(out), subtitles)
@@ -312,11 +345,16 @@ def _resolve_sizes(sizes: SplitSizes | Mapping[str, SplitSizes] | None) -> dict[
     if sizes is None:
         return dict(DEFAULT_SIZES)
     if isinstance(sizes, SplitSizes):
-        return dict.fromkeys(SOURCES, sizes)
+        sizes = dict.fromkeys(SOURCES, sizes)
     unknown = set(sizes) - set(SOURCES)
     if unknown:
         raise ValueError(f"unknown size keys {sorted(unknown)}; known: {', '.join(SOURCES)}")
-    return {source: sizes.get(source, DEFAULT_SIZES[source]) for source in SOURCES}
+    resolved = {source: sizes.get(source, DEFAULT_SIZES[source]) for source in SOURCES}
+    extra = [source for source in SOURCES if source != "videos" and resolved[source].extra_train]
+    if extra:
+        raise ValueError(f"sizes[{extra[0]!r}].extra_train: only 'videos' takes extra train "
+                         f"scenes, got {resolved[extra[0]].extra_train}")
+    return resolved
 
 
 def _world_description(
@@ -363,6 +401,7 @@ def generate(
         seed: the only source of randomness: same seed and sizes, same bytes.
         sizes: scenes per split for every source (one ``SplitSizes``) or per source
             (``{"images": ..., "nlvr2": ..., "videos": ...}``); defaults ``DEFAULT_SIZES``.
+            ``extra_train`` (videos only) adds train clips without changing the others.
         config: image and video geometry.
 
     Returns:
@@ -375,9 +414,11 @@ def generate(
     config = config or WorldConfig()
     vocab = _Vocabulary()
     rngs = {source: np.random.default_rng([seed, index]) for index, source in enumerate(SOURCES)}
+    extra_rng = np.random.default_rng([seed, SOURCES.index("videos"), EXTRA_TRAIN_STREAM])
     paths = _write_image_tasks(out, rngs["images"], resolved["images"], config, vocab)
     paths["nlvr2"] = _write_nlvr2(out, rngs["nlvr2"], resolved["nlvr2"], config, vocab)
-    paths.update(_write_video_tasks(out, rngs["videos"], resolved["videos"], config, vocab))
+    paths.update(_write_video_tasks(out, (rngs["videos"], extra_rng), resolved["videos"],
+                                    config, vocab))
     ordered = {task: paths[task] for task in TASKS}
     world = _world_description(out, seed, resolved, config, vocab, ordered)
     _write_json(out / WORLD_FILE, world)
