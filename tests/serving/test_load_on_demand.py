@@ -12,6 +12,7 @@ A registry of its own (module scope): the `broken` artifact's blob is corrupted 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -235,6 +236,17 @@ def errors(server: Server, code: str) -> float:
                                                     {"code": code}) or 0.0
 
 
+
+def soon(condition, seconds: float = 30.0) -> bool:
+    """Whether `condition()` holds within `seconds` (polled every 0.1 s): for what another
+    thread of the server does after the call under test returned."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        threading.Event().wait(0.1)
+    return True
+
 def test_a_deadline_that_passes_during_an_on_demand_load_ends_only_that_wait(on_demand):
     gate = threading.Event()
     reads = count_reads(on_demand, "beta", gate)  # beta's registry read waits for the gate
@@ -246,11 +258,8 @@ def test_a_deadline_that_passes_during_an_on_demand_load_ends_only_that_wait(on_
                 inference.Predict(request_for("vqa", "beta", seed=1), timeout=2.0)
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             # The server ended the impatient call while the load is still held at the gate.
-            for _ in range(300):
-                if errors(on_demand, "DEADLINE_EXCEEDED") == 1:
-                    break
-                threading.Event().wait(0.1)
-            assert errors(on_demand, "DEADLINE_EXCEEDED") == 1 and not patient.done()
+            assert soon(lambda: errors(on_demand, "DEADLINE_EXCEEDED") == 1)
+            assert not patient.done()
         finally:
             gate.set()
         answer = patient.result()
@@ -266,18 +275,12 @@ def test_a_call_cancelled_during_an_on_demand_load_ends_only_that_wait(on_demand
     with channel, ThreadPoolExecutor(1) as pool:
         cancelled = inference.Predict.future(request_for("vqa", "beta", seed=1), timeout=120)
         try:
-            for _ in range(300):  # its server thread started the load and waits on it
-                if reads:
-                    break
-                threading.Event().wait(0.1)
+            soon(lambda: reads)  # its server thread started the load and waits on it
             patient = pool.submit(inference.Predict, request_for("vqa", "beta"), timeout=120)
             assert reads == ["beta:1"] and cancelled.cancel()
             # The server thread of the cancelled call returned while the load is held.
-            for _ in range(300):
-                if errors(on_demand, "CANCELLED") == 1:
-                    break
-                threading.Event().wait(0.1)
-            assert errors(on_demand, "CANCELLED") == 1 and not patient.done()
+            assert soon(lambda: errors(on_demand, "CANCELLED") == 1)
+            assert not patient.done()
         finally:
             gate.set()
         answer = patient.result()
