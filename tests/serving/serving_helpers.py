@@ -12,7 +12,9 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from prometheus_client import generate_latest
@@ -30,7 +32,7 @@ from modeling.tasks import TASKS, TaskKind, VisualInput
 from modeling.tokenizer import build_word_tokenizer
 from serving.config import ServeConfig
 from serving.metrics import ServerMetrics
-from serving.protos import inference_pb2
+from serving.protos import inference_pb2, repository_pb2, repository_pb2_grpc
 from serving.server import Server
 from training.artifact import write_artifact
 
@@ -184,3 +186,13 @@ def direct(backbone: VLBackbone, model: AdapterModel, message) -> tuple[str, lis
 def metrics_text(metrics: ServerMetrics) -> str:
     """The Prometheus text exposition of every metric of `metrics`, as a scrape reads it."""
     return generate_latest(metrics.registry).decode("utf-8")
+
+
+def load_refusal(channel, name: str):
+    """The error a Repository.Load of adapter `name` over `channel` answers with (the test
+    fails if the load succeeds): a grpc.RpcError."""
+    request = repository_pb2.LoadRequest()
+    request.adapter.name = name
+    with pytest.raises(grpc.RpcError) as caught:
+        repository_pb2_grpc.RepositoryStub(channel).Load(request, timeout=30)
+    return caught.value

@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 import torch
-from serving_helpers import WORDS, Published, direct, random_adapter, request_for
+from serving_helpers import WORDS, Published, direct, load_refusal, random_adapter, request_for
 
 from adapters_registry import Registry
 from benchmarks.florence2_sizes import sized_config, write_random
@@ -17,7 +17,7 @@ from modeling.recipe import MethodEntry
 from modeling.tasks import TASKS
 from modeling.tokenizer import build_word_tokenizer
 from serving.config import ServeConfig
-from serving.protos import inference_pb2_grpc, repository_pb2, repository_pb2_grpc
+from serving.protos import inference_pb2_grpc
 from serving.server import Server
 from serving.vision_backends import export_vision_onnx, make_vision_encoder, require_vit_tower
 from training.artifact import write_artifact
@@ -91,12 +91,9 @@ def test_every_task_served_on_florence2_equals_the_modeling_api(channel, publish
 
 
 def test_an_adapter_trained_on_another_family_is_refused(channel):
-    request = repository_pb2.LoadRequest()
-    request.adapter.name = "bart-adapter"
-    with pytest.raises(grpc.RpcError) as caught:
-        repository_pb2_grpc.RepositoryStub(channel).Load(request, timeout=30)
-    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "base model" in caught.value.details()
+    refusal = load_refusal(channel, "bart-adapter")
+    assert refusal.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "base model" in refusal.details()
 
 
 def test_the_florence2_tower_serves_from_onnx_and_only_the_kserve_vision_model_is_refused(

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from kserve_helpers import kserve_inputs, kserve_parameters
-from serving_helpers import WORDS, random_adapter, request_for
+from serving_helpers import WORDS, load_refusal, random_adapter, request_for
 from tritonclient.utils import InferenceServerException
 
 from adapters_registry import Registry
@@ -24,7 +24,7 @@ from modeling.recipe import MethodEntry
 from modeling.tasks import TASKS
 from modeling.tokenizer import build_word_tokenizer
 from serving.config import ServeConfig
-from serving.protos import inference_pb2, inference_pb2_grpc, repository_pb2, repository_pb2_grpc
+from serving.protos import inference_pb2, inference_pb2_grpc
 from serving.server import Server
 from training.artifact import write_artifact
 
@@ -139,11 +139,7 @@ def test_nlvr2_is_a_task_this_backbone_cannot_run_on_both_protocols(served):
 
 def test_an_adapter_with_a_task_the_backbone_cannot_run_is_refused_at_load(served):
     _, server = served
-    request = repository_pb2.LoadRequest()
-    request.adapter.name = "paired"
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        with pytest.raises(grpc.RpcError) as excinfo:
-            repository_pb2_grpc.RepositoryStub(channel).Load(request, timeout=30)
-    assert excinfo.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "task 'nlvr2' cannot run on this backbone: 2 image(s) x 145" in \
-        excinfo.value.details()
+        refusal = load_refusal(channel, "paired")
+    assert refusal.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "task 'nlvr2' cannot run on this backbone: 2 image(s) x 145" in refusal.details()
