@@ -247,6 +247,14 @@ def soon(condition, seconds: float = 30.0) -> bool:
         threading.Event().wait(0.1)
     return True
 
+
+def check_one_shared_load(server, reads: list[str], answer) -> None:
+    """The patient request got beta:1 from the one registry read both calls shared, and
+    the load stayed cached after the other call stopped waiting."""
+    assert (answer.adapter_name, answer.adapter_version) == ("beta", 1)
+    assert reads == ["beta:1"] and on_demand_loads(server) == 1
+    assert server.store.entry(("beta", 1)) is not None
+
 def test_a_deadline_that_passes_during_an_on_demand_load_ends_only_that_wait(on_demand):
     gate = threading.Event()
     reads = count_reads(on_demand, "beta", gate)  # beta's registry read waits for the gate
@@ -263,9 +271,7 @@ def test_a_deadline_that_passes_during_an_on_demand_load_ends_only_that_wait(on_
         finally:
             gate.set()
         answer = patient.result()
-    assert (answer.adapter_name, answer.adapter_version) == ("beta", 1)
-    assert reads == ["beta:1"] and on_demand_loads(on_demand) == 1  # one load, shared
-    assert on_demand.store.entry(("beta", 1)) is not None
+    check_one_shared_load(on_demand, reads, answer)
 
 
 def test_a_call_cancelled_during_an_on_demand_load_ends_only_that_wait(on_demand):
@@ -284,6 +290,4 @@ def test_a_call_cancelled_during_an_on_demand_load_ends_only_that_wait(on_demand
         finally:
             gate.set()
         answer = patient.result()
-    assert (answer.adapter_name, answer.adapter_version) == ("beta", 1)
-    assert reads == ["beta:1"] and on_demand_loads(on_demand) == 1  # one load, shared
-    assert on_demand.store.entry(("beta", 1)) is not None
+    check_one_shared_load(on_demand, reads, answer)
