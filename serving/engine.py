@@ -60,6 +60,7 @@ from serving.requests import (
     Prediction,
     Request,
     RequestError,
+    call_cancelled,
     deadline_exceeded,
     error_for,
     time_left,
@@ -248,7 +249,7 @@ class Engine:
                 return deadline_exceeded("the answer was ready")
             if request.cancelled.is_set():
                 self.stats["cancelled"] += 1
-                return RequestError(grpc.StatusCode.CANCELLED, "the call was cancelled")
+                return call_cancelled("the answer was ready")
             return None
 
         for waiting in (self._loading, self._ready):
