@@ -81,5 +81,4 @@ def check_fits(adapter_set: AdapterSet, facts: BackboneFacts, task: str | None =
     _check_prompt_and_prefix(adapter_set, facts)
     _check_overrides(adapter_set, facts)
     if task in TASKS and facts.config is not None:
-        prompt = adapter_set.prompt
-        facts.config.check_task_fits(TASKS[task], 0 if prompt is None else prompt.shape[0])
+        facts.config.check_task_fits(TASKS[task], adapter_set.prompt_len())

@@ -123,6 +123,10 @@ class AdapterSet:
     def nbytes(self) -> int:
         return unique_nbytes([self])
 
+    def prompt_len(self) -> int:
+        """The prompt-tuning vectors this set puts before the encoder input (0: none)."""
+        return 0 if self.prompt is None else self.prompt.shape[0]
+
     def prefix_len(self) -> int:
         lengths = {p.key.shape[1] for p in self.prefix.values()}
         if len(lengths) > 1:

@@ -448,5 +448,4 @@ class Engine:
 
 def _prompt_vectors(request: Request) -> int:
     """The prompt-tuning vectors the request's adapter set puts before its encoder input."""
-    prompt = request.adapter.serve[request.task.name].prompt
-    return 0 if prompt is None else prompt.shape[0]
+    return request.adapter.serve[request.task.name].prompt_len()

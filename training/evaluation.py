@@ -35,7 +35,7 @@ def predict(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
         adapter_set = adapters.materialize(task)
         bank = build_bank([adapter_set], backbone.frozen_tensors(),
                                 backbone.config.d_model, next(backbone.lm.parameters()))
-        prompt_vectors = 0 if adapter_set.prompt is None else adapter_set.prompt.shape[0]
+        prompt_vectors = adapter_set.prompt_len()
     # Each text gets what its visual tokens and the prompt vectors leave of the positions.
     text_budget = partial(backbone.config.text_budget, prompt_vectors=prompt_vectors)
     predictions = {}

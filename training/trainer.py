@@ -158,8 +158,7 @@ class Trainer:
         if self.full is not None:
             return dict.fromkeys(self.tasks, 0)
         with torch.no_grad():
-            prompts = {task: self.model.materialize(task).prompt for task in self.tasks}
-        return {task: 0 if p is None else p.shape[0] for task, p in prompts.items()}
+            return {task: self.model.materialize(task).prompt_len() for task in self.tasks}
 
     def _check_tasks_fit(self, prompt_vectors: dict[str, int]) -> None:
         """Refuse the run (ConfigError: one CLI line) when a task's largest input and its
