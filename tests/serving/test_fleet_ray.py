@@ -190,8 +190,9 @@ def _each_replica(call, answer, replicas: int = 2, tries: int = 60) -> dict[str,
 
 
 def test_an_adapters_requests_land_on_a_replica_that_holds_it(fleet, channel):
-    """With the multiplexed id (as Client sends it) each adapter keeps to one replica;
-    without it Ray Serve spreads the same requests over both (so the check can fail)."""
+    """With the multiplexed id (as Client sends it) each request lands on a replica that
+    holds its adapter, an adapter one replica holds keeps to that one; without it Ray
+    Serve spreads the same requests over both (so the check can fail)."""
     stub = inference_pb2_grpc.InferenceStub(channel)
     names = ("alpha", "beta", "gamma")
     # A first request each: one replica loads it (if none held it) and reports it.
@@ -204,7 +205,11 @@ def test_an_adapters_requests_land_on_a_replica_that_holds_it(fleet, channel):
             assert name in held[replica], \
                 f"{name} seed {seed} went to {replica}, which did not hold it: {held}"
             landed[name][replica] += 1
-    assert all(len(replicas) == 1 for replicas in landed.values()), (landed, held)
+    # An adapter one replica holds keeps to it; one that both hold (an earlier test's
+    # requests may have loaded it on both) may go to either, each holding it (checked above).
+    holders = {name: {r for r, ids in held.items() if name in ids} for name in names}
+    assert all(len(landed[name]) == 1 for name in names if len(holders[name]) == 1), \
+        (landed, held)
     assert len({r for replicas in landed.values() for r in replicas}) == 2, landed
     unrouted = Counter(_predict(stub, request_for("vqa", "alpha", seed=seed), routed=False)[1]
                        for seed in range(16))
