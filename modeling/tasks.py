@@ -152,13 +152,20 @@ class TaskSpec:
         Training data readers and the server both build inputs here.
         """
         if self.kind is TaskKind.MULTIPLE_CHOICE:
-            options = " ".join(f"a{index}: {choice}" for index, choice in enumerate(choices))
-            body = f"[Q] {text.strip()} [Choices] {options}"
+            body = choice_body(text, choices)
             return self.format_source(f"[Subs] {subtitles} {body}" if subtitles else body,
                                       family)
         if self.kind is TaskKind.VIDEO_CAPTIONING:
             return self.format_source(f"[Subs] {subtitles}" if subtitles else "", family)
         return self.format_source(text, family)
+
+
+def choice_body(text: str, choices: Sequence[str]) -> str:
+    """A question with its numbered options, as VL-Adapter writes multiple choice:
+    ``"[Q] which way does the red circle move ? [Choices] a0: left a1: up ..."``; the answer
+    is the label ``a{index}`` of the right option (`TaskSpec.candidate_labels`)."""
+    options = " ".join(f"a{index}: {choice}" for index, choice in enumerate(choices))
+    return f"[Q] {text.strip()} [Choices] {options}"
 
 
 TASKS: dict[str, TaskSpec] = {

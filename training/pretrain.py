@@ -25,7 +25,7 @@ from tqdm import tqdm
 from modeling.backbone import VLBackbone
 from modeling.config import preset
 from modeling.inputs import VisualTokens, image_processor, images_to_pixels, make_batch
-from modeling.tasks import DEFAULT_FAMILY, get_task
+from modeling.tasks import DEFAULT_FAMILY, choice_body, get_task
 from training.adapter_step import sequence_loss
 from training.batches import training_target
 from training.config import TaskData, load_task_split
@@ -45,6 +45,8 @@ PRETRAIN_SEED = 1000
 VIDEO_TASKS = ("tvqa", "how2qa", "tvc", "yc2c")
 LOG_FILE = "pretrain_log.json"
 MOTION_QUESTIONS = "motion"
+CHOICE_QUESTIONS = "choice"
+MAX_CHOICES = 5
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,10 @@ class PretrainSettings:
 
     mix: (group, weight) pairs; each batch row is drawn from a group with probability
     weight / sum, then uniformly within it. The groups are `PRETRAIN_TASKS` and
-    `MOTION_QUESTIONS` (open questions about each clip's shapes' motion). Sampling by
-    example count instead gave video ~10% of the rows, and the LM never learned to name
-    motion (README, "The bundled benchmark").
+    `MOTION_QUESTIONS` (open questions about each clip's shapes' motion) and
+    `CHOICE_QUESTIONS` (the image questions with numbered options). Sampling by example
+    count instead gave video ~10% of the rows, and the LM never learned to name motion
+    (README, "The bundled benchmark").
     """
 
     steps: int = 1500
@@ -65,7 +68,8 @@ class PretrainSettings:
     seed: int = 0
     sizes: SplitSizes = SplitSizes(600, 100, 100)
     mix: tuple[tuple[str, float], ...] = (
-        ("caption", 1.0), ("vqa", 1.0), ("gqa", 1.0), ("tvc", 2.0), (MOTION_QUESTIONS, 2.0))
+        ("caption", 1.0), ("vqa", 1.0), ("gqa", 1.0), ("tvc", 2.0), (MOTION_QUESTIONS, 2.0),
+        (CHOICE_QUESTIONS, 1.5))
 
 
 def world_examples(root: Path, split: str, tasks, family: str = DEFAULT_FAMILY
@@ -112,12 +116,48 @@ def motion_questions(captions: list[Example], family: str = DEFAULT_FAMILY) -> l
     return list(questions.values())
 
 
-def training_groups(train: list[Example], family: str = DEFAULT_FAMILY
+def choice_questions(questions: list[Example], seed: int, family: str = DEFAULT_FAMILY
+                     ) -> list[Example]:
+    """Each image question again, answered by picking its answer among numbered options:
+    ``"vqa: [Q] what colour is the square ? [Choices] a0: blue a1: red"`` -> ``"a1"``
+    (`choice_body`, the format of the video multiple-choice tasks). The options are the
+    right answer and up to `MAX_CHOICES` - 1 others that questions of its type have as
+    best answer, in a seeded order. VL-T5's pre-training has no multiple choice, so a small
+    LM meets the "answer with an option's label" skill only downstream, where TVQA needed
+    some 3,500 batches before leaving chance (README, "The bundled benchmark"); learnt here
+    on still images, the video tasks downstream still need motion read from frames."""
+    rng = np.random.default_rng(seed)
+    answers_of: dict[str | None, list[str]] = {}
+    for question in questions:
+        answers = answers_of.setdefault(question.question_type, [])
+        if question.targets[0] not in answers:
+            answers.append(question.targets[0])
+    posed = []
+    for question in questions:
+        right = question.targets[0]
+        others = [a for a in answers_of[question.question_type] if a != right]
+        picked = rng.permutation(len(others))[:MAX_CHOICES - 1].tolist()
+        options = [right] + [others[i] for i in picked]
+        options = [options[i] for i in rng.permutation(len(options)).tolist()]
+        if len(options) < 2:
+            continue  # a type with one answer only has nothing to choose between
+        label = options.index(right)
+        posed.append(Example(
+            question.task, f"{question.example_id}/choice", question.visual_ids,
+            get_task(question.task).format_source(choice_body(question.text, options), family),
+            targets=(f"a{label}",), choices=tuple(options), label=label,
+            question_type=question.question_type, text=question.text))
+    return posed
+
+
+def training_groups(train: list[Example], seed: int, family: str = DEFAULT_FAMILY
                     ) -> dict[str, list[Example]]:
-    """The pre-training world's train examples by `PretrainSettings.mix` group (motion
-    questions prompted for a backbone of `family`)."""
+    """The pre-training world's train examples by `PretrainSettings.mix` group (motion and
+    choice questions prompted for a backbone of `family`; the options' order drawn from
+    `seed`)."""
     groups = {task: [e for e in train if e.task == task] for task in PRETRAIN_TASKS}
     groups[MOTION_QUESTIONS] = motion_questions(groups["tvc"], family)
+    groups[CHOICE_QUESTIONS] = choice_questions(groups["vqa"] + groups["gqa"], seed, family)
     return groups
 
 
@@ -164,7 +204,7 @@ def prepare(data: Path, settings: PretrainSettings
     config = preset("small")
     every = world_examples(data / "world", "train", main_paths, config.family)
     train = training_groups(world_examples(data / "pretrain-world", "train", PRETRAIN_TASKS,
-                                           config.family), config.family)
+                                           config.family), settings.seed, config.family)
     corpus = every + [e for group in train.values() for e in group]
     tokenizer = corpus_tokenizer(corpus, config.lm_type, config.lm["vocab_size"])
     torch.manual_seed(settings.seed)
@@ -252,7 +292,8 @@ def motion_accuracy(predictions: dict[str, str], examples: list[Example]) -> flo
 
 
 def answers_right(answers: dict[str, str], questions: list[Example]) -> float:
-    """Percent of `motion_questions` whose answer is their direction word. Chance: 20."""
+    """Percent of `questions` answered with their one target: a direction word
+    (`motion_questions`, chance 20) or an option's label (`choice_questions`)."""
     right = sum(answers.get(q.example_id, "").strip() == q.targets[0] for q in questions)
     return 100.0 * right / max(len(questions), 1)
 
@@ -268,8 +309,9 @@ def motion_answer_accuracy(backbone: VLBackbone, captions: list[Example],
 def check_attributes(backbone: VLBackbone, root: Path, out: Path) -> dict:
     """Per question type accuracy of the pre-trained backbone on its own world's val split
     (the note's advice: know what the frozen model can see before comparing methods), and
-    for video captions whether they give each shape its motion, and whether it answers
-    how each shape moves when asked (chance: 20 for both)."""
+    whether it picks the right option's label when the image questions come with numbered
+    options (`choice_questions`), and for video captions whether they give each shape its
+    motion, and whether it answers how each shape moves when asked (chance: 20 for both)."""
     report = {}
     for task, folder in (("vqa", "images"), ("gqa", "images"), ("tvc", "videos")):
         val = world_examples(root, "val", [task], backbone.config.family)
@@ -277,6 +319,10 @@ def check_attributes(backbone: VLBackbone, root: Path, out: Path) -> dict:
                                 backbone.fingerprint())
         predictions = predict(backbone, None, task, val, features)
         report[task] = evaluate(task, predictions, val, use_java=False)
+        if task in ("vqa", "gqa"):
+            posed = choice_questions(val, 0, backbone.config.family)
+            report[task]["choice"] = answers_right(
+                predict(backbone, None, task, posed, features), posed)
         if task == "tvc":
             report[task] = {"CIDEr": report[task]["CIDEr"],
                             "motion": motion_accuracy(predictions, val),
