@@ -13,8 +13,10 @@ from modeling.tasks import FAMILY_PROMPTS
 from training.cli import build_parser, main, pretrain_settings
 from training.data import Example
 from training.pretrain import (
+    MAX_CHOICES,
     MOTION_QUESTIONS,
     PretrainSettings,
+    choice_questions,
     motion_accuracy,
     motion_questions,
     pretrain,
@@ -39,6 +41,7 @@ def test_pretrain_writes_a_reusable_backbone_with_an_attribute_report(tmp_path):
     assert {"vqa", "gqa", "tvc"} <= set(report) and "accuracy/colour" in report["vqa"]
     assert 0.0 <= report["tvc"]["motion"] <= 100.0
     assert 0.0 <= report["tvc"]["motion/question"] <= 100.0
+    assert all(0.0 <= report[task]["choice"] <= 100.0 for task in ("vqa", "gqa"))
     fingerprint = backbone.fingerprint()
     log = json.loads((tmp_path / "backbone" / "pretrain_log.json").read_text())
     assert log["fingerprint"] == fingerprint and len(log["loss"]) == 2
@@ -165,3 +168,33 @@ def test_a_batch_draws_rows_by_mix_weight_not_by_example_count():
     tvc_ids = [row.example_id for row in batches[0] if row.task == "tvc"]
     assert len(set(tvc_ids)) == len(tvc_ids)  # distinct where the group has enough
 
+
+
+def _question(qid: str, text: str, answer: str, question_type: str) -> Example:
+    return Example("vqa", qid, ("img",), f"vqa: {text}", targets=(answer,),
+                   question_type=question_type, text=text)
+
+
+def test_choice_questions_put_each_answer_among_answers_of_its_type_and_target_its_label():
+    questions = [_question(f"c{i}", "what colour is the circle ?", colour, "colour")
+                 for i, colour in enumerate(("red", "blue", "green", "yellow", "purple",
+                                             "orange", "red"))]
+    questions.append(_question("e0", "is there a square ?", "yes", "exist"))
+    questions.append(_question("e1", "is there a circle ?", "no", "exist"))
+    questions.append(_question("s0", "what shape is it ?", "circle", "shape"))  # alone
+    posed = {q.example_id: q for q in choice_questions(questions, seed=0)}
+    assert set(posed) == {f"c{i}/choice" for i in range(7)} | {"e0/choice", "e1/choice"}
+    for question in questions[:-1]:
+        choice = posed[f"{question.example_id}/choice"]
+        assert choice.targets == (f"a{choice.label}",)
+        assert choice.choices[choice.label] == question.targets[0]
+        assert len(set(choice.choices)) == len(choice.choices)
+        options = " ".join(f"a{i}: {o}" for i, o in enumerate(choice.choices))
+        assert choice.source_text == f"vqa: [Q] {question.text} [Choices] {options}"
+    colours = {"red", "blue", "green", "yellow", "purple", "orange"}
+    assert all(len(posed[f"c{i}/choice"].choices) == MAX_CHOICES
+               and set(posed[f"c{i}/choice"].choices) <= colours for i in range(7))
+    assert set(posed["e0/choice"].choices) == {"yes", "no"}
+    # The right option is not always first: the order is drawn.
+    assert len({posed[f"c{i}/choice"].label for i in range(7)}) > 1
+    assert choice_questions(questions, seed=0) == list(posed.values())  # seeded
