@@ -322,7 +322,8 @@ class Trainer:
         return written
 
     def log(self, record: dict) -> None:
-        """One JSONL line, and the numbers as TensorBoard scalars (train/* and eval/*)."""
+        """One JSONL line, and the numbers as TensorBoard scalars (train/*, train/loss/<task>
+        from `task_loss`, each task's mean loss since the last line, and eval/*)."""
         if self.rank != 0:
             return
         with open(self.out / "log.jsonl", "a") as f:
@@ -332,6 +333,8 @@ class Trainer:
         for key in ("loss", "lr", "steps_per_s", "score"):
             if key in record:
                 self.tensorboard.add_scalar(f"train/{key}", record[key], record["step"])
+        for task, loss in record.get("task_loss", {}).items():
+            self.tensorboard.add_scalar(f"train/loss/{task}", loss, record["step"])
         for task, metrics in record.get("eval", {}).items():
             for name, value in metrics.items():
                 self.tensorboard.add_scalar(f"eval/{task}/{name}", value, record["step"])
@@ -345,14 +348,21 @@ class Trainer:
         bar = tqdm(total=config.steps, initial=self.step, disable=not self.show_progress,
                    desc="train", dynamic_ncols=True)
         results: dict[str, dict[str, float]] = {}
+        # Each task's losses since the last log line: with tasks taken in turn, the step
+        # that lands on `log_every` is always the same task's, so its loss alone would
+        # hide the others.
+        recent: dict[str, list[float]] = {}
         while self.step < config.steps:
             record = self.train_step()
+            recent.setdefault(record["task"], []).append(record["loss"])
             bar.update(1)
             rate = (self.step - first_step) / max(time.time() - start, 1e-9)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                             steps_s=f"{rate:.2f}")
             if self.step % config.log_every == 0:
-                self.log({**record, "steps_per_s": rate})
+                task_loss = {t: sum(losses) / len(losses) for t, losses in sorted(recent.items())}
+                self.log({**record, "steps_per_s": rate, "task_loss": task_loss})
+                recent.clear()
             if self.eval_interval and self.step % self.eval_interval == 0:
                 results = self._eval_and_keep_best()
             if config.checkpoint_every and self.step % config.checkpoint_every == 0:

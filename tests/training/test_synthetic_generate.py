@@ -235,4 +235,12 @@ def test_module_main_adds_extra_video_train_clips(tmp_path: Path) -> None:
     assert main([str(tmp_path), *args]) == 0
     assert len(_rows(tmp_path / "tvqa" / "train.jsonl")) == 5
     assert len(json.loads((tmp_path / "vqa" / "train.json").read_text())) == 3 * 2
-    assert main([str(tmp_path / "bad"), "--extra-video-train", "-1"]) == 1
+
+
+
+def test_module_main_refuses_a_bad_size_in_one_line_with_exit_2(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "bad"), "--extra-video-train", "-1"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "extra" in error

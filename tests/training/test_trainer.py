@@ -122,6 +122,21 @@ def test_artifact_holds_only_trainable_tensors_and_a_full_manifest(world, tmp_pa
     assert steps[:3] == [2, 4, 6]
 
 
+def test_each_log_line_holds_every_task_trained_since_the_last_one(world, tmp_path):
+    """Round robin over 8 tasks with a line every 4 steps: the step on the line is always
+    one of the same tasks, yet together the lines show every task's loss."""
+    raw = {**world["raw"], "steps": 8, "log_every": 4, "sampling": "round_robin"}
+    trainer = Trainer(parse_config(raw), tmp_path, show_progress=False)
+    trainer.run()
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()
+             if '"task_loss"' in line]
+    assert [line["step"] for line in lines] == [4, 8]
+    assert all(len(line["task_loss"]) == 4 for line in lines)
+    assert set(lines[0]["task_loss"]) | set(lines[1]["task_loss"]) == set(TASKS)
+    # Each task ran once per line here, so its mean is that step's loss.
+    assert all(line["task_loss"][line["task"]] == line["loss"] for line in lines)
+
+
 def test_full_finetuning_writes_the_tuned_model_as_a_backbone_folder(world, tmp_path):
     raw = {**world["raw"], "steps": 1, "methods": [{"method": "full_finetuning"}],
            "tasks": {"vqa": world["raw"]["tasks"]["vqa"]}}

@@ -12,7 +12,8 @@ from training.synthetic.generate import DEFAULT_SIZES, SplitSizes, generate
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Generate the world and print one line per task file; returns the exit code."""
+    """Generate the world and print one line per task file; returns the exit code (a bad
+    size or an unwritable folder: one line on stderr and exit 2, as every CLI here)."""
     parser = OneLineParser(prog="python -m training.synthetic", description=__doc__)
     parser.add_argument("out_dir", help="folder to write the synthetic data into")
     parser.add_argument("--seed", type=int, default=0)
@@ -37,9 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         per_source = dict(DEFAULT_SIZES) if uses_defaults else dict.fromkeys(DEFAULT_SIZES, sizes)
         per_source["videos"] = replace(per_source["videos"], extra_train=args.extra_video_train)
         paths = generate(args.out_dir, seed=args.seed, sizes=per_source)
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as error:  # a size or the folder: the user's input
+        parser.error(str(error))
     for task, split_paths in paths.items():
         print(f"{task:8s} " + "  ".join(f"{split}={path}" for split, path in split_paths.items()))
     print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
