@@ -215,12 +215,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def base_config(world: Path, backbone: str, steps: int, tasks: list[str]) -> RunConfig:
+def base_config(world: Path, backbone: str, steps: int, tasks: list[str], out: Path
+                ) -> RunConfig:
     """The run config every row starts from: `tasks` of `world` trained together, scored
-    once at the end (each row swaps in its methods and learning rate)."""
+    once at the end (each row swaps in its methods and learning rate), every row's
+    features encoded once into `out`/feature-cache."""
     return synthetic_config(world, backbone, "single_adapter", steps,
                             tasks=synthetic_tasks(world, tasks), java_metrics=False,
-                            eval_every=0, log_every=50)
+                            eval_every=0, log_every=50,
+                            feature_cache=str(out / "feature-cache"))
 
 
 def baseline_rows(base: RunConfig, backbone: VLBackbone, tasks: list[str]
@@ -242,7 +245,7 @@ def train_and_score(name: str, model: VLBackbone, base: RunConfig, out: Path
     began = time.time()
     trainer = Trainer(config, out / name.replace(" ", "_"), backbone=model, show_progress=False)
     trainer.run()
-    scores, typed = test_scores(trainer, out / "feature-cache")
+    scores, typed = test_scores(trainer, Path(base.feature_cache))
     percent = report(model.config, config.methods, sorted(config.tasks)).percent
     return percent, scores, typed, time.time() - began
 
@@ -257,11 +260,11 @@ def main(argv: list[str] | None = None) -> None:
     header = ("| method | % params | " + " | ".join(f"{t} {TASKS[t].metric}" for t in tasks)
               + " | mean acc | train s |")
     lines = [header, "|" + "---|" * (len(tasks) + 4)]
-    base = base_config(world, args.backbone, args.steps, tasks)
+    base = base_config(world, args.backbone, args.steps, tasks, out)
     majority_row, majority_typed = baseline_rows(base, backbone, tasks)
     lines.append(majority_row)
     typed_rows = {"majority answer": majority_typed}
-    motion = frozen_motion(backbone, base.tasks["tvc"], out / "feature-cache") \
+    motion = frozen_motion(backbone, base.tasks["tvc"], Path(base.feature_cache)) \
         if "tvc" in tasks else {}
     results = {}
     for name in args.planned:

@@ -86,6 +86,9 @@ class RunConfig:
     log_every: int = 10
     device: str = "cpu"
     java_metrics: bool | None = None  # captioning: Java PTB tokenizer + METEOR (None: if found)
+    # Folder of the encoded-feature cache (None: OUT/feature-cache); runs over the same
+    # backbone and image folders may share one, so each image is encoded once for all.
+    feature_cache: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -203,6 +206,10 @@ def _check_scalars(values: dict[str, Any]) -> None:
     if values.get("java_metrics") not in (None, True, False):
         raise ConfigError(f"java_metrics: expected true, false or nothing (use Java if "
                           f"found), got {values['java_metrics']!r}")
+    cache = values.get("feature_cache")
+    if cache is not None and (not isinstance(cache, str) or not cache):
+        raise ConfigError(f"feature_cache: expected a folder path (or nothing: the run's "
+                          f"own OUT/feature-cache), got {cache!r}")
     device = values.get("device", "cpu")
     if not isinstance(device, str) or not _DEVICE.fullmatch(device):
         raise ConfigError(f"device: expected cpu, cuda or cuda:N, got {device!r}")
@@ -227,7 +234,10 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> RunConfig
     backbone = str(raw["backbone"])
     if base_dir is not None and backbone not in PRESETS and not Path(backbone).is_absolute():
         backbone = str(base_dir / backbone)
-    return RunConfig(**{**raw, "backbone": backbone, "tasks": tasks,
+    cache = raw.get("feature_cache")
+    if base_dir is not None and cache is not None and not Path(cache).is_absolute():
+        cache = str(base_dir / cache)
+    return RunConfig(**{**raw, "backbone": backbone, "tasks": tasks, "feature_cache": cache,
                         "methods": _methods(raw["methods"])})
 
 

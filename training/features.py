@@ -13,6 +13,7 @@ image rewritten under the same name is encoded again, never served stale.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -74,8 +75,12 @@ class VisualFeatures:
         self.stamps.update(stamps)
         if stale and self.cache_file is not None:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in self.table.items()}, self.cache_file,
+            # Written aside and renamed: runs sharing a cache folder read either the old
+            # file or the new one, never a half-written one.
+            staging = self.cache_file.with_name(f"{self.cache_file.name}.{os.getpid()}.tmp")
+            save_file({k: v.contiguous() for k, v in self.table.items()}, staging,
                       metadata={vid: self.stamps.get(vid, "") for vid in self.table})
+            os.replace(staging, self.cache_file)
 
     def _fill(self, source: VisualSource, stale: list[str]) -> None:
         if isinstance(source, ImageFolder):

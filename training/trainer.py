@@ -141,7 +141,7 @@ class Trainer:
 
     def _prepare_tasks(self, splits: Splits) -> dict[str, TaskState]:
         """The data-ratio subsample, the eval cap and every example's visual features."""
-        cache = self.out / "feature-cache"
+        cache = Path(self.config.feature_cache or self.out / "feature-cache")
         tasks = {}
         for task, (train, val) in splits.items():
             train = subsample(train, self.config.data_ratio, self.config.seed)

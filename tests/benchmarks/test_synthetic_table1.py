@@ -129,11 +129,14 @@ def test_table1_scores_vl_t5_on_vl_adapters_prompts_as_before(world, monkeypatch
     assert split["vqa"][0].source_text == sources["vqa"]  # main's splits: the same text
 
 
-def test_video_task_set_trains_the_four_video_tasks_together(world):
+def test_video_task_set_trains_the_four_video_tasks_together(world, tmp_path):
     assert synthetic_table1.TASK_SETS["video"] == ["tvqa", "how2qa", "tvc", "yc2c"]
     assert synthetic_table1.TASK_SETS["image"] == ["vqa", "gqa", "nlvr2", "caption"]
-    config = synthetic_table1.base_config(world, "tiny", 5, synthetic_table1.TASK_SETS["video"])
+    config = synthetic_table1.base_config(world, "tiny", 5, synthetic_table1.TASK_SETS["video"],
+                                          tmp_path)
     assert list(config.tasks) == ["tvqa", "how2qa", "tvc", "yc2c"] and config.steps == 5
+    # Every row encodes into one cache: the clips are encoded once for the whole table.
+    assert config.feature_cache == str(tmp_path / "feature-cache")
 
 
 def test_video_rows_show_only_the_video_columns_and_average_their_accuracy():

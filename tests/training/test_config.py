@@ -29,6 +29,8 @@ BASE = {"backbone": "tiny", "methods": "single_adapter",
     ({"eval_examples": "x"}, "eval_examples: expected an integer >= 1"),
     ({"java_metrics": "yes"}, "java_metrics: expected true, false or nothing"),
     ({"device": "tpu"}, "device: expected cpu, cuda or cuda:N, got 'tpu'"),
+    ({"feature_cache": ""}, "feature_cache: expected a folder path"),
+    ({"feature_cache": 3}, "feature_cache: expected a folder path .* got 3"),
     ({"methods": [{"method": "lora", "config": {"rank": "four"}}]},
      r"methods\[0\]: config.rank must be an integer, got 'four'"),
     ({"methods": [{"method": "prompt_tuning", "config": {"hidden_dim": 2000000}}]},
@@ -47,9 +49,11 @@ def test_bad_fields_are_named(change, message):
 
 def test_relative_paths_are_read_from_the_config_folder(tmp_path):
     (tmp_path / "run.yaml").write_text(
-        "backbone: ../bb\nmethods: single_lora\ntasks:\n  gqa: {train: g.json, visual: img}\n")
+        "backbone: ../bb\nmethods: single_lora\nfeature_cache: cache\n"
+        "tasks:\n  gqa: {train: g.json, visual: img}\n")
     config = load_config(tmp_path / "run.yaml")
     assert config.backbone == str(tmp_path / "../bb")
+    assert config.feature_cache == str(tmp_path / "cache")
     assert config.tasks["gqa"].train == str(tmp_path / "g.json")
 
 

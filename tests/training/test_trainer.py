@@ -19,6 +19,7 @@ from training_helpers import TASKS, check_tuned_backbone_written
 from modeling import families
 from training.cli import main
 from training.config import ConfigError, parse_config
+from training.features import VisualFeatures
 from training.trainer import Trainer
 
 
@@ -135,6 +136,22 @@ def test_each_log_line_holds_every_task_trained_since_the_last_one(world, tmp_pa
     assert set(lines[0]["task_loss"]) | set(lines[1]["task_loss"]) == set(TASKS)
     # Each task ran once per line here, so its mean is that step's loss.
     assert all(line["task_loss"][line["task"]] == line["loss"] for line in lines)
+
+
+def test_runs_sharing_a_feature_cache_encode_each_image_once(world, tmp_path, monkeypatch):
+    raw = {**world["raw"], "feature_cache": str(tmp_path / "shared")}
+    Trainer(parse_config(raw), tmp_path / "first", show_progress=False)
+    assert any((tmp_path / "shared").glob("features-*.safetensors"))
+    assert not (tmp_path / "first" / "feature-cache").exists()
+    assert not list((tmp_path / "shared").glob("*.tmp"))  # written aside, then renamed
+
+    encoded = []
+    monkeypatch.setattr(VisualFeatures, "_encode_images",
+                        lambda self, folder, ids: encoded.extend(ids))
+    monkeypatch.setattr(VisualFeatures, "_encode_video",
+                        lambda self, paths: encoded.append(paths))
+    second = Trainer(parse_config(raw), tmp_path / "second", show_progress=False)
+    assert encoded == [] and all(state.features.table for state in second.tasks.values())
 
 
 def test_full_finetuning_writes_the_tuned_model_as_a_backbone_folder(world, tmp_path):
