@@ -95,18 +95,21 @@ class RowIndex:
         if len(positions) < len(self.host_slots):
             device = self.slots.device
             subset = RowSubset(torch.tensor(positions, dtype=torch.long, device=device),
-                               RowIndex.of([self.host_slots[r] for r in positions], device))
+                               RowIndex.of([self.host_slots[r] for r in positions], device),
+                               tuple(positions))
         self._subsets[used_by] = subset
         return subset
 
 
 @dataclass(frozen=True)
 class RowSubset:
-    """Some rows of a batch: positions [k] long on the device (their rows in the batch) and
-    their own index (row i of the subset is row positions[i] of the batch)."""
+    """Some rows of a batch: positions [k] long on the device (their rows in the batch),
+    their own index (row i of the subset is row positions[i] of the batch) and rows, the
+    same positions as Python ints."""
 
     positions: torch.Tensor
     index: RowIndex
+    rows: tuple[int, ...]
 
 
 def gathered_rows(table: torch.Tensor, index: RowIndex) -> torch.Tensor:
