@@ -65,7 +65,14 @@ class DecodeRows:
         return self.self_mask.shape[0]
 
     def select(self, keep: list[int]) -> DecodeRows:
-        """Only rows `keep`, in that order; columns that became padding in every row go."""
+        """Only rows `keep`, in that order; columns that became padding in every row go.
+
+        Every row kept in place (the common decode step: no row finished, no beam moved)
+        returns this state itself unless padding columns can go: nothing is copied.
+        """
+        if keep == list(range(self.size)) and bool(self.self_mask[:, 0].any()) and \
+                bool(self.encoder_mask[:, -1].any()):
+            return self
         index = torch.tensor(keep, dtype=torch.long, device=self.self_mask.device)
         self_mask, encoder_mask = self.self_mask[index], self.encoder_mask[index]
         first = _first_true_column(self_mask)
