@@ -192,8 +192,13 @@ def _overridden_linear(module: nn.Linear, w_over: torch.Tensor | None,
 
 def _lora_rows(lora: LoraBank, index: RowIndex, output: torch.Tensor,
                x: torch.Tensor) -> torch.Tensor:
-    """output [b, s, out] plus each row's LoRA delta of x [b, s, in]."""
-    return gathered_lora(x, lora.lora_a, lora.lora_b, None, index, base=output)
+    """output [b, s, out] plus each row's LoRA delta of x [b, s, in].
+
+    output is ours to overwrite unless autograd records: the Linear's fresh output or the
+    copy `_on_rows` cut from it (`own=True`), so the delta is added into it in place.
+    """
+    return gathered_lora(x, lora.lora_a, lora.lora_b, None, index, base=output,
+                         into_base=not torch.is_grad_enabled())
 
 
 def _linear_hook(name: str, ctx: AdapterContext):
