@@ -365,23 +365,27 @@ class WidenedCross:
 
 
 def _widened(module: nn.Module, prefix: PrefixBank, index: RowIndex, rows: tuple[int, ...],
-             query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-             mask: torch.Tensor | None, kwargs: dict) -> tuple:
-    """`_with_prefix` for batch rows `rows` (index: theirs), read from the context's
-    cross-attention store when it holds them (same rows, stack and widths) and put there
-    otherwise; without a store (no cached decode, or not a cross-attention) computed."""
+             positions: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor,
+             value: torch.Tensor, mask: torch.Tensor | None, kwargs: dict) -> tuple:
+    """`_with_prefix` for batch rows `rows` (positions: the same on the device, None for
+    every row; index: theirs; query: theirs), key / value / mask the whole batch's: read
+    from the context's cross-attention store when it holds them (same rows, stack and
+    widths; nothing is cut from the batch then) and put there otherwise; without a store
+    (no cached decode, or not a cross-attention) computed."""
     store = module.vladapter_context.widened_cross \
         if getattr(module, "vladapter_cross_attention", False) else None
-    if store is None:
-        return _with_prefix(module, prefix, index, query, key, value, mask, kwargs)
-    entry, p_len = store.get(module.vladapter_site), prefix.key.shape[2]
+    entry = None if store is None else store.get(module.vladapter_site)
+    p_len = prefix.key.shape[2]
     if (entry is not None and entry.prefix is prefix and entry.rows == rows
             and entry.key.shape[2] == p_len + key.shape[2]
             and entry.mask.shape[2] == query.shape[2]):
         return entry.key, entry.value, entry.mask, _bias_widened(kwargs, p_len)
+    if positions is not None:
+        key, value, mask = (_batch_rows(t, positions, key.shape[0]) for t in (key, value, mask))
     key, value, mask, kwargs = _with_prefix(module, prefix, index, query, key, value, mask,
                                             kwargs)
-    store[module.vladapter_site] = WidenedCross(rows, prefix, key, value, mask)
+    if store is not None:
+        store[module.vladapter_site] = WidenedCross(rows, prefix, key, value, mask)
     return key, value, mask, kwargs
 
 
@@ -419,7 +423,7 @@ def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     kwargs = {"is_causal": getattr(module, "is_causal", False), **kwargs}
     if prefix is not None and subset is None:  # every row has a prefix (or is widened)
         key, value, attention_mask, kwargs = _widened(
-            module, prefix, ctx.index, _all_rows(query.shape[0]), query, key, value,
+            module, prefix, ctx.index, _all_rows(query.shape[0]), None, query, key, value,
             attention_mask, kwargs)
     out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if subset is None or not len(subset.index):
@@ -428,10 +432,10 @@ def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     bias = kwargs.get("position_bias")
     if bias is not None:
         kwargs = {**kwargs, "position_bias": _batch_rows(bias, rows, batch)}
-    query, key, value, attention_mask = (_batch_rows(t, rows, batch)
-                                         for t in (query, key, value, attention_mask))
+    query = query.index_select(0, rows)
     key, value, attention_mask, kwargs = _widened(
-        module, prefix, subset.index, subset.rows, query, key, value, attention_mask, kwargs)
+        module, prefix, subset.index, subset.rows, rows, query, key, value, attention_mask,
+        kwargs)
     part, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if torch.is_grad_enabled():  # `out` is sdpa's fresh output: written in place otherwise
         return out.index_copy(0, rows, part), weights
