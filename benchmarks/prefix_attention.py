@@ -7,6 +7,9 @@ Shapes of `small` (4 heads of 32) and of `vl-bart-base` (12 of 64), 8 slots of w
 hold an 8-vector prefix, row i on slot i % 8; T5's relative-position bias where marked.
 Both paths are checked equal first, then timed interleaved by the torch thread's CPU time
 (medians); prints ms of each, of plain attention without any prefix, and widened / apart.
+For a cached decode step's cross-attention (`KEPT_CASES`) it also times the prefix rows'
+widened keys read from the decode cache (`DecodeRows.widened`, filled at a row's first
+step) instead of widened again, and prints apart / kept.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ CASES = {
     "decode step, cross": (512, 4, 1, 36, 32, False, False),
     "vl-bart-base encoder": (64, 12, 64, 64, 64, False, False),
 }
+KEPT_CASES = {"decode step, cross"}  # cross-attention of a cached decode step
 
 
 class _Attention(nn.Module):
@@ -58,8 +62,9 @@ def _median_ms(call, repeats: int) -> float:
     return sorted(times)[repeats // 2] * 1000
 
 
-def run_case(shape: tuple, repeats: int) -> tuple[float, float, float]:
-    """(plain, widened, apart) ms of one attention call of `shape` (see CASES)."""
+def run_case(shape: tuple, repeats: int, kept: bool = False) -> dict[str, float]:
+    """ms of one attention call of `shape` (see CASES) by path: plain, widened, apart and,
+    when `kept`, the prefix rows' widened keys read from a decode cache's store."""
     rows, heads, q_len, k_len, head_dim, causal, bias = shape
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(rows, heads, n, head_dim, generator=gen)
@@ -79,16 +84,28 @@ def run_case(shape: tuple, repeats: int) -> tuple[float, float, float]:
     calls = {"plain": lambda: sdpa_attention_forward(module, q, k, v, mask, **kwargs),
              "widened": lambda: _widened(module, q, k, v, mask, **kwargs),
              "apart": lambda: prefix_attention(module, q, k, v, mask, **kwargs)}
+    cross = _Attention(ctx, causal)
+    cross.vladapter_cross_attention, store = True, {}
+    if kept:
+        calls["kept"] = lambda: _kept(ctx, store, cross, q, k, v, mask, kwargs)
     with torch.no_grad(), ctx.use(bank, RowIndex.of([i % SLOTS for i in range(rows)]),
                                   rows=rows):
-        diff = (calls["widened"]()[0] - calls["apart"]()[0]).abs().max()
-        if diff > 1e-5:
-            raise SystemExit(f"the two paths differ by {float(diff):.3g}")
+        for name in calls.keys() - {"plain", "widened"}:
+            diff = (calls["widened"]()[0] - calls[name]()[0]).abs().max()
+            if diff > 1e-5:
+                raise SystemExit(f"the widened and {name} paths differ by {float(diff):.3g}")
         times = {name: [] for name in calls}
         for _ in range(repeats):  # interleaved: each round times every path once
             for name, call in calls.items():
                 times[name].append(_median_ms(call, 5))
-    return tuple(sorted(times[name])[repeats // 2] for name in calls)
+    return {name: sorted(times[name])[repeats // 2] for name in calls}
+
+
+def _kept(ctx: AdapterContext, store: dict, module: nn.Module, q, k, v, mask, kwargs):
+    """`prefix_attention` at a cross-attention site during a cached decode step: `store`
+    holds the prefix rows' widened keys from the first call on."""
+    with ctx.keep_widened_cross(store):
+        return prefix_attention(module, q, k, v, mask, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,9 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     pin_threads(args.threads)
     print(machine_line())
     for name, shape in CASES.items():
-        plain, widened, apart = run_case(shape, args.repeats)
-        print(f"{name:26s} no prefix {plain:7.2f} ms  widened {widened:7.2f} ms  apart "
-              f"{apart:7.2f} ms   widened / apart {widened / apart:.2f}", flush=True)
+        ms = run_case(shape, args.repeats, kept=name in KEPT_CASES)
+        kept = f"  kept {ms['kept']:7.2f} ms   apart / kept {ms['apart'] / ms['kept']:.2f}" \
+            if "kept" in ms else ""
+        print(f"{name:26s} no prefix {ms['plain']:7.2f} ms  widened {ms['widened']:7.2f} ms  "
+              f"apart {ms['apart']:7.2f} ms   widened / apart {ms['widened'] / ms['apart']:.2f}"
+              f"{kept}", flush=True)
     print(machine_line())
     return 0
 

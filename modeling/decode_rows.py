@@ -15,6 +15,10 @@ row (no prefix recomputation):
 - cross-attention keys/values [b, heads, E, head_dim] are computed once, at a row's first
   step (`start`), and right-padded to the longest encoder sequence, masked by the encoder
   mask like the encoder states themselves.
+- a row with a key/value prefix at a cross-attention site (prefix tuning) attends over
+  its prefix and those keys; the widened keys, values and mask are also computed once, at
+  its first step, and kept per site for the rows that have one (`widened`,
+  `modeling.hooks.WidenedCross`), padded and reordered with the rows.
 
 Rows are only ever added (`concat`) or removed / repeated (`select`) as whole rows, so a
 row computes what it would compute alone (pinned by tests/modeling/test_decode_rows.py
@@ -23,7 +27,7 @@ against each row alone and against recomputing the whole prefix).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +35,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderC
 
 from modeling.backbone import VLBackbone
 from modeling.bank import AdapterBank
+from modeling.hooks import WidenedCross
 from modeling.kernels import RowIndex
 
 KeyValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values)
@@ -44,6 +49,8 @@ class DecodeRows:
     self_mask: [b, L] bool, True where a cached decoder position is real.
     cross_kv: per layer keys/values [b, heads, E, head_dim] of the encoder states.
     encoder_hidden: [b, E, d]; encoder_mask: [b, E] bool (both right-padded).
+    widened: cross-attention site -> the prefix-widened keys of the rows with a prefix
+    there ([k, heads, P + E, head_dim]; filled by the hooks at a row's first step).
     """
 
     self_kv: KeyValues
@@ -51,13 +58,21 @@ class DecodeRows:
     cross_kv: KeyValues
     encoder_hidden: torch.Tensor
     encoder_mask: torch.Tensor
+    widened: dict[str, WidenedCross] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
         return self.self_mask.shape[0]
 
     def select(self, keep: list[int]) -> DecodeRows:
-        """Only rows `keep`, in that order; columns that became padding in every row go."""
+        """Only rows `keep`, in that order; columns that became padding in every row go.
+
+        Every row kept in place (the common decode step: no row finished, no beam moved)
+        returns this state itself unless padding columns can go: nothing is copied.
+        """
+        if keep == list(range(self.size)) and bool(self.self_mask[:, 0].any()) and \
+                bool(self.encoder_mask[:, -1].any()):
+            return self
         index = torch.tensor(keep, dtype=torch.long, device=self.self_mask.device)
         self_mask, encoder_mask = self.self_mask[index], self.encoder_mask[index]
         first = _first_true_column(self_mask)
@@ -66,7 +81,8 @@ class DecodeRows:
             [(k[index, :, first:], v[index, :, first:]) for k, v in self.self_kv],
             self_mask[:, first:],
             [(k[index, :, :width], v[index, :, :width]) for k, v in self.cross_kv],
-            self.encoder_hidden[index, :width], encoder_mask[:, :width])
+            self.encoder_hidden[index, :width], encoder_mask[:, :width],
+            _select_widened(self.widened, keep, self.encoder_mask.shape[1], width))
 
     def step(self, backbone: VLBackbone, ids: torch.Tensor, bank: AdapterBank | None,
              index: RowIndex | None) -> torch.Tensor:
@@ -74,7 +90,8 @@ class DecodeRows:
         positions = self.self_mask.sum(1)  # real tokens each row has seen
         mask = torch.cat([self.self_mask, self.self_mask.new_ones(self.size, 1)], dim=1)
         cache = _cache(self.self_kv, self.cross_kv)
-        with backbone.row_positions(positions):
+        with backbone.row_positions(positions), \
+                backbone.adapter_context.keep_widened_cross(self.widened):
             out = backbone.decode(self.encoder_hidden, self.encoder_mask, ids[:, None],
                                   bank=bank, index=index, cache=cache,
                                   decoder_mask=mask)
@@ -93,11 +110,13 @@ def start(backbone: VLBackbone, encoder_hidden: torch.Tensor, encoder_mask: torc
     rows = encoder_hidden.shape[0]
     ids = torch.full((rows, 1), backbone.decoder_start_token_id, device=encoder_hidden.device)
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-    out = backbone.decode(encoder_hidden, encoder_mask, ids, bank=bank, index=index,
-                          cache=cache)
+    widened: dict[str, WidenedCross] = {}
+    with backbone.adapter_context.keep_widened_cross(widened):
+        out = backbone.decode(encoder_hidden, encoder_mask, ids, bank=bank, index=index,
+                              cache=cache)
     state = DecodeRows(_key_values(cache.self_attention_cache),
                        encoder_mask.new_ones(rows, 1), _key_values(cache.cross_attention_cache),
-                       encoder_hidden, encoder_mask)
+                       encoder_hidden, encoder_mask, widened)
     return state, out.logits[:, -1]
 
 
@@ -123,7 +142,57 @@ def concat(first: DecodeRows | None, second: DecodeRows) -> DecodeRows:
     (kv_a, mask_a), (kv_b, mask_b) = self_part(first), self_part(second)
     (cross_a, hidden_a, enc_a), (cross_b, hidden_b, enc_b) = cross_part(first), cross_part(second)
     return DecodeRows(_cat(kv_a, kv_b), torch.cat([mask_a, mask_b]), _cat(cross_a, cross_b),
-                      torch.cat([hidden_a, hidden_b]), torch.cat([enc_a, enc_b]))
+                      torch.cat([hidden_a, hidden_b]), torch.cat([enc_a, enc_b]),
+                      _concat_widened(first, second, width))
+
+
+def _select_widened(widened: dict[str, WidenedCross], keep: list[int], old_width: int,
+                    width: int) -> dict[str, WidenedCross]:
+    """The widened keys of cache rows `keep` (in that order), encoder columns cut from
+    old_width to width (the padding every kept row has there), as `DecodeRows.select`."""
+    out = {}
+    for site, entry in widened.items():
+        at = {row: i for i, row in enumerate(entry.rows)}
+        picks = [(new, at[old]) for new, old in enumerate(keep) if old in at]
+        if not picks:
+            continue
+        rows, take = tuple(new for new, _ in picks), [i for _, i in picks]
+        columns = entry.key.shape[2] - old_width + width
+        if take == list(range(len(entry.rows))) and columns == entry.key.shape[2]:
+            out[site] = WidenedCross(rows, entry.prefix, entry.key, entry.value, entry.mask)
+            continue
+        index = torch.tensor(take, dtype=torch.long, device=entry.key.device)
+        out[site] = WidenedCross(rows, entry.prefix, entry.key[index, :, :columns],
+                                 entry.value[index, :, :columns],
+                                 entry.mask[index, ..., :columns])
+    return out
+
+
+def _concat_widened(first: DecodeRows, second: DecodeRows, width: int
+                    ) -> dict[str, WidenedCross]:
+    """The widened keys of `first`'s rows then `second`'s, right-padded to encoder width
+    `width` (as their cross-attention keys). A site whose two halves come from different
+    stacks is left out: the hooks widen it again at the next step."""
+
+    def padded(entry: WidenedCross, state: DecodeRows, offset: int) -> WidenedCross:
+        missing = width - state.encoder_mask.shape[1]
+        return WidenedCross(tuple(row + offset for row in entry.rows), entry.prefix,
+                            F.pad(entry.key, (0, 0, 0, missing)),
+                            F.pad(entry.value, (0, 0, 0, missing)),
+                            F.pad(entry.mask, (0, missing)))
+
+    out = {}
+    for site in first.widened.keys() | second.widened.keys():
+        a, b = first.widened.get(site), second.widened.get(site)
+        if a is not None and b is not None and a.prefix is not b.prefix:
+            continue
+        parts = [padded(entry, state, offset) for entry, state, offset in
+                 ((a, first, 0), (b, second, first.size)) if entry is not None]
+        out[site] = parts[0] if len(parts) == 1 else WidenedCross(
+            parts[0].rows + parts[1].rows, parts[0].prefix,
+            *(torch.cat([getattr(parts[0], name), getattr(parts[1], name)])
+              for name in ("key", "value", "mask")))
+    return out
 
 
 def _cat(a: KeyValues, b: KeyValues) -> KeyValues:

@@ -168,6 +168,9 @@ class DecodeBatch:
         self.tokenizer = tokenizer if tokenizer is not None else backbone.tokenizer
         self.rows: list[DecodeRow] = []
         self._cache: DecodeRows | None = None  # row r of each tensor: cache row r
+        # the last step's index: the next step reuses it (its device copy of the slots and
+        # its row subsets) while the cache rows' slots stay the same
+        self._step_index: RowIndex | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -208,7 +211,7 @@ class DecodeBatch:
             return []
         device = self._cache.encoder_hidden.device
         tokens = torch.tensor([t for row in self.rows for t in row.next_tokens()], device=device)
-        logits = self._cache.step(self.backbone, tokens, bank, self._index(self.rows, device))
+        logits = self._cache.step(self.backbone, tokens, bank, self._running_index(device))
         self.rows, order, finished = self._advance(self.rows, logits)
         self._cache = self._cache.select(order) if order else None
         return finished
@@ -234,6 +237,18 @@ class DecodeBatch:
         if all(slot is None for slot in slots):
             return None
         return RowIndex.of(slots, device=device)
+
+    def _running_index(self, device: torch.device) -> RowIndex | None:
+        """The running rows' index for this step: the last step's while every cache row
+        keeps its slot (most steps: no row joined, left or changed its beams), so a step
+        copies no slots to the device and finds no row subsets again."""
+        last = self._step_index
+        if last is not None and last.slots.device == device and \
+                last.host_slots == tuple(row.slot for row in self.rows
+                                         for _ in range(row.width)):
+            return last
+        self._step_index = self._index(self.rows, device)
+        return self._step_index
 
     def _advance(self, rows: list[DecodeRow], logits: torch.Tensor
                  ) -> tuple[list[DecodeRow], list[int], list[DecodeRow]]:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from typing import Any
 
 import torch
@@ -91,6 +92,8 @@ class AdapterContext:
         self.captured: dict[str, torch.Tensor] = {}
         self.hooks = _LazyHooks()
         self._hooked_for: weakref.ref | None = None  # the last bank whose sites are hooked
+        # cross-attention site -> its prefix-widened keys, during a cached decode only
+        self.widened_cross: dict[str, WidenedCross] | None = None
 
     @contextmanager
     def use(self, bank: AdapterBank | None, index: RowIndex | None, *,
@@ -114,6 +117,17 @@ class AdapterContext:
         finally:
             self.weights, self.index = saved
             self.captured.clear()
+
+    @contextmanager
+    def keep_widened_cross(self, store: dict[str, WidenedCross]) -> Iterator[None]:
+        """During one cached decoder pass: cross-attention sites read their prefix-widened
+        keys from `store` and put there the ones they had to compute
+        (`modeling.decode_rows` keeps it beside the cross-attention keys)."""
+        saved, self.widened_cross = self.widened_cross, store
+        try:
+            yield
+        finally:
+            self.widened_cross = saved
 
     def _hook_sites_of(self, bank: AdapterBank) -> None:
         """Register the hooks of every site `bank` uses that has none yet.
@@ -178,8 +192,13 @@ def _overridden_linear(module: nn.Linear, w_over: torch.Tensor | None,
 
 def _lora_rows(lora: LoraBank, index: RowIndex, output: torch.Tensor,
                x: torch.Tensor) -> torch.Tensor:
-    """output [b, s, out] plus each row's LoRA delta of x [b, s, in]."""
-    return gathered_lora(x, lora.lora_a, lora.lora_b, None, index, base=output)
+    """output [b, s, out] plus each row's LoRA delta of x [b, s, in].
+
+    output is ours to overwrite unless autograd records: the Linear's fresh output or the
+    copy `_on_rows` cut from it (`own=True`), so the delta is added into it in place.
+    """
+    return gathered_lora(x, lora.lora_a, lora.lora_b, None, index, base=output,
+                         into_base=not torch.is_grad_enabled())
 
 
 def _linear_hook(name: str, ctx: AdapterContext):
@@ -313,11 +332,61 @@ def _with_prefix(module: nn.Module, prefix: PrefixBank, index: RowIndex,
     valid = torch.arange(p_len, device=query.device) < gathered_rows(prefix.length, index)[:, None]
     prefix_mask = valid.view(batch, 1, 1, p_len).expand(batch, 1, q_len, p_len)
     mask = torch.cat([prefix_mask, mask.expand(batch, 1, q_len, k_len)], dim=-1)
-    bias = kwargs.get("position_bias")
-    if bias is not None:  # T5: prefixes carry no relative-position bias.
-        kwargs = {**kwargs, "position_bias": F.pad(bias, (p_len, 0))}
     return (torch.cat([prefix_key, key], dim=2), torch.cat([prefix_value, value], dim=2),
-            mask, kwargs)
+            mask, _bias_widened(kwargs, p_len))
+
+
+def _bias_widened(kwargs: dict, p_len: int) -> dict:
+    """T5's position bias [.., q, k] padded for p_len prefix keys: they carry no bias."""
+    bias = kwargs.get("position_bias")
+    if bias is None:
+        return kwargs
+    return {**kwargs, "position_bias": F.pad(bias, (p_len, 0))}
+
+
+@dataclass
+class WidenedCross:
+    """One cross-attention site's prefix-widened keys for the decode-cache rows that attend
+    over a prefix there. The encoder side of a row does not change while it decodes, so
+    `modeling.decode_rows` keeps these from the row's first step on, as it keeps the
+    cross-attention keys themselves, instead of widening them again every step.
+
+    rows: the cache rows they belong to (row i of each tensor is cache row rows[i]);
+    prefix: the bank stack they were read from (another one, after a restack: recomputed);
+    key / value [k, heads, P + E, head_dim]: the prefix then the encoder keys;
+    mask [k, 1, q, P + E] bool.
+    """
+
+    rows: tuple[int, ...]
+    prefix: PrefixBank
+    key: torch.Tensor
+    value: torch.Tensor
+    mask: torch.Tensor
+
+
+def _widened(module: nn.Module, prefix: PrefixBank, index: RowIndex, rows: tuple[int, ...],
+             positions: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor,
+             value: torch.Tensor, mask: torch.Tensor | None, kwargs: dict) -> tuple:
+    """`_with_prefix` for batch rows `rows` (positions: the same on the device, None for
+    every row; index: theirs; query: theirs), key / value / mask the whole batch's: read
+    from the context's cross-attention store when it holds them (same rows, stack and
+    widths; nothing is cut from the batch then) and put there otherwise; without a store
+    (no cached decode, or not a cross-attention) computed."""
+    store = module.vladapter_context.widened_cross \
+        if getattr(module, "vladapter_cross_attention", False) else None
+    entry = None if store is None else store.get(module.vladapter_site)
+    p_len = prefix.key.shape[2]
+    if (entry is not None and entry.prefix is prefix and entry.rows == rows
+            and entry.key.shape[2] == p_len + key.shape[2]
+            and entry.mask.shape[2] == query.shape[2]):
+        return entry.key, entry.value, entry.mask, _bias_widened(kwargs, p_len)
+    if positions is not None:
+        key, value, mask = (_batch_rows(t, positions, key.shape[0]) for t in (key, value, mask))
+    key, value, mask, kwargs = _with_prefix(module, prefix, index, query, key, value, mask,
+                                            kwargs)
+    if store is not None:
+        store[module.vladapter_site] = WidenedCross(rows, prefix, key, value, mask)
+    return key, value, mask, kwargs
 
 
 def _batch_rows(t: torch.Tensor | None, rows: torch.Tensor, batch: int) -> torch.Tensor | None:
@@ -325,6 +394,11 @@ def _batch_rows(t: torch.Tensor | None, rows: torch.Tensor, batch: int) -> torch
     if t is None or t.shape[0] != batch:
         return t
     return t.index_select(0, rows)
+
+
+@lru_cache(maxsize=64)
+def _all_rows(batch: int) -> tuple[int, ...]:
+    return tuple(range(batch))
 
 
 def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -348,8 +422,9 @@ def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     # without a prefix too: sdpa_attention_forward's default would be causal.
     kwargs = {"is_causal": getattr(module, "is_causal", False), **kwargs}
     if prefix is not None and subset is None:  # every row has a prefix (or is widened)
-        key, value, attention_mask, kwargs = _with_prefix(
-            module, prefix, ctx.index, query, key, value, attention_mask, kwargs)
+        key, value, attention_mask, kwargs = _widened(
+            module, prefix, ctx.index, _all_rows(query.shape[0]), None, query, key, value,
+            attention_mask, kwargs)
     out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if subset is None or not len(subset.index):
         return out, weights
@@ -357,10 +432,10 @@ def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     bias = kwargs.get("position_bias")
     if bias is not None:
         kwargs = {**kwargs, "position_bias": _batch_rows(bias, rows, batch)}
-    query, key, value, attention_mask = (_batch_rows(t, rows, batch)
-                                         for t in (query, key, value, attention_mask))
-    key, value, attention_mask, kwargs = _with_prefix(
-        module, prefix, subset.index, query, key, value, attention_mask, kwargs)
+    query = query.index_select(0, rows)
+    key, value, attention_mask, kwargs = _widened(
+        module, prefix, subset.index, subset.rows, rows, query, key, value, attention_mask,
+        kwargs)
     part, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if torch.is_grad_enabled():  # `out` is sdpa's fresh output: written in place otherwise
         return out.index_copy(0, rows, part), weights
@@ -401,5 +476,6 @@ def install(backbone: nn.Module, lm_type: str, lm: nn.Module,
     for name, attention in attention_sites(lm_type, lm).items():
         attention.vladapter_context = ctx
         attention.vladapter_site = name
+        attention.vladapter_cross_attention = name.endswith(".cross_attn")
     route_attention(lm)
     return ctx

@@ -95,18 +95,21 @@ class RowIndex:
         if len(positions) < len(self.host_slots):
             device = self.slots.device
             subset = RowSubset(torch.tensor(positions, dtype=torch.long, device=device),
-                               RowIndex.of([self.host_slots[r] for r in positions], device))
+                               RowIndex.of([self.host_slots[r] for r in positions], device),
+                               tuple(positions))
         self._subsets[used_by] = subset
         return subset
 
 
 @dataclass(frozen=True)
 class RowSubset:
-    """Some rows of a batch: positions [k] long on the device (their rows in the batch) and
-    their own index (row i of the subset is row positions[i] of the batch)."""
+    """Some rows of a batch: positions [k] long on the device (their rows in the batch),
+    their own index (row i of the subset is row positions[i] of the batch) and rows, the
+    same positions as Python ints."""
 
     positions: torch.Tensor
     index: RowIndex
+    rows: tuple[int, ...]
 
 
 def gathered_rows(table: torch.Tensor, index: RowIndex) -> torch.Tensor:
@@ -135,20 +138,30 @@ def _row_scale(scale: torch.Tensor, index: RowIndex) -> torch.Tensor:
 
 
 def _times(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
-           base: torch.Tensor | None = None) -> torch.Tensor:
+           base: torch.Tensor | None = None, into_base: bool = False) -> torch.Tensor:
     """y[i] = base[i] + x[i] @ weight_t[index[i]]; x [b, s, in], weight_t [slots, in, out],
-    base broadcastable to [b, s, out] or None (0)."""
+    base broadcastable to [b, s, out] or None (0). into_base: base is the caller's own
+    [b, s, out] tensor, which y may be written into (one large allocation fewer; the
+    in-place kernels compute the same bits)."""
+    if into_base and (base is None or base.shape != (*x.shape[:-1], weight_t.shape[-1])
+                      or not base.is_contiguous()):
+        into_base = False
     if index.uniform is not None:
         weight = weight_t[index.uniform]  # [in, out]
         if base is None:
             return x @ weight
         out_shape = (*x.shape[:-1], weight.shape[-1])
+        if into_base:
+            base.view(-1, out_shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), weight)
+            return base
         if base.dim() == 1 or base.shape == out_shape:  # fuse the add into the matmul
             base = base if base.dim() == 1 else base.reshape(-1, out_shape[-1])
             return torch.addmm(base, x.reshape(-1, x.shape[-1]), weight).view(out_shape)
         return x @ weight + base
     rows = weight_t.index_select(0, index.slots)  # [b, in, out]
-    return torch.bmm(x, rows) if base is None else torch.baddbmm(base, x, rows)
+    if base is None:
+        return torch.bmm(x, rows)
+    return base.baddbmm_(x, rows) if into_base else torch.baddbmm(base, x, rows)
 
 
 def gathered_matmul(x: torch.Tensor, weight: torch.Tensor, index: RowIndex,
@@ -168,6 +181,7 @@ def gathered_lora(
     scale: torch.Tensor | None,
     index: RowIndex,
     base: torch.Tensor | None = None,
+    into_base: bool = False,
 ) -> torch.Tensor:
     """Semantics: y[i] = base[i] + scale[j] * (x[i] @ A[j].T) @ B[j].T,  j = index[i]
 
@@ -175,12 +189,13 @@ def gathered_lora(
     None (1: the bank has multiplied it into lora_b), base [b, s, out] (the frozen
     layer's output) or None (0) -> [b, s, out]. Slots of smaller rank are zero-padded
     (exact). The scale multiplies the rank-wide intermediate; the add is fused into the
-    second matmul.
+    second matmul. into_base: base is the caller's to overwrite (the result is written
+    into it: no copy of the layer's output).
     """
     shrunk = _times(x, lora_a.transpose(1, 2), index)  # [b, s, rank]
     if scale is not None:
         shrunk = shrunk * _row_scale(scale, index).to(shrunk.dtype)
-    return _times(shrunk, lora_b.transpose(1, 2), index, base)
+    return _times(shrunk, lora_b.transpose(1, 2), index, base, into_base)
 
 
 def _activate(hidden: torch.Tensor, activations: str | list[str], index: RowIndex
@@ -225,5 +240,9 @@ def gathered_bottleneck(
     if scale is not None:
         row_scale = _row_scale(scale, index).to(z.dtype)
         hidden, up_b = hidden * row_scale, up_b * row_scale
-    delta = _times(hidden, up_weight.transpose(1, 2), index, up_b)
-    return delta if base is None else base + delta
+    delta = _times(hidden, up_weight.transpose(1, 2), index, up_b)  # a fresh tensor
+    if base is None:
+        return delta
+    # delta + base is base + delta bit for bit; added into delta, no third tensor is made.
+    fits = delta.shape == base.shape and delta.dtype == base.dtype
+    return delta.add_(base) if fits else base + delta

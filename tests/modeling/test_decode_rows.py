@@ -118,3 +118,22 @@ def test_rows_of_different_lengths_need_their_own_learned_positions(family, tmp_
             del backbone.row_positions
     assert (right - wrong).abs().max() > 1e-3
 
+
+
+def test_keeping_every_row_in_place_copies_nothing_and_dropping_padding_still_cuts_it():
+    from modeling.backbone import VLBackbone
+    from modeling.config import preset
+
+    backbone = VLBackbone.from_config(preset("tiny"), seed=0)
+    batch = random_batch(backbone, [2, 6], seed=3, with_labels=False)
+    with torch.no_grad():
+        hidden, mask = backbone.encode(batch)
+        state, logits = decode_rows.start(backbone, hidden, mask, None, None)
+        state.step(backbone, logits.argmax(-1), None, None)
+        assert state.select([0, 1]) is state  # a decode step where no row left
+        moved = state.select([1, 0])
+        assert moved is not state and torch.equal(moved.self_kv[0][0],
+                                                  state.self_kv[0][0][[1, 0]])
+        short = state.select([0])  # the longer row left: its encoder padding goes
+        assert short.encoder_mask.shape[1] == int(mask[0].sum()) < mask.shape[1]
+        assert short.select([0]) is short

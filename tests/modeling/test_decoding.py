@@ -163,3 +163,34 @@ def test_a_streaming_row_without_a_tokenizer_is_refused(backbone):
         decoding.join([DecodeRow(None, 3, stream=print)], hidden,
                       torch.ones(1, 2, dtype=torch.bool), None)
     assert len(decoding) == 0
+
+
+def test_steps_over_the_same_rows_reuse_one_index_and_a_row_leaving_builds_a_new_one(
+        backbone, monkeypatch):
+    sets = _materialize(backbone, [[MethodEntry("lora", {"rank": 4})],
+                                   [MethodEntry("prefix_tuning", {"length": 2,
+                                                                  "hidden_dim": 8})]], 3)
+    stacked = _stack(backbone, sets)
+    batch = random_batch(backbone, [5, 3], seed=3, with_labels=False)
+    with torch.no_grad():
+        hidden, mask = backbone.encode(batch, stacked, RowIndex.of([0, 1]))
+    # A decoder prompt is fed one token per step and chooses nothing: no row can end early.
+    rows = [DecodeRow(0, 50, prompt=[5, 6, 7, 8, 9]) for _ in range(2)]
+    rows[1].slot = 1
+    decoding = DecodeBatch(backbone)
+    assert not decoding.join(rows, hidden, mask, stacked)
+    built = []
+    original = RowIndex.of.__func__
+    monkeypatch.setattr(RowIndex, "of", classmethod(
+        lambda cls, slots, device=None: built.append(tuple(slots)) or original(cls, slots,
+                                                                               device)))
+    per_step = []
+    for _ in range(3):
+        before = len(built)
+        assert not decoding.step(stacked)
+        per_step.append(len(built) - before)
+    assert per_step[0] > 0 and per_step[1:] == [0, 0]  # built once, then reused
+    decoding.drop([rows[0]])
+    before = len(built)
+    assert not decoding.step(stacked)
+    assert len(built) > before and decoding._step_index.host_slots == (1,)
