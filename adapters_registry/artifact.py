@@ -21,6 +21,7 @@ from adapters_registry.errors import InvalidArtifact, LimitExceeded
 from adapters_registry.method_config import PUBLISH_SIZES, Sizes, method_config_problem
 from adapters_registry.strict_json import load_object
 from adapters_registry.tensorfile import check_tensor_file
+from modeling.tasks import ChoiceAnswer
 
 MANIFEST = "manifest.json"
 SHARED = "shared.safetensors"
@@ -155,6 +156,10 @@ def validate_manifest(
         _require(
             isinstance(spec, dict) and isinstance(spec.get("prompt"), str),
             f"task {task!r} needs a string 'prompt'",
+        )
+        _require(
+            spec.get("choice_answer", ChoiceAnswer.LABEL) in tuple(ChoiceAnswer),
+            f"task {task!r}: 'choice_answer' must be one of {[a.value for a in ChoiceAnswer]}",
         )
     for key in ("parameters", "metrics"):
         _require(isinstance(manifest.get(key, {}), dict), f"'{key}' must be an object")

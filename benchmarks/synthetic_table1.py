@@ -36,7 +36,7 @@ from modeling.cli_parser import OneLineParser, positive_int
 from modeling.families import load_backbone
 from modeling.params import report
 from modeling.presets import method_preset
-from modeling.tasks import TASKS, TaskKind, VisualInput
+from modeling.tasks import TASKS, ChoiceAnswer, TaskKind, VisualInput
 from training.config import RunConfig, TaskData
 from training.data.example import Example
 from training.evaluation import evaluate_task, predict
@@ -134,7 +134,8 @@ def test_scores(trainer: Trainer, cache: Path) -> tuple[dict[str, float], dict[s
         features = features_for(trainer.backbone, task, data.visual, test, cache,
                                 trainer.fingerprint)
         metrics = evaluate_task(backbone, adapters, task, test, features,
-                                trainer.config.max_new_tokens, trainer.config.java_metrics)
+                                trainer.config.max_new_tokens, trainer.config.java_metrics,
+                                trainer.config.choice_answer)
         scores[task] = metrics[TASKS[task].metric]
         if task in TYPED_TASKS:
             typed.update({f"{task} {key.split('/')[1]}": value for key, value in
@@ -203,6 +204,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="leave out the random-backbone control (run it in another call)")
     parser.add_argument("--tasks", choices=list(TASK_SETS), default="all",
                         help="train these tasks together: all eight, or the image or video ones")
+    parser.add_argument("--choice-answer", choices=[a.value for a in ChoiceAnswer],
+                        default=ChoiceAnswer.LABEL.value,
+                        help="multiple choice trained and scored as the option's label (a0, "
+                        "VL-Adapter) or as the option's own text (cloze)")
     parser.add_argument("--video-train", type=positive_int,
                         help="video train clips (the standard world has 600): trains on the "
                         "standard world with more video train clips, same val and test")
@@ -215,14 +220,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def base_config(world: Path, backbone: str, steps: int, tasks: list[str], out: Path
-                ) -> RunConfig:
+def base_config(world: Path, backbone: str, steps: int, tasks: list[str], out: Path,
+                choice_answer: str = ChoiceAnswer.LABEL.value) -> RunConfig:
     """The run config every row starts from: `tasks` of `world` trained together, scored
     once at the end (each row swaps in its methods and learning rate), every row's
-    features encoded once into `out`/feature-cache."""
+    features encoded once into `out`/feature-cache, multiple choice answered in
+    `choice_answer` form."""
     return synthetic_config(world, backbone, "single_adapter", steps,
                             tasks=synthetic_tasks(world, tasks), java_metrics=False,
-                            eval_every=0, log_every=50,
+                            eval_every=0, log_every=50, choice_answer=choice_answer,
                             feature_cache=str(out / "feature-cache"))
 
 
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     header = ("| method | % params | " + " | ".join(f"{t} {TASKS[t].metric}" for t in tasks)
               + " | mean acc | train s |")
     lines = [header, "|" + "---|" * (len(tasks) + 4)]
-    base = base_config(world, args.backbone, args.steps, tasks, out)
+    base = base_config(world, args.backbone, args.steps, tasks, out, args.choice_answer)
     majority_row, majority_typed = baseline_rows(base, backbone, tasks)
     lines.append(majority_row)
     typed_rows = {"majority answer": majority_typed}
@@ -279,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps(results, indent=2))
     print(f"\nmachine: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads; tasks {args.tasks}; world {world}; "
-          f"steps {args.steps}; wall {time.time() - start:.0f}s")
+          f"steps {args.steps}; multiple choice answered as {args.choice_answer}; "
+          f"wall {time.time() - start:.0f}s")
     print("\n".join(lines))
     print_by_type(typed_rows, motion)
 

@@ -64,6 +64,20 @@ class TaskKind(StrEnum):
     VIDEO_CAPTIONING = "video_captioning"
 
 
+class ChoiceAnswer(StrEnum):
+    """How a multiple-choice answer is written, in training and when scoring candidates.
+
+    LABEL: the right option's label ``a{index}``, as VL-Adapter trains and scores it (the
+    LM has to find which label lists the answer). TEXT: the option's own text, every
+    option's text scored as the answer (the cloze form small LMs answer far better; README,
+    "The bundled benchmark"). An adapter is served with the form it was trained with (its
+    manifest's ``choice_answer``).
+    """
+
+    LABEL = "label"
+    TEXT = "text"
+
+
 class VisualInput(StrEnum):
     """What one example shows the vision tower."""
 
@@ -123,13 +137,18 @@ class TaskSpec:
         """True for image and video captioning: no question text, scored by CIDEr."""
         return self.kind in (TaskKind.CAPTIONING, TaskKind.VIDEO_CAPTIONING)
 
-    def candidate_labels(self, n_choices: int = 0) -> list[str]:
-        """The labels a scored task chooses between: NLVR2 "true"/"false", multiple
-        choice "a0".."a{n-1}"; empty for generative tasks."""
+    def candidate_labels(self, choices: Sequence[str] = (),
+                         answer: ChoiceAnswer = ChoiceAnswer.LABEL) -> list[str]:
+        """The labels a scored task chooses between, in the order of `choices`: NLVR2
+        "true"/"false"; multiple choice "a0".."a{n-1}" (`ChoiceAnswer.LABEL`) or the
+        options' own texts (`ChoiceAnswer.TEXT`); empty for generative tasks. The label of
+        the right answer is also the training target."""
         if self.kind is TaskKind.BINARY:
             return ["true", "false"]
         if self.kind is TaskKind.MULTIPLE_CHOICE:
-            return [f"a{i}" for i in range(n_choices)]
+            if answer == ChoiceAnswer.TEXT:
+                return list(choices)
+            return [f"a{i}" for i in range(len(choices))]
         return []
 
     def answer_text(self, best: int, choices: Sequence[str] = ()) -> str:

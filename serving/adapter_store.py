@@ -33,6 +33,7 @@ from modeling.fit import check_fits
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel
 from modeling.serve_forms import AdapterSet, unique_nbytes
+from modeling.tasks import ChoiceAnswer
 
 log = logging.getLogger("vladapter.serving")
 
@@ -53,6 +54,13 @@ class HostAdapter:
     nbytes: int
     aliases: tuple[str, ...] = ()
     last_used: float = field(default_factory=time.time)
+    # task -> how its multiple-choice answers were trained (manifest "choice_answer")
+    choice_answers: dict[str, ChoiceAnswer] = field(default_factory=dict)
+
+    def choice_answer(self, task: str) -> ChoiceAnswer:
+        """The form `task`'s candidates are scored in: the one it was trained with
+        (`ChoiceAnswer.LABEL` when the manifest names none, as before the field)."""
+        return self.choice_answers.get(task, ChoiceAnswer.LABEL)
 
     @property
     def key(self) -> AdapterKey:
@@ -160,7 +168,10 @@ class AdapterStore:
                                   f"{exc}") from None
         # A tensor shared by every task (single / half-shared sharing) is held once.
         nbytes = unique_nbytes(list(sets.values()))
-        return HostAdapter(name, version, sets, nbytes, verified.info.aliases)
+        answers = {task: ChoiceAnswer(spec["choice_answer"])
+                   for task, spec in manifest["tasks"].items() if "choice_answer" in spec}
+        return HostAdapter(name, version, sets, nbytes, verified.info.aliases,
+                           choice_answers=answers)
 
     # --- residency ---------------------------------------------------------------------
     def evict_over_budget(self, keep: Collection[AdapterKey]) -> list[AdapterKey]:

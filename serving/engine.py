@@ -355,8 +355,10 @@ class Engine:
         return batch, RowIndex.of([r.slot for r in requests], device=self.device)
 
     def _score(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
-        """NLVR2 ("true"/"false") and multiple choice ("a0".."a{n-1}") by candidate scoring."""
-        labels = [r.task.candidate_labels(len(r.choices)) for r in requests]
+        """NLVR2 ("true"/"false") and multiple choice ("a0".."a{n-1}", or the options' texts
+        for an adapter trained on them) by candidate scoring."""
+        labels = [r.task.candidate_labels(r.choices, r.adapter.choice_answer(r.task.name))
+                  for r in requests]
         candidates = candidate_ids(self.tokenizer, labels)
         start = time.perf_counter()
         batch, index = self._batch(requests, visuals)

@@ -13,24 +13,26 @@ import numpy as np
 from modeling.backbone import VLBatch
 from modeling.config import MAX_TEXT_TOKENS
 from modeling.inputs import TextBudget, make_batch
-from modeling.tasks import DEFAULT_FAMILY, TASKS, TaskKind
+from modeling.tasks import DEFAULT_FAMILY, TASKS, ChoiceAnswer, TaskKind
 from training.data.example import Example
 from training.data.image_text import sample_vqa_target
 from training.features import VisualFeatures
 
 
-def training_target(example: Example, rng: np.random.Generator) -> tuple[str, float]:
+def training_target(example: Example, rng: np.random.Generator,
+                    choice_answer: ChoiceAnswer = ChoiceAnswer.LABEL) -> tuple[str, float]:
     """The decoder target of one training example and its loss weight.
 
     VQA / GQA: an answer sampled in proportion to its score, weighted by the score
-    (VL-Adapter); multiple choice: `a{label}`; NLVR2: `true` / `false`; captions: one
+    (VL-Adapter); multiple choice: the right option's candidate label in `choice_answer`
+    form (`a{label}`, or the option's text); NLVR2: `true` / `false`; captions: one
     reference at random.
     """
-    kind = TASKS[example.task].kind
-    if kind is TaskKind.OPEN_QA and example.target_weights:
+    spec = TASKS[example.task]
+    if spec.kind is TaskKind.OPEN_QA and example.target_weights:
         return sample_vqa_target(example, rng)
-    if kind is TaskKind.MULTIPLE_CHOICE:
-        return f"a{example.label}", 1.0
+    if spec.kind is TaskKind.MULTIPLE_CHOICE:
+        return spec.candidate_labels(example.choices, choice_answer)[example.label], 1.0
     if not example.targets:
         raise ValueError(f"{example.task} example {example.example_id} has no target to train on")
     return example.targets[int(rng.integers(len(example.targets)))], 1.0
@@ -88,14 +90,17 @@ class MultiTaskSampler:
 def training_batch(tokenizer, examples: list[Example], features: VisualFeatures, seed: int,
                    step: int, family: str = DEFAULT_FAMILY,
                    text_budget: TextBudget = MAX_TEXT_TOKENS,
-                   max_decoder_tokens: int | None = None) -> tuple[VLBatch, list[float]]:
+                   max_decoder_tokens: int | None = None,
+                   choice_answer: ChoiceAnswer = ChoiceAnswer.LABEL
+                   ) -> tuple[VLBatch, list[float]]:
     """Tokenised batch with sampled targets, decoder prompts of a backbone of `family`,
     texts cut at its `text_budget` (`BackboneConfig.text_budget`: per row, what its visual
     tokens leave of the encoder's positions) and targets at its `max_decoder_tokens`
-    (`VLBatch.answer_labels` is what the loss reads); returns (batch, per-row loss
-    weights)."""
+    (`VLBatch.answer_labels` is what the loss reads), multiple-choice targets in
+    `choice_answer` form; returns (batch, per-row loss weights)."""
     rng = np.random.default_rng([seed, step, 11])
-    targets, weights = zip(*(training_target(e, rng) for e in examples), strict=True)
+    targets, weights = zip(*(training_target(e, rng, choice_answer) for e in examples),
+                           strict=True)
     batch = make_batch(tokenizer, [e.source_text for e in examples],
                        [features.tokens(e) for e in examples], list(targets),
                        text_budget=text_budget, max_decoder_tokens=max_decoder_tokens,

@@ -32,7 +32,7 @@ from adapters_registry.method_config import PUBLISH_SIZES, method_config_problem
 from modeling.config import PRESETS
 from modeling.presets import method_preset
 from modeling.recipe import MethodEntry
-from modeling.tasks import DEFAULT_FAMILY, TASKS
+from modeling.tasks import DEFAULT_FAMILY, TASKS, ChoiceAnswer
 from training.data.example import Example
 from training.data.formats import LoadOptions, SplitData
 from training.data.registry import format_names, read_split
@@ -76,6 +76,8 @@ class RunConfig:
     clip_grad: float = 5.0
     accumulation: int = 1
     sampling: str = "round_robin"  # or "proportional"
+    # multiple choice answered by the option's label ("label", VL-Adapter) or its text
+    choice_answer: ChoiceAnswer = ChoiceAnswer.LABEL
     data_ratio: float = 1.0
     eval_every: int | str = 0  # N steps, "epoch", or 0: only at the end
     eval_examples: int | None = None  # cap per task and split
@@ -102,12 +104,15 @@ def run_identity(config: RunConfig, backbone_fingerprint: str) -> dict[str, Any]
     """The settings a checkpoint must share with the run that resumes it, as plain JSON."""
     identity = {name: getattr(config, name) for name in _TRAJECTORY}
     identity["backbone"] = backbone_fingerprint
+    if config.choice_answer != ChoiceAnswer.LABEL:  # absent from checkpoints made before it
+        identity["choice_answer"] = config.choice_answer.value
     identity["methods"] = [asdict(entry) for entry in config.methods]
     identity["tasks"] = {name: data.batch_size for name, data in sorted(config.tasks.items())}
     return json.loads(json.dumps(identity))
 
 
 _CHOICES = {"schedule": ("linear", "cosine"), "sampling": ("round_robin", "proportional"),
+            "choice_answer": tuple(answer.value for answer in ChoiceAnswer),
             "precision": ("fp32", "bf16")}
 # field -> smallest allowed value, for the integer and the (finite) number fields.
 _INTEGERS = {"steps": 1, "accumulation": 1, "max_new_tokens": 1, "log_every": 1,
@@ -238,6 +243,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> RunConfig
     if base_dir is not None and cache is not None and not Path(cache).is_absolute():
         cache = str(base_dir / cache)
     return RunConfig(**{**raw, "backbone": backbone, "tasks": tasks, "feature_cache": cache,
+                        "choice_answer": ChoiceAnswer(raw.get("choice_answer", "label")),
                         "methods": _methods(raw["methods"])})
 
 

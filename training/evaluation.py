@@ -16,7 +16,7 @@ from modeling.generation import greedy, score_candidates
 from modeling.inputs import candidate_ids, make_batch
 from modeling.kernels import RowIndex
 from modeling.recipe import AdapterModel
-from modeling.tasks import TASKS
+from modeling.tasks import TASKS, ChoiceAnswer
 from training.data.example import Example
 from training.features import VisualFeatures
 from training.metrics import evaluate
@@ -26,9 +26,10 @@ EVAL_BATCH = 64
 
 @torch.no_grad()
 def predict(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
-            examples: list[Example], features: VisualFeatures, max_new_tokens: int = 20
-            ) -> dict[str, str]:
-    """example id -> predicted text (the chosen label for scored tasks)."""
+            examples: list[Example], features: VisualFeatures, max_new_tokens: int = 20,
+            choice_answer: ChoiceAnswer = ChoiceAnswer.LABEL) -> dict[str, str]:
+    """example id -> predicted text (the chosen label for scored tasks; multiple choice
+    scored in `choice_answer` form)."""
     tokenizer = backbone.tokenizer
     bank, prompt_vectors = None, 0
     if adapters is not None:
@@ -49,7 +50,7 @@ def predict(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
         index = None if bank is None else RowIndex.of(torch.zeros(len(chunk),
                                                                      dtype=torch.long))
         if scored:
-            labels = [TASKS[task].candidate_labels(len(e.choices)) for e in chunk]
+            labels = [TASKS[task].candidate_labels(e.choices, choice_answer) for e in chunk]
             scores = score_candidates(backbone, batch, candidate_ids(tokenizer, labels),
                                       bank, index)
             for e, row_labels, row in zip(chunk, labels, scores, strict=True):
@@ -63,7 +64,10 @@ def predict(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
 
 def evaluate_task(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
                   examples: list[Example], features: VisualFeatures,
-                  max_new_tokens: int = 20, use_java: bool | None = None) -> dict[str, float]:
-    """The task's metrics (percent) on `examples`."""
-    predictions = predict(backbone, adapters, task, examples, features, max_new_tokens)
+                  max_new_tokens: int = 20, use_java: bool | None = None,
+                  choice_answer: ChoiceAnswer = ChoiceAnswer.LABEL) -> dict[str, float]:
+    """The task's metrics (percent) on `examples` (multiple choice scored in
+    `choice_answer` form)."""
+    predictions = predict(backbone, adapters, task, examples, features, max_new_tokens,
+                          choice_answer)
     return evaluate(task, predictions, examples, use_java=use_java)

@@ -183,7 +183,8 @@ class Trainer:
                                         self.backbone.config.family,
                                         partial(self.backbone.config.text_budget,
                                                 prompt_vectors=self.prompt_vectors[task]),
-                                        self.backbone.config.max_decoder_tokens)
+                                        self.backbone.config.max_decoder_tokens,
+                                        self.config.choice_answer)
         weights = weights if share else [0.0]
         device = self.config.device
         batch = batch.to(device)
@@ -260,7 +261,8 @@ class Trainer:
                 adapters = None if self.full is not None else self.model
                 results[task] = evaluate_task(backbone, adapters, task, state.val,
                                               state.features, self.config.max_new_tokens,
-                                              self.config.java_metrics)
+                                              self.config.java_metrics,
+                                              self.config.choice_answer)
         return results
 
     def _headline(self, results: dict[str, dict[str, float]]) -> float:
@@ -305,7 +307,7 @@ class Trainer:
             return
         counted = report(self.backbone.config, self.config.methods, sorted(self.tasks))
         write_artifact(self.out / "artifact", self.model, self.backbone,
-                       counted.to_dict(), metrics)
+                       counted.to_dict(), metrics, self.config.choice_answer)
         if self.built_from_preset:
             self.backbone.save_pretrained(self.out / "backbone")
 

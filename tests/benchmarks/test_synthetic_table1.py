@@ -137,6 +137,10 @@ def test_video_task_set_trains_the_four_video_tasks_together(world, tmp_path):
     assert list(config.tasks) == ["tvqa", "how2qa", "tvc", "yc2c"] and config.steps == 5
     # Every row encodes into one cache: the clips are encoded once for the whole table.
     assert config.feature_cache == str(tmp_path / "feature-cache")
+    assert config.choice_answer == "label"  # VL-Adapter's form unless asked otherwise
+    cloze = synthetic_table1.base_config(world, "tiny", 5, ["tvqa"], tmp_path, "text")
+    assert cloze.choice_answer == "text"
+    assert synthetic_table1.parse_args(["--choice-answer", "text"]).choice_answer == "text"
 
 
 def test_video_rows_show_only_the_video_columns_and_average_their_accuracy():

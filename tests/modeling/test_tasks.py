@@ -9,14 +9,14 @@ from family_helpers import blip_model
 from benchmarks.florence2_sizes import sized_config
 from modeling.config import PRESETS, preset
 from modeling.families import blip, florence2
-from modeling.tasks import BACKBONE_FAMILIES, TASKS, task_prompt
+from modeling.tasks import BACKBONE_FAMILIES, TASKS, ChoiceAnswer, task_prompt
 
 
 def test_scored_tasks_are_exactly_those_with_candidate_labels():
     assert {name for name, spec in TASKS.items() if spec.is_scored} == {"nlvr2", "tvqa",
                                                                         "how2qa"}
     for spec in TASKS.values():
-        assert spec.is_scored == bool(spec.candidate_labels(n_choices=2))
+        assert spec.is_scored == bool(spec.candidate_labels(("left", "up")))
 
 
 def test_captioning_tasks_are_the_generative_tasks_without_a_question():
@@ -31,6 +31,15 @@ def test_scored_answer_is_the_label_for_nlvr2_and_the_option_text_for_multiple_c
     choices = ("red circle", "blue", "left")
     for task in ("tvqa", "how2qa"):
         assert TASKS[task].answer_text(2, choices) == "left"
+
+
+def test_multiple_choice_candidates_are_the_labels_or_the_options_own_texts():
+    choices = ("red circle", "blue", "left")
+    for task in ("tvqa", "how2qa"):
+        assert TASKS[task].candidate_labels(choices) == ["a0", "a1", "a2"]
+        assert TASKS[task].candidate_labels(choices, ChoiceAnswer.TEXT) == list(choices)
+    assert TASKS["nlvr2"].candidate_labels(choices, ChoiceAnswer.TEXT) == ["true", "false"]
+    assert TASKS["vqa"].candidate_labels(choices, ChoiceAnswer.TEXT) == []
 
 
 @pytest.mark.parametrize("task", ["vqa", "gqa", "caption", "tvc", "yc2c"])

@@ -87,6 +87,8 @@ def test_content_differing_from_manifest_hash_is_refused_naming_the_file(artifac
         (lambda m: m["base_model"].update(fingerprint="abc"), "fingerprint"),
         (lambda m: m.update(methods=[]), "methods"),
         (lambda m: m["tasks"].update({"Bad/Task": {"prompt": ""}}), "invalid task name"),
+        (lambda m: next(iter(m["tasks"].values())).update(choice_answer="index"),
+         "'choice_answer' must be one of"),
         (
             lambda m: m["files"].update(
                 {"../escape.safetensors": m["files"]["shared.safetensors"]}

@@ -28,7 +28,7 @@ from modeling.inputs import VisualTokens, image_processor, images_to_pixels, mak
 from modeling.kernels import RowIndex
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel, MethodEntry
-from modeling.tasks import TASKS, TaskKind, VisualInput
+from modeling.tasks import TASKS, ChoiceAnswer, TaskKind, VisualInput
 from modeling.tokenizer import build_word_tokenizer
 from serving.config import ServeConfig
 from serving.metrics import ServerMetrics
@@ -143,8 +143,10 @@ def request_for(task: str, adapter: str = "alpha", seed: int = 0, version: int |
 
 
 @torch.no_grad()
-def direct(backbone: VLBackbone, model: AdapterModel, message) -> tuple[str, list[float]]:
-    """The answer of the modeling API alone (no server): (text, candidate log-probs)."""
+def direct(backbone: VLBackbone, model: AdapterModel, message,
+           choice_answer: ChoiceAnswer = ChoiceAnswer.LABEL) -> tuple[str, list[float]]:
+    """The answer of the modeling API alone (no server): (text, candidate log-probs;
+    multiple choice scored in `choice_answer` form)."""
     spec = TASKS[message.task]
     vision = backbone.config.vision
     processor = image_processor(vision.image_size, vision.tower)
@@ -165,7 +167,7 @@ def direct(backbone: VLBackbone, model: AdapterModel, message) -> tuple[str, lis
                             backbone.config.d_model, torch.zeros(()))
     index = RowIndex.of(torch.zeros(1, dtype=torch.long))
     if spec.is_scored:
-        labels = spec.candidate_labels(len(message.choices))
+        labels = spec.candidate_labels(message.choices, choice_answer)
         ids = [tokenizer(label)["input_ids"] for label in labels]
         candidates = torch.full((1, len(ids), max(map(len, ids))), -100, dtype=torch.long)
         for c, row in enumerate(ids):

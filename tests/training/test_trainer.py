@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -17,6 +18,8 @@ from safetensors.torch import load_file, save_file
 from training_helpers import TASKS, check_tuned_backbone_written
 
 from modeling import families
+from modeling.tasks import ChoiceAnswer
+from training import batches
 from training.cli import main
 from training.config import ConfigError, parse_config
 from training.features import VisualFeatures
@@ -152,6 +155,30 @@ def test_runs_sharing_a_feature_cache_encode_each_image_once(world, tmp_path, mo
                         lambda self, paths: encoded.append(paths))
     second = Trainer(parse_config(raw), tmp_path / "second", show_progress=False)
     assert encoded == [] and all(state.features.table for state in second.tasks.values())
+
+
+def test_a_run_on_option_texts_trains_on_them_and_its_artifact_records_it(world, tmp_path,
+                                                                          monkeypatch):
+    raw = {**world["raw"], "choice_answer": "text", "steps": 8, "sampling": "round_robin"}
+    trainer = Trainer(parse_config(raw), tmp_path, show_progress=False)
+    tvqa = trainer.tasks["tvqa"].train[0]
+    rng = np.random.default_rng(0)
+    assert batches.training_target(tvqa, rng, ChoiceAnswer.TEXT) == \
+        (tvqa.choices[tvqa.label], 1.0)
+    assert batches.training_target(tvqa, rng) == (f"a{tvqa.label}", 1.0)
+    forms = set()
+    target = batches.training_target
+
+    def spy(example, rng, choice_answer=ChoiceAnswer.LABEL):
+        forms.add(choice_answer)
+        return target(example, rng, choice_answer)
+
+    monkeypatch.setattr(batches, "training_target", spy)
+    trainer.run()
+    assert forms == {ChoiceAnswer.TEXT}
+    tasks = json.loads((tmp_path / "artifact" / "manifest.json").read_text())["tasks"]
+    assert tasks["tvqa"]["choice_answer"] == "text"
+    assert "choice_answer" not in tasks["vqa"] and "choice_answer" not in tasks["nlvr2"]
 
 
 def test_full_finetuning_writes_the_tuned_model_as_a_backbone_folder(world, tmp_path):
