@@ -105,7 +105,7 @@ def run_identity(config: RunConfig, backbone_fingerprint: str) -> dict[str, Any]
     identity = {name: getattr(config, name) for name in _TRAJECTORY}
     identity["backbone"] = backbone_fingerprint
     if config.choice_answer != ChoiceAnswer.LABEL:  # absent from checkpoints made before it
-        identity["choice_answer"] = config.choice_answer.value
+        identity["choice_answer"] = ChoiceAnswer(config.choice_answer).value
     identity["methods"] = [asdict(entry) for entry in config.methods]
     identity["tasks"] = {name: data.batch_size for name, data in sorted(config.tasks.items())}
     return json.loads(json.dumps(identity))

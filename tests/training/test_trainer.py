@@ -50,6 +50,9 @@ def test_resuming_a_checkpoint_of_other_settings_is_refused_naming_them(world, t
     changed = parse_config({**world["raw"], "lr": 0.5, "seed": 7})
     with pytest.raises(ConfigError, match=r"different lr, seed; resuming needs the same"):
         Trainer(changed, tmp_path, show_progress=False).run()
+    cloze = parse_config({**world["raw"], "choice_answer": "text"})  # other targets
+    with pytest.raises(ConfigError, match=r"different choice_answer; resuming"):
+        Trainer(cloze, tmp_path, show_progress=False).run()
     longer = Trainer(parse_config({**world["raw"], "steps": 8}), tmp_path, show_progress=False)
     longer.run()  # more steps is fine: the run is extended
     assert longer.step == 8
