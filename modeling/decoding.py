@@ -230,10 +230,11 @@ class DecodeBatch:
         self.rows = keep
         self._cache = self._cache.select(order) if order else None
 
-    def _index(self, rows: list[DecodeRow], device: torch.device) -> RowIndex | None:
+    @staticmethod
+    def _index(rows: list[DecodeRow], device: torch.device) -> RowIndex | None:
         """The step's adapter index: each cache row's slot ([width] long), None without
         a bank."""
-        slots = [row.slot for row in rows for _ in range(row.width)]
+        slots = _cache_slots(rows)
         if all(slot is None for slot in slots):
             return None
         return RowIndex.of(slots, device=device)
@@ -244,8 +245,7 @@ class DecodeBatch:
         copies no slots to the device and finds no row subsets again."""
         last = self._step_index
         if last is not None and last.slots.device == device and \
-                last.host_slots == tuple(row.slot for row in self.rows
-                                         for _ in range(row.width)):
+                last.host_slots == tuple(_cache_slots(self.rows)):
             return last
         self._step_index = self._index(self.rows, device)
         return self._step_index
@@ -315,3 +315,8 @@ def stream_piece(streamed: str, text: str, final: bool = False) -> str:
         last_word = _LAST_WORD.search(text)
         text = text[:last_word.start()] if last_word else ""
     return text[len(streamed):] if text.startswith(streamed) else ""
+
+
+def _cache_slots(rows: list[DecodeRow]) -> list[int | None]:
+    """Each cache row's slot, in cache order: a row's slot once per beam it holds."""
+    return [row.slot for row in rows for _ in range(row.width)]
