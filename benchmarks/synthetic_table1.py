@@ -123,16 +123,17 @@ def task_splits(config: RunConfig, split: str, family: str) -> dict[str, list[Ex
             for task, data in config.tasks.items()}
 
 
-def test_scores(trainer: Trainer, cache: Path) -> tuple[dict[str, float], dict[str, float]]:
-    """-> (headline metric per task, `<task> <type>` accuracy for the TYPED_TASKS)."""
+def test_scores(trainer: Trainer) -> tuple[dict[str, float], dict[str, float]]:
+    """-> (headline metric per task, `<task> <type>` accuracy for the TYPED_TASKS); test
+    features go to the run's own feature cache (`Trainer.feature_cache`)."""
     backbone = trainer.full.model if trainer.full is not None else trainer.backbone
     adapters = None if trainer.full is not None else trainer.model
     scores, typed = {}, {}
     tests = task_splits(trainer.config, "test", trainer.backbone.config.family)
     for task, data in sorted(trainer.config.tasks.items()):
         test = tests[task]
-        features = features_for(trainer.backbone, task, data.visual, test, cache,
-                                trainer.fingerprint)
+        features = features_for(trainer.backbone, task, data.visual, test,
+                                trainer.feature_cache, trainer.fingerprint)
         metrics = evaluate_task(backbone, adapters, task, test, features,
                                 trainer.config.max_new_tokens, trainer.config.java_metrics,
                                 trainer.config.choice_answer)
@@ -251,7 +252,7 @@ def train_and_score(name: str, model: VLBackbone, base: RunConfig, out: Path
     began = time.time()
     trainer = Trainer(config, out / name.replace(" ", "_"), backbone=model, show_progress=False)
     trainer.run()
-    scores, typed = test_scores(trainer, Path(base.feature_cache))
+    scores, typed = test_scores(trainer)
     percent = report(model.config, config.methods, sorted(config.tasks)).percent
     return percent, scores, typed, time.time() - began
 

@@ -139,9 +139,15 @@ class Trainer:
         return sum(max(1, len(s.train) // self.config.tasks[t].batch_size)
                    for t, s in self.tasks.items())
 
+    @property
+    def feature_cache(self) -> Path:
+        """Where this run's encoded features live: `config.feature_cache`, else its own
+        OUT/feature-cache."""
+        return Path(self.config.feature_cache or self.out / "feature-cache")
+
     def _prepare_tasks(self, splits: Splits) -> dict[str, TaskState]:
         """The data-ratio subsample, the eval cap and every example's visual features."""
-        cache = Path(self.config.feature_cache or self.out / "feature-cache")
+        cache = self.feature_cache
         tasks = {}
         for task, (train, val) in splits.items():
             train = subsample(train, self.config.data_ratio, self.config.seed)

@@ -107,8 +107,8 @@ def _scored_sources(world: Path, backbone, monkeypatch) -> dict[str, str]:
     monkeypatch.setattr(synthetic_table1, "evaluate_task", evaluate)
     config = synthetic_config(world, "tiny", "single_adapter", 1, java_metrics=False)
     trainer = SimpleNamespace(full=None, backbone=backbone, model=None, config=config,
-                              fingerprint="")
-    synthetic_table1.test_scores(trainer, world / "cache")
+                              fingerprint="", feature_cache=world / "cache")
+    synthetic_table1.test_scores(trainer)
     return handed
 
 
