@@ -148,7 +148,7 @@ class TaskSpec:
         if self.kind is TaskKind.MULTIPLE_CHOICE:
             if answer == ChoiceAnswer.TEXT:
                 return list(choices)
-            return [f"a{i}" for i in range(len(choices))]
+            return [choice_label(i) for i in range(len(choices))]
         return []
 
     def answer_text(self, best: int, choices: Sequence[str] = ()) -> str:
@@ -179,11 +179,17 @@ class TaskSpec:
         return self.format_source(text, family)
 
 
+def choice_label(index: int) -> str:
+    """The label of option `index` of a multiple-choice question: ``"a0"``, ``"a1"``, ...
+    (VL-Adapter's), in the encoder text and as the answer in `ChoiceAnswer.LABEL` form."""
+    return f"a{index}"
+
+
 def choice_body(text: str, choices: Sequence[str]) -> str:
     """A question with its numbered options, as VL-Adapter writes multiple choice:
     ``"[Q] which way does the red circle move ? [Choices] a0: left a1: up ..."``; the answer
     is the label ``a{index}`` of the right option (`TaskSpec.candidate_labels`)."""
-    options = " ".join(f"a{index}: {choice}" for index, choice in enumerate(choices))
+    options = " ".join(f"{choice_label(index)}: {choice}" for index, choice in enumerate(choices))
     return f"[Q] {text.strip()} [Choices] {options}"
 
 

@@ -24,7 +24,7 @@ from modeling.backbone import VLBackbone
 from modeling.families import load_backbone as load_any_backbone
 from modeling.inputs import image_processor
 from modeling.methods.base import BackboneFacts
-from modeling.tasks import TASKS
+from modeling.tasks import TASKS, choice_label
 from modeling.tokenizer import build_word_tokenizer
 from serving.adapter_store import AdapterStore
 from serving.config import ServeConfig
@@ -45,7 +45,7 @@ log = logging.getLogger("vladapter.serving")
 # task prompts, the video-QA markers and the candidate labels.
 PRESET_WORDS = [w for spec in TASKS.values() for w in spec.prompt.replace(":", " ").split()] + [
     ":", "[", "]", "subs", "q", "choices", "true", "false", "yes", "no", "what", "is", "the",
-    "a", "of", "color", "shape", "how", "many", *[f"a{i}" for i in range(10)],
+    "a", "of", "color", "shape", "how", "many", *[choice_label(i) for i in range(10)],
     *[str(i) for i in range(10)]]
 
 # What the Repository-side servicers change adapters through: the lifecycle itself on one

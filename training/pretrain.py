@@ -25,7 +25,7 @@ from tqdm import tqdm
 from modeling.backbone import VLBackbone
 from modeling.config import preset
 from modeling.inputs import VisualTokens, image_processor, images_to_pixels, make_batch
-from modeling.tasks import DEFAULT_FAMILY, choice_body, get_task
+from modeling.tasks import DEFAULT_FAMILY, choice_body, choice_label, get_task
 from training.adapter_step import sequence_loss
 from training.batches import training_target
 from training.config import TaskData, load_task_split
@@ -146,7 +146,7 @@ def choice_questions(questions: list[Example], seed: int, family: str = DEFAULT_
         posed.append(Example(
             question.task, f"{question.example_id}/choice", question.visual_ids,
             get_task(question.task).format_source(choice_body(question.text, options), family),
-            targets=(f"a{label}",), choices=tuple(options), label=label,
+            targets=(choice_label(label),), choices=tuple(options), label=label,
             question_type=question.question_type, text=question.text))
     return posed
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from modeling.tasks import DEFAULT_FAMILY, TaskKind, get_task
+from modeling.tasks import DEFAULT_FAMILY, TaskKind, choice_label, get_task
 from training.data.example import Example, caption_examples
 from training.data.formats import DataFormat, LoadOptions
 from training.data.records import Document, Record, Shape, identified_records
@@ -76,7 +76,7 @@ def read_video_qa(document: Document, task: str, subtitles: Mapping[str, str],
                 source_text=spec.source_text(record.text("q"), choices, subtitle_text, family),
                 text=record.text("q"),
                 subtitles=subtitle_text,
-                targets=(f"a{label}",) if label is not None else (),
+                targets=(choice_label(label),) if label is not None else (),
                 choices=choices,
                 label=label,
                 question_type=record.text("question_type") if record.has("question_type") else None,

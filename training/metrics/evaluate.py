@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from modeling.tasks import TaskKind, get_task
+from modeling.tasks import TaskKind, choice_label, get_task
 from training.data.example import Example
 from training.metrics.captioning import caption_scores
 from training.metrics.vqa import normalize_answer, vqa_accuracy, vqa_label_score
@@ -32,7 +32,8 @@ def multiple_choice_match(prediction: str, example: Example) -> float:
         raise ValueError(f"example {example.example_id} has no answer index")
     predicted = prediction.strip().lower()
     right_text = normalize_answer(example.choices[example.label])
-    return float(predicted == f"a{example.label}" or normalize_answer(prediction) == right_text)
+    return float(predicted == choice_label(example.label)
+                 or normalize_answer(prediction) == right_text)
 
 
 def vqa_score(prediction: str, example: Example, official: bool) -> float:
