@@ -261,3 +261,14 @@ def test_subtitles_name_each_shape_kind_but_no_colour_a_question_could_take_from
     for row in _rows(paths["tvc"]["train"]):  # the same shapes as the clip's description
         described = [w for w in row["descs"][0]["desc"].split() if w in kinds]
         assert sorted(w for w in said[row["vid_name"]].split() if w in kinds) == sorted(described)
+
+
+def test_captions_name_a_clips_shapes_in_colour_order(tmp_path: Path) -> None:
+    """Drawing order is random; a caption in it left the first shape to a guess."""
+    paths = generate(tmp_path, seed=5, sizes={**NO_STILLS, "videos": SplitSizes(40, 2, 2)})
+    ranks = {colour: rank for rank, colour in enumerate(COLOURS)}
+    named = [[ranks[w] for w in desc["desc"].split() if w in ranks]
+             for row in _rows(paths["tvc"]["train"]) + _rows(paths["yc2c"]["train"])
+             for desc in row["descs"]]
+    assert sum(len(colours) == 2 for colours in named) >= 10
+    assert all(colours == sorted(colours) for colours in named)
