@@ -322,9 +322,10 @@ def _write_video_tasks(
             # Question type: the asked shape's motion, so results split per direction.
             rows[split]["tvqa"].append(_video_qa_row(clip_name, clip_number, tvqa, config,
                                                      tvqa[1][tvqa[2]]))
-            asked = next(m for m in clip.movers if m.colour == how2qa[1][how2qa[2]])
-            rows[split]["how2qa"].append(_video_qa_row(clip_name, clip_number, how2qa, config,
-                                                       asked.direction))
+            if how2qa is not None:
+                rows[split]["how2qa"].append(_video_qa_row(
+                    clip_name, clip_number, how2qa, config,
+                    video_tasks.phrase_direction(how2qa[1][how2qa[2]])))
             for task, descriptions in (
                 ("tvc", video_tasks.tvc_descriptions(clip)),
                 ("yc2c", video_tasks.yc2c_descriptions(clip)),
@@ -373,7 +374,8 @@ def _world_description(
         "relations": list(image_tasks.RELATIONS), "directions": list(DIRECTIONS),
         "question_types": {
             "vqa": ["colour", "shape", "count", "exist"], "gqa": ["relation"],
-            "tvqa": list(DIRECTIONS), "how2qa": list(DIRECTIONS),  # the asked shape's motion
+            "tvqa": list(DIRECTIONS),  # the asked shape's motion
+            "how2qa": [video_tasks.phrase_direction(o) for o in video_tasks.HOW2QA_OPTIONS],
         },
         "caption_vocabulary": sorted(vocab.caption_words),
         "answer_vocabulary": sorted(vocab.answer_words),

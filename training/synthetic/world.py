@@ -106,7 +106,8 @@ class Mover(ColouredShape):
 
 @dataclass(frozen=True)
 class Clip:
-    """1-2 shapes of distinct colours moving in distinct directions, never overlapping."""
+    """1-2 shapes of distinct colours moving in distinct directions, never overlapping;
+    ``movers`` in `COLOURS` order, the order captions and subtitles name them in."""
 
     movers: tuple[Mover, ...]
 
@@ -168,7 +169,10 @@ def _apart(first: Mover, second: Mover, config: WorldConfig) -> bool:
 
 def sample_clip(rng: np.random.Generator, config: WorldConfig) -> Clip:
     """A random video of 1-2 moving shapes; a second shape that cannot be placed apart
-    from the first within 50 tries is left out."""
+    from the first within 50 tries is left out. The movers are put in `COLOURS` order: a
+    caption naming two shapes in the drawing order had to guess which comes first, and the
+    pre-trained backbone's two-shape captions then mixed the shapes' names and motions
+    (14 of 88 shapes right, where asked one shape at a time it answers 97%)."""
     n_movers = int(rng.integers(1, 3))
     colours = rng.choice(list(COLOURS), size=n_movers, replace=False).tolist()
     directions = rng.choice(list(DIRECTIONS), size=n_movers, replace=False).tolist()
@@ -179,7 +183,7 @@ def sample_clip(rng: np.random.Generator, config: WorldConfig) -> Clip:
             if _apart(movers[0], candidate, config):
                 movers.append(candidate)
                 break
-    return Clip(tuple(movers))
+    return Clip(tuple(sorted(movers, key=lambda mover: list(COLOURS).index(mover.colour))))
 
 
 def _draw_shape(
