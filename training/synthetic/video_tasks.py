@@ -4,7 +4,7 @@ TVQA-style questions ask which way a named shape moves (5 one-word options), How
 ones how the shape of a colour moves (4 phrase options, "moves left"); both need the motion,
 which no text and no single frame gives away. TVC-style captions describe the motion,
 YouCook2-style ones read as instructions. Subtitles name each shape's kind, never its colour
-or its motion, so neither multiple-choice task can be answered from the text alone.
+or its motion.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ _SHAPE_MOTION = re.compile(
 
 
 def subtitle_lines(clip: Clip, rng: np.random.Generator) -> list[str]:
-    """One narrator line per shape naming its kind, e.g. ``"look at the circle"``. Not its
-    colour: How2QA asks for the colour, and subtitles that named it let a model with a
-    random vision tower answer 77% of How2QA (majority 25) from the text alone."""
+    """One narrator line per shape naming its kind, e.g. ``"look at the circle"``: not its
+    colour, by which the questions refer to shapes, so that the frames alone tell which
+    shape is which."""
     openers = ("look at the", "now watch the", "here is the")
     return [f"{pick(rng, openers)} {mover.shape}" for mover in clip.movers]
 
