@@ -43,8 +43,8 @@ def test_demo_trains_and_serves_a_given_backbone_folder_instead_of_pretraining(m
     monkeypatch.setattr(run, "pretrain", lambda *args, **kw: calls.setdefault("pretrain", args))
     monkeypatch.setattr(run, "generate", lambda out, **kw: calls.setdefault("generate", out))
 
-    def train(steps, backbone):
-        calls["train"] = backbone
+    def train(steps, backbone, choice_answer):
+        calls["train"], calls["choice_answer"] = backbone, choice_answer
         return SimpleNamespace(out=tmp_path / "run")
 
     monkeypatch.setattr(run, "train_adapter", train)
@@ -54,5 +54,7 @@ def test_demo_trains_and_serves_a_given_backbone_folder_instead_of_pretraining(m
     assert "pretrain" not in calls
     assert calls["generate"] == tmp_path / "data" / "world"
     assert calls["train"] == calls["serve"] == tmp_path / "mine"
-    run.main(["--steps", "1"])
+    assert calls["choice_answer"] == "text"  # the cloze form, which the demo's steps learn
+    run.main(["--steps", "1", "--choice-answer", "label"])
     assert calls["pretrain"][0] == tmp_path / "backbone-small"
+    assert calls["choice_answer"] == "label"
