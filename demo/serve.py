@@ -38,7 +38,7 @@ def ask(client: Client, task: str, example: Example, world: Path) -> str:
         else:
             reply = client.video_caption(frames, ADAPTER, task=task,
                                          subtitles=example.subtitles)
-        return f"{reply.label} ({reply.text})" if reply.label else reply.text
+        return reply.text  # a multiple-choice reply's text is the chosen option, in either form
     images = [ImageFolder(world / "images").image_path(v).read_bytes()
               for v in example.visual_ids]
     if task == "nlvr2":
@@ -51,7 +51,7 @@ def ask(client: Client, task: str, example: Example, world: Path) -> str:
 
 def truth(example: Example) -> str:
     if TASKS[example.task].kind is TaskKind.MULTIPLE_CHOICE:
-        return f"a{example.label} ({example.choices[example.label]})"
+        return example.choices[example.label]
     return example.targets[0]
 
 

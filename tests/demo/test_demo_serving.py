@@ -28,6 +28,10 @@ def test_trained_artifact_is_served_for_every_task(tmp_path, capsys):
     for task in TASKS:
         assert f"[{task}]" in out
     assert "exact answers:" in out
+    for task in ("tvqa", "how2qa"):  # multiple choice is shown and judged by the option's text
+        example = load_task_split(task, base.tasks[task], "test")[0]
+        assert f"truth: {example.choices[example.label]!r}" in out
+        assert any(f"answer: {choice!r}" in out for choice in example.choices)
 
 
 def test_demo_trains_and_serves_a_given_backbone_folder_instead_of_pretraining(monkeypatch,
