@@ -243,7 +243,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> RunConfig
     if base_dir is not None and cache is not None and not Path(cache).is_absolute():
         cache = str(base_dir / cache)
     return RunConfig(**{**raw, "backbone": backbone, "tasks": tasks, "feature_cache": cache,
-                        "choice_answer": ChoiceAnswer(raw.get("choice_answer", "label")),
+                        "choice_answer": ChoiceAnswer(raw.get("choice_answer", ChoiceAnswer.LABEL)),
                         "methods": _methods(raw["methods"])})
 
 

@@ -375,7 +375,7 @@ def _world_description(
         "question_types": {
             "vqa": ["colour", "shape", "count", "exist"], "gqa": ["relation"],
             "tvqa": list(DIRECTIONS),  # the asked shape's motion
-            "how2qa": [video_tasks.phrase_direction(o) for o in video_tasks.HOW2QA_OPTIONS],
+            "how2qa": list(video_tasks.HOW2QA_DIRECTIONS),
         },
         "caption_vocabulary": sorted(vocab.caption_words),
         "answer_vocabulary": sorted(vocab.answer_words),

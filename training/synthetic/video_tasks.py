@@ -23,7 +23,9 @@ def direction_phrase(direction: str) -> str:
     return "stays still" if direction == "still" else f"moves {direction}"
 
 
-HOW2QA_OPTIONS = tuple(direction_phrase(d) for d in DIRECTIONS if d != "still")
+# How2QA asks only about shapes that move: its answers, and their options' phrases.
+HOW2QA_DIRECTIONS = tuple(d for d in DIRECTIONS if d != "still")
+HOW2QA_OPTIONS = tuple(direction_phrase(d) for d in HOW2QA_DIRECTIONS)
 
 
 def motion_phrase(mover: Mover) -> str:
@@ -68,12 +70,12 @@ def how2qa_question(clip: Clip, rng: np.random.Generator
     shape stays still. Asked the other way round ("what colour is the shape that moves
     left ?"), colour alone answered every one-shape clip and half of the others, and a
     single adapter over a random vision tower scored 77 (majority 26)."""
-    mover = pick(rng, clip.movers)
-    if mover.direction == "still":  # a second shape moves: the clip's directions differ
-        mover = next((other for other in clip.movers if other is not mover), mover)
+    picked = pick(rng, clip.movers)
+    # A still shape is not asked about; then the clip's other shape is (directions differ).
+    mover = next((m for m in (picked, *clip.movers) if m.direction != "still"), None)
     # Drawn for every clip, so that the clips after one without a question stay the same.
     order = rng.permutation(len(HOW2QA_OPTIONS)).tolist()
-    if mover.direction == "still":
+    if mover is None:
         return None
     options = [HOW2QA_OPTIONS[i] for i in order]
     return f"how does the {mover.colour} shape move ?", options, options.index(motion_phrase(mover))
