@@ -30,7 +30,8 @@ from training.synthetic.world import Clip, Mover
 
 
 def test_pretrain_writes_a_reusable_backbone_with_an_attribute_report(tmp_path):
-    settings = PretrainSettings(steps=2, batch_size=4, sizes=SplitSizes(6, 3, 3))
+    settings = PretrainSettings(steps=2, batch_size=4, sizes=SplitSizes(6, 3, 3),
+                                video_extra_train=3)
     backbone = pretrain(tmp_path / "backbone", tmp_path / "data", settings, show_progress=False)
     assert backbone.tokenizer is not None and not any(p.requires_grad
                                                       for p in backbone.parameters())
@@ -55,7 +56,8 @@ def test_pretrain_cli_prints_the_backbone_folder(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(module, "PretrainSettings",
                         lambda **kw: PretrainSettings(**kw, batch_size=4,
-                                                      sizes=SplitSizes(6, 3, 3)))
+                                                      sizes=SplitSizes(6, 3, 3),
+                                                      video_extra_train=0))
     assert main(["pretrain", "--out", str(tmp_path / "b"), "--data", str(tmp_path / "d"),
                  "--steps", "1", "--quiet"]) == 0
     assert f"backbone: {tmp_path / 'b'}" in capsys.readouterr().out
