@@ -51,6 +51,15 @@ def test_pretrain_writes_a_reusable_backbone_with_an_attribute_report(tmp_path):
     assert again.fingerprint() == fingerprint  # cached, not retrained
 
 
+def test_the_pretraining_world_grows_its_video_train_split_only(tmp_path):
+    settings = PretrainSettings(sizes=SplitSizes(6, 3, 3), video_extra_train=5)
+    generate(tmp_path, seed=1, sizes=settings.pretrain_world_sizes())
+    clips = {split: {e.visual_ids[0] for e in world_examples(tmp_path, split, ["tvc"])}
+             for split in ("train", "val")}
+    images = {e.visual_ids[0] for e in world_examples(tmp_path, "train", ["caption"])}
+    assert (len(clips["train"]), len(clips["val"]), len(images)) == (11, 3, 6)
+
+
 def test_pretrain_cli_prints_the_backbone_folder(tmp_path, capsys, monkeypatch):
     import training.pretrain as module
 
