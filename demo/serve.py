@@ -55,6 +55,18 @@ def truth(example: Example) -> str:
     return example.targets[0]
 
 
+def accepted(example: Example) -> set[str]:
+    """The answers counted as exact: the right option's text, a scored question's
+    best-scored answers (not another annotator's 0.3), or any reference of a caption."""
+    if TASKS[example.task].kind is TaskKind.MULTIPLE_CHOICE:
+        return {truth(example)}
+    if example.target_weights:
+        best = max(example.target_weights)
+        return {t for t, w in zip(example.targets, example.target_weights, strict=True)
+                if w == best}
+    return set(example.targets)
+
+
 def serve_and_ask(artifact: Path, backbone: Path, world: Path) -> None:
     """Publish `artifact`, start a server over `backbone`, answer one test example of each
     task the artifact has."""
@@ -72,8 +84,7 @@ def serve_and_ask(artifact: Path, backbone: Path, world: Path) -> None:
                 for task, entry in synthetic_tasks(world, sorted(tasks, key=order)).items():
                     example = load_task_split(task, TaskData(**entry), "test")[0]
                     answer = ask(client, task, example, world)
-                    ok = answer == truth(example) or answer in example.targets
-                    right += ok
+                    right += answer in accepted(example)
                     print(f"  [{task}] {example.source_text[:70]}")
                     print(f"      answer: {answer!r}   truth: {truth(example)!r}")
                 print(f"  exact answers: {right}/{len(tasks)}")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from demo.run import DEMO_PRESET
-from demo.serve import serve_and_ask
+from demo.serve import accepted, serve_and_ask
 from modeling.backbone import VLBackbone
 from modeling.config import preset
 from modeling.tasks import TASKS
+from training.data.example import Example
 from training.synthetic import generate
 from training.synthetic.generate import SplitSizes
 from training.synthetic_run import synthetic_config
@@ -62,3 +63,14 @@ def test_demo_trains_and_serves_a_given_backbone_folder_instead_of_pretraining(m
     run.main(["--steps", "1", "--choice-answer", "label"])
     assert calls["pretrain"][0] == tmp_path / "backbone-small"
     assert calls["choice_answer"] == "label"
+
+
+def test_the_demo_counts_only_a_best_scored_answer_the_right_option_or_a_reference():
+    vqa = Example("vqa", "q", ("i",), "vqa: what colour ?", targets=("red", "green"),
+                  target_weights=(1.0, 0.3))
+    caption = Example("caption", "c", ("i",), "caption:", targets=("a red square", "one shape"))
+    tvqa = Example("tvqa", "t", ("v",), "tvqa:", targets=("a1",), choices=("left", "up"),
+                   label=1)
+    assert accepted(vqa) == {"red"}  # another annotator's 0.3 is not exact
+    assert accepted(caption) == {"a red square", "one shape"}
+    assert accepted(tvqa) == {"up"}
