@@ -19,6 +19,7 @@ from serving.server import Server
 from training.config import TaskData
 from training.data.example import Example
 from training.data.visual_stores import ImageFolder, VideoFrameFolder
+from training.metrics import answer_score
 from training.synthetic_run import synthetic_tasks
 from training.trainer import load_task_split
 
@@ -55,16 +56,11 @@ def truth(example: Example) -> str:
     return example.targets[0]
 
 
-def accepted(example: Example) -> set[str]:
-    """The answers counted as exact: the right option's text, a scored question's
-    best-scored answers (not another annotator's 0.3), or any reference of a caption."""
-    if TASKS[example.task].kind is TaskKind.MULTIPLE_CHOICE:
-        return {truth(example)}
-    if example.target_weights:
-        best = max(example.target_weights)
-        return {t for t, w in zip(example.targets, example.target_weights, strict=True)
-                if w == best}
-    return set(example.targets)
+def exact(answer: str, example: Example) -> bool:
+    """Whether `answer` scores in full by its task's metric (`answer_score`): the right
+    option, VQA's best-scored answer (not another annotator's 0.3), or a caption repeating
+    one of its references."""
+    return answer_score(answer, example) == 1.0
 
 
 def serve_and_ask(artifact: Path, backbone: Path, world: Path) -> None:
@@ -84,7 +80,7 @@ def serve_and_ask(artifact: Path, backbone: Path, world: Path) -> None:
                 for task, entry in synthetic_tasks(world, sorted(tasks, key=order)).items():
                     example = load_task_split(task, TaskData(**entry), "test")[0]
                     answer = ask(client, task, example, world)
-                    right += answer in accepted(example)
+                    right += exact(answer, example)
                     print(f"  [{task}] {example.source_text[:70]}")
                     print(f"      answer: {answer!r}   truth: {truth(example)!r}")
                 print(f"  exact answers: {right}/{len(tasks)}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from demo.run import DEMO_PRESET
-from demo.serve import accepted, serve_and_ask
+from demo.serve import exact, serve_and_ask
 from modeling.backbone import VLBackbone
 from modeling.config import preset
 from modeling.tasks import TASKS
@@ -71,6 +71,7 @@ def test_the_demo_counts_only_a_best_scored_answer_the_right_option_or_a_referen
     caption = Example("caption", "c", ("i",), "caption:", targets=("a red square", "one shape"))
     tvqa = Example("tvqa", "t", ("v",), "tvqa:", targets=("a1",), choices=("left", "up"),
                    label=1)
-    assert accepted(vqa) == {"red"}  # another annotator's 0.3 is not exact
-    assert accepted(caption) == {"a red square", "one shape"}
-    assert accepted(tvqa) == {"up"}
+    assert exact("red", vqa) and not exact("green", vqa)  # another annotator's 0.3 is not
+    assert exact("a red square", caption) and exact("one shape", caption)
+    assert not exact("a square", caption)
+    assert exact("up", tvqa) and not exact("left", tvqa)

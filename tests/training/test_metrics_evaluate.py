@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 from training.data import Example
-from training.metrics import caption_scores, evaluate, java_available
+from training.metrics import answer_score, caption_scores, evaluate, java_available
 
 CAPTION_REFERENCES = {
     "1": ["a red circle left of a blue square", "two shapes , a circle and a square"],
@@ -38,6 +38,15 @@ def test_vqa_label_score_without_raw_answers() -> None:
     ]
     result = evaluate("vqa", {"1": "Three", "2": "yes"}, examples)
     assert result["accuracy"] == pytest.approx(65.0)
+
+
+def test_one_answer_is_scored_officially_where_its_example_has_the_annotators_answers() -> None:
+    raw = _vqa("1", "count", targets=("2",), target_weights=(0.9,), answers=("2",) * 3 + ("3",) * 7)
+    labelled = _vqa("2", "count", targets=("2", "3"), target_weights=(0.6, 0.3))
+    assert answer_score("two", raw) == pytest.approx(0.9)  # 3 of 10 annotators: official 0.9
+    assert answer_score("3", raw) == pytest.approx(1.0)  # not among the targets, but said 7 times
+    assert answer_score("3", raw, official=False) == 0.0  # the label score reads the targets
+    assert answer_score("three", labelled) == pytest.approx(0.3)
 
 
 def test_gqa_and_nlvr2_exact_match_after_normalisation() -> None:

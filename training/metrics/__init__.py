@@ -1,7 +1,13 @@
 """Task metrics: official VQA accuracy, exact match, multiple choice, COCO caption metrics."""
 
 from training.metrics.captioning import caption_scores, java_available, simple_tokenize
-from training.metrics.evaluate import evaluate, exact_match, multiple_choice_match, vqa_score
+from training.metrics.evaluate import (
+    answer_score,
+    evaluate,
+    exact_match,
+    multiple_choice_match,
+    vqa_score,
+)
 from training.metrics.vqa import (
     normalize_answer,
     process_digit_article,
@@ -11,6 +17,7 @@ from training.metrics.vqa import (
 )
 
 __all__ = [
+    "answer_score",
     "caption_scores",
     "evaluate",
     "exact_match",

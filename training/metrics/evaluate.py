@@ -44,6 +44,19 @@ def vqa_score(prediction: str, example: Example, official: bool) -> float:
     return vqa_label_score(prediction, dict(zip(example.targets, weights, strict=True)))
 
 
+def answer_score(prediction: str, example: Example, official: bool | None = None) -> float:
+    """One example's score in [0, 1] by its task's rule: the right option (multiple
+    choice), VQA's label score (or official accuracy: `official`, None where the example
+    carries its annotators' answers), else an exact match of a target (for a caption: of
+    one of its references)."""
+    if get_task(example.task).kind is TaskKind.MULTIPLE_CHOICE:
+        return multiple_choice_match(prediction, example)
+    if example.task == "vqa":
+        return vqa_score(prediction, example,
+                         bool(example.answers) if official is None else official)
+    return exact_match(prediction, example)
+
+
 def _check_matching_ids(predictions: Mapping[str, str], examples: list[Example]) -> None:
     example_ids = [example.example_id for example in examples]
     missing = [key for key in example_ids if key not in predictions]
@@ -104,11 +117,7 @@ def evaluate(
             {example.example_id: example.targets for example in examples},
             use_java=use_java,
         )
-    if spec.kind is TaskKind.MULTIPLE_CHOICE:
-        scores = [multiple_choice_match(predictions[e.example_id], e) for e in examples]
-    elif task == "vqa":
-        official = all(example.answers for example in examples)
-        scores = [vqa_score(predictions[e.example_id], e, official) for e in examples]
-    else:
-        scores = [exact_match(predictions[e.example_id], e) for e in examples]
+    # Official VQA accuracy only where every example has its annotators' answers.
+    official = all(example.answers for example in examples)
+    scores = [answer_score(predictions[e.example_id], e, official) for e in examples]
     return _accuracy_by_type(scores, examples)
