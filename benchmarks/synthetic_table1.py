@@ -32,7 +32,7 @@ import torch
 
 from demo.run import SHIPPED_BACKBONE
 from modeling.backbone import VLBackbone
-from modeling.cli_parser import OneLineParser, positive_int
+from modeling.cli_parser import OneLineParser, add_choice_answer, positive_int
 from modeling.families import load_backbone
 from modeling.params import report
 from modeling.presets import method_preset
@@ -205,10 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="leave out the random-backbone control (run it in another call)")
     parser.add_argument("--tasks", choices=list(TASK_SETS), default="all",
                         help="train these tasks together: all eight, or the image or video ones")
-    parser.add_argument("--choice-answer", choices=[a.value for a in ChoiceAnswer],
-                        default=ChoiceAnswer.LABEL.value,
-                        help="multiple choice trained and scored as the option's label (a0, "
-                        "VL-Adapter) or as the option's own text (cloze)")
+    add_choice_answer(parser, ChoiceAnswer.LABEL)
     parser.add_argument("--video-train", type=positive_int,
                         help="video train clips (the standard world has 600): trains on the "
                         "standard world with more video train clips, same val and test")

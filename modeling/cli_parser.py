@@ -3,13 +3,15 @@
 argparse prints the whole usage block before its error line (thirty lines for
 `adapter-serve`); users of a command-line tool get the one line that says what is wrong.
 Lives in `modeling` because it is the one package every CLI may import (see the layering
-rule in the README); it imports nothing but argparse.
+rule in the README). Also the options that several commands share.
 """
 
 from __future__ import annotations
 
 import argparse
 from typing import NoReturn
+
+from modeling.tasks import ChoiceAnswer
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -29,3 +31,11 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def add_choice_answer(parser: argparse.ArgumentParser, default: ChoiceAnswer) -> None:
+    """`--choice-answer label|text` (`ChoiceAnswer`), parsed to its value."""
+    parser.add_argument("--choice-answer", choices=[answer.value for answer in ChoiceAnswer],
+                        default=default.value,
+                        help="multiple choice trained and scored as the option's label (a0, "
+                        "VL-Adapter's form) or as the option's own text (cloze)")

@@ -66,9 +66,8 @@ class PretrainSettings:
     With 600 clips the LM learnt each train clip's two-shape caption but not which colour
     moves how in a new clip (val: the right motion for 23% of a two-shape clip's shapes,
     though 90% when asked of one shape); 300 more caption steps over 3,000 clips took it
-    to 68%, over the same 600 clips to 44%. The shipped run (2,600 steps, 5,000 clips,
-    captions at weight 3) gives 40% on two-shape clips, 63 per shape over all (README,
-    "Where it stands"): more clips help, not yet enough.
+    to 68%, over the same 600 clips to 44%. What the shipped run reaches: README, "Where
+    it stands".
     """
 
     steps: int = 1500
