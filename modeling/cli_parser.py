@@ -34,8 +34,9 @@ def positive_int(text: str) -> int:
 
 
 def add_choice_answer(parser: argparse.ArgumentParser, default: ChoiceAnswer) -> None:
-    """`--choice-answer label|text` (`ChoiceAnswer`), parsed to its value."""
+    """`--choice-answer label|text|text_mean` (`ChoiceAnswer`), parsed to its value."""
     parser.add_argument("--choice-answer", choices=[answer.value for answer in ChoiceAnswer],
                         default=default.value,
                         help="multiple choice trained and scored as the option's label (a0, "
-                        "VL-Adapter's form) or as the option's own text (cloze)")
+                        "VL-Adapter's form) or as the option's own text (cloze), scored by "
+                        "its tokens' summed (text) or mean (text_mean) log-probability")

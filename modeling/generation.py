@@ -9,6 +9,8 @@ is a cache row with its request's adapter slot (STYLE.md, "encoder-decoder detai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from modeling.backbone import VLBackbone, VLBatch
@@ -47,11 +49,14 @@ def beam_search(backbone: VLBackbone, batch: VLBatch, bank: AdapterBank | None =
 @torch.no_grad()
 def score_candidates(backbone: VLBackbone, batch: VLBatch, candidates: torch.Tensor,
                      bank: AdapterBank | None = None,
-                     index: RowIndex | None = None) -> torch.Tensor:
-    """Sum of token log-probabilities of each candidate answer, in one batched call.
+                     index: RowIndex | None = None,
+                     per_token: Sequence[bool] = ()) -> torch.Tensor:
+    """Sum of token log-probabilities of each candidate answer, in one batched call; for
+    the rows where `per_token` [b] is true, their mean over the candidate's tokens.
 
     candidates [b, c, t] token ids with -100 padding (eos included) -> scores [b, c].
-    Used for NLVR2 ("true" / "false") and multiple choice ("a0" .. "a4").
+    Used for NLVR2 ("true" / "false") and multiple choice ("a0" .. "a4", or the options'
+    texts: `ChoiceAnswer`).
     """
     rows, count, _ = candidates.shape
     encoder_hidden, encoder_mask = backbone.encode(batch, bank, index)
@@ -63,5 +68,12 @@ def score_candidates(backbone: VLBackbone, batch: VLBatch, candidates: torch.Ten
     log_probs = logits.float().log_softmax(-1)
     valid = labels != -100
     picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * valid).sum(-1).view(rows, count)
+    totals = (picked * valid).sum(-1).view(rows, count)
+    if not any(per_token):
+        return totals
+    if len(per_token) != rows:
+        raise ValueError(f"per_token has {len(per_token)} entries for {rows} rows")
+    lengths = valid.sum(-1).view(rows, count)
+    averaged = torch.tensor(list(per_token), device=totals.device)[:, None]
+    return torch.where(averaged, totals / lengths, totals)
 

@@ -69,13 +69,22 @@ class ChoiceAnswer(StrEnum):
 
     LABEL: the right option's label ``a{index}``, as VL-Adapter trains and scores it (the
     LM has to find which label lists the answer). TEXT: the option's own text, every
-    option's text scored as the answer (the cloze form small LMs answer far better; README,
-    "The bundled benchmark"). An adapter is served with the form it was trained with (its
-    manifest's ``choice_answer``).
+    option's text scored as the answer by the sum of its tokens' log-probabilities (the
+    cloze form small LMs answer far better; README, "The bundled benchmark"). TEXT_MEAN:
+    trained as TEXT, scored by the mean over the option's tokens instead, so a long right
+    option (a real TVQA answer is a sentence) is not outscored by a short wrong one for
+    having more tokens to pay for. An adapter is served with the form it was trained with
+    (its manifest's ``choice_answer``).
     """
 
     LABEL = "label"
     TEXT = "text"
+    TEXT_MEAN = "text_mean"
+
+    @property
+    def per_token(self) -> bool:
+        """Whether candidates are scored by their mean token log-probability (not the sum)."""
+        return self is ChoiceAnswer.TEXT_MEAN
 
 
 class VisualInput(StrEnum):
@@ -141,12 +150,12 @@ class TaskSpec:
                          answer: ChoiceAnswer = ChoiceAnswer.LABEL) -> list[str]:
         """The labels a scored task chooses between, in the order of `choices`: NLVR2
         "true"/"false"; multiple choice "a0".."a{n-1}" (`ChoiceAnswer.LABEL`) or the
-        options' own texts (`ChoiceAnswer.TEXT`); empty for generative tasks. The label of
-        the right answer is also the training target."""
+        options' own texts (`ChoiceAnswer.TEXT`, `TEXT_MEAN`); empty for generative tasks.
+        The label of the right answer is also the training target."""
         if self.kind is TaskKind.BINARY:
             return ["true", "false"]
         if self.kind is TaskKind.MULTIPLE_CHOICE:
-            if answer == ChoiceAnswer.TEXT:
+            if answer != ChoiceAnswer.LABEL:
                 return list(choices)
             return [choice_label(i) for i in range(len(choices))]
         return []

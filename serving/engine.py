@@ -356,14 +356,17 @@ class Engine:
 
     def _score(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
         """NLVR2 ("true"/"false") and multiple choice ("a0".."a{n-1}", or the options' texts
-        for an adapter trained on them) by candidate scoring."""
-        labels = [r.task.candidate_labels(r.choices, r.adapter.choice_answer(r.task.name))
-                  for r in requests]
+        for an adapter trained on them, summed or averaged per token: `ChoiceAnswer`) by
+        candidate scoring."""
+        answers = [r.adapter.choice_answer(r.task.name) for r in requests]
+        labels = [r.task.candidate_labels(r.choices, answer)
+                  for r, answer in zip(requests, answers, strict=True)]
         candidates = candidate_ids(self.tokenizer, labels)
         start = time.perf_counter()
         batch, index = self._batch(requests, visuals)
         scores = score_candidates(self.backbone, batch, candidates.to(self.device),
-                                  self.slot_table.bank(), index).float().cpu()
+                                  self.slot_table.bank(), index,
+                                  [answer.per_token for answer in answers]).float().cpu()
         elapsed = (time.perf_counter() - start) * 1000
         for request, row_labels, row_scores in zip(requests, labels, scores, strict=True):
             row = row_scores[:len(row_labels)].tolist()

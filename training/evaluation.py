@@ -52,7 +52,8 @@ def predict(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
         if scored:
             labels = [TASKS[task].candidate_labels(e.choices, choice_answer) for e in chunk]
             scores = score_candidates(backbone, batch, candidate_ids(tokenizer, labels),
-                                      bank, index)
+                                      bank, index,
+                                      [ChoiceAnswer(choice_answer).per_token] * len(chunk))
             for e, row_labels, row in zip(chunk, labels, scores, strict=True):
                 predictions[e.example_id] = row_labels[int(row[:len(row_labels)].argmax())]
         else:

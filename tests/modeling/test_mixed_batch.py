@@ -7,6 +7,7 @@ lengths and batch sizes, for logits and for generated tokens, on every backbone 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -192,3 +193,31 @@ def test_candidate_scores_are_teacher_forced_log_likelihoods_per_row(backbone):
                 log_probs = backbone(one, weights, index).log_softmax(-1)[0]
             expected = log_probs.gather(-1, candidates[row, c][:, None]).sum()
             assert abs(float(mixed[row, c]) - float(expected)) <= 1e-4
+
+
+def test_per_token_rows_score_each_candidate_by_its_mean_token_log_likelihood(backbone):
+    """Candidates of different lengths; the rows asked per token get each candidate's mean
+    teacher-forced log-probability over its tokens (eos included), the others the sum."""
+    serve = _materialize(backbone, [[MethodEntry("lora", {"rank": 2})]], 6)
+    batch = random_batch(backbone, [4, 6, 3], seed=3, with_labels=False)
+    vocab = min(100, backbone.lm.config.vocab_size)
+    candidates = torch.full((3, 3, 4), -100, dtype=torch.long)
+    for c, length in enumerate((1, 2, 3)):  # answer tokens, then eos
+        candidates[:, c, :length] = torch.randint(4, vocab, (3, length))
+        candidates[:, c, length] = backbone.eos_token_id
+    per_token, slots = [True, False, True], [0, 0, 0]
+    scores = score_candidates(backbone, batch, candidates, _stack(backbone, serve),
+                              RowIndex.of(torch.tensor(slots)), per_token)
+    for row, slot in enumerate(slots):
+        one, weights, index = _run_alone(backbone, batch, row, serve, slot)
+        for c in range(3):
+            tokens = candidates[row, c][candidates[row, c] != -100]
+            one.labels = tokens[None]
+            with torch.no_grad():
+                log_probs = backbone(one, weights, index).log_softmax(-1)[0]
+            picked = log_probs.gather(-1, tokens[:, None])
+            expected = picked.mean() if per_token[row] else picked.sum()
+            assert abs(float(scores[row, c]) - float(expected)) <= 1e-4
+    with pytest.raises(ValueError, match="per_token has 2 entries for 3 rows"):
+        score_candidates(backbone, batch, candidates, _stack(backbone, serve),
+                         RowIndex.of(torch.tensor(slots)), [True, False])

@@ -38,6 +38,7 @@ def test_multiple_choice_candidates_are_the_labels_or_the_options_own_texts():
     for task in ("tvqa", "how2qa"):
         assert TASKS[task].candidate_labels(choices) == ["a0", "a1", "a2"]
         assert TASKS[task].candidate_labels(choices, ChoiceAnswer.TEXT) == list(choices)
+        assert TASKS[task].candidate_labels(choices, ChoiceAnswer.TEXT_MEAN) == list(choices)
     assert TASKS["nlvr2"].candidate_labels(choices, ChoiceAnswer.TEXT) == ["true", "false"]
     assert TASKS["vqa"].candidate_labels(choices, ChoiceAnswer.TEXT) == []
 

@@ -172,7 +172,8 @@ def direct(backbone: VLBackbone, model: AdapterModel, message,
         candidates = torch.full((1, len(ids), max(map(len, ids))), -100, dtype=torch.long)
         for c, row in enumerate(ids):
             candidates[0, c, :len(row)] = torch.tensor(row)
-        scores = score_candidates(backbone, batch, candidates, bank, index)[0].tolist()
+        scores = score_candidates(backbone, batch, candidates, bank, index,
+                                  [ChoiceAnswer(choice_answer).per_token])[0].tolist()
         best = max(range(len(scores)), key=scores.__getitem__)
         text = spec.answer_text(best, message.choices)
         return text, scores

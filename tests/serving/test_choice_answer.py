@@ -1,6 +1,6 @@
 """An adapter is served in the multiple-choice answer form it was trained with: the
-option's label ("a0", VL-Adapter) or the option's own text (`ChoiceAnswer`), as its
-manifest records."""
+option's label ("a0", VL-Adapter) or the option's own text, summed or averaged per token
+(`ChoiceAnswer`), as its manifest records."""
 
 from __future__ import annotations
 
@@ -45,3 +45,10 @@ def test_each_adapter_is_scored_in_the_answer_form_its_manifest_records(backbone
     # Same weights, other candidate strings: the two forms score differently.
     assert [s.log_prob for s in replies[ChoiceAnswer.TEXT].scores] != pytest.approx(
         [s.log_prob for s in replies[ChoiceAnswer.LABEL].scores], abs=1e-4)
+    # Same weights, same strings: text_mean serves each option's summed score over its
+    # token count (eos included).
+    lengths = [len(backbone.tokenizer(choice)["input_ids"]) for choice in choices]
+    assert len(set(lengths)) > 1, "guard: the options must differ in token count"
+    assert [s.log_prob for s in replies[ChoiceAnswer.TEXT_MEAN].scores] == pytest.approx(
+        [s.log_prob / n for s, n in zip(replies[ChoiceAnswer.TEXT].scores, lengths,
+                                       strict=True)], abs=1e-4)
