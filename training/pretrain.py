@@ -307,6 +307,18 @@ def motion_accuracy(predictions: dict[str, str], examples: list[Example]) -> flo
     return 100.0 * right / max(counted, 1)
 
 
+def motion_by_shape_count(predictions: dict[str, str], examples: list[Example]
+                          ) -> dict[str, float]:
+    """`motion_accuracy` over the clips with each number of shapes, keyed
+    ``"motion/<n>-shape clips"``: a clip with one shape asks the caption for its motion, one
+    with two for each colour's own kind and motion too, which is where captions fail."""
+    by_count: dict[int, list[Example]] = {}
+    for example in examples:
+        by_count.setdefault(len(shape_motions(example.targets[0])), []).append(example)
+    return {f"motion/{count}-shape clips": motion_accuracy(predictions, clips)
+            for count, clips in sorted(by_count.items()) if count > 0}
+
+
 def answers_right(answers: dict[str, str], questions: list[Example]) -> float:
     """Percent of `questions` answered with their one target: a direction word
     (`motion_questions`, chance 20) or an option's label (`choice_questions`)."""
@@ -327,7 +339,8 @@ def check_attributes(backbone: VLBackbone, root: Path, out: Path) -> dict:
     (the note's advice: know what the frozen model can see before comparing methods), and
     whether it picks the right option's label when the image questions come with numbered
     options (`choice_questions`), and for video captions whether they give each shape its
-    motion, and whether it answers how each shape moves when asked (chance: 20 for both)."""
+    motion (all clips, and by how many shapes a clip holds), and whether it answers how
+    each shape moves when asked (chance: 20 for both)."""
     report = {}
     for task, folder in (("vqa", "images"), ("gqa", "images"), ("tvc", "videos")):
         val = world_examples(root, "val", [task], backbone.config.family)
@@ -342,6 +355,7 @@ def check_attributes(backbone: VLBackbone, root: Path, out: Path) -> dict:
         if task == "tvc":
             report[task] = {"CIDEr": report[task]["CIDEr"],
                             "motion": motion_accuracy(predictions, val),
+                            **motion_by_shape_count(predictions, val),
                             "motion/question": motion_answer_accuracy(backbone, val, features)}
     (out / "pretrain_report.json").write_text(json.dumps(report, indent=2))
     for task, metrics in report.items():

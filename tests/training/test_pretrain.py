@@ -18,6 +18,7 @@ from training.pretrain import (
     PretrainSettings,
     choice_questions,
     motion_accuracy,
+    motion_by_shape_count,
     motion_questions,
     pretrain,
     sample_rows,
@@ -41,6 +42,9 @@ def test_pretrain_writes_a_reusable_backbone_with_an_attribute_report(tmp_path):
     report = json.loads((tmp_path / "backbone" / "pretrain_report.json").read_text())
     assert {"vqa", "gqa", "tvc"} <= set(report) and "accuracy/colour" in report["vqa"]
     assert 0.0 <= report["tvc"]["motion"] <= 100.0
+    val = world_examples(tmp_path / "data" / "pretrain-world", "val", ["tvc"])
+    assert {key for key in report["tvc"] if key.endswith("-shape clips")} == {
+        f"motion/{len(shape_motions(e.targets[0]))}-shape clips" for e in val}
     assert 0.0 <= report["tvc"]["motion/question"] <= 100.0
     assert all(0.0 <= report[task]["choice"] <= 100.0 for task in ("vqa", "gqa"))
     fingerprint = backbone.fingerprint()
@@ -106,6 +110,9 @@ def test_motion_accuracy_gives_each_shape_its_own_motion_in_any_order_and_gramma
         "3": "the blue circle moves left and the blue circle moves up"}  # 1: the first said
     # 4 of the 6 shapes; a reference naming no shape counts nothing.
     assert motion_accuracy(predictions, examples) == 400 / 6
+    # One-shape clips 1 and 3: 1 of 2; two-shape clips 0 and 2: 3 of 4.
+    assert motion_by_shape_count(predictions, examples) == {
+        "motion/1-shape clips": 50.0, "motion/2-shape clips": 75.0}
 
 
 def test_shape_motions_reads_both_tvc_grammars():
