@@ -313,7 +313,8 @@ def motion_by_shape_count(predictions: dict[str, str], examples: list[Example]
                           ) -> dict[str, float]:
     """`motion_accuracy` over the clips with each number of shapes, keyed
     ``"motion/<n>-shape clips"``: a clip with one shape asks the caption for its motion, one
-    with two for each colour's own kind and motion too, which is where captions fail."""
+    with two for each colour's own kind and motion too, which is where the captions of the
+    backbones shipped before stop 24 failed (README, "Where it stands")."""
     by_count: dict[int, list[Example]] = {}
     for example in examples:
         by_count.setdefault(len(shape_motions(example.targets[0])), []).append(example)
