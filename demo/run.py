@@ -96,7 +96,7 @@ def demo_tasks(backbone: Path) -> list[str]:
 
 
 def train_adapter(steps: int, backbone: Path,
-                  choice_answer: str = DEMO_CHOICE_ANSWER) -> Trainer:
+                  choice_answer: ChoiceAnswer | str = DEMO_CHOICE_ANSWER) -> Trainer:
     world = RUNS / "data" / "world"
     config = synthetic_config(world, backbone, DEMO_PRESET,
                               steps, lr=1e-3, eval_every=0, log_every=25,

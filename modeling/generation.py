@@ -69,10 +69,10 @@ def score_candidates(backbone: VLBackbone, batch: VLBatch, candidates: torch.Ten
     valid = labels != -100
     picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     totals = (picked * valid).sum(-1).view(rows, count)
+    if per_token and len(per_token) != rows:
+        raise ValueError(f"per_token has {len(per_token)} entries for {rows} rows")
     if not any(per_token):
         return totals
-    if len(per_token) != rows:
-        raise ValueError(f"per_token has {len(per_token)} entries for {rows} rows")
     lengths = valid.sum(-1).view(rows, count)
     averaged = torch.tensor(list(per_token), device=totals.device)[:, None]
     return torch.where(averaged, totals / lengths, totals)

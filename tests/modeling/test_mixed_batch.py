@@ -174,6 +174,17 @@ def test_greedy_tokens_are_the_argmax_of_the_uncached_teacher_forced_logits(back
         assert logits[:steps].argmax(-1).tolist() == one.labels[0, :steps].tolist(), row
 
 
+def _token_log_probs(backbone, batch, row, serve, slot, candidate):
+    """Row alone, teacher-forced on `candidate` [t] (-100 padding dropped): each of its
+    tokens' log-probability [t'] from the plain forward."""
+    one, weights, index = _run_alone(backbone, batch, row, serve, slot)
+    tokens = candidate[candidate != -100]
+    one.labels = tokens[None]
+    with torch.no_grad():
+        log_probs = backbone(one, weights, index).log_softmax(-1)[0]
+    return log_probs.gather(-1, tokens[:, None])
+
+
 def test_candidate_scores_are_teacher_forced_log_likelihoods_per_row(backbone):
     serve = _materialize(backbone, [[MethodEntry("lora", {"rank": 2})],
                                     [MethodEntry("prompt_tuning", {"length": 2,
@@ -186,12 +197,9 @@ def test_candidate_scores_are_teacher_forced_log_likelihoods_per_row(backbone):
     mixed = score_candidates(backbone, batch, candidates, _stack(backbone, serve),
                              RowIndex.of(torch.tensor(slots)))
     for row, slot in enumerate(slots):
-        one, weights, index = _run_alone(backbone, batch, row, serve, slot)
         for c in range(5):
-            one.labels = candidates[row, c][None]
-            with torch.no_grad():
-                log_probs = backbone(one, weights, index).log_softmax(-1)[0]
-            expected = log_probs.gather(-1, candidates[row, c][:, None]).sum()
+            expected = _token_log_probs(backbone, batch, row, serve, slot,
+                                        candidates[row, c]).sum()
             assert abs(float(mixed[row, c]) - float(expected)) <= 1e-4
 
 
@@ -209,13 +217,8 @@ def test_per_token_rows_score_each_candidate_by_its_mean_token_log_likelihood(ba
     scores = score_candidates(backbone, batch, candidates, _stack(backbone, serve),
                               RowIndex.of(torch.tensor(slots)), per_token)
     for row, slot in enumerate(slots):
-        one, weights, index = _run_alone(backbone, batch, row, serve, slot)
         for c in range(3):
-            tokens = candidates[row, c][candidates[row, c] != -100]
-            one.labels = tokens[None]
-            with torch.no_grad():
-                log_probs = backbone(one, weights, index).log_softmax(-1)[0]
-            picked = log_probs.gather(-1, tokens[:, None])
+            picked = _token_log_probs(backbone, batch, row, serve, slot, candidates[row, c])
             expected = picked.mean() if per_token[row] else picked.sum()
             assert abs(float(scores[row, c]) - float(expected)) <= 1e-4
     with pytest.raises(ValueError, match="per_token has 2 entries for 3 rows"):
