@@ -334,9 +334,19 @@ class VLBackbone(nn.Module):
         """Teacher-forced logits [b, y, vocab] for batch.labels."""
         if batch.labels is None:
             raise ValueError("forward needs batch.labels; use modeling.generation to decode")
+        # The rows run grouped by form (each site's rows a span: views, not gathers); the
+        # logits go back in the caller's order.
+        order = None if bank is None or index is None else \
+            index.grouping(bank.used_by_sets())
+        if order is not None:
+            batch = batch.select(torch.tensor(order, device=batch.input_ids.device))
+            index = index.select(order)
         hidden, mask = self.encode(batch, bank, index)
-        return self.decode(hidden, mask, labels=batch.labels, bank=bank,
-                           index=index).logits
+        logits = self.decode(hidden, mask, labels=batch.labels, bank=bank, index=index).logits
+        if order is None:
+            return logits
+        back = sorted(range(len(order)), key=order.__getitem__)
+        return logits.index_select(0, torch.tensor(back, device=logits.device))
 
     @contextmanager
     def row_positions(self, positions: torch.Tensor) -> Iterator[None]:

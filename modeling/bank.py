@@ -84,6 +84,15 @@ class AdapterBank:
     # module name -> slots whose set overrides a tensor of it (others hold the frozen one)
     override_used_by: dict[str, frozenset[int]] = field(default_factory=dict)
 
+    def used_by_sets(self) -> list[frozenset[int]]:
+        """The distinct `used_by` sets of the bank's sites: the row subsets a forward cuts
+        (`modeling.kernels.RowIndex.grouping` orders rows so that each is a span)."""
+        distinct = {id(s): s for s in (
+            *(stack.used_by for stack in (*self.lora.values(), *self.bottleneck.values(),
+                                          *self.prefix.values())),
+            *self.override_used_by.values())}
+        return list(distinct.values())
+
 
 def _stack_matrices(matrices: list[torch.Tensor]) -> torch.Tensor:
     """Stack matrices [out, in] into [slots, out, in] backed by [slots, in, out] memory.

@@ -36,6 +36,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from modeling.bank import AdapterBank, BottleneckBank, LoraBank, PrefixBank
 from modeling.kernels import (
     RowIndex,
+    RowSubset,
     gathered_bottleneck,
     gathered_lora,
     gathered_matmul,
@@ -146,8 +147,9 @@ def _on_rows(used_by: frozenset[int], index: RowIndex, compute: Callable[..., to
              out: torch.Tensor, *inputs: torch.Tensor, own: bool = False) -> torch.Tensor:
     """`compute(index, out, *inputs)` on the rows whose slot is in `used_by` only.
 
-    out [b, ...] (the module's output) and inputs [b, ...] are cut to those rows and the
-    result written back into `out`'s rows; the other rows keep the frozen module's output,
+    out [b, ...] (the module's output) and inputs [b, ...] are cut to those rows (views
+    when the rows are a span, `RowIndex.grouping`) and the result written back into
+    `out`'s rows; the other rows keep the frozen module's output,
     as their slots hold zeros or the frozen tensors at this site. own: `out` is the
     hooked module's fresh output, seen by no one yet (our hooks run first), so it is
     written in place unless autograd records; a block position's output may be a
@@ -158,12 +160,15 @@ def _on_rows(used_by: frozenset[int], index: RowIndex, compute: Callable[..., to
         return compute(index, out, *inputs)
     if not len(subset.index):
         return out
-    rows = subset.positions
-    part = compute(subset.index, out.index_select(0, rows),
-                   *(t.index_select(0, rows) for t in inputs))
-    if own and not torch.is_grad_enabled():
-        return out.index_copy_(0, rows, part)
-    return out.index_copy(0, rows, part)
+    taken = subset.of(out)  # a view of `out` when the rows are a span
+    part = compute(subset.index, taken, *(subset.of(t) for t in inputs))
+    if not own or torch.is_grad_enabled():
+        return out.index_copy(0, subset.positions, part)
+    if subset.span is None:
+        return out.index_copy_(0, subset.positions, part)
+    if part is not taken:  # LoRA adds into `taken` itself: already in `out`
+        taken.copy_(part)
+    return out
 
 
 def _layer_norm(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
@@ -299,15 +304,15 @@ def _position_hooks(name: str, position: BlockPosition, ctx: AdapterContext) -> 
         if stacked is not None and stacked.any_parallel:
             ctx.captured[name] = args[0] if args else kwargs["hidden_states"]
 
-    def add_adapter(module: nn.Module, args: tuple, output: Any) -> Any:
+    def add_adapter(module: nn.Module, args: tuple, output: torch.Tensor
+                    ) -> torch.Tensor | None:
         weights = ctx.weights
         stacked = None if weights is None else weights.bottleneck.get(name)
         if stacked is None:
             return None
-        h = output[0] if position.output_is_tuple else output
         inputs = (ctx.captured.pop(name),) if stacked.any_parallel else ()
-        h = _on_rows(stacked.used_by, ctx.index, partial(_bottleneck_rows, stacked), h, *inputs)
-        return (h, *output[1:]) if position.output_is_tuple else h
+        return _on_rows(stacked.used_by, ctx.index, partial(_bottleneck_rows, stacked), output,
+                        *inputs, own=True)
 
     ctx.hooks.add(name, position.input_module, pre=capture_input)
     ctx.hooks.add(name, position.output_module, forward=add_adapter)
@@ -365,13 +370,13 @@ class WidenedCross:
 
 
 def _widened(module: nn.Module, prefix: PrefixBank, index: RowIndex, rows: tuple[int, ...],
-             positions: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor,
+             subset: RowSubset | None, query: torch.Tensor, key: torch.Tensor,
              value: torch.Tensor, mask: torch.Tensor | None, kwargs: dict) -> tuple:
-    """`_with_prefix` for batch rows `rows` (positions: the same on the device, None for
-    every row; index: theirs; query: theirs), key / value / mask the whole batch's: read
-    from the context's cross-attention store when it holds them (same rows, stack and
-    widths; nothing is cut from the batch then) and put there otherwise; without a store
-    (no cached decode, or not a cross-attention) computed."""
+    """`_with_prefix` for batch rows `rows` (subset: the same rows, None for every row;
+    index: theirs; query: theirs), key / value / mask the whole batch's: read from the
+    context's cross-attention store when it holds them (same rows, stack and widths;
+    nothing is cut from the batch then) and put there otherwise; without a store (no
+    cached decode, or not a cross-attention) computed."""
     store = module.vladapter_context.widened_cross \
         if getattr(module, "vladapter_cross_attention", False) else None
     entry = None if store is None else store.get(module.vladapter_site)
@@ -380,8 +385,8 @@ def _widened(module: nn.Module, prefix: PrefixBank, index: RowIndex, rows: tuple
             and entry.key.shape[2] == p_len + key.shape[2]
             and entry.mask.shape[2] == query.shape[2]):
         return entry.key, entry.value, entry.mask, _bias_widened(kwargs, p_len)
-    if positions is not None:
-        key, value, mask = (_batch_rows(t, positions, key.shape[0]) for t in (key, value, mask))
+    if subset is not None:
+        key, value, mask = (_batch_rows(t, subset.of, key.shape[0]) for t in (key, value, mask))
     key, value, mask, kwargs = _with_prefix(module, prefix, index, query, key, value, mask,
                                             kwargs)
     if store is not None:
@@ -389,11 +394,22 @@ def _widened(module: nn.Module, prefix: PrefixBank, index: RowIndex, rows: tuple
     return key, value, mask, kwargs
 
 
-def _batch_rows(t: torch.Tensor | None, rows: torch.Tensor, batch: int) -> torch.Tensor | None:
-    """Rows `rows` of t [batch, ...]; t itself when None or broadcast over the batch [1, ...]."""
+def _batch_rows(t: torch.Tensor | None, take: Callable[[torch.Tensor], torch.Tensor],
+                batch: int) -> torch.Tensor | None:
+    """take(t): some rows of t [batch, ...]; t itself when None or broadcast over the batch
+    [1, ...]."""
     if t is None or t.shape[0] != batch:
         return t
-    return t.index_select(0, rows)
+    return take(t)
+
+
+def _rows_kwargs(kwargs: dict, take: Callable[[torch.Tensor], torch.Tensor],
+                 batch: int) -> dict:
+    """kwargs with T5's position bias cut to some rows (`_batch_rows`)."""
+    bias = kwargs.get("position_bias")
+    if bias is None:
+        return kwargs
+    return {**kwargs, "position_bias": _batch_rows(bias, take, batch)}
 
 
 @lru_cache(maxsize=64)
@@ -421,25 +437,57 @@ def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     # Causal only where the module says so (BLIP's BERT attention does not), for the rows
     # without a prefix too: sdpa_attention_forward's default would be causal.
     kwargs = {"is_causal": getattr(module, "is_causal", False), **kwargs}
+    batch = query.shape[0]
     if prefix is not None and subset is None:  # every row has a prefix (or is widened)
         key, value, attention_mask, kwargs = _widened(
-            module, prefix, ctx.index, _all_rows(query.shape[0]), None, query, key, value,
+            module, prefix, ctx.index, _all_rows(batch), None, query, key, value,
             attention_mask, kwargs)
-    out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if subset is None or not len(subset.index):
-        return out, weights
-    rows, batch = subset.positions, query.shape[0]
-    bias = kwargs.get("position_bias")
-    if bias is not None:
-        kwargs = {**kwargs, "position_bias": _batch_rows(bias, rows, batch)}
-    query = query.index_select(0, rows)
-    key, value, attention_mask, kwargs = _widened(
-        module, prefix, subset.index, subset.rows, rows, query, key, value, attention_mask,
-        kwargs)
-    part, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if subset.span is not None:  # each part on its own rows, views of the batch
+        start, stop = subset.span
+        parts = [_plain_rows(module, slice(0, start), query, key, value, attention_mask,
+                             kwargs),
+                 _prefix_rows(module, prefix, subset, query, key, value, attention_mask,
+                              kwargs),
+                 _plain_rows(module, slice(stop, batch), query, key, value, attention_mask,
+                             kwargs)]
+        return torch.cat([part for part in parts if part is not None]), None
+    out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    part = _prefix_rows(module, prefix, subset, query, key, value, attention_mask, kwargs)
     if torch.is_grad_enabled():  # `out` is sdpa's fresh output: written in place otherwise
-        return out.index_copy(0, rows, part), weights
-    return out.index_copy_(0, rows, part), weights
+        return out.index_copy(0, subset.positions, part), weights
+    return out.index_copy_(0, subset.positions, part), weights
+
+
+def _plain_rows(module: nn.Module, rows: slice, query: torch.Tensor, key: torch.Tensor,
+                value: torch.Tensor, mask: torch.Tensor | None, kwargs: dict
+                ) -> torch.Tensor | None:
+    """Attention of batch rows `rows` (a span without a prefix) over their own keys
+    -> [rows, q, heads, head_dim], or None for no rows."""
+    if rows.start == rows.stop:
+        return None
+    batch = query.shape[0]
+
+    def take(t: torch.Tensor) -> torch.Tensor:
+        return t[rows]
+
+    out, _ = sdpa_attention_forward(module, query[rows], key[rows], value[rows],
+                                    _batch_rows(mask, take, batch),
+                                    **_rows_kwargs(kwargs, take, batch))
+    return out
+
+
+def _prefix_rows(module: nn.Module, prefix: PrefixBank, subset: RowSubset,
+                 query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 mask: torch.Tensor | None, kwargs: dict) -> torch.Tensor:
+    """Attention of the subset's rows over their prefix and their own keys
+    -> [rows, q, heads, head_dim]."""
+    kwargs = _rows_kwargs(kwargs, subset.of, query.shape[0])
+    key, value, mask, kwargs = _widened(module, prefix, subset.index, subset.rows, subset,
+                                        subset.of(query), key, value, mask, kwargs)
+    out, _ = sdpa_attention_forward(module, subset.of(query), key, value, mask, **kwargs)
+    return out
 
 
 AttentionInterface.register(ATTENTION_IMPLEMENTATION, prefix_attention)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 
@@ -94,22 +95,64 @@ class RowIndex:
         subset = None
         if len(positions) < len(self.host_slots):
             device = self.slots.device
+            span = (positions[0], positions[-1] + 1) \
+                if positions and _consecutive(positions) else None
             subset = RowSubset(torch.tensor(positions, dtype=torch.long, device=device),
                                RowIndex.of([self.host_slots[r] for r in positions], device),
-                               tuple(positions))
+                               tuple(positions), span)
         self._subsets[used_by] = subset
         return subset
+
+    def grouping(self, used_by_sets: Sequence[frozenset[int]]) -> tuple[int, ...] | None:
+        """An order of the rows in which the rows of each set in `used_by_sets` (a bank's
+        sites' slots) are consecutive, or None when they already are (or the index is
+        uniform). Rows are ordered by which sets hold their slot, then by slot, keeping
+        their order otherwise: every set's rows are consecutive when the sets are disjoint
+        (each slot one serve form, the common case) and many are otherwise.
+
+        In such an order a site's row subset is a span of the batch (`RowSubset.span`):
+        the hooks compute it on a view instead of gathering its rows and scattering them
+        back.
+        """
+        if self.uniform is not None:
+            return None
+        member = [tuple(slot not in used_by for used_by in used_by_sets)
+                  for slot in self.host_slots]  # False sorts first: members lead
+        if all(_consecutive([row for row, m in enumerate(member) if not m[j]])
+               for j in range(len(used_by_sets))):
+            return None
+        order = tuple(sorted(range(len(member)), key=lambda row: (member[row],
+                                                                  self.host_slots[row])))
+        return None if order == _all_rows(len(order)) else order
+
+
+@lru_cache(maxsize=64)
+def _all_rows(batch: int) -> tuple[int, ...]:
+    return tuple(range(batch))
+
+
+def _consecutive(positions: Sequence[int]) -> bool:
+    """Whether ascending row positions form one unbroken run (an empty list does)."""
+    return not positions or positions[-1] - positions[0] + 1 == len(positions)
 
 
 @dataclass(frozen=True)
 class RowSubset:
     """Some rows of a batch: positions [k] long on the device (their rows in the batch),
-    their own index (row i of the subset is row positions[i] of the batch) and rows, the
-    same positions as Python ints."""
+    their own index (row i of the subset is row positions[i] of the batch), rows (the
+    same positions as Python ints) and span: (start, stop) when the rows are consecutive
+    (`RowIndex.grouping`), else None."""
 
     positions: torch.Tensor
     index: RowIndex
     rows: tuple[int, ...]
+    span: tuple[int, int] | None = None
+
+    def of(self, t: torch.Tensor) -> torch.Tensor:
+        """The subset's rows of t [batch, ...]: a view for a span, else a gathered copy."""
+        if self.span is not None:
+            return t[self.span[0]:self.span[1]]
+        return t.index_select(0, self.positions)
 
 
 def gathered_rows(table: torch.Tensor, index: RowIndex) -> torch.Tensor:

@@ -55,16 +55,17 @@ class BlockPosition:
     """A sublayer: its input is read at `input_module`, its output at `output_module`.
 
     The output is the sublayer's contribution before the residual add (VL-Adapter inserts
-    its adapters there); `output_is_tuple` marks attention modules returning a tuple.
+    its adapters there): the output of the sublayer's last Linear (attention's output
+    projection, the FFN's second Linear), which the sublayer returns as it is. Read at the
+    Linear itself, it is a tensor only our hooks have seen yet, so a bottleneck adds into
+    it in place (`modeling.hooks`).
     """
 
     input_module: nn.Module
-    output_module: nn.Module
-    output_is_tuple: bool
+    output_module: nn.Linear
     kind: str  # "self_attn" | "cross_attn" | "ffn"
     stack: str  # "encoder" | "decoder"
-    # The module computing softmax(q k^T) v, where prefixes join the keys and values (when
-    # it is not `output_module`: BERT projects its output in a separate Linear).
+    # The module computing softmax(q k^T) v, where prefixes join the keys and values.
     attention_module: nn.Module | None = None
 
 
@@ -73,14 +74,14 @@ def _t5_positions(lm: nn.Module) -> dict[str, BlockPosition]:
     for stack_name, stack in (("encoder", lm.encoder), ("decoder", lm.decoder)):
         for i, block in enumerate(stack.block):
             attn = block.layer[0].SelfAttention
-            out[f"{stack_name}.{i}.self_attn"] = BlockPosition(attn, attn, True, "self_attn",
-                                                               stack_name)
+            out[f"{stack_name}.{i}.self_attn"] = BlockPosition(attn, attn.o, "self_attn",
+                                                               stack_name, attn)
             if stack_name == "decoder":
                 cross = block.layer[1].EncDecAttention
-                out[f"decoder.{i}.cross_attn"] = BlockPosition(cross, cross, True, "cross_attn",
-                                                               stack_name)
+                out[f"decoder.{i}.cross_attn"] = BlockPosition(cross, cross.o, "cross_attn",
+                                                               stack_name, cross)
             ffn = block.layer[-1].DenseReluDense
-            out[f"{stack_name}.{i}.ffn"] = BlockPosition(ffn, ffn, False, "ffn", stack_name)
+            out[f"{stack_name}.{i}.ffn"] = BlockPosition(ffn, ffn.wo, "ffn", stack_name)
     return out
 
 
@@ -90,11 +91,13 @@ def _bart_positions(lm: nn.Module) -> dict[str, BlockPosition]:
     for stack_name, stack in (("encoder", model.encoder), ("decoder", model.decoder)):
         for i, layer in enumerate(stack.layers):
             out[f"{stack_name}.{i}.self_attn"] = BlockPosition(
-                layer.self_attn, layer.self_attn, True, "self_attn", stack_name)
+                layer.self_attn, layer.self_attn.out_proj, "self_attn", stack_name,
+                layer.self_attn)
             if stack_name == "decoder":
                 out[f"decoder.{i}.cross_attn"] = BlockPosition(
-                    layer.encoder_attn, layer.encoder_attn, True, "cross_attn", stack_name)
-            out[f"{stack_name}.{i}.ffn"] = BlockPosition(layer.fc1, layer.fc2, False, "ffn",
+                    layer.encoder_attn, layer.encoder_attn.out_proj, "cross_attn", stack_name,
+                    layer.encoder_attn)
+            out[f"{stack_name}.{i}.ffn"] = BlockPosition(layer.fc1, layer.fc2, "ffn",
                                                          stack_name)
     return out
 
@@ -110,9 +113,9 @@ def _bert_positions(lm: nn.Module) -> dict[str, BlockPosition]:
                                ("cross_attn", getattr(layer, "crossattention", None))):
                 if attn is not None:
                     out[f"{stack_name}.{i}.{kind}"] = BlockPosition(
-                        attn, attn.output.dense, False, kind, stack_name, attn.self)
+                        attn, attn.output.dense, kind, stack_name, attn.self)
             out[f"{stack_name}.{i}.ffn"] = BlockPosition(
-                layer.intermediate, layer.output.dense, False, "ffn", stack_name)
+                layer.intermediate, layer.output.dense, "ffn", stack_name)
     return out
 
 
@@ -126,7 +129,7 @@ def block_positions(lm_type: str, lm: nn.Module) -> dict[str, BlockPosition]:
 
 def attention_sites(lm_type: str, lm: nn.Module) -> dict[str, nn.Module]:
     """Attention modules by position name (the prefix-tuning sites)."""
-    return {name: pos.attention_module or pos.output_module
+    return {name: pos.attention_module
             for name, pos in block_positions(lm_type, lm).items() if pos.kind != "ffn"}
 
 

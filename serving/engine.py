@@ -303,6 +303,7 @@ class Engine:
     def _start(self, admitted: list[Request]) -> None:
         """Vision once per distinct image, then candidate scoring, and one encoder pass for
         the generating requests (greedy and beam), which join the running rows."""
+        admitted = self._grouped(admitted)
         start = time.perf_counter()
         try:
             visuals = self._visual_tokens(admitted)
@@ -330,6 +331,14 @@ class Engine:
                 for request in members:
                     if not request.done:
                         self._finish(request, error_for(exc))
+
+    def _grouped(self, requests: list[Request]) -> list[Request]:
+        """`requests` in an order where the rows of each adapter site are consecutive
+        (`RowIndex.grouping`): the encoder pass and the decode steps of these rows compute
+        each site on a view of the batch instead of gathering its rows."""
+        order = RowIndex.of([r.slot for r in requests]).grouping(
+            self.slot_table.bank().used_by_sets())
+        return requests if order is None else [requests[i] for i in order]
 
     def _visual_tokens(self, requests: list[Request]) -> list[VisualTokens]:
         """Per request its visual tokens; CLIP runs once over the distinct uncached images."""

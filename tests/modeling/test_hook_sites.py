@@ -50,12 +50,14 @@ def test_a_bank_hooks_only_the_modules_of_its_sites():
     _run(backbone, AdapterSet(lora={site: _lora(backbone, site)}))
     assert _hooked(backbone) == {site}
     _run(backbone, AdapterSet(bottleneck={"decoder.1.ffn": _bottleneck(backbone.config.d_model)}))
-    assert _hooked(backbone) == {site, "lm.decoder.block.1.layer.2.DenseReluDense"}
+    ffn = "lm.decoder.block.1.layer.2.DenseReluDense"  # its input, then its last Linear
+    assert _hooked(backbone) == {site, ffn, f"{ffn}.wo"}
 
 
 def test_lora_on_fc2_and_the_ffn_bottleneck_compose_alike_whatever_bank_came_first():
-    """BART's FFN position ends at fc2, a Linear that may carry LoRA too: the bottleneck
-    adds to the LoRA output, also when a bank with only the bottleneck came first."""
+    """A position ends at its sublayer's last Linear (here BART's fc2), which may carry
+    LoRA too: the bottleneck adds to the LoRA output, also when a bank with only the
+    bottleneck came first."""
     site, position = "lm.model.decoder.layers.0.fc2", "decoder.0.ffn"
     logits = []
     for bottleneck_first in (False, True):

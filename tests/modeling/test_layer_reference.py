@@ -26,6 +26,7 @@ from modeling.kernels import RowIndex
 from modeling.methods.base import BackboneFacts
 from modeling.methods.trainable_tensors import TrainableTensorsConfig, selected_tensors
 from modeling.serve_forms import ACTIVATIONS, AdapterSet, Bottleneck, LowRankDelta, PrefixKV
+from modeling.sites import block_positions
 
 # fp32 rounding of sums over <= 128 terms of O(1) values stays below ~1e-5 relative; the
 # mistakes these tests exist for (a dropped bias, an adapter reading the wrong tensor)
@@ -145,16 +146,27 @@ def encoder_path(backbone) -> str:
     return "lm.encoder" if backbone.config.lm_type == "t5" else "lm.model.encoder"
 
 
-def run_traced(backbone, sets: list[AdapterSet], slots: list[int], lengths: list[int]):
-    """One teacher-forced forward, row r with set slots[r] -> (batch, trace)."""
-    batch = random_batch(backbone, lengths, seed=3)
+def run_traced(backbone, sets: list[AdapterSet], slots: list[int], lengths: list[int],
+               grouped: bool = True):
+    """One teacher-forced forward, row r with set slots[r] and text length lengths[r]
+    -> (batch, trace, slots, lengths), the rows in the order the forward runs them:
+    grouped by form (`RowIndex.grouping`, what `VLBackbone.forward` does: each site's
+    rows a span), or, not grouped, as given (encode and decode called directly: the
+    rows of a site scattered over the batch, as in a cached decode)."""
     bank = build_bank(sets, backbone.frozen_tensors(), backbone.config.d_model,
                          torch.zeros(()))
+    order = RowIndex.of(slots).grouping(bank.used_by_sets()) if grouped else None
+    order = order or range(len(slots))
+    slots, lengths = [slots[r] for r in order], [lengths[r] for r in order]
+    batch = random_batch(backbone, lengths, seed=3)
     paths = [*layer_paths(backbone).values(), encoder_path(backbone), "visual",
              *_norms_and_linears(backbone)]
+    paths += sorted({source for _, source in sublayer_ends(backbone).values()} - {*paths})
     with torch.no_grad(), traced(backbone, paths) as trace:
-        backbone(batch, bank, RowIndex.of(torch.tensor(slots)))
-    return batch, trace
+        index = RowIndex.of(torch.tensor(slots))
+        hidden, mask = backbone.encode(batch, bank, index)
+        backbone.decode(hidden, mask, labels=batch.labels, bank=bank, index=index)
+    return batch, trace, slots, lengths
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
@@ -181,61 +193,63 @@ def check_layers(backbone, trace: Trace, refs: list[RowReference], lengths: list
             assert_close(out[row, :n], expected, f"{path} row {row}")
 
 
+@pytest.mark.parametrize("grouped", [True, False], ids=["rows_grouped", "rows_scattered"])
 @pytest.mark.parametrize(("serial", "parallel"), ACTIVATION_PAIRS)
 def test_every_layer_of_a_mixed_batch_computes_the_papers_equations_per_row(
-        backbone, serial, parallel):
+        backbone, serial, parallel, grouped):
     sets = reference_sets(backbone, serial, parallel)
-    _, trace = run_traced(backbone, sets, SLOTS, TEXT_LENGTHS)
-    check_layers(backbone, trace, [RowReference(backbone, sets[slot]) for slot in SLOTS],
-                 TEXT_LENGTHS)
+    _, trace, slots, lengths = run_traced(backbone, sets, SLOTS, TEXT_LENGTHS, grouped)
+    check_layers(backbone, trace, [RowReference(backbone, sets[slot]) for slot in slots],
+                 lengths)
 
 
 @pytest.mark.parametrize("slot", range(6))
 def test_each_set_alone_in_a_uniform_batch_computes_the_papers_equations(backbone, slot):
     """A uniform batch takes the kernels' dense path (one matmul, no gather)."""
     sets = reference_sets(backbone, "gelu", "tanh", seed=slot)
-    _, trace = run_traced(backbone, [sets[slot]], [0, 0], [4, 6])
+    _, trace, _, _ = run_traced(backbone, [sets[slot]], [0, 0], [4, 6])
     check_layers(backbone, trace, [RowReference(backbone, sets[slot])] * 2, [4, 6])
 
 
-def _ffn_outputs(backbone) -> dict[str, tuple[str, str]]:
-    """BART's FFN position ends at fc2 (a Linear): fc2 path -> (position, fc1 path)."""
-    if backbone.config.lm_type != "bart":
-        return {}
-    return {f"{path}.fc2": (f"{stack}.{i}.ffn", f"{path}.fc1")
-            for (stack, i), path in layer_paths(backbone).items()}
+def sublayer_ends(backbone) -> dict[str, tuple[str, str]]:
+    """Each sublayer's last Linear, where its bottleneck is added (`BlockPosition`): the
+    Linear's path -> (position, path of the module whose input is the sublayer's)."""
+    paths = {module: name for name, module in backbone.named_modules()}
+    positions = block_positions(backbone.config.lm_type, backbone.lm)
+    return {paths[p.output_module]: (name, paths[p.input_module])
+            for name, p in positions.items()}
 
 
 def test_every_linear_and_layer_norm_computes_lora_biases_and_overrides_per_row(backbone):
     sets = reference_sets(backbone, "relu", "silu")
-    _, trace = run_traced(backbone, sets, SLOTS, TEXT_LENGTHS)
-    refs = [RowReference(backbone, sets[slot]) for slot in SLOTS]
-    ffn_outputs = _ffn_outputs(backbone)
+    _, trace, slots, _ = run_traced(backbone, sets, SLOTS, TEXT_LENGTHS)
+    refs = [RowReference(backbone, sets[slot]) for slot in slots]
+    ends = sublayer_ends(backbone)
     for path in _norms_and_linears(backbone):
         module = backbone.get_submodule(path)
         x, out = trace.first_input(path), trace.output(path)
         for row, ref in enumerate(refs):
             compute = ref.linear if isinstance(module, nn.Linear) else ref.layer_norm
             expected = compute(path, x[row])
-            if path in ffn_outputs:  # the FFN's bottleneck is added at its last Linear
-                position, ffn_input = ffn_outputs[path]
-                expected = ref.adapter(position, trace.first_input(ffn_input)[row], expected)
+            if path in ends:  # a sublayer's bottleneck is added at its last Linear
+                position, source = ends[path]
+                expected = ref.adapter(position, trace.first_input(source)[row], expected)
             assert_close(out[row], expected, f"{path} row {row}")
 
 
 @on_t5_and_bart
 def test_encoder_input_is_each_rows_prompt_then_text_then_visual_tokens(backbone):
     sets = reference_sets(backbone, "relu", "silu")
-    batch, trace = run_traced(backbone, sets, SLOTS, TEXT_LENGTHS)
+    batch, trace, slots, lengths = run_traced(backbone, sets, SLOTS, TEXT_LENGTHS)
     embeds = trace.kwargs[encoder_path(backbone)]["inputs_embeds"]
     mask = trace.kwargs[encoder_path(backbone)]["attention_mask"]
     embed_text = backbone.lm.get_input_embeddings()
-    for row, slot in enumerate(SLOTS):
+    for row, slot in enumerate(slots):
         ref = RowReference(backbone, sets[slot])
         visual = ref.visual(batch.visual[row], batch.image_order[row])
         assert_close(trace.output("visual")[row], visual, f"visual projection row {row}")
         with torch.no_grad():
-            text = embed_text(batch.input_ids[row, :TEXT_LENGTHS[row]])
+            text = embed_text(batch.input_ids[row, :lengths[row]])
         expected = ref.encoder_input(text, visual)
         assert int(mask[row].sum()) == expected.shape[0]
         assert_close(embeds[row, :expected.shape[0]], expected, f"encoder input row {row}")
