@@ -14,7 +14,10 @@ under beam search the caller hands the decoder an index repeated per beam. A hoo
 its site only on the rows whose slot uses it (`LoraBank.used_by`, ...): the other rows
 keep the frozen module's output, and a site no row uses costs nothing. Prefix attention
 does the same (`PrefixBank.used_by`): only rows with a prefix at a site attend over the
-widened keys.
+widened keys. When those rows are consecutive (`VLBackbone.forward` and the serving
+engine order rows by form, `RowIndex.grouping`), a site computes on views of the batch
+and writes its rows in place; scattered rows (a decode that rows joined at different
+times) are gathered and written back.
 """
 
 from __future__ import annotations

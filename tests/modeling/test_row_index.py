@@ -115,3 +115,26 @@ def test_the_rows_of_a_set_of_slots_are_found_once_per_index():
     assert index.subset(used_by) is subset
     assert index.subset(frozenset({0, 1, 3})) is None  # every row: no cut
     assert len(index.subset(frozenset({2})).index) == 0
+
+
+def test_grouping_orders_rows_so_each_disjoint_set_of_slots_is_one_span():
+    index = RowIndex.of([0, 1, 2, 3, 0, 1, 2, 3, 4])
+    sets = [frozenset({0}), frozenset({1, 3}), frozenset({2})]  # slot 4: no site at all
+    order = index.grouping(sets)
+    assert sorted(order) == list(range(9))
+    grouped = index.select(order)
+    for used_by in sets:
+        subset = grouped.subset(used_by)
+        assert subset.span is not None and subset.rows == tuple(range(*subset.span))
+        assert {grouped.host_slots[r] for r in subset.rows} <= used_by
+    assert grouped.grouping(sets) is None  # already grouped: nothing to reorder
+    assert RowIndex.of([2, 2, 2]).grouping(sets) is None  # uniform
+
+
+def test_a_span_of_rows_is_cut_as_a_view_and_scattered_rows_as_a_copy():
+    t = torch.arange(8.0).view(4, 2)
+    span = RowIndex.of([3, 3, 1, 0]).subset(frozenset({3}))
+    assert span.span == (0, 2) and span.of(t).data_ptr() == t.data_ptr()
+    scattered = RowIndex.of([3, 1, 3, 0]).subset(frozenset({3}))
+    assert scattered.span is None and scattered.rows == (0, 2)
+    assert scattered.of(t).tolist() == [[0.0, 1.0], [4.0, 5.0]]
