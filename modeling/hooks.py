@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any
 
 import torch
@@ -40,6 +40,7 @@ from modeling.bank import AdapterBank, BottleneckBank, LoraBank, PrefixBank
 from modeling.kernels import (
     RowIndex,
     RowSubset,
+    all_rows,
     gathered_bottleneck,
     gathered_lora,
     gathered_matmul,
@@ -147,16 +148,15 @@ class AdapterContext:
 
 
 def _on_rows(used_by: frozenset[int], index: RowIndex, compute: Callable[..., torch.Tensor],
-             out: torch.Tensor, *inputs: torch.Tensor, own: bool = False) -> torch.Tensor:
+             out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
     """`compute(index, out, *inputs)` on the rows whose slot is in `used_by` only.
 
-    out [b, ...] (the module's output) and inputs [b, ...] are cut to those rows (views
-    when the rows are a span, `RowIndex.grouping`) and the result written back into
-    `out`'s rows; the other rows keep the frozen module's output,
-    as their slots hold zeros or the frozen tensors at this site. own: `out` is the
-    hooked module's fresh output, seen by no one yet (our hooks run first), so it is
-    written in place unless autograd records; a block position's output may be a
-    submodule's output that others hold, so it is copied.
+    out [b, ...] (the hooked module's output) and inputs [b, ...] are cut to those rows
+    (views when the rows are a span, `RowIndex.grouping`) and the result written back
+    into `out`'s rows; the other rows keep the frozen module's output, as their slots hold
+    zeros or the frozen tensors at this site. `out` is the hooked module's fresh output,
+    seen by no one yet (our hooks run first), so it is written in place unless autograd
+    records.
     """
     subset = index.subset(used_by)
     if subset is None:
@@ -165,7 +165,7 @@ def _on_rows(used_by: frozenset[int], index: RowIndex, compute: Callable[..., to
         return out
     taken = subset.of(out)  # a view of `out` when the rows are a span
     part = compute(subset.index, taken, *(subset.of(t) for t in inputs))
-    if not own or torch.is_grad_enabled():
+    if torch.is_grad_enabled():
         return out.index_copy(0, subset.positions, part)
     if subset.span is None:
         return out.index_copy_(0, subset.positions, part)
@@ -202,8 +202,8 @@ def _lora_rows(lora: LoraBank, index: RowIndex, output: torch.Tensor,
                x: torch.Tensor) -> torch.Tensor:
     """output [b, s, out] plus each row's LoRA delta of x [b, s, in].
 
-    output is ours to overwrite unless autograd records: the Linear's fresh output or the
-    copy `_on_rows` cut from it (`own=True`), so the delta is added into it in place.
+    output is ours to overwrite unless autograd records: the Linear's fresh output, a view
+    of its rows or the copy `_on_rows` cut from it, so the delta is added into it in place.
     """
     return gathered_lora(x, lora.lora_a, lora.lora_b, None, index, base=output,
                          into_base=not torch.is_grad_enabled())
@@ -226,13 +226,11 @@ def _linear_hook(name: str, ctx: AdapterContext):
                                                                       out.shape[-1])
         if w_over is not None or b_over is not None:
             out = _on_rows(weights.override_used_by[name], ctx.index,
-                           partial(_overridden_linear, module, w_over, b_over), out, x,
-                           own=True)
+                           partial(_overridden_linear, module, w_over, b_over), out, x)
         if lora is not None:
             if lora.dropout > 0:  # non-zero only for train forms in training mode
                 x = F.dropout(x, lora.dropout, training=True)
-            out = _on_rows(lora.used_by, ctx.index, partial(_lora_rows, lora), out, x,
-                           own=True)
+            out = _on_rows(lora.used_by, ctx.index, partial(_lora_rows, lora), out, x)
         return out if out.dim() == output.dim() else out.view(output.shape)
 
     return hook
@@ -259,8 +257,7 @@ def _norm_hook(name: str, ctx: AdapterContext):
         if w_over is None and b_over is None:
             return None
         return _on_rows(weights.override_used_by[name], ctx.index,
-                        partial(_norm_rows, module, w_over, b_over), output, args[0],
-                        own=True)
+                        partial(_norm_rows, module, w_over, b_over), output, args[0])
 
     return hook
 
@@ -282,7 +279,7 @@ def _embedding_hook(name: str, ctx: AdapterContext):
         if table is None:
             return None
         return _on_rows(weights.override_used_by[name], ctx.index,
-                        partial(_embedding_rows, table), output, args[0], own=True)
+                        partial(_embedding_rows, table), output, args[0])
 
     return hook
 
@@ -315,7 +312,7 @@ def _position_hooks(name: str, position: BlockPosition, ctx: AdapterContext) -> 
             return None
         inputs = (ctx.captured.pop(name),) if stacked.any_parallel else ()
         return _on_rows(stacked.used_by, ctx.index, partial(_bottleneck_rows, stacked), output,
-                        *inputs, own=True)
+                        *inputs)
 
     ctx.hooks.add(name, position.input_module, pre=capture_input)
     ctx.hooks.add(name, position.output_module, forward=add_adapter)
@@ -415,11 +412,6 @@ def _rows_kwargs(kwargs: dict, take: Callable[[torch.Tensor], torch.Tensor],
     return {**kwargs, "position_bias": _batch_rows(bias, take, batch)}
 
 
-@lru_cache(maxsize=64)
-def _all_rows(batch: int) -> tuple[int, ...]:
-    return tuple(range(batch))
-
-
 def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                      value: torch.Tensor, attention_mask: torch.Tensor | None, *,
                      widen_every_row: bool = False, **kwargs: Any):
@@ -443,7 +435,7 @@ def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     batch = query.shape[0]
     if prefix is not None and subset is None:  # every row has a prefix (or is widened)
         key, value, attention_mask, kwargs = _widened(
-            module, prefix, ctx.index, _all_rows(batch), None, query, key, value,
+            module, prefix, ctx.index, all_rows(batch), None, query, key, value,
             attention_mask, kwargs)
     if subset is None or not len(subset.index):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)

@@ -123,11 +123,12 @@ class RowIndex:
             return None
         order = tuple(sorted(range(len(member)), key=lambda row: (member[row],
                                                                   self.host_slots[row])))
-        return None if order == _all_rows(len(order)) else order
+        return None if order == all_rows(len(order)) else order
 
 
 @lru_cache(maxsize=64)
-def _all_rows(batch: int) -> tuple[int, ...]:
+def all_rows(batch: int) -> tuple[int, ...]:
+    """(0, 1, ..., batch - 1): every row of a batch, in order."""
     return tuple(range(batch))
 
 
