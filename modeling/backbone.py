@@ -339,14 +339,11 @@ class VLBackbone(nn.Module):
         order = None if bank is None or index is None else \
             index.grouping(bank.used_by_sets())
         if order is not None:
-            batch = batch.select(torch.tensor(order, device=batch.input_ids.device))
-            index = index.select(order)
+            rows = torch.tensor(order, device=batch.input_ids.device)
+            batch, index = batch.select(rows), index.select(order)
         hidden, mask = self.encode(batch, bank, index)
         logits = self.decode(hidden, mask, labels=batch.labels, bank=bank, index=index).logits
-        if order is None:
-            return logits
-        back = sorted(range(len(order)), key=order.__getitem__)
-        return logits.index_select(0, torch.tensor(back, device=logits.device))
+        return logits if order is None else logits.index_select(0, rows.argsort())
 
     @contextmanager
     def row_positions(self, positions: torch.Tensor) -> Iterator[None]:

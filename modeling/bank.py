@@ -87,11 +87,9 @@ class AdapterBank:
     def used_by_sets(self) -> list[frozenset[int]]:
         """The distinct `used_by` sets of the bank's sites: the row subsets a forward cuts
         (`modeling.kernels.RowIndex.grouping` orders rows so that each is a span)."""
-        distinct = {id(s): s for s in (
-            *(stack.used_by for stack in (*self.lora.values(), *self.bottleneck.values(),
-                                          *self.prefix.values())),
-            *self.override_used_by.values())}
-        return list(distinct.values())
+        stacks = (*self.lora.values(), *self.bottleneck.values(), *self.prefix.values())
+        return list(dict.fromkeys((*(stack.used_by for stack in stacks),
+                                   *self.override_used_by.values())))
 
 
 def _stack_matrices(matrices: list[torch.Tensor]) -> torch.Tensor:

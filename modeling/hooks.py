@@ -369,14 +369,15 @@ class WidenedCross:
     mask: torch.Tensor
 
 
-def _widened(module: nn.Module, prefix: PrefixBank, index: RowIndex, rows: tuple[int, ...],
+def _widened(module: nn.Module, prefix: PrefixBank, index: RowIndex,
              subset: RowSubset | None, query: torch.Tensor, key: torch.Tensor,
              value: torch.Tensor, mask: torch.Tensor | None, kwargs: dict) -> tuple:
-    """`_with_prefix` for batch rows `rows` (subset: the same rows, None for every row;
-    index: theirs; query: theirs), key / value / mask the whole batch's: read from the
-    context's cross-attention store when it holds them (same rows, stack and widths;
-    nothing is cut from the batch then) and put there otherwise; without a store (no
-    cached decode, or not a cross-attention) computed."""
+    """`_with_prefix` for the rows of `subset` (None: every row; index: theirs; query:
+    theirs), key / value / mask the whole batch's: read from the context's
+    cross-attention store when it holds them (same rows, stack and widths; nothing is
+    cut from the batch then) and put there otherwise; without a store (no cached decode,
+    or not a cross-attention) computed."""
+    rows = all_rows(query.shape[0]) if subset is None else subset.rows
     store = module.vladapter_context.widened_cross \
         if getattr(module, "vladapter_cross_attention", False) else None
     entry = None if store is None else store.get(module.vladapter_site)
@@ -435,8 +436,7 @@ def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     batch = query.shape[0]
     if prefix is not None and subset is None:  # every row has a prefix (or is widened)
         key, value, attention_mask, kwargs = _widened(
-            module, prefix, ctx.index, all_rows(batch), None, query, key, value,
-            attention_mask, kwargs)
+            module, prefix, ctx.index, None, query, key, value, attention_mask, kwargs)
     if subset is None or not len(subset.index):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if subset.span is not None:  # each part on its own rows, views of the batch
@@ -479,7 +479,7 @@ def _prefix_rows(module: nn.Module, prefix: PrefixBank, subset: RowSubset,
     """Attention of the subset's rows over their prefix and their own keys
     -> [rows, q, heads, head_dim]."""
     kwargs = _rows_kwargs(kwargs, subset.of, query.shape[0])
-    key, value, mask, kwargs = _widened(module, prefix, subset.index, subset.rows, subset,
+    key, value, mask, kwargs = _widened(module, prefix, subset.index, subset,
                                         subset.of(query), key, value, mask, kwargs)
     out, _ = sdpa_attention_forward(module, subset.of(query), key, value, mask, **kwargs)
     return out

@@ -116,13 +116,15 @@ class RowIndex:
         """
         if self.uniform is not None:
             return None
-        member = [tuple(slot not in used_by for used_by in used_by_sets)
-                  for slot in self.host_slots]  # False sorts first: members lead
-        if all(_consecutive([row for row, m in enumerate(member) if not m[j]])
-               for j in range(len(used_by_sets))):
+        slots = self.host_slots
+        # per distinct slot: outside each set? (False sorts first: a set's members lead)
+        outside = {slot: tuple(slot not in used_by for used_by in used_by_sets)
+                   for slot in set(slots)}
+        if all(_consecutive([row for row, slot in enumerate(slots) if slot in used_by])
+               for used_by in used_by_sets):
             return None
-        order = tuple(sorted(range(len(member)), key=lambda row: (member[row],
-                                                                  self.host_slots[row])))
+        order = tuple(sorted(range(len(slots)), key=lambda row: (outside[slots[row]],
+                                                                 slots[row])))
         return None if order == all_rows(len(order)) else order
 
 
@@ -147,7 +149,7 @@ class RowSubset:
     positions: torch.Tensor
     index: RowIndex
     rows: tuple[int, ...]
-    span: tuple[int, int] | None = None
+    span: tuple[int, int] | None
 
     def of(self, t: torch.Tensor) -> torch.Tensor:
         """The subset's rows of t [batch, ...]: a view for a span, else a gathered copy."""

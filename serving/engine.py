@@ -334,8 +334,9 @@ class Engine:
 
     def _grouped(self, requests: list[Request]) -> list[Request]:
         """`requests` in an order where the rows of each adapter site are consecutive
-        (`RowIndex.grouping`): the encoder pass and the decode steps of these rows compute
-        each site on a view of the batch instead of gathering its rows."""
+        (`RowIndex.grouping`): their encoder pass (and scoring) computes each site on a view
+        of the batch instead of gathering its rows; so do decode steps while no other rows
+        run beside them."""
         order = RowIndex.of([r.slot for r in requests]).grouping(
             self.slot_table.bank().used_by_sets())
         return requests if order is None else [requests[i] for i in order]
