@@ -12,6 +12,7 @@ import io
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,10 @@ from pathlib import Path
 import torch
 
 from adapters_registry import Registry
+from modeling import decode_rows
 from modeling.backbone import VLBackbone, VLBatch
+from modeling.bank import AdapterBank
+from modeling.kernels import RowIndex
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel, MethodEntry
 from modeling.tasks import TASKS
@@ -100,8 +104,10 @@ def run_at_ref(ref: str, module: str, argv: list[str], clock: str = "wall") -> s
 
     The tree of `ref` is extracted (`git archive`) into a temporary folder that the child
     process puts first on its path: the same interpreter, packages and machine run the
-    older code, in the same invocation as the newer one, timed by `clock`. Exits with one
-    line on stderr (status 2) when `ref` is unknown or the older code fails.
+    older code, in the same invocation as the newer one, timed by `clock`. The benchmark
+    scripts themselves are this checkout's (copied over the older tree's `benchmarks/`):
+    both sides are measured the same way, and a figure added since `ref` has a before.
+    Exits with one line on stderr (status 2) when `ref` is unknown or the older code fails.
     """
     root = Path(__file__).resolve().parent.parent
     archive = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", ref],
@@ -111,6 +117,8 @@ def run_at_ref(ref: str, module: str, argv: list[str], clock: str = "wall") -> s
     with tempfile.TemporaryDirectory(prefix="vladapter-baseline-") as tree:
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
             tar.extractall(tree, filter="data")
+        shutil.copytree(root / "benchmarks", Path(tree) / "benchmarks", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("results", "__pycache__"))
         command = ["-m", f"benchmarks.{module}"] if clock == "wall" else \
             ["-c", _CPU_CLOCK_CHILD, module]
         child = subprocess.run([sys.executable, *command, *argv], cwd=tree,
@@ -197,6 +205,20 @@ def percentile(values: list[float], q: float) -> float:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@torch.no_grad()
+def cached_greedy(backbone: VLBackbone, hidden: torch.Tensor, mask: torch.Tensor,
+                  bank: AdapterBank | None, index: RowIndex | None, tokens: int
+                  ) -> list[list[int]]:
+    """The engine's decode loop (`modeling.decode_rows`): a first step that fills the
+    key/value cache, then one token per row per step; `tokens` greedy tokens per row of the
+    encoder output hidden [b, E, d], mask [b, E]."""
+    state, logits = decode_rows.start(backbone, hidden, mask, bank, index)
+    ids = [logits.argmax(-1)]
+    for _ in range(tokens - 1):
+        ids.append(state.step(backbone, ids[-1], bank, index).argmax(-1))
+    return torch.stack(ids, 1).tolist()
 
 
 def serving_backbone(name: str, seed: int = 0) -> VLBackbone:

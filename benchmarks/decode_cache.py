@@ -27,6 +27,7 @@ from benchmarks.common import (
     add_baseline_option,
     add_clock_option,
     add_machine_options,
+    cached_greedy,
     check_clock,
     interleaved,
     machine_line,
@@ -38,23 +39,12 @@ from benchmarks.common import (
     run_at_ref,
 )
 from benchmarks.mixed_adapters import bank_of
-from modeling import decode_rows
 from modeling.backbone import VLBackbone
 from modeling.families import load_backbone
 from modeling.kernels import RowIndex
 
 # A result line: "   8 tokens/row  cached ... speed-up 1.26x  same tokens: True"
 LINE = r"\s*(?P<tokens>\d+) tokens/row .* speed-up (?P<ratio>[\d.]+)x"
-
-
-@torch.no_grad()
-def cached(backbone: VLBackbone, hidden, mask, bank, index, tokens: int) -> list[list[int]]:
-    """The engine's loop: a first step that fills the cache, then one token per row."""
-    state, logits = decode_rows.start(backbone, hidden, mask, bank, index)
-    ids = [logits.argmax(-1)]
-    for _ in range(tokens - 1):
-        ids.append(state.step(backbone, ids[-1], bank, index).argmax(-1))
-    return torch.stack(ids, 1).tolist()
 
 
 @torch.no_grad()
@@ -93,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
           f"length {hidden.shape[1]}, device {args.device}; median of {args.repeats}")
     after = {}
     for tokens in (int(t) for t in args.tokens.split(",")):
-        same = cached(backbone, hidden, mask, bank, index, tokens) == \
+        same = cached_greedy(backbone, hidden, mask, bank, index, tokens) == \
             recomputed(backbone, hidden, mask, bank, index, tokens)
         times = interleaved({
-            "cached": lambda t=tokens: cached(backbone, hidden, mask, bank, index, t),
+            "cached": lambda t=tokens: cached_greedy(backbone, hidden, mask, bank, index, t),
             "recomputed": lambda t=tokens: recomputed(backbone, hidden, mask, bank, index, t),
         }, args.repeats, clock=args.clock)
         rate = {name: args.rows * tokens / (median_ms(t) / 1000) for name, t in times.items()}

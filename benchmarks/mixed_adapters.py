@@ -3,7 +3,8 @@
     python -m benchmarks.mixed_adapters [--preset tiny | --backbone FOLDER]
                                         [--methods lora,adapter,forms]
                                         [--rows 512] [--adapters 1,8,64,512] [--repeats 7]
-                                        [--baseline GIT_REF] [--clock wall|cpu]
+                                        [--decode TOKENS] [--baseline GIT_REF]
+                                        [--clock wall|cpu]
 
 One batch of `rows` examples (12 random text ids, one image's visual features as the
 family encodes it, `tokens_per_image` of them, and 4 label tokens); the bank holds N
@@ -19,6 +20,12 @@ Three forwards of the same batch (encoder + teacher-forced decoder), interleaved
 prefix), row i uses slot i % N. Its baseline is a LoRA-only bank of N sets over the same
 rows with the same lengths: the rows that carry prompt vectors in the mixed batch carry as
 many more text tokens there, so both encoders see the same padded length.
+
+`--decode TOKENS` also times the engine's cached greedy decode (`modeling.decode_rows`)
+of TOKENS tokens per row from each variant's encoder output, rows in the order the engine
+admits them (`RowIndex.grouping`), for lora and adapter: tokens/s of mixed, uniform and
+backbone. A decode step feeds one position per row, so each row's adapter weights weigh
+more there than in the teacher-forced pass.
 
 Prints rows/s (median of `repeats`), the ratios mixed / uniform and mixed / backbone
 (forms: four forms / LoRA only), the machine, and writes
@@ -46,6 +53,7 @@ from benchmarks.common import (
     add_baseline_option,
     add_clock_option,
     add_machine_options,
+    cached_greedy,
     check_clock,
     interleaved,
     machine_line,
@@ -72,6 +80,9 @@ FORMS = "forms"
 LINE = r"(?P<method>lora|adapter)\s+N=\s*(?P<n>\d+)\s+mixed .*"
 UNIFORM_LINE = LINE + r"mixed/uniform (?P<ratio>[\d.]+)"
 BACKBONE_LINE = LINE + r"mixed/backbone (?P<ratio>[\d.]+)"
+# A decode result line: "<method> N=<n>  decode <t> tokens/row  mixed ...  mixed/uniform <r>"
+DECODE_LINE = r"(?P<method>lora|adapter)\s+N=\s*(?P<n>\d+)\s+decode .*mixed/uniform " \
+    r"(?P<ratio>[\d.]+)"
 # A forms result line: "forms N=<n>  four forms ...  four forms / LoRA only <r>"
 FORMS_LINE = r"(?P<method>forms)\s+N=\s*(?P<n>\d+)\s+four forms .*LoRA only (?P<ratio>[\d.]+)$"
 
@@ -102,6 +113,28 @@ def measure(backbone: VLBackbone, batch: VLBatch, method: str, adapters: int,
             "backbone": lambda: backbone(batch),
         }, repeats=repeats, warmup=1, clock=clock)
     return {name: rows / (median_ms(t) / 1000) for name, t in times.items()}
+
+
+def measure_decode(backbone: VLBackbone, batch: VLBatch, method: str, adapters: int,
+                   tokens: int, repeats: int, clock: str = "wall") -> dict[str, float]:
+    """tokens/s of the engine's cached greedy decode of `tokens` tokens per row: mixed (rows
+    in the engine's admission order), uniform and bare backbone; encoder pass untimed."""
+    bank = bank_of(backbone, method, adapters)
+    device = batch.input_ids.device
+    mixed = RowIndex.of([i % adapters for i in range(batch.size)], device=device)
+    order = mixed.grouping(bank.used_by_sets())
+    if order is not None:  # the engine admits a batch's requests in this order
+        batch, mixed = batch.select(torch.tensor(order, device=device)), mixed.select(order)
+    variants = {"mixed": (bank, mixed), "uniform": (bank, RowIndex.of([0] * batch.size,
+                                                                      device=device)),
+                "backbone": (None, None)}
+    with torch.no_grad():
+        encoded = {name: backbone.encode(batch, *variant) for name, variant in variants.items()}
+    times = interleaved({
+        name: (lambda name=name: cached_greedy(backbone, *encoded[name], *variants[name],
+                                               tokens))
+        for name in variants}, repeats=repeats, warmup=1, clock=clock)
+    return {name: batch.size * tokens / (median_ms(t) / 1000) for name, t in times.items()}
 
 
 def with_prompt_lengths(batch: VLBatch, bank: AdapterBank, index: RowIndex) -> VLBatch:
@@ -157,8 +190,9 @@ def plot(results: dict[str, dict[int, dict[str, float]]], title: str, path: Path
 
 
 def run_method(backbone: VLBackbone, batch: VLBatch, method: str, counts: list[int],
-               repeats: int, clock: str = "wall") -> dict[int, dict[str, float]]:
-    """Measure and print one method's line per adapter count."""
+               repeats: int, clock: str = "wall", decode: int = 0
+               ) -> dict[int, dict[str, float]]:
+    """Measure and print one method's line per adapter count (and its decode line)."""
     by_n = {}
     for n in counts:
         if method == FORMS:
@@ -174,6 +208,12 @@ def run_method(backbone: VLBackbone, batch: VLBatch, method: str, counts: list[i
               f"  backbone {r['backbone']:9.0f} rows/s   mixed/uniform "
               f"{r['mixed'] / r['uniform']:.2f}  mixed/backbone "
               f"{r['mixed'] / r['backbone']:.2f}", flush=True)
+        if decode:
+            d = r["decode"] = measure_decode(backbone, batch, method, n, decode, repeats, clock)
+            print(f"{method:8s} N={n:4d}  decode {decode} tokens/row  mixed {d['mixed']:7.0f}  "
+                  f"uniform {d['uniform']:7.0f}  backbone {d['backbone']:7.0f} tok/s   "
+                  f"mixed/uniform {d['mixed'] / d['uniform']:.2f}  mixed/backbone "
+                  f"{d['mixed'] / d['backbone']:.2f}", flush=True)
     return by_n
 
 
@@ -184,9 +224,10 @@ def baseline(args: argparse.Namespace) -> str:
         "--preset", args.backbone or args.preset, "--methods", ",".join(methods),
         "--rows", str(args.rows),
         "--adapters", args.adapters, "--repeats", str(args.repeats),
+        "--decode", str(args.decode),
         "--threads", str(args.threads), "--device", args.device], args.clock)
     for line in output.splitlines():
-        if re.match(LINE, line) or re.match(FORMS_LINE, line):
+        if any(re.match(p, line) for p in (LINE, DECODE_LINE, FORMS_LINE)):
             print(f"  before | {line}", flush=True)
     return output
 
@@ -199,12 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--adapters", default="1,8,64,512")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--decode", type=int, default=0, metavar="TOKENS",
+                        help="also time cached greedy decoding of TOKENS tokens per row "
+                             "(lora, adapter; 0: off)")
     add_machine_options(parser)
     add_baseline_option(parser)
     add_clock_option(parser)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     check_clock(parser, args)
+    if args.decode < 0:
+        parser.error(f"--decode: expected a number of tokens >= 0, got {args.decode}")
     pin_threads(args.threads)
     print(machine_line())
     backbone = load_backbone(args.backbone or args.preset).to(args.device)
@@ -217,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
           f"median of {args.repeats} interleaved forwards (encoder + decoder, 4 labels), "
           f"{args.clock} clock")
     before = baseline(args) if args.baseline else ""
-    results = {method: run_method(backbone, batch, method, counts, args.repeats, args.clock)
+    results = {method: run_method(backbone, batch, method, counts, args.repeats, args.clock,
+                                  args.decode)
                for method in args.methods.split(",")}
     if args.baseline:
         for baseline_name, pattern in (("uniform", UNIFORM_LINE), ("backbone", BACKBONE_LINE)):
@@ -225,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
                      for m, by_n in results.items() if m != FORMS for n, r in by_n.items()}
             print_before_after(f"mixed / {baseline_name}", ratios_in(before, pattern), after,
                                args.baseline)
+        if args.decode:
+            after = {(m, str(n)): r["decode"]["mixed"] / r["decode"]["uniform"]
+                     for m, by_n in results.items() if m != FORMS for n, r in by_n.items()}
+            print_before_after(f"decode, mixed / uniform ({args.decode} tokens per row)",
+                               ratios_in(before, DECODE_LINE), after, args.baseline)
         after = {(FORMS, str(n)): r["four_forms"] / r["lora_only"]
                  for n, r in results.get(FORMS, {}).items()}
         print_before_after("four forms / LoRA only", ratios_in(before, FORMS_LINE), after,

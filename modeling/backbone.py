@@ -336,8 +336,10 @@ class VLBackbone(nn.Module):
             raise ValueError("forward needs batch.labels; use modeling.generation to decode")
         # The rows run grouped by form (each site's rows a span: views, not gathers); the
         # logits go back in the caller's order.
-        order = None if bank is None or index is None else \
-            index.grouping(bank.used_by_sets())
+        order = None
+        if bank is not None and index is not None:
+            index.check(batch.input_ids.shape[0], bank.slots)
+            order = index.grouping(bank.used_by_sets())
         if order is not None:
             rows = torch.tensor(order, device=batch.input_ids.device)
             batch, index = batch.select(rows), index.select(order)

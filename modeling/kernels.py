@@ -9,15 +9,22 @@ a batched matmul. The gather reads whole contiguous slots when the bank stores e
 weight in the layout the matmul consumes (`modeling.bank` stores `[slots, in, out]`
 and hands out `[slots, out, in]` views of it), so it is one memory copy per site; adds
 are fused into the matmul (`baddbmm`) where the equation allows it.
+
+When a batch's rows come in runs sharing a slot (`RowIndex.grouping` sorts them so), a
+CPU product runs as one grouped matmul instead (`F.grouped_mm`: one dense product per
+run, no per-row copy of the weights): a row's weights can outweigh its activations
+(a decode step has one position per row), so copying them per row cost more than the
+product itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import torch
+import torch.nn.functional as F
 
 from modeling.serve_forms import ACTIVATION_FUNCTIONS
 
@@ -58,6 +65,20 @@ class RowIndex:
 
     def __len__(self) -> int:
         return len(self.host_slots)
+
+    @cached_property
+    def runs(self) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """The runs of consecutive rows sharing a slot: each run's slot [runs] long on the
+        device and each run's end row (what a grouped matmul reads), found once per index."""
+        slots: list[int] = []
+        ends: list[int] = []
+        for row, slot in enumerate(self.host_slots):
+            if slots and slots[-1] == slot:
+                ends[-1] = row + 1
+            else:
+                slots.append(slot)
+                ends.append(row + 1)
+        return torch.tensor(slots, dtype=torch.long, device=self.slots.device), tuple(ends)
 
     def check(self, rows: int, slots: int) -> None:
         """Refuse an index that does not fit a batch of `rows` rows and a bank of `slots`.
@@ -105,14 +126,15 @@ class RowIndex:
 
     def grouping(self, used_by_sets: Sequence[frozenset[int]]) -> tuple[int, ...] | None:
         """An order of the rows in which the rows of each set in `used_by_sets` (a bank's
-        sites' slots) are consecutive, or None when they already are (or the index is
-        uniform). Rows are ordered by which sets hold their slot, then by slot, keeping
-        their order otherwise: every set's rows are consecutive when the sets are disjoint
-        (each slot one serve form, the common case) and many are otherwise.
+        sites' slots) are consecutive and each slot's rows one run, or None when they
+        already are (or the index is uniform). Rows are ordered by which sets hold their
+        slot, then by slot, keeping their order otherwise: every set's rows are consecutive
+        when the sets are disjoint (each slot one serve form, the common case) and many are
+        otherwise.
 
         In such an order a site's row subset is a span of the batch (`RowSubset.span`):
         the hooks compute it on a view instead of gathering its rows and scattering them
-        back.
+        back; and its products run one grouped matmul over the runs (`_times`).
         """
         if self.uniform is not None:
             return None
@@ -120,9 +142,6 @@ class RowIndex:
         # per distinct slot: outside each set? (False sorts first: a set's members lead)
         outside = {slot: tuple(slot not in used_by for used_by in used_by_sets)
                    for slot in set(slots)}
-        if all(_consecutive([row for row, slot in enumerate(slots) if slot in used_by])
-               for used_by in used_by_sets):
-            return None
         order = tuple(sorted(range(len(slots)), key=lambda row: (outside[slots[row]],
                                                                  slots[row])))
         return None if order == all_rows(len(order)) else order
@@ -183,6 +202,29 @@ def _row_scale(scale: torch.Tensor, index: RowIndex) -> torch.Tensor:
     return scale.index_select(0, index.slots).view(-1, 1, 1)
 
 
+# A grouped matmul pays once its runs average 2 rows or more (one-row runs are a loop of
+# matmuls) and each run saves the copy of this many weight elements (rows x in x out):
+# below that its call per run costs more than the copies it saves (measured:
+# benchmarks/README.md, "Rows in runs by slot").
+RUN_WEIGHTS = 8192
+_GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what F.grouped_mm takes
+
+
+def _groupable(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
+               into_base: bool) -> bool:
+    """Whether `_times` runs x [b, s, in] @ weight_t [slots, in, out] as one grouped matmul
+    over the index's runs instead of a batched matmul over per-row copies of the weights."""
+    aligned = all(n * x.element_size() % 16 == 0 for n in (x.shape[-1], weight_t.shape[-1]))
+    runs, rows = len(index.runs[1]), len(index)
+    return (2 * runs <= rows and runs * RUN_WEIGHTS <= rows * x.shape[-1] * weight_t.shape[-1]
+            # on CUDA its float32 path syncs with the host per run; it has no backward
+            and x.device.type == "cpu" and not torch.is_grad_enabled()
+            and x.dtype == weight_t.dtype and x.dtype in _GROUPED_DTYPES and aligned
+            # its sum into base is a pass of its own over [b, s, out], where the batched
+            # matmul fuses it: dearer than the weights' copy [b, in, out] when s > in
+            and not (into_base and x.shape[1] > x.shape[2]))
+
+
 def _times(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
            base: torch.Tensor | None = None, into_base: bool = False) -> torch.Tensor:
     """y[i] = base[i] + x[i] @ weight_t[index[i]]; x [b, s, in], weight_t [slots, in, out],
@@ -204,6 +246,14 @@ def _times(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
             base = base if base.dim() == 1 else base.reshape(-1, out_shape[-1])
             return torch.addmm(base, x.reshape(-1, x.shape[-1]), weight).view(out_shape)
         return x @ weight + base
+    if _groupable(x, weight_t, index, into_base):
+        slots, ends = index.runs
+        offsets = torch.tensor([end * x.shape[1] for end in ends], dtype=torch.int32)
+        y = F.grouped_mm(x.reshape(-1, x.shape[-1]), weight_t.index_select(0, slots),
+                         offs=offsets).view(*x.shape[:-1], weight_t.shape[-1])
+        if base is None:
+            return y
+        return base.add_(y) if into_base else y.add_(base)
     rows = weight_t.index_select(0, index.slots)  # [b, in, out]
     if base is None:
         return torch.bmm(x, rows)
