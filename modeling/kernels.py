@@ -10,11 +10,12 @@ weight in the layout the matmul consumes (`modeling.bank` stores `[slots, in, ou
 and hands out `[slots, out, in]` views of it), so it is one memory copy per site; adds
 are fused into the matmul (`baddbmm`) where the equation allows it.
 
-When a batch's rows come in runs sharing a slot (`RowIndex.grouping` sorts them so), a
-CPU product runs as one grouped matmul instead (`F.grouped_mm`: one dense product per
-run, no per-row copy of the weights): a row's weights can outweigh its activations
-(a decode step has one position per row), so copying them per row cost more than the
-product itself.
+On CPU a mixed product avoids that copy where it pays (`_uncopied_path`): a row's
+weights can outweigh its activations (a decode step has one position per row), so copying
+them per row cost more than the product itself. Rows in runs sharing a slot
+(`RowIndex.grouping` sorts them so) run one grouped matmul (`F.grouped_mm`: one dense
+product per run); rows of one or two positions in short runs sum their products straight
+from the bank (`F.embedding_bag` over the bank seen as a table of weight rows).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class RowIndex:
     uniform: int | None
     # set of slots -> the rows using them (`subset`), found once per index
     _subsets: dict[frozenset[int], RowSubset | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    # (width, positions) -> `bags`
+    _bags: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
@@ -124,6 +128,20 @@ class RowIndex:
         self._subsets[used_by] = subset
         return subset
 
+    def bags(self, width: int, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For products read straight from a bank [slots, width, out] seen as a table of
+        weight rows [slots * width, out]: the table rows each (row, position) sums, in x's
+        order [b * positions * width], and where each of those sums starts [b * positions].
+        Built once per index, width and positions (a forward's sites share a few)."""
+        key = (width, positions)
+        if key not in self._bags:
+            device = self.slots.device
+            first = (self.slots * width).view(-1, 1, 1)  # each row's first table row
+            ids = (first + torch.arange(width, device=device)).expand(-1, positions, -1)
+            self._bags[key] = (ids.reshape(-1), torch.arange(
+                0, len(self) * positions * width, width, device=device))
+        return self._bags[key]
+
     def grouping(self, used_by_sets: Sequence[frozenset[int]]) -> tuple[int, ...] | None:
         """An order of the rows in which the rows of each set in `used_by_sets` (a bank's
         sites' slots) are consecutive and each slot's rows one run, or None when they
@@ -202,27 +220,42 @@ def _row_scale(scale: torch.Tensor, index: RowIndex) -> torch.Tensor:
     return scale.index_select(0, index.slots).view(-1, 1, 1)
 
 
-# A grouped matmul pays once its runs average 2 rows or more (one-row runs are a loop of
-# matmuls) and each run saves the copy of this many weight elements (rows x in x out):
-# below that its call per run costs more than the copies it saves (measured:
-# benchmarks/README.md, "Rows in runs by slot").
+# How a mixed product reads each row's weights without copying them per row (CPU, no
+# autograd), measured in benchmarks/README.md ("Rows in runs by slot"):
+# - RUNS: one grouped matmul over runs of rows sharing a slot, once the runs average 2
+#   rows or more (one-row runs are a loop of matmuls) and each run saves the copy of at
+#   least RUN_WEIGHTS weight elements (rows x in x out); below that its call per run costs
+#   more than the copies it saves.
+# - BAGS: rows of at most BAG_POSITIONS positions (decode steps) sum their products
+#   straight from the bank (`embedding_bag` over the bank seen as a table of weight rows:
+#   each weight read once, no copy), unless their runs average BAG_RUN_ROWS rows or more,
+#   where one matmul per run is cheaper still.
+RUNS, BAGS = "runs", "bags"
 RUN_WEIGHTS = 8192
+BAG_POSITIONS = 2
+BAG_RUN_ROWS = 32
 _GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what F.grouped_mm takes
 
 
-def _groupable(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
-               into_base: bool) -> bool:
-    """Whether `_times` runs x [b, s, in] @ weight_t [slots, in, out] as one grouped matmul
-    over the index's runs instead of a batched matmul over per-row copies of the weights."""
-    aligned = all(n * x.element_size() % 16 == 0 for n in (x.shape[-1], weight_t.shape[-1]))
-    runs, rows = len(index.runs[1]), len(index)
-    return (2 * runs <= rows and runs * RUN_WEIGHTS <= rows * x.shape[-1] * weight_t.shape[-1]
-            # on CUDA its float32 path syncs with the host per run; it has no backward
-            and x.device.type == "cpu" and not torch.is_grad_enabled()
-            and x.dtype == weight_t.dtype and x.dtype in _GROUPED_DTYPES and aligned
-            # its sum into base is a pass of its own over [b, s, out], where the batched
+def _uncopied_path(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
+                   into_base: bool) -> str | None:
+    """How `_times` multiplies x [b, s, in] by each row's weight_t [slots, in, out] for a
+    mixed index: RUNS, BAGS or None (a batched matmul over per-row copies of the weights)."""
+    positions, width, out = x.shape[1], x.shape[2], weight_t.shape[-1]
+    if (x.device.type != "cpu" or torch.is_grad_enabled() or x.dtype != weight_t.dtype
+            # a sum into base is then a pass of its own over [b, s, out], where the batched
             # matmul fuses it: dearer than the weights' copy [b, in, out] when s > in
-            and not (into_base and x.shape[1] > x.shape[2]))
+            or (into_base and positions > width)):
+        return None  # on CUDA F.grouped_mm's float32 path syncs per run; no backward
+    runs, rows = len(index.runs[1]), len(index)
+    bags = positions <= BAG_POSITIONS and weight_t.is_contiguous()
+    if bags and runs * BAG_RUN_ROWS > rows:
+        return BAGS
+    if (2 * runs <= rows and runs * RUN_WEIGHTS <= rows * width * out
+            and x.dtype in _GROUPED_DTYPES
+            and all(n * x.element_size() % 16 == 0 for n in (width, out))):
+        return RUNS
+    return BAGS if bags else None
 
 
 def _times(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
@@ -246,11 +279,19 @@ def _times(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
             base = base if base.dim() == 1 else base.reshape(-1, out_shape[-1])
             return torch.addmm(base, x.reshape(-1, x.shape[-1]), weight).view(out_shape)
         return x @ weight + base
-    if _groupable(x, weight_t, index, into_base):
-        slots, ends = index.runs
-        offsets = torch.tensor([end * x.shape[1] for end in ends], dtype=torch.int32)
-        y = F.grouped_mm(x.reshape(-1, x.shape[-1]), weight_t.index_select(0, slots),
-                         offs=offsets).view(*x.shape[:-1], weight_t.shape[-1])
+    path = _uncopied_path(x, weight_t, index, into_base)
+    if path is not None:
+        out = weight_t.shape[-1]
+        if path == RUNS:
+            slots, ends = index.runs
+            offsets = torch.tensor([end * x.shape[1] for end in ends], dtype=torch.int32)
+            y = F.grouped_mm(x.reshape(-1, x.shape[-1]), weight_t.index_select(0, slots),
+                             offs=offsets)
+        else:
+            ids, offsets = index.bags(x.shape[-1], x.shape[1])
+            y = F.embedding_bag(ids, weight_t.view(-1, out), offsets, mode="sum",
+                                per_sample_weights=x.reshape(-1))
+        y = y.view(*x.shape[:-1], out)
         if base is None:
             return y
         return base.add_(y) if into_base else y.add_(base)

@@ -123,29 +123,65 @@ def test_a_weight_override_over_runs_adds_each_rows_bias(grouped_calls):
         torch.testing.assert_close(out[i], x[i] @ weight[j].T + bias[i], **TOLERANCE)
 
 
-def _groupable(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
-               into_base: bool = False) -> bool:
+def _path(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
+          into_base: bool = False) -> str | None:
     with torch.no_grad():
-        return kernels._groupable(x, weight_t, index, into_base)
+        return kernels._uncopied_path(x, weight_t, index, into_base)
 
 
 def test_the_grouped_matmul_is_taken_only_where_it_computes_and_pays():
     index = _runs_index()
     x, weight_t = torch.randn(len(index), SEQ, D), torch.randn(SLOTS, D, RANK)
-    assert _groupable(x, weight_t, index)
+    assert _path(x, weight_t, index) == kernels.RUNS
     # one row per run is a loop of matmuls; shorter runs save less than their calls cost
-    assert not _groupable(x, weight_t, RowIndex.of(list(range(SLOTS)) * RUN))
-    assert not _groupable(x, weight_t, RowIndex.of([s for s in SLOT_OF_RUN
-                                                    for _ in range(RUN // 2)]))
+    assert _path(x, weight_t, RowIndex.of(list(range(SLOTS)) * RUN)) is None
+    assert _path(x, weight_t, RowIndex.of([s for s in SLOT_OF_RUN for _ in range(RUN // 2)])) \
+        is None
     # what F.grouped_mm cannot take: float64, strides off 16 bytes, autograd
-    assert not _groupable(x.double(), weight_t.double(), index)
-    assert not _groupable(x, torch.randn(SLOTS, D, RANK - 1), index)
+    assert _path(x.double(), weight_t.double(), index) is None
+    assert _path(x, torch.randn(SLOTS, D, RANK - 1), index) is None
     with torch.enable_grad():
-        assert not kernels._groupable(x, weight_t, index, False)
+        assert kernels._uncopied_path(x, weight_t, index, False) is None
     # a sum into the caller's tensor over more positions than the product's input width
     wide = torch.randn(len(index), RANK + 1, RANK)
-    assert _groupable(wide, torch.randn(SLOTS, RANK, 4 * D), index)
-    assert not _groupable(wide, torch.randn(SLOTS, RANK, 4 * D), index, into_base=True)
+    assert _path(wide, torch.randn(SLOTS, RANK, 4 * D), index) == kernels.RUNS
+    assert _path(wide, torch.randn(SLOTS, RANK, 4 * D), index, into_base=True) is None
+
+
+def test_rows_of_few_positions_read_the_bank_unless_their_runs_are_long():
+    weight_t = torch.randn(SLOTS, D, RANK)
+    step = torch.randn(len(_runs_index()), 1, D)  # one position per row: a decode step
+    assert _path(step, weight_t, _runs_index()) == kernels.BAGS
+    scattered = RowIndex.of(list(range(SLOTS)) * RUN)
+    assert _path(step, weight_t, scattered) == kernels.BAGS
+    assert _path(step.double(), weight_t.double(), scattered) == kernels.BAGS
+    long_runs = RowIndex.of([s for s in SLOT_OF_RUN for _ in range(kernels.BAG_RUN_ROWS)])
+    assert _path(torch.randn(len(long_runs), 1, D), weight_t, long_runs) == kernels.RUNS
+    # a bank that is not one table of weight rows keeps the batched matmul
+    assert _path(step, torch.randn(SLOTS, RANK, D).transpose(1, 2), scattered) is None
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("positions", [1, 2])
+def test_products_read_from_the_bank_are_each_rows_lora_and_bottleneck(positions):
+    gen = torch.Generator().manual_seed(5)
+    index = RowIndex.of([2, 0, 3, 0, 1, 1, 3])
+    x, base = _randn(gen, len(index), positions, D), _randn(gen, len(index), positions, D)
+    lora_a, lora_b = _randn(gen, SLOTS, RANK, D), _randn(gen, SLOTS, D, RANK)
+    assert _path(x, lora_a.transpose(1, 2).contiguous(), index) == kernels.BAGS
+    expected = gathered_lora(x, lora_a, lora_b, None, index, base=base)
+    owned = base.clone()
+    lora = gathered_lora(x, lora_a, lora_b, None, index, base=owned, into_base=True)
+    assert lora.data_ptr() == owned.data_ptr() and torch.equal(lora, expected)
+    down, down_b = _randn(gen, SLOTS, WIDTH, D), _randn(gen, SLOTS, WIDTH)
+    up, up_b = _randn(gen, SLOTS, D, WIDTH), _randn(gen, SLOTS, D)
+    bottleneck = gathered_bottleneck(x, down, down_b, up, up_b, None, "relu", index, base=base)
+    for i, j in enumerate(index.host_slots):
+        torch.testing.assert_close(lora[i], base[i] + (x[i] @ lora_a[j].T) @ lora_b[j].T,
+                                   **TOLERANCE)
+        hidden = torch.relu(x[i] @ down[j].T + down_b[j])
+        torch.testing.assert_close(bottleneck[i], base[i] + hidden @ up[j].T + up_b[j],
+                                   **TOLERANCE)
 
 
 @torch.no_grad()
