@@ -335,11 +335,13 @@ class VLBackbone(nn.Module):
         if batch.labels is None:
             raise ValueError("forward needs batch.labels; use modeling.generation to decode")
         # The rows run grouped by form (each site's rows a span: views, not gathers); the
-        # logits go back in the caller's order.
+        # logits go back in the caller's order. Not reordered for runs by slot alone: putting
+        # the logits [b, y, vocab] back costs more than the runs save in a teacher-forced
+        # pass (the engine orders requests as it admits them, which costs nothing).
         order = None
         if bank is not None and index is not None:
             index.check(batch.input_ids.shape[0], bank.slots)
-            order = index.grouping(bank.used_by_sets())
+            order = index.grouping(bank.used_by_sets(), runs=False)
         if order is not None:
             rows = torch.tensor(order, device=batch.input_ids.device)
             batch, index = batch.select(rows), index.select(order)

@@ -142,7 +142,8 @@ class RowIndex:
                 0, len(self) * positions * width, width, device=device))
         return self._bags[key]
 
-    def grouping(self, used_by_sets: Sequence[frozenset[int]]) -> tuple[int, ...] | None:
+    def grouping(self, used_by_sets: Sequence[frozenset[int]], runs: bool = True
+                 ) -> tuple[int, ...] | None:
         """An order of the rows in which the rows of each set in `used_by_sets` (a bank's
         sites' slots) are consecutive and each slot's rows one run, or None when they
         already are (or the index is uniform). Rows are ordered by which sets hold their
@@ -153,6 +154,8 @@ class RowIndex:
         In such an order a site's row subset is a span of the batch (`RowSubset.span`):
         the hooks compute it on a view instead of gathering its rows and scattering them
         back; and its products run one grouped matmul over the runs (`_times`).
+        runs=False: None as long as every set's rows are consecutive, for a caller whose
+        reordering costs more than runs alone save.
         """
         if self.uniform is not None:
             return None
@@ -160,6 +163,10 @@ class RowIndex:
         # per distinct slot: outside each set? (False sorts first: a set's members lead)
         outside = {slot: tuple(slot not in used_by for used_by in used_by_sets)
                    for slot in set(slots)}
+        if not runs and all(
+                _consecutive([row for row, slot in enumerate(slots) if slot in used_by])
+                for used_by in used_by_sets):
+            return None
         order = tuple(sorted(range(len(slots)), key=lambda row: (outside[slots[row]],
                                                                  slots[row])))
         return None if order == all_rows(len(order)) else order

@@ -128,6 +128,10 @@ def test_grouping_orders_rows_so_each_disjoint_set_of_slots_is_one_span():
         assert subset.span is not None and subset.rows == tuple(range(*subset.span))
         assert {grouped.host_slots[r] for r in subset.rows} <= used_by
     assert grouped.grouping(sets) is None  # already grouped: nothing to reorder
+    # sets consecutive but slots not in runs: reordered for runs unless told not to
+    interleaved = RowIndex.of([1, 3, 1, 3])
+    assert interleaved.select(interleaved.grouping(sets)).host_slots == (1, 1, 3, 3)
+    assert interleaved.grouping(sets, runs=False) is None
     assert RowIndex.of([2, 2, 2]).grouping(sets) is None  # uniform
 
 
