@@ -69,11 +69,6 @@ def add_machine_options(parser, device: bool = True) -> None:
 # (memory and cache contention stay in). Not the process's CPU time: idle OpenMP workers
 # spinning after start-up would count.
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
-# The older code of `--baseline` times with time.perf_counter; under `--clock cpu` its
-# process runs with perf_counter reading the thread's CPU time instead.
-_CPU_CLOCK_CHILD = ("import runpy, sys, time; time.perf_counter = time.thread_time; "
-                    "sys.argv = ['benchmarks.' + sys.argv[1], *sys.argv[2:]]; "
-                    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
 
 
 def add_clock_option(parser) -> None:
@@ -106,7 +101,8 @@ def run_at_ref(ref: str, module: str, argv: list[str], clock: str = "wall") -> s
     process puts first on its path: the same interpreter, packages and machine run the
     older code, in the same invocation as the newer one, timed by `clock`. The benchmark
     scripts themselves are this checkout's (copied over the older tree's `benchmarks/`):
-    both sides are measured the same way, and a figure added since `ref` has a before.
+    both sides are measured the same way (the child gets `--clock` as this process did),
+    and a figure added since `ref` has a before.
     Exits with one line on stderr (status 2) when `ref` is unknown or the older code fails.
     """
     root = Path(__file__).resolve().parent.parent
@@ -119,9 +115,8 @@ def run_at_ref(ref: str, module: str, argv: list[str], clock: str = "wall") -> s
             tar.extractall(tree, filter="data")
         shutil.copytree(root / "benchmarks", Path(tree) / "benchmarks", dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("results", "__pycache__"))
-        command = ["-m", f"benchmarks.{module}"] if clock == "wall" else \
-            ["-c", _CPU_CLOCK_CHILD, module]
-        child = subprocess.run([sys.executable, *command, *argv], cwd=tree,
+        child = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *argv,
+                                "--clock", clock], cwd=tree,
                                env={**os.environ, "PYTHONPATH": tree}, capture_output=True,
                                text=True)
     if child.returncode != 0:

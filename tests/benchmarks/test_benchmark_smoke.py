@@ -37,8 +37,9 @@ def test_benchmark_runs_and_its_check_holds(module, argv, check, capsys, tmp_pat
 
 def test_a_benchmark_runs_again_on_an_older_commit_and_prints_before_and_after(tmp_path,
                                                                             capsys):
-    """Both processes time by the thread's CPU time (the older one through a patched clock);
-    both ratios, mixed / uniform (LoRA) and four forms / LoRA only, get a before and after."""
+    """Both processes time by the thread's CPU time (the older code runs this checkout's
+    script with the same `--clock`); both ratios, mixed / uniform (LoRA) and four forms /
+    LoRA only, get a before and after."""
     argv = ["--preset", "tiny-bart", "--methods", "lora,forms", "--rows", "8", "--adapters",
             "4", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
     assert mixed_adapters.main([*argv, "--baseline", "HEAD", "--clock", "cpu"]) == 0
