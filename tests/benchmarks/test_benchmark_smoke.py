@@ -41,10 +41,13 @@ def test_a_benchmark_runs_again_on_an_older_commit_and_prints_before_and_after(t
     script with the same `--clock`); both ratios, mixed / uniform (LoRA) and four forms /
     LoRA only, get a before and after."""
     argv = ["--preset", "tiny-bart", "--methods", "lora,forms", "--rows", "8", "--adapters",
-            "4", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
+            "4", "--repeats", "1", "--decode", "2", "--device", "cpu", "--out", str(tmp_path)]
     assert mixed_adapters.main([*argv, "--baseline", "HEAD", "--clock", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "  before | lora     N=   4" in out and "  before | forms    N=   4" in out
+    assert "  before | lora     N=   4  decode 2 tokens/row" in out
+    assert re.search(r"decode, mixed / uniform \(2 tokens per row\): before \(HEAD\)[^\n]*\n"
+                     r"  lora 4 +\d\.\d\d -> +\d\.\d\d", out)
     assert "mixed / uniform: before (HEAD) -> after (this code)" in out
     assert re.search(r"  lora 4 +\d\.\d\d -> +\d\.\d\d", out)
     assert "four forms / LoRA only: before (HEAD) -> after (this code)" in out
@@ -83,3 +86,11 @@ def test_prefix_attention_benchmark_checks_both_paths_equal_and_prints_the_ratio
     assert prefix_attention.main(["--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert out.count("widened / apart") == len(prefix_attention.CASES) and "machine:" in out
+
+
+def test_a_negative_decode_length_is_refused_before_any_model_is_built(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        mixed_adapters.main(["--decode", "-1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--decode: expected a number of tokens >= 0, got -1" in err
