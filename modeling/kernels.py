@@ -46,8 +46,8 @@ class RowIndex:
     # set of slots -> the rows using them (`subset`), found once per index
     _subsets: dict[frozenset[int], RowSubset | None] = field(
         default_factory=dict, init=False, repr=False, compare=False)
-    # (width, positions) -> `bags`
-    _bags: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(
+    # the tensors a product of one shape reads (`run_offsets`, `bags`), built once per index
+    _per_shape: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
@@ -128,19 +128,29 @@ class RowIndex:
         self._subsets[used_by] = subset
         return subset
 
+    def run_offsets(self, positions: int) -> torch.Tensor:
+        """Where each run ends in x [b * positions, in] (int32, what `F.grouped_mm` reads
+        as `offs`), for rows of `positions` positions. Built once per index and length."""
+        key = (positions,)
+        if key not in self._per_shape:
+            self._per_shape[key] = (torch.tensor([end * positions for end in self.runs[1]],
+                                                 dtype=torch.int32),)
+        return self._per_shape[key][0]
+
     def bags(self, width: int, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
         """For products read straight from a bank [slots, width, out] seen as a table of
         weight rows [slots * width, out]: the table rows each (row, position) sums, in x's
         order [b * positions * width], and where each of those sums starts [b * positions].
         Built once per index, width and positions (a forward's sites share a few)."""
         key = (width, positions)
-        if key not in self._bags:
+        if key not in self._per_shape:
             device = self.slots.device
             first = (self.slots * width).view(-1, 1, 1)  # each row's first table row
             ids = (first + torch.arange(width, device=device)).expand(-1, positions, -1)
-            self._bags[key] = (ids.reshape(-1), torch.arange(
+            self._per_shape[key] = (ids.reshape(-1), torch.arange(
                 0, len(self) * positions * width, width, device=device))
-        return self._bags[key]
+        ids, offsets = self._per_shape[key]
+        return ids, offsets
 
     def grouping(self, used_by_sets: Sequence[frozenset[int]], runs: bool = True
                  ) -> tuple[int, ...] | None:
@@ -160,13 +170,13 @@ class RowIndex:
         if self.uniform is not None:
             return None
         slots = self.host_slots
-        # per distinct slot: outside each set? (False sorts first: a set's members lead)
-        outside = {slot: tuple(slot not in used_by for used_by in used_by_sets)
-                   for slot in set(slots)}
         if not runs and all(
                 _consecutive([row for row, slot in enumerate(slots) if slot in used_by])
                 for used_by in used_by_sets):
             return None
+        # per distinct slot: outside each set? (False sorts first: a set's members lead)
+        outside = {slot: tuple(slot not in used_by for used_by in used_by_sets)
+                   for slot in set(slots)}
         order = tuple(sorted(range(len(slots)), key=lambda row: (outside[slots[row]],
                                                                  slots[row])))
         return None if order == all_rows(len(order)) else order
@@ -290,10 +300,9 @@ def _times(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
     if path is not None:
         out = weight_t.shape[-1]
         if path == RUNS:
-            slots, ends = index.runs
-            offsets = torch.tensor([end * x.shape[1] for end in ends], dtype=torch.int32)
-            y = F.grouped_mm(x.reshape(-1, x.shape[-1]), weight_t.index_select(0, slots),
-                             offs=offsets)
+            y = F.grouped_mm(x.reshape(-1, x.shape[-1]),
+                             weight_t.index_select(0, index.runs[0]),
+                             offs=index.run_offsets(x.shape[1]))
         else:
             ids, offsets = index.bags(x.shape[-1], x.shape[1])
             y = F.embedding_bag(ids, weight_t.view(-1, out), offsets, mode="sum",

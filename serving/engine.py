@@ -333,10 +333,11 @@ class Engine:
                         self._finish(request, error_for(exc))
 
     def _grouped(self, requests: list[Request]) -> list[Request]:
-        """`requests` in an order where the rows of each adapter site are consecutive
-        (`RowIndex.grouping`): their encoder pass (and scoring) computes each site on a view
-        of the batch instead of gathering its rows; so do decode steps while no other rows
-        run beside them."""
+        """`requests` in an order where the rows of each adapter site are consecutive and
+        each adapter's rows one run (`RowIndex.grouping`): their encoder pass (and scoring)
+        computes each site on a view of the batch instead of gathering its rows, and each
+        product runs once per adapter instead of copying every row's weights; so do decode
+        steps while no other rows run beside them."""
         order = RowIndex.of([r.slot for r in requests]).grouping(
             self.slot_table.bank().used_by_sets())
         return requests if order is None else [requests[i] for i in order]
