@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -189,6 +190,28 @@ def interleaved(candidates: dict[str, Callable[[], object]], repeats: int,
 
 def median_ms(seconds: list[float]) -> float:
     return 1000.0 * statistics.median(seconds)
+
+
+class Ratio(NamedTuple):
+    """How fast one candidate ran against another, round by round (`paired_ratio`): the
+    median and the quartiles of the per-round ratios. The quartiles are the machine's
+    noise that a reader needs to judge a target: on a shared 2-core CPU one ratio moves
+    by +-0.05 between runs."""
+
+    median: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f} ({self.low:.2f}-{self.high:.2f})"
+
+
+def paired_ratio(times: dict[str, list[float]], top: str, bottom: str) -> Ratio:
+    """speed(top) / speed(bottom) from `interleaved` times, one ratio per round: both calls
+    of a round saw the same machine, so a slow spell between rounds cancels out."""
+    per_round = [b / t for t, b in zip(times[top], times[bottom], strict=True)]
+    return Ratio(statistics.median(per_round), percentile(per_round, 25),
+                 percentile(per_round, 75))
 
 
 def percentile(values: list[float], q: float) -> float:

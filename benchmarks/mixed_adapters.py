@@ -28,7 +28,8 @@ backbone. A decode step feeds one position per row, so each row's adapter weight
 more there than in the teacher-forced pass.
 
 Prints rows/s (median of `repeats`), the ratios mixed / uniform and mixed / backbone
-(forms: four forms / LoRA only), the machine, and writes
+(forms: four forms / LoRA only; the median of the per-round ratios, and their quartiles
+in parentheses: this machine's noise), the machine, and writes
 `benchmarks/results/mixed_adapters_<preset or folder name>_<device>.png` (throughput vs N)
 and `.json`. `--backbone FOLDER` runs on a backbone folder of any family
 (`modeling.families.load_backbone`).
@@ -50,6 +51,7 @@ import torch
 from benchmarks.common import (
     MIXED_RECIPES,
     RESULTS,
+    Ratio,
     add_baseline_option,
     add_clock_option,
     add_machine_options,
@@ -58,6 +60,7 @@ from benchmarks.common import (
     interleaved,
     machine_line,
     median_ms,
+    paired_ratio,
     pin_threads,
     print_before_after,
     random_adapter,
@@ -84,7 +87,7 @@ BACKBONE_LINE = LINE + r"mixed/backbone (?P<ratio>[\d.]+)"
 DECODE_LINE = r"(?P<method>lora|adapter)\s+N=\s*(?P<n>\d+)\s+decode .*mixed/uniform " \
     r"(?P<ratio>[\d.]+)"
 # A forms result line: "forms N=<n>  four forms ...  four forms / LoRA only <r>"
-FORMS_LINE = r"(?P<method>forms)\s+N=\s*(?P<n>\d+)\s+four forms .*LoRA only (?P<ratio>[\d.]+)$"
+FORMS_LINE = r"(?P<method>forms)\s+N=\s*(?P<n>\d+)\s+four forms .*LoRA only (?P<ratio>[\d.]+)"
 
 
 def bank_of(backbone: VLBackbone, method: str, slots: int) -> AdapterBank:
@@ -112,7 +115,7 @@ def measure(backbone: VLBackbone, batch: VLBatch, method: str, adapters: int,
             "uniform": lambda: backbone(batch, bank, uniform),
             "backbone": lambda: backbone(batch),
         }, repeats=repeats, warmup=1, clock=clock)
-    return {name: rows / (median_ms(t) / 1000) for name, t in times.items()}
+    return summary(times, rows, ("mixed", "uniform"), ("mixed", "backbone"))
 
 
 def measure_decode(backbone: VLBackbone, batch: VLBatch, method: str, adapters: int,
@@ -134,7 +137,7 @@ def measure_decode(backbone: VLBackbone, batch: VLBatch, method: str, adapters: 
         name: (lambda name=name: cached_greedy(backbone, *encoded[name], *variants[name],
                                                tokens))
         for name in variants}, repeats=repeats, warmup=1, clock=clock)
-    return {name: batch.size * tokens / (median_ms(t) / 1000) for name, t in times.items()}
+    return summary(times, batch.size * tokens, ("mixed", "uniform"), ("mixed", "backbone"))
 
 
 def with_prompt_lengths(batch: VLBatch, bank: AdapterBank, index: RowIndex) -> VLBatch:
@@ -162,7 +165,16 @@ def measure_forms(backbone: VLBackbone, batch: VLBatch, adapters: int,
             "four_forms": lambda: backbone(batch, forms, index),
             "lora_only": lambda: backbone(same_lengths, lora, index),
         }, repeats=repeats, warmup=1, clock=clock)
-    return {name: batch.size / (median_ms(t) / 1000) for name, t in times.items()}
+    return summary(times, batch.size, ("four_forms", "lora_only"))
+
+
+def summary(times: dict[str, list[float]], work: int, *pairs: tuple[str, str]
+            ) -> dict[str, float | Ratio]:
+    """Each candidate's `work` per second (median call) and, per pair (a, b), "a/b": the
+    per-round ratio of their speeds with its quartiles (`paired_ratio`)."""
+    speeds: dict[str, float | Ratio] = {name: work / (median_ms(t) / 1000)
+                                        for name, t in times.items()}
+    return speeds | {f"{a}/{b}": paired_ratio(times, a, b) for a, b in pairs}
 
 
 def plot(results: dict[str, dict[int, dict[str, float]]], title: str, path: Path) -> None:
@@ -201,19 +213,18 @@ def run_method(backbone: VLBackbone, batch: VLBatch, method: str, counts: list[i
             r = by_n[n] = measure_forms(backbone, batch, n, repeats, clock)
             print(f"{method:8s} N={n:4d}  four forms {r['four_forms']:9.0f}  LoRA only "
                   f"{r['lora_only']:9.0f} rows/s   four forms / LoRA only "
-                  f"{r['four_forms'] / r['lora_only']:.2f}", flush=True)
+                  f"{r['four_forms/lora_only']}", flush=True)
             continue
         r = by_n[n] = measure(backbone, batch, method, n, repeats, clock)
         print(f"{method:8s} N={n:4d}  mixed {r['mixed']:9.0f}  uniform {r['uniform']:9.0f}"
               f"  backbone {r['backbone']:9.0f} rows/s   mixed/uniform "
-              f"{r['mixed'] / r['uniform']:.2f}  mixed/backbone "
-              f"{r['mixed'] / r['backbone']:.2f}", flush=True)
+              f"{r['mixed/uniform']}  mixed/backbone {r['mixed/backbone']}", flush=True)
         if decode:
             d = r["decode"] = measure_decode(backbone, batch, method, n, decode, repeats, clock)
             print(f"{method:8s} N={n:4d}  decode {decode} tokens/row  mixed {d['mixed']:7.0f}  "
                   f"uniform {d['uniform']:7.0f}  backbone {d['backbone']:7.0f} tok/s   "
-                  f"mixed/uniform {d['mixed'] / d['uniform']:.2f}  mixed/backbone "
-                  f"{d['mixed'] / d['backbone']:.2f}", flush=True)
+                  f"mixed/uniform {d['mixed/uniform']}  mixed/backbone {d['mixed/backbone']}",
+                  flush=True)
     return by_n
 
 
@@ -268,16 +279,16 @@ def main(argv: list[str] | None = None) -> int:
                for method in args.methods.split(",")}
     if args.baseline:
         for baseline_name, pattern in (("uniform", UNIFORM_LINE), ("backbone", BACKBONE_LINE)):
-            after = {(m, str(n)): r["mixed"] / r[baseline_name]
+            after = {(m, str(n)): r[f"mixed/{baseline_name}"].median
                      for m, by_n in results.items() if m != FORMS for n, r in by_n.items()}
             print_before_after(f"mixed / {baseline_name}", ratios_in(before, pattern), after,
                                args.baseline)
         if args.decode:
-            after = {(m, str(n)): r["decode"]["mixed"] / r["decode"]["uniform"]
+            after = {(m, str(n)): r["decode"]["mixed/uniform"].median
                      for m, by_n in results.items() if m != FORMS for n, r in by_n.items()}
             print_before_after(f"decode, mixed / uniform ({args.decode} tokens per row)",
                                ratios_in(before, DECODE_LINE), after, args.baseline)
-        after = {(FORMS, str(n)): r["four_forms"] / r["lora_only"]
+        after = {(FORMS, str(n)): r["four_forms/lora_only"].median
                  for n, r in results.get(FORMS, {}).items()}
         print_before_after("four forms / LoRA only", ratios_in(before, FORMS_LINE), after,
                            args.baseline)

@@ -25,7 +25,8 @@ interface every family implements), interleaved:
 
 Before timing, the three adapter paths must give the same logits (max |diff| / max |logit|
 <= 1e-5, printed) and differ from the bare backbone's (the adapters act).
-Prints rows/s, the ratios ours / peft_mixed, ours / swap and ours / backbone, and the
+Prints rows/s, the ratios ours / peft_mixed, ours / swap and ours / backbone (the median
+of the per-round ratios, their quartiles in parentheses: this machine's noise), and the
 machine. With `--baseline GIT_REF` each preset is first run by this script as of GIT_REF
 (a subprocess, same options), then by this code, and ours / backbone is printed before
 and after (code older than `--visual-tokens` times text-only requests). `--clock cpu`
@@ -51,6 +52,7 @@ from benchmarks.common import (
     interleaved,
     machine_line,
     median_ms,
+    paired_ratio,
     pin_threads,
     print_before_after,
     random_batch,
@@ -144,14 +146,14 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int,
     if diffs["backbone"] < 1e-3:  # else equal logits would not show the adapters applied
         raise AssertionError(f"the adapters leave the logits as they are: {diffs}")
     speed = {k: rows / (median_ms(t) / 1000) for k, t in times.items()}
+    ratios = {other: paired_ratio(times, "ours", other)
+              for other in ("peft_mixed", "swap", "backbone")}
     print(f"{name:9s} N={count:3d} rows {rows}: " +
-          "  ".join(f"{k} {v:7.0f}" for k, v in speed.items()) +
-          f" rows/s | ours/peft_mixed {speed['ours'] / speed['peft_mixed']:.2f}  ours/swap "
-          f"{speed['ours'] / speed['swap']:.2f}  ours/backbone "
-          f"{speed['ours'] / speed['backbone']:.2f} | max |diff| / max |logit|: peft_mixed "
-          f"{diffs['peft_mixed']:.1e} swap {diffs['swap']:.1e} (backbone {diffs['backbone']:.1e})",
-          flush=True)
-    return speed["ours"] / speed["backbone"]
+          "  ".join(f"{k} {v:7.0f}" for k, v in speed.items()) + " rows/s | " +
+          "  ".join(f"ours/{other} {ratio}" for other, ratio in ratios.items()) +
+          f" | max |diff| / max |logit|: peft_mixed {diffs['peft_mixed']:.1e} swap "
+          f"{diffs['swap']:.1e} (backbone {diffs['backbone']:.1e})", flush=True)
+    return ratios["backbone"].median
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,3 +94,12 @@ def test_a_negative_decode_length_is_refused_before_any_model_is_built(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--decode: expected a number of tokens >= 0, got -1" in err
+
+
+def test_a_ratio_is_taken_round_by_round_with_its_quartiles():
+    from benchmarks.common import Ratio, paired_ratio
+    # round 2 ran on a machine twice as slow for both: its ratio is still 2
+    times = {"ours": [1.0, 2.0, 1.0, 4.0, 1.0], "bare": [2.0, 4.0, 1.0, 2.0, 3.0]}
+    ratio = paired_ratio(times, "ours", "bare")  # per round: 2, 2, 1, 0.5, 3
+    assert ratio == Ratio(median=2.0, low=1.0, high=2.0)
+    assert str(ratio) == "2.00 (1.00-2.00)"
