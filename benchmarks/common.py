@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import platform
+import random
 import re
 import shutil
 import statistics
@@ -29,6 +30,7 @@ from adapters_registry import Registry
 from modeling import decode_rows
 from modeling.backbone import VLBackbone, VLBatch
 from modeling.bank import AdapterBank
+from modeling.host_memory import keep_freed_memory
 from modeling.kernels import RowIndex
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel, MethodEntry
@@ -51,7 +53,10 @@ MIXED_RECIPES: list[list[MethodEntry]] = [
 
 
 def pin_threads(threads: int) -> int:
-    """Fix torch's intra-op threads (shared cores: fewer threads, steadier medians)."""
+    """Fix torch's intra-op threads (shared cores: fewer threads, steadier medians) and
+    keep freed memory in the process, as `adapter-serve` and `train-adapter` do
+    (`modeling.host_memory`; `run_at_ref` gives an older commit's run the same)."""
+    keep_freed_memory()
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
 
@@ -102,8 +107,9 @@ def run_at_ref(ref: str, module: str, argv: list[str], clock: str = "wall") -> s
     process puts first on its path: the same interpreter, packages and machine run the
     older code, in the same invocation as the newer one, timed by `clock`. The benchmark
     scripts themselves are this checkout's (copied over the older tree's `benchmarks/`):
-    both sides are measured the same way (the child gets `--clock` as this process did),
-    and a figure added since `ref` has a before.
+    both sides are measured the same way (the child gets `--clock` as this process did,
+    and `modeling.host_memory`, the process set-up of `pin_threads`), and a figure added
+    since `ref` has a before.
     Exits with one line on stderr (status 2) when `ref` is unknown or the older code fails.
     """
     root = Path(__file__).resolve().parent.parent
@@ -116,6 +122,8 @@ def run_at_ref(ref: str, module: str, argv: list[str], clock: str = "wall") -> s
             tar.extractall(tree, filter="data")
         shutil.copytree(root / "benchmarks", Path(tree) / "benchmarks", dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("results", "__pycache__"))
+        # the process set-up the scripts make (`pin_threads`), which older trees may lack
+        shutil.copy2(root / "modeling" / "host_memory.py", Path(tree) / "modeling")
         child = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *argv,
                                 "--clock", clock], cwd=tree,
                                env={**os.environ, "PYTHONPATH": tree}, capture_output=True,
@@ -174,15 +182,18 @@ def interleaved(candidates: dict[str, Callable[[], object]], repeats: int,
                 warmup: int = 1, clock: str = "wall") -> dict[str, list[float]]:
     """Seconds per call of each candidate, calls interleaved so all see the same machine.
 
-    Each round calls every candidate once (round-robin); `warmup` rounds are not kept.
-    clock: a key of `CLOCKS`.
+    Each round calls every candidate once, in an order shuffled per round (seeded): a call
+    runs faster or slower after some candidates than after others (what they left in the
+    caches and the allocator), and a fixed order would charge that to one candidate every
+    round. `warmup` rounds are not kept. clock: a key of `CLOCKS`.
     """
     now = CLOCKS[clock]
     times: dict[str, list[float]] = {name: [] for name in candidates}
+    order = random.Random(0)
     for round_index in range(warmup + repeats):
-        for name, call in candidates.items():
+        for name in order.sample(list(candidates), k=len(candidates)):
             start = now()
-            call()
+            candidates[name]()
             if round_index >= warmup:
                 times[name].append(now() - start)
     return times
@@ -242,6 +253,22 @@ def cached_greedy(backbone: VLBackbone, hidden: torch.Tensor, mask: torch.Tensor
 def serving_backbone(name: str, seed: int = 0) -> VLBackbone:
     """The backbone `adapter-serve --backbone NAME` builds (same weights, same tokenizer)."""
     return load_backbone(ServeConfig(backbone=name, seed=seed))
+
+
+def sharing_weights(model: torch.nn.Module, source: torch.nn.Module) -> torch.nn.Module:
+    """`model` (a copy of `source`'s architecture) with every parameter and buffer made to
+    hold `source`'s tensor: two modules, one copy of the weights in memory, so timing the
+    two compares their code, not where each copy's weights landed."""
+    tensors = dict(source.named_parameters(remove_duplicate=False))
+    tensors |= dict(source.named_buffers(remove_duplicate=False))
+    with torch.no_grad():
+        for name, tensor in (*model.named_parameters(remove_duplicate=False),
+                             *model.named_buffers(remove_duplicate=False)):
+            if tensor.shape != tensors[name].shape:
+                raise ValueError(f"{name}: {tuple(tensor.shape)} here, "
+                                 f"{tuple(tensors[name].shape)} in the source")
+            tensor.data = tensors[name].data
+    return model
 
 
 def random_batch(backbone: VLBackbone, rows: int, text: int = 12, labels: int = 4,

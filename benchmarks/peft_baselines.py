@@ -11,7 +11,7 @@ On a backbone preset, or a backbone folder of any family (`--backbone`, through
 batch of `rows` requests, row i on a seeded random adapter. Each request: 16 text tokens,
 `--visual-tokens` random visual feature vectors (what the vision cache hands the
 backbone; fewer than a real image's, e.g. Florence-2-base's 577, to keep CPU runs short)
-and 4 teacher-forced label tokens. Four ways to compute the batch's logits, all through
+and 4 teacher-forced label tokens. Six ways to compute the batch's logits, all through
 the backbone's own `forward(batch, bank, index)` (encoder inputs, encoder, decoder: the
 interface every family implements), interleaved:
 
@@ -21,11 +21,17 @@ interface every family implements), interleaved:
                `get_peft_model`, `peft_model(batch, adapter_names=[...])`,
 - swap:        swap per batch: group rows by adapter, `peft_model.set_adapter(name)` and
                run each sub-batch (what a PEFT user does without mixed batches),
-- backbone:    a third copy with no adapter (the ceiling).
+- backbone:    a third copy with no adapter (the ceiling),
+- peft_one:    PEFT with one adapter on every row (`set_adapter("a0")`, unmerged): what a
+               PEFT user pays for a single adapter,
+- uniform:     our bank with every row on slot 0: the LoRA arithmetic alone (one dense
+               matmul per product, nothing gathered); uniform / backbone is the most a
+               mixed batch can reach on this model with unmerged LoRA.
 
 Before timing, the three adapter paths must give the same logits (max |diff| / max |logit|
 <= 1e-5, printed) and differ from the bare backbone's (the adapters act).
-Prints rows/s, the ratios ours / peft_mixed, ours / swap and ours / backbone (the median
+Prints rows/s, the ratios ours / peft_mixed, ours / swap, ours / peft_one, ours /
+backbone and uniform / backbone (the median
 of the per-round ratios, their quartiles in parentheses: this machine's noise), and the
 machine. With `--baseline GIT_REF` each preset is first run by this script as of GIT_REF
 (a subprocess, same options), then by this code, and ours / backbone is printed before
@@ -58,6 +64,7 @@ from benchmarks.common import (
     random_batch,
     ratios_in,
     run_at_ref,
+    sharing_weights,
 )
 from modeling.backbone import VLBackbone, VLBatch
 from modeling.bank import build_bank
@@ -101,6 +108,12 @@ def peft_with_adapters(plain: VLBackbone, count: int, rank: int, alpha: float
     return model.eval(), serve
 
 
+def one_adapter(model: nn.Module, batch: VLBatch) -> torch.Tensor:
+    """Every row on adapter a0: PEFT's own single-adapter forward."""
+    model.set_adapter("a0")
+    return model(batch)
+
+
 def swap_per_batch(model: nn.Module, batch: VLBatch, names: list[str]) -> torch.Tensor:
     """Group rows by adapter, set_adapter, run each sub-batch, reassemble the logits."""
     out = None
@@ -116,14 +129,18 @@ def swap_per_batch(model: nn.Module, batch: VLBatch, names: list[str]) -> torch.
 
 def compare(name: str, count: int, rows: int, rank: int, repeats: int,
             clock: str = "wall", visual_tokens: int = 16) -> float:
-    """Check equal logits, then time the four paths for one backbone and adapter count;
+    """Check equal logits, then time the paths for one backbone and adapter count;
     prints the result line and returns ours / backbone.
 
-    Three copies of the backbone (`load_backbone` each): ours (hooks read the bank), one
-    PEFT wraps, and the bare one, which no bank or PEFT layer ever touches.
+    Three modules over one set of frozen weights (`sharing_weights`): ours (hooks read the
+    bank), one PEFT wraps, and the bare one, which no bank or PEFT layer ever touches.
+    Separate copies of the weights would time where each copy landed in memory: on this
+    CPU two copies of one model differ by up to 7% from process to process.
     """
-    backbone, bare = load_backbone(name), load_backbone(name)
-    model, serve = peft_with_adapters(load_backbone(name), count, rank, alpha=2.0 * rank)
+    backbone = load_backbone(name)
+    bare = sharing_weights(load_backbone(name), backbone)
+    model, serve = peft_with_adapters(sharing_weights(load_backbone(name), backbone), count,
+                                      rank, alpha=2.0 * rank)
     batch = random_batch(backbone, rows, TEXT_TOKENS, LABEL_TOKENS, visual_tokens, seed=1)
     rng = random.Random(1)
     slots = [rng.randrange(count) for _ in range(rows)]
@@ -134,7 +151,9 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int,
     paths = {"ours": lambda: backbone(batch, bank, index),
              "peft_mixed": lambda: model(batch, adapter_names=names),
              "swap": lambda: swap_per_batch(model, batch, names),
-             "backbone": lambda: bare(batch)}
+             "backbone": lambda: bare(batch),
+             "peft_one": lambda: one_adapter(model, batch),
+             "uniform": lambda: backbone(batch, bank, RowIndex.of([0] * rows))}
     with torch.no_grad():
         reference = paths["ours"]()
         scale = reference.abs().max().item()
@@ -146,14 +165,15 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int,
     if diffs["backbone"] < 1e-3:  # else equal logits would not show the adapters applied
         raise AssertionError(f"the adapters leave the logits as they are: {diffs}")
     speed = {k: rows / (median_ms(t) / 1000) for k, t in times.items()}
-    ratios = {other: paired_ratio(times, "ours", other)
-              for other in ("peft_mixed", "swap", "backbone")}
+    ratios = {f"{top}/{bottom}": paired_ratio(times, top, bottom) for top, bottom in (
+        ("ours", "peft_mixed"), ("ours", "swap"), ("ours", "peft_one"), ("ours", "backbone"),
+        ("uniform", "backbone"))}
     print(f"{name:9s} N={count:3d} rows {rows}: " +
           "  ".join(f"{k} {v:7.0f}" for k, v in speed.items()) + " rows/s | " +
-          "  ".join(f"ours/{other} {ratio}" for other, ratio in ratios.items()) +
+          "  ".join(f"{pair} {ratio}" for pair, ratio in ratios.items()) +
           f" | max |diff| / max |logit|: peft_mixed {diffs['peft_mixed']:.1e} swap "
           f"{diffs['swap']:.1e} (backbone {diffs['backbone']:.1e})", flush=True)
-    return ratios["backbone"].median
+    return ratios["ours/backbone"].median
 
 
 def main(argv: list[str] | None = None) -> int:

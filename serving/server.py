@@ -26,6 +26,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from adapters_registry.names import parse_ref
 from modeling.backbone import VLBackbone
+from modeling.host_memory import keep_freed_memory
 from serving.config import ServeConfig
 from serving.decoding import DecodeErrorInterceptor
 from serving.kserve import SERVICE as KSERVE
@@ -137,6 +138,7 @@ class Server:
 
 def serve(config: ServeConfig) -> int:
     """Run until SIGTERM or SIGINT, then drain in-flight calls and return 0."""
+    keep_freed_memory()  # a step's activations reused by the next, not faulted in again
     server = Server(config).start()
     done = stop_requested()
     print(f"adapter-serve: listening on port {server.port}", flush=True)

@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 from modeling.cli_parser import OneLineParser, positive_int
 from modeling.config import VIDEO_FEAT_DIM, TaskDoesNotFit
 from modeling.families import backbone_config
+from modeling.host_memory import keep_freed_memory
 from modeling.params import report
 from modeling.presets import METHOD_PRESETS, method_preset
 from modeling.tasks import TASKS, VisualInput
@@ -248,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()  # each step's activations reused by the next (modeling.host_memory)
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, LookupError, NotADirectoryError) as err:

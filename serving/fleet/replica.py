@@ -43,6 +43,7 @@ import grpc
 from ray import serve
 from tritonclient.grpc import service_pb2
 
+from modeling.host_memory import keep_freed_memory
 from serving.adapter_store import AdapterKey
 from serving.client import TIMEOUT_KEY, multiplexed_id, parse_adapter_spec
 from serving.config import ServeConfig
@@ -186,6 +187,7 @@ class AdapterReplica:
     """
 
     def __init__(self, config: ServeConfig, controller: Any):
+        keep_freed_memory()  # this replica's process, as `adapter-serve` does for its own
         context = serve.get_replica_context()
         self.id, self.config, self.controller = context.replica_id.unique_id, config, controller
         self.stack = build_stack(config, control=lambda local: FleetAdapters(local,
