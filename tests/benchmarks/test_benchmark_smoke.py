@@ -4,6 +4,7 @@ the four-form figure prints its ratio, and a benchmark reruns itself on an older
 
 from __future__ import annotations
 
+import platform
 import re
 
 import pytest
@@ -103,3 +104,14 @@ def test_a_ratio_is_taken_round_by_round_with_its_quartiles():
     ratio = paired_ratio(times, "ours", "bare")  # per round: 2, 2, 1, 0.5, 3
     assert ratio == Ratio(median=2.0, low=1.0, high=2.0)
     assert str(ratio) == "2.00 (1.00-2.00)"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_host_memory_benchmark_compares_fresh_processes_of_each_side(capsys):
+    from benchmarks import host_memory
+    assert host_memory.main(["--preset", "tiny", "--rows", "4", "--adapters", "2", "--decode",
+                             "2", "--repeats", "1", "--processes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"forward +default .* page faults per call \| kept .* kept / default "
+                     r"\d+\.\d\d \(", out)
+    assert re.search(r"decode +default .* tokens/s", out) and "machine:" in out
