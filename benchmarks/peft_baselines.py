@@ -21,7 +21,7 @@ interface every family implements), interleaved:
                `get_peft_model`, `peft_model(batch, adapter_names=[...])`,
 - swap:        swap per batch: group rows by adapter, `peft_model.set_adapter(name)` and
                run each sub-batch (what a PEFT user does without mixed batches),
-- backbone:    a third copy with no adapter (the ceiling),
+- backbone:    a third module over the same weights, no adapter (the ceiling),
 - peft_one:    PEFT with one adapter on every row (`set_adapter("a0")`, unmerged): what a
                PEFT user pays for a single adapter,
 - uniform:     our bank with every row on slot 0: the LoRA arithmetic alone (one dense
@@ -31,13 +31,13 @@ interface every family implements), interleaved:
 Before timing, the three adapter paths must give the same logits (max |diff| / max |logit|
 <= 1e-5, printed) and differ from the bare backbone's (the adapters act).
 Prints rows/s, the ratios ours / peft_mixed, ours / swap, ours / peft_one, ours /
-backbone and uniform / backbone (the median
-of the per-round ratios, their quartiles in parentheses: this machine's noise), and the
-machine. With `--baseline GIT_REF` each preset is first run by this script as of GIT_REF
-(a subprocess, same options), then by this code, and ours / backbone is printed before
-and after (code older than `--visual-tokens` times text-only requests). `--clock cpu`
-times each call by the CPU time of the thread running torch, in both processes: steadier
-than the wall clock on a machine other jobs share.
+backbone and uniform / backbone (the median of the per-round ratios, their quartiles in
+parentheses: this machine's noise), and the machine. With `--baseline GIT_REF` each
+preset is first run by this script as of GIT_REF (a subprocess, same options), then by
+this code, and ours / backbone is printed before and after (code older than
+`--visual-tokens` times text-only requests). `--clock cpu` times each call by the CPU time
+of the thread running torch, in both processes: steadier than the wall clock on a machine
+other jobs share.
 """
 
 from __future__ import annotations
@@ -132,10 +132,9 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int,
     """Check equal logits, then time the paths for one backbone and adapter count;
     prints the result line and returns ours / backbone.
 
-    Three modules over one set of frozen weights (`sharing_weights`): ours (hooks read the
-    bank), one PEFT wraps, and the bare one, which no bank or PEFT layer ever touches.
-    Separate copies of the weights would time where each copy landed in memory: on this
-    CPU two copies of one model differ by up to 7% from process to process.
+    Three modules over one copy of the frozen weights (`sharing_weights`): ours (hooks
+    read the bank), one PEFT wraps, and the bare one, which no bank or PEFT layer ever
+    touches; where a copy's weights landed in memory cannot favour one of them.
     """
     backbone = load_backbone(name)
     bare = sharing_weights(load_backbone(name), backbone)
