@@ -5,9 +5,9 @@ block freed) straight back to the kernel, and trims the heap's free top once it 
 twice that. A forward frees its activations and allocates them again the next step, so
 every page of them faults in anew: on a 2-core CPU ~1,100 page faults and 1.6 ms of
 system time per `tiny-bart` forward of 64 rows (a tenth of it). With the thresholds
-raised, freed blocks stay in the heap and the next step reuses them: measured 16% more
-rows/s teacher-forced and 4% more decode tokens/s on `small` (benchmarks/README.md,
-"Freed memory kept").
+raised, freed blocks stay in the heap and the next step reuses them: 13-18% more rows/s
+for a teacher-forced forward of `small` (decode steps fault little: no measurable change;
+benchmarks/README.md, benchmark 11).
 
 The cost: memory freed after a peak stays with the process (its resident size stays at
 the peak), what a server that runs the same shapes every step wants anyway.
