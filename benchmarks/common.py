@@ -216,13 +216,16 @@ class Ratio(NamedTuple):
     def __str__(self) -> str:
         return f"{self.median:.2f} ({self.low:.2f}-{self.high:.2f})"
 
+    @classmethod
+    def of(cls, ratios: list[float]) -> Ratio:
+        """The median and quartiles of ratios measured round by round (or process pair)."""
+        return cls(statistics.median(ratios), percentile(ratios, 25), percentile(ratios, 75))
+
 
 def paired_ratio(times: dict[str, list[float]], top: str, bottom: str) -> Ratio:
     """speed(top) / speed(bottom) from `interleaved` times, one ratio per round: both calls
     of a round saw the same machine, so a slow spell between rounds cancels out."""
-    per_round = [b / t for t, b in zip(times[top], times[bottom], strict=True)]
-    return Ratio(statistics.median(per_round), percentile(per_round, 25),
-                 percentile(per_round, 75))
+    return Ratio.of([b / t for t, b in zip(times[top], times[bottom], strict=True)])
 
 
 def percentile(values: list[float], q: float) -> float:

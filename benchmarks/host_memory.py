@@ -33,7 +33,6 @@ from benchmarks.common import (
     add_clock_option,
     cached_greedy,
     machine_line,
-    percentile,
     random_batch,
 )
 from modeling.cli_parser import positive_int
@@ -115,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         rate = {side: work / statistics.median(r[name] for r in runs[side]) for side in SIDES}
         faults = {side: statistics.median(r[f"{name}_faults"] for r in runs[side])
                   for side in SIDES}
-        pairs = [d[name] / k[name] for d, k in zip(runs["default"], runs["kept"], strict=True)]
-        ratio = Ratio(statistics.median(pairs), percentile(pairs, 25), percentile(pairs, 75))
+        ratio = Ratio.of([d[name] / k[name]
+                          for d, k in zip(runs["default"], runs["kept"], strict=True)])
         print(f"{name:8s} default {rate['default']:8.0f} {unit}, {faults['default']:6.0f} "
               f"page faults per call | kept {rate['kept']:8.0f} {unit}, "
               f"{faults['kept']:6.0f} page faults per call | kept / default {ratio}",
