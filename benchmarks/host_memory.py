@@ -23,6 +23,7 @@ import resource
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,6 +36,7 @@ from benchmarks.common import (
     machine_line,
     random_batch,
 )
+from benchmarks.mixed_adapters import bank_of
 from modeling.cli_parser import positive_int
 from modeling.families import load_backbone
 from modeling.host_memory import keep_freed_memory
@@ -44,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("default", "kept")
 
 
-def timed(call, repeats: int, clock: str) -> tuple[float, float]:
+def timed(call: Callable[[], object], repeats: int, clock: str) -> tuple[float, float]:
     """(median seconds per call, minor page faults per call) of `repeats` calls."""
     now, seconds = CLOCKS[clock], []
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -61,8 +63,6 @@ def child(args: argparse.Namespace) -> dict[str, float]:
     torch.set_num_threads(1)  # not `pin_threads`: it would keep freed memory on both sides
     if args.child == "kept" and not keep_freed_memory():
         raise SystemExit("host_memory: malloc here is not glibc's; nothing to compare")
-    from benchmarks.mixed_adapters import bank_of
-
     backbone = load_backbone(args.preset)
     batch = random_batch(backbone, args.rows)
     bank = bank_of(backbone, "lora", args.adapters)
