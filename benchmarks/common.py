@@ -52,11 +52,17 @@ MIXED_RECIPES: list[list[MethodEntry]] = [
 ]
 
 
-def pin_threads(threads: int) -> int:
-    """Fix torch's intra-op threads (shared cores: fewer threads, steadier medians) and
-    keep freed memory in the process, as `adapter-serve` and `train-adapter` do
-    (`modeling.host_memory`; `run_at_ref` gives an older commit's run the same)."""
+def as_process(main: Callable[[], int]) -> int:
+    """A benchmark's `main` run as its own process (`python -m benchmarks.<name>`): freed
+    memory kept first, as `adapter-serve` and `train-adapter` keep it at start
+    (`modeling.host_memory`; `run_at_ref` gives an older commit's run the same). Tests call
+    `main` itself and leave their process as it is."""
     keep_freed_memory()
+    return main()
+
+
+def pin_threads(threads: int) -> int:
+    """Fix torch's intra-op threads (shared cores: fewer threads, steadier medians)."""
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
 
@@ -108,7 +114,7 @@ def run_at_ref(ref: str, module: str, argv: list[str], clock: str = "wall") -> s
     older code, in the same invocation as the newer one, timed by `clock`. The benchmark
     scripts themselves are this checkout's (copied over the older tree's `benchmarks/`):
     both sides are measured the same way (the child gets `--clock` as this process did,
-    and `modeling.host_memory`, the process set-up of `pin_threads`), and a figure added
+    and `modeling.host_memory`, the process set-up of `as_process`), and a figure added
     since `ref` has a before.
     Exits with one line on stderr (status 2) when `ref` is unknown or the older code fails.
     """
@@ -122,7 +128,7 @@ def run_at_ref(ref: str, module: str, argv: list[str], clock: str = "wall") -> s
             tar.extractall(tree, filter="data")
         shutil.copytree(root / "benchmarks", Path(tree) / "benchmarks", dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("results", "__pycache__"))
-        # the process set-up the scripts make (`pin_threads`), which older trees may lack
+        # the process set-up the scripts make (`as_process`), which older trees may lack
         shutil.copy2(root / "modeling" / "host_memory.py", Path(tree) / "modeling")
         child = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *argv,
                                 "--clock", clock], cwd=tree,

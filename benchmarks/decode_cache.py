@@ -114,4 +114,6 @@ def baseline(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from benchmarks.common import as_process
+
+    raise SystemExit(as_process(main))

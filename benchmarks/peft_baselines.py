@@ -216,4 +216,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from benchmarks.common import as_process
+
+    raise SystemExit(as_process(main))
