@@ -146,13 +146,13 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int,
     names = [f"a{s}" for s in slots]
     bank = build_bank(serve, backbone.frozen_tensors(), backbone.config.d_model,
                       next(backbone.parameters()))
-    index = RowIndex.of(torch.tensor(slots))
+    index, uniform = RowIndex.of(torch.tensor(slots)), RowIndex.of([0] * rows)
     paths = {"ours": lambda: backbone(batch, bank, index),
              "peft_mixed": lambda: model(batch, adapter_names=names),
              "swap": lambda: swap_per_batch(model, batch, names),
              "backbone": lambda: bare(batch),
              "peft_one": lambda: one_adapter(model, batch),
-             "uniform": lambda: backbone(batch, bank, RowIndex.of([0] * rows))}
+             "uniform": lambda: backbone(batch, bank, uniform)}
     with torch.no_grad():
         reference = paths["ours"]()
         scale = reference.abs().max().item()

@@ -170,10 +170,8 @@ class RowIndex:
         if self.uniform is not None:
             return None
         slots = self.host_slots
-        if not runs and all(
-                _consecutive([row for row, slot in enumerate(slots) if slot in used_by])
-                for used_by in used_by_sets):
-            return None
+        if not runs and all(_is_span(self.subset(used_by)) for used_by in used_by_sets):
+            return None  # the subsets are the hooks' own (`subset` caches them)
         # per distinct slot: outside each set? (False sorts first: a set's members lead)
         outside = {slot: tuple(slot not in used_by for used_by in used_by_sets)
                    for slot in set(slots)}
@@ -186,6 +184,11 @@ class RowIndex:
 def all_rows(batch: int) -> tuple[int, ...]:
     """(0, 1, ..., batch - 1): every row of a batch, in order."""
     return tuple(range(batch))
+
+
+def _is_span(subset: RowSubset | None) -> bool:
+    """Whether a `subset`'s rows are consecutive: every row (None), none, or one span."""
+    return subset is None or not subset.rows or subset.span is not None
 
 
 def _consecutive(positions: Sequence[int]) -> bool:
