@@ -93,9 +93,13 @@ def add_clock_option(parser) -> None:
 
 
 def check_clock(parser, args) -> None:
-    """The cpu clock sees only the calling thread: refuse it with more torch threads."""
+    """The cpu clock sees only the calling thread's CPU work: refuse it with more torch
+    threads, and on a GPU (the kernels' time is not the thread's)."""
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu needs --threads 1 (it reads the calling thread's CPU time)")
+    if args.clock == "cpu" and getattr(args, "device", "cpu") != "cpu":
+        parser.error(f"--clock cpu times CPU work only: use --clock wall on --device "
+                     f"{args.device}")
 
 
 def add_baseline_option(parser) -> None:
@@ -191,18 +195,28 @@ def interleaved(candidates: dict[str, Callable[[], object]], repeats: int,
     Each round calls every candidate once, in an order shuffled per round (seeded): a call
     runs faster or slower after some candidates than after others (what they left in the
     caches and the allocator), and a fixed order would charge that to one candidate every
-    round. `warmup` rounds are not kept. clock: a key of `CLOCKS`.
+    round. `warmup` rounds are not kept. clock: a key of `CLOCKS`. Where CUDA is in use,
+    each call is timed from an idle GPU to its last kernel's end: a call returns as soon
+    as its kernels are queued.
     """
     now = CLOCKS[clock]
     times: dict[str, list[float]] = {name: [] for name in candidates}
     order = random.Random(0)
     for round_index in range(warmup + repeats):
         for name in order.sample(list(candidates), k=len(candidates)):
+            settle()
             start = now()
             candidates[name]()
+            settle()
             if round_index >= warmup:
                 times[name].append(now() - start)
     return times
+
+
+def settle() -> None:
+    """Wait for the GPU's queued kernels, where CUDA is in use (nothing to wait for else)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def median_ms(seconds: list[float]) -> float:
@@ -306,7 +320,8 @@ def random_adapter(backbone: VLBackbone, recipe: list[MethodEntry], tasks: list[
     with torch.no_grad():
         for param in model.parameters():
             if param.requires_grad:
-                param.add_(torch.randn(param.shape, generator=generator) * noise)
+                param.add_(torch.randn(param.shape, generator=generator).to(param.device)
+                           * noise)
     return model.eval()
 
 

@@ -118,7 +118,8 @@ def swap_per_batch(model: nn.Module, batch: VLBatch, names: list[str]) -> torch.
     """Group rows by adapter, set_adapter, run each sub-batch, reassemble the logits."""
     out = None
     for name in sorted(set(names)):
-        rows = torch.tensor([i for i, n in enumerate(names) if n == name])
+        rows = torch.tensor([i for i, n in enumerate(names) if n == name],
+                            device=batch.input_ids.device)
         model.set_adapter(name)
         logits = model(batch.select(rows))
         if out is None:
@@ -128,7 +129,7 @@ def swap_per_batch(model: nn.Module, batch: VLBatch, names: list[str]) -> torch.
 
 
 def compare(name: str, count: int, rows: int, rank: int, repeats: int,
-            clock: str = "wall", visual_tokens: int = 16) -> float:
+            clock: str = "wall", visual_tokens: int = 16, device: str = "cpu") -> float:
     """Check equal logits, then time the paths for one backbone and adapter count;
     prints the result line and returns ours / backbone.
 
@@ -136,17 +137,18 @@ def compare(name: str, count: int, rows: int, rank: int, repeats: int,
     read the bank), one PEFT wraps, and the bare one, which no bank or PEFT layer ever
     touches; where a copy's weights landed in memory cannot favour one of them.
     """
-    backbone = load_backbone(name)
+    backbone = load_backbone(name).to(device)
     bare = sharing_weights(load_backbone(name), backbone)
     model, serve = peft_with_adapters(sharing_weights(load_backbone(name), backbone), count,
                                       rank, alpha=2.0 * rank)
-    batch = random_batch(backbone, rows, TEXT_TOKENS, LABEL_TOKENS, visual_tokens, seed=1)
+    batch = random_batch(backbone, rows, TEXT_TOKENS, LABEL_TOKENS, visual_tokens,
+                         seed=1).to(device)
     rng = random.Random(1)
     slots = [rng.randrange(count) for _ in range(rows)]
     names = [f"a{s}" for s in slots]
     bank = build_bank(serve, backbone.frozen_tensors(), backbone.config.d_model,
                       next(backbone.parameters()))
-    index, uniform = RowIndex.of(torch.tensor(slots)), RowIndex.of([0] * rows)
+    index, uniform = RowIndex.of(slots, device), RowIndex.of([0] * rows, device)
     paths = {"ours": lambda: backbone(batch, bank, index),
              "peft_mixed": lambda: model(batch, adapter_names=names),
              "swap": lambda: swap_per_batch(model, batch, names),
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--visual-tokens", type=positive_int, default=16,
                         help="random visual feature vectors per request (default 16)")
     parser.add_argument("--repeats", type=int, default=5)
-    add_machine_options(parser, device=False)
+    add_machine_options(parser)
     add_baseline_option(parser)
     add_clock_option(parser)
     args = parser.parse_args(argv)
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line())
     print(f"LoRA rank {args.rank} on q, v; rows/s = median of {args.repeats} interleaved "
           f"forwards ({TEXT_TOKENS} text + {args.visual_tokens} visual tokens, {LABEL_TOKENS} "
-          f"decoder tokens, teacher-forced logits), {args.clock} clock")
+          f"decoder tokens, teacher-forced logits), device {args.device}, {args.clock} clock")
     before: dict[tuple[str, ...], float] = {}
     after: dict[tuple[str, ...], float] = {}
     for name in [args.backbone] if args.backbone else args.presets.split(","):
@@ -202,13 +204,13 @@ def main(argv: list[str] | None = None) -> int:
             output = run_at_ref(args.baseline, "peft_baselines", [
                 "--presets", name, "--adapters", args.adapters, "--rows", str(args.rows),
                 "--rank", str(args.rank), "--repeats", str(args.repeats),
-                "--threads", str(args.threads)], args.clock)
+                "--threads", str(args.threads), "--device", args.device], args.clock)
             before.update(ratios_in(output, RESULT_LINE))
             print("".join(f"  before | {line}\n" for line in output.splitlines()
                           if re.match(RESULT_LINE, line)), end="", flush=True)
         for count in (int(n) for n in args.adapters.split(",")):
             after[(name, str(count))] = compare(name, count, args.rows, args.rank, args.repeats,
-                                                args.clock, args.visual_tokens)
+                                                args.clock, args.visual_tokens, args.device)
     if args.baseline:
         print_before_after("ours / backbone", before, after, args.baseline)
     print(machine_line())

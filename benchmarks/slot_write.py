@@ -39,19 +39,13 @@ def measure(backbone: VLBackbone, slots: int, repeats: int) -> tuple[float, floa
     bank = build_bank(resident, frozen, d_model, like)
     turn = [0]
 
-    def sync() -> None:
-        if like.is_cuda:
-            torch.cuda.synchronize()
-
     def in_place() -> None:
         turn[0] += 1
         assert write_slot(bank, 0, spare[turn[0] % 2], frozen)
-        sync()
 
     def restack() -> None:
         turn[0] += 1
         build_bank([spare[turn[0] % 2], *resident[1:]], frozen, d_model, like)
-        sync()
 
     times = interleaved({"in place": in_place, "restack": restack}, repeats)
     assert write_slot(bank, 0, spare[0], frozen)

@@ -31,6 +31,7 @@ from benchmarks.common import (
     pin_threads,
     random_batch,
     rss_bytes,
+    settle,
 )
 from modeling.families import load_backbone
 from modeling.methods.base import BackboneFacts
@@ -66,8 +67,7 @@ def worker(mode: str, args: argparse.Namespace) -> dict:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        settle()
         if step > 0:
             times.append((time.perf_counter() - start) * 1000)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

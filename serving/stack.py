@@ -151,10 +151,9 @@ def _event(metrics, tier: str):
     return lambda event: metrics.cache_event(tier, event)
 
 
-def _tiers(config: ServeConfig, backbone: VLBackbone, metrics, registry: Registry
-           ) -> tuple[str, AdapterStore, SlotTable]:
-    """(fingerprint, host tier, device tier) of `backbone` (already on its device)."""
-    fingerprint = backbone.fingerprint()
+def _tiers(config: ServeConfig, backbone: VLBackbone, fingerprint: str, metrics,
+           registry: Registry) -> tuple[AdapterStore, SlotTable]:
+    """(host tier, device tier) of `backbone` (already on its device and in its dtype)."""
     on_load = None if metrics is None else metrics.adapter_load
     store = AdapterStore(registry, BackboneFacts.of(backbone), fingerprint,
                          config.host_cache_bytes, on_event=_event(metrics, "host"),
@@ -163,7 +162,7 @@ def _tiers(config: ServeConfig, backbone: VLBackbone, metrics, registry: Registr
     like = torch.zeros((), device=parameter.device, dtype=parameter.dtype)
     slot_table = SlotTable(config.device_slots, config.cache_bytes, backbone.frozen_tensors(),
                            backbone.config.d_model, like, on_event=_event(metrics, "device"))
-    return fingerprint, store, slot_table
+    return store, slot_table
 
 
 def build_stack(config: ServeConfig, backbone: VLBackbone | None = None,
@@ -175,11 +174,14 @@ def build_stack(config: ServeConfig, backbone: VLBackbone | None = None,
     lifecycle).
     """
     backbone = backbone if backbone is not None else load_backbone(config)
+    # The checkpoint's fingerprint as loaded, before the cast: adapters were trained on those
+    # weights, and serving them in bf16 (CUDA's default) must not read as another backbone.
+    fingerprint = backbone.fingerprint()
     device, dtype = device_and_dtype(config)
     backbone = backbone.to(device=device, dtype=dtype).eval()
     metrics = _metrics()
     registry = Registry(config.registry)
-    fingerprint, store, slot_table = _tiers(config, backbone, metrics, registry)
+    store, slot_table = _tiers(config, backbone, fingerprint, metrics, registry)
     vision = VisionCache(config.vision_cache_entries)
     vision_encoder, vision_model = vision_parts(config, backbone)
     engine = Engine(backbone, store, slot_table, vision, config.max_batch, config.max_queue,

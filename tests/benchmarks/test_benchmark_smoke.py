@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from benchmarks import decode_cache, mixed_adapters, slot_write
+from benchmarks import decode_cache, mixed_adapters, peft_baselines, slot_write
 from benchmarks.common import run_at_ref
 
 
@@ -115,3 +115,14 @@ def test_host_memory_benchmark_compares_fresh_processes_of_each_side(capsys):
     assert re.search(r"forward +default .* page faults per call \| kept .* kept / default "
                      r"\d+\.\d\d \(", out)
     assert re.search(r"decode +default .* tokens/s", out) and "machine:" in out
+
+
+
+@pytest.mark.parametrize("module", [mixed_adapters, peft_baselines])
+def test_the_cpu_clock_is_refused_on_a_gpu_before_any_model_is_built(module, capsys):
+    """The thread's CPU time leaves out the kernels' time on the GPU."""
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--device", "cuda", "--clock", "cpu"])
+    assert exit_info.value.code == 2
+    assert "--clock cpu times CPU work only: use --clock wall on --device cuda" in \
+        capsys.readouterr().err

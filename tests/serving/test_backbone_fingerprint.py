@@ -10,14 +10,14 @@ from __future__ import annotations
 import grpc
 import pytest
 import torch
-from serving_helpers import RECIPES, WORDS, random_adapter, tiny_backbone
+from serving_helpers import RECIPES, WORDS, random_adapter, request_for, tiny_backbone
 
 from adapters_registry import Registry
 from modeling.backbone import VLBackbone
 from modeling.config import preset
 from modeling.tokenizer import build_word_tokenizer
 from serving.config import ServeConfig
-from serving.protos import repository_pb2, repository_pb2_grpc
+from serving.protos import inference_pb2_grpc, repository_pb2, repository_pb2_grpc
 from serving.server import Server
 from training.artifact import write_artifact
 
@@ -70,3 +70,24 @@ def test_adapter_trained_with_another_tokenizer_is_failed_precondition(repositor
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert theirs in caught.value.details()
     assert backbone.fingerprint() in caught.value.details()
+
+
+def test_adapter_trained_in_float32_is_served_by_a_bfloat16_server(tmp_path):
+    """A server casts the backbone to its dtype (bf16 on CUDA by default); the fingerprint
+    is the checkpoint's as loaded, so an adapter trained on the float32 weights loads and
+    answers there (it was refused as trained on another backbone on the first GPU run)."""
+    registry = Registry(str(tmp_path / "store"))
+    trained_on = tiny_backbone()
+    _publish(registry, trained_on, "twin", tmp_path)
+    server = Server(ServeConfig(registry=str(tmp_path / "store"), host="127.0.0.1", port=0,
+                                dtype="bfloat16", load=("twin",)),
+                    backbone=tiny_backbone()).start()
+    try:
+        assert server.stack.backbone.lm.dtype == torch.bfloat16
+        assert server.stack.fingerprint == trained_on.fingerprint()
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            response = inference_pb2_grpc.InferenceStub(channel).Predict(
+                request_for("vqa", "twin"), timeout=60)
+        assert response.adapter_name == "twin" and response.adapter_version == 1
+    finally:
+        server.stop(grace=5)
