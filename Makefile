@@ -33,7 +33,7 @@ loadtest: venv
 # Every ratio benchmark with its defaults, one after another (about 2-3 minutes on two
 # idle CPU cores; on a GPU machine they pick CUDA). Output: benchmarks/results/<device>-latest/.
 BENCHMARKS ?= mixed_adapters peft_baselines hot_swap memory vision_cache training_step \
-	decode_cache slot_write onnx_vision huge_text host_memory
+	decode_cache slot_write onnx_vision huge_text host_memory launches
 .PHONY: bench
 bench: venv
 	@device=$$($(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"); \
@@ -42,5 +42,5 @@ bench: venv
 		echo "== $$name ($$device) -> $$out/$$name.txt"; \
 		extra=; [ $$name = mixed_adapters ] && extra="--out $$out"; \
 		$(PY) -m benchmarks.$$name $$extra > $$out/$$name.txt 2>&1 || { tail -20 $$out/$$name.txt; exit 1; }; \
-		grep -iE "ratio|speed-up|p50|mixed/|ours/| / default" $$out/$$name.txt | tail -6; \
+		grep -iE "ratio|speed-up|p50|mixed/|ours/| / " $$out/$$name.txt | tail -6; \
 	done

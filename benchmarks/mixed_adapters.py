@@ -124,10 +124,8 @@ def measure_decode(backbone: VLBackbone, batch: VLBatch, method: str, adapters: 
     in the engine's admission order), uniform and bare backbone; encoder pass untimed."""
     bank = bank_of(backbone, method, adapters)
     device = batch.input_ids.device
-    mixed = RowIndex.of([i % adapters for i in range(batch.size)], device=device)
-    order = mixed.grouping(bank.used_by_sets())
-    if order is not None:  # the engine admits a batch's requests in this order
-        batch, mixed = batch.select(torch.tensor(order, device=device)), mixed.select(order)
+    batch, mixed = in_admission_order(
+        batch, RowIndex.of([i % adapters for i in range(batch.size)], device=device), bank)
     variants = {"mixed": (bank, mixed), "uniform": (bank, RowIndex.of([0] * batch.size,
                                                                       device=device)),
                 "backbone": (None, None)}
@@ -138,6 +136,17 @@ def measure_decode(backbone: VLBackbone, batch: VLBatch, method: str, adapters: 
                                                tokens))
         for name in variants}, repeats=repeats, warmup=1, clock=clock)
     return summary(times, batch.size * tokens, ("mixed", "uniform"), ("mixed", "backbone"))
+
+
+def in_admission_order(batch: VLBatch, index: RowIndex, bank: AdapterBank
+                       ) -> tuple[VLBatch, RowIndex]:
+    """`batch` and its `index` with the rows in the order the engine admits such requests
+    (`RowIndex.grouping`: each form's rows, then each slot's, consecutive)."""
+    order = index.grouping(bank.used_by_sets())
+    if order is None:
+        return batch, index
+    return batch.select(torch.tensor(order, device=batch.input_ids.device)), \
+        index.select(order)
 
 
 def with_prompt_lengths(batch: VLBatch, bank: AdapterBank, index: RowIndex) -> VLBatch:

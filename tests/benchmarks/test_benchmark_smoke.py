@@ -126,3 +126,36 @@ def test_the_cpu_clock_is_refused_on_a_gpu_before_any_model_is_built(module, cap
     assert exit_info.value.code == 2
     assert "--clock cpu times CPU work only: use --clock wall on --device cuda" in \
         capsys.readouterr().err
+
+
+def test_a_launch_count_leaves_out_views_and_counts_reads_back_to_the_host():
+    from benchmarks.launches import counted
+    x = torch.ones(4)
+    count = counted(lambda: (x.view(2, 2).t() + x.view(2, 2)).sum().item())
+    assert dict(count.by_name) == {"add": 1, "sum": 1, "_local_scalar_dense": 1}
+    assert (count.launches, count.syncs) == (3, 1)
+
+
+def test_launches_benchmark_counts_what_each_form_adds(capsys):
+    from benchmarks import launches
+    assert launches.main(["--preset", "tiny", "--rows", "8", "--adapters", "4",
+                          "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    count = {(kind, name.strip()): int(n) for kind, name, n in re.findall(
+        r"^(forward|decode step) +(\D+?) +(\d+) \(\d+\)", out, re.MULTILINE)}
+    assert len(count) == 9
+    for kind in ("forward", "decode step"):
+        assert count[(kind, "backbone")] < count[(kind, "LoRA mixed")]
+        assert count[(kind, "backbone")] < count[(kind, "bottleneck mixed")]
+    assert count[("forward", "LoRA uniform")] < count[("forward", "LoRA mixed")]
+    assert count[("forward", "LoRA only")] < count[("forward", "four forms")]
+    assert re.search(r"LoRA only / four forms 0\.\d\d", out) and "machine:" in out
+
+
+def test_the_launches_benchmark_needs_a_bank_of_every_form(capsys):
+    from benchmarks import launches
+    with pytest.raises(SystemExit) as exit_info:
+        launches.main(["--adapters", "3"])
+    assert exit_info.value.code == 2
+    assert "--adapters: the four-form bank needs at least 4 sets, got 3" in \
+        capsys.readouterr().err
