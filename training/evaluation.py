@@ -41,17 +41,19 @@ def predict(backbone: VLBackbone, adapters: AdapterModel | None, task: str,
     text_budget = partial(backbone.config.text_budget, prompt_vectors=prompt_vectors)
     predictions = {}
     scored = TASKS[task].is_scored
+    device = next(backbone.parameters()).device
     for start in range(0, len(examples), EVAL_BATCH):
         chunk = examples[start:start + EVAL_BATCH]
         batch = make_batch(tokenizer, [e.source_text for e in chunk],
                            [features.tokens(e) for e in chunk],
                            text_budget=text_budget, decoder_prompts=[
-                               TASKS[task].decoder_prompt_for(backbone.config.family)] * len(chunk))
-        index = None if bank is None else RowIndex.of(torch.zeros(len(chunk),
-                                                                     dtype=torch.long))
+                               TASKS[task].decoder_prompt_for(backbone.config.family)] * len(chunk)
+                           ).to(device)
+        index = None if bank is None else RowIndex.of([0] * len(chunk), device=device)
         if scored:
             labels = [TASKS[task].candidate_labels(e.choices, choice_answer) for e in chunk]
-            scores = score_candidates(backbone, batch, candidate_ids(tokenizer, labels),
+            scores = score_candidates(backbone, batch,
+                                      candidate_ids(tokenizer, labels).to(device),
                                       bank, index,
                                       [ChoiceAnswer(choice_answer).per_token] * len(chunk))
             for e, row_labels, row in zip(chunk, labels, scores, strict=True):

@@ -107,17 +107,23 @@ class VisualFeatures:
         for start in range(0, len(ids), ENCODE_CHUNK):
             chunk = ids[start:start + ENCODE_CHUNK]
             images = [load_image(folder.image_path(vid)) for vid in chunk]
-            pixels = images_to_pixels(images, processor)
+            pixels = images_to_pixels(images, processor).to(self._device)
             encoded = self.backbone.encode_images(pixels)
             for vid, tokens in zip(chunk, encoded, strict=True):
-                self.table[vid] = tokens.clone()
+                self.table[vid] = tokens.to("cpu", copy=True)
 
     def _encode_video(self, frame_paths: list[Path]) -> torch.Tensor:
         processor = image_processor(self.backbone.config.vision.image_size,
                                     self.backbone.config.vision.tower)
         pixels = images_to_pixels([load_image(p) for p in frame_paths], processor)
-        tokens, valid = self.backbone.encode_frames(pixels)
-        return tokens[valid].clone()
+        tokens, valid = self.backbone.encode_frames(pixels.to(self._device))
+        return tokens[valid].to("cpu", copy=True)
+
+    @property
+    def _device(self) -> torch.device:
+        """Where the tower runs: the backbone's device (the table itself stays on the CPU,
+        where batches are built)."""
+        return next(self.backbone.parameters()).device
 
     def tokens(self, example: Example) -> VisualTokens:
         if self.visual_input is VisualInput.VIDEO_FRAMES:

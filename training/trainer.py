@@ -36,6 +36,7 @@ from training.checkpoint import load_checkpoint, read_state, recover, save_check
 from training.config import ConfigError, RunConfig, load_task_split, run_identity
 from training.data.example import Example
 from training.data.registry import subsample
+from training.distributed import process_device
 from training.evaluation import evaluate_task
 from training.features import VisualFeatures, features_for
 from training.text import corpus_tokenizer
@@ -115,9 +116,13 @@ class Trainer:
                               "one) or a preset name")
         self.fingerprint = self.backbone.fingerprint()
         self._check_tasks_fit(dict.fromkeys(config.tasks, 0))  # before any feature is read
+        # Everything computes on the run's device: the towers encode the features there,
+        # and the steps and evaluation run there (features and batches are built on the CPU).
+        self.device = process_device(config.device)
+        self.backbone.to(self.device)
         self.tasks = self._prepare_tasks(splits)
         self.model = AdapterModel(config.methods, BackboneFacts.of(self.backbone),
-                                  sorted(self.tasks), backbone=self.backbone)
+                                  sorted(self.tasks), backbone=self.backbone).to(self.device)
         self.full = next((m for m in self.model.methods.values()
                           if isinstance(m, FullFinetuning)), None)
         self.prompt_vectors = self._prompt_vectors()
@@ -192,10 +197,11 @@ class Trainer:
                                         self.backbone.config.max_decoder_tokens,
                                         self.config.choice_answer)
         weights = weights if share else [0.0]
-        device = self.config.device
+        device = self.device
         batch = batch.to(device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                                  enabled=self.config.precision == "bf16" and device != "cpu")
+                                  enabled=self.config.precision == "bf16"
+                                  and device.type == "cuda")
         with autocast:
             if self.full is not None:
                 logits = self.full.model(batch)
@@ -211,7 +217,7 @@ class Trainer:
         the batch's loss; scaled by this factor, it is."""
         if self.world == 1:
             return 1.0
-        total = torch.tensor([weight], dtype=torch.float64, device=self.config.device)
+        total = torch.tensor([weight], dtype=torch.float64, device=self.device)
         dist.all_reduce(total)
         return self.world * weight / total.item() if total.item() > 0 else 0.0
 

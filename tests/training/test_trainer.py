@@ -105,6 +105,24 @@ def test_backbone_stays_bit_identical_and_only_trainables_reach_the_optimizer(wo
     assert not any(id(p) in in_optimizer for p in trainer.backbone.parameters())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (run on a GPU machine)")
+def test_a_run_on_cuda_trains_evaluates_and_writes_its_artifact_there(world, tmp_path):
+    """`device: cuda`: the backbone, the trainable tensors, the steps, the towers' features
+    and evaluation all on the GPU (the first GPU run found the trainer left them on the
+    CPU); its artifact loads as the CPU run's does, trained on the same fingerprint."""
+    config = parse_config({**world["raw"], "device": "cuda"})
+    trainer = Trainer(config, tmp_path, show_progress=False)
+    results = trainer.run()
+    assert all(p.is_cuda for p in trainer.model.parameters())
+    assert all(p.is_cuda for p in trainer.backbone.parameters())
+    assert set(results) == set(TASKS)
+    manifest = json.loads((tmp_path / "artifact" / "manifest.json").read_text())
+    cpu = Trainer(parse_config(world["raw"]), tmp_path / "cpu", show_progress=False)
+    assert manifest["base_model"]["fingerprint"] == cpu.fingerprint
+    assert all(torch.isfinite(t).all() for name in manifest["files"]
+               for t in load_file(tmp_path / "artifact" / name).values())
+
+
 def test_artifact_holds_only_trainable_tensors_and_a_full_manifest(world, tmp_path):
     trainer = Trainer(parse_config(world["raw"]), tmp_path, show_progress=False)
     trainer.run()
@@ -303,3 +321,24 @@ def test_torchrun_with_two_gloo_processes_averages_gradients_and_keeps_replicas_
         assert relative_deviation(rank["local"], whole_batch) > tolerance
     assert all(torch.equal(ranks[0]["weights"][n], ranks[1]["weights"][n])
                for n in ranks[0]["weights"])
+
+
+@pytest.mark.parametrize(("device", "env", "expected"), [
+    ("cpu", {}, "cpu"),
+    ("cuda", {}, "cuda"),
+    ("cuda:1", {}, "cuda:1"),
+    ("cpu", {"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "cpu"),
+    ("cuda", {"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "cuda:1"),   # each rank its own GPU
+    ("cuda:0", {"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "cuda:0"),  # as the config says
+])
+def test_a_process_trains_on_the_configured_device_and_a_rank_on_its_own_gpu(
+        device, env, expected, monkeypatch):
+    from training import distributed
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    assert distributed.process_device(device) == torch.device(expected)
+    assert made_current == ([torch.device(expected)] if expected == "cuda:1" and env else [])
