@@ -72,7 +72,12 @@ def test_adapter_trained_with_another_tokenizer_is_failed_precondition(repositor
     assert backbone.fingerprint() in caught.value.details()
 
 
-def test_adapter_trained_in_float32_is_served_by_a_bfloat16_server(tmp_path):
+@pytest.mark.parametrize(("device", "dtype"), [
+    ("cpu", "bfloat16"),
+    pytest.param("cuda", "auto", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="needs a GPU")),
+])
+def test_adapter_trained_in_float32_is_served_by_a_bfloat16_server(device, dtype, tmp_path):
     """A server casts the backbone to its dtype (bf16 on CUDA by default); the fingerprint
     is the checkpoint's as loaded, so an adapter trained on the float32 weights loads and
     answers there (it was refused as trained on another backbone on the first GPU run)."""
@@ -80,7 +85,7 @@ def test_adapter_trained_in_float32_is_served_by_a_bfloat16_server(tmp_path):
     trained_on = tiny_backbone()
     _publish(registry, trained_on, "twin", tmp_path)
     server = Server(ServeConfig(registry=str(tmp_path / "store"), host="127.0.0.1", port=0,
-                                dtype="bfloat16", load=("twin",)),
+                                device=device, dtype=dtype, load=("twin",)),
                     backbone=tiny_backbone()).start()
     try:
         assert server.stack.backbone.lm.dtype == torch.bfloat16
