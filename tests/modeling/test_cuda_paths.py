@@ -16,11 +16,11 @@ import os
 
 import pytest
 import torch
-from modeling_helpers import random_batch, randomize
+from modeling_helpers import alone, random_batch, randomize
 
 from modeling.bank import build_bank
 from modeling.families import load_backbone
-from modeling.generation import greedy
+from modeling.generation import beam_search, greedy
 from modeling.kernels import RowIndex, gathered_bottleneck, gathered_lora
 from modeling.methods.base import BackboneFacts
 from modeling.recipe import AdapterModel, MethodEntry
@@ -88,6 +88,21 @@ def test_cached_greedy_decode_on_the_device_is_the_argmax_of_its_own_forward(on_
             logits = there(one, bank, RowIndex.of([slot], device=DEVICE))[0]
         steps = len(tokens[row]) + (len(tokens[row]) < limit)
         assert logits[:steps].argmax(-1).tolist() == one.labels[0, :steps].tolist(), row
+
+
+def test_beam_search_of_a_mixed_batch_on_the_device_gives_each_row_its_own_beams(on_both):
+    """Beams reordered per row (`modeling.decode_rows`) on the device: each row of the
+    mixed batch gets the tokens it gets searched alone there, with its own set."""
+    _, there, (_, bank) = on_both
+    batch = random_batch(there, [5, 3, 6, 2, 4, 7, 1, 5], seed=5, with_labels=False)
+    batch = batch.to(DEVICE)
+    mixed = beam_search(there, batch, bank, RowIndex.of(SLOTS, device=DEVICE),
+                        max_new_tokens=4, num_beams=3)
+    for row, slot in enumerate(SLOTS):
+        searched = beam_search(there, alone(batch, row), bank,
+                               RowIndex.of([slot], device=DEVICE), max_new_tokens=4,
+                               num_beams=3)
+        assert mixed[row] == searched[0], row
 
 
 @pytest.mark.parametrize("slots", [[2, 0, 3, 0, 1], [3] * 5], ids=["mixed", "uniform"])
