@@ -75,6 +75,27 @@ def add_machine_options(parser, device: bool = True) -> None:
         parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_dtype_option(parser) -> None:
+    """--dtype: what the backbone, the banks and the visual features compute in."""
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                        help="float32 (default), or bfloat16 / float16: what the server runs "
+                             "on CUDA (bfloat16 where supported)")
+
+
+def placed(backbone: VLBackbone, batch: VLBatch, device: str, dtype: str
+           ) -> tuple[VLBackbone, VLBatch]:
+    """`backbone` and `batch` on `device`, the backbone and the batch's floating tensors
+    (visual features, boxes) in `dtype` (a key of `DTYPES`); ids and masks as they are."""
+    kind = DTYPES[dtype]
+    moved = {name: value.to(device, kind if value.is_floating_point() else value.dtype)
+             if isinstance(value, torch.Tensor) else value
+             for name, value in batch.__dict__.items()}
+    return backbone.to(device, kind), VLBatch(**moved)
+
+
 # Seconds since an arbitrary start: the wall clock, or the calling thread's CPU time. At
 # one torch thread every op runs on the calling thread, so its CPU time is the compute
 # time; on a machine shared with other jobs it leaves out the time they hold the core

@@ -4,7 +4,8 @@
                                         [--methods lora,adapter,forms]
                                         [--rows 512] [--adapters 1,8,64,512] [--repeats 7]
                                         [--decode TOKENS] [--baseline GIT_REF]
-                                        [--clock wall|cpu]
+                                        [--clock wall|cpu] [--device cuda]
+                                        [--dtype float32|bfloat16|float16]
 
 One batch of `rows` examples (12 random text ids, one image's visual features as the
 family encodes it, `tokens_per_image` of them, and 4 label tokens); the bank holds N
@@ -54,6 +55,7 @@ from benchmarks.common import (
     Ratio,
     add_baseline_option,
     add_clock_option,
+    add_dtype_option,
     add_machine_options,
     cached_greedy,
     check_clock,
@@ -62,6 +64,7 @@ from benchmarks.common import (
     median_ms,
     paired_ratio,
     pin_threads,
+    placed,
     print_before_after,
     random_adapter,
     random_batch,
@@ -245,7 +248,8 @@ def baseline(args: argparse.Namespace) -> str:
         "--rows", str(args.rows),
         "--adapters", args.adapters, "--repeats", str(args.repeats),
         "--decode", str(args.decode),
-        "--threads", str(args.threads), "--device", args.device], args.clock)
+        "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype],
+        args.clock)
     for line in output.splitlines():
         if any(re.match(p, line) for p in (LINE, DECODE_LINE, FORMS_LINE)):
             print(f"  before | {line}", flush=True)
@@ -264,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time cached greedy decoding of TOKENS tokens per row "
                              "(lora, adapter; 0: off)")
     add_machine_options(parser)
+    add_dtype_option(parser)
     add_baseline_option(parser)
     add_clock_option(parser)
     parser.add_argument("--out", default=str(RESULTS))
@@ -273,13 +278,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--decode: expected a number of tokens >= 0, got {args.decode}")
     pin_threads(args.threads)
     print(machine_line())
-    backbone = load_backbone(args.backbone or args.preset).to(args.device)
+    backbone = load_backbone(args.backbone or args.preset)
     name = Path(args.backbone).name if args.backbone else args.preset
-    batch = random_batch(backbone, args.rows).to(args.device)
+    backbone, batch = placed(backbone, random_batch(backbone, args.rows), args.device,
+                             args.dtype)
     counts = [int(n) for n in args.adapters.split(",")]
     shown = f"backbone {args.backbone}" if args.backbone else f"preset {args.preset}"
     print(f"{shown}, batch {args.rows} rows ({batch.input_ids.shape[1]} text + "
-          f"{batch.visual.shape[1]} visual tokens), device {args.device}; rows/s = "
+          f"{batch.visual.shape[1]} visual tokens), device {args.device}, {args.dtype}; "
+          f"rows/s = "
           f"median of {args.repeats} interleaved forwards (encoder + decoder, 4 labels), "
           f"{args.clock} clock")
     before = baseline(args) if args.baseline else ""
@@ -303,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                            args.baseline)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"mixed_adapters_{name}_{args.device}"
+    stem = f"mixed_adapters_{name}_{args.device}" + \
+        ("" if args.dtype == "float32" else f"_{args.dtype}")
     plot(results, f"{name}, {args.rows} rows, {args.device}", out / f"{stem}.png")
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     print(machine_line())

@@ -159,3 +159,20 @@ def test_the_launches_benchmark_needs_a_bank_of_every_form(capsys):
     assert exit_info.value.code == 2
     assert "--adapters: the four-form bank needs at least 4 sets, got 3" in \
         capsys.readouterr().err
+
+
+def test_the_adapter_benchmarks_run_in_bfloat16_and_peft_still_agrees(capsys, tmp_path):
+    """--dtype bfloat16 (the server's type on CUDA): the backbone, the banks and the visual
+    features in bf16; PEFT's logits must still agree with ours within bf16's rounding and
+    the adapters move them by more than that."""
+    from benchmarks import peft_baselines
+    assert peft_baselines.main(["--presets", "tiny", "--adapters", "2", "--rows", "4",
+                                "--repeats", "1", "--dtype", "bfloat16"]) == 0
+    assert mixed_adapters.main(["--preset", "tiny", "--methods", "lora,forms", "--rows", "8",
+                                "--adapters", "4", "--repeats", "1", "--dtype", "bfloat16",
+                                "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("bfloat16") == 2
+    assert re.search(r"tiny +N= +2 rows 4: .* ours/backbone \d\.\d\d", out)
+    assert re.search(r"four forms / LoRA only \d\.\d\d", out)
+    assert (tmp_path / "mixed_adapters_tiny_cpu_bfloat16.json").is_file()
