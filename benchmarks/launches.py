@@ -2,6 +2,7 @@
 
     python -m benchmarks.launches [--preset small | --backbone FOLDER] [--rows 64]
                                   [--adapters 8] [--device cpu|cuda]
+                                  [--dtype float32|bfloat16|float16]
 
 On a GPU a small batch is bound by launching kernels, not by their arithmetic: on one H200
 the bare vl-bart-base forward took 11-13 ms for 64 rows x 32 tokens and 57 ms for ten
@@ -34,7 +35,14 @@ from collections.abc import Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.common import add_machine_options, machine_line, pin_threads, random_batch
+from benchmarks.common import (
+    add_dtype_option,
+    add_machine_options,
+    machine_line,
+    pin_threads,
+    placed,
+    random_batch,
+)
 from benchmarks.mixed_adapters import FORMS, bank_of, in_admission_order, with_prompt_lengths
 from modeling import decode_rows
 from modeling.backbone import VLBackbone, VLBatch
@@ -106,21 +114,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapters", type=positive_int, default=8,
                         help="adapter sets per bank, rows on slot i %% N (>= 4: every form)")
     add_machine_options(parser)
+    add_dtype_option(parser)
     args = parser.parse_args(argv)
     if args.adapters < 4:
         parser.error(f"--adapters: the four-form bank needs at least 4 sets, got "
                      f"{args.adapters}")
     pin_threads(args.threads)
     print(machine_line())
-    backbone = load_backbone(args.backbone or args.preset).to(args.device)
-    batch = random_batch(backbone, args.rows).to(args.device)
+    backbone = load_backbone(args.backbone or args.preset)
+    backbone, batch = placed(backbone, random_batch(backbone, args.rows), args.device,
+                             args.dtype)
     n = args.adapters
     index = RowIndex.of([i % n for i in range(args.rows)], device=args.device)
     uniform = RowIndex.of([0] * args.rows, device=args.device)
     banks = {method: bank_of(backbone, method, n) for method in ("lora", "adapter", FORMS)}
     same_lengths = with_prompt_lengths(batch, banks[FORMS], index)
     print(f"{args.backbone or args.preset}, {args.rows} rows, {n} adapters, device "
-          f"{args.device}: operations that launch work per call (host syncs)")
+          f"{args.device}, {args.dtype}: operations that launch work per call (host syncs)")
     lines = [
         ("forward", "backbone", lambda: backbone(batch), None),
         ("forward", "LoRA uniform", lambda: backbone(batch, banks["lora"], uniform),
