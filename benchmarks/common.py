@@ -88,7 +88,9 @@ def add_dtype_option(parser) -> None:
 def placed(backbone: VLBackbone, batch: VLBatch, device: str, dtype: str
            ) -> tuple[VLBackbone, VLBatch]:
     """`backbone` and `batch` on `device`, the backbone and the batch's floating tensors
-    (visual features, boxes) in `dtype` (a key of `DTYPES`); ids and masks as they are."""
+    (visual features, boxes) in `dtype` (a key of `DTYPES`); ids and masks as they are.
+    What `VLBatch.to(device, dtype)` does, written out: `run_at_ref` runs these scripts
+    over older trees, whose `VLBatch.to` takes no dtype."""
     kind = DTYPES[dtype]
     moved = {name: value.to(device, kind if value.is_floating_point() else value.dtype)
              if isinstance(value, torch.Tensor) else value
@@ -217,15 +219,14 @@ def interleaved(candidates: dict[str, Callable[[], object]], repeats: int,
     runs faster or slower after some candidates than after others (what they left in the
     caches and the allocator), and a fixed order would charge that to one candidate every
     round. `warmup` rounds are not kept. clock: a key of `CLOCKS`. Where CUDA is in use,
-    each call is timed from an idle GPU to its last kernel's end: a call returns as soon
-    as its kernels are queued.
+    each call is timed to its last kernel's end (a call returns as soon as its kernels are
+    queued); the call before it ended the same way, so each starts on an idle GPU.
     """
     now = CLOCKS[clock]
     times: dict[str, list[float]] = {name: [] for name in candidates}
     order = random.Random(0)
     for round_index in range(warmup + repeats):
         for name in order.sample(list(candidates), k=len(candidates)):
-            settle()
             start = now()
             candidates[name]()
             settle()

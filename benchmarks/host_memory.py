@@ -34,6 +34,7 @@ from benchmarks.common import (
     add_clock_option,
     cached_greedy,
     machine_line,
+    pin_threads,
     random_batch,
 )
 from benchmarks.mixed_adapters import bank_of
@@ -60,7 +61,7 @@ def timed(call: Callable[[], object], repeats: int, clock: str) -> tuple[float, 
 
 def child(args: argparse.Namespace) -> dict[str, float]:
     """One process's figures: forward and decode seconds and faults per call."""
-    torch.set_num_threads(1)  # not `pin_threads`: it would keep freed memory on both sides
+    pin_threads(1)
     if args.child == "kept" and not keep_freed_memory():
         raise SystemExit("host_memory: malloc here is not glibc's; nothing to compare")
     backbone = load_backbone(args.preset)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(args)))
         return 0
-    torch.set_num_threads(1)  # what the children run with, as the machine line says
+    pin_threads(1)  # what the children run with, as the machine line says
     print(machine_line())
     print(f"preset {args.preset}, {args.rows} rows on {args.adapters} LoRA adapters; "
           f"{args.processes} processes a side, {args.repeats} calls each, {args.clock} clock")

@@ -97,8 +97,11 @@ class VLBatch:
         position = torch.arange(self.labels.shape[1], device=self.labels.device)
         return self.labels.masked_fill(position[None, :] < length, -100)
 
-    def to(self, device: torch.device | str) -> VLBatch:
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> VLBatch:
+        """The batch on `device`; with `dtype`, its floating tensors (visual features,
+        boxes) in that type too, the backbone's (ids, masks and labels keep theirs)."""
+        moved = {k: (v.to(device, dtype if dtype is not None and v.is_floating_point()
+                          else v.dtype) if isinstance(v, torch.Tensor) else v)
                  for k, v in self.__dict__.items()}
         return VLBatch(**moved)
 

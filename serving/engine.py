@@ -361,9 +361,8 @@ class Engine:
         batch = make_batch(self.tokenizer, [r.source_text for r in requests], visuals,
                            text_budget=budgets,
                            decoder_prompts=[r.task.decoder_prompt_for(family) for r in requests])
-        batch = batch.to(self.device)
-        batch.visual = batch.visual.to(self.dtype)
-        return batch, RowIndex.of([r.slot for r in requests], device=self.device)
+        return batch.to(self.device, self.dtype), RowIndex.of([r.slot for r in requests],
+                                                              device=self.device)
 
     def _score(self, requests: list[Request], visuals: list[VisualTokens]) -> None:
         """NLVR2 ("true"/"false") and multiple choice ("a0".."a{n-1}", or the options' texts

@@ -19,7 +19,7 @@ from transformers import (
 )
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
-from modeling.backbone import VLBackbone
+from modeling.backbone import VLBackbone, VLBatch
 from modeling.bank import build_bank
 from modeling.config import preset
 from modeling.kernels import RowIndex
@@ -209,3 +209,21 @@ def test_video_tokens_average_each_frame_then_pool_or_pad_to_max_frames():
     expected, expected_valid = video_tokens(model.encode_images(pixels), model.config.max_frames)
     tokens, valid = model.encode_frames(pixels)
     assert torch.equal(tokens, expected) and torch.equal(valid, expected_valid)
+
+
+def test_a_batch_moved_in_a_dtype_casts_its_features_and_boxes_but_not_ids_or_masks():
+    """`VLBatch.to(device, dtype)`: what the engine hands a bf16 backbone."""
+    rows, text, visual = 2, 3, 4
+    batch = VLBatch(input_ids=torch.ones(rows, text, dtype=torch.long),
+                    text_mask=torch.ones(rows, text, dtype=torch.bool),
+                    visual=torch.randn(rows, visual, 8),
+                    visual_mask=torch.ones(rows, visual, dtype=torch.bool),
+                    image_order=torch.zeros(rows, visual, dtype=torch.long),
+                    boxes=torch.rand(rows, visual, 5),
+                    labels=torch.ones(rows, 2, dtype=torch.long))
+    moved = batch.to("cpu", torch.bfloat16)
+    assert moved.visual.dtype == moved.boxes.dtype == torch.bfloat16
+    assert torch.equal(moved.visual, batch.visual.to(torch.bfloat16))
+    assert moved.input_ids.dtype == moved.image_order.dtype == moved.labels.dtype == torch.long
+    assert moved.text_mask.dtype == moved.visual_mask.dtype == torch.bool
+    assert batch.to("cpu").visual.dtype == torch.float32  # no dtype: types kept

@@ -16,14 +16,15 @@ import os
 
 import pytest
 import torch
-from modeling_helpers import alone, random_batch, randomize
+from modeling_helpers import alone, random_batch
+from test_mixed_batch import _materialize
 
 from modeling.bank import build_bank
 from modeling.families import load_backbone
 from modeling.generation import beam_search, greedy
 from modeling.kernels import RowIndex, gathered_bottleneck, gathered_lora
-from modeling.methods.base import BackboneFacts
-from modeling.recipe import AdapterModel, MethodEntry
+from modeling.recipe import MethodEntry
+from modeling.serve_forms import AdapterSet
 
 DEVICE = os.environ.get("VLADAPTER_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
@@ -46,13 +47,7 @@ def on_both(backbone, tmp_path):
     """(the session's backbone on the CPU, the same checkpoint loaded again onto the
     device, the bank of `FORMS` plus an empty set on each). Loaded, not deep-copied: a
     copy's hooks would still read the original's adapter context."""
-    facts = BackboneFacts.of(backbone)
-    serve = []
-    for seed, entries in enumerate(FORMS):
-        model = AdapterModel(entries, facts, ["task"])
-        randomize(model, seed)
-        serve.append(model.materialize("task"))
-    serve.append(type(serve[0])())
+    serve = [*_materialize(backbone, FORMS, seed=0), AdapterSet()]
     backbone.save_pretrained(tmp_path / "backbone")
     there = load_backbone(str(tmp_path / "backbone")).to(DEVICE)
     banks = [build_bank(serve, b.frozen_tensors(), b.config.d_model, next(b.parameters()))
