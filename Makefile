@@ -33,7 +33,7 @@ loadtest: venv
 # Every ratio benchmark with its defaults, one after another (about 2-3 minutes on two
 # idle CPU cores; on a GPU machine they pick CUDA). Output: benchmarks/results/<device>-latest/.
 BENCHMARKS ?= mixed_adapters peft_baselines hot_swap memory vision_cache training_step \
-	decode_cache slot_write onnx_vision huge_text host_memory launches
+	decode_cache slot_write onnx_vision huge_text host_memory launches merged_lora
 .PHONY: bench
 bench: venv
 	@device=$$($(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"); \

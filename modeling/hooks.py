@@ -17,7 +17,9 @@ does the same (`PrefixBank.used_by`): only rows with a prefix at a site attend o
 widened keys. When those rows are consecutive (`VLBackbone.forward` and the serving
 engine order rows by form, `RowIndex.grouping`), a site computes on views of the batch
 and writes its rows in place; scattered rows (a decode that rows joined at different
-times) are gathered and written back.
+times) are gathered and written back. A Linear whose LoRA every row uses may instead
+run its frozen product with the delta merged into the weight (`_linear_forward`): a
+batch on one adapter.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from types import MethodType
 from typing import Any
 
 import torch
@@ -45,6 +48,8 @@ from modeling.kernels import (
     gathered_lora,
     gathered_matmul,
     gathered_rows,
+    merge_pays,
+    merged_lora,
     row_vectors,
 )
 from modeling.sites import BlockPosition, attention_sites, block_positions, is_layer_norm
@@ -65,15 +70,20 @@ class _LazyHooks:
         self.modules_of: dict[str, list[nn.Module]] = {}  # site -> modules, until hooked
         self.forward: dict[nn.Module, list[Callable]] = {}  # module -> hooks, in run order
         self.pre: dict[nn.Module, list[Callable]] = {}  # module -> pre-hooks (kwargs)
+        self.own_forward: dict[nn.Module, Callable] = {}  # module -> forward replacing its own
         self.hooked: set[nn.Module] = set()
 
     def add(self, site: str, module: nn.Module, forward: Callable | None = None,
-            pre: Callable | None = None) -> None:
+            pre: Callable | None = None, own_forward: Callable | None = None) -> None:
+        """own_forward(module, *args): the module's forward from then on (bound to it, so a
+        deep copy of the module computes with its own weights)."""
         self.modules_of.setdefault(site, []).append(module)
         if forward is not None:
             self.forward.setdefault(module, []).append(forward)
         if pre is not None:
             self.pre.setdefault(module, []).append(pre)
+        if own_forward is not None:
+            self.own_forward[module] = own_forward
 
     def register(self, sites: set[str]) -> None:
         """Register the hooks of every module of `sites` that has none of ours yet."""
@@ -82,6 +92,8 @@ class _LazyHooks:
                 if module in self.hooked:
                     continue
                 self.hooked.add(module)
+                if module in self.own_forward:
+                    module.forward = MethodType(self.own_forward.pop(module), module)
                 for hook in reversed(self.forward.get(module, [])):
                     module.register_forward_hook(hook, prepend=True)
                 for hook in reversed(self.pre.get(module, [])):
@@ -209,6 +221,32 @@ def _lora_rows(lora: LoraBank, index: RowIndex, output: torch.Tensor,
                          into_base=not torch.is_grad_enabled())
 
 
+def _lora_to_merge(weights: AdapterBank, index: RowIndex, name: str, x: torch.Tensor
+                   ) -> LoraBank | None:
+    """The LoRA of Linear site `name` when this call folds it into the frozen weight
+    (`merged_lora`), else None: every row is on one slot, which has LoRA here and
+    overrides neither the Linear's weight nor its bias (an override recomputes the output
+    from the frozen one), and merging pays for x [b, ..., in] (`merge_pays`)."""
+    lora, slot = weights.lora.get(name), index.uniform
+    if (lora is None or slot not in lora.used_by or lora.dropout > 0
+            or slot in weights.override_used_by.get(name, ())
+            or not merge_pays(x, lora.lora_a, lora.lora_b, index)):
+        return None
+    return lora
+
+
+def _linear_forward(name: str, ctx: AdapterContext, module: nn.Linear, x: torch.Tensor
+                    ) -> torch.Tensor:
+    """A hooked Linear's forward: nn.Linear's, or with the site's LoRA merged into the
+    frozen weight for this call (`_lora_to_merge`; its hook then adds no delta). A forward
+    hook could only add to the frozen product already computed, not replace it."""
+    lora = None if ctx.weights is None else _lora_to_merge(ctx.weights, ctx.index, name, x)
+    if lora is None:
+        return F.linear(x, module.weight, module.bias)
+    return merged_lora(x, module.weight, module.bias, lora.lora_a, lora.lora_b,
+                       ctx.index.uniform)
+
+
 def _linear_hook(name: str, ctx: AdapterContext):
     weight_key, bias_key = f"{name}.weight", f"{name}.bias"
 
@@ -218,6 +256,8 @@ def _linear_hook(name: str, ctx: AdapterContext):
             return None
         w_over, b_over = weights.overrides.get(weight_key), weights.overrides.get(bias_key)
         lora = weights.lora.get(name)
+        if lora is not None and _lora_to_merge(weights, ctx.index, name, args[0]) is lora:
+            return None  # the Linear's forward computed it (`_linear_forward`)
         if lora is None and w_over is None and b_over is None:
             return None
         x, out = args[0], output
@@ -509,7 +549,8 @@ def install(backbone: nn.Module, lm_type: str, lm: nn.Module,
         if name.startswith("vision.") or name == "vision":
             continue
         if isinstance(module, nn.Linear):
-            ctx.hooks.add(name, module, forward=_linear_hook(name, ctx))
+            ctx.hooks.add(name, module, forward=_linear_hook(name, ctx),
+                          own_forward=partial(_linear_forward, name, ctx))
         elif isinstance(module, nn.Embedding) and name.startswith("visual."):
             ctx.hooks.add(name, module, forward=_embedding_hook(name, ctx))
         elif is_layer_norm(module):

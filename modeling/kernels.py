@@ -16,6 +16,10 @@ them per row cost more than the product itself. Rows in runs sharing a slot
 (`RowIndex.grouping` sorts them so) run one grouped matmul (`F.grouped_mm`: one dense
 product per run); rows of one or two positions in short runs sum their products straight
 from the bank (`F.embedding_bag` over the bank seen as a table of weight rows).
+
+A batch on one slot may skip LoRA's rank-wide products altogether: `merged_lora` folds
+the delta into the frozen weight for the call (float32 inference, where `merge_pays`;
+the hooked Linear's own forward calls it).
 """
 
 from __future__ import annotations
@@ -352,6 +356,46 @@ def gathered_lora(
     if scale is not None:
         shrunk = shrunk * _row_scale(scale, index).to(shrunk.dtype)
     return _times(shrunk, lora_b.transpose(1, 2), index, base, into_base)
+
+
+# A batch whose rows all use one slot may fold the slot's LoRA delta into the frozen
+# weight for the call (`merged_lora`: W + B A, one [in, out] product) and multiply once:
+# no rank-wide products, whose narrow matmuls run at a fraction of a dense one's rate.
+# Merging costs in x out x rank and saves rank x (in + out) per token; measured on one CPU
+# thread (benchmarks/README.md, "One adapter's LoRA merged for the call") it wins once
+# the tokens times (in + out) reach MERGE_RATIO x in x out: ~130 tokens at d 64, ~1 500 at
+# d 768. Mixed batches keep the two products: merging per run of rows measured slower
+# (the merged weights' grouped products cost more than the narrow ones they replace).
+MERGE_RATIO = 4
+
+
+def merge_pays(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+               index: RowIndex) -> bool:
+    """Whether `merged_lora` computes x [b, ..., in] times the frozen weight plus the
+    rows' LoRA delta (lora_a [slots, rank, in], lora_b [slots, out, rank]) cheaper than
+    the frozen product plus `gathered_lora`: a uniform index, enough tokens, float32
+    (a bf16 or fp16 weight would round most of a small delta away) and no autograd
+    (training keeps the two products PEFT's gradients are taken through)."""
+    if index.uniform is None or torch.is_grad_enabled() or x.dtype != torch.float32:
+        return False
+    width, out = lora_a.shape[-1], lora_b.shape[1]
+    return x.numel() // width * (width + out) >= MERGE_RATIO * width * out
+
+
+def merged_lora(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                lora_a: torch.Tensor, lora_b: torch.Tensor, slot: int) -> torch.Tensor:
+    """Semantics: y = x @ (W + B[slot] @ A[slot]).T + bias
+
+    The frozen Linear and one slot's LoRA delta in one product, the delta merged into the
+    weight for this call. x [..., in], weight [out, in] (the frozen Linear's), bias [out]
+    or None, lora_a [slots, rank, in], lora_b [slots, out, rank] (scale multiplied in)
+    -> [..., out]. Equal to the frozen output plus `gathered_lora` up to float rounding
+    (the sums run in another order).
+    """
+    merged = torch.addmm(weight.t(), lora_a[slot].t(), lora_b[slot].t())  # [in, out]
+    flat = x.reshape(-1, x.shape[-1])
+    y = flat @ merged if bias is None else torch.addmm(bias, flat, merged)
+    return y.view(*x.shape[:-1], weight.shape[0])
 
 
 def _activate(hidden: torch.Tensor, activations: str | list[str], index: RowIndex

@@ -1,6 +1,7 @@
 """The newest benchmarks run end to end on the tiny preset and their built-in checks hold:
 the cached decode gives the recomputed tokens, an in-place slot write the restacked values;
-the four-form figure prints its ratio, and a benchmark reruns itself on an older commit."""
+the four-form figure prints its ratio, merged LoRA agrees with the two products, and a
+benchmark reruns itself on an older commit."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import re
 import pytest
 import torch
 
-from benchmarks import decode_cache, mixed_adapters, peft_baselines, slot_write
+from benchmarks import decode_cache, merged_lora, mixed_adapters, peft_baselines, slot_write
 from benchmarks.common import run_at_ref
 
 
@@ -28,6 +29,8 @@ def torch_threads():
     (slot_write, ["--preset", "tiny", "--slots", "3", "--repeats", "1"], "same values: True"),
     (mixed_adapters, ["--preset", "tiny-bart", "--methods", "forms", "--rows", "8", "--adapters",
                       "4", "--repeats", "1", "--out", "{tmp}"], "four forms / LoRA only"),
+    (merged_lora, ["--widths", "64", "--tokens", "16,256", "--repeats", "2"],
+     "the rule picks the faster path (or one within 5%) in"),
 ])
 def test_benchmark_runs_and_its_check_holds(module, argv, check, capsys, tmp_path):
     argv = [arg.format(tmp=tmp_path) for arg in argv]  # results go to tmp, not the repo

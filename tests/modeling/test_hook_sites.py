@@ -4,6 +4,8 @@ depend on which tests ran before."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from modeling_helpers import random_batch
 
@@ -52,6 +54,23 @@ def test_a_bank_hooks_only_the_modules_of_its_sites():
     _run(backbone, AdapterSet(bottleneck={"decoder.1.ffn": _bottleneck(backbone.config.d_model)}))
     ffn = "lm.decoder.block.1.layer.2.DenseReluDense"  # its input, then its last Linear
     assert _hooked(backbone) == {site, ffn, f"{ffn}.wo"}
+
+
+def test_a_deep_copy_of_a_hooked_backbone_computes_with_its_own_weights():
+    """A LoRA site's Linear takes our forward (it may merge the delta into the frozen
+    weight); a deep copy (full fine-tuning trains one) must multiply by the copy's own."""
+    backbone = VLBackbone.from_config(preset("tiny-bart"), seed=0)
+    site = "lm.model.encoder.layers.0.self_attn.q_proj"
+    _run(backbone, AdapterSet(lora={site: _lora(backbone, site)}))
+    original = backbone.get_submodule(site)
+    assert "forward" in vars(original)  # ours, bound to the module
+    twin = copy.deepcopy(backbone).get_submodule(site)
+    with torch.no_grad():
+        twin.weight.mul_(2.0)
+        x = torch.randn(2, 3, original.in_features)
+        assert torch.equal(twin(x), torch.nn.functional.linear(x, twin.weight, twin.bias))
+        assert torch.equal(original(x), torch.nn.functional.linear(x, original.weight,
+                                                                   original.bias))
 
 
 def test_lora_on_fc2_and_the_ffn_bottleneck_compose_alike_whatever_bank_came_first():

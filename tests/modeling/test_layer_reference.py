@@ -20,6 +20,7 @@ from modeling_helpers import on_t5_and_bart, random_batch
 from paper_reference import RowReference
 from torch import nn
 
+from modeling import hooks, kernels
 from modeling.bank import build_bank
 from modeling.fit import check_fits
 from modeling.kernels import RowIndex
@@ -223,7 +224,29 @@ def sublayer_ends(backbone) -> dict[str, tuple[str, str]]:
 def test_every_linear_and_layer_norm_computes_lora_biases_and_overrides_per_row(backbone):
     sets = reference_sets(backbone, "relu", "silu")
     _, trace, slots, _ = run_traced(backbone, sets, SLOTS, TEXT_LENGTHS)
-    refs = [RowReference(backbone, sets[slot]) for slot in slots]
+    check_linears_and_norms(backbone, trace, [RowReference(backbone, sets[s]) for s in slots])
+
+
+@pytest.mark.parametrize("slot", [0, 5], ids=["lora_everywhere", "lora_and_more"])
+def test_lora_merged_into_the_frozen_weight_computes_the_papers_equations(
+        backbone, slot, monkeypatch):
+    """A uniform batch with merging forced at every size (`kernels.merge_pays`): each LoRA
+    site runs one product with the delta merged into the frozen weight."""
+    monkeypatch.setattr(kernels, "MERGE_RATIO", 0)
+    merged, merged_lora = [], hooks.merged_lora
+    monkeypatch.setattr(hooks, "merged_lora",
+                        lambda *args: merged.append(args[-1]) or merged_lora(*args))
+    sets = reference_sets(backbone, "gelu", "tanh")
+    _, trace, slots, lengths = run_traced(backbone, sets, [slot, slot], [4, 6])
+    refs = [RowReference(backbone, sets[slot])] * 2
+    check_layers(backbone, trace, refs, lengths)
+    check_linears_and_norms(backbone, trace, refs)
+    assert merged and set(merged) == {slot}
+
+
+def check_linears_and_norms(backbone, trace: Trace, refs: list[RowReference]) -> None:
+    """Every Linear and LayerNorm of every row, from its recorded input; a sublayer's
+    last Linear carries that sublayer's bottleneck."""
     ends = sublayer_ends(backbone)
     for path in _norms_and_linears(backbone):
         module = backbone.get_submodule(path)
