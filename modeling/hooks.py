@@ -18,8 +18,8 @@ widened keys. When those rows are consecutive (`VLBackbone.forward` and the serv
 engine order rows by form, `RowIndex.grouping`), a site computes on views of the batch
 and writes its rows in place; scattered rows (a decode that rows joined at different
 times) are gathered and written back. A Linear whose LoRA every row uses may instead
-run its frozen product with the delta merged into the weight (`_linear_forward`): a
-batch on one adapter.
+run its frozen product with the delta merged into the weight (`_linear_forward`): rows
+on one adapter, or in long runs by adapter.
 """
 
 from __future__ import annotations
@@ -224,15 +224,17 @@ def _lora_rows(lora: LoraBank, index: RowIndex, output: torch.Tensor,
 def _lora_to_merge(weights: AdapterBank, index: RowIndex, name: str, x: torch.Tensor
                    ) -> LoraBank | None:
     """The LoRA of Linear site `name` when this call folds it into the frozen weight
-    (`merged_lora`), else None: every row is on one slot, which has LoRA here and
-    overrides neither the Linear's weight nor its bias (an override recomputes the output
-    from the frozen one), and merging pays for x [b, ..., in] (`merge_pays`)."""
-    lora, slot = weights.lora.get(name), index.uniform
-    if (lora is None or slot not in lora.used_by or lora.dropout > 0
-            or slot in weights.override_used_by.get(name, ())
-            or not merge_pays(x, lora.lora_a, lora.lora_b, index)):
+    (`merged_lora`), else None: every row's slot has LoRA here, no row's overrides the
+    Linear's weight or bias (an override recomputes the output from the frozen one), and
+    merging pays for x [b, ..., in] (`merge_pays`)."""
+    lora = weights.lora.get(name)
+    if lora is None or lora.dropout > 0 or index.subset(lora.used_by) is not None:
         return None
-    return lora
+    overridden = weights.override_used_by.get(name)
+    if overridden is not None and (index.subset(overridden) is None
+                                   or index.subset(overridden).rows):
+        return None
+    return lora if merge_pays(x, lora.lora_a, lora.lora_b, index) else None
 
 
 def _linear_forward(name: str, ctx: AdapterContext, module: nn.Linear, x: torch.Tensor
@@ -243,8 +245,7 @@ def _linear_forward(name: str, ctx: AdapterContext, module: nn.Linear, x: torch.
     lora = None if ctx.weights is None else _lora_to_merge(ctx.weights, ctx.index, name, x)
     if lora is None:
         return F.linear(x, module.weight, module.bias)
-    return merged_lora(x, module.weight, module.bias, lora.lora_a, lora.lora_b,
-                       ctx.index.uniform)
+    return merged_lora(x, module.weight, module.bias, lora.lora_a, lora.lora_b, ctx.index)
 
 
 def _linear_hook(name: str, ctx: AdapterContext):

@@ -17,9 +17,9 @@ them per row cost more than the product itself. Rows in runs sharing a slot
 product per run); rows of one or two positions in short runs sum their products straight
 from the bank (`F.embedding_bag` over the bank seen as a table of weight rows).
 
-A batch on one slot may skip LoRA's rank-wide products altogether: `merged_lora` folds
-the delta into the frozen weight for the call (float32 inference, where `merge_pays`;
-the hooked Linear's own forward calls it).
+Rows on one slot or in long runs may skip LoRA's rank-wide products altogether:
+`merged_lora` folds each run's delta into the frozen weight for the call (float32
+inference, where `merge_pays`; the hooked Linear's own forward calls it).
 """
 
 from __future__ import annotations
@@ -358,43 +358,63 @@ def gathered_lora(
     return _times(shrunk, lora_b.transpose(1, 2), index, base, into_base)
 
 
-# A batch whose rows all use one slot may fold the slot's LoRA delta into the frozen
-# weight for the call (`merged_lora`: W + B A, one [in, out] product) and multiply once:
-# no rank-wide products, whose narrow matmuls run at a fraction of a dense one's rate.
-# Merging costs in x out x rank and saves rank x (in + out) per token; measured on one CPU
-# thread (benchmarks/README.md, "One adapter's LoRA merged for the call") it wins once
-# the tokens times (in + out) reach MERGE_RATIO x in x out: ~130 tokens at d 64, ~1 500 at
-# d 768. Mixed batches keep the two products: merging per run of rows measured slower
-# (the merged weights' grouped products cost more than the narrow ones they replace).
+# Rows on one slot, or in long runs sharing a slot (`RowIndex.grouping` orders them so), may
+# fold each slot's LoRA delta into the frozen weight for the call (`merged_lora`: W + B A,
+# one [in, out] product per run's slot) and multiply once per run: no rank-wide products,
+# whose narrow matmuls run at a fraction of a dense one's rate. Merging costs in x out x
+# rank per run and saves rank x (in + out) per token; measured on one CPU thread
+# (benchmarks/README.md, "13. LoRA merged for the call") it wins once the tokens times
+# (in + out) reach MERGE_RATIO x runs x in x out: ~130 tokens per run at d 64, ~1 500 at
+# d 768. Short runs (8 rows of 28 positions at d 128) measured no faster merged.
 MERGE_RATIO = 4
 
 
 def merge_pays(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
                index: RowIndex) -> bool:
-    """Whether `merged_lora` computes x [b, ..., in] times the frozen weight plus the
-    rows' LoRA delta (lora_a [slots, rank, in], lora_b [slots, out, rank]) cheaper than
-    the frozen product plus `gathered_lora`: a uniform index, enough tokens, float32
-    (a bf16 or fp16 weight would round most of a small delta away) and no autograd
-    (training keeps the two products PEFT's gradients are taken through)."""
-    if index.uniform is None or torch.is_grad_enabled() or x.dtype != torch.float32:
+    """Whether `merged_lora` computes x [b, ..., in] times the frozen weight plus each row's
+    LoRA delta (lora_a [slots, rank, in], lora_b [slots, out, rank]) cheaper than the
+    frozen product plus `gathered_lora`: enough tokens per run, float32 (a bf16 or fp16
+    weight would round most of a small delta away) and no autograd (training keeps the two
+    products PEFT's gradients are taken through). A mixed index only on CPU (on CUDA
+    `F.grouped_mm`'s float32 path syncs per run), in runs of two rows or more on average,
+    of widths `F.grouped_mm` takes.
+    """
+    if torch.is_grad_enabled() or x.dtype != torch.float32:
         return False
     width, out = lora_a.shape[-1], lora_b.shape[1]
-    return x.numel() // width * (width + out) >= MERGE_RATIO * width * out
+    runs = 1
+    if index.uniform is None:
+        runs = len(index.runs[1])
+        if (x.device.type != "cpu" or 2 * runs > len(index)
+                or any(n * x.element_size() % 16 for n in (width, out))):
+            return False
+    return x.numel() // width * (width + out) >= MERGE_RATIO * runs * width * out
 
 
 def merged_lora(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                lora_a: torch.Tensor, lora_b: torch.Tensor, slot: int) -> torch.Tensor:
-    """Semantics: y = x @ (W + B[slot] @ A[slot]).T + bias
+                lora_a: torch.Tensor, lora_b: torch.Tensor, index: RowIndex) -> torch.Tensor:
+    """Semantics: y[i] = x[i] @ (W + B[j] @ A[j]).T + bias,  j = index[i]
 
-    The frozen Linear and one slot's LoRA delta in one product, the delta merged into the
-    weight for this call. x [..., in], weight [out, in] (the frozen Linear's), bias [out]
-    or None, lora_a [slots, rank, in], lora_b [slots, out, rank] (scale multiplied in)
-    -> [..., out]. Equal to the frozen output plus `gathered_lora` up to float rounding
-    (the sums run in another order).
+    The frozen Linear and each row's LoRA delta in one product: the slot of each run of
+    rows (`RowIndex.runs`; a uniform index is one run) merged into the weight for this
+    call, then one matmul per run. x [b, ..., in], weight [out, in] (the frozen Linear's),
+    bias [out] or None, lora_a [slots, rank, in], lora_b [slots, out, rank] (scale
+    multiplied in) -> [b, ..., out]. Equal to the frozen output plus `gathered_lora` up
+    to float rounding (the sums run in another order).
     """
-    merged = torch.addmm(weight.t(), lora_a[slot].t(), lora_b[slot].t())  # [in, out]
     flat = x.reshape(-1, x.shape[-1])
-    y = flat @ merged if bias is None else torch.addmm(bias, flat, merged)
+    if index.uniform is not None:
+        slot = index.uniform
+        merged = torch.addmm(weight.t(), lora_a[slot].t(), lora_b[slot].t())  # [in, out]
+        y = flat @ merged if bias is None else torch.addmm(bias, flat, merged)
+    else:
+        slots = index.runs[0]
+        merged = torch.baddbmm(weight.t(), lora_a.index_select(0, slots).transpose(1, 2),
+                               lora_b.index_select(0, slots).transpose(1, 2))  # [runs, in, out]
+        positions = flat.shape[0] // len(index)
+        y = F.grouped_mm(flat, merged, offs=index.run_offsets(positions))
+        if bias is not None:
+            y.add_(bias)
     return y.view(*x.shape[:-1], weight.shape[0])
 
 

@@ -227,21 +227,24 @@ def test_every_linear_and_layer_norm_computes_lora_biases_and_overrides_per_row(
     check_linears_and_norms(backbone, trace, [RowReference(backbone, sets[s]) for s in slots])
 
 
-@pytest.mark.parametrize("slot", [0, 5], ids=["lora_everywhere", "lora_and_more"])
+@pytest.mark.parametrize("slots", [[0, 0], [5, 5], [5, 0, 0, 5, 5]],
+                         ids=["lora_everywhere", "lora_and_more", "runs_of_both"])
 def test_lora_merged_into_the_frozen_weight_computes_the_papers_equations(
-        backbone, slot, monkeypatch):
-    """A uniform batch with merging forced at every size (`kernels.merge_pays`): each LoRA
-    site runs one product with the delta merged into the frozen weight."""
+        backbone, slots, monkeypatch):
+    """Merging forced at every size (`kernels.merge_pays`) wherever every row has LoRA:
+    uniform batches, and rows in runs of two sets that share one LoRA site (their other
+    sites keep the two products)."""
     monkeypatch.setattr(kernels, "MERGE_RATIO", 0)
     merged, merged_lora = [], hooks.merged_lora
     monkeypatch.setattr(hooks, "merged_lora",
-                        lambda *args: merged.append(args[-1]) or merged_lora(*args))
+                        lambda *args: merged.append(args[-1].uniform) or merged_lora(*args))
     sets = reference_sets(backbone, "gelu", "tanh")
-    _, trace, slots, lengths = run_traced(backbone, sets, [slot, slot], [4, 6])
-    refs = [RowReference(backbone, sets[slot])] * 2
+    _, trace, slots, lengths = run_traced(backbone, sets, slots, [4, 6, 5, 3, 7][:len(slots)])
+    refs = [RowReference(backbone, sets[slot]) for slot in slots]
     check_layers(backbone, trace, refs, lengths)
     check_linears_and_norms(backbone, trace, refs)
-    assert merged and set(merged) == {slot}
+    # each product merged the batch's one slot, or ran per run (index not uniform)
+    assert merged and set(merged) == ({slots[0]} if len(set(slots)) == 1 else {None})
 
 
 def check_linears_and_norms(backbone, trace: Trace, refs: list[RowReference]) -> None:
