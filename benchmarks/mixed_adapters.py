@@ -14,7 +14,10 @@ Three forwards of the same batch (encoder + teacher-forced decoder), interleaved
 
 - mixed:    row i uses slot i % N (N distinct adapters in the batch; gathered kernels),
 - uniform:  every row uses slot 0 of the same bank (one dense matmul per site),
-- backbone: the frozen backbone, no adapter (the ceiling).
+- backbone: the frozen backbone, no adapter (the ceiling);
+- admitted (lora, adapter): the mixed rows in the order the engine admits such requests
+  (`in_admission_order`: each adapter's rows one run; ordered before timing, as the
+  engine orders them for free at admission), where long runs run LoRA merged per run.
 
 `forms` (N >= 4) mixes all four serve forms: slot j holds the j % 4-th recipe of
 `MIXED_RECIPES` (bottleneck adapter + LayerNorms and visual projection, LoRA, prompt,
@@ -28,9 +31,9 @@ admits them (`RowIndex.grouping`), for lora and adapter: tokens/s of mixed, unif
 backbone. A decode step feeds one position per row, so each row's adapter weights weigh
 more there than in the teacher-forced pass.
 
-Prints rows/s (median of `repeats`), the ratios mixed / uniform and mixed / backbone
-(forms: four forms / LoRA only; the median of the per-round ratios, and their quartiles
-in parentheses: this machine's noise), the machine, and writes
+Prints rows/s (median of `repeats`), the ratios mixed / uniform, mixed / backbone and
+admitted / uniform (forms: four forms / LoRA only; the median of the per-round ratios,
+and their quartiles in parentheses: this machine's noise), the machine, and writes
 `benchmarks/results/mixed_adapters_<preset or folder name>_<device>.png` (throughput vs N)
 and `.json`. `--backbone FOLDER` runs on a backbone folder of any family
 (`modeling.families.load_backbone`).
@@ -106,19 +109,22 @@ def bank_of(backbone: VLBackbone, method: str, slots: int) -> AdapterBank:
 
 def measure(backbone: VLBackbone, batch: VLBatch, method: str, adapters: int,
             repeats: int, clock: str = "wall") -> dict[str, float]:
-    """rows/s of mixed, uniform and bare-backbone forwards of one batch."""
+    """rows/s of mixed, uniform, bare-backbone and admitted-order forwards of one batch."""
     bank = bank_of(backbone, method, adapters)
     rows = batch.size
     device = batch.input_ids.device
     mixed = RowIndex.of([i % adapters for i in range(rows)], device=device)
     uniform = RowIndex.of([0] * rows, device=device)
+    admitted_batch, admitted = in_admission_order(batch, mixed, bank)
     with torch.no_grad():
         times = interleaved({
             "mixed": lambda: backbone(batch, bank, mixed),
             "uniform": lambda: backbone(batch, bank, uniform),
             "backbone": lambda: backbone(batch),
+            "admitted": lambda: backbone(admitted_batch, bank, admitted),
         }, repeats=repeats, warmup=1, clock=clock)
-    return summary(times, rows, ("mixed", "uniform"), ("mixed", "backbone"))
+    return summary(times, rows, ("mixed", "uniform"), ("mixed", "backbone"),
+                   ("admitted", "uniform"))
 
 
 def measure_decode(backbone: VLBackbone, batch: VLBatch, method: str, adapters: int,
@@ -230,7 +236,8 @@ def run_method(backbone: VLBackbone, batch: VLBatch, method: str, counts: list[i
         r = by_n[n] = measure(backbone, batch, method, n, repeats, clock)
         print(f"{method:8s} N={n:4d}  mixed {r['mixed']:9.0f}  uniform {r['uniform']:9.0f}"
               f"  backbone {r['backbone']:9.0f} rows/s   mixed/uniform "
-              f"{r['mixed/uniform']}  mixed/backbone {r['mixed/backbone']}", flush=True)
+              f"{r['mixed/uniform']}  mixed/backbone {r['mixed/backbone']}  admitted/uniform "
+              f"{r['admitted/uniform']}", flush=True)
         if decode:
             d = r["decode"] = measure_decode(backbone, batch, method, n, decode, repeats, clock)
             print(f"{method:8s} N={n:4d}  decode {decode} tokens/row  mixed {d['mixed']:7.0f}  "

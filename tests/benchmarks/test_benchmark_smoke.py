@@ -82,6 +82,7 @@ def test_the_adapter_benchmarks_take_a_backbone_folder(tmp_path, capsys):
                                 "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"backbone {folder}, batch 4 rows" in out
+    assert re.search(r"lora\s+N=\s*2 .* admitted/uniform \d", out)  # the engine's row order
     assert (tmp_path / "mixed_adapters_my-backbone_cpu.json").is_file()
 
 
