@@ -377,7 +377,8 @@ def merge_pays(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
     weight would round most of a small delta away) and no autograd (training keeps the two
     products PEFT's gradients are taken through). A mixed index only on CPU (on CUDA
     `F.grouped_mm`'s float32 path syncs per run), in runs of two rows or more on average,
-    of widths `F.grouped_mm` takes.
+    of widths `F.grouped_mm` takes. The bound keeps the merged weights [runs, in, out]
+    under half the size of the product's input or output.
     """
     if torch.is_grad_enabled() or x.dtype != torch.float32:
         return False
