@@ -230,10 +230,10 @@ def _lora_to_merge(weights: AdapterBank, index: RowIndex, name: str, x: torch.Te
     lora = weights.lora.get(name)
     if lora is None or lora.dropout > 0 or index.subset(lora.used_by) is not None:
         return None
-    overridden = weights.override_used_by.get(name)
-    if overridden is not None and (index.subset(overridden) is None
-                                   or index.subset(overridden).rows):
-        return None
+    if name in weights.override_used_by:
+        overriding = index.subset(weights.override_used_by[name])  # None: every row
+        if overriding is None or overriding.rows:
+            return None
     return lora if merge_pays(x, lora.lora_a, lora.lora_b, index) else None
 
 

@@ -275,11 +275,17 @@ def _uncopied_path(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
     bags = positions <= BAG_POSITIONS and weight_t.is_contiguous()
     if bags and runs * BAG_RUN_ROWS > rows:
         return BAGS
-    if (2 * runs <= rows and runs * RUN_WEIGHTS <= rows * width * out
-            and x.dtype in _GROUPED_DTYPES
-            and all(n * x.element_size() % 16 == 0 for n in (width, out))):
+    if 2 * runs <= rows and runs * RUN_WEIGHTS <= rows * width * out \
+            and _grouped_mm_takes(x, width, out):
         return RUNS
     return BAGS if bags else None
+
+
+def _grouped_mm_takes(x: torch.Tensor, width: int, out: int) -> bool:
+    """Whether `F.grouped_mm` multiplies x [..., width] by weights [runs, width, out]: its
+    dtypes, and rows of a multiple of 16 bytes."""
+    return x.dtype in _GROUPED_DTYPES and all(n * x.element_size() % 16 == 0
+                                              for n in (width, out))
 
 
 def _times(x: torch.Tensor, weight_t: torch.Tensor, index: RowIndex,
@@ -386,8 +392,8 @@ def merge_pays(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
     runs = 1
     if index.uniform is None:
         runs = len(index.runs[1])
-        if (x.device.type != "cpu" or 2 * runs > len(index)
-                or any(n * x.element_size() % 16 for n in (width, out))):
+        if x.device.type != "cpu" or 2 * runs > len(index) \
+                or not _grouped_mm_takes(x, width, out):
             return False
     return x.numel() // width * (width + out) >= MERGE_RATIO * runs * width * out
 
