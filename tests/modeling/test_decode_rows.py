@@ -83,7 +83,9 @@ def test_rows_joining_and_leaving_a_cached_decode_match_each_row_alone(backbone,
             ids = torch.tensor([[backbone.decoder_start_token_id, *tokens[row]]])
             full = backbone.decode(hidden, mask, ids[:, :len(logits[row])], bank=weights,
                                    index=index).logits[0]
-            assert (logits[row] - full).abs().max() <= 1e-5
+            # relative to logits of several units: the two sides may sum in another order
+            # (a group's prefill merges LoRA into its weights where one row alone does not)
+            assert (logits[row] - full).abs().max() <= 1e-5 * (1 + full.abs().max())
 
 
 @pytest.mark.parametrize("family", ["tiny-bart", "blip-vqa", "blip-caption"])
