@@ -111,6 +111,9 @@ class AdapterContext:
         self._hooked_for: weakref.ref | None = None  # the last bank whose sites are hooked
         # cross-attention site -> its prefix-widened keys, during a cached decode only
         self.widened_cross: dict[str, WidenedCross] | None = None
+        # the Linear whose own forward just ran its LoRA merged (`_linear_forward`): its
+        # hook, which runs right after, then adds no delta and need not decide again
+        self.merged_by: nn.Module | None = None
 
     @contextmanager
     def use(self, bank: AdapterBank | None, index: RowIndex | None, *,
@@ -240,9 +243,11 @@ def _lora_to_merge(weights: AdapterBank, index: RowIndex, name: str, x: torch.Te
 def _linear_forward(name: str, ctx: AdapterContext, module: nn.Linear, x: torch.Tensor
                     ) -> torch.Tensor:
     """A hooked Linear's forward: nn.Linear's, or with the site's LoRA merged into the
-    frozen weight for this call (`_lora_to_merge`; its hook then adds no delta). A forward
-    hook could only add to the frozen product already computed, not replace it."""
+    frozen weight for this call (`_lora_to_merge`; `ctx.merged_by` tells its hook to add
+    no delta). A forward hook could only add to the frozen product already computed, not
+    replace it."""
     lora = None if ctx.weights is None else _lora_to_merge(ctx.weights, ctx.index, name, x)
+    ctx.merged_by = None if lora is None else module
     if lora is None:
         return F.linear(x, module.weight, module.bias)
     return merged_lora(x, module.weight, module.bias, lora.lora_a, lora.lora_b, ctx.index)
@@ -255,10 +260,11 @@ def _linear_hook(name: str, ctx: AdapterContext):
         weights = ctx.weights
         if weights is None:
             return None
+        if ctx.merged_by is module:
+            ctx.merged_by = None
+            return None  # the Linear's forward ran its LoRA merged (`_linear_forward`)
         w_over, b_over = weights.overrides.get(weight_key), weights.overrides.get(bias_key)
         lora = weights.lora.get(name)
-        if lora is not None and _lora_to_merge(weights, ctx.index, name, args[0]) is lora:
-            return None  # the Linear's forward computed it (`_linear_forward`)
         if lora is None and w_over is None and b_over is None:
             return None
         x, out = args[0], output
